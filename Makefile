@@ -1,0 +1,41 @@
+# The two commands: `make test` and `make demo` (plus `make bench`). Each works on a fresh machine: it
+# creates .venv, installs the project with its test extras, installs missing Debian packages (as root,
+# with apt-get), then runs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint typecheck pytest deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps:
+	scripts/ensure-debs.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv deps
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: venv deps lint typecheck pytest
+
+demo: venv deps
+	$(BIN)/firezone-sim demo
+
+bench: venv deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

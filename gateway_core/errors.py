@@ -1,0 +1,90 @@
+"""Errors and drop reasons.
+
+- :class:`UsageError`: the caller broke the driving contract (time went backwards, an unknown handle, a
+  call in the wrong state). Raised; it is a bug in the caller.
+- :class:`DecodeError`: raised by codecs for malformed input. Always caught at the component boundary and
+  turned into a drop counted under a :class:`DropReason`; it never leaves the core.
+- :class:`DropReason`: why an input was dropped; counted in :class:`gateway_core.stats.Stats`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class UsageError(Exception):
+    """The caller violated the driving contract."""
+
+
+class DecodeError(ValueError):
+    """Malformed bytes: the input cannot be parsed."""
+
+
+class DropReason(StrEnum):
+    """Why an input (a packet, a datagram, a frame, a message) was dropped.
+
+    Grouped by component. Values are stable strings: they appear in logs, statistics and traces.
+    """
+
+    # --- IP packets (TUN side and decrypted tunnel side) ---
+    MALFORMED_IP = "malformed_ip"
+    UNSUPPORTED_IP_VERSION = "unsupported_ip_version"
+    MALFORMED_L4 = "malformed_l4"
+    BAD_CHECKSUM = "bad_checksum"
+    FRAGMENT = "fragment"
+    TTL_EXPIRED = "ttl_expired"
+
+    # --- WireGuard ---
+    WG_MALFORMED = "wg_malformed"
+    WG_UNKNOWN_INDEX = "wg_unknown_index"
+    WG_DECRYPT_FAILED = "wg_decrypt_failed"
+    WG_REPLAY = "wg_replay"
+    WG_HANDSHAKE_FAILED = "wg_handshake_failed"
+    WG_BAD_MAC1 = "wg_bad_mac1"
+    WG_BAD_MAC2 = "wg_bad_mac2"
+    WG_COOKIE_REQUIRED = "wg_cookie_required"
+    WG_RATE_LIMITED = "wg_rate_limited"
+    WG_STALE_TIMESTAMP = "wg_stale_timestamp"
+    WG_SESSION_EXPIRED = "wg_session_expired"
+    WG_NO_SESSION = "wg_no_session"
+    WG_UNEXPECTED = "wg_unexpected"
+
+    # --- STUN / TURN / ICE ---
+    STUN_MALFORMED = "stun_malformed"
+    STUN_BAD_INTEGRITY = "stun_bad_integrity"
+    STUN_BAD_FINGERPRINT = "stun_bad_fingerprint"
+    STUN_UNMATCHED = "stun_unmatched"
+    STUN_UNKNOWN_USERNAME = "stun_unknown_username"
+    TURN_MALFORMED = "turn_malformed"
+    TURN_UNKNOWN_CHANNEL = "turn_unknown_channel"
+    TURN_UNKNOWN_RELAY = "turn_unknown_relay"
+    TURN_NO_PERMISSION = "turn_no_permission"
+    ICE_UNKNOWN_PEER = "ice_unknown_peer"
+    DATAGRAM_UNCLASSIFIED = "datagram_unclassified"
+
+    # --- Portal ---
+    PORTAL_MALFORMED_FRAME = "portal_malformed_frame"
+    PORTAL_UNKNOWN_EVENT = "portal_unknown_event"
+    PORTAL_BAD_PAYLOAD = "portal_bad_payload"
+    PORTAL_UNMATCHED_REPLY = "portal_unmatched_reply"
+
+    # --- Gateway policy / data path ---
+    SPOOFED_SOURCE = "spoofed_source"
+    NOT_AUTHORIZED = "not_authorized"
+    FILTERED = "filtered"
+    EXPIRED = "expired"
+    UNKNOWN_CLIENT = "unknown_client"
+    NO_NAT_SESSION = "no_nat_session"
+    NAT_TABLE_FULL = "nat_table_full"
+    NO_CONNECTION = "no_connection"
+
+    # --- DNS ---
+    DNS_MALFORMED = "dns_malformed"
+    DNS_REFUSED = "dns_refused"
+    DNS_TOO_LARGE = "dns_too_large"
+    DNS_TCP_LIMIT = "dns_tcp_limit"
+    DNS_TCP_IDLE = "dns_tcp_idle"
+
+    # --- Simulator / generic ---
+    UNROUTABLE = "unroutable"
+    QUEUE_FULL = "queue_full"

@@ -1,0 +1,169 @@
+"""The daemon's configuration, read like Firezone's gateway reads it (portal-protocol.md §4.1, §4.2).
+
+Bad configuration stops the daemon with one line that names the setting and what is wrong
+(:class:`ConfigError`); nothing here is fatal in any other way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_API_URL = "wss://api.firezone.dev"
+DEFAULT_ID_FILE = Path("/var/lib/firezone/gateway_id")
+DEFAULT_HEALTH_CHECK_ADDR = "0.0.0.0:8080"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it and says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    token: str
+    firezone_id: str
+    api_url: str
+    name: str
+    health_check_addr: tuple[str, int]
+    log_format: str
+    log_filter: str
+    no_check: bool
+    validate_checksums: bool
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+def _bool(setting: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{setting}: expected true or false, got {value!r}")
+
+
+def _host_port(setting: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{setting}: expected HOST:PORT, got {value!r}")
+    host = host.strip("[]")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"{setting}: port {port!r} is not a number") from None
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"{setting}: port {p} is out of range 0-65535")
+    return host, p
+
+
+def _api_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss", "http", "https"):
+        raise ConfigError(f"FIREZONE_API_URL: scheme must be wss:// (ws:// for development), got {value!r}")
+    if not parts.hostname:
+        raise ConfigError(f"FIREZONE_API_URL: no host in {value!r}")
+    return value
+
+
+def _read_token(cli_token: str | None, env: Mapping[str, str]) -> str:
+    token = cli_token if cli_token is not None else env.get("FIREZONE_TOKEN")
+    if token:
+        return token
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / "FIREZONE_TOKEN"
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"FIREZONE_TOKEN: not set and {path} unreadable ({e.strerror})") from None
+        if token:
+            return token
+    raise ConfigError("FIREZONE_TOKEN: not set (pass it as argument, in the environment or as a credential)")
+
+
+def _read_id(cli_id: str | None, env: Mapping[str, str], id_file: Path) -> str:
+    """FIREZONE_ID, else the ID file (parsed as JSON, HEAD behaviour), else a new ID written to it."""
+    value = cli_id if cli_id is not None else env.get("FIREZONE_ID", "")
+    if value:
+        return value
+    try:
+        text = id_file.read_text()
+    except FileNotFoundError:
+        text = ""
+    except OSError as e:
+        raise ConfigError(f"FIREZONE_ID: not set and {id_file} unreadable ({e.strerror})") from None
+    if text.strip():
+        try:
+            doc = json.loads(text)
+            if isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]:
+                return str(doc["id"])
+        except json.JSONDecodeError:
+            pass
+        return text  # a raw ID written by hand
+    import hashlib
+    import uuid
+
+    new_id = hashlib.sha256(str(uuid.uuid4()).encode()).hexdigest()
+    try:
+        id_file.parent.mkdir(mode=0o770, parents=True, exist_ok=True)
+        fd = os.open(id_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"id": new_id}, f)
+    except OSError as e:
+        raise ConfigError(
+            f"FIREZONE_ID: not set and cannot create {id_file} ({e.strerror}); set FIREZONE_ID"
+        ) from None
+    return new_id
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="firezone-gateway", description="Firezone Gateway (Python)")
+    p.add_argument("token", nargs="?", default=None, help="portal token (or FIREZONE_TOKEN)")
+    p.add_argument("-u", "--api-url", default=None, help="portal URL (FIREZONE_API_URL)")
+    p.add_argument("-n", "--firezone-name", default=None, help="display name (FIREZONE_NAME)")
+    p.add_argument("-i", "--firezone-id", default=None, help="gateway identity (FIREZONE_ID)")
+    p.add_argument("--no-check", action="store_true", help="skip the CAP_NET_ADMIN check")
+    p.add_argument("--health-check-addr", default=None, help="HOST:PORT (HEALTH_CHECK_ADDR)")
+    p.add_argument("--log-format", default=None, help="human or json (FIREZONE_LOG_FORMAT)")
+    p.add_argument("--no-telemetry", action="store_true", help="accepted for compatibility; no telemetry")
+    p.add_argument("--validate-checksums", action="store_true", help="FIREZONE_VALIDATE_CHECKSUMS")
+    p.add_argument("-V", "--version", action="version", version="firezone-gateway-py 0.1.0")
+    return p
+
+
+def load(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    id_file: Path = DEFAULT_ID_FILE,
+) -> Config:
+    """Parse ``argv`` and ``env`` into a :class:`Config` or raise :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    args = parser().parse_args(argv)
+    api_url = _api_url(args.api_url or env.get("FIREZONE_API_URL") or DEFAULT_API_URL)
+    log_format = (args.log_format or env.get("FIREZONE_LOG_FORMAT") or "human").lower()
+    if log_format not in ("human", "json"):
+        raise ConfigError(f"FIREZONE_LOG_FORMAT: expected human or json, got {log_format!r}")
+    health = args.health_check_addr or env.get("HEALTH_CHECK_ADDR") or DEFAULT_HEALTH_CHECK_ADDR
+    validate = args.validate_checksums or _bool(
+        "FIREZONE_VALIDATE_CHECKSUMS", env.get("FIREZONE_VALIDATE_CHECKSUMS", "false")
+    )
+    _bool("FIREZONE_NO_TELEMETRY", env.get("FIREZONE_NO_TELEMETRY", "false"))
+    return Config(
+        token=_read_token(args.token, env),
+        firezone_id=_read_id(args.firezone_id, env, id_file),
+        api_url=api_url,
+        name=args.firezone_name or env.get("FIREZONE_NAME") or socket.gethostname(),
+        health_check_addr=_host_port("HEALTH_CHECK_ADDR", health),
+        log_format=log_format,
+        log_filter=env.get("RUST_LOG", "info"),
+        no_check=args.no_check,
+        validate_checksums=validate,
+    )

@@ -1,0 +1,1 @@
+"""A deterministic simulator: virtual clock and network driving sans-IO components."""
