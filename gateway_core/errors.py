@@ -33,6 +33,7 @@ class DropReason(StrEnum):
     BAD_CHECKSUM = "bad_checksum"
     FRAGMENT = "fragment"
     TTL_EXPIRED = "ttl_expired"
+    IP_TOO_LARGE = "ip_too_large"
 
     # --- WireGuard ---
     WG_MALFORMED = "wg_malformed"

@@ -1,0 +1,664 @@
+"""IPv4/IPv6 packets with UDP, TCP and ICMP payloads: parsers, builders and data-path accessors.
+
+Stateless codecs over ``bytes``-like values. Parsers raise :class:`~gateway_core.errors.DecodeError` and
+nothing else for malformed input. Trailing bytes after the length an IP header declares are ignored (the
+TUN and the tunnel hand us exact packets; a declared length longer than the buffer is an error).
+
+Two levels of API:
+
+- Typed, allocating views for tests, the simulator and off-hot-path code: :func:`parse_ipv4`,
+  :func:`parse_ipv6`, :func:`parse_ip`, :func:`parse_udp`, :func:`parse_tcp`, :func:`parse_icmp` and the
+  ``build_*`` functions.
+- Data-path accessors that create no wrapper object: :func:`ip_version`, :func:`src_dst`,
+  :func:`l4_info` (the offset and protocol of the transport header), :func:`five_tuple` (a plain tuple) and
+  :func:`validate` (the validity rules of gateway-datapath.md §12.1, returning a ``DropReason`` or ``None``).
+
+ICMP errors (the gateway's own and those arriving from the TUN) live in :mod:`gateway_core.wire.icmp`;
+in-place NAT rewriting with incremental checksum fix-up in :mod:`gateway_core.wire.rewrite`.
+"""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address, IPv6Address
+from typing import NamedTuple
+
+from gateway_core.addr import IPAddress
+from gateway_core.errors import DecodeError, DropReason, UsageError
+from gateway_core.wire.checksum import internet_checksum, pseudo_header_sum
+
+__all__ = [
+    "DEFAULT_TTL",
+    "IPV4_HEADER_LEN",
+    "IPV6_HEADER_LEN",
+    "MAX_IP_SIZE",
+    "PROTO_AH",
+    "PROTO_ICMP",
+    "PROTO_ICMPV6",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "TCP_ACK",
+    "TCP_FIN",
+    "TCP_PSH",
+    "TCP_RST",
+    "TCP_SYN",
+    "FiveTuple",
+    "IcmpHeader",
+    "Ipv4Header",
+    "Ipv6Header",
+    "ParsedIp",
+    "TcpHeader",
+    "UdpHeader",
+    "build_icmp",
+    "build_icmp_echo",
+    "build_ip",
+    "build_ipv4",
+    "build_ipv6",
+    "build_tcp",
+    "build_tcp_packet",
+    "build_udp",
+    "build_udp_packet",
+    "five_tuple",
+    "internet_checksum",
+    "ip_version",
+    "l4_checksum_ok",
+    "l4_info",
+    "parse_icmp",
+    "parse_ip",
+    "parse_ipv4",
+    "parse_ipv6",
+    "parse_tcp",
+    "parse_udp",
+    "src_dst",
+    "validate",
+]
+
+# --- constants --------------------------------------------------------------------------------------------
+
+# Why: fixed header sizes of RFC 791 (without options) and RFC 8200.
+IPV4_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+# Why: the TUN MTU and the largest packet the data path accepts (Firezone MAX_IP_SIZE = 1280, §12.1).
+MAX_IP_SIZE = 1280
+# Why: the usual initial TTL/hop limit of hosts (Linux default; Firezone's make.rs builders use 64 too).
+DEFAULT_TTL = 64
+
+# IANA protocol numbers (why: the wire values).
+PROTO_HOPOPT = 0
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_IPV6_ROUTE = 43
+PROTO_IPV6_FRAG = 44
+PROTO_AH = 51
+PROTO_ICMPV6 = 58
+PROTO_IPV6_OPTS = 60
+
+# TCP flag bits (why: RFC 9293 header layout).
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+
+# ICMP echo types (why: RFC 792 / RFC 4443 values).
+ICMPV4_ECHO_REPLY = 0
+ICMPV4_ECHO_REQUEST = 8
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
+
+# Precompiled layouts (why: hot path, no per-call format parsing).
+_V4 = struct.Struct("!BBHHHBBH4s4s")
+_V6 = struct.Struct("!IHBB16s16s")
+_UDP = struct.Struct("!HHHH")
+_TCP = struct.Struct("!HHIIBBHHH")
+_ICMP = struct.Struct("!BBHI")
+_U16 = struct.Struct("!H")
+_U16X2 = struct.Struct("!HH")
+_ECHO = struct.Struct("!BBHHH")
+
+_IPV6_SIMPLE_EXT = frozenset((PROTO_HOPOPT, PROTO_IPV6_ROUTE, PROTO_IPV6_OPTS))
+
+
+# --- typed views ------------------------------------------------------------------------------------------
+
+
+class Ipv4Header(NamedTuple):
+    tos: int
+    total_len: int
+    ident: int
+    dont_fragment: bool
+    more_fragments: bool
+    frag_offset: int  # in 8-byte units
+    ttl: int
+    proto: int
+    checksum: int
+    src: IPv4Address
+    dst: IPv4Address
+    options: bytes
+    header_len: int
+
+
+class Ipv6Header(NamedTuple):
+    traffic_class: int
+    flow_label: int
+    payload_len: int
+    next_header: int
+    hop_limit: int
+    src: IPv6Address
+    dst: IPv6Address
+
+
+class ParsedIp(NamedTuple):
+    """A parsed IP packet: the fields the data path needs, and the transport bytes."""
+
+    version: int
+    src: IPAddress
+    dst: IPAddress
+    proto: int  # IPv4 protocol / the IPv6 next header after all extension headers
+    ttl: int  # TTL / hop limit
+    l4_offset: int  # offset of the transport header
+    total_len: int  # the packet's length as declared by its header(s)
+    fragment: bool  # a fragment (MF set or non-zero offset)
+    payload: bytes  # packet[l4_offset:total_len]
+
+
+class UdpHeader(NamedTuple):
+    sport: int
+    dport: int
+    length: int
+    checksum: int
+    payload: bytes
+
+
+class TcpHeader(NamedTuple):
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    header_len: int
+    flags: int
+    window: int
+    checksum: int
+    urgent: int
+    options: bytes
+    payload: bytes
+
+
+class IcmpHeader(NamedTuple):
+    icmp_type: int
+    code: int
+    checksum: int
+    rest: int  # the 32-bit "rest of header" (echo: identifier << 16 | sequence)
+    payload: bytes
+
+    @property
+    def ident(self) -> int:
+        return self.rest >> 16
+
+    @property
+    def seq(self) -> int:
+        return self.rest & 0xFFFF
+
+
+# (proto, src, dst, sport, dport): ports for TCP/UDP, the echo identifier twice for ICMP echo, 0 otherwise.
+FiveTuple = tuple[int, IPAddress, IPAddress, int, int]
+
+
+# --- parsers ----------------------------------------------------------------------------------------------
+
+
+def parse_ipv4(packet: bytes | bytearray | memoryview) -> Ipv4Header:
+    """Parse an IPv4 header (strict: whole header present, declared total length within the buffer)."""
+    n = len(packet)
+    if n < IPV4_HEADER_LEN:
+        raise DecodeError("IPv4 header truncated")
+    vihl, tos, total, ident, ff, ttl, proto, csum, src, dst = _V4.unpack_from(packet)
+    if vihl >> 4 != 4:
+        raise DecodeError("not IPv4")
+    hl = (vihl & 0xF) * 4
+    if hl < IPV4_HEADER_LEN:
+        raise DecodeError("IPv4 IHL < 5")
+    if total < hl or total > n:
+        raise DecodeError("IPv4 total length inconsistent")
+    return Ipv4Header(
+        tos,
+        total,
+        ident,
+        bool(ff & 0x4000),
+        bool(ff & 0x2000),
+        ff & 0x1FFF,
+        ttl,
+        proto,
+        csum,
+        IPv4Address(src),
+        IPv4Address(dst),
+        bytes(packet[IPV4_HEADER_LEN:hl]),
+        hl,
+    )
+
+
+def parse_ipv6(packet: bytes | bytearray | memoryview) -> Ipv6Header:
+    """Parse the fixed IPv6 header (strict: declared payload within the buffer)."""
+    if len(packet) < IPV6_HEADER_LEN:
+        raise DecodeError("IPv6 header truncated")
+    vtf, plen, nh, hlim, src, dst = _V6.unpack_from(packet)
+    if vtf >> 28 != 6:
+        raise DecodeError("not IPv6")
+    if IPV6_HEADER_LEN + plen > len(packet):
+        raise DecodeError("IPv6 payload length exceeds packet")
+    return Ipv6Header((vtf >> 20) & 0xFF, vtf & 0xFFFFF, plen, nh, hlim, IPv6Address(src), IPv6Address(dst))
+
+
+def _walk(packet: bytes | bytearray | memoryview, lax: bool) -> tuple[int, int, int, int, bool]:
+    """Locate the transport header: ``(version, proto, l4_offset, end, fragment)``.
+
+    Strict (``lax=False``): the declared lengths must fit in the buffer. Lax (inside ICMP errors): the
+    packet may be truncated after its extension headers; ``end`` is then the buffer length.
+    """
+    n = len(packet)
+    if n == 0:
+        raise DecodeError("empty packet")
+    v = packet[0] >> 4
+    if v == 4:
+        if n < IPV4_HEADER_LEN:
+            raise DecodeError("IPv4 header truncated")
+        hl = (packet[0] & 0xF) * 4
+        total = (packet[2] << 8) | packet[3]
+        if hl < IPV4_HEADER_LEN or hl > n or total < hl:
+            raise DecodeError("bad IPv4 header length")
+        if total > n:
+            if not lax:
+                raise DecodeError("IPv4 total length exceeds packet")
+            total = n
+        ff = (packet[6] << 8) | packet[7]
+        fragment = bool(ff & 0x3FFF)
+        proto = packet[9]
+        off = hl
+        if proto == PROTO_AH and not (ff & 0x1FFF):
+            # IPv4 authentication header (RFC 4302): length in 4-byte units minus 2.
+            if off + 2 > total:
+                raise DecodeError("AH truncated")
+            proto = packet[off]
+            off += (packet[off + 1] + 2) * 4
+            if off > total:
+                raise DecodeError("AH truncated")
+        return 4, proto, off, total, fragment
+    if v == 6:
+        if n < IPV6_HEADER_LEN:
+            raise DecodeError("IPv6 header truncated")
+        end = IPV6_HEADER_LEN + ((packet[4] << 8) | packet[5])
+        if end > n:
+            if not lax:
+                raise DecodeError("IPv6 payload length exceeds packet")
+            end = n
+        nh = packet[6]
+        off = IPV6_HEADER_LEN
+        fragment = False
+        while True:
+            if nh in _IPV6_SIMPLE_EXT:
+                if off + 2 > end:
+                    raise DecodeError("IPv6 extension header truncated")
+                nh, ln = packet[off], (packet[off + 1] + 1) * 8
+            elif nh == PROTO_IPV6_FRAG:
+                if off + 8 > end:
+                    raise DecodeError("IPv6 fragment header truncated")
+                fo = (packet[off + 2] << 8) | packet[off + 3]
+                if fo & 0xFFF9:  # offset != 0 or M flag
+                    fragment = True
+                nh, ln = packet[off], 8
+            elif nh == PROTO_AH:
+                if off + 2 > end:
+                    raise DecodeError("AH truncated")
+                nh, ln = packet[off], (packet[off + 1] + 2) * 4
+            else:
+                return 6, nh, off, end, fragment
+            off += ln
+            if off > end:
+                raise DecodeError("IPv6 extension header truncated")
+            if fragment:
+                return 6, nh, off, end, True
+    raise DecodeError("unsupported IP version")
+
+
+def parse_ip(packet: bytes | bytearray | memoryview) -> ParsedIp:
+    """Parse an IPv4 or IPv6 packet (with IPv6 extension headers and the IPv4 authentication header)."""
+    version, proto, off, end, fragment = _walk(packet, False)
+    src, dst = src_dst(packet)
+    ttl = packet[8] if version == 4 else packet[7]
+    return ParsedIp(version, src, dst, proto, ttl, off, end, fragment, bytes(packet[off:end]))
+
+
+def parse_udp(segment: bytes | bytearray | memoryview) -> UdpHeader:
+    """Parse a UDP header; the length field must cover the header and fit the segment."""
+    if len(segment) < 8:
+        raise DecodeError("UDP header truncated")
+    sport, dport, length, csum = _UDP.unpack_from(segment)
+    if length < 8 or length > len(segment):
+        raise DecodeError("UDP length inconsistent")
+    return UdpHeader(sport, dport, length, csum, bytes(segment[8:length]))
+
+
+def parse_tcp(segment: bytes | bytearray | memoryview) -> TcpHeader:
+    """Parse a TCP header with its options; the data offset must be >= 5 and fit the segment."""
+    if len(segment) < 20:
+        raise DecodeError("TCP header truncated")
+    sport, dport, seq, ack, doff, flags, win, csum, urg = _TCP.unpack_from(segment)
+    hl = (doff >> 4) * 4
+    if hl < 20 or hl > len(segment):
+        raise DecodeError("TCP data offset inconsistent")
+    return TcpHeader(
+        sport,
+        dport,
+        seq,
+        ack,
+        hl,
+        flags | ((doff & 1) << 8),
+        win,
+        csum,
+        urg,
+        bytes(segment[20:hl]),
+        bytes(segment[hl:]),
+    )
+
+
+def parse_icmp(segment: bytes | bytearray | memoryview) -> IcmpHeader:
+    """Parse an ICMPv4 or ICMPv6 header (both share the 8-byte layout)."""
+    if len(segment) < 8:
+        raise DecodeError("ICMP header truncated")
+    t, c, csum, rest = _ICMP.unpack_from(segment)
+    return IcmpHeader(t, c, csum, rest, bytes(segment[8:]))
+
+
+# --- data-path accessors (no wrapper objects) -------------------------------------------------------------
+
+
+def ip_version(packet: bytes | bytearray | memoryview) -> int:
+    """4 or 6; DecodeError for anything else (including an empty buffer)."""
+    if not packet:
+        raise DecodeError("empty packet")
+    v: int = packet[0] >> 4
+    if v == 4:
+        if len(packet) < IPV4_HEADER_LEN:
+            raise DecodeError("IPv4 header truncated")
+        return 4
+    if v == 6:
+        if len(packet) < IPV6_HEADER_LEN:
+            raise DecodeError("IPv6 header truncated")
+        return 6
+    raise DecodeError("unsupported IP version")
+
+
+def src_dst(packet: bytes | bytearray | memoryview) -> tuple[IPAddress, IPAddress]:
+    """Source and destination address (only the fixed header is needed)."""
+    if ip_version(packet) == 4:
+        return (
+            IPv4Address(int.from_bytes(packet[12:16], "big")),
+            IPv4Address(int.from_bytes(packet[16:20], "big")),
+        )
+    return IPv6Address(int.from_bytes(packet[8:24], "big")), IPv6Address(int.from_bytes(packet[24:40], "big"))
+
+
+def l4_info(packet: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+    """``(proto, l4_offset, end)`` of a complete, unfragmented packet (DecodeError for a fragment)."""
+    _, proto, off, end, fragment = _walk(packet, False)
+    if fragment:
+        raise DecodeError("fragment")
+    return proto, off, end
+
+
+def five_tuple(packet: bytes | bytearray | memoryview) -> FiveTuple:
+    """``(proto, src, dst, sport, dport)`` of an unfragmented packet.
+
+    TCP/UDP: the ports. ICMP/ICMPv6 echo request or reply: the identifier as both ports (Firezone's
+    ``Protocol::Icmp(id)``). Other ICMP messages and other protocols: ``0, 0``. The transport header must
+    be complete (8 bytes for UDP/ICMP, the data offset for TCP).
+    """
+    version, proto, off, end, fragment = _walk(packet, False)
+    if fragment:
+        raise DecodeError("fragment")
+    src, dst = src_dst(packet)
+    if proto in (PROTO_UDP, PROTO_TCP):
+        if end - off < (8 if proto == PROTO_UDP else 20):
+            raise DecodeError("transport header truncated")
+        sport, dport = _U16X2.unpack_from(packet, off)
+        return proto, src, dst, sport, dport
+    if proto in (PROTO_ICMP, PROTO_ICMPV6):
+        if end - off < 8:
+            raise DecodeError("ICMP header truncated")
+        t = packet[off]
+        if (version == 4 and proto == PROTO_ICMP and t in (ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY)) or (
+            version == 6 and proto == PROTO_ICMPV6 and t in (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+        ):
+            ident = (packet[off + 4] << 8) | packet[off + 5]
+            return proto, src, dst, ident, ident
+    return proto, src, dst, 0, 0
+
+
+def validate(packet: bytes | bytearray | memoryview) -> DropReason | None:
+    """gateway-datapath.md §12.1: ``None`` if the data path may handle the packet, else why to drop it.
+
+    At most 1280 bytes; a parsable IPv4/IPv6 packet; not a fragment; UDP/TCP/ICMP headers and lengths
+    consistent; ICMPv4 only inside IPv4 and ICMPv6 only inside IPv6. Never raises.
+    """
+    if len(packet) > MAX_IP_SIZE:
+        return DropReason.IP_TOO_LARGE
+    if packet and packet[0] >> 4 not in (4, 6):
+        return DropReason.UNSUPPORTED_IP_VERSION
+    try:
+        version, proto, off, end, fragment = _walk(packet, False)
+    except DecodeError:
+        return DropReason.MALFORMED_IP
+    if fragment:
+        return DropReason.FRAGMENT
+    avail = end - off
+    if proto == PROTO_UDP:
+        if avail < 8:
+            return DropReason.MALFORMED_L4
+        length = (packet[off + 4] << 8) | packet[off + 5]
+        if length < 8 or length > avail:
+            return DropReason.MALFORMED_L4
+    elif proto == PROTO_TCP:
+        if avail < 20:
+            return DropReason.MALFORMED_L4
+        hl = (packet[off + 12] >> 4) * 4
+        if hl < 20 or hl > avail:
+            return DropReason.MALFORMED_L4
+    elif proto == PROTO_ICMP:
+        if version != 4 or avail < 8:
+            return DropReason.MALFORMED_L4
+    elif proto == PROTO_ICMPV6 and (version != 6 or avail < 8):
+        return DropReason.MALFORMED_L4
+    return None
+
+
+def l4_checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether the UDP/TCP/ICMP checksum (and the IPv4 header checksum) of a whole packet verify.
+
+    An IPv4 UDP checksum of zero means "none" and verifies. Other protocols: only the IPv4 header.
+    """
+    version, proto, off, end, fragment = _walk(packet, False)
+    if fragment:
+        raise DecodeError("fragment")
+    if version == 4 and internet_checksum(packet[: (packet[0] & 0xF) * 4]) != 0:
+        return False
+    seg = packet[off:end]
+    if proto == PROTO_UDP and version == 4 and len(seg) >= 8 and seg[6] == 0 and seg[7] == 0:
+        return True
+    if proto in (PROTO_UDP, PROTO_TCP) or (proto == PROTO_ICMPV6 and version == 6):
+        src, dst = src_dst(packet)
+        return internet_checksum(seg, pseudo_header_sum(src, dst, proto, len(seg))) == 0
+    if proto == PROTO_ICMP:
+        return internet_checksum(seg) == 0
+    return True
+
+
+# --- builders ---------------------------------------------------------------------------------------------
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 0xFFFF:
+        raise UsageError(f"port out of range: {port}")
+
+
+def build_ipv4(
+    src: IPv4Address,
+    dst: IPv4Address,
+    proto: int,
+    payload: bytes,
+    ttl: int = DEFAULT_TTL,
+    ident: int = 0,
+    *,
+    tos: int = 0,
+    dont_fragment: bool = True,
+    more_fragments: bool = False,
+    frag_offset: int = 0,
+    options: bytes = b"",
+) -> bytes:
+    """An IPv4 packet with a correct header checksum. DF is set by default (as etherparse and Linux do)."""
+    if len(options) % 4 or len(options) > 40:
+        raise UsageError("IPv4 options must be a multiple of 4 bytes, at most 40")
+    hl = IPV4_HEADER_LEN + len(options)
+    total = hl + len(payload)
+    if total > 0xFFFF:
+        raise UsageError("IPv4 packet too large")
+    ff = (0x4000 if dont_fragment else 0) | (0x2000 if more_fragments else 0) | (frag_offset & 0x1FFF)
+    hdr = bytearray(
+        _V4.pack(0x40 | (hl // 4), tos, total, ident, ff, ttl, proto, 0, src.packed, dst.packed) + options
+    )
+    _U16.pack_into(hdr, 10, internet_checksum(hdr))
+    return bytes(hdr) + payload
+
+
+def build_ipv6(
+    src: IPv6Address,
+    dst: IPv6Address,
+    next_header: int,
+    payload: bytes,
+    hop_limit: int = DEFAULT_TTL,
+    *,
+    traffic_class: int = 0,
+    flow_label: int = 0,
+) -> bytes:
+    """An IPv6 packet (fixed header only; extension headers go into ``payload`` with their next header)."""
+    if len(payload) > 0xFFFF:
+        raise UsageError("IPv6 payload too large")
+    vtf = (6 << 28) | ((traffic_class & 0xFF) << 20) | (flow_label & 0xFFFFF)
+    return _V6.pack(vtf, len(payload), next_header, hop_limit, src.packed, dst.packed) + payload
+
+
+def build_ip(src: IPAddress, dst: IPAddress, proto: int, payload: bytes, ttl: int = DEFAULT_TTL) -> bytes:
+    """An IPv4 or IPv6 packet, by the family of the addresses (which must agree, else UsageError).
+
+    Builders raise :class:`UsageError` for invalid arguments (the caller's bug), never DecodeError.
+    """
+    if isinstance(src, IPv4Address) and isinstance(dst, IPv4Address):
+        return build_ipv4(src, dst, proto, payload, ttl)
+    if isinstance(src, IPv6Address) and isinstance(dst, IPv6Address):
+        return build_ipv6(src, dst, proto, payload, ttl)
+    raise UsageError("mixed IP address families")
+
+
+def build_udp(src_ip: IPAddress, dst_ip: IPAddress, sport: int, dport: int, payload: bytes) -> bytes:
+    """A UDP header and payload with the checksum over the pseudo-header of either family.
+
+    A computed checksum of 0 is sent as 0xFFFF (RFC 768).
+    """
+    _check_port(sport)
+    _check_port(dport)
+    length = 8 + len(payload)
+    if length > 0xFFFF:
+        raise UsageError("UDP datagram too large")
+    seg = _UDP.pack(sport, dport, length, 0) + payload
+    csum = internet_checksum(seg, pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length)) or 0xFFFF
+    return seg[:6] + _U16.pack(csum) + seg[8:]
+
+
+def build_tcp(
+    src_ip: IPAddress,
+    dst_ip: IPAddress,
+    sport: int,
+    dport: int,
+    payload: bytes = b"",
+    *,
+    seq: int = 0,
+    ack: int = 0,
+    flags: int = TCP_ACK,
+    window: int = 65535,
+    urgent: int = 0,
+    options: bytes = b"",
+) -> bytes:
+    """A TCP header (with options padded by the caller to 4 bytes) and payload, with its checksum."""
+    _check_port(sport)
+    _check_port(dport)
+    if len(options) % 4 or len(options) > 40:
+        raise UsageError("TCP options must be a multiple of 4 bytes, at most 40")
+    hl = 20 + len(options)
+    seg = bytearray(
+        _TCP.pack(
+            sport, dport, seq, ack, ((hl // 4) << 4) | ((flags >> 8) & 1), flags & 0xFF, window, 0, urgent
+        )
+    )
+    seg += options
+    seg += payload
+    _U16.pack_into(seg, 16, internet_checksum(seg, pseudo_header_sum(src_ip, dst_ip, PROTO_TCP, len(seg))))
+    return bytes(seg)
+
+
+def build_icmp(
+    src_ip: IPAddress, dst_ip: IPAddress, icmp_type: int, code: int, rest: int, payload: bytes
+) -> bytes:
+    """An ICMPv4 (IPv4 addresses) or ICMPv6 (IPv6 addresses, checksum with pseudo-header) message."""
+    seg = bytearray(_ICMP.pack(icmp_type, code, 0, rest & 0xFFFFFFFF))
+    seg += payload
+    if src_ip.version == 6:
+        csum = internet_checksum(seg, pseudo_header_sum(src_ip, dst_ip, PROTO_ICMPV6, len(seg)))
+    else:
+        csum = internet_checksum(seg)
+    _U16.pack_into(seg, 2, csum)
+    return bytes(seg)
+
+
+def build_udp_packet(
+    src_ip: IPAddress, dst_ip: IPAddress, sport: int, dport: int, payload: bytes, ttl: int = DEFAULT_TTL
+) -> bytes:
+    """A whole IPv4/UDP or IPv6/UDP packet."""
+    return build_ip(src_ip, dst_ip, PROTO_UDP, build_udp(src_ip, dst_ip, sport, dport, payload), ttl)
+
+
+def build_tcp_packet(
+    src_ip: IPAddress,
+    dst_ip: IPAddress,
+    sport: int,
+    dport: int,
+    payload: bytes = b"",
+    *,
+    seq: int = 0,
+    ack: int = 0,
+    flags: int = TCP_ACK,
+    window: int = 65535,
+    ttl: int = DEFAULT_TTL,
+) -> bytes:
+    """A whole IPv4/TCP or IPv6/TCP packet."""
+    seg = build_tcp(src_ip, dst_ip, sport, dport, payload, seq=seq, ack=ack, flags=flags, window=window)
+    return build_ip(src_ip, dst_ip, PROTO_TCP, seg, ttl)
+
+
+def build_icmp_echo(
+    src_ip: IPAddress,
+    dst_ip: IPAddress,
+    ident: int,
+    seq: int,
+    payload: bytes,
+    reply: bool = False,
+    ttl: int = DEFAULT_TTL,
+) -> bytes:
+    """A whole IPv4 ICMP or IPv6 ICMPv6 echo request (or reply) packet."""
+    if not (0 <= ident <= 0xFFFF and 0 <= seq <= 0xFFFF):
+        raise UsageError("echo identifier/sequence out of range")
+    rest = (ident << 16) | seq
+    if src_ip.version == 6:
+        t = ICMPV6_ECHO_REPLY if reply else ICMPV6_ECHO_REQUEST
+        return build_ip(src_ip, dst_ip, PROTO_ICMPV6, build_icmp(src_ip, dst_ip, t, 0, rest, payload), ttl)
+    t = ICMPV4_ECHO_REPLY if reply else ICMPV4_ECHO_REQUEST
+    return build_ip(src_ip, dst_ip, PROTO_ICMP, build_icmp(src_ip, dst_ip, t, 0, rest, payload), ttl)
