@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway_core.addr import SocketAddr
 from gateway_core.errors import DecodeError
-from gateway_core.stun.codec import (
+from gateway_core.wire.stun import (
     Attr,
     Class,
     Method,

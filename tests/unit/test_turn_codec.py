@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from gateway_core.addr import SocketAddr
 from gateway_core.errors import DecodeError
-from gateway_core.stun.codec import FAMILY_IPV6, Attr, Class, Method, decode
-from gateway_core.stun.turn import (
+from gateway_core.wire.stun import FAMILY_IPV6, Attr, Class, Method, decode
+from gateway_core.wire.turn import (
     Kind,
     allocate,
     channel_bind,

@@ -16,7 +16,7 @@ from enum import IntEnum
 
 from gateway_core.addr import SocketAddr
 from gateway_core.errors import DecodeError
-from gateway_core.stun.codec import (
+from gateway_core.wire.stun import (
     FAMILY_IPV4,
     FAMILY_IPV6,
     PROTO_UDP,
