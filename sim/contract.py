@@ -1,0 +1,128 @@
+"""Contract checks the simulator runs on every component it drives, after every step.
+
+Theory of operation: the world owns one :class:`ContractChecker` per driven component and calls it around
+every mutating call:
+
+- :meth:`ContractChecker.check_now` before the call: the ``now`` handed in never goes backwards (R2).
+- :meth:`ContractChecker.network_input` wraps every ``handle_*`` that carries bytes from the network: any
+  exception (``DecodeError``, ``IndexError``, even ``UsageError``) is a violation (R6).
+- :meth:`ContractChecker.settle` after the call and after the command queue has been drained (R3):
+  ``poll_timeout()`` is pure (two calls agree, and polling queued no command) and never before ``now``
+  (R4); after ``handle_timeout(now)`` the deadline that was served is gone (R5); and the number of
+  wake-ups at one instant is bounded, so a component that keeps asking for ``now`` is caught as a busy
+  loop (R5).
+
+A violation raises :class:`ContractViolation` naming the component, the virtual time and the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import TypeVar
+
+from gateway_core.clock import Instant, fmt
+from gateway_core.contract import Component, Deadline
+
+T = TypeVar("T")
+
+MAX_WAKEUPS_PER_INSTANT = 32
+"""How many times one component may be woken at the same instant. A component serves everything due in
+one ``handle_timeout``; a few chained zero-delay timers are legitimate, dozens are a busy loop."""
+
+
+class Rule(StrEnum):
+    """The driving-contract rules the simulator checks (numbering of ARCHITECTURE.md §2)."""
+
+    R2 = "R2"
+    R4 = "R4"
+    R5 = "R5"
+    R6 = "R6"
+
+
+RULE_TEXT: dict[Rule, str] = {
+    Rule.R2: "time never goes backwards",
+    Rule.R4: "poll_timeout is pure and never in the past",
+    Rule.R5: "deadlines are consumed",
+    Rule.R6: "the network cannot raise",
+}
+
+
+class ContractViolation(AssertionError):
+    """A component broke the driving contract (a bug in the component, found by the simulator)."""
+
+    def __init__(self, component: str, now: int, rule: Rule, detail: str) -> None:
+        self.component = component
+        self.now = now
+        self.rule = rule
+        self.detail = detail
+        super().__init__(
+            f"{rule.value} ({RULE_TEXT[rule]}) violated by {component!r} at {fmt(now)} ({now} ns): {detail}"
+        )
+
+
+class ContractChecker:
+    """The checks for one component; see the module docstring."""
+
+    __slots__ = ("_burst", "_burst_at", "component", "last_now", "max_wakeups", "name")
+
+    def __init__(self, name: str, component: Component, max_wakeups: int = MAX_WAKEUPS_PER_INSTANT) -> None:
+        self.name = name
+        self.component = component
+        self.max_wakeups = max_wakeups
+        self.last_now: Instant | None = None
+        self._burst_at: Instant | None = None
+        self._burst = 0
+
+    def violation(self, now: int, rule: Rule, detail: str) -> ContractViolation:
+        return ContractViolation(self.name, now, rule, detail)
+
+    def check_now(self, now: Instant) -> None:
+        """R2: ``now`` is not before the last ``now`` this component was given."""
+        if self.last_now is not None and now < self.last_now:
+            raise self.violation(now, Rule.R2, f"driven with now={now} after now={self.last_now}")
+        self.last_now = now
+
+    def network_input(self, now: Instant, call: Callable[[], T]) -> T:
+        """R6: run ``call`` (a ``handle_*`` with network bytes); any exception is a violation."""
+        self.check_now(now)
+        try:
+            return call()
+        except Exception as exc:
+            raise self.violation(now, Rule.R6, f"network input raised {type(exc).__name__}: {exc}") from exc
+
+    def settle(self, now: Instant, served: Deadline | None) -> Deadline | None:
+        """R4/R5 after a step whose commands were all drained; returns the component's next deadline.
+
+        ``served`` is the deadline that was just served with ``handle_timeout(now)``, or ``None`` when the
+        step was something else (network input, an external call).
+        """
+        comp = self.component
+        first = comp.poll_timeout()
+        second = comp.poll_timeout()
+        if first != second:
+            raise self.violation(now, Rule.R4, f"poll_timeout not pure: {first!r} then {second!r}")
+        leaked = comp.poll_command()
+        if leaked is not None:
+            raise self.violation(now, Rule.R4, f"poll_timeout queued a command: {leaked!r}")
+        if first is not None and first.at < now:
+            raise self.violation(now, Rule.R4, f"deadline {first.reason!r} at {fmt(first.at)} is in the past")
+        if served is not None:
+            if first == served:
+                raise self.violation(
+                    now,
+                    Rule.R5,
+                    f"deadline {served.reason!r} at {fmt(served.at)} still pending after it was served",
+                )
+            if self._burst_at == now:
+                self._burst += 1
+            else:
+                self._burst_at = now
+                self._burst = 1
+            if first is not None and first.at <= now and self._burst >= self.max_wakeups:
+                raise self.violation(
+                    now,
+                    Rule.R5,
+                    f"busy loop: {self._burst} wake-ups at one instant, still due again ({first.reason!r})",
+                )
+        return first

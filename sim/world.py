@@ -1,0 +1,499 @@
+"""The simulated world: a discrete-event loop over a virtual clock and a simulated network.
+
+Theory of operation: the world owns the :class:`~sim.clock.VirtualClock`, the :class:`~sim.net.Network`,
+the hosts, and one priority queue of events ordered by ``(time, sequence number)``; the sequence number
+grows by one per scheduled event, so events at the same instant run in the order they were scheduled and a
+run is deterministic. Events are: a packet copy arriving at a host, a host's component deadline (a wake),
+a stream event, and scenario actions (:meth:`World.at`).
+
+:meth:`World.run_until` pops events in order, moves the clock to each event's time and serves it. Every
+time a component is touched (network input, a served deadline, an external call through
+:meth:`World.drive`) the world then *settles* it: drains its commands in order (R3) through its host,
+runs the contract checks (:mod:`sim.contract`) and schedules a wake at its next deadline. A wake whose
+deadline was superseded is skipped (each host remembers the sequence number of its live wake).
+
+Randomness: one :class:`~gateway_core.entropy.SeededEntropy` per world; the network and each component
+get independent forks (:meth:`World.entropy_for`), so adding a random draw in one place does not shift
+another's stream.
+
+A UDP datagram reaching a host is delivered to a bound socket when the destination is one of the host's
+own addresses; otherwise (a prefix route, e.g. into a gateway's TUN) it is handed over as a raw IP packet.
+A raw IP packet carrying UDP to a host that takes no raw packets goes to the matching socket instead.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Duration, Instant, fmt
+from gateway_core.commands import Exit
+from gateway_core.contract import Deadline
+from gateway_core.entropy import SeededEntropy
+from gateway_core.errors import UsageError
+from gateway_core.stats import Stats
+from gateway_core.wire.ip import build_udp_packet
+from sim.clock import VirtualClock
+from sim.host import Host, StreamClosed, StreamEvent, StreamFrame, StreamOpened
+from sim.net import NetDrop, Network, ip_endpoints, udp_in_ip
+from sim.trace import Record, Trace
+
+if TYPE_CHECKING:
+    from sim.pcap import PcapWriter
+
+MAX_EVENTS_PER_INSTANT = 100_000
+"""Livelock guard: events served without the clock moving (e.g. two hosts bouncing packets over zero-delay
+links). A healthy scenario serves a handful per instant."""
+
+MAX_COMMANDS_PER_STEP = 100_000
+"""A component that keeps producing commands while being drained is stuck in a loop."""
+
+UDP = 17
+
+_DELIVER = 0
+_WAKE = 1
+_ACTION = 2
+_STREAM = 3
+
+
+class SimError(RuntimeError):
+    """The simulation itself cannot go on (livelock, a command nothing can execute)."""
+
+
+@dataclass(slots=True)
+class Packet:
+    """One packet in flight. ``proto`` is ``udp`` (a datagram) or ``ip`` (a raw IP packet in ``payload``)."""
+
+    id: int
+    proto: str
+    src_host: str
+    dst_host: str
+    src: SocketAddr
+    dst: SocketAddr
+    l4: int
+    payload: bytes
+    sent_at: Instant
+
+
+@dataclass(slots=True)
+class _Stream:
+    id: int
+    client: str
+    server: str
+    client_addr: SocketAddr
+    server_addr: SocketAddr
+    open: bool = True
+    last_to_client: Instant = Instant(0)
+    last_to_server: Instant = Instant(0)
+
+
+class World:
+    """The event loop; see the module docstring."""
+
+    def __init__(
+        self,
+        seed: int | bytes,
+        *,
+        trace: Trace | None = None,
+        pcap: PcapWriter | None = None,
+        clock: VirtualClock | None = None,
+        max_events_per_instant: int = MAX_EVENTS_PER_INSTANT,
+    ) -> None:
+        self.seed = seed
+        self.clock = clock if clock is not None else VirtualClock()
+        self.entropy = SeededEntropy(seed)
+        self.network = Network(self.entropy.fork("net"))
+        self.trace = trace if trace is not None else Trace()
+        self.pcap = pcap
+        self.hosts: dict[str, Host] = {}
+        self.stats = Stats()
+        self.max_events_per_instant = max_events_per_instant
+        self._queue: list[tuple[int, int, int, object]] = []
+        self._seq = 0
+        self._packet_ids = 0
+        self._streams: dict[int, _Stream] = {}
+        self._wakes: dict[str, int] = {}
+        self._instant_events = 0
+        self._instant: int = -1
+
+    # --- basics ---
+
+    @property
+    def now(self) -> Instant:
+        return self.clock.now
+
+    def entropy_for(self, name: str) -> SeededEntropy:
+        """An independent deterministic stream for the component of host ``name``."""
+        return self.entropy.fork(f"host/{name}")
+
+    def _push(self, t: int, kind: int, obj: object) -> int:
+        if t < self.clock.now:
+            raise UsageError(f"cannot schedule an event in the past ({t} < {self.clock.now})")
+        self._seq += 1
+        heapq.heappush(self._queue, (t, self._seq, kind, obj))
+        return self._seq
+
+    def _emit(self, ev: str, **fields: int | str | None) -> None:
+        rec: Record = {"t": int(self.clock.now), "ev": ev}
+        rec.update(fields)
+        self.trace.emit(rec)
+
+    # --- hosts ---
+
+    def add_host(self, host: Host) -> Host:
+        """Put ``host`` on the network and start driving its component."""
+        if host.name in self.hosts:
+            raise UsageError(f"duplicate host name {host.name!r}")
+        self.network.attach(host.name, host.addresses(), host.link)
+        self.hosts[host.name] = host
+        host.attached(self)
+        self._settle(host, None)
+        return host
+
+    def remove_host(self, name: str) -> None:
+        """Take a host off the network; its addresses become stale, its pending events are dropped."""
+        host = self.hosts.pop(name)
+        self.network.detach(name)
+        self._wakes.pop(name, None)
+        host.exited = host.exited or Exit("removed")
+
+    def host_exited(self, host: Host, command: Exit) -> None:
+        """Called by :meth:`Host.execute` on ``Exit``: the host is driven no more."""
+        host.exited = command
+        self._wakes.pop(host.name, None)
+        self._emit("exit", host=host.name, reason=command.reason, code=command.code)
+
+    def drive(self, host: Host | str, call: Callable[[Instant], object]) -> None:
+        """Call into a component from outside (a scenario step), then drain and check it like any step."""
+        h = self.hosts[host] if isinstance(host, str) else host
+        h.checker.check_now(self.now)
+        call(self.now)
+        self._settle(h, None)
+
+    def _settle(self, host: Host, served: Deadline | None) -> None:
+        comp = host.component
+        n = 0
+        while (cmd := comp.poll_command()) is not None:
+            n += 1
+            if n > MAX_COMMANDS_PER_STEP:
+                raise SimError(f"{host.name} produced more than {MAX_COMMANDS_PER_STEP} commands in one step")
+            if host.exited is None:
+                host.execute(self.now, cmd)
+        if host.exited is not None:
+            return
+        deadline = host.checker.settle(self.now, served)
+        previous = host.deadline
+        host.deadline = deadline
+        if deadline is None:
+            self._wakes.pop(host.name, None)
+        elif deadline != previous or host.name not in self._wakes:
+            self._wakes[host.name] = self._push(deadline.at, _WAKE, host.name)
+
+    # --- scenario actions ---
+
+    def at(self, t: Instant, action: Callable[[], None], label: str | None = None) -> None:
+        """Run ``action`` at virtual time ``t``; with a ``label`` it is traced as an ``action`` record.
+
+        (:meth:`partition` and :meth:`heal` trace themselves, so schedule them without a label.)"""
+        self._push(t, _ACTION, (label, action))
+
+    def after(self, delay: Duration, action: Callable[[], None], label: str | None = None) -> None:
+        self.at(Instant(self.now + delay), action, label)
+
+    def partition(self, group_a: list[str], group_b: list[str]) -> None:
+        """Cut the paths between two groups of hosts now (traced)."""
+        self.network.partition(group_a, group_b)
+        self._emit("action", what=f"partition {','.join(group_a)} | {','.join(group_b)}")
+
+    def heal(self, group_a: list[str] | None = None, group_b: list[str] | None = None) -> None:
+        """Heal cuts now (all of them when no group is given; traced)."""
+        self.network.heal(group_a, group_b)
+        what = (
+            "heal all"
+            if group_a is None or group_b is None
+            else f"heal {','.join(group_a)} | {','.join(group_b)}"
+        )
+        self._emit("action", what=what)
+
+    # --- sending ---
+
+    def _drop(self, pkt: Packet | None, reason: NetDrop, **fields: int | str | None) -> None:
+        self.stats.incr(f"drop.{reason.value}")
+        if pkt is not None:
+            self.stats.incr(f"{pkt.src_host}.dropped")
+            fields.update(_packet_fields(pkt))
+        self._emit("drop", reason=reason.value, **fields)
+
+    def send_udp(self, host: Host, src: SocketAddr | None, dst: SocketAddr, payload: bytes) -> None:
+        """Send one UDP datagram from ``host``; ``src=None`` picks the host's address and sending port."""
+        if src is None:
+            ip = host.source_for(dst.ip)
+            if ip is None:
+                self._drop(None, NetDrop.NO_SOURCE_ADDRESS, host=host.name, dst=str(dst))
+                return
+            src = SocketAddr(ip, host.sending_port())
+        elif not host.owns(src.ip):
+            self._drop(None, NetDrop.NOT_OWN_ADDRESS, host=host.name, src=str(src), dst=str(dst))
+            return
+        self._send(host, "udp", src, dst, UDP, bytes(payload))
+
+    def send_ip(self, host: Host, packet: bytes) -> None:
+        """Send one raw IP packet from ``host`` (routed by its destination address)."""
+        ends = ip_endpoints(packet)
+        if ends is None:
+            self._drop(None, NetDrop.MALFORMED_IP, host=host.name, len=len(packet))
+            return
+        src_ip, dst_ip, l4 = ends
+        self._send(host, "ip", SocketAddr(src_ip, 0), SocketAddr(dst_ip, 0), l4, bytes(packet))
+
+    def _send(
+        self, host: Host, proto: str, src: SocketAddr, dst: SocketAddr, l4: int, payload: bytes
+    ) -> None:
+        self._packet_ids += 1
+        route = self.network.route(dst.ip)
+        dst_host = route if isinstance(route, str) else ""
+        pkt = Packet(self._packet_ids, proto, host.name, dst_host, src, dst, l4, payload, self.now)
+        self.stats.incr("sent")
+        self.stats.incr(f"{host.name}.sent")
+        self._emit("send", len=len(payload), **_packet_fields(pkt))
+        if isinstance(route, NetDrop):
+            self._drop(pkt, route)
+            return
+        if self.network.is_partitioned(host.name, dst_host):
+            self._drop(pkt, NetDrop.PARTITION)
+            return
+        delays = self.network.fate(host.name, dst_host)
+        if not delays:
+            self._drop(pkt, NetDrop.LOSS)
+            return
+        for copy, delay in enumerate(delays):
+            self._push(self.now + delay, _DELIVER, (pkt, copy))
+
+    # --- the loop ---
+
+    def run_until(self, t_end: Instant) -> None:
+        """Serve every event up to and including ``t_end``, then leave the clock at ``t_end``."""
+        while self._queue and self._queue[0][0] <= t_end:
+            self.step()
+        if t_end > self.now:
+            self.clock.advance_to(t_end)
+
+    def run_for(self, d: Duration) -> None:
+        self.run_until(Instant(self.now + d))
+
+    def next_event_at(self) -> Instant | None:
+        return Instant(self._queue[0][0]) if self._queue else None
+
+    def step(self) -> None:
+        """Serve the earliest event."""
+        t, seq, kind, obj = heapq.heappop(self._queue)
+        if t != self._instant:
+            self._instant = t
+            self._instant_events = 0
+        self._instant_events += 1
+        if self._instant_events > self.max_events_per_instant:
+            raise SimError(f"livelock: more than {self.max_events_per_instant} events at {fmt(t)}")
+        self.clock.advance_to(Instant(t))
+        if kind == _DELIVER:
+            assert isinstance(obj, tuple)
+            self._deliver(obj[0], obj[1])
+        elif kind == _WAKE:
+            assert isinstance(obj, str)
+            self._wake(obj, seq)
+        elif kind == _ACTION:
+            assert isinstance(obj, tuple)
+            label, action = obj
+            if label is not None:
+                self._emit("action", what=label)
+            action()
+        else:
+            assert isinstance(obj, tuple)
+            self._stream_deliver(obj[0], obj[1])
+
+    def _wake(self, name: str, seq: int) -> None:
+        if self._wakes.get(name) != seq:
+            return  # superseded by a later deadline, or the host is gone
+        del self._wakes[name]
+        host = self.hosts[name]
+        served = host.deadline
+        assert served is not None
+        self._emit("timeout", host=name, reason=served.reason, at=int(served.at))
+        host.checker.check_now(self.now)
+        host.component.handle_timeout(self.now)
+        self._settle(host, served)
+
+    def _deliver(self, pkt: Packet, copy: int) -> None:
+        host = self.hosts.get(pkt.dst_host)
+        if host is None or host.exited is not None:
+            self._drop(pkt, NetDrop.HOST_DOWN, copy=copy)
+            return
+        if self.network.is_partitioned(pkt.src_host, pkt.dst_host):
+            self._drop(pkt, NetDrop.PARTITION, copy=copy)
+            return
+        now = self.now
+        as_datagram: tuple[SocketAddr, SocketAddr, bytes] | None = None
+        if pkt.proto == "udp":
+            if host.owns(pkt.dst.ip) and pkt.dst.port in host.ports and host.accepts_datagrams():
+                as_datagram = (pkt.dst, pkt.src, pkt.payload)
+            elif not host.accepts_raw_ip():
+                self._drop(pkt, NetDrop.NO_SOCKET, copy=copy)
+                return
+        elif not host.accepts_raw_ip():
+            udp = udp_in_ip(pkt.payload)
+            if udp is None or not host.owns(pkt.dst.ip) or udp[1] not in host.ports:
+                self._drop(pkt, NetDrop.NO_HANDLER, copy=copy)
+                return
+            as_datagram = (SocketAddr(pkt.dst.ip, udp[1]), SocketAddr(pkt.src.ip, udp[0]), udp[2])
+        self.stats.incr("delivered")
+        self.stats.incr(f"{host.name}.received")
+        if copy:
+            self.stats.incr("duplicated")
+        self._emit(
+            "deliver",
+            copy=copy,
+            sent=int(pkt.sent_at),
+            len=len(pkt.payload),
+            payload=pkt.payload.hex(),
+            **_packet_fields(pkt),
+        )
+        if self.pcap is not None:
+            self.pcap.write(self.clock.unix_ns(now), self._as_ip(pkt))
+        if as_datagram is not None:
+            local, remote, payload = as_datagram
+            host.checker.network_input(now, lambda: host.on_datagram(now, local, remote, payload))
+        else:
+            raw = self._as_ip(pkt)
+            host.checker.network_input(now, lambda: host.on_ip_packet(now, raw))
+        self._settle(host, None)
+
+    @staticmethod
+    def _as_ip(pkt: Packet) -> bytes:
+        if pkt.proto == "ip":
+            return pkt.payload
+        return build_udp_packet(pkt.src.ip, pkt.dst.ip, pkt.src.port, pkt.dst.port, pkt.payload)
+
+    # --- reliable streams (the portal's WebSocket, simulated as ordered text frames) ---
+
+    def stream_connect(self, host: Host, dst: SocketAddr) -> int:
+        """Open a stream from ``host`` to ``dst``; both ends get :class:`StreamOpened` (or the client a
+        :class:`StreamClosed` with the reason it failed). Returns the stream id."""
+        self._packet_ids += 1
+        sid = self._packet_ids
+        src_ip = host.source_for(dst.ip)
+        route = self.network.route(dst.ip)
+        src = SocketAddr(src_ip, host.ephemeral_port()) if src_ip is not None else SocketAddr(dst.ip, 0)
+        server = route if isinstance(route, str) else ""
+        st = _Stream(sid, host.name, server, src, dst)
+        self._streams[sid] = st
+        self._emit("stream_connect", stream=sid, host=host.name, src=str(src), dst=str(dst))
+        reason = None
+        if src_ip is None:
+            reason = NetDrop.NO_SOURCE_ADDRESS.value
+        elif isinstance(route, NetDrop):
+            reason = route.value
+        elif self.network.is_partitioned(host.name, server):
+            reason = NetDrop.PARTITION.value
+        elif dst.port not in self.hosts[server].stream_ports:
+            reason = "refused"
+        if reason is not None:
+            st.open = False
+            self._push(self.now, _STREAM, (host.name, StreamClosed(sid, reason)))
+            return sid
+        one_way = self.network.path(host.name, server).latency
+        st.last_to_server = Instant(self.now + one_way)
+        st.last_to_client = Instant(self.now + 2 * one_way)
+        self._push(st.last_to_server, _STREAM, (server, StreamOpened(sid, dst, src)))
+        self._push(st.last_to_client, _STREAM, (host.name, StreamOpened(sid, src, dst)))
+        return sid
+
+    def stream_send(self, host: Host, sid: int, text: str) -> None:
+        """Send one text frame on stream ``sid``; frames arrive whole and in order, or the stream resets."""
+        st = self._streams[sid]
+        if not st.open:
+            return
+        if self.network.is_partitioned(st.client, st.server):
+            self._reset(st, NetDrop.PARTITION.value)
+            return
+        to_server = host.name == st.client
+        peer = st.server if to_server else st.client
+        p = self.network.path(host.name, peer)
+        # Reliable transport: loss shows up as delay (one retransmission), never as a missing frame.
+        delay = p.latency + (self.network.draw_jitter(p))
+        if to_server:
+            st.last_to_server = Instant(max(self.now + delay, st.last_to_server))
+            at = st.last_to_server
+        else:
+            st.last_to_client = Instant(max(self.now + delay, st.last_to_client))
+            at = st.last_to_client
+        self._emit("stream_send", stream=sid, host=host.name, len=len(text), text=text)
+        self._push(at, _STREAM, (peer, StreamFrame(sid, text)))
+
+    def stream_close(self, host: Host, sid: int, reason: str = "closed") -> None:
+        """Close stream ``sid`` from ``host``; the peer gets :class:`StreamClosed` after the path delay."""
+        st = self._streams[sid]
+        if not st.open:
+            return
+        st.open = False
+        peer = st.server if host.name == st.client else st.client
+        at = max(self.now + self.network.path(host.name, peer).latency, st.last_to_server, st.last_to_client)
+        self._emit("stream_close", stream=sid, host=host.name, reason=reason)
+        self._push(at, _STREAM, (peer, StreamClosed(sid, reason)))
+
+    def _reset(self, st: _Stream, reason: str) -> None:
+        st.open = False
+        self._emit("stream_close", stream=st.id, host="", reason=reason)
+        self._push(self.now, _STREAM, (st.client, StreamClosed(st.id, reason)))
+        self._push(self.now, _STREAM, (st.server, StreamClosed(st.id, reason)))
+
+    def _stream_deliver(self, name: str, event: StreamEvent) -> None:
+        host = self.hosts.get(name)
+        st = self._streams[event.stream]
+        if host is None or host.exited is not None:
+            return
+        if not isinstance(event, StreamClosed):
+            if not st.open:
+                return  # reset while in flight
+            if self.network.is_partitioned(st.client, st.server):
+                self._reset(st, NetDrop.PARTITION.value)
+                return
+        fields: dict[str, int | str | None] = {"stream": event.stream, "host": name}
+        if isinstance(event, StreamFrame):
+            fields["text"] = event.text
+        elif isinstance(event, StreamClosed):
+            fields["reason"] = event.reason
+        self._emit(_STREAM_EV[type(event)], **fields)
+        now = self.now
+        host.checker.network_input(now, lambda: host.on_stream_event(now, event))
+        self._settle(host, None)
+
+
+_STREAM_EV: dict[type, str] = {
+    StreamOpened: "stream_open",
+    StreamFrame: "stream_frame",
+    StreamClosed: "stream_closed",
+}
+
+
+def _packet_fields(pkt: Packet) -> dict[str, int | str | None]:
+    """Trace fields identifying a packet; ``from``/``to`` are host names (``to`` empty if unroutable)."""
+    udp = pkt.proto == "udp"
+    return {
+        "id": pkt.id,
+        "proto": pkt.proto,
+        "l4": pkt.l4,
+        "from": pkt.src_host,
+        "to": pkt.dst_host,
+        "src": str(pkt.src) if udp else str(pkt.src.ip),
+        "dst": str(pkt.dst) if udp else str(pkt.dst.ip),
+    }
+
+
+def address_of(host: Host, version: int) -> IPAddress:
+    """The host's address of IP ``version`` (4 or 6); a :class:`UsageError` if it has none."""
+    ip = host.ipv4 if version == 4 else host.ipv6
+    if ip is None:
+        raise UsageError(f"host {host.name!r} has no IPv{version} address")
+    return ip
