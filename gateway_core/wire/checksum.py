@@ -8,8 +8,9 @@ end-around-carry sum of words that are not all zero lies in ``1..0xFFFF``, so th
 
 Incremental update (RFC 1624 eqn. 3): ``HC' = ~(~HC + ~m + m')`` where ``m`` is the old and ``m'`` the new
 value of the changed words. Computed with end-around carry, the result equals a full recomputation for
-any buffer whose old checksum was correct (``~m`` is never ``+0`` here, so the sum never collapses to the
-"negative zero" ambiguity).
+any buffer whose old checksum was correct and whose new contents are not all zero (``~m`` is never ``+0``
+here, so the sum lies in ``1..0xFFFF`` exactly like a full sum of non-zero data). Packets never are all
+zero: the IP header and the pseudo-header carry a version, a protocol or an address.
 """
 
 from __future__ import annotations

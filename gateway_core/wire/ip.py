@@ -29,6 +29,10 @@ from gateway_core.wire.checksum import internet_checksum, pseudo_header_sum
 
 __all__ = [
     "DEFAULT_TTL",
+    "ICMPV4_ECHO_REPLY",
+    "ICMPV4_ECHO_REQUEST",
+    "ICMPV6_ECHO_REPLY",
+    "ICMPV6_ECHO_REQUEST",
     "IPV4_HEADER_LEN",
     "IPV6_HEADER_LEN",
     "MAX_IP_SIZE",
@@ -63,6 +67,7 @@ __all__ = [
     "ip_version",
     "l4_checksum_ok",
     "l4_info",
+    "locate_l4",
     "parse_icmp",
     "parse_ip",
     "parse_ipv4",
@@ -250,11 +255,13 @@ def parse_ipv6(packet: bytes | bytearray | memoryview) -> Ipv6Header:
     return Ipv6Header((vtf >> 20) & 0xFF, vtf & 0xFFFFF, plen, nh, hlim, IPv6Address(src), IPv6Address(dst))
 
 
-def _walk(packet: bytes | bytearray | memoryview, lax: bool) -> tuple[int, int, int, int, bool]:
+def locate_l4(packet: bytes | bytearray | memoryview, lax: bool = False) -> tuple[int, int, int, int, bool]:
     """Locate the transport header: ``(version, proto, l4_offset, end, fragment)``.
 
-    Strict (``lax=False``): the declared lengths must fit in the buffer. Lax (inside ICMP errors): the
-    packet may be truncated after its extension headers; ``end`` is then the buffer length.
+    Strict (``lax=False``): the declared lengths must fit in the buffer. Lax (the packet quoted inside an
+    ICMP error): the packet may be truncated after its headers, and an inconsistent total length (or an
+    IPv6 payload length of 0) means "up to the end of the buffer". Either way the IP header and every
+    extension header must be complete. For a non-first fragment ``l4_offset`` points at fragment data.
     """
     n = len(packet)
     if n == 0:
@@ -265,11 +272,11 @@ def _walk(packet: bytes | bytearray | memoryview, lax: bool) -> tuple[int, int, 
             raise DecodeError("IPv4 header truncated")
         hl = (packet[0] & 0xF) * 4
         total = (packet[2] << 8) | packet[3]
-        if hl < IPV4_HEADER_LEN or hl > n or total < hl:
+        if hl < IPV4_HEADER_LEN or hl > n:
             raise DecodeError("bad IPv4 header length")
-        if total > n:
+        if total < hl or total > n:
             if not lax:
-                raise DecodeError("IPv4 total length exceeds packet")
+                raise DecodeError("IPv4 total length inconsistent")
             total = n
         ff = (packet[6] << 8) | packet[7]
         fragment = bool(ff & 0x3FFF)
@@ -288,7 +295,7 @@ def _walk(packet: bytes | bytearray | memoryview, lax: bool) -> tuple[int, int, 
         if n < IPV6_HEADER_LEN:
             raise DecodeError("IPv6 header truncated")
         end = IPV6_HEADER_LEN + ((packet[4] << 8) | packet[5])
-        if end > n:
+        if end > n or (lax and end == IPV6_HEADER_LEN):
             if not lax:
                 raise DecodeError("IPv6 payload length exceeds packet")
             end = n
@@ -323,7 +330,7 @@ def _walk(packet: bytes | bytearray | memoryview, lax: bool) -> tuple[int, int, 
 
 def parse_ip(packet: bytes | bytearray | memoryview) -> ParsedIp:
     """Parse an IPv4 or IPv6 packet (with IPv6 extension headers and the IPv4 authentication header)."""
-    version, proto, off, end, fragment = _walk(packet, False)
+    version, proto, off, end, fragment = locate_l4(packet)
     src, dst = src_dst(packet)
     ttl = packet[8] if version == 4 else packet[7]
     return ParsedIp(version, src, dst, proto, ttl, off, end, fragment, bytes(packet[off:end]))
@@ -401,7 +408,7 @@ def src_dst(packet: bytes | bytearray | memoryview) -> tuple[IPAddress, IPAddres
 
 def l4_info(packet: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     """``(proto, l4_offset, end)`` of a complete, unfragmented packet (DecodeError for a fragment)."""
-    _, proto, off, end, fragment = _walk(packet, False)
+    _, proto, off, end, fragment = locate_l4(packet)
     if fragment:
         raise DecodeError("fragment")
     return proto, off, end
@@ -414,7 +421,7 @@ def five_tuple(packet: bytes | bytearray | memoryview) -> FiveTuple:
     ``Protocol::Icmp(id)``). Other ICMP messages and other protocols: ``0, 0``. The transport header must
     be complete (8 bytes for UDP/ICMP, the data offset for TCP).
     """
-    version, proto, off, end, fragment = _walk(packet, False)
+    version, proto, off, end, fragment = locate_l4(packet)
     if fragment:
         raise DecodeError("fragment")
     src, dst = src_dst(packet)
@@ -446,7 +453,7 @@ def validate(packet: bytes | bytearray | memoryview) -> DropReason | None:
     if packet and packet[0] >> 4 not in (4, 6):
         return DropReason.UNSUPPORTED_IP_VERSION
     try:
-        version, proto, off, end, fragment = _walk(packet, False)
+        version, proto, off, end, fragment = locate_l4(packet)
     except DecodeError:
         return DropReason.MALFORMED_IP
     if fragment:
@@ -477,7 +484,7 @@ def l4_checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
 
     An IPv4 UDP checksum of zero means "none" and verifies. Other protocols: only the IPv4 header.
     """
-    version, proto, off, end, fragment = _walk(packet, False)
+    version, proto, off, end, fragment = locate_l4(packet)
     if fragment:
         raise DecodeError("fragment")
     if version == 4 and internet_checksum(packet[: (packet[0] & 0xF) * 4]) != 0:

@@ -1,0 +1,231 @@
+"""In-place rewriting of IP packets on a ``bytearray``: NAT of addresses and ports (gateway-datapath.md
+§9.5), ECN merge (§12.3) and full checksum recomputation.
+
+:func:`nat_rewrite` fixes every affected checksum incrementally (RFC 1624) instead of recomputing it, so
+the cost does not depend on the payload size: the IPv4 header checksum for an address change, and the
+TCP/UDP/ICMPv6 checksum for an address (pseudo-header) or port change. ICMPv4 has no pseudo-header, so
+only an echo identifier change touches its checksum. For a packet whose checksums were correct the result
+equals a full recomputation (tested); a packet with a wrong checksum keeps it wrong (Firezone recomputes
+from scratch and would "repair" it; end-to-end integrity is preserved here instead). A UDP checksum of 0
+("none" in IPv4) stays 0; an incrementally computed 0 is sent as 0xFFFF (RFC 768).
+
+All checks happen before the first byte is written: on an exception the buffer is unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from gateway_core.addr import IPAddress
+from gateway_core.errors import DecodeError, UsageError
+from gateway_core.wire.checksum import checksum_adjust_int, internet_checksum, pseudo_header_sum
+from gateway_core.wire.ip import (
+    ICMPV4_ECHO_REPLY,
+    ICMPV4_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    locate_l4,
+    src_dst,
+)
+
+__all__ = [
+    "ECN_CE",
+    "merge_ecn",
+    "nat_rewrite",
+    "recompute_checksums",
+    "set_dport",
+    "set_dst",
+    "set_sport",
+    "set_src",
+]
+
+# Why: RFC 3168 codepoints; only ECT(0)/ECT(1) inner packets may become CE (§12.3).
+ECN_CE = 3
+_ECT = (1, 2)
+
+_U16 = struct.Struct("!H")
+
+# Offset of the checksum field inside the transport header, and the minimal header length.
+_CSUM_AT = {PROTO_UDP: 6, PROTO_TCP: 16, PROTO_ICMP: 2, PROTO_ICMPV6: 2}
+_MIN_L4 = {PROTO_UDP: 8, PROTO_TCP: 20, PROTO_ICMP: 8, PROTO_ICMPV6: 8}
+
+
+def _has_l4(version: int, proto: int) -> bool:
+    """Whether the transport is one whose header (and checksum) we know, in the right IP family."""
+    if proto == PROTO_ICMP:
+        return version == 4
+    if proto == PROTO_ICMPV6:
+        return version == 6
+    return proto in (PROTO_TCP, PROTO_UDP)
+
+
+def _is_echo(version: int, proto: int, icmp_type: int) -> bool:
+    if version == 4 and proto == PROTO_ICMP:
+        return icmp_type in (ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY)
+    if version == 6 and proto == PROTO_ICMPV6:
+        return icmp_type in (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+    return False
+
+
+def nat_rewrite(
+    buf: bytearray,
+    *,
+    src: IPAddress | None = None,
+    dst: IPAddress | None = None,
+    sport: int | None = None,
+    dport: int | None = None,
+) -> None:
+    """Rewrite the given fields of the whole, unfragmented IP packet in ``buf`` and fix its checksums.
+
+    For ICMP echo request/reply ``sport`` and ``dport`` both mean the identifier (Firezone's
+    ``Protocol::Icmp(id)``); giving both with different values is a UsageError. A port for any other
+    protocol (or ICMP type) is a DecodeError, as is a malformed packet or a fragment. An address of the
+    other family is a UsageError.
+    """
+    version, proto, off, end, fragment = locate_l4(buf)
+    if fragment:
+        raise DecodeError("cannot rewrite a fragment")
+    alen, s_at = (4, 12) if version == 4 else (16, 8)
+    for ip in (src, dst):
+        if ip is not None and ip.version != version:
+            raise UsageError("address of the other IP family")
+    l4len = end - off
+    has_l4 = _has_l4(version, proto)
+    if has_l4 and l4len < _MIN_L4[proto]:
+        raise DecodeError("transport header truncated")
+    port_at = -1
+    new_port = 0
+    if sport is not None or dport is not None:
+        for p in (sport, dport):
+            if p is not None and not 0 <= p <= 0xFFFF:
+                raise UsageError(f"port out of range: {p}")
+        if has_l4 and proto in (PROTO_TCP, PROTO_UDP):
+            pass
+        elif has_l4 and _is_echo(version, proto, buf[off]):
+            if sport is not None and dport is not None and sport != dport:
+                raise UsageError("an echo has one identifier: sport and dport differ")
+            port_at = off + 4
+            new_port = sport if sport is not None else dport  # type: ignore[assignment]
+        else:
+            raise DecodeError("packet has no ports to rewrite")
+
+    # --- checks done: write ---
+    addr_old = addr_new = 0
+    if src is not None:
+        addr_old += int.from_bytes(buf[s_at : s_at + alen], "big")
+        addr_new += int(src)
+        buf[s_at : s_at + alen] = src.packed
+    if dst is not None:
+        d_at = s_at + alen
+        addr_old += int.from_bytes(buf[d_at : d_at + alen], "big")
+        addr_new += int(dst)
+        buf[d_at : d_at + alen] = dst.packed
+    if version == 4 and (src is not None or dst is not None):
+        _U16.pack_into(buf, 10, checksum_adjust_int(_U16.unpack_from(buf, 10)[0], addr_old, addr_new))
+    if not has_l4:
+        return
+    old = new = 0
+    if proto != PROTO_ICMP:  # every other transport here has a pseudo-header
+        old, new = addr_old, addr_new
+    if port_at >= 0:  # echo identifier
+        old += _U16.unpack_from(buf, port_at)[0]
+        new += new_port
+        _U16.pack_into(buf, port_at, new_port)
+    elif proto in (PROTO_TCP, PROTO_UDP):
+        if sport is not None:
+            old += _U16.unpack_from(buf, off)[0]
+            new += sport
+            _U16.pack_into(buf, off, sport)
+        if dport is not None:
+            old += _U16.unpack_from(buf, off + 2)[0]
+            new += dport
+            _U16.pack_into(buf, off + 2, dport)
+    if old == new:
+        return
+    c_at = off + _CSUM_AT[proto]
+    cur = _U16.unpack_from(buf, c_at)[0]
+    if proto == PROTO_UDP and cur == 0:
+        return  # no checksum (IPv4); an invalid zero in IPv6 stays invalid
+    fixed = checksum_adjust_int(cur, old, new)
+    if proto == PROTO_UDP and fixed == 0:
+        fixed = 0xFFFF
+    _U16.pack_into(buf, c_at, fixed)
+
+
+def set_src(buf: bytearray, ip: IPAddress) -> None:
+    """Set the source address (with checksum fix-up)."""
+    nat_rewrite(buf, src=ip)
+
+
+def set_dst(buf: bytearray, ip: IPAddress) -> None:
+    """Set the destination address (with checksum fix-up)."""
+    nat_rewrite(buf, dst=ip)
+
+
+def set_sport(buf: bytearray, port: int) -> None:
+    """Set the TCP/UDP source port or the ICMP echo identifier (with checksum fix-up)."""
+    nat_rewrite(buf, sport=port)
+
+
+def set_dport(buf: bytearray, port: int) -> None:
+    """Set the TCP/UDP destination port or the ICMP echo identifier (with checksum fix-up)."""
+    nat_rewrite(buf, dport=port)
+
+
+def recompute_checksums(buf: bytearray) -> None:
+    """Recompute the transport checksum (TCP, UDP, ICMPv4, ICMPv6) and the IPv4 header checksum from
+    scratch, as Firezone does after a NAT rewrite. The UDP checksum covers the UDP length; 0 becomes 0xFFFF.
+    """
+    version, proto, off, end, fragment = locate_l4(buf)
+    if fragment:
+        raise DecodeError("cannot checksum a fragment")
+    if _has_l4(version, proto):
+        if end - off < _MIN_L4[proto]:
+            raise DecodeError("transport header truncated")
+        seg_end = end
+        if proto == PROTO_UDP:
+            seg_end = off + _U16.unpack_from(buf, off + 4)[0]
+            if seg_end - off < 8 or seg_end > end:
+                raise DecodeError("UDP length inconsistent")
+        c_at = off + _CSUM_AT[proto]
+        buf[c_at : c_at + 2] = b"\0\0"
+        seg = bytes(buf[off:seg_end])
+        if proto == PROTO_ICMP:
+            csum = internet_checksum(seg)
+        else:
+            s, d = src_dst(buf)
+            csum = internet_checksum(seg, pseudo_header_sum(s, d, proto, seg_end - off))
+        if proto == PROTO_UDP and csum == 0:
+            csum = 0xFFFF
+        _U16.pack_into(buf, c_at, csum)
+    if version == 4:
+        hl = (buf[0] & 0xF) * 4
+        buf[10:12] = b"\0\0"
+        _U16.pack_into(buf, 10, internet_checksum(bytes(buf[:hl])))
+
+
+def merge_ecn(buf: bytearray, outer_ecn: int) -> None:
+    """§12.3: if the outer datagram is CE and the inner packet ECT(0)/ECT(1), mark the inner packet CE.
+
+    Every other combination leaves the packet unchanged. Only the fixed IP header is needed.
+    """
+    if outer_ecn != ECN_CE or not buf:
+        return
+    v = buf[0] >> 4
+    if v == 4 and len(buf) >= 20:
+        old = buf[1]
+        if old & 3 in _ECT:
+            buf[1] = old | 3
+            word_old = (buf[0] << 8) | old
+            word_new = (buf[0] << 8) | buf[1]
+            _U16.pack_into(buf, 10, checksum_adjust_int(_U16.unpack_from(buf, 10)[0], word_old, word_new))
+    elif v == 6 and len(buf) >= 40:
+        # Traffic class = low nibble of byte 0 + high nibble of byte 1; ECN = bits 4-5 of byte 1.
+        if (buf[1] >> 4) & 3 in _ECT:
+            buf[1] |= 0x30
+    else:
+        raise DecodeError("not an IP packet")
