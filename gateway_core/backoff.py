@@ -65,7 +65,8 @@ class Backoff:
         if self._started is None:
             self._started = now
         elapsed = now - self._started
-        if cfg.max_elapsed is not None and elapsed >= cfg.max_elapsed:
+        if cfg.max_elapsed is not None and elapsed > cfg.max_elapsed:
+            # As the ``backoff`` crate: give up once the window is *exceeded* (portal-protocol.md §1.11).
             return None
         self._attempt += 1
         if cfg.first_immediate and self._attempt == 1:

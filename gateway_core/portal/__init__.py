@@ -1,0 +1,1 @@
+"""The portal connection: Phoenix framing, the channel machine, typed messages, login URL."""
