@@ -78,6 +78,9 @@ class DropReason(StrEnum):
     NO_NAT_SESSION = "no_nat_session"
     NAT_TABLE_FULL = "nat_table_full"
     NO_CONNECTION = "no_connection"
+    NAT_SESSION_EXPIRED = "nat_session_expired"
+    NAT_UNSUPPORTED_PROTOCOL = "nat_unsupported_protocol"
+    P2P_CONTROL_MALFORMED = "p2p_control_malformed"
 
     # --- DNS ---
     DNS_MALFORMED = "dns_malformed"
