@@ -34,8 +34,10 @@ def parse_duration(text: str) -> int:
         value = Decimal(text)
     except InvalidOperation as exc:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from exc
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     ns = value * 1_000_000_000
-    if not value.is_finite() or ns < 0 or ns != ns.to_integral_value():
+    if ns < 0 or ns != ns.to_integral_value():
         raise argparse.ArgumentTypeError(f"not a non-negative duration in ns precision: {text!r}")
     return int(ns)
 

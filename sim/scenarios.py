@@ -24,7 +24,8 @@ DEFAULT_DURATION = secs(10)
 PING_INTERVAL = millis(250)
 """One probe round per quarter second per pinger."""
 DRAIN = secs(1)
-"""The pingers stop this long before the end so the last replies (max path ~0.3 s) arrive in time."""
+"""The pingers stop this long before the end (at most half the run) so the last replies (max path ~0.3 s)
+arrive in time."""
 
 SERVER_V4 = IPv4Address("203.0.113.10")
 SERVER_V6 = IPv6Address("2001:db8::10")
@@ -48,7 +49,7 @@ class EchoScenario:
 def build_echo_world(world: World, cfg: EchoScenario | None = None) -> World:
     """Populate ``world`` with the echo scenario and schedule its partition."""
     cfg = cfg or EchoScenario()
-    rounds = max(0, (cfg.duration - DRAIN) // cfg.interval)
+    rounds = max(0, (cfg.duration - min(DRAIN, cfg.duration // 2)) // cfg.interval)
     server = EchoServer([SERVER_V4, SERVER_V6])
     world.add_host(
         Host(
@@ -143,7 +144,7 @@ def summary(world: World) -> str:
                 )
         elif isinstance(comp, EchoServer):
             snap = comp.stats.snapshot()
-            lines.append("  " + ", ".join(f"{k} {v}" for k, v in snap.items()))
+            lines.append("  " + (", ".join(f"{k} {v}" for k, v in snap.items()) or "idle"))
     return "\n".join(lines)
 
 

@@ -86,6 +86,7 @@ class _Stream:
     client_addr: SocketAddr
     server_addr: SocketAddr
     open: bool = True
+    reset: bool = False
     last_to_client: Instant = Instant(0)
     last_to_server: Instant = Instant(0)
 
@@ -437,13 +438,16 @@ class World:
         if not st.open:
             return
         st.open = False
-        peer = st.server if host.name == st.client else st.client
-        at = max(self.now + self.network.path(host.name, peer).latency, st.last_to_server, st.last_to_client)
+        to_server = host.name == st.client
+        peer = st.server if to_server else st.client
+        last = st.last_to_server if to_server else st.last_to_client
+        at = max(self.now + self.network.path(host.name, peer).latency, last)
         self._emit("stream_close", stream=sid, host=host.name, reason=reason)
         self._push(at, _STREAM, (peer, StreamClosed(sid, reason)))
 
     def _reset(self, st: _Stream, reason: str) -> None:
         st.open = False
+        st.reset = True
         self._emit("stream_close", stream=st.id, host="", reason=reason)
         self._push(self.now, _STREAM, (st.client, StreamClosed(st.id, reason)))
         self._push(self.now, _STREAM, (st.server, StreamClosed(st.id, reason)))
@@ -454,7 +458,7 @@ class World:
         if host is None or host.exited is not None:
             return
         if not isinstance(event, StreamClosed):
-            if not st.open:
+            if st.reset:
                 return  # reset while in flight
             if self.network.is_partitioned(st.client, st.server):
                 self._reset(st, NetDrop.PARTITION.value)

@@ -1,0 +1,148 @@
+"""Each contract check of sim/contract.py, triggered by a deliberately broken toy component."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant, millis, secs
+from gateway_core.contract import Deadline
+from sim.clock import VirtualClock
+from sim.contract import MAX_WAKEUPS_PER_INSTANT, ContractChecker, ContractViolation, Rule
+from sim.host import Host
+from sim.world import World
+from tests.sim.toys import (
+    BusyLoop,
+    ImpurePoll,
+    NeverConsumed,
+    PastDeadline,
+    PollQueuesCommand,
+    RaisesOnInput,
+    Sender,
+    Ticker,
+)
+
+A = IPv4Address("203.0.113.1")
+B = IPv4Address("203.0.113.2")
+
+
+def _world_with(comp: object, name: str = "toy") -> tuple[World, Host]:
+    world = World(1)
+    host = Host(name, comp, ipv4=A, udp_ports=(9,))  # type: ignore[arg-type]
+    world.add_host(host)
+    return world, host
+
+
+def test_well_behaved_component_passes_every_check() -> None:
+    comp = Ticker(millis(10), millis(10), 50)
+    world, _ = _world_with(comp)
+    world.run_until(Instant(secs(1)))
+    assert comp.fired == [millis(10) * k for k in range(1, 51)]
+
+
+def test_r2_time_going_backwards_is_caught() -> None:
+    checker = ContractChecker("toy", Ticker(0, 1, 0))
+    checker.check_now(Instant(100))
+    checker.check_now(Instant(100))  # the same instant again is fine
+    with pytest.raises(ContractViolation) as info:
+        checker.check_now(Instant(99))
+    assert info.value.rule is Rule.R2
+    assert info.value.component == "toy" and info.value.now == 99
+
+
+def test_r2_a_world_whose_clock_was_rewound_is_caught() -> None:
+    comp = Ticker(millis(10), millis(10), 3)
+    world, host = _world_with(comp)
+    world.run_until(Instant(secs(1)))
+    world.clock = VirtualClock(start=millis(25))  # a driver bug: time jumps back before the last tick (30 ms)
+    with pytest.raises(ContractViolation) as info:
+        world.drive(host, lambda now: None)
+    assert info.value.rule is Rule.R2
+
+
+def test_r4_impure_poll_timeout() -> None:
+    with pytest.raises(ContractViolation) as info:
+        _world_with(ImpurePoll(), "impure")
+    assert info.value.rule is Rule.R4
+    assert "not pure" in info.value.detail
+    assert "'impure'" in str(info.value) and "R4" in str(info.value)
+
+
+def test_r4_poll_timeout_that_queues_a_command() -> None:
+    with pytest.raises(ContractViolation) as info:
+        _world_with(PollQueuesCommand(millis(10), millis(10), 1))
+    assert info.value.rule is Rule.R4
+    assert "queued a command" in info.value.detail
+
+
+def test_r4_deadline_in_the_past() -> None:
+    world, _ = _world_with(PastDeadline(millis(10), millis(10), 3))
+    with pytest.raises(ContractViolation) as info:
+        world.run_until(Instant(secs(1)))
+    assert info.value.rule is Rule.R4
+    assert info.value.now == millis(10)
+    assert "in the past" in info.value.detail
+
+
+def test_r5_deadline_not_consumed() -> None:
+    comp = NeverConsumed(millis(20), millis(10), 3)
+    world, _ = _world_with(comp)
+    with pytest.raises(ContractViolation) as info:
+        world.run_until(Instant(secs(1)))
+    assert info.value.rule is Rule.R5
+    assert info.value.now == millis(20)
+    assert "still pending" in info.value.detail
+    assert comp.fired == [millis(20)]
+
+
+def test_r5_busy_loop_of_zero_delay_wakeups() -> None:
+    comp = BusyLoop()
+    world, _ = _world_with(comp)
+    with pytest.raises(ContractViolation) as info:
+        world.run_until(Instant(secs(1)))
+    assert info.value.rule is Rule.R5
+    assert "busy loop" in info.value.detail
+    assert comp.fired == [millis(5)] * MAX_WAKEUPS_PER_INSTANT
+
+
+def test_a_few_wakeups_at_one_instant_are_allowed() -> None:
+    comp = BusyLoop()
+    checker = ContractChecker("chain", comp, max_wakeups=4)
+    now = Instant(millis(5))
+    for _ in range(3):
+        served = comp.poll_timeout()
+        comp.handle_timeout(now)
+        checker.settle(now, served)
+    with pytest.raises(ContractViolation):
+        served = comp.poll_timeout()
+        comp.handle_timeout(now)
+        checker.settle(now, served)
+
+
+def test_r6_exception_from_network_input() -> None:
+    world = World(3)
+    world.add_host(Host("victim", RaisesOnInput(), ipv4=A, udp_ports=(9,)))
+    attacker = Sender(SocketAddr(A, 9), millis(1), millis(1), 1)
+    world.add_host(Host("attacker", attacker, ipv4=B, udp_ports=(10,)))
+    world.run_until(Instant(secs(1)))  # b"msg0" is harmless
+    bad = world.hosts["attacker"]
+    world.drive(bad, lambda now: world.send_udp(bad, None, SocketAddr(A, 9), b"\xff"))
+    with pytest.raises(ContractViolation) as info:
+        world.run_until(Instant(secs(2)))
+    assert info.value.rule is Rule.R6
+    assert info.value.component == "victim"
+    assert "IndexError" in info.value.detail
+    assert isinstance(info.value.__cause__, IndexError)
+
+
+def test_violation_message_names_component_time_and_rule() -> None:
+    v = ContractViolation("gw", secs(2) + millis(5), Rule.R5, "details")
+    assert str(v) == "R5 (deadlines are consumed) violated by 'gw' at 2.005s (2005000000 ns): details"
+
+
+def test_settle_returns_the_next_deadline() -> None:
+    comp = Ticker(millis(10), millis(10), 2)
+    checker = ContractChecker("t", comp)
+    assert checker.settle(Instant(0), None) == Deadline(Instant(millis(10)), "tick")
