@@ -1,0 +1,275 @@
+"""One UDP and one TCP DNS server per socket address, reconciled with the set the core asks for.
+
+Theory of operation. :class:`DnsServerSet` executes the core's :class:`BindDnsServers` (the whole desired
+set of addresses) and :class:`RetryDnsServerBind` (one address) commands:
+
+- an address that stays in the set keeps its two servers untouched (same objects, same sockets, open TCP
+  connections survive; Firezone instead closes and re-binds everything, datapath §10.5);
+- a new address gets a UDP server, then a TCP server on the same port (port 0: the port the UDP socket got);
+  if either bind fails neither is kept, and the failure is reported as a :class:`DnsServerBindFailed`
+  input, never raised (a deliberate fix: Firezone 1.4.18 exits, datapath §10.8);
+- a removed address has both servers closed.
+
+Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class:`DnsServerBindFailed`).
+*When* to retry a failed address is not decided here (R7): it is the pure
+:class:`gateway_core.dns.servers.DnsBindRetry`. If one is passed in, this set feeds it the outcomes and
+runs its timer (sleep until ``poll_timeout``, ``handle_timeout``, execute the queued commands); when the
+driver owns that policy inside the core, pass none and execute the core's commands with :meth:`execute`.
+
+Queries from every server come out of one stream (:meth:`receive`, ``async for``) as
+:class:`gateway_io.dns_server.DnsQuery`; :meth:`send_response` routes an answer to the server whose
+transport and local address the query carried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.commands import Command
+from gateway_core.dns.servers import (
+    BindDnsServers,
+    DnsBindRetry,
+    DnsServerBindFailed,
+    DnsServerBound,
+    DnsTransport,
+    RetryDnsServerBind,
+)
+from gateway_core.inputs import Input
+from gateway_io.dns_server import DnsQuery, HostPort, TcpDnsServer, TcpLimits, UdpDnsServer, parse_address
+
+log = logging.getLogger(__name__)
+
+MERGED_QUEUE = 256
+"""Queries taken from the servers and not yet taken by :meth:`DnsServerSet.receive`; when full, the
+per-server pumps wait, and the servers' own bounds take over."""
+
+EPHEMERAL_PAIR_ATTEMPTS = 3
+"""For port 0: how many fresh UDP ports to try when the TCP port of the same number is taken."""
+
+
+@dataclass(slots=True)
+class ServerPair:
+    """The two servers of one address, and the cancel scope of their pumps."""
+
+    udp: UdpDnsServer
+    tcp: TcpDnsServer
+    scope: anyio.CancelScope
+
+
+def _sort_key(address: SocketAddr) -> tuple[int, int, int]:
+    return (address.ip.version, int(address.ip), address.port)
+
+
+class DnsServerSet:
+    """The reconciled set of DNS servers; an async context manager (see the module docstring)."""
+
+    def __init__(
+        self,
+        on_input: Callable[[Input], None],
+        *,
+        retry: DnsBindRetry | None = None,
+        tcp_limits: TcpLimits | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._on_input = on_input
+        self._retry = retry
+        self._tcp_limits = tcp_limits
+        self._clock = clock
+        self._desired: frozenset[SocketAddr] = frozenset()
+        self._pairs: dict[SocketAddr, ServerPair] = {}
+        self._by_local: dict[tuple[DnsTransport, HostPort], UdpDnsServer | TcpDnsServer] = {}
+        self._send_q, self._recv_q = anyio.create_memory_object_stream[DnsQuery](MERGED_QUEUE)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._wake = anyio.Event()
+        self._lock = anyio.Lock()
+        self._last_now = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DnsServerSet:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        if self._retry is not None:
+            self._tg.start_soon(self._retry_timer)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._tg is not None
+        with anyio.CancelScope(shield=True):
+            for address in list(self._pairs):
+                await self._remove(address)
+        self._send_q.close()
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    # --- inspection ------------------------------------------------------------------------------------
+
+    @property
+    def servers(self) -> dict[SocketAddr, ServerPair]:
+        """The bound pairs by the address the core asked for (a copy)."""
+        return dict(self._pairs)
+
+    @property
+    def desired(self) -> frozenset[SocketAddr]:
+        return self._desired
+
+    # --- commands --------------------------------------------------------------------------------------
+
+    def _now(self) -> Instant:
+        self._last_now = max(self._last_now, self._clock())
+        return Instant(self._last_now)
+
+    async def set_addresses(self, addresses: tuple[SocketAddr, ...] | list[SocketAddr]) -> None:
+        """Without a core: tell the retry policy (if any) the new set, and reconcile to ``addresses``."""
+        if self._retry is not None:
+            self._retry.set_addresses(self._now(), tuple(addresses))
+            await self._drain_retry()
+        else:
+            await self.execute(BindDnsServers(tuple(addresses)))
+
+    async def execute(self, command: Command) -> None:
+        """Execute a :class:`BindDnsServers` or :class:`RetryDnsServerBind` command."""
+        async with self._lock:
+            match command:
+                case BindDnsServers(addresses=addresses):
+                    self._desired = frozenset(addresses)
+                    for address in sorted(set(self._pairs) - self._desired, key=_sort_key):
+                        await self._remove(address)
+                    for address in sorted(self._desired - set(self._pairs), key=_sort_key):
+                        await self._try_bind(address)
+                case RetryDnsServerBind(address=address):
+                    if address in self._desired and address not in self._pairs:
+                        await self._try_bind(address)
+                case _:
+                    raise TypeError(f"not a DNS server command: {command!r}")
+        self._wake.set()
+
+    async def _try_bind(self, address: SocketAddr) -> None:
+        try:
+            pair = await self._bind_pair(address)
+        except OSError as e:
+            log.warning("dns servers on %s: bind failed: %s", address, e)
+            self._report(DnsServerBindFailed(address, str(e)))
+            return
+        self._pairs[address] = pair
+        self._by_local[(DnsTransport.UDP, pair.udp.local_address)] = pair.udp
+        self._by_local[(DnsTransport.TCP, pair.tcp.local_address)] = pair.tcp
+        log.info("dns servers listening on %s (udp+tcp)", pair.udp.local_address)
+        self._report(DnsServerBound(address, pair.udp.local_address[1]))
+
+    async def _bind_pair(self, address: SocketAddr) -> ServerPair:
+        assert self._tg is not None, "use DnsServerSet as an async context manager"
+        _, (host, port) = parse_address(address)
+        attempts = EPHEMERAL_PAIR_ATTEMPTS if port == 0 else 1
+        for attempt in range(attempts):
+            udp = await UdpDnsServer.bind((host, port))
+            try:
+                tcp = await TcpDnsServer.bind(
+                    (host, udp.local_address[1]), limits=self._tcp_limits, task_group=self._tg
+                )
+            except OSError:
+                await udp.aclose()
+                if attempt + 1 == attempts:
+                    raise
+                continue
+            except BaseException:
+                await udp.aclose()
+                raise
+            scope = anyio.CancelScope()
+            pair = ServerPair(udp, tcp, scope)
+            self._tg.start_soon(self._pump, pair)
+            return pair
+        raise AssertionError("unreachable")
+
+    async def _pump(self, pair: ServerPair) -> None:
+        async def one(server: UdpDnsServer | TcpDnsServer) -> None:
+            try:
+                async for query in server:
+                    await self._send_q.send(query)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # the set is closing
+
+        with pair.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, pair.udp)
+                tg.start_soon(one, pair.tcp)
+
+    async def _remove(self, address: SocketAddr) -> None:
+        pair = self._pairs.pop(address)
+        pair.scope.cancel()
+        self._by_local.pop((DnsTransport.UDP, pair.udp.local_address), None)
+        self._by_local.pop((DnsTransport.TCP, pair.tcp.local_address), None)
+        await pair.udp.aclose()
+        await pair.tcp.aclose()
+        log.info("dns servers on %s closed", address)
+
+    def _report(self, event: DnsServerBound | DnsServerBindFailed) -> None:
+        if self._retry is not None:
+            now = self._now()
+            if isinstance(event, DnsServerBound):
+                self._retry.handle_bound(now, event)
+            else:
+                self._retry.handle_bind_failed(now, event)
+        self._on_input(event)
+
+    # --- the retry policy's timer (only with ``retry``) -------------------------------------------------
+
+    async def _drain_retry(self) -> None:
+        assert self._retry is not None
+        while (command := self._retry.poll_command()) is not None:
+            await self.execute(command)
+
+    async def _retry_timer(self) -> None:
+        retry = self._retry
+        assert retry is not None
+        while True:
+            deadline = retry.poll_timeout()
+            self._wake = anyio.Event()
+            if deadline is None:
+                await self._wake.wait()
+                continue
+            delay = (deadline.at - self._clock()) / 1e9
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+                continue  # something changed or the deadline came: look again
+            retry.handle_timeout(self._now())
+            await self._drain_retry()
+
+    # --- queries ---------------------------------------------------------------------------------------
+
+    async def receive(self) -> DnsQuery:
+        """The next query from any server; raises ``anyio.EndOfStream`` once the set is closed."""
+        return await self._recv_q.receive()
+
+    def __aiter__(self) -> DnsServerSet:
+        return self
+
+    async def __anext__(self) -> DnsQuery:
+        try:
+            return await self._recv_q.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def send_response(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool:
+        """Answer ``remote`` from the server of ``transport`` on ``local``; ``False`` if there is none."""
+        key = (transport, (str(local[0]), int(local[1])))
+        server = self._by_local.get(key)
+        if server is None:
+            log.debug("no dns server %s on %s", transport, local)
+            return False
+        return await server.send_response(remote, message)
