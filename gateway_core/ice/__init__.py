@@ -1,0 +1,1 @@
+"""ICE for the gateway's controlled role: candidates (:mod:`.candidate`) and the agent (:mod:`.agent`)."""

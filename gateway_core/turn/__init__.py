@@ -1,0 +1,1 @@
+"""TURN client: relay credentials (:mod:`.credentials`) and the allocation machine (:mod:`.allocation`)."""

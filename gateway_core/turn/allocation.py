@@ -1,0 +1,579 @@
+"""TURN client allocation: one relay, as snownet's ``allocation.rs`` (snownet §5), as a pure machine.
+
+Theory of operation
+-------------------
+An :class:`Allocation` is created for a relay (IPv4 and/or IPv6 address, port 3478) with opaque
+credentials. It first sends one BINDING request per relay address; the first answered family becomes the
+*active socket*, and every answer yields a host candidate (the local address it arrived on) and a
+server-reflexive candidate (XOR-MAPPED-ADDRESS). On the first answer it sends ALLOCATE (REQUESTED-TRANSPORT
+UDP, ADDITIONAL-ADDRESS-FAMILY IPv6). The success gives up to two relayed candidates and a lifetime;
+the allocation is refreshed at half its lifetime and kept alive by a BINDING every 25 s.
+
+Authentication is the long-term mechanism with realm ``firezone``: every non-BINDING request is rebuilt
+on every (re)send with a fresh transaction id, USERNAME, REALM, NONCE (once known) and MESSAGE-INTEGRITY.
+401/438 update the nonce and resend; a 401 to a request that carried a nonce means dead credentials.
+Two relay flavours are handled (``docs/decisions/0020-turn-client-firezone-and-rfc-relays.md``):
+
+- the Firezone relay answers the first (signed, nonce-less) request with a *signed* 401 with a nonce;
+- a standard RFC 8656 server (coturn) answers that request with an unsigned 400 and its 401/438
+  challenges are unsigned: an unsigned 400 to a nonce-less ALLOCATE makes us resend it without
+  credentials once, and unsigned 401/438 are accepted as challenges when they carry a NONCE. Every other
+  response to an authenticated request must carry a valid MESSAGE-INTEGRITY or it is ignored.
+
+Requests are retransmitted at 0, 1, 2.5, 4.75 s (1 s x 1.5) and abandoned at 8 s; an abandoned request
+to the active socket's family invalidates the allocation. Channels (0x4000-0x4FFF) are bound per peer,
+live 10 min, are refreshed after 5 min if data was received, and a number is reused only after a 5 min
+quarantine. For standard servers, CreatePermission (refreshed every 4 min) and Send/Data indications are
+available too. Relayed candidates come and go as :class:`CandidateEvent` s; :meth:`Allocation.can_be_freed`
+says when the allocation is dead. The lifecycle :class:`Phase` is derived from the fields and every
+change is checked against :data:`TRANSITIONS` in :meth:`Allocation._transition`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant, secs
+from gateway_core.commands import Transmit
+from gateway_core.contract import Deadline
+from gateway_core.entropy import Entropy
+from gateway_core.errors import DecodeError, DropReason
+from gateway_core.ice import candidate as cand
+from gateway_core.stats import Stats
+from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
+from gateway_core.turn.types import TRANSITIONS, CandidateEvent, FreeReason, Phase, RelaySocket
+from gateway_core.wire import stun
+from gateway_core.wire import turn as tw
+from gateway_core.wire.stun import Attr, Class, Method, StunMessage
+
+log = logging.getLogger(__name__)
+
+BINDING_INTERVAL = secs(25)
+"""Keepalive/liveness BINDING to the active socket (snownet ``BINDING_INTERVAL`` 25 s)."""
+RETRY_INITIAL = secs(1)
+"""First retransmission after 1 s (snownet ``backoff.rs``)."""
+RETRY_MULTIPLIER = (3, 2)
+"""Each retransmission interval is 1.5 times the previous one (snownet)."""
+RETRY_MAX_ELAPSED = secs(8)
+"""A request is abandoned 8 s after its first send: sends at 0, 1, 2.5, 4.75 s (snownet)."""
+PROBE_MAX_ELAPSED = secs(1)
+"""The REFRESH sent when the portal re-announces a relay gets a single 1 s try (snownet ``refresh``)."""
+PERMISSION_REFRESH = secs(240)
+"""RFC 8656 permissions last 300 s; explicitly requested ones are refreshed after 240 s."""
+MAX_BUFFERED_BINDINGS = 100
+"""Peers waiting for an allocation before their CHANNEL-BIND (snownet ring of 100)."""
+_AUTH_ATTRS = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY)
+
+
+@dataclass(slots=True)
+class _Pending:
+    dst: SocketAddr
+    template: StunMessage
+    start: int
+    next_at: int
+    interval: int
+    max_elapsed: int
+    sent_nonce: bool = False
+    plain: bool = False
+
+
+class Allocation:
+    """One TURN allocation; see the module docstring."""
+
+    def __init__(
+        self,
+        server: RelaySocket,
+        username: str,
+        password: str,
+        realm: str,
+        now: Instant,
+        entropy: Entropy,
+        *,
+        software: str | None = "snownet; session=python",
+        stats: Stats | None = None,
+    ) -> None:
+        self.server = server
+        self.username = username
+        self.password = password
+        self.realm = realm
+        self.software = software
+        self.stats = stats if stats is not None else Stats()
+        self._entropy = entropy
+        self._key: bytes | None = stun.long_term_key(username, realm, password)
+        self._nonce: str | None = None
+        self._active: SocketAddr | None = None
+        self._next_binding: Instant | None = None
+        self._host: dict[int, cand.Candidate] = {}
+        self._srflx: dict[int, cand.Candidate] = {}
+        self._relayed: dict[int, cand.Candidate] = {}
+        self._lifetime: tuple[Instant, int] | None = None
+        self._pending: dict[bytes, _Pending] = {}
+        self._transmits: deque[Transmit] = deque()
+        self._events: deque[CandidateEvent] = deque()
+        self.channels = Channels()
+        self._buffered: deque[SocketAddr] = deque(maxlen=MAX_BUFFERED_BINDINGS)
+        self._permissions: dict[str, tuple[SocketAddr, Instant]] = {}
+        self._explicit_failure: FreeReason | None = None
+        self._now = now
+        self._phase = Phase.PROBING
+        self.transitions: list[tuple[Instant, Phase, Phase]] = []
+        self._send_binding_requests(now)
+
+    # --- queries ----------------------------------------------------------------------------------------
+
+    @property
+    def active_socket(self) -> SocketAddr | None:
+        return self._active
+
+    def has_allocation(self) -> bool:
+        return bool(self._relayed)
+
+    def relay_candidates(self) -> list[cand.Candidate]:
+        return [self._relayed[v] for v in sorted(self._relayed)]
+
+    def host_and_srflx_candidates(self) -> list[cand.Candidate]:
+        return [d[v] for d in (self._host, self._srflx) for v in sorted(d)]
+
+    def relayed_address(self, version: int) -> SocketAddr | None:
+        c = self._relayed.get(version)
+        return c.addr if c else None
+
+    def has_socket(self, addr: SocketAddr) -> bool:
+        return any(c.addr == addr for c in self._relayed.values())
+
+    def matches_credentials(self, username: str, password: str) -> bool:
+        return self._key is not None and (self.username, self.password) == (username, password)
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def _derive_phase(self) -> Phase:
+        if self._explicit_failure is not None or self._dead_reason() is not None:
+            return Phase.DEAD
+        if self._lifetime is not None:
+            return Phase.ALLOCATED
+        if self._active is None:
+            return Phase.PROBING if self._pending else Phase.SUSPENDED
+        if any(p.template.method in (Method.ALLOCATE, Method.REFRESH) for p in self._pending.values()):
+            return Phase.ALLOCATING
+        return Phase.SUSPENDED
+
+    def _transition(self) -> None:
+        new = self._derive_phase()
+        old = self._phase
+        if new is old:
+            return
+        if not any(a is old and b is new for a, b, _ in TRANSITIONS):
+            self.stats.incr("turn.unexpected_transition")
+            log.warning("TURN %s: unexpected transition %s -> %s", self.server, old, new)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("TURN %s: %s -> %s", self.server, old, new)
+        self._phase = new
+        self.transitions.append((self._now, old, new))
+
+    # --- sending ----------------------------------------------------------------------------------------
+
+    def _tid(self) -> bytes:
+        return self._entropy.random_bytes(12)
+
+    def _send_binding_requests(self, now: Instant) -> None:
+        for dst in self.server.addrs():
+            self._queue(dst, self._binding(), now)
+
+    def _binding(self) -> StunMessage:
+        m = StunMessage(Method.BINDING, Class.REQUEST, self._tid())
+        if self.software is not None:
+            m.add_text(Attr.SOFTWARE, self.software)
+        return m
+
+    def _queue(
+        self, dst: SocketAddr, template: StunMessage, now: Instant, pending: _Pending | None = None
+    ) -> bool:
+        """(Re)send ``template`` to ``dst``; authenticated requests get a fresh tid every time."""
+        p = pending or _Pending(dst, template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
+        if template.method == Method.BINDING:
+            tid, payload = template.transaction_id, template.encode()
+        elif p.plain:
+            tid = self._tid()
+            payload = StunMessage(template.method, template.cls, tid, list(template.attributes)).encode()
+        else:
+            if self._key is None:
+                return False
+            tid = self._tid()
+            m = StunMessage(template.method, template.cls, tid, list(template.attributes))
+            m.add_text(Attr.USERNAME, self.username).add_text(Attr.REALM, self.realm)
+            if self._nonce is not None:
+                m.add_text(Attr.NONCE, self._nonce)
+            p.sent_nonce = self._nonce is not None
+            payload = m.encode(self._key)
+        self._pending[tid] = p
+        self._transmits.append(Transmit(None, dst, payload))
+        self.stats.incr("turn.requests_sent")
+        return True
+
+    def _authenticated(
+        self, template: StunMessage, now: Instant, max_elapsed: int = RETRY_MAX_ELAPSED
+    ) -> None:
+        if self._active is None:
+            return
+        p = _Pending(self._active, template, now, now + RETRY_INITIAL, RETRY_INITIAL, max_elapsed)
+        self._queue(self._active, template, now, p)
+
+    def _allocate(self, now: Instant) -> None:
+        self._authenticated(
+            tw.allocate(self._tid(), software=self.software, additional_family=stun.FAMILY_IPV6), now
+        )
+
+    def _refresh_request(self, lifetime: int | None = None) -> StunMessage:
+        m = StunMessage(Method.REFRESH, Class.REQUEST, self._tid())
+        m.add(Attr.REQUESTED_TRANSPORT, tw.encode_requested_transport())
+        m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
+        if self.software is not None:
+            m.add_text(Attr.SOFTWARE, self.software)
+        if lifetime is not None:
+            m.add_u32(Attr.LIFETIME, lifetime)
+        return m
+
+    # --- inputs -----------------------------------------------------------------------------------------
+
+    def handle_input(self, from_: SocketAddr, local: SocketAddr, msg: StunMessage, now: Instant) -> bool:
+        """A STUN response from the relay; ``True`` if it belonged to this allocation."""
+        self._now = max(self._now, now)
+        if not self.server.matches(from_):
+            return False
+        p = self._pending.get(msg.transaction_id)
+        if p is None or msg.cls not in (Class.SUCCESS, Class.ERROR):
+            return False
+        if p.template.method != Method.BINDING and not self._authentic(msg, p):
+            self.stats.drop(DropReason.STUN_BAD_INTEGRITY)
+            return True  # stays pending, as snownet: unauthenticated input must not change state
+        del self._pending[msg.transaction_id]
+        try:
+            if msg.cls == Class.ERROR:
+                self._on_error(msg, p, now)
+            else:
+                self._on_success(msg, p, local, now)
+        except DecodeError:
+            self.stats.drop(DropReason.TURN_MALFORMED)
+        self._transition()
+        return True
+
+    def _authentic(self, msg: StunMessage, p: _Pending) -> bool:
+        if self._key is not None and msg.verify_integrity(self._key):
+            return True
+        if msg.cls != Class.ERROR:
+            return False
+        err = msg.error_code()
+        code = err[0] if err else 0
+        if code in (401, 438) and msg.has(Attr.NONCE):
+            return True  # RFC 8489 §9.2.5: challenges of standard servers are not signed
+        return code == 400 and not p.sent_nonce and not p.plain and p.template.method == Method.ALLOCATE
+
+    def _on_error(self, msg: StunMessage, p: _Pending, now: Instant) -> None:
+        err = msg.error_code()
+        if err is None:
+            return
+        code = err[0]
+        method = p.template.method
+        self.stats.incr(f"turn.error_{code}")
+        if code == 401 and p.sent_nonce:
+            log.warning("TURN %s: credentials refused", self.server)
+            self._key = None
+            self._invalidate()
+            return
+        if code in (401, 438):
+            nonce = msg.text(Attr.NONCE)
+            realm = msg.text(Attr.REALM)
+            if realm is not None and realm != self.realm:
+                log.warning("TURN %s: server realm %r is not ours", self.server, realm)
+                return
+            if nonce is None and self._nonce is None:
+                return  # resending would get the same answer
+            if nonce is not None:
+                self._nonce = nonce
+            self._authenticated(p.template, now)
+            return
+        if code == 400 and not p.sent_nonce and not p.plain and method == Method.ALLOCATE and self._active:
+            # A standard server (coturn) refuses a signed request without NONCE: ask for a challenge.
+            q = _Pending(self._active, p.template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
+            q.plain = True
+            self._queue(self._active, p.template, now, q)
+            return
+        if code == 437:
+            self._invalidate()
+            if method == Method.ALLOCATE:
+                self._authenticated(self._refresh_request(lifetime=0), now)
+            elif method in (Method.REFRESH, Method.CHANNEL_BIND):
+                self._allocate(now)
+                if method == Method.CHANNEL_BIND:
+                    peer = p.template.address(Attr.XOR_PEER_ADDRESS)
+                    if peer is not None:
+                        self._buffered.append(peer)
+            return
+        if code == 420:
+            self._explicit_failure = FreeReason.PROTOCOL_FAILURE
+            return
+        if method == Method.ALLOCATE:
+            self._buffered.clear()
+        elif method == Method.CHANNEL_BIND:
+            number = p.template.channel_number()
+            if number is not None:
+                self.channels.forget(number)
+        log.warning("TURN %s: %s failed with %s %s", self.server, method, code, err[1])
+
+    def _on_success(self, msg: StunMessage, p: _Pending, local: SocketAddr, now: Instant) -> None:
+        method = p.template.method
+        if method == Method.BINDING:
+            v = local.ip.version
+            self._update(self._host, v, cand.host(local) if cand.is_valid_local_address(local) else None)
+            mapped = msg.address(Attr.XOR_MAPPED_ADDRESS)
+            srflx = cand.server_reflexive(mapped, local) if mapped is not None else None
+            self._update(self._srflx, p.dst.ip.version, srflx)
+            if self._active is None:
+                self._active = p.dst
+                self._next_binding = Instant(now + BINDING_INTERVAL)
+                if self.has_allocation():
+                    self._authenticated(self._refresh_request(), now)
+                else:
+                    self._allocate(now)
+        elif method == Method.ALLOCATE:
+            lifetime = msg.u32(Attr.LIFETIME)
+            if lifetime is None:
+                return
+            relayed = msg.addresses(Attr.XOR_RELAYED_ADDRESS)
+            v4 = next((a for a in relayed if a.ip.version == 4), None)
+            v6 = next((a for a in relayed if a.ip.version == 6), None)
+            if v4 is None and v6 is None:
+                return
+            self._lifetime = (now, secs(lifetime))
+            self._update(self._relayed, 4, cand.relayed(v4, local) if v4 else None)
+            self._update(self._relayed, 6, cand.relayed(v6, local) if v6 else None)
+            while self._buffered:
+                self.bind_channel(self._buffered.popleft(), now)
+        elif method == Method.REFRESH:
+            lifetime = msg.u32(Attr.LIFETIME)
+            if lifetime is None:
+                return
+            if lifetime == 0:
+                self._allocate(now)
+            elif self.has_allocation():
+                self._lifetime = (now, secs(lifetime))
+        elif method == Method.CHANNEL_BIND:
+            number = p.template.channel_number()
+            if number is not None:
+                self.channels.set_confirmed(number, now)
+        elif method == Method.CREATE_PERMISSION:
+            for peer in p.template.addresses(Attr.XOR_PEER_ADDRESS):
+                self._permissions[str(peer.ip)] = (peer, now)
+
+    def _update(self, slot: dict[int, cand.Candidate], v: int, new: cand.Candidate | None) -> None:
+        old = slot.get(v)
+        if new is None or old == new:
+            return
+        slot[v] = new
+        self._events.append(CandidateEvent(True, new))
+        if old is not None:
+            self._events.append(CandidateEvent(False, old))
+
+    def _invalidate(self) -> None:
+        for v in sorted(self._relayed):
+            self._events.append(CandidateEvent(False, self._relayed[v]))
+        self._relayed.clear()
+        self.channels.clear()
+        self._lifetime = None
+        self._pending.clear()
+        self._permissions.clear()
+
+    # --- data path --------------------------------------------------------------------------------------
+
+    def decapsulate(
+        self, from_: SocketAddr, channel: int, payload: bytes, now: Instant
+    ) -> tuple[SocketAddr, bytes, SocketAddr] | None:
+        """ChannelData from the relay: ``(peer, payload, our relayed address)`` or ``None`` (drop)."""
+        if not self.server.matches(from_):
+            return None
+        peer = self.channels.receive(channel, now)
+        if peer is None:
+            self.stats.drop(DropReason.TURN_UNKNOWN_CHANNEL)
+            return None
+        ours = self.relayed_address(peer.ip.version)
+        if ours is None:
+            return None
+        return peer, payload, ours
+
+    def decapsulate_indication(
+        self, from_: SocketAddr, msg: StunMessage
+    ) -> tuple[SocketAddr, bytes, SocketAddr] | None:
+        """A Data indication from the relay (standard servers), same result as :meth:`decapsulate`."""
+        if not self.server.matches(from_):
+            return None
+        try:
+            peer, data = tw.parse_data_indication(msg)
+        except DecodeError:
+            self.stats.drop(DropReason.TURN_MALFORMED)
+            return None
+        ours = self.relayed_address(peer.ip.version)
+        return None if ours is None else (peer, data, ours)
+
+    def encapsulate(self, peer: SocketAddr, payload: bytes, now: Instant) -> Transmit | None:
+        """ChannelData to ``peer`` via the relay; without a channel, start binding one and drop."""
+        self._now = max(self._now, now)
+        if self._active is None:
+            return None
+        number = self.channels.connected(peer, now)
+        if number is None:
+            number = self.channels.inflight(peer, now)
+        if number is None:
+            self.bind_channel(peer, now)
+            return None
+        return Transmit(None, self._active, tw.encode_channel_data(number, payload))
+
+    def send_indication(self, peer: SocketAddr, payload: bytes) -> Transmit | None:
+        """A Send indication (standard servers; needs a permission for ``peer``'s IP)."""
+        if self._active is None:
+            return None
+        return Transmit(None, self._active, tw.send_indication(self._tid(), peer, payload).encode())
+
+    def bind_channel(self, peer: SocketAddr, now: Instant) -> None:
+        """Bind a channel to ``peer`` unless one is connected or in flight (snownet §5.7.2)."""
+        self._now = max(self._now, now)
+        if self._derive_phase() is Phase.SUSPENDED:
+            return
+        if self.channels.connected(peer, now) is not None or self._bind_in_flight(peer):
+            return
+        if peer in self._buffered:
+            return
+        if not self.has_allocation():
+            self._buffered.append(peer)
+            return
+        if self.relayed_address(peer.ip.version) is None:
+            return
+        number = self.channels.new_channel(peer, now)
+        if number is None:
+            log.warning("TURN %s: all channels exhausted", self.server)
+            return
+        self._authenticated(tw.channel_bind(self._tid(), peer, number, software=self.software), now)
+
+    def create_permission(self, peers: list[SocketAddr], now: Instant) -> None:
+        """Install permissions for ``peers``' IPs (standard servers; refreshed every 4 min)."""
+        self._now = max(self._now, now)
+        if self.has_allocation() and peers:
+            self._authenticated(tw.create_permission(self._tid(), peers, software=self.software), now)
+
+    def _bind_in_flight(self, peer: SocketAddr) -> bool:
+        for p in self._pending.values():
+            if p.template.method == Method.CHANNEL_BIND and p.template.address(Attr.XOR_PEER_ADDRESS) == peer:
+                return True
+        return False
+
+    def _bind_in_flight_number(self, number: int) -> bool:
+        return any(
+            p.template.method == Method.CHANNEL_BIND and p.template.channel_number() == number
+            for p in self._pending.values()
+        )
+
+    # --- time -------------------------------------------------------------------------------------------
+
+    def refresh(self, now: Instant) -> None:
+        """The portal re-announced this relay: re-probe if suspended, else one quick REFRESH."""
+        self._now = max(self._now, now)
+        allocating = any(p.template.method == Method.ALLOCATE for p in self._pending.values())
+        if not self.has_allocation() and allocating:
+            return
+        if self._derive_phase() in (Phase.SUSPENDED, Phase.DEAD) and self._key is not None:
+            self._active = None
+            self._send_binding_requests(now)
+        else:
+            self._authenticated(self._refresh_request(), now, max_elapsed=PROBE_MAX_ELAPSED)
+        self._transition()
+
+    def handle_timeout(self, now: Instant) -> None:
+        self._now = max(self._now, now)
+        if self._lifetime is not None and now >= self._lifetime[0] + self._lifetime[1]:
+            self._invalidate()
+        if (
+            self.has_allocation()
+            and self._active
+            and self._next_binding is not None
+            and now >= self._next_binding
+        ):
+            self._queue(self._active, self._binding(), now)
+            self._next_binding = Instant(now + BINDING_INTERVAL)
+        for tid in sorted(t for t, p in self._pending.items() if now >= p.next_at):
+            p = self._pending.pop(tid, None)
+            if p is None:
+                continue
+            expired = now >= p.start + p.max_elapsed
+            p.interval = p.interval * RETRY_MULTIPLIER[0] // RETRY_MULTIPLIER[1]
+            p.next_at = Instant(p.next_at + p.interval)
+            sent = False if expired else self._queue(p.dst, p.template, now, p)
+            if not sent and self._active is not None and self._active.ip.version == p.dst.ip.version:
+                self._active = None
+                self._invalidate()
+        refresh_at = self._refresh_at()
+        if refresh_at is not None and now >= refresh_at and not self._refresh_in_flight():
+            self._authenticated(self._refresh_request(), now)
+        for number, peer in self.channels.due_for_refresh(now):
+            if not self._bind_in_flight_number(number):
+                self._authenticated(tw.channel_bind(self._tid(), peer, number, software=self.software), now)
+        for key in sorted(self._permissions):
+            peer, at = self._permissions[key]
+            if now >= at + PERMISSION_REFRESH:
+                self._permissions[key] = (peer, Instant(now + secs(3600)))  # until the answer re-arms it
+                self._authenticated(tw.create_permission(self._tid(), [peer], software=self.software), now)
+        self._transition()
+
+    def _refresh_at(self) -> Instant | None:
+        if self._lifetime is None:
+            return None
+        return Instant(self._lifetime[0] + self._lifetime[1] // 2)
+
+    def _refresh_in_flight(self) -> bool:
+        return any(p.template.method == Method.REFRESH for p in self._pending.values())
+
+    def poll_timeout(self) -> Deadline | None:
+        cands: list[tuple[int, str]] = []
+        refresh_at = self._refresh_at()
+        if refresh_at is not None and not self._refresh_in_flight():
+            cands.append((refresh_at, "turn refresh"))
+        if self._lifetime is not None:
+            cands.append((self._lifetime[0] + self._lifetime[1], "turn allocation expiry"))
+        if self.has_allocation() and self._next_binding is not None:
+            cands.append((self._next_binding, "turn keepalive"))
+        cands.extend((p.next_at, "turn retransmit") for p in self._pending.values())
+        for number, at in self.channels.refresh_deadlines():
+            if not self._bind_in_flight_number(number):
+                cands.append((at, "turn channel refresh"))
+        cands.extend(
+            (at + PERMISSION_REFRESH, "turn permission refresh") for _, at in self._permissions.values()
+        )
+        if not cands:
+            return None
+        when, reason = min(cands)
+        return Deadline(Instant(max(when, self._now)), reason)
+
+    def poll_transmit(self) -> Transmit | None:
+        return self._transmits.popleft() if self._transmits else None
+
+    def poll_event(self) -> CandidateEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def _dead_reason(self) -> FreeReason | None:
+        if self._pending or self._transmits or self._events:
+            return None
+        if self._active is None:
+            return FreeReason.NO_RESPONSE
+        if self._key is None:
+            return FreeReason.AUTHENTICATION_ERROR
+        return None
+
+    def can_be_freed(self) -> FreeReason | None:
+        """Why this allocation is dead and should be dropped, or ``None`` (snownet §5.10)."""
+        return self._explicit_failure or self._dead_reason()
+
+
+__all__ = ["CHANNEL_REFRESH_AFTER", "Allocation", "CandidateEvent", "FreeReason", "Phase", "RelaySocket"]

@@ -1,0 +1,125 @@
+"""TURN channel bookkeeping for one allocation (snownet ``ChannelBindings``, §5.7).
+
+Theory of operation: a channel record is ``{peer, bound, bound_at, last_received}``; ``age = now -
+bound_at``. A CHANNEL-BIND creates or rewrites the record unbound; its success marks it bound and restarts
+its age. A channel is *connected* while bound and younger than 10 min, *in flight* while younger than
+10 min (bound or not; data is sent optimistically), and *bound to* its peer for 15 min (its number is
+reused for a new bind to the same peer). A number is reused for another peer only after 15 min without
+any data received since it was bound (RFC 8656's 5 min quarantine). Channels with data received since
+their last bind are refreshed at 5 min. Iteration is in channel-number order (deterministic traces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant, secs
+from gateway_core.wire.turn import CHANNEL_MAX, CHANNEL_MIN
+
+CHANNEL_LIFETIME = secs(600)
+"""RFC 8656 §12: a channel binding lasts 10 min (snownet and the Firezone relay: 600 s)."""
+CHANNEL_REBIND_QUARANTINE = secs(300)
+"""RFC 8656 §12: 5 more minutes before a number or peer may be rebound to something else."""
+CHANNEL_REFRESH_AFTER = secs(300)
+"""snownet refreshes channels that received data once they are 5 min old (half the lifetime)."""
+
+
+@dataclass(slots=True)
+class _Channel:
+    peer: SocketAddr
+    bound: bool
+    bound_at: Instant
+    last_received: Instant
+
+    def age(self, now: Instant) -> int:
+        return now - self.bound_at
+
+    def no_activity(self) -> bool:
+        return self.last_received == self.bound_at
+
+
+class Channels:
+    """Channel numbers of one allocation; see the module docstring."""
+
+    __slots__ = ("_by_number", "_next")
+
+    def __init__(self) -> None:
+        self._by_number: dict[int, _Channel] = {}
+        self._next = CHANNEL_MIN
+
+    def __len__(self) -> int:
+        return len(self._by_number)
+
+    def _find(self, peer: SocketAddr, now: Instant, max_age: int, need_bound: bool) -> int | None:
+        for n in sorted(self._by_number):
+            c = self._by_number[n]
+            if c.peer == peer and c.age(now) < max_age and (c.bound or not need_bound):
+                return n
+        return None
+
+    def connected(self, peer: SocketAddr, now: Instant) -> int | None:
+        return self._find(peer, now, CHANNEL_LIFETIME, True)
+
+    def inflight(self, peer: SocketAddr, now: Instant) -> int | None:
+        return self._find(peer, now, CHANNEL_LIFETIME, False)
+
+    def bound_to(self, peer: SocketAddr, now: Instant) -> int | None:
+        return self._find(peer, now, CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE, True)
+
+    def peer_of(self, number: int) -> SocketAddr | None:
+        c = self._by_number.get(number)
+        return c.peer if c else None
+
+    def new_channel(self, peer: SocketAddr, now: Instant) -> int | None:
+        """A number for a new CHANNEL-BIND to ``peer``, or ``None`` when all 4096 are taken."""
+        existing = self.bound_to(peer, now)
+        if existing is not None:
+            return existing
+        span = CHANNEL_MAX - CHANNEL_MIN + 1
+        for i in range(span):
+            n = CHANNEL_MIN + (self._next - CHANNEL_MIN + i) % span
+            c = self._by_number.get(n)
+            if c is None or (c.no_activity() and c.age(now) >= CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE):
+                self._next = CHANNEL_MIN if n == CHANNEL_MAX else n + 1
+                self._by_number[n] = _Channel(peer, False, now, now)
+                return n
+        return None
+
+    def set_confirmed(self, number: int, now: Instant) -> bool:
+        c = self._by_number.get(number)
+        if c is None:
+            return False
+        c.bound = True
+        c.bound_at = now
+        c.last_received = now
+        return True
+
+    def forget(self, number: int) -> None:
+        self._by_number.pop(number, None)
+
+    def clear(self) -> None:
+        self._by_number.clear()
+
+    def receive(self, number: int, now: Instant) -> SocketAddr | None:
+        """ChannelData arrived on ``number``: its peer if the channel is bound (records the receipt)."""
+        c = self._by_number.get(number)
+        if c is None or not c.bound:
+            return None
+        c.last_received = now
+        return c.peer
+
+    def due_for_refresh(self, now: Instant) -> list[tuple[int, SocketAddr]]:
+        return [
+            (n, c.peer)
+            for n, c in sorted(self._by_number.items())
+            if c.age(now) >= CHANNEL_REFRESH_AFTER and not c.no_activity()
+        ]
+
+    def refresh_deadlines(self) -> list[tuple[int, Instant]]:
+        """When each channel that received data becomes due for refresh (a deadline snownet lacks)."""
+        return [
+            (n, Instant(c.bound_at + CHANNEL_REFRESH_AFTER))
+            for n, c in sorted(self._by_number.items())
+            if not c.no_activity()
+        ]

@@ -1,0 +1,71 @@
+"""Values the TURN allocation exchanges with its owner: relay sockets, events, phases and free reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway_core.addr import SocketAddr
+from gateway_core.ice.candidate import Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySocket:
+    """The relay's addresses: IPv4, IPv6 or both (snownet ``RelaySocket``)."""
+
+    v4: SocketAddr | None = None
+    v6: SocketAddr | None = None
+
+    def matches(self, addr: SocketAddr) -> bool:
+        return addr == self.v4 or addr == self.v6
+
+    def addrs(self) -> list[SocketAddr]:
+        return [a for a in (self.v4, self.v6) if a is not None]
+
+
+class FreeReason(StrEnum):
+    PROTOCOL_FAILURE = "protocol_failure"
+    NO_RESPONSE = "no_response"
+    AUTHENTICATION_ERROR = "authentication_error"
+
+
+class Phase(StrEnum):
+    PROBING = "probing"
+    """No active socket yet: BINDING probes in flight."""
+    ALLOCATING = "allocating"
+    """Active socket known, ALLOCATE/REFRESH in flight, no allocation."""
+    ALLOCATED = "allocated"
+    SUSPENDED = "suspended"
+    """No allocation and nothing in flight; waits for :meth:`Allocation.refresh`."""
+    DEAD = "dead"
+    """:meth:`Allocation.can_be_freed` says so."""
+
+
+TRANSITIONS: frozenset[tuple[Phase, Phase, str]] = frozenset(
+    {
+        (Phase.PROBING, Phase.ALLOCATING, "binding answered"),
+        (Phase.PROBING, Phase.DEAD, "no answer"),
+        (Phase.ALLOCATING, Phase.ALLOCATED, "allocate success"),
+        (Phase.ALLOCATING, Phase.SUSPENDED, "allocate failed"),
+        (Phase.ALLOCATING, Phase.DEAD, "auth failure or timeout"),
+        (Phase.ALLOCATED, Phase.ALLOCATING, "allocation mismatch"),
+        (Phase.ALLOCATED, Phase.SUSPENDED, "expired or relay lost"),
+        (Phase.ALLOCATED, Phase.DEAD, "relay lost or auth failure"),
+        (Phase.SUSPENDED, Phase.PROBING, "refresh"),
+        (Phase.SUSPENDED, Phase.ALLOCATING, "re-allocate"),
+        (Phase.SUSPENDED, Phase.DEAD, "relay lost"),
+        (Phase.PROBING, Phase.SUSPENDED, "probe lost"),
+        (Phase.ALLOCATING, Phase.PROBING, "refresh"),
+        (Phase.ALLOCATED, Phase.PROBING, "relay lost, re-probing"),
+        (Phase.DEAD, Phase.PROBING, "relay re-announced"),
+    }
+)
+"""Allowed phase changes and why; rendered as a diagram in ``docs/design/turn-allocation.md``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateEvent:
+    """A local candidate appeared (``new``) or must be withdrawn."""
+
+    new: bool
+    candidate: Candidate

@@ -1,0 +1,278 @@
+"""A small TURN server that behaves like Firezone's relay (snownet §5.12), or like coturn where they differ.
+
+Theory of operation: :meth:`TurnServer.handle` takes one datagram (``local`` = which of the server's
+addresses received it, ``remote`` = its sender) and returns the datagrams to send, each a ``Transmit``
+whose ``src`` is the server address it leaves from. Datagrams to the listening address (port 3478) are
+STUN requests or ChannelData from clients; datagrams to a relayed address come from peers and are
+forwarded to the owning client as ChannelData (if a channel is bound to that exact peer address) or, in
+``coturn`` flavour, as a Data indication if a permission exists for the peer's IP.
+
+Firezone flavour: credentials ``expiry:salt`` / base64-no-pad(SHA-256(expiry:secret:salt)); missing
+USERNAME/NONCE/MESSAGE-INTEGRITY -> 401, unknown or used-up nonce -> 438, bad integrity or expired -> 401;
+every challenge carries REALM and a fresh NONCE and is signed with the request's username when there was
+one; BINDING is never authenticated nor signed; lifetime min(requested, 3600) default 600; dual-stack with
+ADDITIONAL-ADDRESS-FAMILY; no Send indications. coturn flavour: TURN REST passwords, a signed request
+without NONCE gets an unsigned 400, challenges are unsigned, CreatePermission and Send/Data indications
+work. Pure: time comes in as ``now``, ports and nonces from an injected ``Entropy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant, secs
+from gateway_core.commands import Transmit
+from gateway_core.entropy import Entropy
+from gateway_core.errors import DecodeError
+from gateway_core.turn.credentials import coturn_rest_password, firezone_password
+from gateway_core.wire import stun
+from gateway_core.wire import turn as tw
+from gateway_core.wire.stun import Attr, Class, Method, StunMessage
+
+NONCE_USES = 10_000
+"""Firezone relay: a nonce is valid for 10 000 requests."""
+DEFAULT_LIFETIME = 600
+"""Firezone relay default allocation lifetime in seconds (and RFC 8656's)."""
+MAX_LIFETIME = 3600
+"""Firezone relay cap on the requested lifetime."""
+CHANNEL_LIFETIME = secs(600)
+PERMISSION_LIFETIME = secs(300)
+"""RFC 8656 permission lifetime (coturn flavour)."""
+
+
+@dataclass(slots=True)
+class ServerAllocation:
+    client: SocketAddr
+    relayed: list[SocketAddr]
+    expires_at: int
+    username: str
+    channels: dict[int, tuple[SocketAddr, int]] = field(default_factory=dict)
+    permissions: dict[str, int] = field(default_factory=dict)
+
+
+class TurnServer:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        listen: list[SocketAddr],
+        relay_ips: list[SocketAddr],
+        secret: str,
+        entropy: Entropy,
+        *,
+        flavour: str = "firezone",
+        realm: str = "firezone",
+        wall_clock_secs: int = 1_700_000_000,
+    ) -> None:
+        self.listen = listen
+        self.relay_ips = relay_ips
+        self.secret = secret
+        self.flavour = flavour
+        self.realm = realm
+        self.wall_clock_secs = wall_clock_secs
+        self._entropy = entropy
+        self._nonces: dict[str, int] = {}
+        self.allocations: dict[SocketAddr, ServerAllocation] = {}
+        self._by_relayed: dict[SocketAddr, ServerAllocation] = {}
+        self.drop_all = False
+        self.log: list[tuple[str, str]] = []
+
+    # -- credentials --
+
+    def password_for(self, username: str) -> str | None:
+        if self.flavour == "coturn":
+            return coturn_rest_password(self.secret, username)
+        expiry, sep, salt = username.partition(":")
+        if not sep or not expiry.isdigit():
+            return None
+        return firezone_password(int(expiry), self.secret, salt)
+
+    def _expired(self, username: str) -> bool:
+        expiry = username.partition(":")[0]
+        return not expiry.isdigit() or int(expiry) < self.wall_clock_secs
+
+    def _new_nonce(self) -> str:
+        n = self._entropy.random_bytes(16).hex()
+        nonce = f"{n[:8]}-{n[8:12]}-{n[12:16]}-{n[16:20]}-{n[20:]}"
+        self._nonces[nonce] = NONCE_USES
+        return nonce
+
+    # -- entry point --
+
+    def handle(self, now: Instant, local: SocketAddr, remote: SocketAddr, data: bytes) -> list[Transmit]:
+        if self.drop_all:
+            return []
+        if local in self._by_relayed:
+            return self._from_peer(now, self._by_relayed[local], local, remote, data)
+        if local not in self.listen:
+            return []
+        if data[:1] and 0x40 <= data[0] <= 0x7F:
+            return self._channel_data(now, local, remote, data)
+        try:
+            msg = stun.decode(data)
+        except DecodeError:
+            return []
+        if msg.cls == Class.INDICATION and msg.method == Method.SEND:
+            return self._send_indication(now, remote, msg)
+        if msg.cls != Class.REQUEST:
+            return []
+        self.log.append(
+            (Method(msg.method).name if msg.method in set(Method) else str(msg.method), str(remote))
+        )
+        if msg.method == Method.BINDING:
+            r = StunMessage(Method.BINDING, Class.SUCCESS, msg.transaction_id)
+            r.add_xor_address(Attr.XOR_MAPPED_ADDRESS, remote)
+            return [Transmit(local, remote, r.encode())]
+        return self._authenticated(now, local, remote, msg)
+
+    def _reply(
+        self, local: SocketAddr, remote: SocketAddr, r: StunMessage, key: bytes | None
+    ) -> list[Transmit]:
+        return [Transmit(local, remote, r.encode(key, fingerprint=self.flavour == "coturn"))]
+
+    def _error(
+        self, req: StunMessage, code: int, key: bytes | None, local: SocketAddr, remote: SocketAddr
+    ) -> list[Transmit]:
+        r = StunMessage(req.method, Class.ERROR, req.transaction_id)
+        r.add_error(code, "error")
+        if code in (401, 438):
+            r.add_text(Attr.REALM, self.realm).add_text(Attr.NONCE, self._new_nonce())
+        return self._reply(local, remote, r, key)
+
+    def _authenticated(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, msg: StunMessage
+    ) -> list[Transmit]:
+        username = msg.text(Attr.USERNAME)
+        nonce = msg.text(Attr.NONCE)
+        password = self.password_for(username) if username is not None else None
+        key = stun.long_term_key(username, self.realm, password) if username and password else None
+        coturn = self.flavour == "coturn"
+        if coturn and msg.integrity_at is not None and nonce is None:
+            return self._error(msg, 400, None, local, remote)
+        sign = None if coturn else key
+        if msg.integrity_at is None or username is None or nonce is None:
+            return self._error(msg, 401, sign, local, remote)
+        uses = self._nonces.get(nonce)
+        if not uses:
+            return self._error(msg, 438, sign, local, remote)
+        self._nonces[nonce] = uses - 1
+        if key is None or not msg.verify_integrity(key) or self._expired(username):
+            return self._error(msg, 401, sign, local, remote)
+        alloc = self.allocations.get(remote)
+        if alloc is not None and now >= alloc.expires_at:
+            self._free(alloc)
+            alloc = None
+        if msg.method == Method.ALLOCATE:
+            return self._allocate(now, local, remote, msg, alloc, key, username)
+        if alloc is None:
+            return self._error(msg, 437, key, local, remote)
+        r = StunMessage(msg.method, Class.SUCCESS, msg.transaction_id)
+        if msg.method == Method.REFRESH:
+            life = msg.u32(Attr.LIFETIME)
+            life = DEFAULT_LIFETIME if life is None else min(life, MAX_LIFETIME)
+            if life == 0:
+                self._free(alloc)
+            else:
+                alloc.expires_at = now + secs(life)
+            r.add_u32(Attr.LIFETIME, life)
+        elif msg.method == Method.CHANNEL_BIND:
+            peer, number = msg.address(Attr.XOR_PEER_ADDRESS), msg.channel_number()
+            if peer is None or number is None or not tw.CHANNEL_MIN <= number <= tw.CHANNEL_MAX:
+                return self._error(msg, 400, key, local, remote)
+            for n, (p, exp) in alloc.channels.items():
+                if now < exp + secs(300) and ((n == number) != (p == peer)):
+                    return self._error(msg, 400, key, local, remote)
+            alloc.channels[number] = (peer, now + CHANNEL_LIFETIME)
+            alloc.permissions[str(peer.ip)] = now + PERMISSION_LIFETIME
+        elif msg.method == Method.CREATE_PERMISSION:
+            for peer in msg.addresses(Attr.XOR_PEER_ADDRESS):
+                alloc.permissions[str(peer.ip)] = now + PERMISSION_LIFETIME
+        else:
+            return self._error(msg, 400, key, local, remote)
+        return self._reply(local, remote, r, key)
+
+    def _allocate(
+        self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        msg: StunMessage,
+        alloc: ServerAllocation | None,
+        key: bytes,
+        username: str,
+    ) -> list[Transmit]:
+        if alloc is not None:
+            return self._error(msg, 437, key, local, remote)
+        if msg.get(Attr.REQUESTED_TRANSPORT) != tw.encode_requested_transport():
+            return self._error(msg, 400, key, local, remote)
+        want = {4}
+        add = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if add is not None:
+            if add[0] != stun.FAMILY_IPV6:
+                return self._error(msg, 400, key, local, remote)
+            want.add(6)
+        port = 49152 + self._entropy.randbelow(16384)
+        relayed = [SocketAddr(a.ip, port) for a in self.relay_ips if a.ip.version in want]
+        if not relayed:
+            return self._error(msg, 440, key, local, remote)
+        life = msg.u32(Attr.LIFETIME)
+        life = DEFAULT_LIFETIME if life is None else min(life, MAX_LIFETIME)
+        alloc = ServerAllocation(remote, relayed, now + secs(life), username)
+        self.allocations[remote] = alloc
+        for a in relayed:
+            self._by_relayed[a] = alloc
+        r = StunMessage(Method.ALLOCATE, Class.SUCCESS, msg.transaction_id)
+        for a in sorted(relayed, key=lambda a: a.ip.version):
+            r.add_xor_address(Attr.XOR_RELAYED_ADDRESS, a)
+        r.add_xor_address(Attr.XOR_MAPPED_ADDRESS, remote)
+        r.add_u32(Attr.LIFETIME, life)
+        return self._reply(local, remote, r, key)
+
+    def _free(self, alloc: ServerAllocation) -> None:
+        self.allocations.pop(alloc.client, None)
+        for a in alloc.relayed:
+            self._by_relayed.pop(a, None)
+
+    # -- data --
+
+    def _channel_data(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, data: bytes
+    ) -> list[Transmit]:
+        alloc = self.allocations.get(remote)
+        try:
+            number, payload = tw.decode_channel_data(data, exact=False)
+        except DecodeError:
+            return []
+        if alloc is None or number not in alloc.channels:
+            return []
+        peer, exp = alloc.channels[number]
+        src = next((a for a in alloc.relayed if a.ip.version == peer.ip.version), None)
+        if now >= exp or src is None:
+            return []
+        return [Transmit(src, peer, payload)]
+
+    def _send_indication(self, now: Instant, remote: SocketAddr, msg: StunMessage) -> list[Transmit]:
+        alloc = self.allocations.get(remote)
+        if self.flavour != "coturn" or alloc is None:
+            return []
+        try:
+            peer, payload = tw.parse_data_indication(msg)
+        except DecodeError:
+            return []
+        src = next((a for a in alloc.relayed if a.ip.version == peer.ip.version), None)
+        if src is None or alloc.permissions.get(str(peer.ip), 0) <= now:
+            return []
+        return [Transmit(src, peer, payload)]
+
+    def _from_peer(
+        self, now: Instant, alloc: ServerAllocation, local: SocketAddr, peer: SocketAddr, data: bytes
+    ) -> list[Transmit]:
+        listen = next((a for a in self.listen if a.ip.version == alloc.client.ip.version), self.listen[0])
+        for number, (p, exp) in sorted(alloc.channels.items()):
+            if p == peer and now < exp:
+                return [Transmit(listen, alloc.client, tw.encode_channel_data(number, data))]
+        if self.flavour == "coturn" and alloc.permissions.get(str(peer.ip), 0) > now:
+            ind = tw.data_indication(self._entropy.random_bytes(12), peer, data)
+            return [Transmit(listen, alloc.client, ind.encode())]
+        return []
