@@ -117,6 +117,10 @@ class Host:
         self.ports: set[int] = set(udp_ports)
         self.default_port: int | None = udp_ports[0] if udp_ports else None
         self.stream_ports: set[int] = set(stream_ports)
+        # Capabilities are looked up once: isinstance() against a runtime Protocol is slow per packet.
+        self._datagram_handler = component if isinstance(component, DatagramHandler) else None
+        self._packet_handler = component if isinstance(component, PacketHandler) else None
+        self._stream_handler = component if isinstance(component, StreamHandler) else None
         self.checker = ContractChecker(name, component)
         self.deadline: Deadline | None = None
         self.exited: Exit | None = None
@@ -178,8 +182,8 @@ class Host:
 
     def on_datagram(self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes) -> bool:
         """A datagram for a bound port arrived; returns ``False`` if nothing here takes datagrams."""
-        comp = self.component
-        if not isinstance(comp, DatagramHandler):
+        comp = self._datagram_handler
+        if comp is None:
             return False
         packet = comp.handle_datagram(now, local, remote, payload)
         if packet is not None:
@@ -188,8 +192,8 @@ class Host:
 
     def on_ip_packet(self, now: Instant, packet: bytes) -> bool:
         """A raw IP packet arrived; returns ``False`` if nothing here takes raw packets."""
-        comp = self.component
-        if not isinstance(comp, PacketHandler):
+        comp = self._packet_handler
+        if comp is None:
             return False
         transmit = comp.handle_tun_packet(now, packet)
         if transmit is not None:
@@ -198,17 +202,19 @@ class Host:
 
     def on_stream_event(self, now: Instant, event: StreamEvent) -> bool:
         """A stream event arrived; returns ``False`` if nothing here takes streams."""
-        comp = self.component
-        if not isinstance(comp, StreamHandler):
+        comp = self._stream_handler
+        if comp is None:
             return False
         comp.handle_stream_event(now, event)
         return True
 
     def accepts_raw_ip(self) -> bool:
-        return isinstance(self.component, PacketHandler)
+        """Whether :meth:`on_ip_packet` takes raw IP packets (override together with it)."""
+        return self._packet_handler is not None
 
     def accepts_datagrams(self) -> bool:
-        return isinstance(self.component, DatagramHandler)
+        """Whether :meth:`on_datagram` takes datagrams (override together with it)."""
+        return self._datagram_handler is not None
 
     def execute(self, now: Instant, command: Command) -> None:
         """Carry out one command the component queued."""

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.addr import SocketAddr
 from gateway_core.clock import Duration, Instant, fmt
 from gateway_core.commands import Exit
 from gateway_core.contract import Deadline
@@ -76,6 +76,7 @@ class Packet:
     l4: int
     payload: bytes
     sent_at: Instant
+    fields: dict[str, int | str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -483,8 +484,10 @@ _STREAM_EV: dict[type, str] = {
 
 def _packet_fields(pkt: Packet) -> dict[str, int | str | None]:
     """Trace fields identifying a packet; ``from``/``to`` are host names (``to`` empty if unroutable)."""
+    if pkt.fields is not None:
+        return pkt.fields
     udp = pkt.proto == "udp"
-    return {
+    pkt.fields = {
         "id": pkt.id,
         "proto": pkt.proto,
         "l4": pkt.l4,
@@ -493,11 +496,4 @@ def _packet_fields(pkt: Packet) -> dict[str, int | str | None]:
         "src": str(pkt.src) if udp else str(pkt.src.ip),
         "dst": str(pkt.dst) if udp else str(pkt.dst.ip),
     }
-
-
-def address_of(host: Host, version: int) -> IPAddress:
-    """The host's address of IP ``version`` (4 or 6); a :class:`UsageError` if it has none."""
-    ip = host.ipv4 if version == 4 else host.ipv6
-    if ip is None:
-        raise UsageError(f"host {host.name!r} has no IPv{version} address")
-    return ip
+    return pkt.fields
