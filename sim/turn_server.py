@@ -207,7 +207,12 @@ class TurnServer:
         if msg.get(Attr.REQUESTED_TRANSPORT) != tw.encode_requested_transport():
             return self._error(msg, 400, key, local, remote)
         want = {4}
+        req = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
         add = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if req is not None and add is not None:
+            return self._error(msg, 400, key, local, remote)
+        if req is not None:
+            want = {4 if req[0] == stun.FAMILY_IPV4 else 6}
         if add is not None:
             if add[0] != stun.FAMILY_IPV6:
                 return self._error(msg, 400, key, local, remote)

@@ -94,12 +94,15 @@ class Allocation:
         *,
         software: str | None = "snownet; session=python",
         stats: Stats | None = None,
+        requested_family: int | None = None,
     ) -> None:
         self.server = server
         self.username = username
         self.password = password
         self.realm = realm
         self.software = software
+        self.requested_family = requested_family
+        """``None``: IPv4 + ADDITIONAL-ADDRESS-FAMILY IPv6 (snownet); else REQUESTED-ADDRESS-FAMILY only."""
         self.stats = stats if stats is not None else Stats()
         self._entropy = entropy
         self._key: bytes | None = stun.long_term_key(username, realm, password)
@@ -224,14 +227,20 @@ class Allocation:
         self._queue(self._active, template, now, p)
 
     def _allocate(self, now: Instant) -> None:
-        self._authenticated(
-            tw.allocate(self._tid(), software=self.software, additional_family=stun.FAMILY_IPV6), now
+        fam = self.requested_family
+        m = tw.allocate(
+            self._tid(),
+            software=self.software,
+            requested_family=fam,
+            additional_family=stun.FAMILY_IPV6 if fam is None else None,
         )
+        self._authenticated(m, now)
 
     def _refresh_request(self, lifetime: int | None = None) -> StunMessage:
         m = StunMessage(Method.REFRESH, Class.REQUEST, self._tid())
         m.add(Attr.REQUESTED_TRANSPORT, tw.encode_requested_transport())
-        m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
+        if self.requested_family is None:
+            m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
         if self.software is not None:
             m.add_text(Attr.SOFTWARE, self.software)
         if lifetime is not None:

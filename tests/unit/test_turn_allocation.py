@@ -362,3 +362,21 @@ def test_coturn_permissions_and_indications() -> None:
     assert got == (PEER, b"back", relayed)
     h.advance_to(secs(241))
     assert len(h.requests(Method.CREATE_PERMISSION)) == 2
+
+
+def test_requested_family_ipv6_only() -> None:
+    h = Harness()
+    h.alloc = Allocation(
+        RelaySocket(RELAY4),
+        h.alloc.username,
+        h.alloc.password,
+        "firezone",
+        h.now,
+        SeededEntropy(3),
+        requested_family=2,
+    )
+    h.pump()
+    first = h.requests(Method.ALLOCATE)[0][1]
+    assert first.get(Attr.REQUESTED_ADDRESS_FAMILY) == b"\x02\x00\x00\x00"
+    assert not first.has(Attr.ADDITIONAL_ADDRESS_FAMILY)
+    assert h.alloc.relayed_address(4) is None and h.alloc.relayed_address(6) is not None
