@@ -59,10 +59,11 @@ from gateway_core.wireguard.messages import (
 )
 from gateway_core.wireguard.noise import Handshake, HandshakeRejected
 from gateway_core.wireguard.ratelimit import VERIFY_COOKIE_SENT, VERIFY_DROP, RateLimiter
-from gateway_core.wireguard.session import REPLAY_OK, REPLAY_WINDOW, Session
+from gateway_core.wireguard.session import REPLAY_WINDOW, Session
 from gateway_core.wireguard.timers import N_SESSIONS, WireGuardConfig
 
 _SLOT_MASK = N_SESSIONS - 1
+_REPLAY_SLOT = REPLAY_WINDOW - 1
 _HDR = DATA_HEADER
 _NONCE = struct.Struct("<IQ")
 """ChaCha20-Poly1305 nonce: four zero bytes and the little-endian 64-bit counter."""
@@ -84,9 +85,14 @@ class WireGuardPeer:
         "_current",
         "_entropy",
         "_events",
+        "_keepalive",
         "_last_now",
+        "_no_reply_rekey",
         "_owns_rate_limiter",
         "_queue",
+        "_reject_msgs",
+        "_rekey_msgs_minus_one",
+        "_should_not_use",
         "_transmits",
         "_want_rekey",
         "cfg",
@@ -123,7 +129,13 @@ class WireGuardPeer:
         """``global_index`` (24 bits) names the tunnel in every session index; ``wall_unix_ns`` is the
         wall clock at ``now`` (for TAI64N). Without a shared ``rate_limiter`` the tunnel makes and resets
         its own (boringtun's per-tunnel default, limit 10)."""
-        self.cfg = config or WireGuardConfig()
+        self.cfg = cfg = config or WireGuardConfig()
+        # Config values the data path reads, cached as plain attributes.
+        self._should_not_use = cfg.should_not_use_after
+        self._reject_msgs = cfg.reject_after_messages
+        self._rekey_msgs_minus_one = cfg.rekey_after_messages - 1
+        self._no_reply_rekey = cfg.keepalive_timeout + cfg.rekey_timeout
+        self._keepalive = cfg.keepalive_timeout
         self._entropy = entropy
         self.handshake = Handshake(static_private, peer_public, psk, global_index, now, wall_unix_ns)
         if rate_limiter is None:
@@ -153,8 +165,8 @@ class WireGuardPeer:
         self.t_data_received = now
         self.t_data_sent = now
         self.t_persistent_keepalive = now
-        self.want_handshake_at: Instant | None = None
-        self.want_passive_keepalive_at: Instant | None = None
+        self.want_handshake_at: int | None = None
+        self.want_passive_keepalive_at: int | None = None
 
     def _advance(self, now: Instant) -> None:
         if now < self._last_now:
@@ -188,26 +200,26 @@ class WireGuardPeer:
         return self._encapsulate(now, packet)
 
     def _encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
+        # Hot path: cached config values, no allocation beyond the output (anchors.md §9).
         s = self.sessions[self._current]
-        if (
-            s is not None
-            and (not self.is_initiator or now <= s.established_at + self.cfg.should_not_use_after)
-            and s.send_counter < self.cfg.reject_after_messages
-        ):
+        if s is not None:
             ctr = s.send_counter
-            s.send_counter = ctr + 1
-            out = _HDR.pack(MSG_DATA, s.peer_index, ctr) + s.sender.encrypt(_NONCE.pack(0, ctr), packet, None)
-            self.want_passive_keepalive_at = None
-            if packet:
-                self.t_data_sent = now
-                if self.want_handshake_at is None:
-                    self.want_handshake_at = Instant(
-                        now + self.cfg.keepalive_timeout + self.cfg.rekey_timeout
-                    )
-                self.tx_bytes += len(packet)
-            if ctr + 1 >= self.cfg.rekey_after_messages:
-                self._want_rekey = True
-            return out
+            if (not self.is_initiator or now <= s.established_at + self._should_not_use) and (
+                ctr < self._reject_msgs
+            ):
+                s.send_counter = ctr + 1
+                out = _HDR.pack(MSG_DATA, s.peer_index, ctr) + s.sender.encrypt(
+                    _NONCE.pack(0, ctr), packet, None
+                )
+                self.want_passive_keepalive_at = None
+                if packet:
+                    self.t_data_sent = now
+                    if self.want_handshake_at is None:
+                        self.want_handshake_at = now + self._no_reply_rekey
+                    self.tx_bytes += len(packet)
+                if ctr >= self._rekey_msgs_minus_one:
+                    self._want_rekey = True
+                return out
         if len(self._queue) < self.cfg.max_queue_depth:
             self._queue.append(bytes(packet))
         else:
@@ -222,14 +234,14 @@ class WireGuardPeer:
         if now < self._last_now:
             raise UsageError(f"time went backwards: {now} < {self._last_now}")
         self._last_now = now
-        if len(datagram) >= DATA_MIN_LEN:
-            mtype, idx, ctr = _HDR.unpack_from(datagram)
-            if mtype == MSG_DATA:
-                return self._decapsulate_data(now, datagram, idx, ctr)
-        self._handle_control(now, datagram, src)
-        return None
-
-    def _decapsulate_data(self, now: Instant, datagram: bytes, idx: int, ctr: int) -> bytes | None:
+        if len(datagram) < DATA_MIN_LEN:
+            self._handle_control(now, datagram, src)
+            return None
+        mtype, idx, ctr = _HDR.unpack_from(datagram)
+        if mtype != MSG_DATA:
+            self._handle_control(now, datagram, src)
+            return None
+        # --- transport data (hot path, kept in one function) ---
         slot = idx & _SLOT_MASK
         s = self.sessions[slot]
         if s is None:
@@ -238,23 +250,24 @@ class WireGuardPeer:
         if s.local_index != idx:
             self.stats.drop(DropReason.WG_UNKNOWN_INDEX)
             return None
-        replay = s.replay
-        # Quick replay check before paying for decryption (boringtun session.rs).
-        nxt = replay.next
-        if ctr < nxt and (ctr + REPLAY_WINDOW < nxt or (replay.bits >> (nxt - 1 - ctr)) & 1):
+        # Replay check before paying for decryption (boringtun session.rs); marked after the tag verified.
+        nxt = s.next
+        if ctr < nxt and (ctr + REPLAY_WINDOW < nxt or s.flags[ctr & _REPLAY_SLOT]):
             self.stats.drop(DropReason.WG_REPLAY)
             return None
-        if ctr >= self.cfg.reject_after_messages:
+        if ctr >= self._reject_msgs:
             self.stats.drop(DropReason.WG_SESSION_EXPIRED)
             return None
         try:
-            pt = s.receiver.decrypt(_NONCE.pack(0, ctr), memoryview(datagram)[16:], None)
+            pt: bytes = s.receiver.decrypt(_NONCE.pack(0, ctr), datagram[16:], None)
         except InvalidTag:
             self.stats.drop(DropReason.WG_DECRYPT_FAILED)
             return None
-        if replay.mark(ctr) != REPLAY_OK:  # pragma: no cover - single-threaded: check() already passed
-            self.stats.drop(DropReason.WG_REPLAY)
-            return None
+        if ctr == nxt:  # in order: the common case
+            s.flags[ctr & _REPLAY_SLOT] = 1
+            s.next = ctr + 1
+        else:
+            s.mark(ctr)
         if slot != self._current:
             self._set_current(slot)
         self.want_handshake_at = None  # any authenticated packet received
@@ -274,7 +287,7 @@ class WireGuardPeer:
         if total > n:
             self.stats.drop(DropReason.MALFORMED_IP)
             return None
-        self.want_passive_keepalive_at = Instant(now + self.cfg.keepalive_timeout)
+        self.want_passive_keepalive_at = now + self._keepalive
         self.t_data_received = now
         self.rx_bytes += total
         return pt if total == n else pt[:total]

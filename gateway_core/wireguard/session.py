@@ -7,10 +7,11 @@ counter against a sliding window of :data:`REPLAY_WINDOW` counters *before* decr
 replays) and marks it *after* the tag verified (a forged packet must not move the window). The session
 itself has no timers; the tunnel (``peer.py``) expires it 180 s after ``established_at``.
 
-Window semantics (boringtun ``session.rs``, 16 words of 64 bits): with ``next`` the highest counter seen
-plus one, ``counter >= next`` is new; ``counter + 1024 < next`` is too old; otherwise it is new unless its
-bit is set. We keep the bitmap as one Python int where bit ``i`` stands for counter ``next - 1 - i``: an
-in-order packet costs one shift of a 1024-bit int.
+Window semantics (boringtun ``session.rs``): with ``next`` the highest counter seen plus one,
+``counter >= next`` is new; ``counter + 1024 < next`` is too old; otherwise it is new unless marked. Like
+boringtun we keep one flag per counter modulo 1024, valid for the counters ``next - 1024 .. next - 1``;
+moving ``next`` forward clears the flags of the counters skipped. Flags live in a ``bytearray`` because an
+in-order packet then costs one item assignment (a 1024-bit Python int costs a new int per packet).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gateway_core.clock import Instant
 REPLAY_WINDOW = 1024
 """Counters that may arrive out of order (boringtun fork ``N_WORDS * WORD_SIZE`` = 16 x 64; wireguard-go
 uses 8192 - 64; the WireGuard paper asks for at least 2000 in the kernel but any size interoperates)."""
-_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+_SLOT = REPLAY_WINDOW - 1
 
 REPLAY_OK = 0
 REPLAY_DUPLICATE = 1
@@ -32,12 +33,11 @@ REPLAY_TOO_OLD = 2
 class ReplayWindow:
     """Sliding window of received counters."""
 
-    __slots__ = ("bits", "next", "received")
+    __slots__ = ("flags", "next")
 
     def __init__(self) -> None:
         self.next = 0
-        self.bits = 0
-        self.received = 0
+        self.flags = bytearray(REPLAY_WINDOW)
 
     def check(self, counter: int) -> int:
         """``REPLAY_OK``, ``REPLAY_DUPLICATE`` or ``REPLAY_TOO_OLD``; does not change the window."""
@@ -46,38 +46,43 @@ class ReplayWindow:
             return REPLAY_OK
         if counter + REPLAY_WINDOW < nxt:
             return REPLAY_TOO_OLD
-        if (self.bits >> (nxt - 1 - counter)) & 1:
-            return REPLAY_DUPLICATE
-        return REPLAY_OK
+        return REPLAY_DUPLICATE if self.flags[counter & _SLOT] else REPLAY_OK
 
     def mark(self, counter: int) -> int:
-        """Record ``counter`` as received; returns what :meth:`check` would have said before."""
+        """Record ``counter`` as received; returns what :meth:`check` said before marking."""
         nxt = self.next
+        flags = self.flags
         if counter >= nxt:
-            shift = counter + 1 - nxt
-            self.bits = ((self.bits << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+            skipped = counter - nxt
+            if skipped >= REPLAY_WINDOW:
+                flags[:] = bytes(REPLAY_WINDOW)
+            elif skipped:
+                lo, hi = nxt & _SLOT, counter & _SLOT
+                if lo < hi:
+                    flags[lo:hi] = bytes(hi - lo)
+                else:
+                    flags[lo:] = bytes(REPLAY_WINDOW - lo)
+                    flags[:hi] = bytes(hi)
+            flags[counter & _SLOT] = 1
             self.next = counter + 1
-            self.received += 1
             return REPLAY_OK
         if counter + REPLAY_WINDOW < nxt:
             return REPLAY_TOO_OLD
-        bit = 1 << (nxt - 1 - counter)
-        if self.bits & bit:
+        if flags[counter & _SLOT]:
             return REPLAY_DUPLICATE
-        self.bits |= bit
-        self.received += 1
+        flags[counter & _SLOT] = 1
         return REPLAY_OK
 
 
-class Session:
-    """Keys and counters of one established session (no timers, no IO)."""
+class Session(ReplayWindow):
+    """Keys and counters of one established session (no timers, no IO); it is its own replay window
+    (one attribute hop less on the data path)."""
 
     __slots__ = (
         "established_at",
         "local_index",
         "peer_index",
         "receiver",
-        "replay",
         "send_counter",
         "sender",
     )
@@ -91,7 +96,7 @@ class Session:
         self.receiver = ChaCha20Poly1305(receive_key)
         self.sender = ChaCha20Poly1305(send_key)
         self.send_counter = 0
-        self.replay = ReplayWindow()
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"Session(local={self.local_index:#010x}, peer={self.peer_index:#010x})"
