@@ -13,6 +13,8 @@ Two levels of API:
   :func:`l4_info` (the offset and protocol of the transport header), :func:`five_tuple` (a plain tuple) and
   :func:`validate` (the validity rules of gateway-datapath.md §12.1, returning a ``DropReason`` or ``None``).
 
+The builders live in :mod:`gateway_core.wire.ipbuild` and the constants in :mod:`gateway_core.wire.ipconst`
+(both re-exported here, so ``from gateway_core.wire.ip import build_udp_packet`` is the stable spelling).
 ICMP errors (the gateway's own and those arriving from the TUN) live in :mod:`gateway_core.wire.icmp`;
 in-place NAT rewriting with incremental checksum fix-up in :mod:`gateway_core.wire.rewrite`.
 """
@@ -24,8 +26,43 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
 
 from gateway_core.addr import IPAddress
-from gateway_core.errors import DecodeError, DropReason, UsageError
+from gateway_core.errors import DecodeError, DropReason
 from gateway_core.wire.checksum import internet_checksum, pseudo_header_sum
+from gateway_core.wire.ipbuild import (
+    build_icmp,
+    build_icmp_echo,
+    build_ip,
+    build_ipv4,
+    build_ipv6,
+    build_tcp,
+    build_tcp_packet,
+    build_udp,
+    build_udp_packet,
+)
+from gateway_core.wire.ipconst import (
+    DEFAULT_TTL,
+    ICMPV4_ECHO_REPLY,
+    ICMPV4_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    MAX_IP_SIZE,
+    PROTO_AH,
+    PROTO_HOPOPT,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_IPV6_FRAG,
+    PROTO_IPV6_OPTS,
+    PROTO_IPV6_ROUTE,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+)
 
 __all__ = [
     "DEFAULT_TTL",
@@ -78,40 +115,6 @@ __all__ = [
     "validate",
 ]
 
-# --- constants --------------------------------------------------------------------------------------------
-
-# Why: fixed header sizes of RFC 791 (without options) and RFC 8200.
-IPV4_HEADER_LEN = 20
-IPV6_HEADER_LEN = 40
-# Why: the TUN MTU and the largest packet the data path accepts (Firezone MAX_IP_SIZE = 1280, §12.1).
-MAX_IP_SIZE = 1280
-# Why: the usual initial TTL/hop limit of hosts (Linux default; Firezone's make.rs builders use 64 too).
-DEFAULT_TTL = 64
-
-# IANA protocol numbers (why: the wire values).
-PROTO_HOPOPT = 0
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_IPV6_ROUTE = 43
-PROTO_IPV6_FRAG = 44
-PROTO_AH = 51
-PROTO_ICMPV6 = 58
-PROTO_IPV6_OPTS = 60
-
-# TCP flag bits (why: RFC 9293 header layout).
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
-
-# ICMP echo types (why: RFC 792 / RFC 4443 values).
-ICMPV4_ECHO_REPLY = 0
-ICMPV4_ECHO_REQUEST = 8
-ICMPV6_ECHO_REQUEST = 128
-ICMPV6_ECHO_REPLY = 129
-
 # Precompiled layouts (why: hot path, no per-call format parsing).
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
@@ -120,7 +123,7 @@ _TCP = struct.Struct("!HHIIBBHHH")
 _ICMP = struct.Struct("!BBHI")
 _U16 = struct.Struct("!H")
 _U16X2 = struct.Struct("!HH")
-_ECHO = struct.Struct("!BBHHH")
+_V4_PEEK = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment offset, protocol
 
 _IPV6_SIMPLE_EXT = frozenset((PROTO_HOPOPT, PROTO_IPV6_ROUTE, PROTO_IPV6_OPTS))
 
@@ -270,17 +273,15 @@ def locate_l4(packet: bytes | bytearray | memoryview, lax: bool = False) -> tupl
     if v == 4:
         if n < IPV4_HEADER_LEN:
             raise DecodeError("IPv4 header truncated")
-        hl = (packet[0] & 0xF) * 4
-        total = (packet[2] << 8) | packet[3]
+        vihl, total, ff, proto = _V4_PEEK.unpack_from(packet)
+        hl = (vihl & 0xF) * 4
         if hl < IPV4_HEADER_LEN or hl > n:
             raise DecodeError("bad IPv4 header length")
         if total < hl or total > n:
             if not lax:
                 raise DecodeError("IPv4 total length inconsistent")
             total = n
-        ff = (packet[6] << 8) | packet[7]
         fragment = bool(ff & 0x3FFF)
-        proto = packet[9]
         off = hl
         if proto == PROTO_AH and not (ff & 0x1FFF):
             # IPv4 authentication header (RFC 4302): length in 4-byte units minus 2.
@@ -331,7 +332,7 @@ def locate_l4(packet: bytes | bytearray | memoryview, lax: bool = False) -> tupl
 def parse_ip(packet: bytes | bytearray | memoryview) -> ParsedIp:
     """Parse an IPv4 or IPv6 packet (with IPv6 extension headers and the IPv4 authentication header)."""
     version, proto, off, end, fragment = locate_l4(packet)
-    src, dst = src_dst(packet)
+    src, dst = _addresses(packet, version)
     ttl = packet[8] if version == 4 else packet[7]
     return ParsedIp(version, src, dst, proto, ttl, off, end, fragment, bytes(packet[off:end]))
 
@@ -398,12 +399,34 @@ def ip_version(packet: bytes | bytearray | memoryview) -> int:
 
 def src_dst(packet: bytes | bytearray | memoryview) -> tuple[IPAddress, IPAddress]:
     """Source and destination address (only the fixed header is needed)."""
-    if ip_version(packet) == 4:
-        return (
-            IPv4Address(int.from_bytes(packet[12:16], "big")),
-            IPv4Address(int.from_bytes(packet[16:20], "big")),
-        )
-    return IPv6Address(int.from_bytes(packet[8:24], "big")), IPv6Address(int.from_bytes(packet[24:40], "big"))
+    return _addresses(packet, ip_version(packet))
+
+
+# Address objects are immutable; the data path sees few distinct ones, and building an IPv4Address costs
+# several times a dict lookup. Why 4096: far more than the tunnel and resource addresses in use at once,
+# small in memory (~1 MB); the whole cache is dropped when full, so spoofed sources cannot grow it.
+_ADDR_CACHE_MAX = 4096
+_addr_cache: dict[bytes, IPAddress] = {}
+
+
+def _address(raw: bytes) -> IPAddress:
+    a = _addr_cache.get(raw)
+    if a is None:
+        if len(_addr_cache) >= _ADDR_CACHE_MAX:
+            _addr_cache.clear()
+        a = IPv4Address(raw) if len(raw) == 4 else IPv6Address(raw)
+        _addr_cache[raw] = a
+    return a
+
+
+def _addresses(packet: bytes | bytearray | memoryview, version: int) -> tuple[IPAddress, IPAddress]:
+    if version == 4:
+        s, d = packet[12:16], packet[16:20]
+    else:
+        s, d = packet[8:24], packet[24:40]
+    if type(s) is not bytes:
+        s, d = bytes(s), bytes(d)
+    return _address(s), _address(d)  # type: ignore[arg-type]
 
 
 def l4_info(packet: bytes | bytearray | memoryview) -> tuple[int, int, int]:
@@ -424,7 +447,7 @@ def five_tuple(packet: bytes | bytearray | memoryview) -> FiveTuple:
     version, proto, off, end, fragment = locate_l4(packet)
     if fragment:
         raise DecodeError("fragment")
-    src, dst = src_dst(packet)
+    src, dst = _addresses(packet, version)
     if proto in (PROTO_UDP, PROTO_TCP):
         if end - off < (8 if proto == PROTO_UDP else 20):
             raise DecodeError("transport header truncated")
@@ -498,174 +521,3 @@ def l4_checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
     if proto == PROTO_ICMP:
         return internet_checksum(seg) == 0
     return True
-
-
-# --- builders ---------------------------------------------------------------------------------------------
-
-
-def _check_port(port: int) -> None:
-    if not 0 <= port <= 0xFFFF:
-        raise UsageError(f"port out of range: {port}")
-
-
-def build_ipv4(
-    src: IPv4Address,
-    dst: IPv4Address,
-    proto: int,
-    payload: bytes,
-    ttl: int = DEFAULT_TTL,
-    ident: int = 0,
-    *,
-    tos: int = 0,
-    dont_fragment: bool = True,
-    more_fragments: bool = False,
-    frag_offset: int = 0,
-    options: bytes = b"",
-) -> bytes:
-    """An IPv4 packet with a correct header checksum. DF is set by default (as etherparse and Linux do)."""
-    if len(options) % 4 or len(options) > 40:
-        raise UsageError("IPv4 options must be a multiple of 4 bytes, at most 40")
-    hl = IPV4_HEADER_LEN + len(options)
-    total = hl + len(payload)
-    if total > 0xFFFF:
-        raise UsageError("IPv4 packet too large")
-    ff = (0x4000 if dont_fragment else 0) | (0x2000 if more_fragments else 0) | (frag_offset & 0x1FFF)
-    hdr = bytearray(
-        _V4.pack(0x40 | (hl // 4), tos, total, ident, ff, ttl, proto, 0, src.packed, dst.packed) + options
-    )
-    _U16.pack_into(hdr, 10, internet_checksum(hdr))
-    return bytes(hdr) + payload
-
-
-def build_ipv6(
-    src: IPv6Address,
-    dst: IPv6Address,
-    next_header: int,
-    payload: bytes,
-    hop_limit: int = DEFAULT_TTL,
-    *,
-    traffic_class: int = 0,
-    flow_label: int = 0,
-) -> bytes:
-    """An IPv6 packet (fixed header only; extension headers go into ``payload`` with their next header)."""
-    if len(payload) > 0xFFFF:
-        raise UsageError("IPv6 payload too large")
-    vtf = (6 << 28) | ((traffic_class & 0xFF) << 20) | (flow_label & 0xFFFFF)
-    return _V6.pack(vtf, len(payload), next_header, hop_limit, src.packed, dst.packed) + payload
-
-
-def build_ip(src: IPAddress, dst: IPAddress, proto: int, payload: bytes, ttl: int = DEFAULT_TTL) -> bytes:
-    """An IPv4 or IPv6 packet, by the family of the addresses (which must agree, else UsageError).
-
-    Builders raise :class:`UsageError` for invalid arguments (the caller's bug), never DecodeError.
-    """
-    if isinstance(src, IPv4Address) and isinstance(dst, IPv4Address):
-        return build_ipv4(src, dst, proto, payload, ttl)
-    if isinstance(src, IPv6Address) and isinstance(dst, IPv6Address):
-        return build_ipv6(src, dst, proto, payload, ttl)
-    raise UsageError("mixed IP address families")
-
-
-def build_udp(src_ip: IPAddress, dst_ip: IPAddress, sport: int, dport: int, payload: bytes) -> bytes:
-    """A UDP header and payload with the checksum over the pseudo-header of either family.
-
-    A computed checksum of 0 is sent as 0xFFFF (RFC 768).
-    """
-    _check_port(sport)
-    _check_port(dport)
-    length = 8 + len(payload)
-    if length > 0xFFFF:
-        raise UsageError("UDP datagram too large")
-    seg = _UDP.pack(sport, dport, length, 0) + payload
-    csum = internet_checksum(seg, pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length)) or 0xFFFF
-    return seg[:6] + _U16.pack(csum) + seg[8:]
-
-
-def build_tcp(
-    src_ip: IPAddress,
-    dst_ip: IPAddress,
-    sport: int,
-    dport: int,
-    payload: bytes = b"",
-    *,
-    seq: int = 0,
-    ack: int = 0,
-    flags: int = TCP_ACK,
-    window: int = 65535,
-    urgent: int = 0,
-    options: bytes = b"",
-) -> bytes:
-    """A TCP header (with options padded by the caller to 4 bytes) and payload, with its checksum."""
-    _check_port(sport)
-    _check_port(dport)
-    if len(options) % 4 or len(options) > 40:
-        raise UsageError("TCP options must be a multiple of 4 bytes, at most 40")
-    hl = 20 + len(options)
-    seg = bytearray(
-        _TCP.pack(
-            sport, dport, seq, ack, ((hl // 4) << 4) | ((flags >> 8) & 1), flags & 0xFF, window, 0, urgent
-        )
-    )
-    seg += options
-    seg += payload
-    _U16.pack_into(seg, 16, internet_checksum(seg, pseudo_header_sum(src_ip, dst_ip, PROTO_TCP, len(seg))))
-    return bytes(seg)
-
-
-def build_icmp(
-    src_ip: IPAddress, dst_ip: IPAddress, icmp_type: int, code: int, rest: int, payload: bytes
-) -> bytes:
-    """An ICMPv4 (IPv4 addresses) or ICMPv6 (IPv6 addresses, checksum with pseudo-header) message."""
-    seg = bytearray(_ICMP.pack(icmp_type, code, 0, rest & 0xFFFFFFFF))
-    seg += payload
-    if src_ip.version == 6:
-        csum = internet_checksum(seg, pseudo_header_sum(src_ip, dst_ip, PROTO_ICMPV6, len(seg)))
-    else:
-        csum = internet_checksum(seg)
-    _U16.pack_into(seg, 2, csum)
-    return bytes(seg)
-
-
-def build_udp_packet(
-    src_ip: IPAddress, dst_ip: IPAddress, sport: int, dport: int, payload: bytes, ttl: int = DEFAULT_TTL
-) -> bytes:
-    """A whole IPv4/UDP or IPv6/UDP packet."""
-    return build_ip(src_ip, dst_ip, PROTO_UDP, build_udp(src_ip, dst_ip, sport, dport, payload), ttl)
-
-
-def build_tcp_packet(
-    src_ip: IPAddress,
-    dst_ip: IPAddress,
-    sport: int,
-    dport: int,
-    payload: bytes = b"",
-    *,
-    seq: int = 0,
-    ack: int = 0,
-    flags: int = TCP_ACK,
-    window: int = 65535,
-    ttl: int = DEFAULT_TTL,
-) -> bytes:
-    """A whole IPv4/TCP or IPv6/TCP packet."""
-    seg = build_tcp(src_ip, dst_ip, sport, dport, payload, seq=seq, ack=ack, flags=flags, window=window)
-    return build_ip(src_ip, dst_ip, PROTO_TCP, seg, ttl)
-
-
-def build_icmp_echo(
-    src_ip: IPAddress,
-    dst_ip: IPAddress,
-    ident: int,
-    seq: int,
-    payload: bytes,
-    reply: bool = False,
-    ttl: int = DEFAULT_TTL,
-) -> bytes:
-    """A whole IPv4 ICMP or IPv6 ICMPv6 echo request (or reply) packet."""
-    if not (0 <= ident <= 0xFFFF and 0 <= seq <= 0xFFFF):
-        raise UsageError("echo identifier/sequence out of range")
-    rest = (ident << 16) | seq
-    if src_ip.version == 6:
-        t = ICMPV6_ECHO_REPLY if reply else ICMPV6_ECHO_REQUEST
-        return build_ip(src_ip, dst_ip, PROTO_ICMPV6, build_icmp(src_ip, dst_ip, t, 0, rest, payload), ttl)
-    t = ICMPV4_ECHO_REPLY if reply else ICMPV4_ECHO_REQUEST
-    return build_ip(src_ip, dst_ip, PROTO_ICMP, build_icmp(src_ip, dst_ip, t, 0, rest, payload), ttl)

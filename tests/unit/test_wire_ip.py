@@ -465,3 +465,17 @@ def test_validate_agrees_with_five_tuple(spec: Spec, data: st.DataObject) -> Non
     else:
         with pytest.raises(DecodeError):
             parse_ip(cut)
+
+
+def test_address_cache_is_bounded_and_exact() -> None:
+    from gateway_core.wire import ip as ip_mod
+
+    for i in range(ip_mod._ADDR_CACHE_MAX + 10):
+        a = IPv4Address(i)
+        pkt = build_ipv4(a, V4B, 47, b"")
+        assert src_dst(pkt) == (a, V4B)
+        assert len(ip_mod._addr_cache) <= ip_mod._ADDR_CACHE_MAX
+    # Same bytes as IPv4 and as part of IPv6 never collide (keys differ in length).
+    assert src_dst(build_ipv6(V6A, V6B, 59, b"")) == (V6A, V6B)
+    assert src_dst(bytearray(SAMPLES["udp6"])) == (V6A, V6B)
+    assert src_dst(memoryview(bytearray(SAMPLES["udp4"]))) == (V4A, V4B)
