@@ -7,8 +7,9 @@ every mutating call:
 - :meth:`ContractChecker.network_input` wraps every ``handle_*`` that carries bytes from the network: any
   exception (``DecodeError``, ``IndexError``, even ``UsageError``) is a violation (R6).
 - :meth:`ContractChecker.settle` after the call and after the command queue has been drained (R3):
-  ``poll_timeout()`` is pure (two calls agree, and polling queued no command) and never before ``now``
-  (R4); after ``handle_timeout(now)`` the deadline that was served is gone (R5); and the number of
+  ``poll_timeout()`` is pure (two calls agree, the component's attributes are unchanged by a shallow
+  :func:`state_fingerprint`, and polling queued no command) and never before ``now`` (R4); after
+  ``handle_timeout(now)`` the deadline that was served is gone (R5); and the number of
   wake-ups at one instant is bounded, so a component that keeps asking for ``now`` is caught as a busy
   loop (R5).
 
@@ -17,6 +18,7 @@ A violation raises :class:`ContractViolation` naming the component, the virtual 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from typing import TypeVar
@@ -61,6 +63,34 @@ class ContractViolation(AssertionError):
         )
 
 
+_SCALARS = (int, str, bytes, bool, float, type(None))
+_SIZED = (list, dict, set, frozenset, deque, bytearray, tuple)
+
+
+def _attributes(obj: object) -> dict[str, object]:
+    out: dict[str, object] = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if isinstance(name, str) and name not in out and hasattr(obj, name):
+                out[name] = getattr(obj, name)
+    return out
+
+
+def state_fingerprint(obj: object) -> dict[str, object]:
+    """A shallow picture of ``obj``'s attributes: scalar values, and identity plus size of containers and
+    other objects. Enough to see a ``poll_timeout`` that counts, caches or queues something (R4); changes
+    deep inside child objects are the child's own checker's business."""
+    fp: dict[str, object] = {}
+    for name, value in _attributes(obj).items():
+        if isinstance(value, _SCALARS):
+            fp[name] = value
+        elif isinstance(value, _SIZED):
+            fp[name] = (id(value), len(value))
+        else:
+            fp[name] = id(value)
+    return fp
+
+
 class ContractChecker:
     """The checks for one component; see the module docstring."""
 
@@ -98,10 +128,17 @@ class ContractChecker:
         step was something else (network input, an external call).
         """
         comp = self.component
+        before = state_fingerprint(comp)
         first = comp.poll_timeout()
         second = comp.poll_timeout()
         if first != second:
             raise self.violation(now, Rule.R4, f"poll_timeout not pure: {first!r} then {second!r}")
+        after = state_fingerprint(comp)
+        if after != before:
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            raise self.violation(
+                now, Rule.R4, f"poll_timeout changed the component's state: {', '.join(changed)}"
+            )
         leaked = comp.poll_command()
         if leaked is not None:
             raise self.violation(now, Rule.R4, f"poll_timeout queued a command: {leaked!r}")

@@ -21,6 +21,8 @@ from tests.sim.toys import (
     PollQueuesCommand,
     RaisesOnInput,
     Sender,
+    SlottedCache,
+    SneakyPoll,
     Ticker,
 )
 
@@ -68,6 +70,15 @@ def test_r4_impure_poll_timeout() -> None:
     assert info.value.rule is Rule.R4
     assert "not pure" in info.value.detail
     assert "'impure'" in str(info.value) and "R4" in str(info.value)
+
+
+@pytest.mark.parametrize("comp", [SneakyPoll(), SlottedCache()], ids=["dict", "slots"])
+def test_r4_poll_timeout_that_changes_state_with_a_stable_answer(comp: object) -> None:
+    with pytest.raises(ContractViolation) as info:
+        _world_with(comp)
+    assert info.value.rule is Rule.R4
+    assert "changed the component's state" in info.value.detail
+    assert ("polls" if isinstance(comp, SneakyPoll) else "seen") in info.value.detail
 
 
 def test_r4_poll_timeout_that_queues_a_command() -> None:

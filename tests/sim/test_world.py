@@ -53,6 +53,16 @@ def test_actions_scheduled_while_running_at_the_same_instant_run_after_the_curre
     assert seen == ["first", "second", "nested"]
 
 
+def test_run_until_idle_stops_when_nothing_is_left_or_at_the_budget() -> None:
+    world = World(1)
+    world.add_host(Host("t", Ticker(millis(3), millis(7), 4), ipv4=A4))
+    assert world.run_until_idle(secs(20)) is True
+    assert world.now == millis(24)  # the last tick, not the budget
+    world.add_host(Host("u", Ticker(millis(100), secs(30), 2), ipv4=B4))
+    assert world.run_until_idle(secs(20)) is False
+    assert world.now == millis(100) and world.next_event_at() == millis(100) + secs(30)
+
+
 def test_deadlines_are_served_exactly_and_traced() -> None:
     world = _traced()
     comp = Ticker(millis(3), millis(7), 4)

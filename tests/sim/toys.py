@@ -100,11 +100,25 @@ class ImpurePoll(Ticker):
 
 
 class PollQueuesCommand(Ticker):
-    """R4: polling the deadline queues a command."""
+    """R4: polling the deadline queues a command (in a queue the shallow fingerprint cannot see)."""
+
+    def __init__(self, first: int, period: int, n: int) -> None:
+        super().__init__(first, period, n)
+        self.box = Box()
 
     def poll_timeout(self) -> Deadline | None:
-        self.out.append(Exit("polled"))
+        self.box.out.append(Exit("polled"))
         return super().poll_timeout()
+
+    def poll_command(self) -> Command | None:
+        return self.box.out.popleft() if self.box.out else None
+
+
+class Box:
+    """A child object holding a queue."""
+
+    def __init__(self) -> None:
+        self.out: deque[Command] = deque()
 
 
 class PastDeadline(Ticker):
@@ -147,3 +161,34 @@ class RaisesOnInput(Ticker):
     def handle_datagram(self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes) -> None:
         if payload[:1] == b"\xff":
             _ = payload[100]
+
+
+class SneakyPoll(Ticker):
+    """R4: ``poll_timeout`` returns a stable answer but counts its calls (a side effect)."""
+
+    def __init__(self) -> None:
+        super().__init__(millis(10), millis(10), 2)
+        self.polls = 0
+
+    def poll_timeout(self) -> Deadline | None:
+        self.polls += 1
+        return super().poll_timeout()
+
+
+class SlottedCache:
+    """R4 with ``__slots__``: ``poll_timeout`` appends to a list kept in a slot."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def poll_timeout(self) -> Deadline | None:
+        self.seen.append(1)
+        return Deadline(Instant(millis(1)), "x")
+
+    def handle_timeout(self, now: Instant) -> None:
+        pass
+
+    def poll_command(self) -> Command | None:
+        return None
