@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from ipaddress import ip_address
 from pathlib import Path
 
 import anyio
 import pytest
 
+from gateway_core.addr import SocketAddr
+from gateway_core.dns.servers import BindDnsServers
 from gateway_core.errors import DropReason
 from gateway_io.dns_server import TcpDnsServer, UdpDnsServer
+from gateway_io.dns_servers import DnsServerSet
 from tests.io.dns_responder import BIG_TXT_STRINGS, answer
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +120,22 @@ async def test_dnsperf_bounded_run_without_errors(
     assert server.stats.counters[f"{mode}.queries"] == sent
     assert server.stats.total_drops == 0
     assert server.stats.drops[DropReason.DNS_MALFORMED] == 0
+
+
+async def test_dig_against_a_server_set_on_four_addresses_at_once() -> None:
+    hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "::1"]
+    async with DnsServerSet(lambda _: None) as servers, anyio.create_task_group() as tg:
+
+        async def serve() -> None:
+            async for q in servers:
+                await servers.send_response(q.transport, q.local, q.remote, answer(q))
+
+        tg.start_soon(serve)
+        await servers.execute(BindDnsServers(tuple(SocketAddr(ip_address(h), 0) for h in hosts)))
+        for pair in servers.servers.values():
+            host, port = pair.udp.local_address
+            base = ["dig", f"@{host}", "-p", str(port), "+short", "+tries=1", "+time=5"]
+            assert (await run(*base, "u.fz.test", "TXT")).strip() == f'"udp {host} {port}"'
+            assert (await run(*base, "+tcp", "t.fz.test", "TXT")).strip() == f'"tcp {host} {port}"'
+        assert sorted(p.udp.local_address[0] for p in servers.servers.values()) == sorted(hosts)
+        tg.cancel_scope.cancel()
