@@ -420,3 +420,44 @@ async def test_tcp_server_in_a_given_task_group_and_aclose() -> None:
         await anyio.connect_tcp(*server.local_address)
     with pytest.raises(anyio.ClosedResourceError):
         await server.receive()
+
+
+async def test_tcp_client_that_does_not_read_its_answers_is_closed() -> None:
+    limits = TcpLimits(max_pipelined=4, write_timeout=0.3)
+    server = await TcpDnsServer.bind(("127.0.0.1", 0), limits=limits)
+    big = dns.message.make_query("big.fz.test.", "TXT")
+    drops = server.stats.drops
+    async with anyio.create_task_group() as tg:
+
+        async def respond_big() -> None:
+            async for q in server:  # about 64 KiB per answer
+                resp = dns.message.make_response(dns.message.from_wire(q.message))
+                await server.send_response(q.remote, resp.to_wire() + b"\x00" * 64000)
+
+        tg.start_soon(respond_big)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.local_address)  # loopback: completes at once
+        sock.setblocking(False)
+        reader = await anyio.connect_tcp(*server.local_address)  # an honest client next to it
+        wire = big.to_wire()
+        for _ in range(200):  # 200 answers of 64 KiB: far more than any socket buffer holds
+            try:
+                sock.send(frame(wire))
+            except BlockingIOError:
+                break
+        with anyio.fail_after(WAIT):
+            # Closed either because its queue of unsent answers is full or because a write timed out.
+            while not (drops[DropReason.DNS_TCP_LIMIT] or drops[DropReason.DNS_TCP_IDLE]):
+                await anyio.sleep(0.01)
+        await reader.send(frame(query_wire("honest.fz.test.", qid=5)))
+        with anyio.fail_after(WAIT):
+            msg = await read_frame(reader, bytearray())
+        assert msg is not None and struct.unpack("!H", msg[:2]) == (5,)
+        with anyio.fail_after(WAIT):
+            while server.connection_count > 1:
+                await anyio.sleep(0.01)
+        sock.close()
+        await reader.aclose()
+        tg.cancel_scope.cancel()
+    await server.aclose()
