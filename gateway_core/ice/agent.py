@@ -1,0 +1,411 @@
+"""ICE agent for the gateway's controlled role, matching str0m as Firezone uses it (snownet §3.7-§3.8).
+
+Theory of operation
+-------------------
+Credentials come from the portal at creation; candidates trickle in (:meth:`IceAgent.add_local_candidate`,
+:meth:`IceAgent.add_remote_candidate`) and are withdrawn explicitly (:meth:`IceAgent.invalidate_candidate`).
+Every (local, remote) couple of the same IP family forms a :class:`~gateway_core.ice.pair.Pair`; of
+two pairs with the same local base and remote address only the higher-priority one is kept, at most 100.
+
+Checks run forever on every pair on the schedule of :mod:`gateway_core.ice.pair` (they double as consent
+and keepalive); a pair whose last ``max_retransmits`` checks all went unanswered is removed. Requests from
+the peer are answered (XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY with our password, FINGERPRINT); a request
+from an unknown address creates a remote peer-reflexive candidate, a request on an unknown couple creates
+a pair (a triggered check, since a new pair is checked at once). USE-CANDIDATE from the controlling peer
+nominates the pair and triggers our own check on it. After every input the agent announces, as
+:class:`NominatedSend`, the highest-priority nominated pair when its priority differs from the last one
+announced. A success response whose XOR-MAPPED-ADDRESS is no local candidate's address adds a local
+peer-reflexive candidate (never signalled).
+
+The agent state (:class:`IceState`) follows str0m's rules (§3.7.6); every change is checked against
+:data:`STATE_TRANSITIONS` and reported as :class:`IceStateChanged`. Outputs are ``Transmit`` s whose ``src``
+is the local candidate's base (a relayed address means "send through the relay").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.commands import Transmit
+from gateway_core.entropy import Entropy
+from gateway_core.ice import candidate as cand
+from gateway_core.ice.pair import DEFAULT_TIMING, MAX_PAIRS, Pair, StunTiming, pair_priority
+from gateway_core.stats import Stats
+from gateway_core.wire.stun import Attr, Class, Method, StunMessage
+
+log = logging.getLogger(__name__)
+
+
+class IceState(StrEnum):
+    NEW = "new"
+    CHECKING = "checking"
+    CONNECTED = "connected"
+    COMPLETED = "completed"
+    DISCONNECTED = "disconnected"
+
+
+_S = IceState
+STATE_TRANSITIONS: frozenset[tuple[IceState, IceState]] = frozenset(
+    {
+        (_S.NEW, _S.CHECKING),
+        (_S.CHECKING, _S.CONNECTED),
+        (_S.CHECKING, _S.COMPLETED),
+        (_S.CHECKING, _S.DISCONNECTED),
+        (_S.DISCONNECTED, _S.CONNECTED),
+        (_S.DISCONNECTED, _S.COMPLETED),
+        (_S.DISCONNECTED, _S.CHECKING),
+        (_S.CONNECTED, _S.COMPLETED),
+        (_S.CONNECTED, _S.CHECKING),
+        (_S.CONNECTED, _S.DISCONNECTED),
+        (_S.COMPLETED, _S.CONNECTED),
+        (_S.COMPLETED, _S.CHECKING),
+        (_S.COMPLETED, _S.DISCONNECTED),
+    }
+)
+"""str0m ``agent.rs:1715-1780``; rendered in ``docs/design/ice-agent.md``."""
+
+
+@dataclass(frozen=True, slots=True)
+class IceStateChanged:
+    state: IceState
+
+
+@dataclass(frozen=True, slots=True)
+class NominatedSend:
+    """Send on this path from now on: from our ``source`` (a base) to the peer's ``destination``."""
+
+    source: SocketAddr
+    destination: SocketAddr
+
+
+IceEvent = IceStateChanged | NominatedSend
+
+
+@dataclass(slots=True)
+class _Entry:
+    c: cand.Candidate
+    discarded: bool = False
+
+
+class IceAgent:
+    """One ICE agent (one connection); see the module docstring."""
+
+    def __init__(
+        self,
+        local_ufrag: str,
+        local_pwd: str,
+        remote_ufrag: str,
+        remote_pwd: str,
+        entropy: Entropy,
+        *,
+        controlling: bool = False,
+        timing: StunTiming = DEFAULT_TIMING,
+        stats: Stats | None = None,
+    ) -> None:
+        self.local_ufrag, self.local_pwd = local_ufrag, local_pwd
+        self.remote_ufrag, self.remote_pwd = remote_ufrag, remote_pwd
+        self._lkey, self._rkey = local_pwd.encode(), remote_pwd.encode()
+        self.controlling = controlling
+        self.timing = timing
+        self.stats = stats if stats is not None else Stats()
+        self._entropy = entropy
+        self.tie_breaker = int.from_bytes(entropy.random_bytes(8), "big")
+        self.local: list[_Entry] = []
+        self.remote: list[_Entry] = []
+        self.pairs: list[Pair] = []
+        self.state = IceState.NEW
+        self._announced: int | None = None
+        self._transmits: deque[Transmit] = deque()
+        self._events: deque[IceEvent] = deque()
+        self._now = Instant(0)
+
+    # --- candidates -------------------------------------------------------------------------------------
+
+    def local_candidates(self) -> list[cand.Candidate]:
+        return [e.c for e in self.local if not e.discarded]
+
+    def remote_candidates(self) -> list[cand.Candidate]:
+        return [e.c for e in self.remote if not e.discarded]
+
+    def add_local_candidate(self, c: cand.Candidate) -> cand.Candidate | None:
+        """Adopt a host or relayed candidate; returns the form to signal, ``None`` if redundant."""
+        for e in self.local:
+            if e.c.addr == c.addr and e.c.base == c.base and e.c.kind is c.kind:
+                if not e.discarded:
+                    return None
+                e.discarded = False
+                self._pair_local(self.local.index(e))
+                return e.c
+        same = sum(1 for e in self.local if e.c.kind is c.kind and e.c.addr.ip.version == c.addr.ip.version)
+        pref = cand.local_preference(c.kind, c.addr, same, c.local_if)
+        adopted = c.with_local_preference(pref, self.local_ufrag)
+        self.local.append(_Entry(adopted))
+        self._pair_local(len(self.local) - 1)
+        return adopted
+
+    def add_remote_candidate(self, c: cand.Candidate) -> bool:
+        if c.ufrag is not None and c.ufrag != self.remote_ufrag:
+            return False
+        for i, e in enumerate(self.remote):
+            if e.c.key() == c.key() and not e.discarded:
+                return False
+            if e.c.foundation == "tmp_prflx" and e.c.addr == c.addr and not e.discarded:
+                self.remote[i] = _Entry(c)
+                for p in self.pairs:
+                    if p.remote == i:
+                        p.priority = self._pair_prio(p.local, i)
+                return True
+        self.remote.append(_Entry(c))
+        ri = len(self.remote) - 1
+        for li, le in enumerate(self.local):
+            if not le.discarded and le.c.addr.ip.version == c.addr.ip.version:
+                self._add_pair(li, ri)
+        return True
+
+    def _pair_local(self, li: int) -> None:
+        v = self.local[li].c.addr.ip.version
+        for ri, re in enumerate(self.remote):
+            if not re.discarded and re.c.addr.ip.version == v:
+                self._add_pair(li, ri)
+
+    def invalidate_candidate(self, c: cand.Candidate) -> bool:
+        """Discard a local (looked up first) or remote candidate and all its pairs."""
+        for lst, is_local in ((self.local, True), (self.remote, False)):
+            for i, e in enumerate(lst):
+                if not e.discarded and e.c.key() == c.key():
+                    e.discarded = True
+                    self.pairs = [p for p in self.pairs if (p.local if is_local else p.remote) != i]
+                    return True
+        return False
+
+    def _pair_prio(self, li: int, ri: int) -> int:
+        lp, rp = self.local[li].c.priority, self.remote[ri].c.priority
+        return pair_priority(lp, rp) if self.controlling else pair_priority(rp, lp)
+
+    def _add_pair(self, li: int, ri: int) -> Pair:
+        for p in self.pairs:
+            if p.local == li and p.remote == ri:
+                return p
+        new = Pair(li, ri, self._pair_prio(li, ri), next_at=self._now)
+        base, raddr = self.local[li].c.base, self.remote[ri].c.addr
+        for i, p in enumerate(self.pairs):
+            if self.local[p.local].c.base == base and self.remote[p.remote].c.addr == raddr:
+                if p.priority >= new.priority:
+                    return p
+                new.nominated = p.nominated
+                new.nomination_check_sent = False
+                self.pairs[i] = new
+                return new
+        self.pairs.append(new)
+        if len(self.pairs) > MAX_PAIRS:
+            self.pairs.sort(key=lambda p: -p.priority)
+            del self.pairs[MAX_PAIRS:]
+        return new
+
+    # --- STUN -------------------------------------------------------------------------------------------
+
+    def accepts(self, msg: StunMessage) -> bool:
+        """Whether this agent owns ``msg`` (str0m ``accepts_message``, snownet §3.7.2)."""
+        if msg.method != Method.BINDING:
+            return False
+        if msg.cls == Class.REQUEST:
+            user = msg.text(Attr.USERNAME)
+            if user is None:
+                return False
+            left, sep, right = user.partition(":")
+            if not sep or left != self.local_ufrag or right != self.remote_ufrag:
+                return False
+            return msg.verify_integrity(self._lkey)
+        if msg.cls in (Class.SUCCESS, Class.ERROR):
+            tid = msg.transaction_id
+            return any(p.has_tid(tid) for p in self.pairs) and msg.verify_integrity(self._rkey)
+        return False  # indications: never (snownet §3.7.2 hazard)
+
+    def handle_stun(
+        self, now: Instant, source: SocketAddr, destination: SocketAddr, msg: StunMessage
+    ) -> None:
+        """An accepted message from ``source`` to our ``destination`` (relayed: our relayed address)."""
+        self._now = max(self._now, now)
+        if msg.cls == Class.REQUEST:
+            self._on_request(now, source, destination, msg)
+        elif msg.cls == Class.SUCCESS:
+            self._on_success(now, msg)
+        self._update(now)
+
+    def _on_request(
+        self, now: Instant, source: SocketAddr, destination: SocketAddr, msg: StunMessage
+    ) -> None:
+        use_candidate = msg.has(Attr.USE_CANDIDATE)
+        if use_candidate and self.controlling:
+            return
+        prio = msg.u32(Attr.PRIORITY)
+        if prio is None:
+            self.stats.incr("ice.request_without_priority")
+            return
+        ri = self._find_remote(source)
+        if ri is None:
+            if any(e.discarded and e.c.addr == source for e in self.remote):
+                return
+            self.remote.append(_Entry(cand.peer_reflexive(source, source, prio)))
+            ri = len(self.remote) - 1
+            for i, le in enumerate(self.local):
+                if not le.discarded and le.c.addr.ip.version == source.ip.version:
+                    self._add_pair(i, ri)
+        li = next(
+            (
+                i
+                for i, e in enumerate(self.local)
+                if e.c.kind in (cand.Kind.HOST, cand.Kind.RELAY) and e.c.addr == destination
+            ),
+            None,
+        )
+        if li is None:
+            self.stats.incr("ice.request_to_unknown_local")
+            return
+        pair = next((p for p in self.pairs if p.local == li and p.remote == ri), None)
+        if pair is None:
+            if self.local[li].discarded:
+                return
+            pair = self._add_pair(li, ri)
+        if not self.controlling and use_candidate and not pair.nominated:
+            pair.nominated = True
+            pair.nomination_check_sent = False
+            pair.recompute(now, self.timing)
+        resp = StunMessage(Method.BINDING, Class.SUCCESS, msg.transaction_id)
+        resp.add_xor_address(Attr.XOR_MAPPED_ADDRESS, source)
+        payload = resp.encode(self._lkey, fingerprint=True)
+        self._transmits.append(Transmit(self.local[li].c.base, source, payload))
+
+    def _find_remote(self, addr: SocketAddr) -> int | None:
+        best: int | None = None
+        for i, e in enumerate(self.remote):
+            if (
+                not e.discarded
+                and e.c.addr == addr
+                and (best is None or e.c.priority > self.remote[best].c.priority)
+            ):
+                best = i
+        return best
+
+    def _on_success(self, now: Instant, msg: StunMessage) -> None:
+        tid = msg.transaction_id
+        pair = next((p for p in self.pairs if p.has_tid(tid)), None)
+        if pair is None:
+            return
+        pair.record_answer(tid, now, self.timing)
+        mapped = msg.address(Attr.XOR_MAPPED_ADDRESS)
+        if mapped is None or any(e.c.addr == mapped for e in self.local):
+            return
+        sender = self.local[pair.local].c
+        local_pref = (sender.priority >> 8) & 0xFFFF
+        prio = cand.compute_priority(cand.Kind.PRFLX, local_pref)
+        prflx = cand.Candidate(
+            cand.Kind.PRFLX,
+            mapped,
+            sender.base,
+            prio,
+            cand.foundation_for(cand.Kind.PRFLX, sender.base, None, prio),
+        )
+        self.local.append(_Entry(prflx))
+
+    # --- time -------------------------------------------------------------------------------------------
+
+    def set_timing(self, timing: StunTiming, now: Instant) -> None:
+        self.timing = timing
+        for p in self.pairs:
+            p.recompute(max(now, self._now), timing)
+
+    def handle_timeout(self, now: Instant) -> None:
+        self._now = max(self._now, now)
+        if self.state is IceState.NEW:
+            self._set_state(IceState.CHECKING)
+        before = len(self.pairs)
+        self.pairs = [p for p in self.pairs if (f := p.fail_at(self.timing)) is None or now < f]
+        if len(self.pairs) != before:
+            self.stats.incr("ice.pairs_failed", before - len(self.pairs))
+        for p in sorted((p for p in self.pairs if p.next_at <= now), key=lambda p: (p.next_at, -p.priority)):
+            self._send_check(p, now)
+        self._update(now)
+
+    def _send_check(self, p: Pair, now: Instant) -> None:
+        local, remote = self.local[p.local].c, self.remote[p.remote].c
+        tid = self._entropy.random_bytes(12)
+        m = StunMessage(Method.BINDING, Class.REQUEST, tid)
+        m.add_text(Attr.USERNAME, f"{self.remote_ufrag}:{self.local_ufrag}")
+        m.add_u64(Attr.ICE_CONTROLLING if self.controlling else Attr.ICE_CONTROLLED, self.tie_breaker)
+        m.add_u32(Attr.PRIORITY, cand.compute_priority(cand.Kind.PRFLX, (local.priority >> 8) & 0xFFFF))
+        if self.controlling and p.nominated:
+            m.add(Attr.USE_CANDIDATE, b"")
+        self._transmits.append(Transmit(local.base, remote.addr, m.encode(self._rkey, fingerprint=True)))
+        p.record_attempt(tid, now, self.timing)
+        self.stats.incr("ice.checks_sent")
+
+    def _update(self, now: Instant) -> None:
+        if self.controlling:
+            # Used by the simulated client and tests: nominate the best succeeded pair (continuously).
+            succeeded = [p for p in self.pairs if p.succeeded]
+            if succeeded:
+                top = max(succeeded, key=lambda p: p.priority)
+                if not top.nominated:
+                    top.nominated, top.nomination_check_sent = True, False
+                    top.recompute(now, self.timing)
+        nominated = [p for p in self.pairs if p.nominated]
+        if nominated:
+            best = max(nominated, key=lambda p: p.priority)
+            if best.priority != self._announced:
+                self._announced = best.priority
+                src, dst = self.local[best.local].c.base, self.remote[best.remote].c.addr
+                self._events.append(NominatedSend(src, dst))
+        else:
+            self._announced = None
+        if self.state is IceState.NEW:
+            return
+        any_nom = bool(nominated)
+        possible = (
+            any(not p.nominated for p in self.pairs)
+            or not self.local_candidates()
+            or not self.remote_candidates()
+        )
+        s = self.state
+        if s in (IceState.CHECKING, IceState.DISCONNECTED):
+            if any_nom:
+                new = IceState.CONNECTED if possible else IceState.COMPLETED
+            else:
+                new = IceState.CHECKING if possible else IceState.DISCONNECTED
+        elif s is IceState.CONNECTED:
+            if any_nom:
+                new = s if possible else IceState.COMPLETED
+            else:
+                new = IceState.CHECKING if possible else IceState.DISCONNECTED
+        else:
+            if any_nom:
+                new = IceState.CONNECTED if possible else s
+            else:
+                new = IceState.CHECKING if possible else IceState.DISCONNECTED
+        self._set_state(new)
+
+    def _set_state(self, new: IceState) -> None:
+        if new is self.state:
+            return
+        if (self.state, new) not in STATE_TRANSITIONS:
+            self.stats.incr("ice.unexpected_transition")
+        self.state = new
+        self._events.append(IceStateChanged(new))
+
+    def poll_timeout(self) -> Instant | None:
+        times = [p.next_at for p in self.pairs]
+        times.extend(f for p in self.pairs if (f := p.fail_at(self.timing)) is not None)
+        if self.state is IceState.NEW:
+            times.append(self._now)
+        return Instant(max(min(times), self._now)) if times else None
+
+    def poll_transmit(self) -> Transmit | None:
+        return self._transmits.popleft() if self._transmits else None
+
+    def poll_event(self) -> IceEvent | None:
+        return self._events.popleft() if self._events else None

@@ -1,0 +1,123 @@
+"""Candidate pairs and their check schedule (str0m ``pair.rs``, snownet §3.7.3-§3.7.4).
+
+Theory of operation: a :class:`Pair` joins one local and one remote candidate (same family). It keeps its
+last ``max_retransmits`` binding attempts ``(tid, sent_at, answered_at, nominated)``. Its next check time
+is computed when an attempt is sent, a response arrives or the timing changes, and cached in
+``next_at``:
+
+- nominated by the peer and our nomination check not yet sent, or no attempt yet: immediately;
+- otherwise ``last_sent + resend_delay(k)`` where ``k`` is the number of unanswered attempts at the tail
+  if the oldest of them is older than ``max_rto / 2``, else the number of recorded attempts;
+  ``resend_delay(n) = 0 if n == 0 else min(initial_rto << min(n - 1, max_retransmits), max_rto)``.
+
+Checks never stop (they are the consent/keepalive mechanism). A pair fails when all ``max_retransmits``
+recorded attempts are unanswered and ``now >= last_sent + resend_delay(max_retransmits)``: with the default
+timing (250 ms, 1.5 s, 12) a never-answered pair is checked 12 times and removed at 15.25 s.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway_core.clock import Instant, millis, secs
+
+
+@dataclass(frozen=True, slots=True)
+class StunTiming:
+    """RTO schedule of connectivity checks."""
+
+    initial_rto: int
+    max_rto: int
+    max_retransmits: int
+
+
+DEFAULT_TIMING = StunTiming(millis(250), millis(1500), 12)
+"""snownet default (``node.rs:2409-2413``): ICE timeout 15.25 s."""
+IDLE_TIMING = StunTiming(secs(25), secs(25), 4)
+"""snownet idle timing (``node.rs:2415-2419``): ICE timeout 100 s."""
+MAX_PAIRS = 100
+"""str0m keeps at most 100 pairs, dropping the lowest priority ones."""
+
+
+def resend_delay(timing: StunTiming, n: int) -> int:
+    if n == 0:
+        return 0
+    return min(timing.initial_rto << min(n - 1, timing.max_retransmits), timing.max_rto)
+
+
+def pair_priority(controlling_prio: int, controlled_prio: int) -> int:
+    """RFC 8445 §6.1.2.3 with G = controlling side's candidate priority, D = controlled side's."""
+    g, d = controlling_prio, controlled_prio
+    return (min(g, d) << 32) + 2 * max(g, d) + (1 if g > d else 0)
+
+
+@dataclass(slots=True)
+class Attempt:
+    tid: bytes
+    sent_at: Instant
+    nominated: bool
+    answered_at: Instant | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Pair:
+    """One candidate pair; ``local``/``remote`` index the agent's candidate lists."""
+
+    local: int
+    remote: int
+    priority: int
+    nominated: bool = False
+    """The controlling peer sent USE-CANDIDATE on this pair."""
+    nomination_check_sent: bool = False
+    succeeded: bool = False
+    attempts: deque[Attempt] = field(default_factory=deque)
+    next_at: Instant = Instant(0)
+
+    def record_attempt(self, tid: bytes, now: Instant, timing: StunTiming) -> None:
+        if self.nominated:
+            self.nomination_check_sent = True
+        self.attempts.append(Attempt(tid, now, self.nominated))
+        while len(self.attempts) > timing.max_retransmits:
+            self.attempts.popleft()
+        self.recompute(now, timing)
+
+    def record_answer(self, tid: bytes, now: Instant, timing: StunTiming) -> bool:
+        for a in self.attempts:
+            if a.tid == tid:
+                if a.answered_at is None:
+                    a.answered_at = now
+                self.succeeded = True
+                self.recompute(now, timing)
+                return True
+        return False
+
+    def has_tid(self, tid: bytes) -> bool:
+        return any(a.tid == tid for a in self.attempts)
+
+    def _unanswered_tail(self) -> list[Attempt]:
+        tail: list[Attempt] = []
+        for a in reversed(self.attempts):
+            if a.answered_at is not None:
+                break
+            tail.append(a)
+        return tail
+
+    def recompute(self, now: Instant, timing: StunTiming) -> None:
+        if (self.nominated and not self.nomination_check_sent) or not self.attempts:
+            self.next_at = now
+            return
+        tail = self._unanswered_tail()
+        if tail and now - tail[-1].sent_at > timing.max_rto // 2:
+            k = len(tail)
+        else:
+            k = len(self.attempts)
+        last = self.attempts[-1].sent_at
+        self.next_at = Instant(min(last + resend_delay(timing, k), max(now, last) + timing.max_rto))
+
+    def fail_at(self, timing: StunTiming) -> Instant | None:
+        """When this pair is removed if nothing answers, or ``None`` while it cannot fail yet."""
+        recent = list(self.attempts)[-timing.max_retransmits :]
+        if len(recent) < timing.max_retransmits or any(a.answered_at is not None for a in recent):
+            return None
+        return Instant(recent[-1].sent_at + resend_delay(timing, timing.max_retransmits))

@@ -1,0 +1,134 @@
+"""Our ICE agent (controlled) against aioice (controlling) over real loopback UDP sockets.
+
+aioice gathers a host candidate on 127.0.0.1 (its host-address discovery skips loopback, so it is patched
+to return 127.0.0.1, as in ``../shared/spec/real-peers.md`` §3), we exchange candidate strings and
+credentials in memory, aioice runs its checks and nominates a pair; our agent answers, runs its own
+checks, announces the nominated path, and application data passes both ways on that path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from ipaddress import ip_address
+
+import aioice
+import aioice.ice
+import pytest
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.entropy import SeededEntropy
+from gateway_core.errors import DecodeError
+from gateway_core.ice import candidate as cand
+from gateway_core.ice.agent import IceAgent, IceState, NominatedSend
+from gateway_core.wire import stun
+
+pytestmark = pytest.mark.system
+
+UFRAG, PWD = "gwuf", "gateway-password-22chr"
+
+
+class OurSide(asyncio.DatagramProtocol):
+    """A minimal driver: one socket, one agent, a timer task; echoes non-STUN datagrams on the chosen path."""
+
+    def __init__(self, agent: IceAgent) -> None:
+        self.agent = agent
+        self.t0 = time.monotonic_ns()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: SocketAddr | None = None
+        self.nominated: list[NominatedSend] = []
+        self.app: list[tuple[SocketAddr, bytes]] = []
+        self.wake = asyncio.Event()
+
+    def now(self) -> Instant:
+        return Instant(time.monotonic_ns() - self.t0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.local = SocketAddr(ip_address(host), port)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.local is not None
+        src = SocketAddr(ip_address(addr[0]), addr[1])
+        try:
+            msg = stun.decode(data)
+        except DecodeError:
+            self.app.append((src, data))
+            if self.nominated:
+                self.send(self.nominated[-1].destination, b"echo:" + data)
+            return
+        if self.agent.accepts(msg):
+            self.agent.handle_stun(self.now(), src, self.local, msg)
+        self.flush()
+
+    def send(self, dst: SocketAddr, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(payload, (str(dst.ip), dst.port))
+
+    def flush(self) -> None:
+        while (t := self.agent.poll_transmit()) is not None:
+            self.send(t.dst, t.payload)
+        while (e := self.agent.poll_event()) is not None:
+            if isinstance(e, NominatedSend):
+                self.nominated.append(e)
+        self.wake.set()
+
+    async def run_timer(self) -> None:
+        while True:
+            self.agent.handle_timeout(self.now())
+            self.flush()
+            self.wake.clear()
+            at = self.agent.poll_timeout()
+            delay = 1.0 if at is None else max(0.0, (at - self.now()) / 1e9)
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+
+async def _scenario(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    peer = aioice.Connection(ice_controlling=True, components=1, use_ipv6=False)
+    await peer.gather_candidates()
+    agent = IceAgent(UFRAG, PWD, peer.local_username, peer.local_password, SeededEntropy(7))
+    loop = asyncio.get_running_loop()
+    transport, ours = await loop.create_datagram_endpoint(lambda: OurSide(agent), local_addr=("127.0.0.1", 0))
+    timer = asyncio.create_task(ours.run_timer())
+    try:
+        assert ours.local is not None
+        local = agent.add_local_candidate(cand.host(ours.local))
+        assert local is not None
+        for pc in peer.local_candidates:
+            agent.add_remote_candidate(cand.parse("candidate:" + pc.to_sdp()))
+        peer.remote_username, peer.remote_password = UFRAG, PWD
+        # aioice's parser wants no "candidate:" prefix and tolerates our raddr/ufrag suffixes.
+        await peer.add_remote_candidate(aioice.Candidate.from_sdp(local.to_sdp()[len("candidate:") :]))
+        await peer.add_remote_candidate(None)
+        await asyncio.wait_for(peer.connect(), timeout=10)
+        for _ in range(200):
+            if ours.nominated:
+                break
+            await asyncio.sleep(0.01)
+        peer_addr = SocketAddr(ip_address("127.0.0.1"), peer.local_candidates[0].port)
+        assert ours.nominated[-1] == NominatedSend(ours.local, peer_addr)
+        assert agent.state in (IceState.CONNECTED, IceState.COMPLETED)
+        # Data in both directions on the selected path.
+        await peer.send(b"ping")
+        got = await asyncio.wait_for(peer.recv(), timeout=5)
+        assert got == b"echo:ping"
+        assert ours.app == [(peer_addr, b"ping")]
+        checks_before = agent.stats.counters["ice.checks_sent"]
+        await asyncio.sleep(1.6)
+        # Checks continue (consent/keepalive) and aioice keeps answering them.
+        assert agent.stats.counters["ice.checks_sent"] > checks_before
+        assert any(p.succeeded for p in agent.pairs)
+    finally:
+        timer.cancel()
+        await peer.close()
+        transport.close()
+
+
+def test_ice_agent_against_aioice(monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(asyncio.wait_for(_scenario(monkeypatch), timeout=30))
