@@ -1,0 +1,21 @@
+"""A development Firezone portal: the pure logic shared by the simulator's stub portal and the real
+``firezone-dev-portal`` server (``gateway_io.devportal``).
+
+It imports ``gateway_core`` only (never ``sim`` nor ``gateway_io``, and nothing that does IO), so both
+sides can use it without breaking the one-direction import rule (ARCHITECTURE.md §1).
+"""
+
+from devportal.config import ConfigError, PortalConfig, load_config
+from devportal.phoenix_server import PhoenixSocket, Reply
+from devportal.portal import DevPortal, GatewayRecord, Refusal
+
+__all__ = [
+    "ConfigError",
+    "DevPortal",
+    "GatewayRecord",
+    "PhoenixSocket",
+    "PortalConfig",
+    "Refusal",
+    "Reply",
+    "load_config",
+]
