@@ -513,8 +513,12 @@ def l4_checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
     if version == 4 and internet_checksum(packet[: (packet[0] & 0xF) * 4]) != 0:
         return False
     seg = packet[off:end]
-    if proto == PROTO_UDP and version == 4 and len(seg) >= 8 and seg[6] == 0 and seg[7] == 0:
-        return True
+    if proto == PROTO_UDP and len(seg) >= 8:
+        if version == 4 and seg[6] == 0 and seg[7] == 0:
+            return True
+        udp_len = (seg[4] << 8) | seg[5]
+        if 8 <= udp_len <= len(seg):
+            seg = seg[:udp_len]  # the checksum covers the UDP length, not bytes after it
     if proto in (PROTO_UDP, PROTO_TCP) or (proto == PROTO_ICMPV6 and version == 6):
         src, dst = src_dst(packet)
         return internet_checksum(seg, pseudo_header_sum(src, dst, proto, len(seg))) == 0

@@ -306,3 +306,23 @@ def test_v6_error_with_extension_headers_in_quote() -> None:
     emb = rewrite_embedded(err, PROXY6, 5401)
     assert emb[48:50] == (5401).to_bytes(2, "big") and emb[24:40] == PROXY6.packed
     assert emb[:24] == quoted[:24] and emb[40:48] == quoted[40:48] and emb[50:] == quoted[50:]
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_corrupted_icmp_errors_parse_or_decode_error(data: st.DataObject) -> None:
+    base = data.draw(
+        st.sampled_from([_icmp4(3, 3, 0, UDP4), _icmp6(1, 4, 0, UDP6), _icmp4(11, 0, 0, UDP4[:28])])
+    )
+    buf = bytearray(base)
+    for _ in range(data.draw(st.integers(1, 4))):
+        buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        err = parse_icmp_error(buf)
+    except DecodeError:
+        return
+    if err is not None:
+        # Whatever we accepted can be re-addressed without surprises.
+        proxy = PROXY4 if err.version == 4 else PROXY6
+        client = V4A if err.version == 4 else V6A
+        assert l4_checksum_ok(translate_icmp_error(err, proxy, 1, client))

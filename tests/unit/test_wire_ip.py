@@ -479,3 +479,14 @@ def test_address_cache_is_bounded_and_exact() -> None:
     assert src_dst(build_ipv6(V6A, V6B, 59, b"")) == (V6A, V6B)
     assert src_dst(bytearray(SAMPLES["udp6"])) == (V6A, V6B)
     assert src_dst(memoryview(bytearray(SAMPLES["udp4"]))) == (V4A, V4B)
+
+
+def test_udp_checksum_covers_the_udp_length_only() -> None:
+    udp = build_udp(V4A, V4B, 1, 2, b"abc")
+    pkt = build_ipv4(V4A, V4B, PROTO_UDP, udp + b"pad!")  # IP payload longer than the UDP length
+    assert validate(pkt) is None
+    assert l4_checksum_ok(pkt)
+    assert parse_udp(parse_ip(pkt).payload).payload == b"abc"
+    broken = bytearray(pkt)
+    broken[30] ^= 1  # flip a bit of the UDP payload
+    assert not l4_checksum_ok(broken)

@@ -196,3 +196,22 @@ def test_merge_ecn(inner: int, outer: int) -> None:
     merge_ecn(p6, outer)
     assert ((p6[0] & 0xF) << 4 | p6[1] >> 4) == 0xB8 | expected
     assert p6[0] >> 4 == 6 and p6[1] & 0xF == 0
+
+
+@given(packets(), st.data())
+@settings(max_examples=300, deadline=None)
+def test_corrupted_packets_rewrite_or_decode_error_and_stay_unchanged(
+    spec: Spec, data: st.DataObject
+) -> None:
+    buf = bytearray(spec.packet[: data.draw(st.integers(0, len(spec.packet)))])
+    for _ in range(data.draw(st.integers(0, 3))):
+        if buf:
+            buf[data.draw(st.integers(0, min(len(buf) - 1, 50)))] = data.draw(st.integers(0, 255))
+    before = bytes(buf)
+    new_dst = IPv4Address("10.9.9.9") if buf and buf[0] >> 4 == 4 else IPv6Address("2001:db8::9")
+    try:
+        nat_rewrite(buf, dst=new_dst, sport=data.draw(ports))
+    except DecodeError:
+        assert bytes(buf) == before
+    else:
+        assert parse_ip(buf).dst == new_dst
