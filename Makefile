@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps
 
 venv: $(STAMP)
 
@@ -20,13 +20,21 @@ $(STAMP): pyproject.toml
 deps:
 	scripts/ensure-debs.sh
 
+# npm peers for interop tests (the Phoenix JavaScript client), pinned by package-lock.json.
+INTEROP := tests/interop
+$(INTEROP)/node_modules/.installed: $(INTEROP)/package.json $(INTEROP)/package-lock.json
+	cd $(INTEROP) && npm ci --no-audit --no-fund
+	touch $@
+
+interop-deps: deps $(INTEROP)/node_modules/.installed
+
 lint: venv
 	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv deps
+pytest: venv deps interop-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: venv deps lint typecheck pytest
