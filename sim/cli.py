@@ -1,7 +1,8 @@
 """``firezone-sim``: run a simulated scenario.
 
-- ``firezone-sim run --seed N [--trace FILE] [--pcap FILE] [--duration SECONDS]``: run the echo scenario,
-  write the trace (JSON lines) and a pcap if asked, and print a short summary.
+- ``firezone-sim run --seed N [--trace FILE] [--pcap FILE] [--duration SECONDS] [--scenario NAME]``: run
+  a scenario (``echo``, the default, or ``wireguard``: ICMP echo through a WireGuard tunnel between two
+  simulated hosts), write the trace (JSON lines) and a pcap if asked, and print a short summary.
 - ``firezone-sim demo [--seed N]``: run the same scenario and print a play-by-play as it happens.
 
 The same seed gives the same trace and pcap, byte for byte.
@@ -18,6 +19,7 @@ from typing import IO, BinaryIO
 
 from gateway_core.clock import Instant, fmt, millis, secs
 from sim.contract import ContractViolation
+from sim.hosts.wireguard import WireGuardScenario, build_wireguard_world, wireguard_summary
 from sim.pcap import PcapWriter
 from sim.scenarios import EchoScenario, build_echo_world, play_by_play, summary
 from sim.trace import Record, Trace
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, required=True, help="the run's seed (same seed, same run)")
     run.add_argument("--trace", metavar="FILE", help="write the trace as JSON lines to FILE")
     run.add_argument("--pcap", metavar="FILE", help="write every delivered packet to FILE (pcap, raw IP)")
+    run.add_argument("--scenario", choices=("echo", "wireguard"), default="echo", help="which world to run")
     run.add_argument(
         "--duration",
         type=parse_duration,
@@ -70,6 +73,13 @@ def _run(cfg: EchoScenario, seed: int, trace: Trace, pcap: PcapWriter | None) ->
     return world
 
 
+def _run_wireguard(duration: int | None, seed: int, trace: Trace, pcap: PcapWriter | None) -> World:
+    cfg = WireGuardScenario() if duration is None else WireGuardScenario(duration=duration)
+    world = build_wireguard_world(World(seed, trace=trace, pcap=pcap), cfg)
+    world.run_until(Instant(cfg.duration))
+    return world
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -83,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.pcap:
                     stream: BinaryIO = stack.enter_context(open(args.pcap, "wb"))
                     pcap = PcapWriter(stream)
-                world = _run(cfg, args.seed, Trace(sink), pcap)
+                if args.scenario == "wireguard":
+                    world = _run_wireguard(args.duration, args.seed, Trace(sink), pcap)
+                else:
+                    world = _run(cfg, args.seed, Trace(sink), pcap)
             print(summary(world))
+            if args.scenario == "wireguard":
+                print(wireguard_summary(world))
             return 0
         cfg = DEMO if args.duration is None else replace(DEMO, duration=args.duration)
         print(
