@@ -125,6 +125,9 @@ _U16 = struct.Struct("!H")
 _U16X2 = struct.Struct("!HH")
 _V4_PEEK = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment offset, protocol
 
+# Why: ICMPv4 timestamp / timestamp reply (RFC 792) have a fixed 20-byte length.
+_ICMPV4_TIMESTAMP = (13, 14)
+_ICMPV4_TIMESTAMP_LEN = 20
 _IPV6_SIMPLE_EXT = frozenset((PROTO_HOPOPT, PROTO_IPV6_ROUTE, PROTO_IPV6_OPTS))
 
 
@@ -469,7 +472,8 @@ def validate(packet: bytes | bytearray | memoryview) -> DropReason | None:
     """gateway-datapath.md §12.1: ``None`` if the data path may handle the packet, else why to drop it.
 
     At most 1280 bytes; a parsable IPv4/IPv6 packet; not a fragment; UDP/TCP/ICMP headers and lengths
-    consistent; ICMPv4 only inside IPv4 and ICMPv6 only inside IPv6. Never raises.
+    consistent (as etherparse 0.19 checks them); ICMPv4 only inside IPv4 and ICMPv6 only inside IPv6.
+    Never raises.
     """
     if len(packet) > MAX_IP_SIZE:
         return DropReason.IP_TOO_LARGE
@@ -496,6 +500,9 @@ def validate(packet: bytes | bytearray | memoryview) -> DropReason | None:
             return DropReason.MALFORMED_L4
     elif proto == PROTO_ICMP:
         if version != 4 or avail < 8:
+            return DropReason.MALFORMED_L4
+        # etherparse's Icmpv4Slice also insists that a timestamp (reply), code 0, is exactly 20 bytes.
+        if packet[off] in _ICMPV4_TIMESTAMP and packet[off + 1] == 0 and avail != _ICMPV4_TIMESTAMP_LEN:
             return DropReason.MALFORMED_L4
     elif proto == PROTO_ICMPV6 and (version != 6 or avail < 8):
         return DropReason.MALFORMED_L4

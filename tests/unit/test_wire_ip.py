@@ -338,6 +338,14 @@ def test_validate_rules() -> None:
     bad_tcp[32] = 0x40  # data offset 4 words
     assert validate(bad_tcp) == DropReason.MALFORMED_L4
     assert validate(build_ipv4(V4A, V4B, 47, b"")) is None  # other protocols pass
+    # ICMPv4 timestamp (reply) with code 0 must be exactly 20 bytes (etherparse Icmpv4Slice).
+    for t in (13, 14):
+        assert validate(build_ip(V4A, V4B, PROTO_ICMP, build_icmp(V4A, V4B, t, 0, 0, bytes(12)))) is None
+        assert (
+            validate(build_ip(V4A, V4B, PROTO_ICMP, build_icmp(V4A, V4B, t, 0, 0, bytes(13))))
+            == "malformed_l4"
+        )
+        assert validate(build_ip(V4A, V4B, PROTO_ICMP, build_icmp(V4A, V4B, t, 1, 0, bytes(13)))) is None
 
 
 # --- properties -------------------------------------------------------------------------------------------
