@@ -89,53 +89,52 @@ def nat_rewrite(
     version, proto, off, end, fragment = locate_l4(buf)
     if fragment:
         raise DecodeError("cannot rewrite a fragment")
-    alen, s_at = (4, 12) if version == 4 else (16, 8)
-    for ip in (src, dst):
-        if ip is not None and ip.version != version:
-            raise UsageError("address of the other IP family")
-    l4len = end - off
+    if (src is not None and src.version != version) or (dst is not None and dst.version != version):
+        raise UsageError("address of the other IP family")
     has_l4 = _has_l4(version, proto)
-    if has_l4 and l4len < _MIN_L4[proto]:
+    if has_l4 and end - off < _MIN_L4[proto]:
         raise DecodeError("transport header truncated")
-    port_at = -1
-    new_port = 0
+    echo_at = -1
     if sport is not None or dport is not None:
-        for p in (sport, dport):
-            if p is not None and not 0 <= p <= 0xFFFF:
-                raise UsageError(f"port out of range: {p}")
-        if has_l4 and proto in (PROTO_TCP, PROTO_UDP):
-            pass
-        elif has_l4 and _is_echo(version, proto, buf[off]):
+        if (sport is not None and not 0 <= sport <= 0xFFFF) or (
+            dport is not None and not 0 <= dport <= 0xFFFF
+        ):
+            raise UsageError(f"port out of range: {sport}, {dport}")
+        if not has_l4:
+            raise DecodeError("packet has no ports to rewrite")
+        if proto != PROTO_TCP and proto != PROTO_UDP:
+            if not _is_echo(version, proto, buf[off]):
+                raise DecodeError("ICMP message other than echo has no identifier to rewrite")
             if sport is not None and dport is not None and sport != dport:
                 raise UsageError("an echo has one identifier: sport and dport differ")
-            port_at = off + 4
-            new_port = sport if sport is not None else dport  # type: ignore[assignment]
-        else:
-            raise DecodeError("packet has no ports to rewrite")
+            echo_at = off + 4
 
     # --- checks done: write ---
-    addr_old = addr_new = 0
+    alen, s_at = (4, 12) if version == 4 else (16, 8)
+    old = new = 0  # sums of the old and new values of every changed 16-bit-aligned field
     if src is not None:
-        addr_old += int.from_bytes(buf[s_at : s_at + alen], "big")
-        addr_new += int(src)
-        buf[s_at : s_at + alen] = src.packed
+        v = int(src)
+        old += int.from_bytes(buf[s_at : s_at + alen], "big")
+        new += v
+        buf[s_at : s_at + alen] = v.to_bytes(alen, "big")
     if dst is not None:
         d_at = s_at + alen
-        addr_old += int.from_bytes(buf[d_at : d_at + alen], "big")
-        addr_new += int(dst)
-        buf[d_at : d_at + alen] = dst.packed
-    if version == 4 and (src is not None or dst is not None):
-        _U16.pack_into(buf, 10, checksum_adjust_int(_U16.unpack_from(buf, 10)[0], addr_old, addr_new))
+        v = int(dst)
+        old += int.from_bytes(buf[d_at : d_at + alen], "big")
+        new += v
+        buf[d_at : d_at + alen] = v.to_bytes(alen, "big")
+    if version == 4 and old != new:
+        _U16.pack_into(buf, 10, checksum_adjust_int(_U16.unpack_from(buf, 10)[0], old, new))
     if not has_l4:
         return
-    old = new = 0
-    if proto != PROTO_ICMP:  # every other transport here has a pseudo-header
-        old, new = addr_old, addr_new
-    if port_at >= 0:  # echo identifier
-        old += _U16.unpack_from(buf, port_at)[0]
-        new += new_port
-        _U16.pack_into(buf, port_at, new_port)
-    elif proto in (PROTO_TCP, PROTO_UDP):
+    if proto == PROTO_ICMP:  # no pseudo-header: the addresses are not covered
+        old = new = 0
+    if echo_at >= 0:
+        ident: int = sport if sport is not None else dport  # type: ignore[assignment]
+        old += _U16.unpack_from(buf, echo_at)[0]
+        new += ident
+        _U16.pack_into(buf, echo_at, ident)
+    else:
         if sport is not None:
             old += _U16.unpack_from(buf, off)[0]
             new += sport
