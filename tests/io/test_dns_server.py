@@ -16,6 +16,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from gateway_core.dns.servers import DnsTransport
+from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import DropReason
 from gateway_io.dns_server import DnsQuery, TcpDnsServer, TcpLimits, UdpDnsServer
 from tests.io.dns_responder import BIG_TXT_STRINGS, answer
@@ -460,4 +461,29 @@ async def test_tcp_client_that_does_not_read_its_answers_is_closed() -> None:
         sock.close()
         await reader.aclose()
         tg.cancel_scope.cancel()
+    await server.aclose()
+
+
+async def test_tcp_random_byte_streams_never_break_the_server() -> None:
+    entropy = SeededEntropy(7)
+    server = await TcpDnsServer.bind(("127.0.0.1", 0), limits=TcpLimits(idle_timeout=0.5))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond, server)
+        for _ in range(20):
+            conn = await anyio.connect_tcp(*server.local_address)
+            length = 1 + entropy.randbelow(300)
+            junk = entropy.random_bytes(length)
+            if entropy.randbelow(2):  # a plausible length prefix in front of junk
+                junk = struct.pack("!H", entropy.randbelow(40)) + junk
+            await conn.send(junk)
+            await conn.send_eof()
+            await wait_closed(conn)  # whatever it was, the server ends the connection
+            await conn.aclose()
+        async with await anyio.connect_tcp(*server.local_address) as good:
+            await good.send(frame(query_wire("after.fz.test.", qid=77)))
+            with anyio.fail_after(WAIT):
+                msg = await read_frame(good, bytearray())
+        assert msg is not None and dns.message.from_wire(msg).id == 77
+        tg.cancel_scope.cancel()
+    assert not server.closed
     await server.aclose()
