@@ -244,8 +244,11 @@ class FilterTable:
 
     def longest_match(self, addr: bytes) -> FilterEntry | None:
         """The entry of the longest prefix containing the packed address (4 or 16 bytes)."""
-        ip = int.from_bytes(addr, "big")
-        for shift, level in self._v4_levels if len(addr) == 4 else self._v6_levels:
+        return self.longest_match_int(len(addr) == 16, int.from_bytes(addr, "big"))
+
+    def longest_match_int(self, v6: bool, ip: int) -> FilterEntry | None:
+        """:meth:`longest_match` for an address given as an integer."""
+        for shift, level in self._v6_levels if v6 else self._v4_levels:
             entry = level.get(ip >> shift)
             if entry is not None:
                 return entry
@@ -257,16 +260,27 @@ class FilterTable:
         For client -> resource packets ``addr`` is the destination and ``port`` the destination port;
         for resource -> client packets the source and the source port.
         """
-        if self.internet_resource is not None and not is_proxy_addr(addr):
+        return self.classify_int(len(addr) == 16, int.from_bytes(addr, "big"), kind, port)
+
+    def classify_int(self, v6: bool, ip: int, kind: int, port: int) -> uuid.UUID | None:
+        """:meth:`classify` for an address given as an integer (the per-packet entry point)."""
+        if self.internet_resource is not None and not (
+            ip >> _V6_PROXY_SHIFT == _V6_PROXY_KEY if v6 else ip >> _V4_PROXY_SHIFT == _V4_PROXY_KEY
+        ):
             return self.internet_resource
-        entry = self.longest_match(addr)
-        if entry is None or not entry.engine.allows(kind, port):
-            return None
-        return entry.resource_id
+        for shift, level in self._v6_levels if v6 else self._v4_levels:
+            entry = level.get(ip >> shift)
+            if entry is not None:
+                return entry.resource_id if entry.engine.allows(kind, port) else None
+        return None
 
     def deny_reason(self, addr: bytes) -> DropReason:
         """Why :meth:`classify` refused (slow path, only after a refusal): no resource or filtered."""
         return DropReason.NOT_AUTHORIZED if self.longest_match(addr) is None else DropReason.FILTERED
+
+    def deny_reason_int(self, v6: bool, ip: int) -> DropReason:
+        """:meth:`deny_reason` for an address given as an integer."""
+        return DropReason.NOT_AUTHORIZED if self.longest_match_int(v6, ip) is None else DropReason.FILTERED
 
     def entries(self) -> list[FilterEntry]:
         """Every entry, IPv4 before IPv6, by network (for tests and diagnostics)."""

@@ -1,0 +1,246 @@
+"""One client's policy on the gateway: authorisations, filter table and DNS-resource NAT, and the
+per-packet decisions of gateway-datapath.md §4 step 5 and §5 step 4 (``client_on_gateway.rs``).
+
+Theory of operation. A :class:`ClientPolicy` composes a
+:class:`~gateway_core.policy.authorizations.ClientAuthorizations`, a
+:class:`~gateway_core.policy.nat.DnsResourceNat` and the compiled
+:class:`~gateway_core.policy.filters.FilterTable`; every control change that can alter what the client
+may reach (authorise, revoke, update, expire, retain, NAT set-up) rebuilds the table at once (§7.3). It
+knows nothing of WireGuard or connections: the owner decrypts, calls :meth:`ClientPolicy.outbound` or
+:meth:`ClientPolicy.inbound` with a whole, valid IP packet in a ``bytearray``, and acts on the result.
+
+Both data-path methods return a plain tuple ``(action, payload, resource_id)``:
+
+- ``(FORWARD, packet, rid)``: send ``packet`` on (to the TUN, or encrypted to the client). It is the
+  caller's buffer, possibly rewritten in place, or a fresh ICMP error built for the client (§6.3).
+  ``rid`` is the resource that allowed it, ``None`` for the gateway's own address or ICMP errors.
+- ``(REPLY, icmp, None)``: outbound only: do not forward; encrypt ``icmp`` (an ICMP prohibited or
+  unreachable error, §6.1) back to the client. The denial is counted in :attr:`ClientPolicy.stats`.
+- ``(DROP, reason, None)``: drop silently; ``reason`` is a :class:`DropReason`, also counted.
+
+The client's tunnel addresses are fixed at creation (as in the reference, §2.3), as are the gateway's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable
+from ipaddress import IPv4Address, IPv6Address
+
+from gateway_core.addr import IPAddress
+from gateway_core.clock import Instant
+from gateway_core.errors import DecodeError, DropReason
+from gateway_core.policy.authorizations import AddOutcome, ClientAuthorizations
+from gateway_core.policy.filters import (
+    L4_ICMP,
+    L4_OTHER,
+    FilterTable,
+    build_filter_table,
+    is_proxy_ip,
+)
+from gateway_core.policy.flows import ClientProperties
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, DnsResourceNat, NatVerdict, SetupNatError
+from gateway_core.policy.p2p_control import NatStatus
+from gateway_core.policy.resources import ResourceDescription
+from gateway_core.stats import Stats
+from gateway_core.wire.icmp import build_icmp_prohibited, build_icmp_unreachable, parse_icmp_error
+from gateway_core.wire.ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, l4_info
+
+FORWARD = 0
+REPLY = 1
+DROP = 2
+
+Decision = tuple[int, "bytes | bytearray | DropReason", "uuid.UUID | None"]
+
+
+def _fields(buf: bytearray) -> tuple[bool, int, int, int, int, int]:
+    """``(v6, src, dst, kind, sport, dport)`` with addresses as integers; DecodeError if malformed."""
+    proto, off, end = l4_info(buf)
+    v6 = buf[0] >> 4 == 6
+    if v6:
+        src, dst = int.from_bytes(buf[8:24], "big"), int.from_bytes(buf[24:40], "big")
+    else:
+        src, dst = int.from_bytes(buf[12:16], "big"), int.from_bytes(buf[16:20], "big")
+    if proto in (PROTO_TCP, PROTO_UDP):
+        if end - off < 4:
+            raise DecodeError("transport header truncated")
+        return v6, src, dst, proto, (buf[off] << 8) | buf[off + 1], (buf[off + 2] << 8) | buf[off + 3]
+    if proto == (PROTO_ICMPV6 if v6 else PROTO_ICMP):
+        return v6, src, dst, L4_ICMP, 0, 0
+    return v6, src, dst, L4_OTHER, 0, 0
+
+
+class ClientPolicy:
+    """Everything the gateway decides about one client's traffic."""
+
+    __slots__ = (
+        "_cv4",
+        "_cv6",
+        "_gv4",
+        "_gv6",
+        "authorizations",
+        "client_id",
+        "client_v4",
+        "client_v6",
+        "filters",
+        "gateway_v4",
+        "gateway_v6",
+        "nat",
+        "properties",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        client_id: uuid.UUID,
+        client_v4: IPv4Address,
+        client_v6: IPv6Address,
+        gateway_v4: IPv4Address,
+        gateway_v6: IPv6Address,
+        properties: ClientProperties | None = None,
+        max_nat_sessions: int = MAX_NAT_SESSIONS,
+    ) -> None:
+        self.client_id = client_id
+        self.client_v4, self.client_v6 = client_v4, client_v6
+        self.gateway_v4, self.gateway_v6 = gateway_v4, gateway_v6
+        self._cv4, self._cv6 = int(client_v4), int(client_v6)
+        self._gv4, self._gv6 = int(gateway_v4), int(gateway_v6)
+        self.properties = properties or ClientProperties()
+        self.authorizations = ClientAuthorizations(client_id)
+        self.nat = DnsResourceNat(max_nat_sessions)
+        self.filters = FilterTable()
+        self.stats = Stats()
+
+    # --- control --------------------------------------------------------------------------------
+
+    def rebuild_filters(self) -> None:
+        """Recompute the filter table from the authorisations and proxy translations (§7.3)."""
+        self.filters = build_filter_table(self.authorizations.values(), self.nat.proxy_translations())
+
+    def allow(self, resource: ResourceDescription, expires_at: int | None) -> AddOutcome:
+        out = self.authorizations.add(resource, expires_at)
+        self.rebuild_filters()
+        return out
+
+    def update_resource(self, resource: ResourceDescription) -> bool:
+        changed = self.authorizations.update_resource(resource)
+        if changed:
+            self.rebuild_filters()
+        return changed
+
+    def update_expiry(self, rid: uuid.UUID, expires_at: int | None) -> bool:
+        return self.authorizations.update_expiry(rid, expires_at)
+
+    def remove(self, rid: uuid.UUID) -> bool:
+        """``reject_access``; afterwards :meth:`is_empty` tells whether to remove the client."""
+        gone = self.authorizations.remove(rid)
+        if gone:
+            self.rebuild_filters()
+        return gone
+
+    def retain(self, keep: Collection[uuid.UUID]) -> list[uuid.UUID]:
+        gone = self.authorizations.retain(keep)
+        if gone:
+            self.rebuild_filters()
+        return gone
+
+    def expire(self, utc_ns: int) -> list[uuid.UUID]:
+        gone = self.authorizations.expire(utc_ns)
+        if gone:
+            self.rebuild_filters()
+        return gone
+
+    def is_empty(self) -> bool:
+        return self.authorizations.is_empty()
+
+    def is_allowed(self, rid: uuid.UUID) -> bool:
+        """Whether ``rid`` is authorised (an ``assigned_ips`` for anything else gets ``Inactive`` at once)."""
+        return rid in self.authorizations
+
+    def setup_nat(
+        self, domain: str, rid: uuid.UUID, resolved_ips: Iterable[IPAddress], proxy_ips: Iterable[IPAddress]
+    ) -> SetupNatError | None:
+        err = self.nat.setup_nat(domain, self.authorizations.get(rid), resolved_ips, proxy_ips)
+        if err is None:
+            self.rebuild_filters()
+        return err
+
+    def handle_domain_resolved(
+        self,
+        domain: str,
+        rid: uuid.UUID,
+        resolved_ips: Iterable[IPAddress] | None,
+        proxy_ips: Iterable[IPAddress],
+    ) -> NatStatus:
+        """The ``domain_status`` to send back after resolving ``domain`` (``None``: resolution failed)."""
+        status = self.nat.handle_domain_resolved(
+            domain, self.authorizations.get(rid), resolved_ips, proxy_ips
+        )
+        if status is NatStatus.ACTIVE:
+            self.rebuild_filters()
+        return status
+
+    def handle_timeout(self, now: Instant) -> None:
+        self.nat.handle_timeout(now)
+
+    def poll_timeout(self) -> Instant | None:
+        return self.nat.poll_timeout()
+
+    # --- data path ------------------------------------------------------------------------------
+
+    def outbound(self, buf: bytearray, now: Instant) -> Decision:
+        """A packet from the client, for the TUN (§4 step 5)."""
+        try:
+            v6, src, dst, kind, _, dport = _fields(buf)
+        except DecodeError:
+            self.stats.drop(DropReason.MALFORMED_IP)
+            return DROP, DropReason.MALFORMED_IP, None
+        if src != (self._cv6 if v6 else self._cv4):
+            self.stats.drop(DropReason.SPOOFED_SOURCE)
+            return REPLY, build_icmp_prohibited(buf), None
+        if dst == (self._gv6 if v6 else self._gv4):
+            return FORWARD, buf, None
+        rid = self.filters.classify_int(v6, dst, kind, dport)
+        if rid is None:
+            self.stats.drop(self.filters.deny_reason_int(v6, dst))
+            return REPLY, build_icmp_prohibited(buf), None
+        dst_ip: IPAddress = IPv6Address(dst) if v6 else IPv4Address(dst)
+        if not is_proxy_ip(dst_ip):
+            return FORWARD, buf, rid
+        verdict = self.nat.translate_outbound_packet(buf, now)
+        if verdict is NatVerdict.SEND:
+            return FORWARD, buf, rid
+        if verdict is NatVerdict.UNREACHABLE:
+            self.stats.incr("icmp_unreachable")
+            return REPLY, build_icmp_unreachable(buf), None
+        assert isinstance(verdict, DropReason)
+        self.stats.drop(verdict)
+        return DROP, verdict, None
+
+    def inbound(self, buf: bytearray, now: Instant) -> Decision:
+        """A packet from the TUN for this client, to be encrypted to it (§5 step 4)."""
+        try:
+            v6, src, _, _, _, _ = _fields(buf)
+        except DecodeError:
+            self.stats.drop(DropReason.MALFORMED_IP)
+            return DROP, DropReason.MALFORMED_IP, None
+        if src == (self._gv6 if v6 else self._gv4):
+            return FORWARD, buf, None
+        out = self.nat.translate_inbound_packet(buf, now, self.client_v4, self.client_v6)
+        if isinstance(out, DropReason):
+            self.stats.drop(out)
+            return DROP, out, None
+        if out is not buf:  # a re-addressed ICMP error (§6.3): always allowed
+            return FORWARD, out, None
+        v6, src, dst, kind, sport, _ = _fields(buf)  # after reverse NAT
+        if dst != (self._cv6 if v6 else self._cv4):
+            self.stats.drop(DropReason.UNKNOWN_CLIENT)
+            return DROP, DropReason.UNKNOWN_CLIENT, None
+        if kind == L4_ICMP and parse_icmp_error(buf) is not None:
+            return FORWARD, buf, None  # ICMP errors pass regardless of filters (§5 step 4.4)
+        rid = self.filters.classify_int(v6, src, kind, sport)
+        if rid is None:
+            reason = self.filters.deny_reason_int(v6, src)
+            self.stats.drop(reason)
+            return DROP, reason, None
+        return FORWARD, buf, rid

@@ -1,0 +1,142 @@
+"""One client's policy on real packets (gateway-datapath.md §4 step 5, §5 step 4, §6.1, §7)."""
+
+from __future__ import annotations
+
+import uuid
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+from gateway_core.clock import Instant
+from gateway_core.errors import DropReason
+from gateway_core.policy.client import DROP, FORWARD, REPLY, ClientPolicy
+from gateway_core.policy.filters import Filter, FilterProtocol
+from gateway_core.policy.p2p_control import NatStatus
+from gateway_core.policy.resources import CidrResource, DnsResource, InternetResource
+from gateway_core.wire.icmp import build_icmp_error, parse_icmp_error
+from gateway_core.wire.ip import TCP_SYN, five_tuple, parse_ip
+from gateway_core.wire.ipbuild import build_icmp_echo, build_ip, build_tcp_packet, build_udp_packet
+
+CV4, CV6 = IPv4Address("100.64.0.1"), IPv6Address("fd00:2021:1111::1")
+GV4, GV6 = IPv4Address("100.64.0.9"), IPv6Address("fd00:2021:1111::9")
+R_CIDR, R_DNS, R_NET = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
+TCP, UDP = FilterProtocol.TCP, FilterProtocol.UDP
+NOW = Instant(0)
+
+
+def policy() -> ClientPolicy:
+    return ClientPolicy(uuid.UUID(int=77), CV4, CV6, GV4, GV6)
+
+
+def ip(s: str) -> IPv4Address | IPv6Address:
+    return ip_address(s)
+
+
+def test_spec_icmp_prohibited_vector() -> None:
+    p = policy()
+    offending = bytes.fromhex(
+        "450000240000400040 11cc876440000 10a000001".replace(" ", "") + "0001025800108f330000000000000000"
+    )
+    verdict, reply, rid = p.outbound(bytearray(offending), NOW)
+    assert verdict == REPLY and rid is None
+    assert isinstance(reply, bytes)
+    assert reply == bytes.fromhex(
+        "45000038000040001401f8830a00000164400001"
+        "030d6b5600000000"
+        "450000240000400040 11cc876440000 10a000001".replace(" ", "")
+        + "000102580010 8f33".replace(" ", "")
+    )
+    assert p.stats.drops[DropReason.NOT_AUTHORIZED] == 1
+
+
+def test_cidr_resource_with_filters() -> None:
+    p = policy()
+    p.allow(CidrResource(R_CIDR, "web", ip_network("10.0.0.0/24"), (Filter(TCP, 80, 80),)), None)
+    ok = bytearray(build_tcp_packet(CV4, ip("10.0.0.5"), 5000, 80, flags=TCP_SYN))
+    assert p.outbound(ok, NOW) == (FORWARD, ok, R_CIDR)
+    denied = bytearray(build_tcp_packet(CV4, ip("10.0.0.5"), 5000, 22, flags=TCP_SYN))
+    verdict, icmp, _ = p.outbound(denied, NOW)
+    assert verdict == REPLY and isinstance(icmp, bytes)
+    hdr = parse_ip(icmp)
+    err = parse_icmp_error(icmp)
+    assert (hdr.src, hdr.dst, hdr.ttl) == (ip("10.0.0.5"), CV4, 20)
+    assert err is not None and (err.icmp_type, err.code) == (3, 13)
+    assert p.stats.drops[DropReason.FILTERED] == 1
+    # Inbound filtering is stateless on the source port (§5).
+    assert p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 80, 5000)), NOW)[0] == FORWARD
+    verdict, reason, _ = p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 81, 5000)), NOW)
+    assert (verdict, reason) == (DROP, DropReason.FILTERED)
+    verdict, reason, _ = p.inbound(bytearray(build_udp_packet(ip("10.0.1.5"), CV4, 80, 5000, b"")), NOW)
+    assert (verdict, reason) == (DROP, DropReason.NOT_AUTHORIZED)
+
+
+def test_spoofed_source_and_gateway_address() -> None:
+    p = policy()
+    spoof = bytearray(build_udp_packet(ip("100.64.0.2"), GV4, 1, 53535, b""))
+    verdict, icmp, _ = p.outbound(spoof, NOW)
+    assert verdict == REPLY and parse_ip(icmp).dst == ip("100.64.0.2")  # type: ignore[arg-type]
+    assert p.stats.drops[DropReason.SPOOFED_SOURCE] == 1
+    to_gw = bytearray(build_udp_packet(CV6, GV6, 1, 53535, b"q"))
+    assert p.outbound(to_gw, NOW) == (FORWARD, to_gw, None)  # unfiltered, no resource needed
+    from_gw = bytearray(build_udp_packet(GV6, CV6, 53535, 1, b"a"))
+    assert p.inbound(from_gw, NOW) == (FORWARD, from_gw, None)
+    assert p.outbound(bytearray(b"\x45\x00"), NOW) == (DROP, DropReason.MALFORMED_IP, None)
+    assert p.inbound(bytearray(b""), NOW) == (DROP, DropReason.MALFORMED_IP, None)
+
+
+def test_internet_resource_but_not_proxy_ips() -> None:
+    p = policy()
+    p.allow(InternetResource(R_NET), None)
+    anything = bytearray(build_ip(CV4, ip("8.8.8.8"), 47, b"gre!"))
+    assert p.outbound(anything, NOW) == (FORWARD, anything, R_NET)
+    back = bytearray(build_ip(ip("8.8.8.8"), CV4, 47, b"gre!"))
+    assert p.inbound(back, NOW) == (FORWARD, back, R_NET)  # decision 0046
+    proxy = bytearray(build_udp_packet(CV4, ip("100.96.0.1"), 1, 53, b""))
+    assert p.outbound(proxy, NOW)[0] == REPLY
+
+
+def test_dns_resource_end_to_end() -> None:
+    p = policy()
+    p.allow(
+        DnsResource(R_DNS, "app", "*.example.com", (Filter(TCP, 443, 443), Filter(FilterProtocol.ICMP))), None
+    )
+    proxies = [ip("100.96.0.1"), ip("100.96.0.2"), ip("fd00:2021:1111:8000::"), ip("fd00:2021:1111:8000::1")]
+    assert p.is_allowed(R_DNS) and not p.is_allowed(R_CIDR)
+    assert p.handle_domain_resolved("app.example.com", R_DNS, [ip("10.1.1.1")], proxies) is NatStatus.ACTIVE
+    syn = bytearray(build_tcp_packet(CV4, ip("100.96.0.2"), 6000, 443, flags=TCP_SYN))
+    assert p.outbound(syn, NOW) == (FORWARD, syn, R_DNS)
+    assert five_tuple(syn)[2] == ip("10.1.1.1")
+    reply = bytearray(build_tcp_packet(ip("10.1.1.1"), CV4, 443, 6000))
+    assert p.inbound(reply, NOW) == (FORWARD, reply, R_DNS)
+    assert five_tuple(reply)[1] == ip("100.96.0.2")
+    # The DNS resource's filters apply to proxy IPs.
+    assert p.outbound(bytearray(build_tcp_packet(CV4, ip("100.96.0.2"), 6000, 80)), NOW)[0] == REPLY
+    # No AAAA record: IPv6 proxy IPs are mapped to nothing, so ICMP unreachable (v6 code 3).
+    v6 = bytearray(build_icmp_echo(CV6, ip("fd00:2021:1111:8000::1"), 1, 1, b""))
+    verdict, icmp, _ = p.outbound(v6, NOW)
+    err = parse_icmp_error(icmp)  # type: ignore[arg-type]
+    assert verdict == REPLY and err is not None and (err.icmp_type, err.code) == (1, 3)
+    # An ICMP error from the real IP about our session comes back from the proxy IP.
+    probe = bytearray(build_udp_packet(CV4, ip("100.96.0.1"), 7000, 443, b""))
+    assert p.outbound(probe, NOW)[0] == REPLY  # UDP not allowed by the filters
+    router_err = bytearray(build_icmp_error(bytes(syn), 3, 1))
+    verdict, translated, _ = p.inbound(router_err, NOW)
+    assert verdict == FORWARD and parse_ip(translated).src == ip("100.96.0.2")  # type: ignore[arg-type]
+    # A failed resolution is reported Inactive; an unauthorised resource too.
+    assert p.handle_domain_resolved("app.example.com", R_DNS, None, proxies) is NatStatus.INACTIVE
+    assert p.setup_nat("app.example.com", R_CIDR, [], proxies) is not None
+
+
+def test_revocation_and_expiry_rebuild_the_filters() -> None:
+    p = policy()
+    p.allow(CidrResource(R_CIDR, "web", ip_network("10.0.0.0/24"), ()), 100)
+    p.allow(CidrResource(R_DNS, "other", ip_network("10.9.0.0/24"), ()), None)
+    pkt = build_udp_packet(CV4, ip("10.0.0.5"), 1, 2, b"")
+    assert p.outbound(bytearray(pkt), NOW)[0] == FORWARD
+    assert p.expire(99 * 10**9) == [] and p.outbound(bytearray(pkt), NOW)[0] == FORWARD
+    assert p.expire(100 * 10**9) == [R_CIDR]
+    assert p.outbound(bytearray(pkt), NOW)[0] == REPLY
+    assert p.update_resource(CidrResource(R_DNS, "other", ip_network("10.9.0.0/24"), (Filter(UDP, 9, 9),)))
+    assert p.outbound(bytearray(build_udp_packet(CV4, ip("10.9.0.1"), 1, 2, b"")), NOW)[0] == REPLY
+    assert p.retain({R_DNS}) == [] and not p.is_empty()
+    assert p.update_expiry(R_DNS, 5) and p.remove(R_DNS) and p.is_empty()
+    assert p.poll_timeout() is None
+    p.handle_timeout(NOW)
