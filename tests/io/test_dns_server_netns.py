@@ -72,7 +72,7 @@ class Child:
 async def child(netns: str, request: pytest.FixtureRequest) -> AsyncIterator[Child]:
     addresses, ipv6 = request.param
     if not ipv6:
-        sh("ip", "netns", "exec", netns, "sysctl", "-q", "-w", *IPV6_OFF)
+        set_ipv6(netns, enabled=False)
     argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "tests.io.dns_netns_child", *addresses]
     process = await anyio.open_process(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
@@ -96,8 +96,13 @@ async def dig(netns: str, server: str, *args: str) -> str:
     return result.stdout.decode()
 
 
-IPV6_OFF = [f"net.ipv6.conf.{i}.disable_ipv6=1" for i in ("all", "default", "lo")]
-IPV6_ON = [f"net.ipv6.conf.{i}.disable_ipv6=0" for i in ("all", "default", "lo")]
+def set_ipv6(netns: str, enabled: bool) -> None:
+    """Disable or enable IPv6 inside ``netns`` (``/proc/sys/net`` is per namespace; no procps needed)."""
+    value = "0" if enabled else "1"
+    script = f"for i in all default lo; do echo {value} > /proc/sys/net/ipv6/conf/$i/disable_ipv6; done"
+    sh("ip", "netns", "exec", netns, "sh", "-c", script)
+
+
 V4 = "10.99.0.1"
 V6 = "fd00:99::1"
 
@@ -137,7 +142,7 @@ async def test_ipv6_disabled_does_not_stop_ipv4_and_recovers(netns: str, child: 
     assert (await dig(netns, "127.0.0.1", "+short", "v4.fz.test", "TXT")).strip() == '"udp 127.0.0.1 53535"'
     assert child.process.returncode is None  # still running: a failed bind is not fatal
 
-    sh("ip", "netns", "exec", netns, "sysctl", "-q", "-w", *IPV6_ON)  # lo gets ::1 back
+    set_ipv6(netns, enabled=True)  # lo gets ::1 back
     await child.wait_for("bound", "[::1]:53535")
     assert (await dig(netns, "::1", "+short", "+tcp", "v6.fz.test", "TXT")).strip() == '"tcp ::1 53535"'
     assert (await dig(netns, "::1", "+short", "v6.fz.test", "TXT")).strip() == '"udp ::1 53535"'
