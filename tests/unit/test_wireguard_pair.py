@@ -291,3 +291,19 @@ def test_wrong_peer_key_is_rejected() -> None:
     # Different responder key: mac1 does not verify.
     assert other.b.decapsulate(other.now, out) is None
     assert other.b.stats.drops[DropReason.WG_BAD_MAC1] == 1
+
+
+def test_counter_at_reject_after_messages_is_refused_by_receiver() -> None:
+    cfg = WireGuardConfig(rekey_after_messages=100, reject_after_messages=100)
+    link = Link.make(config=cfg)
+    handshake(link)
+    s = link.a.current_session
+    assert s is not None
+    s.send_counter = 100  # forge the sender past the limit (it would itself refuse to send)
+    out = s.sender.encrypt(struct.pack("<IQ", 0, 100), ipv4_udp(b"late"), None)
+    datagram = struct.pack("<IIQ", MSG_DATA, s.peer_index, 100) + out
+    assert link.b.decapsulate(link.now, datagram) is None
+    assert link.b.stats.drops[DropReason.WG_SESSION_EXPIRED] == 1
+    # The sender side refuses too: the packet is queued and a handshake starts.
+    sent = link.a.encapsulate(link.now, ipv4_udp(b"queued"))
+    assert sent is not None and mtype(sent) == MSG_INITIATION
