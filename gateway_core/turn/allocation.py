@@ -120,6 +120,10 @@ class Allocation:
         self._buffered: deque[SocketAddr] = deque(maxlen=MAX_BUFFERED_BINDINGS)
         self._permissions: dict[str, tuple[SocketAddr, Instant]] = {}
         self._explicit_failure: FreeReason | None = None
+        self.standard_server = False
+        """Set when the server answered like coturn (decision 0020): REFRESH then carries no
+        REQUESTED-TRANSPORT / ADDITIONAL-ADDRESS-FAMILY, which RFC 8656 servers reject with 420."""
+        self._refresh_not_before = now
         self._now = now
         self._phase = Phase.PROBING
         self.transitions: list[tuple[Instant, Phase, Phase]] = []
@@ -149,6 +153,10 @@ class Allocation:
 
     def matches_credentials(self, username: str, password: str) -> bool:
         return self._key is not None and (self.username, self.password) == (username, password)
+
+    def expires_at(self) -> Instant | None:
+        """When the current allocation lapses unless refreshed."""
+        return None if self._lifetime is None else Instant(self._lifetime[0] + self._lifetime[1])
 
     @property
     def phase(self) -> Phase:
@@ -202,12 +210,12 @@ class Allocation:
             tid, payload = template.transaction_id, template.encode()
         elif p.plain:
             tid = self._tid()
-            payload = StunMessage(template.method, template.cls, tid, list(template.attributes)).encode()
+            payload = template.with_transaction_id(tid).encode()
         else:
             if self._key is None:
                 return False
             tid = self._tid()
-            m = StunMessage(template.method, template.cls, tid, list(template.attributes))
+            m = template.with_transaction_id(tid)
             m.add_text(Attr.USERNAME, self.username).add_text(Attr.REALM, self.realm)
             if self._nonce is not None:
                 m.add_text(Attr.NONCE, self._nonce)
@@ -238,9 +246,10 @@ class Allocation:
 
     def _refresh_request(self, lifetime: int | None = None) -> StunMessage:
         m = StunMessage(Method.REFRESH, Class.REQUEST, self._tid())
-        m.add(Attr.REQUESTED_TRANSPORT, tw.encode_requested_transport())
-        if self.requested_family is None:
-            m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
+        if not self.standard_server:
+            m.add(Attr.REQUESTED_TRANSPORT, tw.encode_requested_transport())
+            if self.requested_family is None:
+                m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
         if self.software is not None:
             m.add_text(Attr.SOFTWARE, self.software)
         if lifetime is not None:
@@ -308,6 +317,7 @@ class Allocation:
             return
         if code == 400 and not p.sent_nonce and not p.plain and method == Method.ALLOCATE and self._active:
             # A standard server (coturn) refuses a signed request without NONCE: ask for a challenge.
+            self.standard_server = True
             q = _Pending(self._active, p.template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
             q.plain = True
             self._queue(self._active, p.template, now, q)
@@ -325,7 +335,11 @@ class Allocation:
             return
         if code == 420:
             self._explicit_failure = FreeReason.PROTOCOL_FAILURE
+            self._invalidate()
             return
+        if method == Method.REFRESH:
+            # Not before a second from now: a refresh that keeps failing must not spin (snownet would).
+            self._refresh_not_before = Instant(now + RETRY_INITIAL)
         if method == Method.ALLOCATE:
             self._buffered.clear()
         elif method == Method.CHANNEL_BIND:
@@ -502,6 +516,8 @@ class Allocation:
 
     def handle_timeout(self, now: Instant) -> None:
         self._now = max(self._now, now)
+        if self._explicit_failure is not None:
+            return
         if self._lifetime is not None and now >= self._lifetime[0] + self._lifetime[1]:
             self._invalidate()
         if (
@@ -537,9 +553,9 @@ class Allocation:
         self._transition()
 
     def _refresh_at(self) -> Instant | None:
-        if self._lifetime is None:
+        if self._lifetime is None or self._explicit_failure is not None:
             return None
-        return Instant(self._lifetime[0] + self._lifetime[1] // 2)
+        return Instant(max(self._lifetime[0] + self._lifetime[1] // 2, self._refresh_not_before))
 
     def _refresh_in_flight(self) -> bool:
         return any(p.template.method == Method.REFRESH for p in self._pending.values())

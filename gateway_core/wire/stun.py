@@ -307,6 +307,16 @@ class StunMessage:
     def add_error(self, code: int, reason: str) -> StunMessage:
         return self.add(Attr.ERROR_CODE, encode_error_code(code, reason))
 
+    def with_transaction_id(self, tid: bytes) -> StunMessage:
+        """A copy under another transaction id; XOR-encoded addresses are re-encoded for it (IPv6 XORs
+        with the transaction id, so copying their bytes would change the address)."""
+        old = self.transaction_id
+        attrs = [
+            (t, encode_address(decode_address(v, old), tid) if t in _XOR_ATTRS else v)
+            for t, v in self.attributes
+        ]
+        return StunMessage(self.method, self.cls, tid, attrs)
+
     def without(self, *attrs: int) -> StunMessage:
         """A copy (new transaction id kept) without the given attribute types."""
         keep = [(t, v) for t, v in self.attributes if t not in attrs]

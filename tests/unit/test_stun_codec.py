@@ -352,3 +352,13 @@ def test_aioice_parsed_by_ours(
     assert d.has(Attr.USE_CANDIDATE)
     assert d.verify_integrity(key)
     assert d.verify_fingerprint()
+
+
+@given(addresses, st.binary(min_size=12, max_size=12), st.binary(min_size=12, max_size=12))
+def test_with_transaction_id_reencodes_xor_addresses(addr: SocketAddr, t1: bytes, t2: bytes) -> None:
+    m = StunMessage(Method.CHANNEL_BIND, Class.REQUEST, t1).add_xor_address(Attr.XOR_PEER_ADDRESS, addr)
+    m.add_text(Attr.SOFTWARE, "x")
+    d = decode(m.with_transaction_id(t2).encode())
+    assert d.transaction_id == t2
+    assert d.address(Attr.XOR_PEER_ADDRESS) == addr
+    assert d.text(Attr.SOFTWARE) == "x"

@@ -380,3 +380,18 @@ def test_requested_family_ipv6_only() -> None:
     assert first.get(Attr.REQUESTED_ADDRESS_FAMILY) == b"\x02\x00\x00\x00"
     assert not first.has(Attr.ADDITIONAL_ADDRESS_FAMILY)
     assert h.alloc.relayed_address(4) is None and h.alloc.relayed_address(6) is not None
+
+
+def test_ipv6_peer_channel_through_retransmitted_tids() -> None:
+    # Authenticated requests get a fresh transaction id per send: IPv6 XOR-PEER-ADDRESS must follow it.
+    h = Harness()
+    h.pump()
+    peer6 = SocketAddr(IPv6Address("2001:db8:2::20"), 40000)
+    assert h.alloc.encapsulate(peer6, b"x", h.now) is None
+    h.pump()
+    (alloc_,) = h.server.allocations.values()
+    assert [p for p, _ in alloc_.channels.values()] == [peer6]
+    t = h.alloc.encapsulate(peer6, b"hello6", h.now)
+    assert t is not None
+    h.deliver(h.server.handle(h.now, RELAY4, CLIENT4, t.payload))
+    assert h.to_peers[-1] == Transmit(h.alloc.relayed_address(6), peer6, b"hello6")
