@@ -231,17 +231,49 @@ class ChannelState(Enum):
 
 
 S = ChannelState
-TRANSITIONS: dict[ChannelState, frozenset[ChannelState]] = {
-    S.IDLE: frozenset({S.CONNECTING, S.CLOSED}),
-    S.CONNECTING: frozenset({S.JOINING, S.CONNECTING, S.WAITING, S.FAILED, S.CLOSED}),
-    S.WAITING: frozenset({S.CONNECTING, S.FAILED, S.CLOSED}),
-    S.JOINING: frozenset({S.JOINED, S.CONNECTING, S.WAITING, S.FAILED, S.CLOSING}),
-    S.JOINED: frozenset({S.JOINING, S.CONNECTING, S.WAITING, S.FAILED, S.CLOSING}),
-    S.CLOSING: frozenset({S.CLOSED}),
-    S.CLOSED: frozenset(),
-    S.FAILED: frozenset(),
+_TRANSIENT = "transient error (backoff says: now)"
+_BACKOFF = "transient error (backoff says: later)"
+TRANSITIONS: dict[ChannelState, dict[ChannelState, str]] = {
+    S.IDLE: {S.CONNECTING: "start", S.CLOSED: "shutdown"},
+    S.CONNECTING: {
+        S.JOINING: "upgrade ok: send phx_join",
+        S.CONNECTING: _TRANSIENT,
+        S.WAITING: _BACKOFF,
+        S.FAILED: "HTTP 4xx, bad certificate, backoff exhausted",
+        S.CLOSED: "shutdown",
+    },
+    S.WAITING: {S.CONNECTING: "retry timer, reconnect()", S.CLOSED: "shutdown"},
+    S.JOINING: {
+        S.JOINED: "ok reply to the join",
+        S.CONNECTING: _TRANSIENT + ", reconnect()",
+        S.WAITING: _BACKOFF,
+        S.FAILED: "join refused, token expired, backoff exhausted",
+        S.CLOSING: "shutdown",
+    },
+    S.JOINED: {
+        S.JOINING: "phx_error, unmatched topic: rejoin",
+        S.CONNECTING: _TRANSIENT + ", reconnect()",
+        S.WAITING: _BACKOFF,
+        S.FAILED: "token expired, backoff exhausted",
+        S.CLOSING: "shutdown",
+    },
+    S.CLOSING: {S.CLOSED: "closed, or close grace over"},
+    S.CLOSED: {},
+    S.FAILED: {},
 }
-"""Every allowed move; ``_transition`` refuses any other (an AssertionError: a bug)."""
+"""Every allowed move and what causes it; ``_transition`` refuses any other (an AssertionError: a bug).
+Transient errors: connect/join/heartbeat timeout, connection lost, send failed, phx_close, truncated
+frame, HTTP 3xx/5xx."""
+
+
+def transition_diagram() -> str:
+    """The state diagram of :data:`TRANSITIONS` as Mermaid text (docs/design/portal.md embeds it)."""
+    lines = ["stateDiagram-v2", "    [*] --> idle"]
+    for src, dsts in TRANSITIONS.items():
+        for dst, why in dsts.items():
+            lines.append(f"    {src.value} --> {dst.value}: {why}")
+    lines += ["    closed --> [*]", "    failed --> [*]"]
+    return "\n".join(lines)
 
 
 @dataclass(slots=True)

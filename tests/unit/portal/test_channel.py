@@ -33,6 +33,7 @@ from gateway_core.portal.channel import (
     PortalSendFailed,
     PortalStopped,
     SendPortalFrame,
+    transition_diagram,
 )
 from gateway_core.portal.login import login_url
 from gateway_core.portal.messages import FlowAuthorized, RejectAccess
@@ -535,8 +536,16 @@ def test_time_must_not_go_backwards() -> None:
 
 def test_transition_table_is_closed() -> None:
     for src, dsts in TRANSITIONS.items():
-        assert dsts <= set(ChannelState), src
-    assert TRANSITIONS[ChannelState.FAILED] == frozenset()
+        assert set(dsts) <= set(ChannelState), src
+        assert all(why for why in dsts.values())
+    assert TRANSITIONS[ChannelState.FAILED] == {} and TRANSITIONS[ChannelState.CLOSED] == {}
+
+
+def test_design_doc_shows_the_transition_table() -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[3] / "docs" / "design" / "portal.md"
+    assert transition_diagram() in doc.read_text(), "regenerate the diagram in docs/design/portal.md"
 
 
 def test_same_seed_same_trace() -> None:
