@@ -575,3 +575,78 @@ def test_random_frames_never_raise(frames: list[str | bytes]) -> None:
         h.inp(PortalFrameReceived(h.ch.conn, f))
         h.advance_to(h.now + secs(1))
     assert h.ch.state in (ChannelState.JOINED, ChannelState.CONNECTING, ChannelState.JOINING)
+
+
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "advance",
+                "connected",
+                "failed",
+                "refused",
+                "disconnected",
+                "frame",
+                "send",
+                "sendfail",
+                "close",
+            ]
+        ),
+        st.integers(min_value=0, max_value=3),  # how far back the conn number is (0 = current)
+        st.integers(min_value=0, max_value=40_000),  # ms to advance / a status / a frame choice
+    ),
+    max_size=40,
+)
+_FRAMES = [
+    fx.JOIN_OK,
+    fx.HEARTBEAT_OK,
+    fx.PHX_ERROR,
+    fx.PHX_CLOSE,
+    fx.TOKEN_EXPIRED,
+    fx.REJECT_ACCESS,
+    fx.INIT_MINIMAL,
+    reply(3, "error", {"reason": "unmatched topic"}),
+    reply(2, "error", {"reason": "x"}),
+    "",
+    "{",
+    "[]",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ACTIONS)
+def test_random_driving_keeps_the_contract(actions: list[tuple[str, int, int]]) -> None:
+    """Any sequence of driver reports, stale or not, keeps R2/R4/R5 and never raises."""
+    h = Harness(seed=2)
+    h.ch.start(h.now)
+    h.drain()
+    for kind, back, n in actions:
+        conn = max(0, h.ch.conn - back)
+        match kind:
+            case "advance":
+                target = h.now + n * 1_000_000
+                h.advance_to(target)
+                d = h.ch.poll_timeout()
+                assert d is None or d.at > h.now  # R5: nothing due is left pending
+            case "connected":
+                h.inp(PortalConnected(conn))
+            case "failed":
+                h.inp(PortalConnectFailed(conn, "x"))
+            case "refused":
+                h.inp(PortalConnectFailed(conn, "x", status=300 + n % 300))
+            case "disconnected":
+                h.inp(PortalDisconnected(conn, "x"))
+            case "frame":
+                text = _FRAMES[n % len(_FRAMES)]
+                h.inp(PortalFrameReceived(conn, text))
+            case "send":
+                h.ch.push(h.now, "e", {"n": n})
+                h.drain()
+            case "sendfail":
+                h.inp(PortalSendFailed(conn, '{"topic":"gateway","event":"e","payload":{},"ref":1}', "x"))
+            case "close":
+                h.inp(ShutdownRequested())
+        assert h.ch.queued <= h.ch.config.queue_limit + 2
+        # Every command names the current connection or an older one, never a future one.
+        for c in h.take():
+            assert getattr(c, "conn", 0) <= h.ch.conn
