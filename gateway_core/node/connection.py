@@ -1,0 +1,210 @@
+"""One connection to one client: ICE agent + WireGuard tunnel + state (snownet §3.8-§3.11).
+
+Theory of operation
+-------------------
+States: ``CONNECTING`` (no path yet; WireGuard datagrams the tunnel produces are buffered, ring of 128),
+``CONNECTED`` (a nominated :class:`PeerSocket`, ``last_activity``), ``IDLE`` (same path, agent on idle
+STUN timings) and ``FAILED`` (removed by the node at the end of its tick). Moves (:data:`TRANSITIONS`):
+
+- CONNECTING -> CONNECTED when the agent announces a nominated pair (the buffer is flushed on it);
+- CONNECTED -> IDLE after 20 s without application packets while the agent is exactly ``connected``;
+- IDLE -> CONNECTED on a stimulus (upsert, non-host remote candidate, packet in or out);
+- any -> FAILED: no remote candidate 10 s after creation, ICE ``disconnected`` for 2 s, or an expired tunnel.
+
+The tunnel is anything with the :class:`Tunnel` shape (the project's ``WireGuardPeer`` fits); the node
+joins them. Timers run inside :meth:`Connection.handle_timeout`; the WireGuard timers are ticked at least
+once a second while a path exists (snownet's fixed cadence).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Instant, secs
+from gateway_core.contract import Deadline
+from gateway_core.ice.agent import IceAgent, IceState, IceStateChanged, NominatedSend
+from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING
+from gateway_core.stats import Stats
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_TIMEOUT = secs(10)
+"""snownet ``CANDIDATE_TIMEOUT``: fail if no remote candidate arrived 10 s after creation."""
+DISCONNECT_TIMEOUT = secs(2)
+"""snownet ``DISCONNECT_TIMEOUT``: grace period after ICE reports ``disconnected``."""
+IDLE_AFTER = secs(20)
+"""snownet: 20 s without application packets in either direction makes a connection idle."""
+WG_TICK = secs(1)
+"""snownet ticks the WireGuard timers once a second (``node.rs:1858-1868``)."""
+WG_BUFFER = 128
+"""snownet ``wg_buffer``: WireGuard datagrams kept while no path exists (oldest overwritten)."""
+
+
+class Tunnel(Protocol):
+    """What the node needs from a WireGuard tunnel (``gateway_core.wireguard.WireGuardPeer`` has it)."""
+
+    stats: Stats
+    """Drops counted here tell the node whether a handshake message was accepted."""
+
+    def encapsulate(self, now: Instant, packet: bytes) -> bytes | None: ...
+
+    def decapsulate(self, now: Instant, datagram: bytes, src: IPAddress | None = None) -> bytes | None: ...
+
+    def poll_transmit(self) -> bytes | None: ...
+
+    def handle_timeout(self, now: Instant) -> None: ...
+
+    def poll_timeout(self) -> Deadline | None: ...
+
+    @property
+    def is_expired(self) -> bool: ...
+
+
+class ConnState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    IDLE = "idle"
+    FAILED = "failed"
+
+
+TRANSITIONS: frozenset[tuple[ConnState, ConnState, str]] = frozenset(
+    {
+        (ConnState.CONNECTING, ConnState.CONNECTED, "pair nominated"),
+        (ConnState.CONNECTING, ConnState.FAILED, "no candidates / ICE disconnected / tunnel expired"),
+        (ConnState.CONNECTED, ConnState.IDLE, "20 s without packets"),
+        (ConnState.IDLE, ConnState.CONNECTED, "packet, upsert or candidate"),
+        (ConnState.CONNECTED, ConnState.FAILED, "ICE disconnected / tunnel expired"),
+        (ConnState.IDLE, ConnState.FAILED, "ICE disconnected / tunnel expired"),
+    }
+)
+
+
+class PathKind(StrEnum):
+    PEER_TO_PEER = "peer_to_peer"
+    PEER_TO_RELAY = "peer_to_relay"
+    RELAY_TO_PEER = "relay_to_peer"
+    RELAY_TO_RELAY = "relay_to_relay"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSocket:
+    """The nominated path (snownet §3.8): relayed kinds go through the connection's selected relay."""
+
+    kind: PathKind
+    source: SocketAddr
+    dest: SocketAddr
+
+    @property
+    def via_relay(self) -> bool:
+        return self.kind in (PathKind.RELAY_TO_PEER, PathKind.RELAY_TO_RELAY)
+
+
+class Connection:
+    """State of one client connection; the node owns sending and routing."""
+
+    def __init__(
+        self, cid: str, agent: IceAgent, tunnel: Tunnel, index: int, relay: str | None, now: Instant
+    ) -> None:
+        self.cid = cid
+        self.agent = agent
+        self.tunnel = tunnel
+        self.index = index
+        self.relay = relay
+        self.state = ConnState.CONNECTING
+        self.peer_socket: PeerSocket | None = None
+        self.last_activity = now
+        self.created_at = now
+        self.disconnected_at: Instant | None = None
+        self.wg_buffer: deque[bytes] = deque(maxlen=WG_BUFFER)
+        self.next_wg_tick = now
+        self.established_signalled = False
+        self.unexpected_transitions = 0
+        self.history: list[tuple[Instant, ConnState, ConnState]] = []
+
+    def transition(self, new: ConnState, now: Instant) -> None:
+        old = self.state
+        if new is old:
+            return
+        if not any(a is old and b is new for a, b, _ in TRANSITIONS):
+            self.unexpected_transitions += 1
+            log.warning("connection %s: unexpected %s -> %s", self.cid, old, new)
+        self.state = new
+        self.history.append((now, old, new))
+
+    def stimulus(self, now: Instant) -> None:
+        """Upsert, non-host candidate, packet in or out: Idle -> Connected, else refresh activity."""
+        if self.state is ConnState.IDLE:
+            self.transition(ConnState.CONNECTED, now)
+            self.last_activity = now
+            self.agent.set_timing(DEFAULT_TIMING, now)
+        elif self.state is ConnState.CONNECTED:
+            self.last_activity = now
+
+    def on_nominated(self, ev: NominatedSend, socket: PeerSocket, now: Instant) -> list[bytes]:
+        """Apply a nomination; returns buffered WireGuard datagrams to flush on the new path."""
+        if self.state is ConnState.FAILED:
+            return []
+        self.peer_socket = socket
+        if self.state is ConnState.CONNECTING:
+            self.transition(ConnState.CONNECTED, now)
+            self.last_activity = now
+            out = list(self.wg_buffer)
+            self.wg_buffer.clear()
+            return out
+        return []
+
+    def tick(self, now: Instant) -> list[NominatedSend]:
+        """Timers in snownet's order (steps 1-5 of ``Connection::handle_timeout``); returns nominations."""
+        self.agent.handle_timeout(now)
+        if (
+            self.state is ConnState.CONNECTED
+            and now >= self.last_activity + IDLE_AFTER
+            and self.agent.state is IceState.CONNECTED
+        ):
+            self.transition(ConnState.IDLE, now)
+            self.agent.set_timing(IDLE_TIMING, now)
+        if not self.agent.remote and now >= self.created_at + CANDIDATE_TIMEOUT:
+            self.transition(ConnState.FAILED, now)
+            return []
+        if self.disconnected_at is not None and now >= self.disconnected_at + DISCONNECT_TIMEOUT:
+            self.transition(ConnState.FAILED, now)
+            return []
+        if self.peer_socket is not None and now >= self.next_wg_tick:
+            self.tunnel.handle_timeout(now)
+            self.next_wg_tick = Instant(now + WG_TICK)
+            if self.tunnel.is_expired:
+                self.transition(ConnState.FAILED, now)
+                return []
+        nominations: list[NominatedSend] = []
+        while (e := self.agent.poll_event()) is not None:
+            if isinstance(e, IceStateChanged):
+                if e.state is IceState.DISCONNECTED:
+                    self.disconnected_at = now
+                elif e.state in (IceState.CHECKING, IceState.CONNECTED):
+                    self.disconnected_at = None
+            else:
+                nominations.append(e)
+        return nominations
+
+    def poll_timeout(self) -> Deadline | None:
+        cands: list[tuple[int, str]] = []
+        a = self.agent.poll_timeout()
+        if a is not None:
+            cands.append((a, "ice"))
+        if self.peer_socket is not None:
+            cands.append((self.next_wg_tick, "wg timers"))
+        if not self.agent.remote:
+            cands.append((self.created_at + CANDIDATE_TIMEOUT, "candidate timeout"))
+        if self.disconnected_at is not None:
+            cands.append((self.disconnected_at + DISCONNECT_TIMEOUT, "disconnect timeout"))
+        if self.state is ConnState.CONNECTED and self.agent.state is IceState.CONNECTED:
+            cands.append((self.last_activity + IDLE_AFTER, "idle"))
+        if not cands:
+            return None
+        at, why = min(cands)
+        return Deadline(Instant(at), why)

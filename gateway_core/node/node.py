@@ -1,0 +1,514 @@
+"""The connectivity node: TURN allocations + ICE agents + WireGuard tunnels on one UDP socket per family.
+
+Theory of operation (snownet §1, §3, §4, §5.11)
+-----------------------------------------------
+Inputs: :meth:`Node.update_relays` (portal relays), :meth:`Node.upsert_connection` (authorize_flow),
+:meth:`Node.add_remote_candidate` / :meth:`Node.remove_remote_candidate` (trickled candidates),
+:meth:`Node.handle_datagram` (every UDP datagram; returns ``(client id, IP packet)`` or ``None``),
+:meth:`Node.encapsulate` (an IP packet for a client; returns the ``Transmit`` or ``None``),
+:meth:`Node.close_connection`, :meth:`Node.handle_timeout`. Outputs: :meth:`Node.poll_command` (TURN
+control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`.
+
+A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`): from port 3478, first byte
+0-3 is a STUN message for the allocation of that relay (Data indications are unwrapped), 0x40-0x4F is
+ChannelData unwrapped by that allocation into ``(peer, payload, our relayed address)``; then a STUN
+message is offered to the agents in client-id order; anything else is WireGuard, routed by the receiver
+index (types 2-4) or by the initiator's static key (type 1). Inputs that return nothing run
+:meth:`Node.handle_timeout` at once (snownet's drain rule, §1.5), so TURN responses and nominations take
+effect within the same call. ``handle_timeout`` works in snownet's order (§1.6): allocations, their
+candidate events, connections, freeing dead allocations, re-homing connections, removing failed ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.commands import Command, Transmit
+from gateway_core.contract import Deadline
+from gateway_core.entropy import Entropy
+from gateway_core.errors import DecodeError, DropReason
+from gateway_core.ice import candidate as cand
+from gateway_core.ice.agent import IceAgent, NominatedSend
+from gateway_core.node.connection import Connection, ConnState, PathKind, PeerSocket, Tunnel
+from gateway_core.node.events import (
+    ConnectionClosed,
+    ConnectionEstablished,
+    ConnectionFailed,
+    InvalidateIceCandidate,
+    NewIceCandidate,
+    NodeEvent,
+)
+from gateway_core.stats import Stats
+from gateway_core.turn.allocation import Allocation, RelaySocket
+from gateway_core.wire import stun
+from gateway_core.wire import turn as tw
+from gateway_core.wire.stun import Class, Method
+
+log = logging.getLogger(__name__)
+
+TURN_PORT = 3478
+"""snownet recognises relay traffic only by this source port (§4.2)."""
+MAX_OPTIMISTIC = 2
+"""snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call (§3.6)."""
+_WG_TYPE_LEN = {1: 148, 2: 92, 3: 64}
+_U32LE = struct.Struct("<I")
+
+TunnelFactory = Callable[[str, bytes, bytes | None, int, Instant], Tunnel]
+"""``(client id, remote static public key, psk, 24-bit index, now) -> Tunnel``."""
+InitiatorLookup = Callable[[bytes], bytes | None]
+"""Handshake Initiation -> the initiator's static public key (``wireguard.identify_initiator``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """One relay from the portal (``init`` / ``relays_presence``)."""
+
+    id: str
+    socket: RelaySocket
+    username: str
+    password: str
+    realm: str = "firezone"
+
+
+class Node:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        entropy: Entropy,
+        now: Instant,
+        make_tunnel: TunnelFactory,
+        identify_initiator: InitiatorLookup,
+        *,
+        controlling: bool = False,
+        software: str = "snownet; session=python",
+    ) -> None:
+        self._entropy = entropy
+        self._make_tunnel = make_tunnel
+        self._identify = identify_initiator
+        self.controlling = controlling
+        self.software = software
+        self.allocations: dict[str, Allocation] = {}
+        self.connections: dict[str, Connection] = {}
+        self._by_index: dict[int, str] = {}
+        self._by_key: dict[bytes, str] = {}
+        self._transmits: deque[Transmit] = deque()
+        self._events: deque[NodeEvent] = deque()
+        self._now = now
+        self.stats = Stats()
+
+    # --- relays -----------------------------------------------------------------------------------------
+
+    def update_relays(self, to_remove: list[str], to_add: list[RelayConfig], now: Instant) -> None:
+        self._now = max(self._now, now)
+        for rid in sorted(to_remove):
+            old = self.allocations.pop(rid, None)
+            if old is not None:
+                self._invalidate_relayed(old)
+        added = set()
+        for rc in to_add:
+            added.add(rc.id)
+            cur = self.allocations.get(rc.id)
+            if (
+                cur is not None
+                and cur.matches_credentials(rc.username, rc.password)
+                and cur.server == rc.socket
+            ):
+                continue
+            if cur is not None:
+                self._invalidate_relayed(cur)
+            self.allocations[rc.id] = Allocation(
+                rc.socket, rc.username, rc.password, rc.realm, now, self._entropy, software=self.software
+            )
+        for rid in sorted(self.allocations):
+            if rid not in added:
+                self.allocations[rid].refresh(now)
+        self.handle_timeout(now)
+
+    def _invalidate_relayed(self, alloc: Allocation) -> None:
+        for c in alloc.relay_candidates():
+            for cid in sorted(self.connections):
+                self._remove_local(cid, c)
+
+    # --- connections ------------------------------------------------------------------------------------
+
+    def upsert_connection(
+        self,
+        cid: str,
+        remote_public: bytes,
+        psk: bytes | None,
+        local_creds: tuple[str, str],
+        remote_creds: tuple[str, str],
+        now: Instant,
+    ) -> bool:
+        """Create or reuse the connection; ``False`` when there is no relay at all (snownet NoTurnServers)."""
+        self._now = max(self._now, now)
+        cur = self.connections.get(cid)
+        if cur is not None:
+            a = cur.agent
+            same = (a.local_ufrag, a.local_pwd) == local_creds and (
+                a.remote_ufrag,
+                a.remote_pwd,
+            ) == remote_creds
+            if same and self._by_key.get(remote_public) == cid:
+                cur.stimulus(now)
+                self._seed(cur)
+                self.handle_timeout(now)
+                return True
+            self._forget(cid)
+        if not self.allocations:
+            return False
+        relays = sorted(self.allocations)
+        relay = relays[self._entropy.randbelow(len(relays))]
+        index = self._new_index()
+        agent = IceAgent(*local_creds, *remote_creds, self._entropy, controlling=self.controlling)
+        conn = Connection(
+            cid, agent, self._make_tunnel(cid, remote_public, psk, index, now), index, relay, now
+        )
+        self.connections[cid] = conn
+        self._by_index[index] = cid
+        self._by_key[remote_public] = cid
+        self._seed(conn)
+        agent.handle_timeout(now)
+        self.handle_timeout(now)
+        return True
+
+    def _new_index(self) -> int:
+        while True:
+            idx = self._entropy.randbelow(1 << 24)
+            if idx not in self._by_index:
+                return idx
+
+    def _seed(self, conn: Connection) -> None:
+        seen: list[cand.Candidate] = []
+        for rid in sorted(self.allocations):
+            for c in self.allocations[rid].host_and_srflx_candidates():
+                if c not in seen:
+                    seen.append(c)
+        sel = self.allocations.get(conn.relay or "")
+        if sel is not None:
+            seen.extend(sel.relay_candidates())
+        for c in sorted(seen, key=lambda c: -c.priority):
+            self._add_local(conn, c)
+
+    def _add_local(self, conn: Connection, c: cand.Candidate) -> None:
+        if c.kind is cand.Kind.SRFLX:
+            self._events.append(NewIceCandidate(conn.cid, c.to_sdp()))
+            return
+        adopted = conn.agent.add_local_candidate(c)
+        if adopted is not None:
+            self._events.append(NewIceCandidate(conn.cid, adopted.to_sdp()))
+
+    def _remove_local(self, cid: str, c: cand.Candidate) -> None:
+        conn = self.connections.get(cid)
+        if conn is None:
+            return
+        if c.kind is cand.Kind.SRFLX or conn.agent.invalidate_candidate(c):
+            self._events.append(InvalidateIceCandidate(cid, c.to_sdp()))
+
+    def add_remote_candidate(self, cid: str, sdp: str, now: Instant) -> None:
+        self._now = max(self._now, now)
+        conn = self.connections.get(cid)
+        if conn is None:
+            return
+        try:
+            c = cand.parse(sdp)
+        except DecodeError:
+            self.stats.incr("node.bad_candidate")
+            return
+        conn.agent.add_remote_candidate(c)
+        self._optimistic(conn)
+        if c.kind is not cand.Kind.HOST:
+            alloc = self.allocations.get(conn.relay or "")
+            if alloc is not None:
+                alloc.bind_channel(c.addr, now)
+                conn.stimulus(now)
+        self.handle_timeout(now)
+
+    def _optimistic(self, conn: Connection) -> None:
+        remotes = conn.agent.remote_candidates()
+        srflx = [r for r in remotes if r.kind is cand.Kind.SRFLX and r.addr.ip.version == 4]
+        hosts = [r for r in remotes if r.kind is cand.Kind.HOST and r.addr.ip.version == 4]
+        added = 0
+        for s in srflx:
+            for h in hosts:
+                if added >= MAX_OPTIMISTIC:
+                    return
+                o = cand.server_reflexive(SocketAddr(s.addr.ip, h.addr.port), h.addr)
+                if o not in remotes and conn.agent.add_remote_candidate(o):
+                    added += 1
+
+    def remove_remote_candidate(self, cid: str, sdp: str, now: Instant) -> None:
+        self._now = max(self._now, now)
+        conn = self.connections.get(cid)
+        if conn is None:
+            return
+        try:
+            conn.agent.invalidate_candidate(cand.parse(sdp))
+        except DecodeError:
+            return
+        self.handle_timeout(now)
+
+    def close_connection(self, cid: str, goodbye: bytes, now: Instant) -> None:
+        conn = self.connections.get(cid)
+        if conn is None:
+            return
+        if conn.state in (ConnState.CONNECTED, ConnState.IDLE):
+            self._events.append(ConnectionClosed(cid))
+            wg = conn.tunnel.encapsulate(now, goodbye)
+            if wg is not None:
+                self._send(conn, wg, now)
+        self._forget(cid)
+
+    def remove_connection(self, cid: str) -> None:
+        self._forget(cid)
+
+    def _forget(self, cid: str) -> None:
+        conn = self.connections.pop(cid, None)
+        if conn is None:
+            return
+        self._by_index.pop(conn.index, None)
+        for k in [k for k, v in self._by_key.items() if v == cid]:
+            del self._by_key[k]
+
+    # --- data plane -------------------------------------------------------------------------------------
+
+    def handle_datagram(
+        self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
+    ) -> tuple[str, bytes] | None:
+        """Classify and route one datagram (snownet §4.2); an IP packet for the TUN comes back."""
+        self._now = max(self._now, now)
+        out = self._route(now, local, from_, data)
+        if out is None:
+            self.handle_timeout(now)
+        return out
+
+    def _route(
+        self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
+    ) -> tuple[str, bytes] | None:
+        destination = local
+        if from_.port == TURN_PORT and data:
+            kind = tw.classify(data)
+            if kind is tw.Kind.STUN:
+                try:
+                    msg = stun.decode(data)
+                except DecodeError:
+                    msg = None
+                if msg is not None:
+                    alloc = self._alloc_for(from_)
+                    if alloc is None:
+                        self.stats.drop(DropReason.TURN_UNKNOWN_RELAY)
+                        return None
+                    if msg.cls != Class.INDICATION:
+                        alloc.handle_input(from_, local, msg, now)
+                        return None
+                    got = alloc.decapsulate_indication(from_, msg)
+                    if got is None:
+                        return None
+                    from_, data, destination = got
+            elif kind is tw.Kind.CHANNEL_DATA:
+                try:
+                    number, payload = tw.decode_channel_data(data, exact=False)
+                except DecodeError:
+                    number = -1
+                if number >= 0:
+                    alloc = self._alloc_for(from_)
+                    if alloc is None:
+                        self.stats.drop(DropReason.TURN_UNKNOWN_RELAY)
+                        return None
+                    got = alloc.decapsulate(from_, number, payload, now)
+                    if got is None:
+                        return None
+                    from_, data, destination = got
+        if data[:1] and data[0] < 4:
+            try:
+                msg = stun.decode(data)
+            except DecodeError:
+                msg = None
+            if msg is not None:
+                if msg.method == Method.BINDING:
+                    for cid in sorted(self.connections):
+                        agent = self.connections[cid].agent
+                        if agent.accepts(msg):
+                            agent.handle_stun(now, from_, destination, msg)
+                            return None
+                self.stats.drop(DropReason.STUN_UNMATCHED)
+                return None
+        return self._wireguard(now, from_, data)
+
+    def _alloc_for(self, relay: SocketAddr) -> Allocation | None:
+        for rid in sorted(self.allocations):
+            if self.allocations[rid].server.matches(relay):
+                return self.allocations[rid]
+        return None
+
+    def _wireguard(self, now: Instant, from_: SocketAddr, data: bytes) -> tuple[str, bytes] | None:
+        if len(data) < 4 or data[1:4] != b"\x00\x00\x00" or not 1 <= data[0] <= 4:
+            self.stats.drop(DropReason.DATAGRAM_UNCLASSIFIED)
+            return None
+        mtype = data[0]
+        if (mtype in _WG_TYPE_LEN and len(data) != _WG_TYPE_LEN[mtype]) or (mtype == 4 and len(data) < 32):
+            self.stats.drop(DropReason.WG_MALFORMED)
+            return None
+        if mtype == 1:
+            key = self._identify(data)
+            cid = self._by_key.get(key) if key is not None else None
+        else:
+            receiver = _U32LE.unpack_from(data, 8 if mtype == 2 else 4)[0]
+            cid = self._by_index.get(receiver >> 8)
+        conn = self.connections.get(cid) if cid is not None else None
+        if conn is None or conn.state is ConnState.FAILED:
+            self.stats.drop(DropReason.WG_UNKNOWN_INDEX)
+            return None
+        drops_before = conn.tunnel.stats.total_drops
+        packet = conn.tunnel.decapsulate(now, data, from_.ip)
+        accepted = conn.tunnel.stats.total_drops == drops_before
+        if mtype in (1, 2) and accepted and not conn.established_signalled:
+            conn.established_signalled = True
+            self._events.append(ConnectionEstablished(conn.cid))
+        self._drain_tunnel(conn, now)
+        if packet:
+            conn.stimulus(now)
+            return conn.cid, packet
+        return None
+
+    def _drain_tunnel(self, conn: Connection, now: Instant) -> None:
+        while (wg := conn.tunnel.poll_transmit()) is not None:
+            if conn.peer_socket is None:
+                conn.wg_buffer.append(wg)
+            else:
+                self._send(conn, wg, now)
+
+    def encapsulate(self, cid: str, packet: bytes, now: Instant) -> Transmit | None:
+        """Encrypt ``packet`` for ``cid`` and frame it for the nominated path (snownet §3.10)."""
+        self._now = max(self._now, now)
+        conn = self.connections.get(cid)
+        if conn is None or conn.peer_socket is None or conn.state is ConnState.FAILED:
+            self.stats.drop(DropReason.NO_CONNECTION)
+            self.handle_timeout(now)
+            return None
+        conn.stimulus(now)
+        wg = conn.tunnel.encapsulate(now, packet)
+        self._drain_tunnel(conn, now)
+        t = self._frame(conn, wg, now) if wg is not None else None
+        if t is None:
+            self.handle_timeout(now)
+        return t
+
+    def _frame(self, conn: Connection, payload: bytes, now: Instant) -> Transmit | None:
+        ps = conn.peer_socket
+        if ps is None:
+            return None
+        if not ps.via_relay:
+            return Transmit(ps.source, ps.dest, payload)
+        alloc = self.allocations.get(conn.relay or "")
+        return None if alloc is None else alloc.encapsulate(ps.dest, payload, now)
+
+    def _send(self, conn: Connection, payload: bytes, now: Instant) -> None:
+        t = self._frame(conn, payload, now)
+        if t is not None:
+            self._transmits.append(t)
+
+    # --- time -------------------------------------------------------------------------------------------
+
+    def handle_timeout(self, now: Instant) -> None:
+        self._now = max(self._now, now)
+        for rid in sorted(self.allocations):
+            self.allocations[rid].handle_timeout(now)
+        for rid in sorted(self.allocations):
+            alloc = self.allocations[rid]
+            while (ev := alloc.poll_event()) is not None:
+                for cid in sorted(self.connections):
+                    conn = self.connections[cid]
+                    if ev.new and conn.relay == rid:
+                        self._add_local(conn, ev.candidate)
+                    elif not ev.new:
+                        self._remove_local(cid, ev.candidate)
+        for cid in sorted(self.connections):
+            conn = self.connections[cid]
+            for nom in conn.tick(now):
+                self._nominated(conn, nom, now)
+            self._drain_agent(conn)
+            self._drain_tunnel(conn, now)
+        for rid in sorted(self.allocations):
+            if self.allocations[rid].can_be_freed() is not None:
+                del self.allocations[rid]
+        self._rehome(now)
+        for cid in sorted(self.connections):
+            if self.connections[cid].state is ConnState.FAILED:
+                self._forget(cid)
+                self._events.append(ConnectionFailed(cid))
+
+    def _nominated(self, conn: Connection, nom: NominatedSend, now: Instant) -> None:
+        src_relay = any(a.has_socket(nom.source) for a in self.allocations.values())
+        dst_relay = any(
+            r.kind is cand.Kind.RELAY and r.addr == nom.destination for r in conn.agent.remote_candidates()
+        )
+        kind = {
+            (False, False): PathKind.PEER_TO_PEER,
+            (False, True): PathKind.PEER_TO_RELAY,
+            (True, False): PathKind.RELAY_TO_PEER,
+            (True, True): PathKind.RELAY_TO_RELAY,
+        }[(src_relay, dst_relay)]
+        for wg in conn.on_nominated(nom, PeerSocket(kind, nom.source, nom.destination), now):
+            self._send(conn, wg, now)
+        init = getattr(conn.tunnel, "initiate", None)
+        if self.controlling and callable(init):
+            init(now)
+            self._drain_tunnel(conn, now)
+
+    def _drain_agent(self, conn: Connection) -> None:
+        while (t := conn.agent.poll_transmit()) is not None:
+            src = t.src
+            alloc = next(
+                (
+                    self.allocations[r]
+                    for r in sorted(self.allocations)
+                    if src and self.allocations[r].has_socket(src)
+                ),
+                None,
+            )
+            if alloc is not None:
+                relayed = alloc.encapsulate(t.dst, t.payload, self._now)
+                if relayed is not None:
+                    self._transmits.append(relayed)
+            else:
+                self._transmits.append(t)
+
+    def _rehome(self, now: Instant) -> None:
+        for cid in sorted(self.connections):
+            conn = self.connections[cid]
+            if conn.relay in self.allocations or not self.allocations:
+                continue
+            relays = sorted(self.allocations)
+            conn.relay = relays[self._entropy.randbelow(len(relays))]
+            for c in self.allocations[conn.relay].relay_candidates():
+                self._add_local(conn, c)
+
+    def poll_timeout(self) -> Deadline | None:
+        ds = [d for a in self.allocations.values() if (d := a.poll_timeout()) is not None]
+        ds.extend(d for c in self.connections.values() if (d := c.poll_timeout()) is not None)
+        if not ds:
+            return None
+        best = min(ds, key=lambda d: (d.at, d.reason))
+        return Deadline(Instant(max(best.at, self._now)), best.reason)
+
+    def poll_command(self) -> Command | None:
+        for rid in sorted(self.allocations):
+            t = self.allocations[rid].poll_transmit()
+            if t is not None:
+                return t
+        return self._transmits.popleft() if self._transmits else None
+
+    def poll_event(self) -> NodeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def remote_ip(self, cid: str) -> IPAddress | None:
+        conn = self.connections.get(cid)
+        return conn.peer_socket.dest.ip if conn and conn.peer_socket else None

@@ -1,0 +1,269 @@
+"""The node: a gateway (controlled) and a client-side node (controlling) with real WireGuard tunnels,
+a Firezone-like relay (``sim.turn_server``) and an in-memory network; direct and relay-only paths."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address
+
+import pytest
+
+from gateway_core.addr import SocketAddr
+from gateway_core.clock import Instant, millis, secs
+from gateway_core.commands import Transmit
+from gateway_core.entropy import SeededEntropy
+from gateway_core.node.connection import ConnState, PathKind
+from gateway_core.node.events import (
+    ConnectionEstablished,
+    InvalidateIceCandidate,
+    NewIceCandidate,
+)
+from gateway_core.node.node import Node, RelayConfig
+from gateway_core.turn.allocation import RelaySocket
+from gateway_core.turn.credentials import firezone_password, firezone_username
+from gateway_core.wireguard import WireGuardPeer, crypto, identify_initiator
+from gateway_core.wireguard.ratelimit import RateLimiter
+from sim.turn_server import TurnServer
+
+GW = SocketAddr(IPv4Address("192.0.2.1"), 52625)
+CL = SocketAddr(IPv4Address("198.51.100.7"), 52626)
+RELAY = SocketAddr(IPv4Address("203.0.113.1"), 3478)
+RELAY2 = SocketAddr(IPv4Address("203.0.113.2"), 3478)
+SECRET = "s"
+EXPIRY = 1_900_000_000
+
+
+def ip_packet(payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes(4), bytes(4))
+    return head + udp
+
+
+def make_node(seed: int, priv: bytes, controlling: bool) -> Node:
+    ent = SeededEntropy(seed)
+
+    def tunnel(cid: str, remote: bytes, psk: bytes | None, index: int, now: Instant) -> WireGuardPeer:
+        rl = RateLimiter(crypto.public_key(priv), ent.fork("rl"), now, limit=100)
+        return WireGuardPeer(
+            static_private=priv,
+            peer_public=remote,
+            psk=psk,
+            global_index=index,
+            entropy=ent.fork(f"wg-{cid}"),
+            now=now,
+            wall_unix_ns=1_700_000_000 * 10**9 + now,
+            rate_limiter=rl,
+        )
+
+    def identify(data: bytes) -> bytes | None:
+        r = identify_initiator(priv, data)
+        return None if r is None else r[1]
+
+    return Node(ent, Instant(0), tunnel, identify, controlling=controlling)
+
+
+class World:
+    def __init__(self, relays: tuple[SocketAddr, ...] = (RELAY,)) -> None:
+        self.now = Instant(0)
+        self.gw_priv, self.cl_priv = bytes(range(1, 33)), bytes(range(2, 34))
+        self.gw = make_node(1, self.gw_priv, False)
+        self.cl = make_node(2, self.cl_priv, True)
+        self.servers = {
+            r: TurnServer([r], [SocketAddr(r.ip, 0)], SECRET, SeededEntropy(10 + i))
+            for i, r in enumerate(relays)
+        }
+        self.block_direct = False
+        self.delivered: list[tuple[str, bytes]] = []
+        self.gw_events: list[object] = []
+        self.cl_events: list[object] = []
+        self.nodes = {GW: self.gw, CL: self.cl}
+        user = firezone_username(EXPIRY, "salt")
+        pw = firezone_password(EXPIRY, SECRET, "salt")
+        cfgs = [RelayConfig(f"relay{i}", RelaySocket(r), user, pw) for i, r in enumerate(relays)]
+        self.gw.update_relays([], cfgs, self.now)
+        self.cl.update_relays([], cfgs, self.now)
+        self.pump()
+
+    def server_for(self, addr: SocketAddr) -> TurnServer | None:
+        for r, s in self.servers.items():
+            if addr == r or addr in s._by_relayed:
+                return s
+        return None
+
+    def deliver(self, src: SocketAddr, t: Transmit) -> None:
+        srv = self.server_for(t.dst)
+        if srv is not None:
+            for out in srv.handle(self.now, t.dst, src, t.payload):
+                assert out.src is not None
+                self.deliver(out.src, Transmit(out.src, out.dst, out.payload))
+            return
+        node = self.nodes.get(t.dst)
+        if node is None:
+            return
+        if self.block_direct and src in self.nodes:
+            return
+        got = node.handle_datagram(self.now, t.dst, src, t.payload)
+        if got is not None:
+            self.delivered.append((("gw" if node is self.gw else "cl"), got[1]))
+
+    def pump(self) -> None:
+        for _ in range(10_000):
+            moved = False
+            for addr, node in self.nodes.items():
+                while (c := node.poll_command()) is not None:
+                    assert isinstance(c, Transmit)
+                    moved = True
+                    self.deliver(addr, c)
+            for node, sink, other, cid in (
+                (self.gw, self.gw_events, self.cl, "gw"),
+                (self.cl, self.cl_events, self.gw, "cl"),
+            ):
+                while (e := node.poll_event()) is not None:
+                    moved = True
+                    sink.append(e)
+                    if isinstance(e, NewIceCandidate):
+                        other.add_remote_candidate(cid, e.candidate, self.now)
+                    elif isinstance(e, InvalidateIceCandidate):
+                        other.remove_remote_candidate(cid, e.candidate, self.now)
+            if not moved:
+                return
+        raise AssertionError("livelock")
+
+    def run_until(self, t: int) -> None:
+        for _ in range(100_000):
+            ds = [d for n in self.nodes.values() if (d := n.poll_timeout()) is not None]
+            if not ds or min(d.at for d in ds) > t:
+                break
+            due = min(d.at for d in ds)
+            assert due >= self.now
+            self.now = Instant(due)
+            for n in self.nodes.values():
+                n.handle_timeout(self.now)
+                after = n.poll_timeout()
+                assert after is None or after.at > self.now  # R5: nothing due is left
+            self.pump()
+        self.now = Instant(max(self.now, t))
+
+    def connect(self) -> None:
+        gw_pub, cl_pub = crypto.public_key(self.gw_priv), crypto.public_key(self.cl_priv)
+        psk = bytes(32)
+        gw_creds, cl_creds = ("gwuf", "gateway-password-22chr"), ("cluf", "client-password-22chrs")
+        assert self.gw.upsert_connection("cl", cl_pub, psk, gw_creds, cl_creds, self.now)
+        assert self.cl.upsert_connection("gw", gw_pub, psk, cl_creds, gw_creds, self.now)
+        self.pump()
+
+
+def test_direct_path_and_data() -> None:
+    w = World()
+    w.connect()
+    w.run_until(secs(3))
+    gconn = w.gw.connections["cl"]
+    assert gconn.state is ConnState.CONNECTED
+    assert gconn.peer_socket is not None and gconn.peer_socket.kind is PathKind.PEER_TO_PEER
+    assert (gconn.peer_socket.source, gconn.peer_socket.dest) == (GW, CL)
+    assert ConnectionEstablished("cl") in w.gw_events
+    kinds = sorted(e.candidate.split(" ")[7] for e in w.gw_events if isinstance(e, NewIceCandidate))
+    assert kinds == ["host", "relay", "srflx"]
+    t = w.cl.encapsulate("gw", ip_packet(b"hello gateway"), w.now)
+    assert t is not None
+    w.deliver(CL, t)
+    w.pump()
+    assert w.delivered[-1] == ("gw", ip_packet(b"hello gateway"))
+    back = w.gw.encapsulate("cl", ip_packet(b"hello client"), w.now)
+    assert back is not None and back.dst == CL and back.src == GW
+    w.deliver(GW, back)
+    assert w.delivered[-1] == ("cl", ip_packet(b"hello client"))
+    assert gconn.unexpected_transitions == 0
+
+
+def test_relay_only_path() -> None:
+    w = World()
+    w.block_direct = True
+    w.connect()
+    w.run_until(secs(5))
+    gconn = w.gw.connections["cl"]
+    assert gconn.state is ConnState.CONNECTED
+    assert gconn.peer_socket is not None and gconn.peer_socket.kind in (
+        PathKind.RELAY_TO_RELAY,
+        PathKind.RELAY_TO_PEER,
+        PathKind.PEER_TO_RELAY,
+    )
+    t = w.cl.encapsulate("gw", ip_packet(b"via relay"), w.now)
+    for _ in range(3):
+        if t is not None:
+            break
+        w.run_until(w.now + millis(100))  # the first send may only start a channel bind
+        t = w.cl.encapsulate("gw", ip_packet(b"via relay"), w.now)
+    assert t is not None
+    w.deliver(CL, t)
+    w.pump()
+    assert w.delivered[-1] == ("gw", ip_packet(b"via relay"))
+
+
+def test_idle_and_back() -> None:
+    w = World()
+    w.connect()
+    w.run_until(secs(3))
+    gconn = w.gw.connections["cl"]
+    w.run_until(secs(30))
+    # Relay pairs are still possible next to the nominated host pair, so the agent is Connected (not
+    # Completed) and 20 s without packets make the connection idle (snownet §3.9).
+    assert gconn.state is ConnState.IDLE
+    assert [(at, new) for at, _, new in gconn.history] == [
+        (0, ConnState.CONNECTED),
+        (secs(20), ConnState.IDLE),
+    ]
+    t = w.cl.encapsulate("gw", ip_packet(b"wake"), w.now)
+    assert t is not None
+    w.deliver(CL, t)
+    assert gconn.state is ConnState.CONNECTED
+    assert w.delivered[-1] == ("gw", ip_packet(b"wake"))
+
+
+def test_no_candidates_fails_after_10s() -> None:
+    w = World()
+    gw_creds, cl_creds = ("gwuf", "gateway-password-22chr"), ("cluf", "client-password-22chrs")
+    assert w.gw.upsert_connection("cl", crypto.public_key(w.cl_priv), None, gw_creds, cl_creds, w.now)
+    w.run_until(secs(11))
+    assert "cl" not in w.gw.connections
+    assert any(type(e).__name__ == "ConnectionFailed" for e in w.gw_events)
+
+
+def test_no_relays_means_no_connection() -> None:
+    n = make_node(5, bytes(range(3, 35)), False)
+    assert not n.upsert_connection("x", bytes(32), None, ("a", "b" * 22), ("c", "d" * 22), Instant(0))
+
+
+def test_relay_removed_invalidates_relayed_candidates() -> None:
+    w = World(relays=(RELAY, RELAY2))
+    w.connect()
+    w.run_until(secs(3))
+    conn = w.gw.connections["cl"]
+    old = conn.relay
+    assert old is not None
+    w.gw.update_relays([old], [], w.now)
+    w.pump()
+    assert any(isinstance(e, InvalidateIceCandidate) and " typ relay " in e.candidate for e in w.gw_events)
+    assert conn.relay is not None and conn.relay != old  # re-homed on the remaining relay
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"\x00", b"\x01\x00\x00\x00", b"\x40\x00\x00\x09ab", b"\xff" * 40, b"\x04\x00\x00\x00" + bytes(40)],
+)
+def test_garbage_is_dropped(garbage: bytes) -> None:
+    w = World()
+    w.connect()
+    for src in (CL, RELAY, SocketAddr(IPv4Address("1.2.3.4"), 3478)):
+        assert w.gw.handle_datagram(w.now, GW, src, garbage) is None
+
+
+def test_deterministic_by_seed() -> None:
+    runs = []
+    for _ in range(2):
+        w = World()
+        w.block_direct = True
+        w.connect()
+        w.run_until(secs(4))
+        runs.append((w.gw_events, w.cl_events, w.gw.connections["cl"].peer_socket))
+    assert runs[0] == runs[1]
