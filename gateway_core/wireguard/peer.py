@@ -99,7 +99,6 @@ class WireGuardPeer:
         "handshake",
         "is_initiator",
         "rate_limiter",
-        "rx_bytes",
         "send_handshake_at",
         "sessions",
         "stats",
@@ -108,7 +107,6 @@ class WireGuardPeer:
         "t_handshake_started",
         "t_persistent_keepalive",
         "t_session_established",
-        "tx_bytes",
         "want_handshake_at",
         "want_passive_keepalive_at",
     )
@@ -151,8 +149,6 @@ class WireGuardPeer:
         self._events: deque[WgEvent] = deque()
         self._last_now = now
         self.stats = Stats()
-        self.tx_bytes = 0
-        self.rx_bytes = 0
         self._clear_timers(now)
         self.is_initiator = False
         self.send_handshake_at: Instant | None = None
@@ -216,7 +212,6 @@ class WireGuardPeer:
                     self.t_data_sent = now
                     if self.want_handshake_at is None:
                         self.want_handshake_at = now + self._no_reply_rekey
-                    self.tx_bytes += len(packet)
                 if ctr >= self._rekey_msgs_minus_one:
                     self._want_rekey = True
                 return out
@@ -252,11 +247,12 @@ class WireGuardPeer:
             return None
         # Replay check before paying for decryption (boringtun session.rs); marked after the tag verified.
         nxt = s.next
-        if ctr < nxt and (ctr + REPLAY_WINDOW < nxt or s.flags[ctr & _REPLAY_SLOT]):
+        if ctr >= nxt:
+            if ctr >= self._reject_msgs:
+                self.stats.drop(DropReason.WG_SESSION_EXPIRED)
+                return None
+        elif ctr + REPLAY_WINDOW < nxt or s.flags[ctr & _REPLAY_SLOT]:
             self.stats.drop(DropReason.WG_REPLAY)
-            return None
-        if ctr >= self._reject_msgs:
-            self.stats.drop(DropReason.WG_SESSION_EXPIRED)
             return None
         try:
             pt: bytes = s.receiver.decrypt(_NONCE.pack(0, ctr), datagram[16:], None)
@@ -289,7 +285,6 @@ class WireGuardPeer:
             return None
         self.want_passive_keepalive_at = now + self._keepalive
         self.t_data_received = now
-        self.rx_bytes += total
         return pt if total == n else pt[:total]
 
     def _set_current(self, slot: int) -> None:
