@@ -70,6 +70,15 @@ STATE_TRANSITIONS: frozenset[tuple[IceState, IceState]] = frozenset(
 """str0m ``agent.rs:1715-1780``; rendered in ``docs/design/ice-agent.md``."""
 
 
+def transition_diagram() -> str:
+    """Mermaid state diagram of :data:`STATE_TRANSITIONS` (``docs/design/ice-agent.md`` embeds it)."""
+    order = list(IceState)
+    lines = ["stateDiagram-v2", "    [*] --> new"]
+    for a, b in sorted(STATE_TRANSITIONS, key=lambda t: (order.index(t[0]), order.index(t[1]))):
+        lines.append(f"    {a.value} --> {b.value}")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True, slots=True)
 class IceStateChanged:
     state: IceState

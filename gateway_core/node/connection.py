@@ -84,6 +84,16 @@ TRANSITIONS: frozenset[tuple[ConnState, ConnState, str]] = frozenset(
 )
 
 
+def transition_diagram() -> str:
+    """Mermaid state diagram of :data:`TRANSITIONS` (``docs/design/ice-agent.md`` embeds it)."""
+    order = list(ConnState)
+    lines = ["stateDiagram-v2", "    [*] --> connecting"]
+    for a, b, why in sorted(TRANSITIONS, key=lambda t: (order.index(t[0]), order.index(t[1]))):
+        lines.append(f"    {a.value} --> {b.value}: {why}")
+    lines.append("    failed --> [*]: removed, ConnectionFailed")
+    return "\n".join(lines)
+
+
 class PathKind(StrEnum):
     PEER_TO_PEER = "peer_to_peer"
     PEER_TO_RELAY = "peer_to_relay"

@@ -63,6 +63,16 @@ TRANSITIONS: frozenset[tuple[Phase, Phase, str]] = frozenset(
 """Allowed phase changes and why; rendered as a diagram in ``docs/design/turn-allocation.md``."""
 
 
+def transition_diagram() -> str:
+    """Mermaid state diagram of :data:`TRANSITIONS` (``docs/design/turn-allocation.md`` embeds it)."""
+    order = list(Phase)
+    lines = ["stateDiagram-v2", "    [*] --> probing"]
+    for a, b, why in sorted(TRANSITIONS, key=lambda t: (order.index(t[0]), order.index(t[1]))):
+        lines.append(f"    {a.value} --> {b.value}: {why}")
+    lines.append("    dead --> [*]: freed by the node")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True, slots=True)
 class CandidateEvent:
     """A local candidate appeared (``new``) or must be withdrawn."""
