@@ -23,6 +23,7 @@ The client's tunnel addresses are fixed at creation (as in the reference, §2.3)
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import Collection, Iterable
 from ipaddress import IPv4Address, IPv6Address
@@ -36,10 +37,10 @@ from gateway_core.policy.filters import (
     L4_OTHER,
     FilterTable,
     build_filter_table,
-    is_proxy_ip,
+    is_proxy_int,
 )
 from gateway_core.policy.flows import ClientProperties
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, DnsResourceNat, NatVerdict, SetupNatError
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, DnsResourceNat, NatVerdict, SetupNatError
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import ResourceDescription
 from gateway_core.stats import Stats
@@ -53,21 +54,31 @@ DROP = 2
 Decision = tuple[int, "bytes | bytearray | DropReason", "uuid.UUID | None"]
 
 
-def _fields(buf: bytearray) -> tuple[bool, int, int, int, int, int]:
-    """``(v6, src, dst, kind, sport, dport)`` with addresses as integers; DecodeError if malformed."""
+_V4_ADDRS = struct.Struct("!II")
+_V6_ADDRS = struct.Struct("!QQQQ")
+_PORTS = struct.Struct("!HH")
+
+
+def _fields(buf: bytearray) -> tuple[bool, int, int, int, int, int, int, int, int]:
+    """``(v6, src, dst, kind, sport, dport, proto, l4_offset, end)`` with addresses as integers.
+
+    DecodeError if malformed. ``kind`` is the filter's protocol descriptor, ``proto`` the IP protocol.
+    """
     proto, off, end = l4_info(buf)
     v6 = buf[0] >> 4 == 6
     if v6:
-        src, dst = int.from_bytes(buf[8:24], "big"), int.from_bytes(buf[24:40], "big")
+        a, b, c, d = _V6_ADDRS.unpack_from(buf, 8)
+        src, dst = (a << 64) | b, (c << 64) | d
     else:
-        src, dst = int.from_bytes(buf[12:16], "big"), int.from_bytes(buf[16:20], "big")
+        src, dst = _V4_ADDRS.unpack_from(buf, 12)
     if proto in (PROTO_TCP, PROTO_UDP):
         if end - off < 4:
             raise DecodeError("transport header truncated")
-        return v6, src, dst, proto, (buf[off] << 8) | buf[off + 1], (buf[off + 2] << 8) | buf[off + 3]
+        sport, dport = _PORTS.unpack_from(buf, off)
+        return v6, src, dst, proto, sport, dport, proto, off, end
     if proto == (PROTO_ICMPV6 if v6 else PROTO_ICMP):
-        return v6, src, dst, L4_ICMP, 0, 0
-    return v6, src, dst, L4_OTHER, 0, 0
+        return v6, src, dst, L4_ICMP, 0, 0, proto, off, end
+    return v6, src, dst, L4_OTHER, 0, 0, proto, off, end
 
 
 class ClientPolicy:
@@ -191,7 +202,7 @@ class ClientPolicy:
     def outbound(self, buf: bytearray, now: Instant) -> Decision:
         """A packet from the client, for the TUN (§4 step 5)."""
         try:
-            v6, src, dst, kind, _, dport = _fields(buf)
+            v6, src, dst, kind, _, dport, proto, off, end = _fields(buf)
         except DecodeError:
             self.stats.drop(DropReason.MALFORMED_IP)
             return DROP, DropReason.MALFORMED_IP, None
@@ -204,10 +215,9 @@ class ClientPolicy:
         if rid is None:
             self.stats.drop(self.filters.deny_reason_int(v6, dst))
             return REPLY, build_icmp_prohibited(buf), None
-        dst_ip: IPAddress = IPv6Address(dst) if v6 else IPv4Address(dst)
-        if not is_proxy_ip(dst_ip):
+        if not is_proxy_int(v6, dst):
             return FORWARD, buf, rid
-        verdict = self.nat.translate_outbound_packet(buf, now)
+        verdict = self.nat.translate_outbound_parsed(buf, now, dst | V6_FLAG if v6 else dst, proto, off, end)
         if verdict is NatVerdict.SEND:
             return FORWARD, buf, rid
         if verdict is NatVerdict.UNREACHABLE:
@@ -220,7 +230,7 @@ class ClientPolicy:
     def inbound(self, buf: bytearray, now: Instant) -> Decision:
         """A packet from the TUN for this client, to be encrypted to it (§5 step 4)."""
         try:
-            v6, src, _, _, _, _ = _fields(buf)
+            v6, src, _, _, _, _, _, _, _ = _fields(buf)
         except DecodeError:
             self.stats.drop(DropReason.MALFORMED_IP)
             return DROP, DropReason.MALFORMED_IP, None
@@ -232,7 +242,7 @@ class ClientPolicy:
             return DROP, out, None
         if out is not buf:  # a re-addressed ICMP error (§6.3): always allowed
             return FORWARD, out, None
-        v6, src, dst, kind, sport, _ = _fields(buf)  # after reverse NAT
+        v6, src, dst, kind, sport, _, _, _, _ = _fields(buf)  # after reverse NAT
         if dst != (self._cv6 if v6 else self._cv4):
             self.stats.drop(DropReason.UNKNOWN_CLIENT)
             return DROP, DropReason.UNKNOWN_CLIENT, None

@@ -77,6 +77,13 @@ def is_proxy_addr(addr: bytes) -> bool:
     return int.from_bytes(addr, "big") >> _V6_PROXY_SHIFT == _V6_PROXY_KEY
 
 
+def is_proxy_int(v6: bool, ip: int) -> bool:
+    """:func:`is_proxy_addr` for an address given as an integer."""
+    if v6:
+        return ip >> _V6_PROXY_SHIFT == _V6_PROXY_KEY
+    return ip >> _V4_PROXY_SHIFT == _V4_PROXY_KEY
+
+
 def is_proxy_ip(ip: IPAddress) -> bool:
     """Whether ``ip`` lies in a DNS-resource proxy range."""
     return is_proxy_addr(ip.packed)
@@ -340,11 +347,24 @@ def build_filter_table(
     internet = next((r.resource_id for r in ordered if r.is_internet), None)
     table = FilterTable(internet)
 
+    # Index every resource network by (family, prefix length, prefix) so that the resources covering a
+    # network are found with one probe per distinct prefix length instead of a scan of all resources.
+    index: dict[tuple[int, int], dict[int, list[Filters]]] = {}
+    for r, r_nets in nets:
+        for n in r_nets:
+            level = index.setdefault((n.version, n.prefixlen), {})
+            level.setdefault(int(n.network_address) >> (n.max_prefixlen - n.prefixlen), []).append(r.filters)
+    levels = sorted(index.items())
+
     for r, r_nets in nets:
         if not r.is_cidr:
             continue
         for net in r_nets:
-            lists = [o.filters for o, o_nets in nets if any(network_contains(n, net) for n in o_nets)]
+            addr = int(net.network_address)
+            lists: list[Filters] = []
+            for (version, plen), level in levels:
+                if version == net.version and plen <= net.prefixlen:
+                    lists.extend(level.get(addr >> (net.max_prefixlen - plen), ()))
             table.insert(net, FilterEngine.from_filter_lists(lists), r.resource_id)
 
     by_id = {r.resource_id: r for r in ordered}

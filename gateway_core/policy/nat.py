@@ -33,7 +33,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 from itertools import chain
 
 from gateway_core.addr import IPAddress
@@ -76,14 +75,37 @@ and 8192 sessions cost about 2 MiB, so 10,000 busy clients stay within reach of 
 
 _TTL = {L4_TCP: TCP_TTL, L4_UDP: UDP_TTL, L4_ICMP: ICMP_TTL}
 
-NatKey = tuple[int, int, IPAddress]
-"""``(protocol kind, port or echo identifier, address)``; kind is ``L4_TCP``, ``L4_UDP`` or ``L4_ICMP``."""
+V6_FLAG = 1 << 128
+_V6_FLAG = V6_FLAG
+
+
+def addr_key(ip: IPAddress) -> int:
+    """An address as a dict key: its integer, with bit 128 set for IPv6 so the families never collide.
+
+    Integers hash in C; ``IPv4Address.__hash__`` is Python code and costs about as much as a NAT lookup.
+    """
+    return int(ip) | _V6_FLAG if ip.version == 6 else int(ip)
+
+
+NatKey = tuple[int, int, int]
+"""``(protocol kind, port or echo identifier, addr_key(address))``; kind is ``L4_TCP``, ``L4_UDP`` or
+``L4_ICMP``."""
 
 
 class NatSession:
     """One mapping ``(proto, inside_value, proxy_ip) <-> (proto, outside_value, real_ip)``."""
 
-    __slots__ = ("inside_value", "last_seen", "outside_value", "proto", "proxy_ip", "real_ip", "ttl")
+    __slots__ = (
+        "inside_value",
+        "last_seen",
+        "outside_value",
+        "proto",
+        "proxy_ip",
+        "proxy_key",
+        "real_ip",
+        "real_key",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -97,18 +119,20 @@ class NatSession:
         self.proto = proto
         self.inside_value = inside_value
         self.proxy_ip = proxy_ip
+        self.proxy_key = addr_key(proxy_ip)
         self.outside_value = outside_value
         self.real_ip = real_ip
+        self.real_key = addr_key(real_ip)
         self.last_seen = now
         self.ttl = _TTL[proto]
 
     @property
     def inside_key(self) -> NatKey:
-        return (self.proto, self.inside_value, self.proxy_ip)
+        return (self.proto, self.inside_value, self.proxy_key)
 
     @property
     def outside_key(self) -> NatKey:
-        return (self.proto, self.outside_value, self.real_ip)
+        return (self.proto, self.outside_value, self.real_key)
 
     def __repr__(self) -> str:
         return (
@@ -118,7 +142,11 @@ class NatSession:
 
 
 class NatTable:
-    """The NAT sessions of one client (§9), bounded and refreshed in both directions."""
+    """The NAT sessions of one client (§9), bounded and refreshed in both directions.
+
+    Addresses are given as :class:`IPAddress` (and kept in the sessions for header rewriting); the
+    ``*_key`` variants take :func:`addr_key` integers instead, for the per-packet path.
+    """
 
     __slots__ = (
         "_by_inside",
@@ -136,7 +164,7 @@ class NatTable:
         self.max_sessions = max_sessions
         self._by_inside: dict[NatKey, NatSession] = {}
         self._by_outside: dict[NatKey, NatSession] = {}
-        self._inside_ips: dict[IPAddress, int] = {}
+        self._inside_ips: dict[int, int] = {}  # addr_key(proxy IP) -> number of sessions
         self._tombstones: dict[NatKey, Instant] = {}  # outside key -> when it ended (in time order)
         self._next_due: Instant | None = None
         self._now = Instant(0)
@@ -156,11 +184,11 @@ class NatTable:
     def _unlink(self, s: NatSession, now: Instant, tombstone: bool) -> None:
         del self._by_inside[s.inside_key]
         del self._by_outside[s.outside_key]
-        n = self._inside_ips[s.proxy_ip] - 1
+        n = self._inside_ips[s.proxy_key] - 1
         if n:
-            self._inside_ips[s.proxy_ip] = n
+            self._inside_ips[s.proxy_key] = n
         else:
-            del self._inside_ips[s.proxy_ip]
+            del self._inside_ips[s.proxy_key]
         if tombstone:
             key = s.outside_key
             self._tombstones.pop(key, None)
@@ -172,16 +200,38 @@ class NatTable:
     # --- the data path ---
 
     def translate_outgoing(
-        self, proto: int, value: int, proxy_ip: IPAddress, real_ip: IPAddress, now: Instant, rst: bool = False
+        self,
+        proto: int,
+        value: int,
+        proxy_ip: IPAddress,
+        real_ip: IPAddress,
+        now: Instant,
+        rst: bool = False,
     ) -> NatSession | DropReason:
         """The session for a client packet ``(proto, value) -> proxy_ip`` towards ``real_ip`` (§9.2).
 
         A TCP RST (``rst``) still gets its session (the RST is sent) but ends it.
         """
+        return self.translate_outgoing_key(
+            proto, value, proxy_ip, addr_key(proxy_ip), real_ip, addr_key(real_ip), now, rst
+        )
+
+    def translate_outgoing_key(
+        self,
+        proto: int,
+        value: int,
+        proxy_ip: IPAddress,
+        proxy_key: int,
+        real_ip: IPAddress,
+        real_key: int,
+        now: Instant,
+        rst: bool = False,
+    ) -> NatSession | DropReason:
+        """:meth:`translate_outgoing` with the addresses' keys already computed."""
         self._tick(now)
-        inside = (proto, value, proxy_ip)
+        inside = (proto, value, proxy_key)
         s = self._by_inside.get(inside)
-        if s is not None and s.real_ip == real_ip:
+        if s is not None and s.real_key == real_key:
             s.last_seen = now
             if rst:
                 self._unlink(s, now, tombstone=True)
@@ -192,7 +242,7 @@ class NatTable:
                 return DropReason.NAT_TABLE_FULL
         outside_value = -1
         for v in chain(range(value, 65536), range(1, value)):
-            if (proto, v, real_ip) not in self._by_outside:
+            if (proto, v, real_key) not in self._by_outside:
                 outside_value = v
                 break
         if outside_value < 0:
@@ -202,7 +252,7 @@ class NatTable:
         new = NatSession(proto, value, proxy_ip, outside_value, real_ip, now)
         self._by_inside[inside] = new
         self._by_outside[new.outside_key] = new
-        self._inside_ips[proxy_ip] = self._inside_ips.get(proxy_ip, 0) + 1
+        self._inside_ips[proxy_key] = self._inside_ips.get(proxy_key, 0) + 1
         self._tombstones.pop(new.outside_key, None)
         self._due_at(Instant(now + new.ttl))
         return new
@@ -211,8 +261,14 @@ class NatTable:
         self, proto: int, value: int, src_ip: IPAddress, now: Instant, rst: bool = False
     ) -> NatSession | None:
         """The session a resource's packet ``src_ip -> (proto, value)`` belongs to, refreshed (§9.3)."""
+        return self.translate_incoming_key(proto, value, addr_key(src_ip), now, rst)
+
+    def translate_incoming_key(
+        self, proto: int, value: int, src_key: int, now: Instant, rst: bool = False
+    ) -> NatSession | None:
+        """:meth:`translate_incoming` with the source address as :func:`addr_key`."""
         self._tick(now)
-        s = self._by_outside.get((proto, value, src_ip))
+        s = self._by_outside.get((proto, value, src_key))
         if s is None:
             return None
         s.last_seen = now
@@ -222,21 +278,22 @@ class NatTable:
 
     def is_expired(self, proto: int, value: int, ip: IPAddress) -> bool:
         """Whether the outside key belongs to an ended session (late packets are dropped)."""
-        return (proto, value, ip) in self._tombstones
+        return (proto, value, addr_key(ip)) in self._tombstones
+
+    def is_expired_key(self, proto: int, value: int, key: int) -> bool:
+        return (proto, value, key) in self._tombstones
 
     def lookup_icmp_error(self, proto: int, value: int, dst_ip: IPAddress) -> NatSession | None:
         """The session of the packet quoted in an ICMP error (its source value, its destination)."""
-        return self._by_outside.get((proto, value, dst_ip))
+        return self._by_outside.get((proto, value, addr_key(dst_ip)))
 
     def has_inside_ip(self, proxy_ip: IPAddress) -> bool:
         """Whether any session translates traffic to ``proxy_ip``."""
-        return proxy_ip in self._inside_ips
+        return addr_key(proxy_ip) in self._inside_ips
 
     def sessions(self) -> list[NatSession]:
         """Every session, by inside key (for tests and diagnostics)."""
-        return sorted(
-            self._by_inside.values(), key=lambda s: (s.proto, s.inside_value, s.proxy_ip.version, s.proxy_ip)
-        )
+        return sorted(self._by_inside.values(), key=lambda s: s.inside_key)
 
     def clear(self) -> None:
         """Forget every session and tombstone (proxy-IP re-assignment, peer removal)."""
@@ -290,6 +347,10 @@ class TranslationState:
     resolved_ip: IPAddress | None
     """``None``: the domain has no address of this family; traffic gets ICMP unreachable."""
     domain: str
+    proxy_ip: IPAddress | None = None
+    """The proxy IP itself (set by :class:`DnsResourceNat`)."""
+    real_key: int = -1
+    """:func:`addr_key` of ``resolved_ip`` (set by :class:`DnsResourceNat`)."""
 
 
 def _ip_order(ip: IPAddress) -> tuple[int, IPAddress]:
@@ -336,11 +397,18 @@ def _key(domain: str) -> str:
 class DnsResourceNat:
     """One client's proxy-IP translations and NAT sessions."""
 
-    __slots__ = ("table", "translations")
+    __slots__ = ("_by_key", "table", "translations")
 
     def __init__(self, max_sessions: int = MAX_NAT_SESSIONS) -> None:
         self.translations: dict[IPAddress, TranslationState] = {}
+        self._by_key: dict[int, TranslationState] = {}  # the same, by addr_key(proxy IP)
         self.table = NatTable(max_sessions)
+
+    def _set(self, proxy: IPAddress, state: TranslationState) -> None:
+        state.proxy_ip = proxy
+        state.real_key = -1 if state.resolved_ip is None else addr_key(state.resolved_ip)
+        self.translations[proxy] = state
+        self._by_key[addr_key(proxy)] = state
 
     def setup_nat(
         self,
@@ -377,8 +445,7 @@ class DnsResourceNat:
             for p in proxies
         ):
             log.info("client re-assigned proxy IPs (%s); resetting its DNS resource NAT", domain)
-            self.translations.clear()
-            self.table.clear()
+            self.clear()
         if not resolved:
             log.debug("no A / AAAA records for %s", domain)
         for proxy, real in pair_proxy_ips(proxies, resolved):
@@ -386,7 +453,7 @@ class DnsResourceNat:
             if current is not None and current.resolved_ip != real and self.table.has_inside_ip(proxy):
                 log.debug("keeping %s -> %s: it has open NAT sessions", proxy, current.resolved_ip)
                 continue
-            self.translations[proxy] = TranslationState(rid, real, domain)
+            self._set(proxy, TranslationState(rid, real, domain))
         authorization.domains[_key(domain)] = resolved
         return None
 
@@ -412,6 +479,7 @@ class DnsResourceNat:
 
     def clear(self) -> None:
         self.translations.clear()
+        self._by_key.clear()
         self.table.clear()
 
     # --- packets ---
@@ -419,15 +487,29 @@ class DnsResourceNat:
     def translate_outbound_packet(self, buf: bytearray, now: Instant) -> NatVerdict | DropReason:
         """Translate, in place, a client packet whose destination is a proxy IP (§4 step 5.2, §9.2)."""
         try:
-            version, proto, off, end = _l4(buf)
-            dst = _addr(buf, version, dst=True)
-            st = self.translations.get(dst)
-            if st is None or st.resolved_ip is None or st.resolved_ip.version != version:
-                return NatVerdict.UNREACHABLE
-            kind, value, _, rst = _nat_fields(buf, version, proto, off, end)
+            proto, off, end = l4_info(buf)
+        except DecodeError:
+            return DropReason.MALFORMED_L4
+        v6 = buf[0] >> 4 == 6
+        dst = int.from_bytes(buf[24:40], "big") | _V6_FLAG if v6 else int.from_bytes(buf[16:20], "big")
+        return self.translate_outbound_parsed(buf, now, dst, proto, off, end)
+
+    def translate_outbound_parsed(
+        self, buf: bytearray, now: Instant, dst_key: int, proto: int, off: int, end: int
+    ) -> NatVerdict | DropReason:
+        """:meth:`translate_outbound_packet` for a packet already located: ``dst_key`` is
+        ``addr_key(destination)``, ``proto``/``off``/``end`` as :func:`gateway_core.wire.ip.l4_info`."""
+        st = self._by_key.get(dst_key)
+        if st is None or st.resolved_ip is None or (st.real_key >= _V6_FLAG) != (dst_key >= _V6_FLAG):
+            return NatVerdict.UNREACHABLE
+        assert st.proxy_ip is not None
+        try:
+            kind, value, _, rst = _nat_fields(buf, buf[0] >> 4, proto, off, end)
             if kind < 0:
                 return DropReason.NAT_UNSUPPORTED_PROTOCOL
-            s = self.table.translate_outgoing(kind, value, dst, st.resolved_ip, now, rst)
+            s = self.table.translate_outgoing_key(
+                kind, value, st.proxy_ip, dst_key, st.resolved_ip, st.real_key, now, rst
+            )
             if isinstance(s, DropReason):
                 return s
             nat_rewrite(buf, dst=s.real_ip, sport=s.outside_value)
@@ -445,29 +527,46 @@ class DnsResourceNat:
         (decision 0046); unsupported ICMP types are dropped, as in the reference.
         """
         try:
-            err = parse_icmp_error(buf)
-            if err is not None:
-                kind = L4_ICMP if err.inner_proto in (PROTO_ICMP, PROTO_ICMPV6) else err.inner_proto
-                s = self.table.lookup_icmp_error(kind, err.inner_sport, err.inner_dst)
-                if s is not None:
-                    client = client_v4 if err.version == 4 else client_v6
-                    return translate_icmp_error(err, s.proxy_ip, s.inside_value, client)
-                if self.table.is_expired(kind, err.inner_sport, err.inner_dst):
-                    return DropReason.NAT_SESSION_EXPIRED
-                return buf
-            version, proto, off, end = _l4(buf)
+            proto, off, end = l4_info(buf)
+            version = buf[0] >> 4
+            if (
+                proto == (PROTO_ICMP if version == 4 else PROTO_ICMPV6)
+                and end - off >= 1
+                and buf[off] not in _ECHO_TYPES[(version, proto)]
+            ):
+                return self._inbound_icmp_error(buf, client_v4, client_v6)
             kind, _, value, rst = _nat_fields(buf, version, proto, off, end)
             if kind < 0:
                 return buf
-            src = _addr(buf, version, dst=False)
-            s2 = self.table.translate_incoming(kind, value, src, now, rst)
-            if s2 is None:
-                return DropReason.NAT_SESSION_EXPIRED if self.table.is_expired(kind, value, src) else buf
-            nat_rewrite(buf, src=s2.proxy_ip, dport=s2.inside_value)
-        except UnsupportedIcmpError:
-            return DropReason.NAT_UNSUPPORTED_PROTOCOL
+            src = (
+                int.from_bytes(buf[8:24], "big") | _V6_FLAG
+                if version == 6
+                else int.from_bytes(buf[12:16], "big")
+            )
+            s = self.table.translate_incoming_key(kind, value, src, now, rst)
+            if s is None:
+                return DropReason.NAT_SESSION_EXPIRED if self.table.is_expired_key(kind, value, src) else buf
+            nat_rewrite(buf, src=s.proxy_ip, dport=s.inside_value)
         except DecodeError:
             return DropReason.MALFORMED_L4
+        return buf
+
+    def _inbound_icmp_error(
+        self, buf: bytearray, client_v4: IPAddress, client_v6: IPAddress
+    ) -> bytes | bytearray | DropReason:
+        try:
+            err = parse_icmp_error(buf)
+        except UnsupportedIcmpError:
+            return DropReason.NAT_UNSUPPORTED_PROTOCOL
+        if err is None:  # pragma: no cover - only echo types return None, and those never get here
+            return buf
+        kind = L4_ICMP if err.inner_proto in (PROTO_ICMP, PROTO_ICMPV6) else err.inner_proto
+        s = self.table.lookup_icmp_error(kind, err.inner_sport, err.inner_dst)
+        if s is not None:
+            client = client_v4 if err.version == 4 else client_v6
+            return translate_icmp_error(err, s.proxy_ip, s.inside_value, client)
+        if self.table.is_expired(kind, err.inner_sport, err.inner_dst):
+            return DropReason.NAT_SESSION_EXPIRED
         return buf
 
     def handle_timeout(self, now: Instant) -> int:
@@ -484,19 +583,6 @@ _ECHO_TYPES = {
     (4, PROTO_ICMP): (ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY),
     (6, PROTO_ICMPV6): (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY),
 }
-
-
-def _l4(buf: bytearray) -> tuple[int, int, int, int]:
-    proto, off, end = l4_info(buf)
-    return buf[0] >> 4, proto, off, end
-
-
-def _addr(buf: bytearray, version: int, dst: bool) -> IPAddress:
-    if version == 4:
-        at = 16 if dst else 12
-        return IPv4Address(int.from_bytes(buf[at : at + 4], "big"))
-    at = 24 if dst else 8
-    return IPv6Address(int.from_bytes(buf[at : at + 16], "big"))
 
 
 def _nat_fields(buf: bytearray, version: int, proto: int, off: int, end: int) -> tuple[int, int, int, bool]:

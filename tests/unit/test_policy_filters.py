@@ -276,3 +276,38 @@ def test_entries_are_sorted_and_repr_is_informative() -> None:
     assert "udp=[(1, 2)]" in repr(t.entries()[0].engine)
     assert repr(PERMIT_ALL) == "FilterEngine(permit_all)"
     assert FilterEngine(tcp=[(1, 2)]) == FilterEngine(tcp=[(1, 1), (2, 2)])
+
+
+small_filters = st.lists(
+    st.one_of(
+        st.builds(Filter, st.just(ICMP)),
+        st.builds(Filter, st.sampled_from([TCP, UDP]), st.integers(0, 3), st.integers(0, 3)),
+    ),
+    max_size=2,
+).map(tuple)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 255), st.sampled_from([0, 4, 8, 16, 24, 32]), small_filters), max_size=10
+    ),
+    st.booleans(),
+)
+def test_table_build_agrees_with_the_quadratic_definition(
+    specs: list[tuple[int, int, Filters]], with_internet: bool
+) -> None:
+    resources = [
+        Res(rid(i + 1), "cidr", [IPv4Network((b << 24, plen), strict=False)], f)
+        for i, (b, plen, f) in enumerate(specs)
+    ]
+    if with_internet:
+        resources.append(Res(rid(1000), "internet"))
+    table = build_filter_table(resources, [])
+    expected: dict[IPv4Network, tuple[FilterEngine, uuid.UUID]] = {}
+    for r in sorted(resources, key=lambda r: r.resource_id):
+        if not r.is_cidr:
+            continue
+        for net in r.networks():
+            lists = [o.filters for o in resources if any(network_contains(n, net) for n in o.networks())]
+            expected[net] = (FilterEngine.from_filter_lists(lists), r.resource_id)  # type: ignore[index]
+    assert {e.network: (e.engine, e.resource_id) for e in table.entries()} == expected
