@@ -36,6 +36,7 @@ CHANNEL_DATA_RX_MAX = 0x7FFF
 CHANNEL_HEADER_LEN = 4
 
 CHANNEL_HEADER = struct.Struct("!HH")
+_UNPACK_HEADER = CHANNEL_HEADER.unpack_from
 _CH_NUM = struct.Struct("!HH")
 
 
@@ -84,13 +85,16 @@ def decode_channel_data(data: bytes, *, exact: bool = True) -> tuple[int, bytes]
     ``exact``: the length field must equal the remaining size (snownet, §5.7.3); otherwise it may be
     shorter (padding or trailing bytes tolerated, as the Firezone relay and RFC 8656 §12.5 over UDP).
     """
-    if len(data) < CHANNEL_HEADER_LEN:
+    n = len(data)
+    if n < CHANNEL_HEADER_LEN:
         raise DecodeError("ChannelData shorter than its header")
-    channel, length = CHANNEL_HEADER.unpack_from(data)
+    channel, length = _UNPACK_HEADER(data)
     if not CHANNEL_MIN <= channel <= CHANNEL_DATA_RX_MAX:
         raise DecodeError("ChannelData channel number out of range")
-    rest = len(data) - CHANNEL_HEADER_LEN
-    if length > rest or (exact and length != rest):
+    rest = n - CHANNEL_HEADER_LEN
+    if length == rest:  # the common case: one slice, no further checks
+        return channel, bytes(data[CHANNEL_HEADER_LEN:])
+    if length > rest or exact:
         raise DecodeError("ChannelData length mismatch")
     return channel, bytes(data[CHANNEL_HEADER_LEN : CHANNEL_HEADER_LEN + length])
 
