@@ -93,7 +93,8 @@ async def test_connect_join_init_heartbeat_and_flow(portal_server: tuple[DevPort
         await wait_for(lambda: ch.stats.counters["portal.heartbeats"] >= 4)
         assert ch.state is ChannelState.JOINED and ch.conn == 1
         live = next(iter(server._live.values()))
-        await wait_for(lambda: live.sock.stats.counters["heartbeats"] >= 4)  # the portal saw (and answered) them
+        # The portal saw (and answered) them.
+        await wait_for(lambda: live.sock.stats.counters["heartbeats"] >= 4)
         assert ch.stats.drops.total() == 0
 
         # A flow: the admin API authorises, the gateway answers flow_authorized, the portal says ok.
