@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway_core.clock import Instant
 from gateway_core.errors import DropReason
 from gateway_core.policy.client import DROP, FORWARD, REPLY, ClientPolicy
@@ -140,3 +143,52 @@ def test_revocation_and_expiry_rebuild_the_filters() -> None:
     assert p.update_expiry(R_DNS, 5) and p.remove(R_DNS) and p.is_empty()
     assert p.poll_timeout() is None
     p.handle_timeout(NOW)
+
+
+def _fuzz_policy() -> ClientPolicy:
+    p = policy()
+    p.allow(InternetResource(R_NET), None)
+    p.allow(DnsResource(R_DNS, "app", "**.example.com", ()), None)
+    p.handle_domain_resolved(
+        "app.example.com",
+        R_DNS,
+        [ip("10.1.1.1"), ip("2001:db8::1")],
+        [ip("100.96.0.1"), ip("fd00:2021:1111:8000::")],
+    )
+    return p
+
+
+SEEDS = [
+    build_tcp_packet(CV4, ip("100.96.0.1"), 6000, 443, flags=TCP_SYN),
+    build_udp_packet(CV6, ip("fd00:2021:1111:8000::"), 1, 53, b"q"),
+    build_icmp_echo(CV4, ip("100.96.0.1"), 9, 1, b"ping"),
+    build_tcp_packet(ip("10.1.1.1"), CV4, 443, 6000),
+    build_icmp_error(build_udp_packet(CV4, ip("10.1.1.1"), 1, 53, b"x"), 3, 3),
+    build_icmp_error(build_icmp_echo(CV6, ip("2001:db8::1"), 9, 1, b""), 3, 4),
+]
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=4),
+    st.integers(0, 2000),
+)
+def test_mutated_packets_never_raise(seed: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+    p = _fuzz_policy()
+    data = bytearray(seed)
+    for at, v in flips:
+        if data:
+            data[at % len(data)] = v
+    data = data[: max(cut, 0)] if cut < len(data) else data
+    for direction in (p.outbound, p.inbound):
+        verdict, payload, _ = direction(bytearray(data), NOW)
+        assert verdict in (FORWARD, REPLY, DROP)
+        assert isinstance(payload, bytes | bytearray | DropReason)
+
+
+@given(st.binary(max_size=80))
+def test_random_bytes_never_raise(data: bytes) -> None:
+    p = _fuzz_policy()
+    for direction in (p.outbound, p.inbound):
+        assert direction(bytearray(data), NOW)[0] in (FORWARD, REPLY, DROP)
