@@ -59,6 +59,43 @@ from gateway_core.portal.model import (
     parse_uuid,
 )
 
+EXAMPLE_CONFIG = """\
+token = "dev-token"
+secret = "dev-secret"
+account_slug = "dev"
+
+[[resources]]
+id = "c7793628-8579-465b-83e3-1a5d4af4db3b"
+type = "cidr"
+address = "172.20.0.0/16"
+name = "MyCorp Network"
+filters = ["tcp/80-443", "icmp"]
+
+[[resources]]
+id = "619fbe83-bc95-4635-9a08-68da9a944c88"
+type = "dns"
+address = "*.httpbin"
+name = "httpbin"
+
+[[clients]]
+id = "3abd725a-733b-4801-ac16-72f26cd98a24"
+public_key = "fiAjSBWDgQfD1CFJkTwOf4zg+1QhH0eTT+oLaVIMpH8="
+ipv4 = "100.93.74.51"
+ipv6 = "fd00:2021:1111::f:853b"
+
+[[policies]]
+client = "3abd725a-733b-4801-ac16-72f26cd98a24"
+resource = "c7793628-8579-465b-83e3-1a5d4af4db3b"
+expires_in = 3600
+
+[[relays]]
+id = "0a133356-7a9e-4b9a-b413-0d95a5720fd8"
+addrs = ["127.0.0.1:3478", "[::1]:3478"]
+secret = "relay-secret"
+"""
+"""A small working configuration (one CIDR and one DNS resource, one client allowed to the first, one
+relay); the simulator's portal scenario and the tests use it."""
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the setting."""

@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from urllib.parse import parse_qsl, urlsplit
 
-from devportal import DevPortal, PhoenixSocket, Refusal
+from devportal import DevPortal, PhoenixSocket, Refusal, load_config
+from devportal.config import EXAMPLE_CONFIG
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import NANOS_PER_SEC, Duration, Instant, secs
 from gateway_core.commands import Command
 from gateway_core.contract import Deadline
 from gateway_core.errors import UsageError
 from gateway_core.portal.channel import (
+    ChannelConfig,
     ClosePortal,
     ConnectPortal,
     PortalChannel,
@@ -43,9 +45,11 @@ from gateway_core.portal.channel import (
     PortalFrameReceived,
     SendPortalFrame,
 )
+from gateway_core.portal.login import login_url, user_agent
 from gateway_core.stats import Stats
 from sim.host import Host, StreamClosed, StreamEvent, StreamFrame, StreamOpened
 from sim.net import LinkProfile
+from sim.world import World
 
 PORTAL_PORT = 443
 IDLE_TIMEOUT: Duration = secs(37)
@@ -288,3 +292,43 @@ class PortalClientHost(Host):
             del self._stream_of[conn]
         self._upgraded.discard(sid)
         self._requests.pop(sid, None)
+
+
+@dataclass(slots=True)
+class PortalScene:
+    """What :func:`build_portal_world` put in the world."""
+
+    stub: StubPortal
+    portal_host: StubPortalHost
+    channel: PortalChannel
+    gateway_host: PortalClientHost
+
+    def act(self, world: World, action: object) -> None:
+        """Run a scripted portal action now (e.g. ``lambda p: p.authorize(client, resource)``)."""
+        world.drive(self.portal_host, lambda now: self.stub.act(now, action))
+
+
+def build_portal_world(
+    world: World,
+    *,
+    config_text: str = EXAMPLE_CONFIG,
+    portal_ip: str = "198.51.100.10",
+    gateway_ip: str = "203.0.113.5",
+    firezone_id: str = "gw-sim-1",
+    channel_config: ChannelConfig | None = None,
+) -> PortalScene:
+    """A stub portal and a gateway's portal channel in ``world``; the channel starts connecting now."""
+    stub = StubPortal(DevPortal(load_config(config_text)))
+    portal_host = StubPortalHost("portal", stub, ipv4=portal_ip)
+    world.add_host(portal_host)
+    public_key = world.entropy_for("gateway-key").random_bytes(32)
+    url = login_url("wss://portal.sim", stub.portal.token, firezone_id, "gw-sim", public_key)
+    channel = PortalChannel(
+        url, user_agent("Debian", "12", "x86_64", None), world.entropy_for("gateway"), channel_config
+    )
+    gw = PortalClientHost(
+        "gateway", channel, SocketAddr(IPv4Address(portal_ip), PORTAL_PORT), ipv4=gateway_ip
+    )
+    world.add_host(gw)
+    world.drive(gw, channel.start)
+    return PortalScene(stub, portal_host, channel, gw)

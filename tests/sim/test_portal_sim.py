@@ -8,21 +8,18 @@ import uuid
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from devportal import DevPortal, Refusal, load_config
-from gateway_core.addr import SocketAddr
+from devportal import Refusal
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.portal.channel import (
     ChannelState,
     FatalKind,
-    PortalChannel,
     PortalFailed,
     PortalHiccup,
     PortalJoined,
     PortalMessageReceived,
 )
-from gateway_core.portal.login import login_url, user_agent
 from gateway_core.portal.messages import AuthorizeFlow, BroadcastIceCandidates, FlowAuthorized, Init
-from sim.portal import PortalClientHost, StubPortal, StubPortalHost
+from sim.portal import build_portal_world
 from sim.trace import Trace, encode
 from sim.world import World
 
@@ -35,15 +32,11 @@ RESOURCE = uuid.UUID("c7793628-8579-465b-83e3-1a5d4af4db3b")
 class Scene:
     def __init__(self, seed: int = 1, trace: Trace | None = None) -> None:
         self.world = World(seed, trace=trace)
-        self.stub = StubPortal(DevPortal(load_config(CONFIG.read_text())))
-        self.portal_host = self.world.add_host(StubPortalHost("portal", self.stub, ipv4=PORTAL_IP))
-        url = login_url("wss://portal.sim", "dev-token", "gw-sim-1", "gw-sim", bytes(range(32)))
-        self.channel = PortalChannel(
-            url, user_agent("Debian", "12", "x86_64", None), self.world.entropy_for("gateway")
-        )
-        self.gw = PortalClientHost("gateway", self.channel, SocketAddr(PORTAL_IP, 443), ipv4="203.0.113.5")
-        self.world.add_host(self.gw)
-        self.world.drive(self.gw, self.channel.start)
+        self.scene = build_portal_world(self.world, config_text=CONFIG.read_text())
+        self.stub = self.scene.stub
+        self.portal_host = self.scene.portal_host
+        self.channel = self.scene.channel
+        self.gw = self.scene.gateway_host
 
     def events(self, kind: type) -> list[tuple[Instant, object]]:
         return [(t, e) for t, e in self.gw.comp.events if isinstance(e, kind)]

@@ -294,3 +294,9 @@ def test_config_example_loads() -> None:
 def test_reply_helpers() -> None:
     assert Reply.success().payload() == {"status": "ok", "response": {}}
     assert Reply.error("x").payload() == {"status": "error", "response": {"reason": "x"}}
+
+
+def test_example_config_matches_the_test_file() -> None:
+    from devportal.config import EXAMPLE_CONFIG
+
+    assert load_config(EXAMPLE_CONFIG) == load_config(CONFIG)
