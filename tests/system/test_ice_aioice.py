@@ -3,7 +3,10 @@
 aioice gathers a host candidate on 127.0.0.1 (its host-address discovery skips loopback, so it is patched
 to return 127.0.0.1, as in ``../shared/spec/real-peers.md`` §3), we exchange candidate strings and
 credentials in memory, aioice runs its checks and nominates a pair; our agent answers, runs its own
-checks, announces the nominated path, and application data passes both ways on that path.
+checks, announces the nominated path, and application data passes both ways on that path. The second
+test does the same with relayed candidates only: our agent's candidate is a relayed address of our TURN
+allocation on a real coturn, aioice's is its own coturn allocation, so every check and every datagram goes
+through coturn twice (ChannelData on our side).
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import DecodeError
 from gateway_core.ice import candidate as cand
 from gateway_core.ice.agent import IceAgent, IceState, NominatedSend
+from gateway_core.turn.allocation import Allocation, Phase, RelaySocket
 from gateway_core.wire import stun
+from gateway_core.wire import turn as tw
+from tests.system.coturn_harness import Coturn, coturn, rest_credentials
+
+__all__ = ["coturn"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.system
 
@@ -49,27 +57,61 @@ class OurSide(asyncio.DatagramProtocol):
         host, port = transport.get_extra_info("sockname")[:2]
         self.local = SocketAddr(ip_address(host), port)
 
+    alloc: Allocation | None = None
+
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.local is not None
-        src = SocketAddr(ip_address(addr[0]), addr[1])
+        src, dest = SocketAddr(ip_address(addr[0]), addr[1]), self.local
+        if self.alloc is not None and self.alloc.server.matches(src):
+            got = self._from_relay(src, data)
+            self.flush()
+            if got is None:
+                return
+            src, data, dest = got
         try:
             msg = stun.decode(data)
         except DecodeError:
             self.app.append((src, data))
             if self.nominated:
-                self.send(self.nominated[-1].destination, b"echo:" + data)
+                self.send_on_path(self.nominated[-1], b"echo:" + data)
             return
         if self.agent.accepts(msg):
-            self.agent.handle_stun(self.now(), src, self.local, msg)
+            self.agent.handle_stun(self.now(), src, dest, msg)
         self.flush()
+
+    def _from_relay(self, src: SocketAddr, data: bytes) -> tuple[SocketAddr, bytes, SocketAddr] | None:
+        assert self.alloc is not None and self.local is not None
+        kind = tw.classify(data)
+        if kind is tw.Kind.CHANNEL_DATA:
+            ch, payload = tw.decode_channel_data(data, exact=False)
+            return self.alloc.decapsulate(src, ch, payload, self.now())
+        msg = stun.decode(data)
+        if msg.cls == stun.Class.INDICATION:
+            return self.alloc.decapsulate_indication(src, msg)
+        self.alloc.handle_input(src, self.local, msg, self.now())
+        return None
 
     def send(self, dst: SocketAddr, payload: bytes) -> None:
         assert self.transport is not None
         self.transport.sendto(payload, (str(dst.ip), dst.port))
 
+    def send_on_path(self, nom: NominatedSend, payload: bytes) -> None:
+        if self.alloc is not None and self.alloc.has_socket(nom.source):
+            t = self.alloc.encapsulate(nom.destination, payload, self.now())
+            if t is not None:
+                self.send(t.dst, t.payload)
+        else:
+            self.send(nom.destination, payload)
+
     def flush(self) -> None:
+        if self.alloc is not None:
+            while (t := self.alloc.poll_transmit()) is not None:
+                self.send(t.dst, t.payload)
+            while self.alloc.poll_event() is not None:
+                pass
         while (t := self.agent.poll_transmit()) is not None:
-            self.send(t.dst, t.payload)
+            assert t.src is not None
+            self.send_on_path(NominatedSend(t.src, t.dst), t.payload)
         while (e := self.agent.poll_event()) is not None:
             if isinstance(e, NominatedSend):
                 self.nominated.append(e)
@@ -78,9 +120,14 @@ class OurSide(asyncio.DatagramProtocol):
     async def run_timer(self) -> None:
         while True:
             self.agent.handle_timeout(self.now())
+            if self.alloc is not None:
+                self.alloc.handle_timeout(self.now())
             self.flush()
             self.wake.clear()
-            at = self.agent.poll_timeout()
+            ats = [self.agent.poll_timeout()]
+            if self.alloc is not None and (d := self.alloc.poll_timeout()) is not None:
+                ats.append(d.at)
+            at = min((a for a in ats if a is not None), default=None)
             delay = 1.0 if at is None else max(0.0, (at - self.now()) / 1e9)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
@@ -132,3 +179,64 @@ async def _scenario(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_ice_agent_against_aioice(monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(asyncio.wait_for(_scenario(monkeypatch), timeout=30))
+
+
+async def _relayed(monkeypatch: pytest.MonkeyPatch, server: Coturn) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    user, password = rest_credentials("aioice")
+    peer = aioice.Connection(
+        ice_controlling=True,
+        components=1,
+        use_ipv6=False,
+        turn_server=("127.0.0.1", server.port),
+        turn_username=user,
+        turn_password=password,
+        transport_policy=aioice.TransportPolicy.RELAY,
+    )
+    await peer.gather_candidates()
+    (peer_relay,) = [c for c in peer.local_candidates if c.type == "relay"]
+    agent = IceAgent(UFRAG, PWD, peer.local_username, peer.local_password, SeededEntropy(8))
+    loop = asyncio.get_running_loop()
+    transport, ours = await loop.create_datagram_endpoint(lambda: OurSide(agent), local_addr=("127.0.0.1", 0))
+    gw_user, gw_password = rest_credentials("gateway")
+    ours.alloc = Allocation(
+        RelaySocket(server.v4), gw_user, gw_password, "firezone", ours.now(), SeededEntropy(9)
+    )
+    timer = asyncio.create_task(ours.run_timer())
+    try:
+        for _ in range(500):
+            if ours.alloc.phase is Phase.ALLOCATED:
+                break
+            await asyncio.sleep(0.01)
+        assert ours.alloc.phase is Phase.ALLOCATED
+        (relayed,) = ours.alloc.relay_candidates()
+        local = agent.add_local_candidate(relayed)
+        assert local is not None and local.priority == 37748479
+        remote = cand.parse("candidate:" + peer_relay.to_sdp())
+        assert remote.kind is cand.Kind.RELAY
+        agent.add_remote_candidate(remote)
+        ours.alloc.bind_channel(remote.addr, ours.now())  # as snownet does for non-host candidates
+        ours.flush()
+        peer.remote_username, peer.remote_password = UFRAG, PWD
+        await peer.add_remote_candidate(aioice.Candidate.from_sdp(local.to_sdp()[len("candidate:") :]))
+        await peer.add_remote_candidate(None)
+        await asyncio.wait_for(peer.connect(), timeout=15)
+        for _ in range(300):
+            if ours.nominated:
+                break
+            await asyncio.sleep(0.01)
+        assert ours.nominated[-1] == NominatedSend(relayed.addr, remote.addr)
+        await peer.send(b"relayed-ping")
+        got = await asyncio.wait_for(peer.recv(), timeout=5)
+        assert got == b"echo:relayed-ping"
+        assert ours.app == [(remote.addr, b"relayed-ping")]
+    finally:
+        timer.cancel()
+        await peer.close()
+        transport.close()
+
+
+def test_ice_agent_against_aioice_relayed_through_coturn(
+    monkeypatch: pytest.MonkeyPatch, coturn: Coturn
+) -> None:
+    asyncio.run(asyncio.wait_for(_relayed(monkeypatch, coturn), timeout=40))

@@ -1,22 +1,17 @@
 """Our TURN client (``gateway_core.turn.allocation``) against a real coturn on loopback.
 
-coturn is started by the fixture with a config written here (``use-auth-secret``, realm ``firezone``,
-random ports, short allocation lifetime and nonce lifetime so that refreshes and 438 challenges happen
-within seconds) and stopped by its PID. A tiny select() loop drives the sans-IO allocation with real
+coturn comes from the fixture of ``coturn_harness`` (config written there, started on loopback, stopped by
+its PID). A tiny select() loop drives the sans-IO allocation with real
 sockets and real monotonic time. See ``docs/decisions/0020-turn-client-firezone-and-rfc-relays.md``.
 """
 
 from __future__ import annotations
 
-import os
 import select
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_address
-from pathlib import Path
 
 import pytest
 
@@ -25,97 +20,13 @@ from gateway_core.clock import Instant
 from gateway_core.commands import Transmit
 from gateway_core.entropy import SeededEntropy
 from gateway_core.turn.allocation import Allocation, Phase, RelaySocket
-from gateway_core.turn.credentials import coturn_rest_password
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
-from gateway_core.wire.stun import Method
+from tests.system.coturn_harness import LIFETIME, Coturn, coturn, rest_credentials
+
+__all__ = ["coturn"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.system
-
-SECRET = "coturn-secret-for-tests"
-LIFETIME = 8
-"""coturn ``max-allocate-lifetime``: our client refreshes at half of it (4 s)."""
-STALE_NONCE = 3
-"""coturn ``stale-nonce``: nonces expire quickly, so 438 challenges happen during the test."""
-
-
-def _free_udp_port(host: str) -> int:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class Coturn:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.v4 = SocketAddr(ip_address("127.0.0.1"), port)
-        self.v6 = SocketAddr(ip_address("::1"), port)
-
-
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    exe = shutil.which("turnserver")
-    assert exe is not None, "coturn is missing: scripts/debian-packages.txt lists it (make deps)"
-    d: Path = tmp_path_factory.mktemp("coturn")
-    port = _free_udp_port("127.0.0.1")
-    lo = 20000 + (os.getpid() % 400) * 100
-    conf = d / "turnserver.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                "listening-ip=127.0.0.1",
-                "listening-ip=::1",
-                f"listening-port={port}",
-                "relay-ip=127.0.0.1",
-                "relay-ip=::1",
-                f"min-port={lo}",
-                f"max-port={lo + 99}",
-                "realm=firezone",
-                "use-auth-secret",
-                f"static-auth-secret={SECRET}",
-                f"max-allocate-lifetime={LIFETIME}",
-                f"stale-nonce={STALE_NONCE}",
-                "fingerprint",
-                "no-tls",
-                "no-dtls",
-                "no-tcp",
-                "no-cli",
-                "no-multicast-peers",
-                "allow-loopback-peers",
-                f"pidfile={d / 'turnserver.pid'}",
-                f"userdb={d / 'turnserver.db'}",
-                f"log-file={d / 'turnserver.log'}",
-                "verbose",
-                "simple-log",
-                "",
-            ]
-        )
-    )
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        server = Coturn(port)
-        probe = stun.StunMessage(Method.BINDING, stun.Class.REQUEST, b"\x01" * 12).encode()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(0.1)
-            for _ in range(100):
-                assert proc.poll() is None, "turnserver exited"
-                s.sendto(probe, ("127.0.0.1", port))
-                try:
-                    s.recvfrom(2000)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                pytest.fail("coturn did not answer a BINDING within 10 s")
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Driver:
@@ -135,12 +46,12 @@ class Driver:
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.bind((str(server.ip), 0))
         local = SocketAddr(ip_address(s.getsockname()[0]), s.getsockname()[1])
-        user = f"{int(time.time()) + 3600}:gateway{seed}"
+        user, password = rest_credentials(f"gateway{seed}")
         relay = RelaySocket(v6=server) if server.ip.version == 6 else RelaySocket(server)
         a = Allocation(
             relay,
             user,
-            coturn_rest_password(SECRET, user),
+            password,
             "firezone",
             self.now(),
             SeededEntropy(seed),
