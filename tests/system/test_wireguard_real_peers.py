@@ -21,8 +21,10 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from gateway_core.clock import secs
+from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import DropReason
-from gateway_core.wireguard import WireGuardConfig
+from gateway_core.wireguard import RateLimiter, WireGuardConfig
+from gateway_core.wireguard.crypto import public_key
 
 from .wg_harness import (
     Harness,
@@ -180,6 +182,30 @@ def test_wireguard_go_initiates_ping_and_udp_to_us(wggo: tuple[Setup, GoPeer, Ha
             udp.kill()
         out = udp.communicate()[0].decode()
     assert udp.returncode == 0 and f"udp-through-wg {US_TUN}" in out, out
+    assert go.latest_handshake() > 0
+
+
+def test_wireguard_go_accepts_our_cookie_reply_under_load(wggo: tuple[Setup, GoPeer, Harness]) -> None:
+    """We are under load from the first handshake (limit 0): wireguard-go's initiation gets our Cookie
+    Reply; its retransmission 5 s later carries a mac2 made with our cookie, which we accept."""
+    setup, go, h = wggo
+    own = h.keys[0]
+    h.reconfigure(rate_limiter=RateLimiter(public_key(own), SeededEntropy(3), now(), limit=0))
+    answer_pings_and_udp(h)
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", setup.ns_peer, "ping", "-c", "1", "-W", "15", US_TUN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        h.run_until(lambda: ping.poll() is not None, 25, "ping through a cookie exchange")
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+        out = ping.communicate()[0].decode()
+    assert ping.returncode == 0, out
+    assert h.peer.stats.drops[DropReason.WG_COOKIE_REQUIRED] == 1
+    assert h.peer.stats.counters["handshakes_as_responder"] == 1
     assert go.latest_handshake() > 0
 
 

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 
 from gateway_core.clock import Instant
 from gateway_core.entropy import SeededEntropy
-from gateway_core.wireguard import WireGuardConfig, WireGuardPeer
+from gateway_core.wireguard import RateLimiter, WireGuardConfig, WireGuardPeer
 from gateway_core.wireguard.crypto import public_key
 
 CLONE_NEWNET = 0x40000000
@@ -136,6 +136,7 @@ class Harness:
         psk: bytes | None,
         config: WireGuardConfig | None = None,
         seed: int = 7,
+        rate_limiter: RateLimiter | None = None,
     ) -> Harness:
         peer = WireGuardPeer(
             static_private=own_private,
@@ -146,13 +147,16 @@ class Harness:
             now=now(),
             wall_unix_ns=time.time_ns(),
             config=config,
+            rate_limiter=rate_limiter,
         )
         return Harness(sock, peer_endpoint, peer, lambda p: None, (own_private, peer_public, psk))
 
-    def reconfigure(self, config: WireGuardConfig) -> None:
-        """A fresh peer with the same keys and ``config`` (before any traffic)."""
+    def reconfigure(
+        self, config: WireGuardConfig | None = None, rate_limiter: RateLimiter | None = None
+    ) -> None:
+        """A fresh peer with the same keys, ``config`` and ``rate_limiter`` (before any traffic)."""
         own, peer_public, psk = self.keys
-        fresh = Harness.make(self.sock, self.peer_endpoint, own, peer_public, psk, config, seed=8)
+        fresh = Harness.make(self.sock, self.peer_endpoint, own, peer_public, psk, config, 8, rate_limiter)
         self.peer = fresh.peer
 
     @property
