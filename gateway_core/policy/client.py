@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
+from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.policy.authorizations import AddOutcome, ClientAuthorizations
 from gateway_core.policy.filters import (
@@ -42,7 +43,7 @@ from gateway_core.policy.filters import (
 from gateway_core.policy.flows import ClientProperties
 from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, DnsResourceNat, NatVerdict, SetupNatError
 from gateway_core.policy.p2p_control import NatStatus
-from gateway_core.policy.resources import ResourceDescription
+from gateway_core.policy.resources import DnsResource, ResourceDescription
 from gateway_core.stats import Stats
 from gateway_core.wire.icmp import build_icmp_prohibited, build_icmp_unreachable, parse_icmp_error
 from gateway_core.wire.ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, l4_info
@@ -163,6 +164,14 @@ class ClientPolicy:
 
     def is_empty(self) -> bool:
         return self.authorizations.is_empty()
+
+    def may_query(self, name: str) -> bool:
+        """Whether this client may have ``name`` resolved by the gateway (SRV/TXT forwarding, §10):
+        some authorised DNS resource's pattern matches it (decision 0048)."""
+        return any(
+            isinstance(a.resource, DnsResource) and is_subdomain(name, a.resource.address)
+            for a in self.authorizations.values()
+        )
 
     def is_allowed(self, rid: uuid.UUID) -> bool:
         """Whether ``rid`` is authorised (an ``assigned_ips`` for anything else gets ``Inactive`` at once)."""

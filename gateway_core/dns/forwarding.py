@@ -1,0 +1,296 @@
+"""SRV/TXT forwarding decisions: who may ask what, and the answers the core builds itself
+(gateway-datapath.md §10.1, §10.3, §10.6; issue 6 item 5).
+
+Theory of operation. Clients forward SRV and TXT queries for DNS-resource names to the gateway's tunnel
+address, port 53535, where the IO layer's layer-4 DNS servers receive them and report
+:class:`DnsQueryReceived`. :class:`DnsForwarder` decides per query:
+
+1. The message must parse as a query (QR = 0, exactly one question, records parseable); otherwise it is
+   dropped without a reply (``DNS_MALFORMED``), as the reference does.
+2. The sender must be a connected client whose authorised DNS resources match the queried name
+   (``may_query(client IP, name)``, supplied by the owner). Otherwise the core answers ``REFUSED`` itself
+   (``DNS_REFUSED``): a deliberate fix, the reference resolves anything for any client
+   (docs/decisions/0048-dns-forwarding-refuses-foreign-names.md).
+3. At most :data:`MAX_IN_FLIGHT` queries are forwarded at once; beyond that the query is answered
+   ``SERVFAIL`` at once instead of being dropped silently (decision 0049).
+4. Otherwise the core queues :class:`ForwardDnsQuery` (the IO layer resolves it recursively with the
+   same transport) and waits for :class:`DnsUpstreamResponse` or :class:`DnsUpstreamFailed`, at most
+   :data:`UPSTREAM_TIMEOUT`. A valid response (QR = 1, one question) is sent back unchanged through the
+   server that received the query (UDP: truncated to :data:`UDP_RESPONSE_LIMIT` with TC set); anything
+   else - failure, timeout, unparsable response - becomes ``SERVFAIL``.
+
+Error responses are built as Firezone does (``dns-types/lib.rs``): the query's id, QR set, its OPCODE
+and RD copied, the RCODE, the question copied; no records, no OPT; AA, TC, RA clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Instant, secs
+from gateway_core.commands import Command
+from gateway_core.contract import Deadline
+from gateway_core.dns.servers import DnsTransport
+from gateway_core.errors import DecodeError, DropReason, UsageError
+from gateway_core.inputs import Input
+from gateway_core.stats import Stats
+
+log = logging.getLogger("gateway_core.dns.forwarding")
+
+UPSTREAM_TIMEOUT = secs(5)
+"""How long a forwarded query may take (Firezone's upstream DNS query timeout, 5 s, ``io.rs:142``)."""
+MAX_IN_FLIGHT = 1000
+"""Forwarded queries at once (Firezone: 1000, ``io.rs:169-172``)."""
+UDP_RESPONSE_LIMIT = 1200
+"""Largest UDP response; longer ones are truncated with TC (``l4-udp-dns-server/lib.rs:66``)."""
+TCP_RESPONSE_LIMIT = 65535
+"""Largest TCP response: the 2-byte length prefix (``l4-tcp-dns-server/lib.rs:67``)."""
+
+RCODE_SERVFAIL = 2
+RCODE_REFUSED = 5
+
+_HEADER = struct.Struct("!HHHHHH")
+_QR, _TC = 0x8000, 0x0200
+_OPCODE_RD = 0x7800 | 0x0100
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and commands.
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQueryReceived(Input):
+    """A layer-4 DNS server at ``local`` received ``message`` from ``remote`` over ``transport``."""
+
+    local: SocketAddr
+    remote: SocketAddr
+    transport: DnsTransport
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DnsUpstreamResponse(Input):
+    """The recursive resolution of forwarded query ``query_id`` answered ``message``."""
+
+    query_id: int
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DnsUpstreamFailed(Input):
+    """The recursive resolution of forwarded query ``query_id`` failed (I/O error, timeout, ...)."""
+
+    query_id: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardDnsQuery(Command):
+    """Resolve ``message`` recursively over ``transport``; answer with DnsUpstreamResponse/-Failed."""
+
+    query_id: int
+    transport: DnsTransport
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendDnsResponse(Command):
+    """Send ``message`` from the DNS server at ``local`` to ``remote`` over ``transport``."""
+
+    local: SocketAddr
+    remote: SocketAddr
+    transport: DnsTransport
+    message: bytes
+
+
+# --------------------------------------------------------------------------------------------------
+# Wire helpers.
+
+
+def question_end(message: bytes) -> int:
+    """Offset just after the first question (name, QTYPE, QCLASS); DecodeError if it is not whole."""
+    n = len(message)
+    at = 12
+    while True:
+        if at >= n:
+            raise DecodeError("question name truncated")
+        length = message[at]
+        if length == 0:
+            at += 1
+            break
+        if length & 0xC0 == 0xC0:
+            at += 2
+            break
+        if length & 0xC0:
+            raise DecodeError("reserved label type")
+        at += 1 + length
+    if at + 4 > n:
+        raise DecodeError("question truncated")
+    return at + 4
+
+
+def error_response(query: bytes, rcode: int) -> bytes:
+    """The answer with ``rcode`` and no records to a query that has a whole first question."""
+    qid, flags, _, _, _, _ = _HEADER.unpack_from(query)
+    head = _HEADER.pack(qid, _QR | (flags & _OPCODE_RD) | (rcode & 0xF), 1, 0, 0, 0)
+    return head + query[12 : question_end(query)]
+
+
+def truncate_response(response: bytes, limit: int) -> bytes:
+    """``response`` unchanged if it fits ``limit``; else its header with TC and QD=1, AN=NS=AR=0, and
+    its question only (Firezone's ``Response::into_bytes``)."""
+    if len(response) <= limit:
+        return response
+    qid, flags, _, _, _, _ = _HEADER.unpack_from(response)
+    return _HEADER.pack(qid, flags | _TC, 1, 0, 0, 0) + response[12 : question_end(response)]
+
+
+def _parse(message: bytes, want_response: bool) -> dns.message.Message:
+    """A query (or response) with exactly one question, all records parseable; DecodeError otherwise."""
+    try:
+        msg = dns.message.from_wire(message)
+    except (dns.exception.DNSException, ValueError, IndexError, KeyError, struct.error, UnicodeError):
+        raise DecodeError("unparsable DNS message") from None
+    if bool(msg.flags & dns.flags.QR) != want_response:
+        raise DecodeError("not a response" if want_response else "not a query")
+    if len(msg.question) != 1:
+        raise DecodeError("not exactly one question")
+    question_end(message)
+    return msg
+
+
+# --------------------------------------------------------------------------------------------------
+# The forwarder.
+
+
+@dataclass(slots=True)
+class _Pending:
+    query: DnsQueryReceived
+    deadline: Instant
+
+
+class DnsForwarder:
+    """The core's side of the layer-4 DNS servers (see the module docstring)."""
+
+    __slots__ = ("_commands", "_next_id", "_now", "_pending", "may_query", "stats")
+
+    def __init__(self, may_query: Callable[[IPAddress, str], bool]) -> None:
+        self.may_query = may_query
+        """``may_query(client tunnel IP, name)``: whether that client may resolve that name here."""
+        self._pending: dict[int, _Pending] = {}  # query_id -> pending, in deadline order
+        self._commands: deque[Command] = deque()
+        self._next_id = 1
+        self._now = Instant(0)
+        self.stats = Stats()
+
+    def _tick(self, now: Instant) -> None:
+        if now < self._now:
+            raise UsageError("time went backwards")
+        self._now = now
+
+    def _respond(self, q: DnsQueryReceived, message: bytes) -> None:
+        limit = UDP_RESPONSE_LIMIT if q.transport is DnsTransport.UDP else TCP_RESPONSE_LIMIT
+        try:
+            out = truncate_response(message, limit)
+        except DecodeError:
+            out = error_response(q.message, RCODE_SERVFAIL)
+        if len(out) > limit:  # pragma: no cover - a question alone always fits
+            out = error_response(q.message, RCODE_SERVFAIL)
+        self._commands.append(SendDnsResponse(q.local, q.remote, q.transport, out))
+
+    def handle_query(self, now: Instant, query: DnsQueryReceived) -> None:
+        """A query arrived on a layer-4 server: refuse it, answer SERVFAIL, or forward it."""
+        self._tick(now)
+        try:
+            msg = _parse(query.message, want_response=False)
+        except DecodeError as e:
+            log.debug("dropping DNS query from %s: %s", query.remote, e)
+            self.stats.drop(DropReason.DNS_MALFORMED)
+            return
+        name = msg.question[0].name.to_text(omit_final_dot=True)
+        if not self.may_query(query.remote.ip, name):
+            log.debug("refusing DNS query for %s from %s", name, query.remote)
+            self.stats.drop(DropReason.DNS_REFUSED)
+            self._respond(query, error_response(query.message, RCODE_REFUSED))
+            return
+        if len(self._pending) >= MAX_IN_FLIGHT:
+            log.debug("too many DNS queries in flight; SERVFAIL for %s", name)
+            self.stats.drop(DropReason.QUEUE_FULL)
+            self._respond(query, error_response(query.message, RCODE_SERVFAIL))
+            return
+        qid = self._next_id
+        self._next_id += 1
+        self._pending[qid] = _Pending(query, Instant(now + UPSTREAM_TIMEOUT))
+        self.stats.incr("dns_forwarded")
+        self._commands.append(ForwardDnsQuery(qid, query.transport, query.message))
+
+    def handle_upstream_response(self, now: Instant, event: DnsUpstreamResponse) -> None:
+        self._tick(now)
+        pending = self._pending.pop(event.query_id, None)
+        if pending is None:
+            self.stats.incr("dns_upstream_unmatched")
+            return
+        try:
+            _parse(event.message, want_response=True)
+        except DecodeError as e:
+            log.debug("upstream DNS response unusable (%s); SERVFAIL", e)
+            self.stats.incr("dns_servfail")
+            self._respond(pending.query, error_response(pending.query.message, RCODE_SERVFAIL))
+            return
+        self._respond(pending.query, event.message)
+
+    def handle_upstream_failed(self, now: Instant, event: DnsUpstreamFailed) -> None:
+        self._tick(now)
+        pending = self._pending.pop(event.query_id, None)
+        if pending is None:
+            self.stats.incr("dns_upstream_unmatched")
+            return
+        log.debug("upstream DNS failed (%s); SERVFAIL", event.error)
+        self.stats.incr("dns_servfail")
+        self._respond(pending.query, error_response(pending.query.message, RCODE_SERVFAIL))
+
+    def handle_input(self, now: Instant, event: Input) -> bool:
+        """Dispatch one of this module's inputs; False if ``event`` is not one of them."""
+        if isinstance(event, DnsQueryReceived):
+            self.handle_query(now, event)
+        elif isinstance(event, DnsUpstreamResponse):
+            self.handle_upstream_response(now, event)
+        elif isinstance(event, DnsUpstreamFailed):
+            self.handle_upstream_failed(now, event)
+        else:
+            return False
+        return True
+
+    def handle_timeout(self, now: Instant) -> None:
+        """SERVFAIL for every forwarded query past its deadline."""
+        self._tick(now)
+        while self._pending:
+            qid, pending = next(iter(self._pending.items()))
+            if pending.deadline > now:
+                break
+            del self._pending[qid]
+            self.stats.incr("dns_servfail")
+            self.stats.incr("dns_upstream_timeout")
+            self._respond(pending.query, error_response(pending.query.message, RCODE_SERVFAIL))
+
+    def poll_timeout(self) -> Deadline | None:
+        if not self._pending:
+            return None
+        first = next(iter(self._pending.values()))
+        return Deadline(Instant(max(first.deadline, self._now)), "dns upstream timeout")
+
+    def poll_command(self) -> Command | None:
+        return self._commands.popleft() if self._commands else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
