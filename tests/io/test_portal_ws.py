@@ -76,7 +76,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 async def test_connect_join_init_heartbeat_and_flow(portal_server: tuple[DevPortalServer, int]) -> None:
     server, port = portal_server
-    ch = make_channel(port, heartbeat_interval=millis(200), heartbeat_timeout=millis(1000))
+    ch = make_channel(port, heartbeat_interval=millis(200), heartbeat_timeout=millis(5000))
     drv = PortalDriver(ch)
 
     async with anyio.create_task_group() as tg:
