@@ -204,9 +204,7 @@ class WireGuardPeer:
                 ctr < self._reject_msgs
             ):
                 s.send_counter = ctr + 1
-                out = _HDR.pack(MSG_DATA, s.peer_index, ctr) + s.sender.encrypt(
-                    _NONCE.pack(0, ctr), packet, None
-                )
+                out = _HDR.pack(MSG_DATA, s.peer_index, ctr) + s.encrypt(_NONCE.pack(0, ctr), packet, None)
                 self.want_passive_keepalive_at = None
                 if packet:
                     self.t_data_sent = now
@@ -255,7 +253,7 @@ class WireGuardPeer:
             self.stats.drop(DropReason.WG_REPLAY)
             return None
         try:
-            pt: bytes = s.receiver.decrypt(_NONCE.pack(0, ctr), datagram[16:], None)
+            pt: bytes = s.decrypt(_NONCE.pack(0, ctr), datagram[16:], None)
         except InvalidTag:
             self.stats.drop(DropReason.WG_DECRYPT_FAILED)
             return None
@@ -267,20 +265,22 @@ class WireGuardPeer:
         if slot != self._current:
             self._set_current(slot)
         self.want_handshake_at = None  # any authenticated packet received
-        n = len(pt)
-        if n == 0:
+        if not pt:
             return None  # keepalive
-        b0 = pt[0] >> 4
-        if b0 == 4 and n >= 20:
+        # The plaintext is cut to the IP length (padding allowed) and must hold all of it (mod.rs:592-639).
+        n = len(pt)
+        b0 = pt[0]
+        if 0x45 <= b0 <= 0x4F and n >= 20:  # IPv4 with a valid header length
             total = (pt[2] << 8) | pt[3]
-            if total < 20:
-                total = n + 1  # malformed: force the drop below
-        elif b0 == 6 and n >= 40:
+            if not 20 <= total <= n:
+                self.stats.drop(DropReason.MALFORMED_IP)
+                return None
+        elif b0 >> 4 == 6 and n >= 40:
             total = ((pt[4] << 8) | pt[5]) + 40
+            if total > n:
+                self.stats.drop(DropReason.MALFORMED_IP)
+                return None
         else:
-            self.stats.drop(DropReason.MALFORMED_IP)
-            return None
-        if total > n:
             self.stats.drop(DropReason.MALFORMED_IP)
             return None
         self.want_passive_keepalive_at = now + self._keepalive

@@ -79,6 +79,8 @@ class Session(ReplayWindow):
     (one attribute hop less on the data path)."""
 
     __slots__ = (
+        "decrypt",
+        "encrypt",
         "established_at",
         "local_index",
         "peer_index",
@@ -95,6 +97,9 @@ class Session(ReplayWindow):
         self.peer_index = peer_index
         self.receiver = ChaCha20Poly1305(receive_key)
         self.sender = ChaCha20Poly1305(send_key)
+        # Bound methods kept ready: the data path saves an attribute lookup and a method binding per packet.
+        self.encrypt = self.sender.encrypt
+        self.decrypt = self.receiver.decrypt
         self.send_counter = 0
         super().__init__()
 
