@@ -208,7 +208,8 @@ class AuthorizeFlow:
             ),
             w,
         )
-        subj = o.get("subject")
+        # ``subject`` defaults to {} when absent; null is not a Subject (serde ``#[serde(default)]``).
+        subj = Subject.decode(o["subject"], f"{w}.subject") if "subject" in o else Subject()
         return cls(
             string(req(o, "ref", w), f"{w}.ref"),
             decode_resource(req(o, "resource", w), f"{w}.resource"),
@@ -216,7 +217,7 @@ class AuthorizeFlow:
             IceCredentials.decode(req(o, "client_ice_credentials", w), f"{w}.client_ice_credentials"),
             IceCredentials.decode(req(o, "gateway_ice_credentials", w), f"{w}.gateway_ice_credentials"),
             parse_opt_timestamp(o, "expires_at", w),
-            Subject() if subj is None else Subject.decode(subj, f"{w}.subject"),
+            subj,
         )
 
     def encode(self) -> JsonObject:

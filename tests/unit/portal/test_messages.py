@@ -229,6 +229,8 @@ BAD_CASES: list[tuple[str, str, Any]] = [
     (fx.AUTHORIZE_FLOW, "resource.filters", [{"protocol": "tcp", "port_range_start": 70000}]),
     (fx.AUTHORIZE_FLOW, "gateway_ice_credentials", None),
     (fx.AUTHORIZE_FLOW, "ref", 12),
+    (fx.AUTHORIZE_FLOW, "subject", "nobody"),
+    (fx.AUTHORIZE_FLOW, "client.version", 14),
     (fx.REQUEST_CONNECTION, "client.payload.ice_parameters", None),
     (fx.REQUEST_CONNECTION, "client.peer.ipv4", "fd00::1"),
     (fx.REQUEST_CONNECTION, "client.payload.domain.proxy_ips", ["1.2.3"]),
@@ -393,3 +395,17 @@ def test_connection_ready_shape() -> None:
         "gateway_payload": {"ConnectionAccepted": {"ice_parameters": {"username": "u", "password": "p"}}},
     }
     assert decode_outbound("connection_ready", m.encode()) == m
+
+
+def test_defaults_absent_versus_null() -> None:
+    """``#[serde(default)]`` fields may be absent but not null when their type is not an Option."""
+    event, payload = _inbound_payload(fx.AUTHORIZE_FLOW)
+    assert isinstance(decode_inbound(event, payload), AuthorizeFlow)  # subject absent: default
+    with pytest.raises(DecodeError):
+        decode_inbound(event, payload | {"subject": None})
+    event, payload = _inbound_payload(fx.INIT_MINIMAL)
+    for key in ("relays", "authorizations"):
+        with pytest.raises(DecodeError):
+            decode_inbound(event, payload | {key: None})
+    m = decode_inbound(event, payload | {"account_slug": None})  # Option<String>: null is None
+    assert isinstance(m, Init) and m.account_slug is None
