@@ -1,0 +1,299 @@
+"""Every client's policy on this gateway: the peer store and the gateway-wide operations on it
+(gateway-datapath.md §2.1-2.2, §3, §5 steps 2-3, §7.5, §8.3-8.5; portal-protocol.md §3.6).
+
+Theory of operation. :class:`Peers` owns one :class:`~gateway_core.policy.client.ClientPolicy` per client
+that has (or had) an authorisation, indexed by client id and by each tunnel address ever given for it
+(a ``/32`` and a ``/128`` per client; a later client with the same address takes it over, with a
+warning). It knows nothing of connections: each operation returns what the owner must do about them
+(say goodbye, send a control packet, resolve a domain).
+
+- ``init`` sets the gateway's tunnel addresses (:meth:`Peers.set_tunnel_ips`); without them
+  authorisations are not recorded (the reference only asserts in debug builds and drops them).
+- Authorisations come and go per (client, resource); a client left without resources is removed and
+  must be sent a ``goodbye`` (:meth:`Peers.remove_access`, and the periodic sweep).
+- Every :data:`~gateway_core.policy.authorizations.EXPIRE_RESOURCES_INTERVAL` (:meth:`Peers.handle_timeout`
+  with the wall clock) expired authorisations are removed, each client's NAT sessions are aged, and
+  empty clients are removed. Expiry is therefore enforced within a second, as in the reference.
+- A p2p control packet from a client (:meth:`Peers.handle_control`): ``assigned_ips`` for a resource
+  the client has becomes a :class:`ResolveRequest` (the owner resolves the domain and calls
+  :meth:`Peers.domain_resolved`, which returns the ``domain_status`` packet); for any other resource the
+  ``Inactive`` reply comes at once; ``goodbye`` removes the client.
+- Packets from the TUN are routed by destination (:meth:`Peers.route_tun`): outside the tunnel ranges
+  or to no known client they are dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from gateway_core.addr import IPAddress
+from gateway_core.clock import Instant
+from gateway_core.contract import Deadline
+from gateway_core.errors import DecodeError, DropReason, UsageError
+from gateway_core.policy.authorizations import AddOutcome, ExpiryTimer, InitAuthorization
+from gateway_core.policy.client import ClientPolicy
+from gateway_core.policy.flows import ClientProperties
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, addr_key
+from gateway_core.policy.p2p_control import (
+    AssignedIps,
+    Goodbye,
+    NatStatus,
+    build_domain_status,
+    gateway_read_control,
+)
+from gateway_core.policy.resources import ResourceDescription
+
+log = logging.getLogger("gateway_core.policy.peers")
+
+IPV4_TUNNEL = IPv4Network("100.64.0.0/11")
+"""Client and gateway tunnel addresses (Firezone ``IPV4_TUNNEL``, ``lib.rs:57``)."""
+IPV6_TUNNEL = IPv6Network("fd00:2021:1111::/107")
+"""The same for IPv6 (Firezone ``IPV6_TUNNEL``, ``lib.rs:61``)."""
+
+_V4_TUN_SHIFT = 32 - IPV4_TUNNEL.prefixlen
+_V4_TUN_KEY = int(IPV4_TUNNEL.network_address) >> _V4_TUN_SHIFT
+_V6_TUN_SHIFT = 128 - IPV6_TUNNEL.prefixlen
+_V6_TUN_KEY = int(IPV6_TUNNEL.network_address) >> _V6_TUN_SHIFT
+_V4_ADDR = struct.Struct("!I")
+_V6_ADDR = struct.Struct("!QQ")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """Resolve ``domain`` for ``client``'s DNS resource ``resource`` (then :meth:`Peers.domain_resolved`)."""
+
+    client: uuid.UUID
+    resource: uuid.UUID
+    domain: str
+    proxy_ips: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReply:
+    """Send ``packet`` (a p2p control packet) to the client that sent the control packet."""
+
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGone:
+    """The client said goodbye: its policy is removed; drop its connection (no reply)."""
+
+    client: uuid.UUID
+
+
+ControlOutcome = ResolveRequest | ControlReply | ClientGone | DropReason | None
+"""``None``: an event the gateway ignores (``domain_status``, unknown types)."""
+
+
+class Peers:
+    """All clients' policies, indexed by id and by tunnel address."""
+
+    __slots__ = ("_by_ip", "clients", "expiry", "gateway_v4", "gateway_v6", "max_nat_sessions")
+
+    def __init__(self, max_nat_sessions: int = MAX_NAT_SESSIONS) -> None:
+        self.clients: dict[uuid.UUID, ClientPolicy] = {}
+        self._by_ip: dict[int, uuid.UUID] = {}  # addr_key(tunnel IP) -> client
+        self.gateway_v4: IPv4Address | None = None
+        self.gateway_v6: IPv6Address | None = None
+        self.expiry = ExpiryTimer()
+        self.max_nat_sessions = max_nat_sessions
+
+    # --- addresses ------------------------------------------------------------------------------
+
+    def set_tunnel_ips(self, v4: IPv4Address, v6: IPv6Address) -> bool:
+        """``init``: the gateway's tunnel addresses; True if they changed (rebind the DNS servers).
+
+        Existing clients keep the gateway addresses they were created with (as in the reference).
+        """
+        changed = (v4, v6) != (self.gateway_v4, self.gateway_v6)
+        self.gateway_v4, self.gateway_v6 = v4, v6
+        return changed
+
+    def _index(self, cid: uuid.UUID, ip: IPAddress) -> None:
+        key = addr_key(ip)
+        other = self._by_ip.get(key)
+        if other is not None and other != cid:
+            log.warning("tunnel address %s moves from client %s to client %s", ip, other, cid)
+        self._by_ip[key] = cid
+
+    def client_by_ip(self, ip: IPAddress) -> ClientPolicy | None:
+        cid = self._by_ip.get(addr_key(ip))
+        return None if cid is None else self.clients.get(cid)
+
+    def route_tun(self, buf: bytes | bytearray) -> ClientPolicy | DropReason:
+        """The client a packet read from the TUN is for (§5 steps 2-3), or why it is dropped silently."""
+        if len(buf) < 20:
+            return DropReason.MALFORMED_IP
+        version = buf[0] >> 4
+        if version == 4:
+            dst = _V4_ADDR.unpack_from(buf, 16)[0]
+            if dst >> _V4_TUN_SHIFT != _V4_TUN_KEY:
+                return DropReason.UNROUTABLE
+            key = dst
+        elif version == 6 and len(buf) >= 40:
+            hi, lo = _V6_ADDR.unpack_from(buf, 24)
+            dst = (hi << 64) | lo
+            if dst >> _V6_TUN_SHIFT != _V6_TUN_KEY:
+                return DropReason.UNROUTABLE
+            key = dst | V6_FLAG
+        else:
+            return DropReason.MALFORMED_IP
+        cid = self._by_ip.get(key)
+        client = None if cid is None else self.clients.get(cid)
+        return DropReason.UNKNOWN_CLIENT if client is None else client
+
+    def may_query(self, ip: IPAddress, name: str) -> bool:
+        """Whether the client at ``ip`` may have ``name`` resolved (for the DNS forwarder)."""
+        client = self.client_by_ip(ip)
+        return client is not None and client.may_query(name)
+
+    # --- authorisations -------------------------------------------------------------------------
+
+    def allow_access(
+        self,
+        client_id: uuid.UUID,
+        client_v4: IPv4Address,
+        client_v6: IPv6Address,
+        resource: ResourceDescription,
+        expires_at: int | None,
+        properties: ClientProperties | None = None,
+    ) -> AddOutcome | None:
+        """Authorise ``resource`` for the client, creating its policy if needed; ``None`` before ``init``."""
+        if self.gateway_v4 is None or self.gateway_v6 is None:
+            log.warning("authorisation of %s for %s before init: not recorded", resource.id, client_id)
+            return None
+        client = self.clients.get(client_id)
+        if client is None:
+            client = ClientPolicy(
+                client_id,
+                client_v4,
+                client_v6,
+                self.gateway_v4,
+                self.gateway_v6,
+                properties,
+                self.max_nat_sessions,
+            )
+            self.clients[client_id] = client
+        outcome = client.allow(resource, expires_at)
+        self._index(client_id, client_v4)
+        self._index(client_id, client_v6)
+        return outcome
+
+    def remove_access(self, client_id: uuid.UUID, rid: uuid.UUID) -> bool:
+        """``reject_access``; True if the client has nothing left and was removed (say goodbye)."""
+        client = self.clients.get(client_id)
+        if client is None:
+            log.debug("reject_access for unknown client %s", client_id)
+            return False
+        client.remove(rid)
+        if client.is_empty():
+            self.remove_client(client_id)
+            return True
+        return False
+
+    def update_resource(self, resource: ResourceDescription) -> list[uuid.UUID]:
+        """``resource_updated``: the clients that have the resource (their filters are replaced)."""
+        return [cid for cid in sorted(self.clients) if self.clients[cid].update_resource(resource)]
+
+    def update_expiry(self, client_id: uuid.UUID, rid: uuid.UUID, expires_at: int | None) -> bool:
+        """``access_authorization_expiry_updated``; False for an unknown client or resource."""
+        client = self.clients.get(client_id)
+        return client is not None and client.update_expiry(rid, expires_at)
+
+    def apply_init(self, entries: Iterable[InitAuthorization]) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """``init.authorizations``: per listed client keep only its listed resources, then apply the
+        expiries; ``{client: [revoked]}``. Clients left empty go at the next sweep."""
+        entries = list(entries)
+        listed: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for e in entries:
+            listed.setdefault(e.client_id, set()).add(e.resource_id)
+        revoked: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for cid in sorted(listed):
+            client = self.clients.get(cid)
+            if client is not None and (gone := client.retain(listed[cid])):
+                revoked[cid] = gone
+        for e in entries:
+            if not self.update_expiry(e.client_id, e.resource_id, e.expires_at):
+                log.debug("init: no authorisation %s for client %s", e.resource_id, e.client_id)
+        return revoked
+
+    def remove_client(self, client_id: uuid.UUID) -> bool:
+        """Forget the client and its addresses (goodbye received, or no resources left)."""
+        if self.clients.pop(client_id, None) is None:
+            return False
+        for key in [k for k, c in self._by_ip.items() if c == client_id]:
+            del self._by_ip[key]
+        return True
+
+    def shutdown(self) -> list[uuid.UUID]:
+        """Every client, in id order, each to be sent a goodbye; all state is cleared."""
+        gone = sorted(self.clients)
+        self.clients.clear()
+        self._by_ip.clear()
+        return gone
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def handle_timeout(self, now: Instant, utc_ns: int) -> list[uuid.UUID]:
+        """The periodic sweep when due; the clients removed for having no resource left (say goodbye)."""
+        if not self.expiry.handle_timeout(now):
+            return []
+        for cid in sorted(self.clients):
+            client = self.clients[cid]
+            client.expire(utc_ns)
+            client.handle_timeout(now)
+        empty = [cid for cid in sorted(self.clients) if self.clients[cid].is_empty()]
+        for cid in empty:
+            log.info("client %s has no resources left; removing it", cid)
+            self.remove_client(cid)
+        return empty
+
+    def poll_timeout(self) -> Deadline | None:
+        at = self.expiry.poll_timeout()
+        return None if at is None else Deadline(at, "resource expiry")
+
+    # --- DNS resources --------------------------------------------------------------------------
+
+    def handle_control(self, client_id: uuid.UUID, packet: bytes | bytearray) -> ControlOutcome:
+        """A p2p control packet from ``client_id`` (§4 step 4, §8.3)."""
+        try:
+            msg = gateway_read_control(packet)
+        except DecodeError as e:
+            log.debug("malformed control packet from %s: %s", client_id, e)
+            return DropReason.P2P_CONTROL_MALFORMED
+        if isinstance(msg, Goodbye):
+            self.remove_client(client_id)
+            return ClientGone(client_id)
+        if not isinstance(msg, AssignedIps):
+            log.debug("ignoring control event %d from %s", msg.event, client_id)
+            return None
+        client = self.clients.get(client_id)
+        if client is None or not client.is_allowed(msg.resource):
+            return ControlReply(build_domain_status(msg.resource, msg.domain, NatStatus.INACTIVE))
+        return ResolveRequest(client_id, msg.resource, msg.domain, msg.proxy_ips)
+
+    def domain_resolved(self, request: ResolveRequest, resolved_ips: Iterable[IPAddress] | None) -> bytes:
+        """The ``domain_status`` packet for ``request`` after resolving (``None``: the resolution failed)."""
+        client = self.clients.get(request.client)
+        if client is None:
+            status = NatStatus.INACTIVE
+        else:
+            status = client.handle_domain_resolved(
+                request.domain, request.resource, resolved_ips, request.proxy_ips
+            )
+        return build_domain_status(request.resource, request.domain, status)
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def check(self) -> None:
+        """Internal consistency (for tests): every indexed address belongs to a known client."""
+        for key, cid in self._by_ip.items():
+            if cid not in self.clients:
+                raise UsageError(f"address key {key} indexes unknown client {cid}")

@@ -1,0 +1,216 @@
+"""The gateway-wide policy: peer store, authorisation lifecycle, expiry sweep, control packets (§2.2, §3,
+§5 steps 2-3, §7.5, §8.3-8.5)."""
+
+from __future__ import annotations
+
+import uuid
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway_core.clock import Instant, secs
+from gateway_core.errors import DropReason
+from gateway_core.policy.authorizations import AddOutcome, InitAuthorization
+from gateway_core.policy.client import FORWARD, REPLY
+from gateway_core.policy.filters import Filter, FilterProtocol
+from gateway_core.policy.p2p_control import (
+    GOODBYE_PACKET,
+    NatStatus,
+    build_assigned_ips,
+    build_control_packet,
+    build_domain_status,
+    decode_domain_status,
+    parse_control_packet,
+)
+from gateway_core.policy.peers import ClientGone, ControlReply, Peers, ResolveRequest
+from gateway_core.policy.resources import CidrResource, DnsResource, InternetResource
+from gateway_core.wire.ipbuild import build_tcp_packet, build_udp_packet
+
+GV4, GV6 = IPv4Address("100.64.0.9"), IPv6Address("fd00:2021:1111::9")
+NS = 10**9
+
+
+def cid(n: int) -> uuid.UUID:
+    return uuid.UUID(int=n)
+
+
+def v4(n: int) -> IPv4Address:
+    return IPv4Address(0x64400000 + n)
+
+
+def v6(n: int) -> IPv6Address:
+    return IPv6Address(int(IPv6Address("fd00:2021:1111::")) + n)
+
+
+CIDR = CidrResource(cid(100), "net", ip_network("10.0.0.0/8"), ())
+DNS = DnsResource(cid(101), "app", "*.example.com", (Filter(FilterProtocol.TCP, 443, 443),))
+PROXIES = [ip_address(f"100.96.0.{i}") for i in range(1, 5)]
+
+
+def peers() -> Peers:
+    p = Peers()
+    assert p.set_tunnel_ips(GV4, GV6) and not p.set_tunnel_ips(GV4, GV6)
+    return p
+
+
+def test_no_authorisation_before_init() -> None:
+    p = Peers()
+    assert p.allow_access(cid(1), v4(1), v6(1), CIDR, None) is None
+    assert len(p) == 0
+
+
+def test_allow_route_and_reject() -> None:
+    p = peers()
+    assert p.allow_access(cid(1), v4(1), v6(1), CIDR, None) is AddOutcome.ADDED
+    assert p.allow_access(cid(1), v4(1), v6(1), DNS, None) is AddOutcome.ADDED
+    assert p.allow_access(cid(2), v4(2), v6(2), CIDR, 50) is AddOutcome.ADDED
+    c1 = p.route_tun(build_udp_packet(ip_address("10.0.0.1"), v4(1), 1, 2, b""))
+    assert c1 is p.clients[cid(1)]
+    assert p.route_tun(build_udp_packet(ip_address("2001:db8::1"), v6(2), 1, 2, b"")) is p.clients[cid(2)]
+    assert (
+        p.route_tun(build_udp_packet(ip_address("10.0.0.1"), v4(3), 1, 2, b"")) is DropReason.UNKNOWN_CLIENT
+    )
+    assert (
+        p.route_tun(build_udp_packet(ip_address("10.0.0.1"), ip_address("224.0.0.1"), 1, 2, b""))
+        is DropReason.UNROUTABLE
+    )
+    assert (
+        p.route_tun(build_udp_packet(ip_address("fe80::1"), ip_address("ff02::16"), 1, 2, b""))
+        is DropReason.UNROUTABLE
+    )
+    assert p.route_tun(b"\x45") is DropReason.MALFORMED_IP
+    assert p.route_tun(bytes([0x60]) + bytes(30)) is DropReason.MALFORMED_IP
+    assert not p.remove_access(cid(1), CIDR.id) and cid(1) in p.clients
+    assert p.remove_access(cid(1), DNS.id) and cid(1) not in p.clients  # empty: goodbye
+    assert (
+        p.route_tun(build_udp_packet(ip_address("10.0.0.1"), v4(1), 1, 2, b"")) is DropReason.UNKNOWN_CLIENT
+    )
+    assert not p.remove_access(cid(9), CIDR.id)
+    p.check()
+
+
+def test_address_takeover_and_stale_index() -> None:
+    p = peers()
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
+    p.allow_access(cid(2), v4(1), v6(2), CIDR, None)  # the portal re-used the address
+    assert p.client_by_ip(v4(1)) is p.clients[cid(2)]
+    assert p.client_by_ip(v6(1)) is p.clients[cid(1)]
+    p.remove_client(cid(1))
+    assert p.client_by_ip(v6(1)) is None and p.client_by_ip(v4(1)) is p.clients[cid(2)]
+    assert not p.remove_client(cid(1))
+    p.check()
+
+
+def test_sweep_expires_and_removes_empty_clients() -> None:
+    p = peers()
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, 100)
+    p.allow_access(cid(2), v4(2), v6(2), CIDR, None)
+    assert p.poll_timeout() is None
+    assert p.handle_timeout(Instant(0), 200 * NS) == []  # the first call only schedules
+    assert p.poll_timeout() is not None and p.poll_timeout().at == secs(1)  # type: ignore[union-attr]
+    assert p.handle_timeout(Instant(secs(1) - 1), 200 * NS) == []
+    assert p.handle_timeout(Instant(secs(1)), 200 * NS) == [cid(1)]
+    assert list(p.clients) == [cid(2)]
+
+
+def test_resource_updated_and_expiry_updates() -> None:
+    p = peers()
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
+    p.allow_access(cid(2), v4(2), v6(2), InternetResource(cid(7)), None)
+    narrowed = CidrResource(CIDR.id, "net", ip_network("10.0.0.0/8"), (Filter(FilterProtocol.UDP, 53, 53),))
+    assert p.update_resource(narrowed) == [cid(1)]
+    pkt = bytearray(build_udp_packet(v4(1), ip_address("10.1.1.1"), 1, 80, b""))
+    assert p.clients[cid(1)].outbound(pkt, Instant(0))[0] == REPLY
+    assert p.update_expiry(cid(1), CIDR.id, 5) and not p.update_expiry(cid(3), CIDR.id, 5)
+    assert not p.update_expiry(cid(1), cid(55), 5)
+
+
+def test_init_retention_and_expiry() -> None:
+    p = peers()
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
+    p.allow_access(cid(1), v4(1), v6(1), DNS, None)
+    p.allow_access(cid(2), v4(2), v6(2), CIDR, None)
+    revoked = p.apply_init([InitAuthorization(cid(1), DNS.id, 500), InitAuthorization(cid(4), CIDR.id, 1)])
+    assert revoked == {cid(1): [CIDR.id]}
+    a = p.clients[cid(1)].authorizations.get(DNS.id)
+    assert a is not None and a.expires_at == 500
+    assert p.clients[cid(2)].authorizations.ids() == [CIDR.id]  # not listed: untouched
+    # A listed client whose every listed resource is unknown ends up empty and goes at the sweep.
+    p.apply_init([InitAuthorization(cid(2), cid(999), 1)])
+    p.handle_timeout(Instant(0), 0)
+    assert p.handle_timeout(Instant(secs(1)), 0) == [cid(2)]
+
+
+def test_assigned_ips_flow() -> None:
+    p = peers()
+    p.allow_access(cid(1), v4(1), v6(1), DNS, None)
+    req = p.handle_control(cid(1), build_assigned_ips(DNS.id, "app.example.com", PROXIES))
+    assert req == ResolveRequest(cid(1), DNS.id, "app.example.com", tuple(PROXIES))
+    assert isinstance(req, ResolveRequest)
+    status = p.domain_resolved(req, [ip_address("10.0.0.7")])
+    assert decode_domain_status(parse_control_packet(status).payload).status is NatStatus.ACTIVE
+    c = p.clients[cid(1)]
+    pkt = bytearray(build_udp_packet(v4(1), PROXIES[0], 1, 443, b""))
+    assert c.outbound(pkt, Instant(0))[0] == REPLY  # UDP is filtered
+    tcp = bytearray(build_tcp_packet(v4(1), PROXIES[2], 1, 443))
+    assert c.outbound(tcp, Instant(0))[0] == FORWARD
+    # Failed resolution, unauthorised resource, unknown client: Inactive.
+    assert status != p.domain_resolved(req, None)
+    other = p.handle_control(cid(1), build_assigned_ips(CIDR.id, "x.example.com", PROXIES))
+    assert other == ControlReply(build_domain_status(CIDR.id, "x.example.com", NatStatus.INACTIVE))
+    stranger = p.handle_control(cid(5), build_assigned_ips(DNS.id, "app.example.com", PROXIES))
+    assert isinstance(stranger, ControlReply)
+    gone = ResolveRequest(cid(5), DNS.id, "app.example.com", tuple(PROXIES))
+    assert (
+        decode_domain_status(parse_control_packet(p.domain_resolved(gone, [])).payload).status
+        is NatStatus.INACTIVE
+    )
+
+
+def test_other_control_events() -> None:
+    p = peers()
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
+    assert p.handle_control(cid(1), build_control_packet(1, b"{}")) is None
+    assert p.handle_control(cid(1), build_control_packet(0, b"{")) is DropReason.P2P_CONTROL_MALFORMED
+    assert p.handle_control(cid(1), b"\x60") is DropReason.P2P_CONTROL_MALFORMED
+    assert p.handle_control(cid(1), GOODBYE_PACKET) == ClientGone(cid(1))
+    assert len(p) == 0
+
+
+def test_may_query_and_shutdown() -> None:
+    p = peers()
+    p.allow_access(cid(2), v4(2), v6(2), DNS, None)
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
+    assert p.may_query(v6(2), "_sip._tcp.example.com") is False  # `*.` is one label
+    assert p.may_query(v4(2), "a.example.com") and not p.may_query(v4(1), "a.example.com")
+    assert not p.may_query(v4(7), "a.example.com")
+    assert p.shutdown() == [cid(1), cid(2)] and len(p) == 0 and p.client_by_ip(v4(1)) is None
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["allow", "reject", "goodbye", "tick"]),
+            st.integers(1, 4),
+            st.sampled_from([CIDR, DNS]),
+        ),
+        max_size=30,
+    )
+)
+def test_index_stays_consistent(ops: list[tuple[str, int, CidrResource | DnsResource]]) -> None:
+    p = peers()
+    t = 0
+    for op, n, r in ops:
+        if op == "allow":
+            p.allow_access(cid(n), v4(n % 3), v6(n), r, t + 2)
+        elif op == "reject":
+            p.remove_access(cid(n), r.id)
+        elif op == "goodbye":
+            p.handle_control(cid(n), GOODBYE_PACKET)
+        else:
+            t += 1
+            p.handle_timeout(Instant(t * secs(1)), t * NS)
+        p.check()
+        assert all(p.client_by_ip(v6(c.client_id.int)) is c for c in p.clients.values())
