@@ -33,6 +33,7 @@ from gateway_core.clock import Instant
 from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.policy.authorizations import AddOutcome, ClientAuthorizations
+from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError
 from gateway_core.policy.filters import (
     L4_ICMP,
     L4_OTHER,
@@ -41,7 +42,7 @@ from gateway_core.policy.filters import (
     is_proxy_int,
 )
 from gateway_core.policy.flows import ClientProperties
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, DnsResourceNat, NatVerdict, SetupNatError
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource, ResourceDescription
 from gateway_core.stats import Stats

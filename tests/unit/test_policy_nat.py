@@ -14,19 +14,9 @@ from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
 from gateway_core.errors import DropReason, UsageError
 from gateway_core.policy.authorizations import Authorization
+from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError, pair_proxy_ips
 from gateway_core.policy.filters import L4_ICMP, L4_TCP, L4_UDP
-from gateway_core.policy.nat import (
-    MAX_NAT_SESSIONS,
-    TCP_TTL,
-    TOMBSTONE_TTL,
-    UDP_TTL,
-    DnsResourceNat,
-    NatSession,
-    NatTable,
-    NatVerdict,
-    SetupNatError,
-    pair_proxy_ips,
-)
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, TCP_TTL, TOMBSTONE_TTL, UDP_TTL, NatSession, NatTable
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import CidrResource, DnsResource
 from gateway_core.wire.icmp import build_icmp_error, parse_icmp_error
