@@ -28,7 +28,10 @@ from gateway_core.policy.filters import L4_UDP, Filter, FilterProtocol, FilterTa
 from gateway_core.policy.resources import CidrResource, DnsResource
 from gateway_core.wire.ipbuild import build_udp_packet
 
-N = 20_000
+ROUNDS = 15
+"""Interleaved rounds; the minimum of each case is reported (the shared VM is noisy)."""
+N = 2_000
+"""Calls per round."""
 CV4, CV6 = IPv4Address("100.64.0.1"), IPv6Address("fd00:2021:1111::1")
 PAYLOAD = bytes(1200)
 
@@ -40,12 +43,19 @@ def per_call_ns(fn: Callable[[], object], n: int = N) -> float:
     return (time.perf_counter_ns() - t0) / n
 
 
+def best(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Nanoseconds per call of each case: minimum over :data:`ROUNDS` interleaved rounds."""
+    out = {name: float("inf") for name in cases}
+    for _ in range(ROUNDS):
+        for name, fn in cases.items():
+            out[name] = min(out[name], per_call_ns(fn))
+    return out
+
+
 def main() -> None:
     aead = ChaCha20Poly1305(bytes(32))
     nonce = bytes(12)
     packet = build_udp_packet(CV4, IPv4Address("10.0.0.5"), 5000, 53, PAYLOAD)
-    ref = per_call_ns(lambda: aead.encrypt(nonce, packet, None))
-    print(f"reference: ChaCha20-Poly1305 encrypt of {len(packet)} bytes: {ref:.0f} ns")
 
     p = ClientPolicy(uuid.UUID(int=1), CV4, CV6, GV4, GV6)
     udp53 = (Filter(FilterProtocol.UDP, 53, 53),)
@@ -54,24 +64,29 @@ def main() -> None:
     proxy = ip_address("100.96.0.1")
     p.setup_nat("a.example.com", uuid.UUID(int=3), [ip_address("10.0.1.1")], [proxy])
     now = Instant(0)
-
-    buf = bytearray(packet)
-    assert p.outbound(buf, now)[0] == FORWARD
-    ns = per_call_ns(lambda: p.outbound(bytearray(packet), now))
-    print(f"outbound, CIDR resource with a port filter: {ns:.0f} ns = {ns / ref:.2f} x AEAD")
-
     to_proxy = build_udp_packet(CV4, proxy, 5000, 53, PAYLOAD)
-    assert p.outbound(bytearray(to_proxy), now)[0] == FORWARD
-    ns = per_call_ns(lambda: p.outbound(bytearray(to_proxy), now))
-    print(f"outbound, DNS resource (NAT rewrite): {ns:.0f} ns = {ns / ref:.2f} x AEAD")
-
     reply = build_udp_packet(ip_address("10.0.1.1"), CV4, 53, 5000, PAYLOAD)
+    assert p.outbound(bytearray(packet), now)[0] == FORWARD
+    assert p.outbound(bytearray(to_proxy), now)[0] == FORWARD
     assert p.inbound(bytearray(reply), now)[0] == FORWARD
-    ns = per_call_ns(lambda: p.inbound(bytearray(reply), now))
-    print(f"inbound, DNS resource (reverse NAT + filter): {ns:.0f} ns = {ns / ref:.2f} x AEAD")
 
-    copy = per_call_ns(lambda: bytearray(packet))
-    print(f"(the bytearray copy included above: {copy:.0f} ns)")
+    r = best(
+        {
+            "aead": lambda: aead.encrypt(nonce, packet, None),
+            "copy": lambda: bytearray(packet),
+            "cidr": lambda: p.outbound(bytearray(packet), now),
+            "dns_out": lambda: p.outbound(bytearray(to_proxy), now),
+            "dns_in": lambda: p.inbound(bytearray(reply), now),
+        }
+    )
+    ref = r["aead"]
+    print(f"reference: ChaCha20-Poly1305 encrypt of {len(packet)} bytes: {ref:.0f} ns")
+    print(f"outbound, CIDR resource with a port filter: {r['cidr']:.0f} ns = {r['cidr'] / ref:.2f} x AEAD")
+    print(f"outbound, DNS resource (NAT rewrite): {r['dns_out']:.0f} ns = {r['dns_out'] / ref:.2f} x AEAD")
+    print(
+        f"inbound, DNS resource (reverse NAT + filter): {r['dns_in']:.0f} ns = {r['dns_in'] / ref:.2f} x AEAD"
+    )
+    print(f"(each includes the bytearray copy of the packet: {r['copy']:.0f} ns)")
 
     for count in (1, 100, 10_000):
         resources = [
@@ -84,7 +99,7 @@ def main() -> None:
         )
         ip = int(IPv4Address("10.0.0.5")) + ((count - 1) << 8)
         assert table.classify_int(False, ip, L4_UDP, 53) is not None
-        ns = per_call_ns(lambda t=table, a=ip: t.classify_int(False, a, L4_UDP, 53))  # type: ignore[misc]
+        ns = best({"c": lambda t=table, a=ip: t.classify_int(False, a, L4_UDP, 53)})["c"]  # type: ignore[misc]
         print(f"classify with {count} CIDR resources: {ns:.0f} ns = {ns / ref:.3f} x AEAD")
 
     tracemalloc.start()

@@ -33,7 +33,7 @@ from gateway_core.clock import Instant
 from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.policy.authorizations import AddOutcome, ClientAuthorizations
-from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError
+from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError, is_icmp_error
 from gateway_core.policy.filters import (
     L4_ICMP,
     L4_OTHER,
@@ -46,7 +46,7 @@ from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource, ResourceDescription
 from gateway_core.stats import Stats
-from gateway_core.wire.icmp import build_icmp_prohibited, build_icmp_unreachable, parse_icmp_error
+from gateway_core.wire.icmp import build_icmp_prohibited, build_icmp_unreachable
 from gateway_core.wire.ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, l4_info
 
 FORWARD = 0
@@ -240,24 +240,30 @@ class ClientPolicy:
     def inbound(self, buf: bytearray, now: Instant) -> Decision:
         """A packet from the TUN for this client, to be encrypted to it (§5 step 4)."""
         try:
-            v6, src, _, _, _, _, _, _, _ = _fields(buf)
+            v6, src, dst, kind, sport, _, proto, off, end = _fields(buf)
         except DecodeError:
             self.stats.drop(DropReason.MALFORMED_IP)
             return DROP, DropReason.MALFORMED_IP, None
         if src == (self._gv6 if v6 else self._gv4):
             return FORWARD, buf, None
-        out = self.nat.translate_inbound_packet(buf, now, self.client_v4, self.client_v6)
-        if isinstance(out, DropReason):
-            self.stats.drop(out)
-            return DROP, out, None
-        if out is not buf:  # a re-addressed ICMP error (§6.3): always allowed
-            return FORWARD, out, None
-        v6, src, dst, kind, sport, _, _, _, _ = _fields(buf)  # after reverse NAT
+        if kind == L4_ICMP and is_icmp_error(buf, 6 if v6 else 4, proto, off, end):
+            out = self.nat.translate_icmp_error_packet(buf, self.client_v4, self.client_v6)
+            if isinstance(out, DropReason):
+                self.stats.drop(out)
+                return DROP, out, None
+            if out is buf and dst != (self._cv6 if v6 else self._cv4):
+                self.stats.drop(DropReason.UNKNOWN_CLIENT)
+                return DROP, DropReason.UNKNOWN_CLIENT, None
+            return FORWARD, out, None  # ICMP errors pass regardless of filters (§5 step 4.4)
+        s = self.nat.translate_inbound_parsed(buf, now, src | V6_FLAG if v6 else src, proto, off, end)
+        if s is not None:
+            if isinstance(s, DropReason):
+                self.stats.drop(s)
+                return DROP, s, None
+            src = s.proxy_key & ~V6_FLAG  # the source is now the proxy IP
         if dst != (self._cv6 if v6 else self._cv4):
             self.stats.drop(DropReason.UNKNOWN_CLIENT)
             return DROP, DropReason.UNKNOWN_CLIENT, None
-        if kind == L4_ICMP and parse_icmp_error(buf) is not None:
-            return FORWARD, buf, None  # ICMP errors pass regardless of filters (§5 step 4.4)
         rid = self.filters.classify_int(v6, src, kind, sport)
         if rid is None:
             reason = self.filters.deny_reason_int(v6, src)

@@ -27,7 +27,7 @@ from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.policy.authorizations import Authorization
 from gateway_core.policy.filters import L4_ICMP, is_proxy_ip
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, NatTable, addr_key
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, NatSession, NatTable, addr_key
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource
 from gateway_core.wire.icmp import UnsupportedIcmpError, parse_icmp_error, translate_icmp_error
@@ -241,37 +241,51 @@ class DnsResourceNat:
         """
         try:
             proto, off, end = l4_info(buf)
-            version = buf[0] >> 4
-            if (
-                proto == (PROTO_ICMP if version == 4 else PROTO_ICMPV6)
-                and end - off >= 1
-                and buf[off] not in _ECHO_TYPES[(version, proto)]
-            ):
-                return self._inbound_icmp_error(buf, client_v4, client_v6)
-            kind, _, value, rst = _nat_fields(buf, version, proto, off, end)
+        except DecodeError:
+            return DropReason.MALFORMED_L4
+        version = buf[0] >> 4
+        if is_icmp_error(buf, version, proto, off, end):
+            return self.translate_icmp_error_packet(buf, client_v4, client_v6)
+        src = (
+            int.from_bytes(buf[8:24], "big") | V6_FLAG if version == 6 else int.from_bytes(buf[12:16], "big")
+        )
+        out = self.translate_inbound_parsed(buf, now, src, proto, off, end)
+        return out if isinstance(out, DropReason) else buf
+
+    def translate_inbound_parsed(
+        self, buf: bytearray, now: Instant, src_key: int, proto: int, off: int, end: int
+    ) -> NatSession | DropReason | None:
+        """Reverse NAT of a packet that is not an ICMP error, already located (``src_key`` is
+        ``addr_key(source)``): the session it was rewritten for (in place), ``None`` when no session
+        applies (untouched), or a drop reason."""
+        try:
+            kind, _, value, rst = _nat_fields(buf, buf[0] >> 4, proto, off, end)
             if kind < 0:
-                return buf
-            src = (
-                int.from_bytes(buf[8:24], "big") | V6_FLAG
-                if version == 6
-                else int.from_bytes(buf[12:16], "big")
-            )
-            s = self.table.translate_incoming_key(kind, value, src, now, rst)
+                return None
+            s = self.table.translate_incoming_key(kind, value, src_key, now, rst)
             if s is None:
-                return DropReason.NAT_SESSION_EXPIRED if self.table.is_expired_key(kind, value, src) else buf
+                return (
+                    DropReason.NAT_SESSION_EXPIRED
+                    if self.table.is_expired_key(kind, value, src_key)
+                    else None
+                )
             nat_rewrite(buf, src=s.proxy_ip, dport=s.inside_value)
         except DecodeError:
             return DropReason.MALFORMED_L4
-        return buf
+        return s
 
-    def _inbound_icmp_error(
+    def translate_icmp_error_packet(
         self, buf: bytearray, client_v4: IPAddress, client_v6: IPAddress
     ) -> bytes | bytearray | DropReason:
+        """An ICMP error from the TUN (§6.3): re-addressed to the client if it quotes a session's packet
+        (a fresh ``bytes``), ``buf`` untouched if it quotes none, or a drop reason."""
         try:
             err = parse_icmp_error(buf)
         except UnsupportedIcmpError:
             return DropReason.NAT_UNSUPPORTED_PROTOCOL
-        if err is None:  # pragma: no cover - only echo types return None, and those never get here
+        except DecodeError:
+            return DropReason.MALFORMED_L4
+        if err is None:
             return buf
         kind = L4_ICMP if err.inner_proto in (PROTO_ICMP, PROTO_ICMPV6) else err.inner_proto
         s = self.table.lookup_icmp_error(kind, err.inner_sport, err.inner_dst)
@@ -296,6 +310,14 @@ _ECHO_TYPES = {
     (4, PROTO_ICMP): (ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY),
     (6, PROTO_ICMPV6): (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY),
 }
+
+
+def is_icmp_error(buf: bytes | bytearray, version: int, proto: int, off: int, end: int) -> bool:
+    """Whether a located packet is an ICMP(v6) message of the packet's family other than an echo (an
+    error, or an unsupported type that :func:`parse_icmp_error` rejects)."""
+    if proto != (PROTO_ICMP if version == 4 else PROTO_ICMPV6) or end <= off:
+        return False
+    return buf[off] not in _ECHO_TYPES[(version, proto)]
 
 
 def _nat_fields(buf: bytearray, version: int, proto: int, off: int, end: int) -> tuple[int, int, int, bool]:

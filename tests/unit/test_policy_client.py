@@ -192,3 +192,17 @@ def test_random_bytes_never_raise(data: bytes) -> None:
     p = _fuzz_policy()
     for direction in (p.outbound, p.inbound):
         assert direction(bytearray(data), NOW)[0] in (FORWARD, REPLY, DROP)
+
+
+def test_inbound_to_another_address_is_dropped() -> None:
+    p = policy()
+    p.allow(CidrResource(R_CIDR, "web", ip_network("10.0.0.0/24"), ()), None)
+    other = IPv4Address("100.64.0.55")  # e.g. indexed for this client by a later authorisation (§2.3)
+    verdict, reason, _ = p.inbound(bytearray(build_udp_packet(ip("10.0.0.5"), other, 53, 1, b"")), NOW)
+    assert (verdict, reason) == (DROP, DropReason.UNKNOWN_CLIENT)
+    err = bytearray(build_icmp_error(build_udp_packet(other, ip("10.0.0.5"), 1, 53, b""), 3, 3))
+    assert p.inbound(err, NOW)[:2] == (DROP, DropReason.UNKNOWN_CLIENT)
+    ok = bytearray(build_icmp_error(build_udp_packet(CV4, ip("10.9.9.9"), 1, 53, b""), 3, 3))
+    assert p.inbound(ok, NOW) == (FORWARD, ok, None)  # an ICMP error passes without any filter
+    redirect = bytearray(build_ip(ip("10.0.0.5"), CV4, 1, bytes([5, 0, 0, 0]) + bytes(4) + bytes(28)))
+    assert p.inbound(redirect, NOW)[:2] == (DROP, DropReason.NAT_UNSUPPORTED_PROTOCOL)
