@@ -373,7 +373,8 @@ class PortalChannel:
                 self._connect()
             elif st is S.JOINING:
                 self._transient("join timeout")
-            else:
+            else:  # the close handshake did not finish in time: drop the connection
+                self._commands.append(ClosePortal(self._conn, graceful=False))
                 self._closed()
         elif st is S.JOINED:
             cfg = self.config

@@ -490,8 +490,11 @@ def test_close_grace_expires() -> None:
     h = Harness()
     h.start_joined()
     h.ch.close(h.now)
+    h.drain()
+    assert h.take() == [ClosePortal(1, graceful=True)]
     h.advance_to(secs(1))
     assert h.ch.state is ChannelState.CLOSED
+    assert h.take() == [ClosePortal(1, graceful=False)]
 
 
 def test_close_while_waiting_or_connecting() -> None:
