@@ -4,7 +4,7 @@ a Firezone-like relay (``sim.turn_server``) and an in-memory network; direct and
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -12,6 +12,7 @@ from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.commands import Transmit
 from gateway_core.entropy import SeededEntropy
+from gateway_core.ice import candidate as cand
 from gateway_core.node.connection import ConnState, PathKind
 from gateway_core.node.events import (
     ConnectionEstablished,
@@ -29,6 +30,9 @@ GW = SocketAddr(IPv4Address("192.0.2.1"), 52625)
 CL = SocketAddr(IPv4Address("198.51.100.7"), 52626)
 RELAY = SocketAddr(IPv4Address("203.0.113.1"), 3478)
 RELAY2 = SocketAddr(IPv4Address("203.0.113.2"), 3478)
+GW6 = SocketAddr(IPv6Address("2001:db8:a::1"), 52625)
+CL6 = SocketAddr(IPv6Address("2001:db8:b::7"), 52626)
+RELAY6 = SocketAddr(IPv6Address("2001:db8:c::1"), 3478)
 SECRET = "s"
 EXPIRY = 1_900_000_000
 
@@ -62,24 +66,35 @@ def make_node(seed: int, priv: bytes, controlling: bool) -> Node:
     return Node(ent, Instant(0), tunnel, identify, controlling=controlling)
 
 
+def _relay_ips(listen: SocketAddr) -> list[SocketAddr]:
+    """A v4 relay relays on its own IP; the v6 one is dual-stack (IPv6 and 203.0.113.1)."""
+    extra = [SocketAddr(RELAY.ip, 0)] if listen.ip.version == 6 else []
+    return [SocketAddr(listen.ip, 0), *extra]
+
+
 class World:
-    def __init__(self, relays: tuple[SocketAddr, ...] = (RELAY,)) -> None:
+    def __init__(self, relays: tuple[SocketAddr, ...] = (RELAY,), *, v6: bool = False) -> None:
+        if v6:
+            relays = (RELAY6,)
+        self.gw_addr, self.cl_addr = (GW6, CL6) if v6 else (GW, CL)
         self.now = Instant(0)
         self.gw_priv, self.cl_priv = bytes(range(1, 33)), bytes(range(2, 34))
         self.gw = make_node(1, self.gw_priv, False)
         self.cl = make_node(2, self.cl_priv, True)
         self.servers = {
-            r: TurnServer([r], [SocketAddr(r.ip, 0)], SECRET, SeededEntropy(10 + i))
-            for i, r in enumerate(relays)
+            r: TurnServer([r], _relay_ips(r), SECRET, SeededEntropy(10 + i)) for i, r in enumerate(relays)
         }
         self.block_direct = False
         self.delivered: list[tuple[str, bytes]] = []
         self.gw_events: list[object] = []
         self.cl_events: list[object] = []
-        self.nodes = {GW: self.gw, CL: self.cl}
+        self.nodes = {self.gw_addr: self.gw, self.cl_addr: self.cl}
         user = firezone_username(EXPIRY, "salt")
         pw = firezone_password(EXPIRY, SECRET, "salt")
-        cfgs = [RelayConfig(f"relay{i}", RelaySocket(r), user, pw) for i, r in enumerate(relays)]
+        cfgs = [
+            RelayConfig(f"relay{i}", RelaySocket(v6=r) if r.ip.version == 6 else RelaySocket(r), user, pw)
+            for i, r in enumerate(relays)
+        ]
         self.gw.update_relays([], cfgs, self.now)
         self.cl.update_relays([], cfgs, self.now)
         self.pump()
@@ -267,3 +282,47 @@ def test_deterministic_by_seed() -> None:
         w.run_until(secs(4))
         runs.append((w.gw_events, w.cl_events, w.gw.connections["cl"].peer_socket))
     assert runs[0] == runs[1]
+
+
+def test_ipv6_direct_and_relayed() -> None:
+    w = World(v6=True)
+    w.connect()
+    w.run_until(secs(3))
+    conn = w.gw.connections["cl"]
+    assert conn.peer_socket is not None and conn.peer_socket.kind is PathKind.PEER_TO_PEER
+    assert (conn.peer_socket.source, conn.peer_socket.dest) == (GW6, CL6)
+    relays = sorted(
+        e.candidate for e in w.gw_events if isinstance(e, NewIceCandidate) and " typ relay " in e.candidate
+    )
+    assert len(relays) == 2  # IPv4 and IPv6 relayed addresses (ADDITIONAL-ADDRESS-FAMILY)
+    t = w.cl.encapsulate("gw", ip_packet(b"six"), w.now)
+    assert t is not None and t.dst == GW6
+    w.deliver(CL6, t)
+    assert w.delivered[-1] == ("gw", ip_packet(b"six"))
+    w6 = World(v6=True)
+    w6.block_direct = True
+    w6.connect()
+    w6.run_until(secs(5))
+    c6 = w6.gw.connections["cl"]
+    assert c6.peer_socket is not None and c6.peer_socket.via_relay
+    assert c6.peer_socket.dest.ip.version == 6
+
+
+def test_upsert_reuses_and_optimistic_candidates() -> None:
+    w = World()
+    w.connect()
+    w.run_until(secs(2))
+    conn = w.gw.connections["cl"]
+    gw_creds, cl_creds = ("gwuf", "gateway-password-22chr"), ("cluf", "client-password-22chrs")
+    assert w.gw.upsert_connection("cl", crypto.public_key(w.cl_priv), bytes(32), gw_creds, cl_creds, w.now)
+    assert w.gw.connections["cl"] is conn  # same credentials and key: reused
+    # A remote srflx next to a remote host candidate yields an optimistic (srflx IP, host port) candidate.
+    nat = SocketAddr(IPv4Address("198.51.100.99"), 61000)
+    w.gw.add_remote_candidate("cl", cand.server_reflexive(nat, CL).to_sdp(), w.now)
+    addrs = {r.addr for r in conn.agent.remote_candidates()}
+    assert SocketAddr(nat.ip, CL.port) in addrs
+    # A different key replaces the connection.
+    assert w.gw.upsert_connection(
+        "cl", crypto.public_key(bytes(range(5, 37))), None, gw_creds, cl_creds, w.now
+    )
+    assert w.gw.connections["cl"] is not conn
