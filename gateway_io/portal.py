@@ -17,6 +17,7 @@ executes its commands.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -62,6 +63,9 @@ class _Conn:
     send: MemoryObjectSendStream[str]
     ws: ClientConnection | None = None
     cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """Covers the whole connection task (connect, then reading)."""
+    writer: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """Covers the writer task (a sibling, so that a reader error is a plain exception, not a group)."""
 
 
 class PortalIO:
@@ -113,6 +117,7 @@ class PortalIO:
         if c is not None:
             c.send.close()
             c.cancel.cancel()
+            c.writer.cancel()
 
     def _ssl_for(self, cmd: ConnectPortal) -> ssl.SSLContext | None:
         if not cmd.url.tls:
@@ -148,17 +153,16 @@ class PortalIO:
             c.ws = ws
             self._report(PortalConnected(c.conn))
             reason = "closed"
+            self._tg.start_soon(self._writer, c, ws, outbox)
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, c, ws, outbox)
-                    async for msg in ws:
-                        self._report(PortalFrameReceived(c.conn, msg))
-                    tg.cancel_scope.cancel()
+                async for msg in ws:
+                    self._report(PortalFrameReceived(c.conn, msg))
             except ConnectionClosed as e:
                 reason = f"{e}"
             except OSError as e:
                 reason = f"{type(e).__name__}: {e}"
             finally:
+                c.writer.cancel()
                 if self._conns.get(c.conn) is c:
                     del self._conns[c.conn]
                 with anyio.CancelScope(shield=True):
@@ -170,14 +174,17 @@ class PortalIO:
             log.debug("portal connection %d abandoned while connecting", c.conn)
 
     async def _writer(self, c: _Conn, ws: ClientConnection, outbox: MemoryObjectReceiveStream[str]) -> None:
-        async with outbox:
-            async for text in outbox:
-                try:
-                    await ws.send(text)
-                except (ConnectionClosed, OSError) as e:
-                    self._report(PortalSendFailed(c.conn, text, f"{type(e).__name__}: {e}"))
-                    return
-        await ws.close()  # the outbox was closed: graceful close after the last frame
+        with c.writer:
+            async with outbox:
+                async for text in outbox:
+                    try:
+                        await ws.send(text)
+                    except (ConnectionClosed, OSError) as e:
+                        self._report(PortalSendFailed(c.conn, text, f"{type(e).__name__}: {e}"))
+                        return
+            # The outbox was closed by a graceful ClosePortal: close after the last frame.
+            with contextlib.suppress(ConnectionClosed, OSError):
+                await ws.close()
 
 
 class PortalDriver:

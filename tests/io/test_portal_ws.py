@@ -230,3 +230,20 @@ async def test_tls_verifies_certificates(tmp_path: Path) -> None:
             await wait_for(drv2.done.is_set)
     finally:
         await server.stop()
+
+
+async def test_connection_reset_by_portal_reconnects(portal_server: tuple[DevPortalServer, int]) -> None:
+    """An abrupt TCP reset (no close frame) is a transient error: reconnect at once, rejoin, new init."""
+    server, port = portal_server
+    ch = make_channel(port)
+    drv = PortalDriver(ch)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drv.run)
+        await wait_for(lambda: ch.state is ChannelState.JOINED)
+        live = next(iter(server._live.values()))
+        live.ws.transport.abort()
+        await wait_for(lambda: ch.conn == 2 and ch.state is ChannelState.JOINED)
+        hiccups = [e for e in drv.events if isinstance(e, PortalHiccup)]
+        assert len(hiccups) == 1 and hiccups[0].delay == 0
+        drv.call(ch.close)
+        await wait_for(drv.done.is_set)
