@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -203,7 +204,8 @@ class PortalDriver:
         self.clock = clock
         self.events: list[PortalEvent] = []
         self.done = anyio.Event()
-        self._send, self._recv = anyio.create_memory_object_stream[Input](OUTBOX_SIZE)
+        # Unbounded: IO tasks report synchronously and must never fail to; the loop drains in batches.
+        self._send, self._recv = anyio.create_memory_object_stream[Input](math.inf)
 
     def now(self) -> Instant:
         return Instant(self.clock())
