@@ -298,3 +298,14 @@ def test_expiry_timer() -> None:
     assert t.poll_timeout() == 5 + secs(2)
     with pytest.raises(UsageError):
         ExpiryTimer(0)
+
+
+def test_portal_typed_resources_map_onto_policy_resources() -> None:
+    from gateway_core.portal.model import decode_resource as portal_decode
+
+    filters = [{"protocol": "tcp", "port_range_start": 1, "port_range_end": 2}, {"protocol": "icmp"}]
+    for o in [dict(FIXTURE[0]) | {"filters": filters}, FIXTURE[1], FIXTURE[2]]:
+        typed = portal_decode(o)
+        mine = decode_resource(typed.encode())
+        assert mine == decode_resource(o)
+        assert encode_resource(mine) == typed.encode()
