@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
 
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, secs
@@ -45,6 +44,7 @@ from gateway_core.ice import candidate as cand
 from gateway_core.stats import Stats
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
 from gateway_core.turn.types import TRANSITIONS, CandidateEvent, FreeReason, Phase, RelaySocket
+from gateway_core.turn.types import PendingRequest as _Pending
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
 from gateway_core.wire.stun import Attr, Class, Method, StunMessage
@@ -66,18 +66,6 @@ PERMISSION_REFRESH = secs(240)
 MAX_BUFFERED_BINDINGS = 100
 """Peers waiting for an allocation before their CHANNEL-BIND (snownet ring of 100)."""
 _AUTH_ATTRS = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY)
-
-
-@dataclass(slots=True)
-class _Pending:
-    dst: SocketAddr
-    template: StunMessage
-    start: int
-    next_at: int
-    interval: int
-    max_elapsed: int
-    sent_nonce: bool = False
-    plain: bool = False
 
 
 class Allocation:

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from gateway_core.addr import SocketAddr
 from gateway_core.ice.candidate import Candidate
+from gateway_core.wire.stun import StunMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +80,17 @@ class CandidateEvent:
 
     new: bool
     candidate: Candidate
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A request in flight: its unauthenticated template and its retransmission schedule (ns)."""
+
+    dst: SocketAddr
+    template: StunMessage
+    start: int
+    next_at: int
+    interval: int
+    max_elapsed: int
+    sent_nonce: bool = False
+    plain: bool = False
