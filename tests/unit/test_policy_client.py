@@ -206,3 +206,101 @@ def test_inbound_to_another_address_is_dropped() -> None:
     assert p.inbound(ok, NOW) == (FORWARD, ok, None)  # an ICMP error passes without any filter
     redirect = bytearray(build_ip(ip("10.0.0.5"), CV4, 1, bytes([5, 0, 0, 0]) + bytes(4) + bytes(28)))
     assert p.inbound(redirect, NOW)[:2] == (DROP, DropReason.NAT_UNSUPPORTED_PROTOCOL)
+
+
+# --- outbound decisions against a naive model of §4 step 5 and §7.2-7.4 -------------------------
+
+NETS = [
+    "10.0.0.0/8",
+    "10.1.0.0/16",
+    "10.1.2.0/24",
+    "10.1.2.3/32",
+    "192.168.0.0/16",
+    "2001:db8::/32",
+    "2001:db8:1::/48",
+]
+DSTS = [
+    "10.0.0.1",
+    "10.1.0.1",
+    "10.1.2.3",
+    "10.1.2.4",
+    "192.168.1.1",
+    "172.16.0.1",
+    "2001:db8::1",
+    "2001:db8:1::1",
+    "2001:db9::1",
+]
+
+filter_st = st.lists(
+    st.one_of(
+        st.just(Filter(FilterProtocol.ICMP)),
+        st.builds(
+            Filter,
+            st.sampled_from([TCP, UDP]),
+            st.sampled_from([0, 53, 80, 443]),
+            st.sampled_from([53, 80, 443, 65535]),
+        ),
+    ),
+    max_size=2,
+).map(tuple)
+
+
+def model_outbound(
+    resources: list[CidrResource | InternetResource], dst: str, proto: str, port: int
+) -> uuid.UUID | None:
+    d = ip_address(dst)
+    ordered = sorted(resources, key=lambda r: r.id)
+    inet = [r for r in ordered if isinstance(r, InternetResource)]
+    if inet:
+        return inet[0].id
+    cidrs = [r for r in ordered if isinstance(r, CidrResource) and d in r.network]
+    if not cidrs:
+        return None
+    best = max(r.network.prefixlen for r in cidrs)
+    owner = [r for r in cidrs if r.network.prefixlen == best][-1]
+    lists = [
+        r.filters
+        for r in ordered
+        if isinstance(r, CidrResource)
+        and r.network.version == owner.network.version
+        and owner.network.subnet_of(r.network)  # type: ignore[arg-type]
+    ]
+    if any(not f for f in lists):
+        return owner.id
+    for f in (x for fs in lists for x in fs):
+        if proto == "icmp" and f.protocol is FilterProtocol.ICMP:
+            return owner.id
+        if f.protocol.value == proto and f.port_range_start <= port <= f.port_range_end:
+            return owner.id
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(1, 6), st.sampled_from(NETS), filter_st), max_size=6),
+    st.booleans(),
+    st.sampled_from(DSTS),
+    st.sampled_from(["tcp", "udp", "icmp"]),
+    st.sampled_from([22, 53, 80, 443]),
+)
+def test_outbound_agrees_with_model(
+    specs: list[tuple[int, str, tuple[Filter, ...]]], internet: bool, dst: str, proto: str, port: int
+) -> None:
+    resources: dict[uuid.UUID, CidrResource | InternetResource] = {}
+    for n, net, filters in specs:
+        resources[uuid.UUID(int=n)] = CidrResource(uuid.UUID(int=n), f"r{n}", ip_network(net), filters)
+    if internet:
+        resources[uuid.UUID(int=99)] = InternetResource(uuid.UUID(int=99))
+    p = policy()
+    for r in resources.values():
+        p.allow(r, None)
+    src = CV4 if ip_address(dst).version == 4 else CV6
+    if proto == "tcp":
+        pkt = build_tcp_packet(src, ip_address(dst), 1000, port)
+    elif proto == "udp":
+        pkt = build_udp_packet(src, ip_address(dst), 1000, port, b"")
+    else:
+        pkt = build_icmp_echo(src, ip_address(dst), 1, 1, b"")
+    verdict, _, rid = p.outbound(bytearray(pkt), NOW)
+    want = model_outbound(list(resources.values()), dst, proto, port)
+    assert (verdict, rid) == ((FORWARD, want) if want is not None else (REPLY, None))
