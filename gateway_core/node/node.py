@@ -58,6 +58,8 @@ MAX_OPTIMISTIC = 2
 """snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call (§3.6)."""
 _WG_TYPE_LEN = {1: 148, 2: 92, 3: 64}
 _U32LE = struct.Struct("<I")
+_ZERO3 = b"\x00\x00\x00"
+_FAILED = ConnState.FAILED
 
 TunnelFactory = Callable[[str, bytes, bytes | None, int, Instant], Tunnel]
 """``(client id, remote static public key, psk, 24-bit index, now) -> Tunnel``."""
@@ -283,7 +285,8 @@ class Node:
         self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
     ) -> tuple[str, bytes] | None:
         """Classify and route one datagram (snownet §4.2); an IP packet for the TUN comes back."""
-        self._now = max(self._now, now)
+        if now > self._now:
+            self._now = now
         out = self._route(now, local, from_, data)
         if out is None:
             self.handle_timeout(now)
@@ -349,6 +352,15 @@ class Node:
         return None
 
     def _wireguard(self, now: Instant, from_: SocketAddr, data: bytes) -> tuple[str, bytes] | None:
+        if len(data) >= 32 and data[0] == 4 and data[1:4] == _ZERO3:  # data message: the hot path
+            conn = self.connections.get(self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8, ""))
+            if conn is not None and conn.state is not _FAILED:
+                packet = conn.tunnel.decapsulate(now, data, from_.ip)
+                self._drain_tunnel(conn, now)
+                if packet:
+                    conn.stimulus(now)
+                    return conn.cid, packet
+                return None
         if len(data) < 4 or data[1:4] != b"\x00\x00\x00" or not 1 <= data[0] <= 4:
             self.stats.drop(DropReason.DATAGRAM_UNCLASSIFIED)
             return None
@@ -368,14 +380,14 @@ class Node:
             return None
         drops_before = conn.tunnel.stats.total_drops
         packet = conn.tunnel.decapsulate(now, data, from_.ip)
-        accepted = conn.tunnel.stats.total_drops == drops_before
-        if mtype in (1, 2) and accepted and not conn.established_signalled:
+        if (
+            mtype in (1, 2)
+            and conn.tunnel.stats.total_drops == drops_before
+            and not conn.established_signalled
+        ):
             conn.established_signalled = True
             self._events.append(ConnectionEstablished(conn.cid))
         self._drain_tunnel(conn, now)
-        if packet:
-            conn.stimulus(now)
-            return conn.cid, packet
         return None
 
     def _drain_tunnel(self, conn: Connection, now: Instant) -> None:
