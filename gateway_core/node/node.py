@@ -26,6 +26,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
@@ -65,6 +66,19 @@ TunnelFactory = Callable[[str, bytes, bytes | None, int, Instant], Tunnel]
 """``(client id, remote static public key, psk, 24-bit index, now) -> Tunnel``."""
 InitiatorLookup = Callable[[bytes], bytes | None]
 """Handshake Initiation -> the initiator's static public key (``wireguard.identify_initiator``)."""
+ICE_UFRAG_LEN = 16
+"""str0m ``IceCreds::new()``: random ufrag length (legacy ``accept_connection``)."""
+ICE_PWD_LEN = 22
+"""str0m ``IceCreds::new()``: random password length."""
+_ICE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class HandshakeLimiter(Protocol):
+    """The node-wide WireGuard handshake limiter (``wireguard.RateLimiter`` fits)."""
+
+    def reset_count(self, now: Instant) -> None: ...
+
+    def next_reset(self) -> Instant | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +104,11 @@ class Node:
         *,
         controlling: bool = False,
         software: str = "snownet; session=python",
+        rate_limiter: HandshakeLimiter | None = None,
     ) -> None:
         self._entropy = entropy
+        self.rate_limiter = rate_limiter
+        """Shared by the tunnels the factory makes; reset here once per second unless all are idle."""
         self._make_tunnel = make_tunnel
         self._identify = identify_initiator
         self.controlling = controlling
@@ -267,6 +284,22 @@ class Node:
             if wg is not None:
                 self._send(conn, wg, now)
         self._forget(cid)
+
+    def close_all(self, goodbye: bytes, now: Instant) -> None:
+        """Shutdown: close every connection with a goodbye (snownet ``close_all``)."""
+        for cid in sorted(self.connections):
+            self.close_connection(cid, goodbye, now)
+
+    def accept_connection(
+        self, cid: str, remote_public: bytes, psk: bytes | None, remote_creds: tuple[str, str], now: Instant
+    ) -> tuple[str, str] | None:
+        """Legacy offer/answer (``request_connection``): random local credentials, returned as the answer;
+        ``None`` when there is no relay (snownet §3.1)."""
+        ufrag = "".join(_ICE_CHARS[self._entropy.randbelow(len(_ICE_CHARS))] for _ in range(ICE_UFRAG_LEN))
+        pwd = "".join(_ICE_CHARS[self._entropy.randbelow(len(_ICE_CHARS))] for _ in range(ICE_PWD_LEN))
+        if not self.upsert_connection(cid, remote_public, psk, (ufrag, pwd), remote_creds, now):
+            return None
+        return ufrag, pwd
 
     def remove_connection(self, cid: str) -> None:
         self._forget(cid)
@@ -448,6 +481,8 @@ class Node:
                 self._nominated(conn, nom, now)
             self._drain_agent(conn)
             self._drain_tunnel(conn, now)
+        if self.rate_limiter is not None and not self._all_idle():
+            self.rate_limiter.reset_count(now)  # quirk §8.9 kept: no reset while everything is idle
         for rid in sorted(self.allocations):
             if self.allocations[rid].can_be_freed() is not None:
                 del self.allocations[rid]
@@ -503,8 +538,15 @@ class Node:
             for c in self.allocations[conn.relay].relay_candidates():
                 self._add_local(conn, c)
 
+    def _all_idle(self) -> bool:
+        return all(c.state is ConnState.IDLE for c in self.connections.values())
+
     def poll_timeout(self) -> Deadline | None:
         ds = [d for a in self.allocations.values() if (d := a.poll_timeout()) is not None]
+        if self.rate_limiter is not None and not self._all_idle():
+            at = self.rate_limiter.next_reset()
+            if at is not None:
+                ds.append(Deadline(at, "handshake limiter reset"))
         ds.extend(d for c in self.connections.values() if (d := c.poll_timeout()) is not None)
         if not ds:
             return None

@@ -179,9 +179,9 @@ class ConnectivityScenario:
 
 def _make_node(world: World, name: str, priv: bytes, controlling: bool) -> Node:
     ent = world.entropy_for(name)
+    rl = RateLimiter(public_key(priv), ent.fork("rate-limiter"), world.now)  # one per node, as snownet
 
     def tunnel(cid: str, remote: bytes, psk: bytes | None, index: int, now: Instant) -> WireGuardPeer:
-        rl = RateLimiter(public_key(priv), ent.fork("rate-limiter"), now, limit=100)
         return WireGuardPeer(
             static_private=priv,
             peer_public=remote,
@@ -197,7 +197,8 @@ def _make_node(world: World, name: str, priv: bytes, controlling: bool) -> Node:
         r = identify_initiator(priv, data)
         return None if r is None else r[1]
 
-    return Node(SeededEntropy(ent.random_bytes(16)), world.now, tunnel, identify, controlling=controlling)
+    node_entropy = SeededEntropy(ent.random_bytes(16))
+    return Node(node_entropy, world.now, tunnel, identify, controlling=controlling, rate_limiter=rl)
 
 
 def relay_configs(expiry: int, salt: str) -> list[RelayConfig]:

@@ -15,6 +15,7 @@ from gateway_core.entropy import SeededEntropy
 from gateway_core.ice import candidate as cand
 from gateway_core.node.connection import ConnState, PathKind
 from gateway_core.node.events import (
+    ConnectionClosed,
     ConnectionEstablished,
     InvalidateIceCandidate,
     NewIceCandidate,
@@ -45,9 +46,9 @@ def ip_packet(payload: bytes) -> bytes:
 
 def make_node(seed: int, priv: bytes, controlling: bool) -> Node:
     ent = SeededEntropy(seed)
+    rl = RateLimiter(crypto.public_key(priv), ent.fork("rl"), Instant(0))
 
     def tunnel(cid: str, remote: bytes, psk: bytes | None, index: int, now: Instant) -> WireGuardPeer:
-        rl = RateLimiter(crypto.public_key(priv), ent.fork("rl"), now, limit=100)
         return WireGuardPeer(
             static_private=priv,
             peer_public=remote,
@@ -63,7 +64,7 @@ def make_node(seed: int, priv: bytes, controlling: bool) -> Node:
         r = identify_initiator(priv, data)
         return None if r is None else r[1]
 
-    return Node(ent, Instant(0), tunnel, identify, controlling=controlling)
+    return Node(ent, Instant(0), tunnel, identify, controlling=controlling, rate_limiter=rl)
 
 
 def _relay_ips(listen: SocketAddr) -> list[SocketAddr]:
@@ -326,3 +327,34 @@ def test_upsert_reuses_and_optimistic_candidates() -> None:
         "cl", crypto.public_key(bytes(range(5, 37))), None, gw_creds, cl_creds, w.now
     )
     assert w.gw.connections["cl"] is not conn
+
+
+def test_close_all_sends_goodbye_and_accept_connection() -> None:
+    w = World()
+    w.connect()
+    w.run_until(secs(2))
+    goodbye = ip_packet(b"bye")
+    w.gw.close_all(goodbye, w.now)
+    assert w.gw.connections == {}
+    assert ConnectionClosed("cl") in [w.gw.poll_event() for _ in range(20)]
+    t = w.gw.poll_command()
+    assert isinstance(t, Transmit) and t.dst == CL
+    got = w.cl.handle_datagram(w.now, CL, GW, t.payload)
+    assert got == ("gw", goodbye)
+    # Legacy offer/answer: random 16/22-character credentials come back as the answer.
+    creds = w.gw.accept_connection(
+        "cl", crypto.public_key(w.cl_priv), None, ("cluf", "client-password-22chrs"), w.now
+    )
+    assert creds is not None and (len(creds[0]), len(creds[1])) == (16, 22)
+    assert w.gw.connections["cl"].agent.local_ufrag == creds[0]
+
+
+def test_handshake_limiter_is_reset_while_active() -> None:
+    w = World()
+    w.connect()
+    w.run_until(secs(3))
+    rl = w.gw.rate_limiter
+    assert isinstance(rl, RateLimiter)
+    rl.count = 50
+    w.run_until(w.now + secs(2))
+    assert rl.count == 0  # a connection is active: reset once per second
