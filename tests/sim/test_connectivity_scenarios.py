@@ -105,3 +105,15 @@ def test_pcap_shows_stun_channel_data_and_wireguard() -> None:
     assert {0x00, 0x01} <= firsts  # STUN requests and responses
     assert any(0x40 <= b <= 0x4F for b in firsts)  # ChannelData
     assert {0x01, 0x02, 0x04} & firsts  # WireGuard (inside ChannelData payloads too)
+
+
+@pytest.mark.parametrize("kind", ["direct", "relay-lost"])
+def test_lossy_links(kind: str) -> None:
+    # 5 % loss on every access link: a relayed round trip crosses 8 of them (about 66 % survive).
+    w = World(2)
+    build_connectivity_world(w, ConnectivityScenario(kind=kind, duration=secs(30), loss_ppm=50_000))
+    w.run_until(Instant(secs(30)))
+    conn = endpoint(w, "gateway").node.connections["client"]
+    assert conn.state is ConnState.CONNECTED
+    sent, received = pings(w)
+    assert received >= sent * 6 // 10
