@@ -10,8 +10,8 @@ Theory of operation (gateway-datapath.md §7.2-7.4, ``filter_engine.rs``, ``clie
   port lookup is one ``bisect``.
 - A :class:`FilterTable` is the per-client longest-prefix table ``network -> (engine, resource id)``,
   rebuilt from scratch by :func:`build_filter_table` after every change of the client's resources or
-  DNS proxy translations (§7.3). Lookups are by packed address bytes (4 or 16), one dict probe per
-  distinct prefix length present in the table.
+  DNS proxy translations (§7.3). Lookups take the address as an integer (:meth:`FilterTable.classify_int`,
+  the per-packet entry point) or as packed bytes, with one dict probe per distinct prefix length.
 - :meth:`FilterTable.classify` is the classification of §7.4: the Internet resource allows every
   address outside the DNS proxy ranges; otherwise the longest matching prefix's engine decides.
 
