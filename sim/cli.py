@@ -2,7 +2,9 @@
 
 - ``firezone-sim run --seed N [--trace FILE] [--pcap FILE] [--duration SECONDS] [--scenario NAME]``: run
   a scenario (``echo``, the default, or ``wireguard``: ICMP echo through a WireGuard tunnel between two
-  simulated hosts), write the trace (JSON lines) and a pcap if asked, and print a short summary.
+  simulated hosts; or a connectivity scenario, ``direct``, ``relay-only``, ``relay-lost`` or
+  ``credentials``: gateway and client nodes with TURN relays), write the trace (JSON lines) and a pcap
+  if asked, and print a short summary.
 - ``firezone-sim demo [--seed N]``: run the same scenario and print a play-by-play as it happens.
 
 The same seed gives the same trace and pcap, byte for byte.
@@ -19,6 +21,7 @@ from typing import IO, BinaryIO
 
 from gateway_core.clock import Instant, fmt, millis, secs
 from sim.contract import ContractViolation
+from sim.hosts.connectivity import CONNECTIVITY_KINDS, connectivity_summary, run_connectivity
 from sim.hosts.wireguard import WireGuardScenario, build_wireguard_world, wireguard_summary
 from sim.pcap import PcapWriter
 from sim.scenarios import EchoScenario, build_echo_world, play_by_play, summary
@@ -53,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, required=True, help="the run's seed (same seed, same run)")
     run.add_argument("--trace", metavar="FILE", help="write the trace as JSON lines to FILE")
     run.add_argument("--pcap", metavar="FILE", help="write every delivered packet to FILE (pcap, raw IP)")
-    run.add_argument("--scenario", choices=("echo", "wireguard"), default="echo", help="which world to run")
+    run.add_argument(
+        "--scenario",
+        choices=("echo", "wireguard", *CONNECTIVITY_KINDS),
+        default="echo",
+        help="which world to run",
+    )
     run.add_argument(
         "--duration",
         type=parse_duration,
@@ -95,11 +103,17 @@ def main(argv: list[str] | None = None) -> int:
                     pcap = PcapWriter(stream)
                 if args.scenario == "wireguard":
                     world = _run_wireguard(args.duration, args.seed, Trace(sink), pcap)
+                elif args.scenario in CONNECTIVITY_KINDS:
+                    world = run_connectivity(
+                        World(args.seed, trace=Trace(sink), pcap=pcap), args.scenario, args.duration
+                    )
                 else:
                     world = _run(cfg, args.seed, Trace(sink), pcap)
             print(summary(world))
             if args.scenario == "wireguard":
                 print(wireguard_summary(world))
+            if args.scenario in CONNECTIVITY_KINDS:
+                print(connectivity_summary(world))
             return 0
         cfg = DEMO if args.duration is None else replace(DEMO, duration=args.duration)
         print(

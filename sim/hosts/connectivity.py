@@ -288,3 +288,37 @@ def build_connectivity_world(world: World, cfg: ConnectivityScenario | None = No
 
         world.at(Instant(world.now + cfg.event_at), rotate, label="relays_presence: new credentials")
     return world
+
+
+CONNECTIVITY_KINDS = ("direct", "relay-only", "relay-lost", "credentials")
+"""The scenario names ``firezone-sim run --scenario`` accepts for this module."""
+
+
+def run_connectivity(world: World, kind: str, duration: Duration | None) -> World:
+    cfg = (
+        ConnectivityScenario(kind=kind)
+        if duration is None
+        else ConnectivityScenario(kind=kind, duration=duration)
+    )
+    build_connectivity_world(world, cfg)
+    world.run_until(Instant(cfg.duration))
+    return world
+
+
+def connectivity_summary(world: World) -> str:
+    """Per endpoint: the connection's state and path, allocations, and the pings through the tunnel."""
+    lines = []
+    for name in ("gateway", "client"):
+        ep = world.hosts[name].component
+        if not isinstance(ep, NodeEndpoint):
+            continue
+        conn = next(iter(ep.node.connections.values()), None)
+        path = "none" if conn is None or conn.peer_socket is None else f"{conn.peer_socket.kind.value}"
+        state = "none" if conn is None else conn.state.value
+        lines.append(
+            f"{name}: connection {state}, path {path}, relays {', '.join(sorted(ep.node.allocations))}"
+        )
+        if isinstance(ep.inner, Pinger):
+            res = ep.inner.results[0]
+            lines.append(f"  pings through the tunnel: sent {res.sent} received {res.received}")
+    return "\n".join(lines)

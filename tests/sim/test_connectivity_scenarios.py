@@ -117,3 +117,12 @@ def test_lossy_links(kind: str) -> None:
     assert conn.state is ConnState.CONNECTED
     sent, received = pings(w)
     assert received >= sent * 6 // 10
+
+
+def test_cli_runs_connectivity_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    from sim.cli import main
+
+    assert main(["run", "--seed", "4", "--scenario", "relay-only", "--duration", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "gateway: connection connected, path relay_to_peer" in out
+    assert "pings through the tunnel" in out
