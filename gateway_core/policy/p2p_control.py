@@ -37,6 +37,7 @@ from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant, secs
 from gateway_core.errors import DecodeError, UsageError
 from gateway_core.policy.resources import decode_uuid
+from gateway_core.wire.ip import PROTO_TCP, TCP_ACK, TCP_SYN, l4_info
 
 EVENT_ASSIGNED_IPS = 0
 EVENT_DOMAIN_STATUS = 1
@@ -333,21 +334,26 @@ class DomainNatRequest:
         return False
 
     def _keep(self, packet: bytes) -> None:
-        if packet not in self._buffer:  # byte-identical duplicates are skipped
-            self._buffer.append(packet)  # the oldest falls out when full
+        """Buffer a packet as Firezone's ``UniquePacketBuffer::push`` does: byte-identical duplicates are
+        skipped, a retransmitted TCP SYN replaces the earlier one, the oldest falls out when full."""
+        if packet in self._buffer:
+            return
+        for i, old in enumerate(self._buffer):
+            if _is_syn_retransmit(old, packet):
+                self._buffer[i] = packet
+                return
+        self._buffer.append(packet)
 
     def update(self, now: Instant, packets: Sequence[bytes] = ()) -> bool:
         """A new DNS answer for the domain; True if ``assigned_ips`` must be sent now."""
         if self.state is RequestState.PENDING:
-            for p in packets:
-                self._keep(p)
+            self._buffer.extend(packets)  # as the reference's ``extend``: no de-duplication here
             return self._due(now)
         if self.state is RequestState.RECREATING:
             self.state = RequestState.PENDING
             self.sent_at = now
             self._buffer.clear()
-            for p in packets:
-                self._keep(p)
+            self._buffer.extend(packets)
             return True
         return False
 
@@ -382,3 +388,19 @@ class DomainNatRequest:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+
+def _is_syn_retransmit(old: bytes, new: bytes) -> bool:
+    """Same addresses, both TCP SYN without ACK, same ports and sequence number."""
+    try:
+        p1, o1, e1 = l4_info(old)
+        p2, o2, e2 = l4_info(new)
+    except DecodeError:
+        return False
+    if p1 != PROTO_TCP or p2 != PROTO_TCP or e1 - o1 < 20 or e2 - o2 < 20 or old[0] >> 4 != new[0] >> 4:
+        return False
+    addrs = slice(12, 20) if old[0] >> 4 == 4 else slice(8, 40)
+    syn_only = (old[o1 + 13] & (TCP_SYN | TCP_ACK)) == TCP_SYN and (
+        new[o2 + 13] & (TCP_SYN | TCP_ACK)
+    ) == TCP_SYN
+    return syn_only and old[addrs] == new[addrs] and old[o1 : o1 + 8] == new[o2 : o2 + 8]

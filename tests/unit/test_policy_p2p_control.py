@@ -244,3 +244,18 @@ def test_failed_then_recreate_buffers_again_and_confirmed_recreate_does_not() ->
     req.recreate()
     req.recreate()
     assert req.state is RequestState.RECREATING
+
+
+def test_retransmitted_syn_replaces_the_buffered_one() -> None:
+    from gateway_core.wire.ip import TCP_ACK, TCP_SYN
+    from gateway_core.wire.ipbuild import build_tcp_packet
+
+    c, r = ip_address("100.64.0.1"), ip_address("100.96.0.1")
+    syn1 = build_tcp_packet(c, r, 5000, 443, b"", seq=7, flags=TCP_SYN, window=1000)
+    syn2 = build_tcp_packet(c, r, 5000, 443, b"", seq=7, flags=TCP_SYN, window=2000)  # differs in bytes
+    other_port = build_tcp_packet(c, r, 5001, 443, b"", seq=7, flags=TCP_SYN)
+    ack = build_tcp_packet(c, r, 5000, 443, b"", seq=7, flags=TCP_SYN | TCP_ACK)
+    req = DomainNatRequest(b"AIPS", t(0))
+    for p in (syn1, syn2, other_port, ack, b"not an ip packet"):
+        req.outgoing(t(0), p)
+    assert req.on_status(NatStatus.ACTIVE) == [syn2, other_port, ack, b"not an ip packet"]
