@@ -1,7 +1,7 @@
 """Our ICE agent (controlled) against aioice (controlling) over real loopback UDP sockets.
 
-aioice gathers a host candidate on 127.0.0.1 (its host-address discovery skips loopback, so it is patched
-to return 127.0.0.1, as in ``../shared/spec/real-peers.md`` §3), we exchange candidate strings and
+aioice gathers a host candidate on 127.0.0.1 or ::1 (its host-address discovery skips loopback, so it
+is patched to return it, as in ``../shared/spec/real-peers.md`` §3), we exchange candidate strings and
 credentials in memory, aioice runs its checks and nominates a pair; our agent answers, runs its own
 checks, announces the nominated path, and application data passes both ways on that path. The second
 test does the same with relayed candidates only: our agent's candidate is a relayed address of our TURN
@@ -135,13 +135,14 @@ class OurSide(asyncio.DatagramProtocol):
                 pass
 
 
-async def _scenario(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    peer = aioice.Connection(ice_controlling=True, components=1, use_ipv6=False)
+async def _scenario(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [host])
+    v6 = ":" in host
+    peer = aioice.Connection(ice_controlling=True, components=1, use_ipv4=not v6, use_ipv6=v6)
     await peer.gather_candidates()
     agent = IceAgent(UFRAG, PWD, peer.local_username, peer.local_password, SeededEntropy(7))
     loop = asyncio.get_running_loop()
-    transport, ours = await loop.create_datagram_endpoint(lambda: OurSide(agent), local_addr=("127.0.0.1", 0))
+    transport, ours = await loop.create_datagram_endpoint(lambda: OurSide(agent), local_addr=(host, 0))
     timer = asyncio.create_task(ours.run_timer())
     try:
         assert ours.local is not None
@@ -158,7 +159,7 @@ async def _scenario(monkeypatch: pytest.MonkeyPatch) -> None:
             if ours.nominated:
                 break
             await asyncio.sleep(0.01)
-        peer_addr = SocketAddr(ip_address("127.0.0.1"), peer.local_candidates[0].port)
+        peer_addr = SocketAddr(ip_address(host), peer.local_candidates[0].port)
         assert ours.nominated[-1] == NominatedSend(ours.local, peer_addr)
         assert agent.state in (IceState.CONNECTED, IceState.COMPLETED)
         # Data in both directions on the selected path.
@@ -177,8 +178,9 @@ async def _scenario(monkeypatch: pytest.MonkeyPatch) -> None:
         transport.close()
 
 
-def test_ice_agent_against_aioice(monkeypatch: pytest.MonkeyPatch) -> None:
-    asyncio.run(asyncio.wait_for(_scenario(monkeypatch), timeout=30))
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_ice_agent_against_aioice(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    asyncio.run(asyncio.wait_for(_scenario(monkeypatch, host), timeout=30))
 
 
 async def _relayed(monkeypatch: pytest.MonkeyPatch, server: Coturn) -> None:
