@@ -58,6 +58,7 @@ TURN_PORT = 3478
 MAX_OPTIMISTIC = 2
 """snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call (§3.6)."""
 _WG_TYPE_LEN = {1: 148, 2: 92, 3: 64}
+"""Exact sizes of WireGuard handshake messages (boringtun ``noise/mod.rs:133-168``); data is >= 32 bytes."""
 _U32LE = struct.Struct("<I")
 _ZERO3 = b"\x00\x00\x00"
 _FAILED = ConnState.FAILED
