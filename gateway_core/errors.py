@@ -89,6 +89,10 @@ class DropReason(StrEnum):
     DNS_TCP_LIMIT = "dns_tcp_limit"
     DNS_TCP_IDLE = "dns_tcp_idle"
 
+    # --- IO layer (gateway_io: UDP sockets, TUN) ---
+    UDP_OVERSIZED = "udp_oversized"
+    UDP_RECEIVE_ERROR = "udp_receive_error"
+
     # --- Simulator / generic ---
     UNROUTABLE = "unroutable"
     QUEUE_FULL = "queue_full"

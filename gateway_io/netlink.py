@@ -1,0 +1,224 @@
+"""Configure the TUN interface with netlink (pyroute2), as Firezone's TUN device manager does
+(portal-protocol.md §4.4, datapath §13.2-§13.3).
+
+:func:`apply_interface_config` makes the interface match a :class:`gateway_core.interface.InterfaceConfig`
+and reports the outcome as a core input (R7), never raising for netlink errors:
+
+1. look up the interface index by name (failure: :class:`InterfaceConfigFailed`);
+2. remove every address that is not wanted (old tunnel addresses after a changed ``init``) except the
+   IPv6 link-local one the kernel adds; Firezone deletes *all* addresses and re-adds them, which on a
+   re-apply with the same addresses would take the last IPv4 address away for a moment and with it every
+   IPv4 route through the device, so we only remove what is not wanted;
+3. set the MTU (1280) and the link up (failure of either: failed);
+4. add ``<ipv4>/32`` and ``<ipv6>/128`` ("exists" is success); one family may fail (IPv6 disabled),
+   both failing is a failure;
+5. for each family whose address is on the interface, add the three "not fwmark 0xfd002021 lookup T"
+   rules (priorities 100/200/300, protocol kernel; "exists" is fine, other failures are warnings);
+6. make table ``0x2021fd00`` hold exactly the wanted routes through the device (proto static, scope
+   universe): add the missing ones, delete the others; EEXIST/EOPNOTSUPP on add and ENOENT/ESRCH on
+   delete are ignored, other failures are warnings.
+
+Applying the same configuration twice changes nothing. :func:`flush_firezone_tables` empties the three
+Firezone tables (done once at start-up). The link-scope route mirror of table ``0x2021fd01``
+(``linux.rs:241-278``) is not implemented yet.
+
+Everything here is synchronous netlink; :func:`configure_interface` runs it in a worker thread so the
+event loop never blocks. ``netns`` (a name under ``/run/netns``) lets tests configure a namespace; the
+daemon passes ``None`` (its own namespace).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+import anyio.to_thread
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from gateway_core.interface import (
+    FIREZONE_MARK,
+    FIREZONE_TABLES,
+    RULES,
+    TABLE_USER_ROUTES,
+    ConfigureInterface,
+    InterfaceConfig,
+    InterfaceConfigFailed,
+    InterfaceConfigured,
+)
+from gateway_io.tun import DEFAULT_NAME
+
+log = logging.getLogger(__name__)
+
+FIB_RULE_INVERT = 0x2
+"""``fib_rule_hdr.flags`` bit for "not" (``linux/fib_rules.h``): the rule matches unmarked packets."""
+
+RTPROT_KERNEL = 2
+"""Protocol of the policy rules (Firezone installs them as "kernel", ``linux.rs:295``)."""
+
+RTPROT_STATIC = 4
+"""Protocol of the tunnel routes ("static", ``linux.rs:200-238``)."""
+
+RT_SCOPE_UNIVERSE = 0
+"""Scope of the tunnel routes: global."""
+
+_ADD_IGNORED = (errno.EEXIST, errno.EOPNOTSUPP)
+_DEL_IGNORED = (errno.ENOENT, errno.ESRCH)
+
+
+def _family(net: IPv4Network | IPv6Network) -> int:
+    return socket.AF_INET if net.version == 4 else socket.AF_INET6
+
+
+def _open(netns: str | None) -> IPRoute:
+    return IPRoute(netns=netns) if netns is not None else IPRoute()
+
+
+def _sync_addresses(
+    ipr: IPRoute, index: int, config: InterfaceConfig, warnings: list[str]
+) -> dict[int, bool]:
+    """Remove unwanted addresses, add the wanted ones; which families (4, 6) have their address now."""
+    wanted = {ip for ip in (config.ipv4, config.ipv6) if ip is not None}
+    present: set[Any] = set()
+    for msg in ipr.get_addr(index=index):
+        ip = ip_address(msg.get_attr("IFA_ADDRESS"))
+        if ip.is_link_local:
+            continue  # the kernel's IPv6 link-local address: kept, so a re-apply changes nothing
+        if ip in wanted and msg["prefixlen"] == ip.max_prefixlen:
+            present.add(ip)
+            continue
+        try:
+            ipr.addr("del", index=index, address=str(ip), prefixlen=msg["prefixlen"])
+        except NetlinkError as e:
+            if e.code not in _DEL_IGNORED:
+                raise
+    ok = {4: False, 6: False}
+    for ip in sorted(wanted, key=lambda a: a.version):
+        if ip in present:
+            ok[ip.version] = True
+            continue
+        try:
+            ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen)
+            ok[ip.version] = True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                ok[ip.version] = True
+            else:
+                warnings.append(f"cannot add {ip}/{ip.max_prefixlen}: {e}")
+    return ok
+
+
+def _ensure_rules(ipr: IPRoute, family: int, warnings: list[str]) -> None:
+    for priority, table in RULES:
+        try:
+            ipr.rule(
+                "add",
+                family=family,
+                table=table,
+                priority=priority,
+                fwmark=FIREZONE_MARK,
+                flags=FIB_RULE_INVERT,
+                protocol=RTPROT_KERNEL,
+            )
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                warnings.append(f"cannot add rule {priority} (family {family}): {e}")
+
+
+def _sync_routes(ipr: IPRoute, index: int, config: InterfaceConfig, warnings: list[str]) -> None:
+    wanted = set(config.routes)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=family, table=TABLE_USER_ROUTES):
+            if msg.get_attr("RTA_OIF") != index:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+            net = ip_network(f"{dst}/{msg['dst_len']}")
+            if net in wanted:
+                continue
+            try:
+                ipr.route("del", family=family, dst=str(net), oif=index, table=TABLE_USER_ROUTES)
+            except NetlinkError as e:
+                if e.code not in _DEL_IGNORED:
+                    warnings.append(f"cannot delete route {net}: {e}")
+    for net in sorted(wanted, key=lambda n: (n.version, str(n))):
+        try:
+            ipr.route(
+                "add",
+                family=_family(net),
+                dst=str(net),
+                oif=index,
+                table=TABLE_USER_ROUTES,
+                proto=RTPROT_STATIC,
+                scope=RT_SCOPE_UNIVERSE,
+            )
+        except NetlinkError as e:
+            if e.code not in _ADD_IGNORED:
+                warnings.append(f"cannot add route {net}: {e}")
+
+
+def apply_interface_config(
+    config: InterfaceConfig, *, ifname: str = DEFAULT_NAME, netns: str | None = None
+) -> InterfaceConfigured | InterfaceConfigFailed:
+    """Make interface ``ifname`` match ``config`` (see the module docstring); never raises for netlink."""
+    warnings: list[str] = []
+    try:
+        with _open(netns) as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return InterfaceConfigFailed(config, f"no interface named {ifname}")
+            index = found[0]
+            ok = _sync_addresses(ipr, index, config, warnings)
+            ipr.link("set", index=index, mtu=config.mtu, state="up")
+            if not any(ok.values()):
+                detail = "; ".join(warnings) or "no address in the configuration"
+                return InterfaceConfigFailed(config, f"no address could be added to {ifname}: {detail}")
+            for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+                if ok[version]:
+                    _ensure_rules(ipr, family, warnings)
+            _sync_routes(ipr, index, config, warnings)
+    except (NetlinkError, OSError) as e:
+        return InterfaceConfigFailed(config, f"netlink: {e}")
+    for w in warnings:
+        log.warning("%s: %s", ifname, w)
+    return InterfaceConfigured(config, ipv4=ok[4], ipv6=ok[6], warnings=tuple(warnings))
+
+
+def flush_firezone_tables(*, netns: str | None = None) -> list[str]:
+    """Delete every route in the three Firezone tables (start-up, ``linux.rs:479-500``); the errors."""
+    errors: list[str] = []
+    with _open(netns) as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for table in FIREZONE_TABLES:
+                for msg in ipr.get_routes(family=family, table=table):
+                    try:
+                        ipr.route("del", **_route_key(msg, family, table))
+                    except NetlinkError as e:
+                        if e.code not in _DEL_IGNORED:
+                            errors.append(f"table {table:#x}: {e}")
+    return errors
+
+
+def _route_key(msg: Any, family: int, table: int) -> dict[str, Any]:
+    key: dict[str, Any] = {"family": family, "table": table, "dst_len": msg["dst_len"], "type": msg["type"]}
+    dst = msg.get_attr("RTA_DST")
+    if dst is not None:
+        key["dst"] = dst
+    oif = msg.get_attr("RTA_OIF")
+    if oif is not None:
+        key["oif"] = oif
+    return key
+
+
+async def configure_interface(
+    command: ConfigureInterface,
+    *,
+    ifname: str = DEFAULT_NAME,
+    netns: str | None = None,
+    apply: Callable[..., InterfaceConfigured | InterfaceConfigFailed] = apply_interface_config,
+) -> InterfaceConfigured | InterfaceConfigFailed:
+    """Execute :class:`ConfigureInterface` in a worker thread; the result is the input for the core."""
+    return await anyio.to_thread.run_sync(lambda: apply(command.config, ifname=ifname, netns=netns))
