@@ -1,0 +1,306 @@
+"""The gateway's UDP sockets: one per address family, shared by WireGuard, STUN and TURN (snownet §4.1,
+portal-protocol.md §4.3 step 10, datapath §13.4).
+
+Each family binds the wildcard address on port 52625 and falls back to a port the kernel picks when 52625
+is taken (Firezone ``sockets.rs:18-25``, ``185-237``); the IPv6 socket is ``IPV6_V6ONLY``. Every socket
+carries ``SO_MARK 0xfd002021`` so that its traffic skips the Firezone routing tables, and asks for large
+buffers (``FIREZONE_UDP_SEND_BUFFER_SIZE`` / ``FIREZONE_UDP_RECV_BUFFER_SIZE``, defaults 16 MiB / 128
+MiB; the kernel caps them at ``net.core.wmem_max``/``rmem_max``, which :func:`raise_buffer_limits` raises
+at start-up). A family that cannot bind is reported, not fatal: :class:`UdpSockets` simply has no socket
+for it.
+
+Receiving reads up to a batch of datagrams per call after one readiness wait (R9); each datagram comes
+with the address it was sent to (``IP_PKTINFO`` / ``IPV6_PKTINFO``), because the ICE agent matches
+datagrams to its host candidates by that address. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` are
+discarded and counted, as Firezone does before decryption. Sending never waits and never raises: a
+datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed` (R7).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import anyio
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.commands import Transmit
+from gateway_core.errors import DropReason
+from gateway_core.inputs import SendFailed
+from gateway_core.interface import FIREZONE_MARK
+from gateway_core.stats import Stats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 52625
+"""Preferred port, 49152 + 3473 ("FIRE" on a phone pad) (Firezone ``DEFAULT_LISTEN_PORT``)."""
+
+SEND_BUFFER_SIZE = 16 * 1024 * 1024
+"""Default ``SO_SNDBUF`` request (Firezone ``socket_factory::SEND_BUFFER_SIZE``, 16 MiB)."""
+
+RECV_BUFFER_SIZE = 128 * 1024 * 1024
+"""Default ``SO_RCVBUF`` request (Firezone ``socket_factory::RECV_BUFFER_SIZE``, 128 MiB): room for bursts
+while the single event loop is busy."""
+
+MAX_DATAGRAM_SIZE = 1316
+"""Largest datagram accepted: 1280-byte IP packet + 32 bytes WireGuard + 4 bytes ChannelData (Firezone
+``MAX_FZ_PAYLOAD``; bigger ones are discarded before decryption, ``tunnel/src/io.rs:527-534``)."""
+
+MAX_BATCH = 64
+"""Datagrams per :meth:`UdpSocket.receive_batch` at most (R9: one batch per source per turn; a batch is
+small next to the TUN's 100 so that the timer is checked often)."""
+
+_RECV_BUFFER = 65536
+"""Receive buffer: the largest UDP payload, so an oversized datagram is seen whole and then discarded."""
+
+_ANC_SIZE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(20)
+"""Ancillary buffer: one ``in6_pktinfo`` (20 bytes) or ``in_pktinfo`` (12), with room to spare."""
+
+IP_PKTINFO = 8
+"""``IP_PKTINFO`` (``linux/in.h``; not exported by Python's ``socket`` module)."""
+
+_IN_PKTINFO = struct.Struct("=I4s4s")
+"""``struct in_pktinfo``: ifindex, spec_dst, addr."""
+
+_IN6_PKTINFO = struct.Struct("=16sI")
+"""``struct in6_pktinfo``: addr, ifindex."""
+
+_ADDR_CACHE_LIMIT = 4096
+"""Parsed peer addresses kept (text -> ``IPAddress``) so that the hot path does not parse each time."""
+
+
+def raise_buffer_limits(rmem: int = RECV_BUFFER_SIZE, wmem: int = SEND_BUFFER_SIZE) -> list[str]:
+    """Write ``net.core.rmem_max``/``wmem_max`` (start-up step 5, unless ``--no-inc-buf``); the errors.
+
+    Firezone only logs failures (without root the writes fail; the buffers are then capped lower).
+    """
+    errors = []
+    for name, value in (("rmem_max", rmem), ("wmem_max", wmem)):
+        try:
+            with open(f"/proc/sys/net/core/{name}", "w") as f:
+                f.write(str(value))
+        except OSError as e:
+            errors.append(f"net.core.{name}: {e.strerror or e}")
+    return errors
+
+
+def buffer_sizes_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(send, recv)`` from ``FIREZONE_UDP_SEND_BUFFER_SIZE``/``..._RECV_...``; bad values: defaults."""
+    env = os.environ if env is None else env
+    sizes = []
+    for var, default in (
+        ("FIREZONE_UDP_SEND_BUFFER_SIZE", SEND_BUFFER_SIZE),
+        ("FIREZONE_UDP_RECV_BUFFER_SIZE", RECV_BUFFER_SIZE),
+    ):
+        text = env.get(var, "")
+        try:
+            sizes.append(int(text) if text else default)
+        except ValueError:
+            log.debug("ignoring %s=%r (not a number)", var, text)
+            sizes.append(default)
+    return sizes[0], sizes[1]
+
+
+class UdpSocket:
+    """One non-blocking UDP socket of one family, bound to the wildcard address."""
+
+    __slots__ = ("_addr_cache", "_anc", "_buf", "_closed", "_view", "family", "local", "sock", "stats")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.family = sock.family
+        host, port = sock.getsockname()[:2]
+        self.local = SocketAddr(ipaddress.ip_address(host), port)
+        self.stats = Stats()
+        self._buf = bytearray(_RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._anc = _ANC_SIZE
+        self._addr_cache: dict[str, IPAddress] = {}
+        self._closed = False
+
+    @classmethod
+    def bind(
+        cls,
+        family: socket.AddressFamily,
+        port: int = DEFAULT_PORT,
+        *,
+        mark: int | None = FIREZONE_MARK,
+        send_buffer: int | None = SEND_BUFFER_SIZE,
+        recv_buffer: int | None = RECV_BUFFER_SIZE,
+        fallback: bool = True,
+    ) -> UdpSocket:
+        """Bind ``family``'s wildcard address on ``port``, else (``fallback``) on a free port; OSError."""
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            if mark is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
+            host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            try:
+                sock.bind((host, port))
+            except OSError as e:
+                if not fallback or port == 0 or e.errno != errno.EADDRINUSE:
+                    raise
+                log.info("UDP port %d taken (%s), using a free port", port, e.strerror)
+                sock.bind((host, 0))
+            for opt, size in ((socket.SO_SNDBUF, send_buffer), (socket.SO_RCVBUF, recv_buffer)):
+                if size is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                    except OSError as e:
+                        log.warning("cannot set socket buffer size %d: %s", size, e)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _ip(self, text: str) -> IPAddress:
+        ip = self._addr_cache.get(text)
+        if ip is None:
+            if len(self._addr_cache) >= _ADDR_CACHE_LIMIT:
+                self._addr_cache.clear()
+            ip = self._addr_cache[text] = ipaddress.ip_address(text.partition("%")[0])
+        return ip
+
+    def try_receive(self) -> tuple[SocketAddr, SocketAddr, bytes] | None:
+        """``(local, remote, payload)`` of one queued datagram, or ``None`` if none is queued now."""
+        while True:
+            try:
+                n, anc, _flags, addr = self.sock.recvmsg_into([self._view], self._anc)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as e:
+                # e.g. ECONNREFUSED from an ICMP error for an earlier send: not a datagram, read on.
+                self.stats.drop(DropReason.UDP_RECEIVE_ERROR)
+                log.debug("UDP receive error on %s: %s", self.local, e)
+                continue
+            if n > MAX_DATAGRAM_SIZE:
+                self.stats.drop(DropReason.UDP_OVERSIZED)
+                continue
+            local = self.local
+            for level, kind, data in anc:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+                    dst = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack_from(data)[2])
+                    local = SocketAddr(self._ip(dst), local.port)
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+                    dst = socket.inet_ntop(socket.AF_INET6, data[:16])
+                    local = SocketAddr(self._ip(dst), local.port)
+            return local, SocketAddr(self._ip(addr[0]), addr[1]), bytes(self._view[:n])
+
+    async def receive_batch(
+        self, max_datagrams: int = MAX_BATCH
+    ) -> list[tuple[SocketAddr, SocketAddr, bytes]]:
+        """Between 1 and ``max_datagrams`` datagrams ``(local, remote, payload)``; waits for the first."""
+        batch: list[tuple[SocketAddr, SocketAddr, bytes]] = []
+        while not batch:
+            while len(batch) < max_datagrams:
+                item = self.try_receive()
+                if item is None:
+                    break
+                batch.append(item)
+            if not batch:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                await anyio.wait_readable(self.sock)
+        return batch
+
+    def send(self, transmit: Transmit) -> SendFailed | None:
+        """Send one datagram now (from ``transmit.src``'s IP if given); a failure comes back as a value."""
+        dst = transmit.dst
+        try:
+            src = transmit.src
+            if src is None or src.ip.is_unspecified or src.ip.version != dst.ip.version:
+                self.sock.sendto(transmit.payload, (str(dst.ip), dst.port))
+            elif dst.ip.version == 4:
+                info = _IN_PKTINFO.pack(0, src.ip.packed, b"\0\0\0\0")
+                self.sock.sendmsg(
+                    [transmit.payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, (str(dst.ip), dst.port)
+                )
+            else:
+                info = _IN6_PKTINFO.pack(src.ip.packed, 0)
+                self.sock.sendmsg(
+                    [transmit.payload],
+                    [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)],
+                    0,
+                    (str(dst.ip), dst.port),
+                )
+        except OSError as e:
+            return SendFailed(dst, f"{type(e).__name__}: {e.strerror or e}")
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            anyio.notify_closing(self.sock)
+        except RuntimeError:
+            pass
+        self.sock.close()
+
+
+@dataclass(slots=True)
+class UdpSockets:
+    """The IPv4 and IPv6 sockets (either may be missing) and why a family could not bind."""
+
+    v4: UdpSocket | None
+    v6: UdpSocket | None
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def bind(
+        cls,
+        port: int = DEFAULT_PORT,
+        *,
+        mark: int | None = FIREZONE_MARK,
+        env: Mapping[str, str] | None = None,
+        fallback: bool = True,
+    ) -> UdpSockets:
+        """Bind both families (each falling back to a free port); a family that fails is recorded."""
+        send_size, recv_size = buffer_sizes_from_env(env)
+        found: dict[int, UdpSocket | None] = {}
+        errors: dict[int, str] = {}
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+            try:
+                found[version] = UdpSocket.bind(
+                    family, port, mark=mark, send_buffer=send_size, recv_buffer=recv_size, fallback=fallback
+                )
+            except OSError as e:
+                log.info("cannot bind the IPv%d UDP socket: %s", version, e)
+                found[version] = None
+                errors[version] = f"{type(e).__name__}: {e.strerror or e}"
+        if not any(found.values()):
+            log.error("no UDP socket available: the data plane is suspended")
+        return cls(found[4], found[6], errors)
+
+    def for_destination(self, dst: SocketAddr) -> UdpSocket | None:
+        return self.v4 if dst.ip.version == 4 else self.v6
+
+    def send(self, transmit: Transmit) -> SendFailed | None:
+        """Send through the socket of the destination's family; no socket of that family: SendFailed."""
+        sock = self.v4 if transmit.dst.ip.version == 4 else self.v6
+        if sock is None:
+            return SendFailed(transmit.dst, f"no IPv{transmit.dst.ip.version} socket")
+        return sock.send(transmit)
+
+    @property
+    def sockets(self) -> list[UdpSocket]:
+        return [s for s in (self.v4, self.v6) if s is not None]
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
