@@ -11,6 +11,14 @@ from gateway_core.commands import Command, Exit, Transmit, WriteTun
 from gateway_core.contract import Component, Deadline
 from gateway_core.entropy import Entropy, SeededEntropy
 from gateway_core.errors import DecodeError, DropReason, UsageError
+from gateway_core.gateway import Gateway
+from gateway_core.gateway_types import (
+    DomainResolved,
+    DomainResolveFailed,
+    GatewayConfig,
+    ResolveDomain,
+    WallClockAnchor,
+)
 from gateway_core.inputs import DatagramReceived, Input, SendFailed, ShutdownRequested
 from gateway_core.stats import Stats
 
@@ -22,14 +30,19 @@ __all__ = [
     "DatagramReceived",
     "Deadline",
     "DecodeError",
+    "DomainResolveFailed",
+    "DomainResolved",
     "DropReason",
     "Duration",
     "Entropy",
     "Exit",
+    "Gateway",
+    "GatewayConfig",
     "IPAddress",
     "IPNetwork",
     "Input",
     "Instant",
+    "ResolveDomain",
     "SeededEntropy",
     "SendFailed",
     "ShutdownRequested",
@@ -37,6 +50,7 @@ __all__ = [
     "Stats",
     "Transmit",
     "UsageError",
+    "WallClockAnchor",
     "WriteTun",
     "millis",
     "secs",

@@ -1,0 +1,108 @@
+"""The gateway facade's configuration, its own inputs and its own commands.
+
+The facade (:class:`gateway_core.gateway.Gateway`) also takes the inputs and gives the commands of its
+parts (portal channel, DNS forwarder, DNS server binding, interface); only what is new at this level lives
+here: domain resolution for DNS resources (:class:`ResolveDomain` / :class:`DomainResolved` /
+:class:`DomainResolveFailed`) and re-anchoring the wall clock (:class:`WallClockAnchor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway_core.addr import IPAddress
+from gateway_core.clock import Duration, secs
+from gateway_core.commands import Command
+from gateway_core.dns.servers import TUN_DNS_PORT
+from gateway_core.inputs import Input
+from gateway_core.policy.nat import MAX_NAT_SESSIONS
+from gateway_core.portal.channel import ChannelConfig
+from gateway_core.portal.login import GATEWAY_VERSION
+
+RESOLVE_TIMEOUT: Duration = secs(10)
+"""How long a domain resolution may take before it counts as failed (Firezone ``DNS_RESOLUTION_TIMEOUT``,
+10 s, ``eventloop.rs:38``; it must stay below the 20 s handshake timeout of the client)."""
+
+MAX_PENDING_RESOLUTIONS = 1000
+"""Domain resolutions in flight at once (Firezone: 1000, ``eventloop.rs:102-105``)."""
+
+WG_PORT = 52625
+"""The UDP port the IO layer binds for WireGuard/ICE (``sockets.rs:18-20``); informational here."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the core needs to know before it starts (identity for the portal login, limits)."""
+
+    api_url: str
+    """The portal URL (``FIREZONE_API_URL``, e.g. ``wss://api.firezone.dev``)."""
+    token: str
+    firezone_id: str
+    name: str = "gateway"
+    version: str = GATEWAY_VERSION
+    user_agent: str | None = None
+    """The User-Agent header; ``None``: a minimal one built from :attr:`version` (the IO layer passes the
+    real one with OS, architecture and kernel, portal-protocol.md §1.3)."""
+    dns_port: int = TUN_DNS_PORT
+    """Port of the layer-4 DNS servers on the tunnel addresses (Firezone ``TUN_DNS_PORT`` 53535)."""
+    wg_port: int = WG_PORT
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    max_nat_sessions: int = MAX_NAT_SESSIONS
+    resolve_timeout: Duration = RESOLVE_TIMEOUT
+    max_pending_resolutions: int = MAX_PENDING_RESOLUTIONS
+    flow_logs: bool = False
+    """Track TCP/UDP flows for flow logs (Firezone: only with ``RUST_LOG`` containing ``flow_logs=trace``)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True, slots=True)
+class DomainResolved(Input):
+    """The resolution ordered by :class:`ResolveDomain` ``request_id`` found ``addresses`` (maybe none)."""
+
+    request_id: int
+    addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DomainResolveFailed(Input):
+    """The resolution ordered by :class:`ResolveDomain` ``request_id`` failed (R7)."""
+
+    request_id: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class WallClockAnchor(Input):
+    """The wall clock reads ``utc_ns`` (nanoseconds since the Unix epoch) at the ``now`` of this call.
+
+    The core derives UTC for expiry checks as ``utc_ns + (now - anchor_now)``; the IO layer re-anchors
+    when it notices a wall-clock step (NTP), the simulator when its scenario moves the wall clock."""
+
+    utc_ns: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveDomain(Command):
+    """Resolve ``domain`` to its A and AAAA records; answer :class:`DomainResolved` or
+    :class:`DomainResolveFailed` with the same ``request_id``. The core times it out itself."""
+
+    request_id: int
+    domain: str
+
+
+__all__ = [
+    "MAX_PENDING_RESOLUTIONS",
+    "RESOLVE_TIMEOUT",
+    "DomainResolveFailed",
+    "DomainResolved",
+    "GatewayConfig",
+    "ResolveDomain",
+    "WallClockAnchor",
+]

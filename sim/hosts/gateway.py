@@ -1,0 +1,267 @@
+"""The gateway in the simulator: a :class:`~gateway_core.gateway.Gateway` and the kernel around it.
+
+Theory of operation
+-------------------
+:class:`GatewayHost` drives a Gateway and carries out its commands the way the IO layer and the Linux
+kernel would:
+
+- ``Transmit`` -> a UDP datagram from the host's WireGuard port; ``WriteTun`` and the packets returned by
+  ``handle_datagram`` -> raw IP onto the resource network (:meth:`World.send_ip`), except UDP for one of
+  the gateway's own DNS-server addresses (tunnel address, port 53535), which the "kernel" delivers to the
+  layer-4 DNS server: it becomes :class:`DnsQueryReceived`. ``SendDnsResponse`` becomes an IP/UDP packet
+  from the server's address that goes back in through ``handle_tun_packet``, as the kernel routes it.
+- Portal commands (``ConnectPortal`` / ``SendPortalFrame`` / ``ClosePortal``) map to simulated streams
+  exactly as :class:`sim.portal.PortalClientHost` maps them (this host is one), and stream events come
+  back as the channel's inputs, handed to the gateway.
+- ``ResolveDomain`` is answered by a :class:`SimResolver` (a table, after a small virtual delay);
+  ``ForwardDnsQuery`` becomes a UDP datagram to an upstream DNS server address (for both transports:
+  the simulated upstream speaks UDP only) whose answer, arriving on the query's own port, becomes
+  ``DnsUpstreamResponse``. The core times these out itself.
+- ``ConfigureInterface`` installs the routes of the tunnel ranges towards this host and answers
+  ``InterfaceConfigured``; ``BindDnsServers`` / ``RetryDnsServerBind`` answer ``DnsServerBound`` for every
+  address (``fail_binds`` makes chosen addresses fail, to exercise the retry).
+
+Answers to commands are scheduled as world actions (``drive``), never re-entered while the world is
+draining the gateway's commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_network
+
+from devportal import DevPortal, load_config
+from devportal.config import EXAMPLE_CONFIG
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import NANOS_PER_SEC, Duration, Instant, millis
+from gateway_core.commands import Command
+from gateway_core.dns.forwarding import (
+    DnsQueryReceived,
+    DnsUpstreamFailed,
+    DnsUpstreamResponse,
+    ForwardDnsQuery,
+    SendDnsResponse,
+)
+from gateway_core.dns.servers import (
+    BindDnsServers,
+    DnsServerBindFailed,
+    DnsServerBound,
+    DnsTransport,
+    RetryDnsServerBind,
+)
+from gateway_core.gateway import Gateway
+from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, GatewayConfig, ResolveDomain
+from gateway_core.inputs import Input
+from gateway_core.interface import ConfigureInterface, InterfaceConfigured
+from gateway_core.wire.ip import build_udp_packet
+from sim.host import Host
+from sim.net import LinkProfile, ip_endpoints, udp_in_ip
+from sim.portal import PORTAL_PORT, PortalClientHost, StubPortal, StubPortalHost
+from sim.world import World
+
+RESOLVE_DELAY: Duration = millis(5)
+"""How long the simulated system resolver takes (any small non-zero value)."""
+UPSTREAM_DNS_PORT = 53
+
+
+@dataclass(slots=True)
+class SimResolver:
+    """The system resolver of the simulated gateway: a table of domain -> addresses, after a delay.
+
+    A domain absent from the table fails to resolve (as NXDOMAIN does for ``getaddrinfo``)."""
+
+    table: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict)
+    delay: Duration = RESOLVE_DELAY
+
+    def resolve(self, domain: str) -> tuple[IPAddress, ...] | None:
+        return self.table.get(domain.lower().rstrip("."))
+
+
+class GatewayHost(PortalClientHost):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        gateway: Gateway,
+        portal: SocketAddr,
+        *,
+        ipv4: IPv4Address | str | None = None,
+        ipv6: IPv6Address | str | None = None,
+        link: LinkProfile | None = None,
+        resolver: SimResolver | None = None,
+        upstream_dns: SocketAddr | None = None,
+        fail_binds: Mapping[SocketAddr, int] | None = None,
+    ) -> None:
+        Host.__init__(
+            self, name, gateway, ipv4=ipv4, ipv6=ipv6, link=link, udp_ports=(gateway.config.wg_port,)
+        )
+        self.gateway = gateway
+        self.channel = gateway.channel
+        self.portal_addr = portal
+        self._stream_of: dict[int, int] = {}
+        self._conn_of: dict[int, int] = {}
+        self._upgraded: set[int] = set()
+        self._requests: dict[int, str] = {}
+        self.resolver = resolver if resolver is not None else SimResolver()
+        self.upstream_dns = upstream_dns
+        self.fail_binds: dict[SocketAddr, int] = dict(fail_binds or {})
+        """Address -> how many more bind attempts fail."""
+        self.dns_servers: set[SocketAddr] = set()
+        self._upstream: dict[int, int] = {}  # local port -> query id
+        self.interface: ConfigureInterface | None = None
+        self.log: list[tuple[Instant, Command]] = []
+        """Control-plane commands executed (not Transmit / WriteTun), for tests."""
+
+    # --- inputs -------------------------------------------------------------------------------------
+
+    def _input(self, now: Instant, inp: object) -> None:
+        assert isinstance(inp, Input)
+        self.gateway.handle_input(now, inp)
+
+    def _later(self, delay: Duration, inp: Input) -> None:
+        world = self.world
+
+        def deliver() -> None:
+            if self.name in world.hosts and self.exited is None:
+                world.drive(self, lambda now: self.gateway.handle_input(now, inp))
+
+        world.after(delay, deliver)
+
+    def on_datagram(self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes) -> bool:
+        qid = self._upstream.pop(local.port, None)
+        if qid is not None:
+            self.unbind(local.port)
+            self.gateway.handle_input(now, DnsUpstreamResponse(qid, payload))
+            return True
+        packet = self.gateway.handle_datagram(now, local, remote, payload)
+        if packet is not None:
+            self._to_kernel(now, packet)
+        return True
+
+    def _to_kernel(self, now: Instant, packet: bytes) -> None:
+        """A packet the gateway wrote to its TUN: for a local DNS server, or routed onwards."""
+        udp = udp_in_ip(packet)
+        if udp is not None and self.dns_servers:
+            ends = ip_endpoints(packet)
+            assert ends is not None
+            dst = SocketAddr(ends[1], udp[1])
+            if dst in self.dns_servers:
+                query = DnsQueryReceived(dst, SocketAddr(ends[0], udp[0]), DnsTransport.UDP, udp[2])
+                self.gateway.handle_input(now, query)
+                return
+        self.world.send_ip(self, packet)
+
+    # --- commands -----------------------------------------------------------------------------------
+
+    def execute(self, now: Instant, command: Command) -> None:
+        match command:
+            case ResolveDomain(request_id=rid, domain=domain):
+                self.log.append((now, command))
+                found = self.resolver.resolve(domain)
+                answer: Input = (
+                    DomainResolved(rid, found) if found is not None else DomainResolveFailed(rid, "NXDOMAIN")
+                )
+                self._later(self.resolver.delay, answer)
+            case ForwardDnsQuery(query_id=qid, message=message):
+                self.log.append((now, command))
+                if self.upstream_dns is None:
+                    self._later(millis(1), DnsUpstreamFailed(qid, "no nameserver"))
+                    return
+                port = self.ephemeral_port()
+                self.bind(port)
+                self._upstream[port] = qid
+                src = self.source_for(self.upstream_dns.ip)
+                if src is not None:
+                    self.world.send_udp(self, SocketAddr(src, port), self.upstream_dns, message)
+            case SendDnsResponse(local=local, remote=remote, message=message):
+                packet = build_udp_packet(local.ip, remote.ip, local.port, remote.port, message)
+                t = self.gateway.handle_tun_packet(now, packet)
+                if t is not None:
+                    self.world.send_udp(self, t.src, t.dst, t.payload)
+            case ConfigureInterface(config=cfg):
+                self.log.append((now, command))
+                self.interface = command
+                for net in cfg.routes:
+                    n = ip_network(net)
+                    if (n.version == 4 and self.ipv4 is not None) or (
+                        n.version == 6 and self.ipv6 is not None
+                    ):
+                        self.world.network.add_route(n, self.name)
+                self._later(0, InterfaceConfigured(cfg, cfg.ipv4 is not None, cfg.ipv6 is not None))
+            case BindDnsServers(addresses=addresses):
+                self.log.append((now, command))
+                self.dns_servers = set()
+                for a in addresses:
+                    self._bind_dns(a)
+            case RetryDnsServerBind(address=a):
+                self.log.append((now, command))
+                self._bind_dns(a)
+            case _:
+                super().execute(now, command)
+
+    def _bind_dns(self, address: SocketAddr) -> None:
+        left = self.fail_binds.get(address, 0)
+        if left > 0:
+            self.fail_binds[address] = left - 1
+            self._later(0, DnsServerBindFailed(address, "address not available"))
+            return
+        self.dns_servers.add(address)
+        self._later(0, DnsServerBound(address, address.port))
+
+
+@dataclass(slots=True)
+class GatewayScene:
+    """What :func:`build_gateway_world` put in the world."""
+
+    stub: StubPortal
+    portal_host: StubPortalHost
+    gateway: Gateway
+    host: GatewayHost
+
+    def act(self, world: World, action: Callable[[DevPortal], object]) -> None:
+        """Run a scripted portal action now (e.g. ``lambda p: p.authorize(client, resource)``)."""
+        world.drive(self.portal_host, lambda now: self.stub.act(now, action))
+
+
+def build_gateway_world(
+    world: World,
+    *,
+    config_text: str = EXAMPLE_CONFIG,
+    portal_ip: str = "198.51.100.10",
+    gateway_ip: str = "203.0.113.5",
+    gateway_ip6: str | None = None,
+    firezone_id: str = "gw-sim-1",
+    resolver: SimResolver | None = None,
+    upstream_dns: SocketAddr | None = None,
+    link: LinkProfile | None = None,
+    config: GatewayConfig | None = None,
+) -> GatewayScene:
+    """A stub portal and a gateway in ``world``; the gateway starts connecting to the portal now."""
+    stub = StubPortal(DevPortal(load_config(config_text)), epoch_unix=world.clock.unix_ns() // NANOS_PER_SEC)
+    portal_host = StubPortalHost("portal", stub, ipv4=portal_ip)
+    world.add_host(portal_host)
+    private_key = world.entropy_for("gateway-key").random_bytes(32)
+    cfg = config or GatewayConfig(
+        api_url="wss://portal.sim", token=stub.portal.token, firezone_id=firezone_id, name="gw-sim"
+    )
+    gw = Gateway(
+        config=cfg,
+        private_key=private_key,
+        entropy=world.entropy_for("gateway"),
+        now=world.now,
+        utc_ns=world.clock.unix_ns(),
+    )
+    host = GatewayHost(
+        "gateway",
+        gw,
+        SocketAddr(IPv4Address(portal_ip), PORTAL_PORT),
+        ipv4=gateway_ip,
+        ipv6=gateway_ip6,
+        link=link,
+        resolver=resolver,
+        upstream_dns=upstream_dns,
+    )
+    world.add_host(host)
+    return GatewayScene(stub, portal_host, gw, host)
