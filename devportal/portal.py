@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -166,6 +167,9 @@ class DevPortal:
         self._next_conn = 0
         self._flows: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], _Flow] = {}
         self._online_relays: list[RelayConfig] = list(config.relays)
+        self.listeners: list[Callable[[GatewayRecord, str, Json], None]] = []
+        """Called with every valid ``broadcast_*ice_candidates`` push from a gateway (the simulator's
+        client side of the portal relays them to clients)."""
 
     # ------------------------------------------------------------------ upgrade (§1.4)
 
@@ -305,6 +309,9 @@ class DevPortal:
             reply = Reply.error("unknown_message")
         desc = None if reply is None else ("ok" if reply.ok else str(reply.response))
         self.received.append(Received(gw.name, event, payload, desc))
+        if reply is None:
+            for listener in list(self.listeners):
+                listener(gw, event, payload)
         return reply
 
     # ------------------------------------------------------------------ signed refs
@@ -424,6 +431,10 @@ class DevPortal:
             s.push(TOPIC, msg.EVENT, msg.encode())
         self._flows[(gw.id, client.id, resource.id)] = _Flow(gw.id, client.id, resource.id, None)
         return {"ok": True, "gateway": gw.name}
+
+    def online_relays(self) -> list[RelayConfig]:
+        """The relays currently online (after ``relays_presence`` changes)."""
+        return list(self._online_relays)
 
     def _flow_gateways(self, client_id: uuid.UUID, resource_id: uuid.UUID) -> set[uuid.UUID]:
         return {f.gateway for f in self._flows.values() if (f.client, f.resource) == (client_id, resource_id)}

@@ -1,0 +1,134 @@
+"""The simulated client's vocabulary: what the portal grants, what it signals, what it records.
+
+Plain frozen records, shared by :mod:`sim.hosts.client`, :mod:`sim.client_portal` and the tests (issue 8's
+stateful test reads :class:`Received` records to check its model).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from gateway_core.addr import IPAddress
+from gateway_core.clock import Instant
+from gateway_core.commands import Command
+from gateway_core.node.node import RelayConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SignalIce(Command):
+    """Send local ICE ``candidates`` for ``gateway`` to the portal (invalidated ones if ``invalidate``)."""
+
+    gateway: str
+    candidates: tuple[str, ...]
+    invalidate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayGrant:
+    """What the portal gives a client for one gateway (client channel's ``flow_created``)."""
+
+    gateway: str
+    """The gateway's id (the connection id)."""
+    public_key: bytes
+    psk: bytes
+    client_ice: tuple[str, str]
+    gateway_ice: tuple[str, str]
+    tunnel_v4: IPv4Address
+    tunnel_v6: IPv6Address
+    relays: tuple[RelayConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResource:
+    """A resource as the client knows it: ``kind`` ``cidr`` / ``dns`` / ``internet``."""
+
+    id: uuid.UUID
+    kind: str
+    address: str
+    """CIDR text, DNS pattern (``*.corp.test``, ``?.x``, ``api.x``) or empty for the Internet resource."""
+
+
+# --- what the client received -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EchoReply:
+    at: Instant
+    src: IPAddress
+    ident: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpErrorReceived:
+    """An ICMP error; ``inner_*`` describe the quoted packet (for echo: ports = identifier)."""
+
+    at: Instant
+    src: IPAddress
+    icmp_type: int
+    code: int
+    inner_proto: int
+    inner_dst: IPAddress
+    inner_sport: int
+    inner_dport: int
+    inner_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UdpReceived:
+    at: Instant
+    src: IPAddress
+    sport: int
+    dport: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TcpReceived:
+    at: Instant
+    src: IPAddress
+    sport: int
+    dport: int
+    flags: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """A DNS answer: ``source`` ``local`` (the client's stub resolver) or ``gateway`` (forwarded)."""
+
+    at: Instant
+    name: str
+    rtype: str
+    rcode: str
+    records: tuple[str, ...]
+    source: str
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DomainStatusReceived:
+    at: Instant
+    gateway: str
+    resource: uuid.UUID
+    domain: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class GoodbyeReceived:
+    at: Instant
+    gateway: str
+
+
+Received = (
+    EchoReply
+    | IcmpErrorReceived
+    | UdpReceived
+    | TcpReceived
+    | DnsAnswer
+    | DomainStatusReceived
+    | GoodbyeReceived
+)
