@@ -1,0 +1,587 @@
+"""The driver: THE loop that owns the core and connects it to the world (ARCHITECTURE.md §2, R1-R10).
+
+Theory of operation
+-------------------
+One anyio task (:meth:`Driver.run`) is the only caller of the core (R1). Everything that produces work for
+the core is a *source* with a small queue; the loop takes turns:
+
+1. **Sources, in a fixed order, one batch each (R9).** TUN packets, then each UDP socket, then the portal's
+   reports, the DNS servers (queries and bind outcomes), the resolver's results, and the control inputs
+   (interface results, send failures, shutdown requests). A source offers at most one batch per turn, so a
+   flood from one source (a busy TUN) cannot starve another or the timer. Reader tasks fill the TUN and
+   UDP queues one batch at a time (queue capacity 1): a source the loop has not served yet waits, and the
+   kernel buffers the rest.
+2. **Drain after every input (R3).** After each ``handle_*`` call the loop calls ``poll_command()`` until it
+   returns ``None``, executing each command at once and in order. The data plane's direct results (an IP
+   packet for the TUN, a ``Transmit``) are executed before the drain, as the core produced them first.
+3. **One timer (R4/R5).** After the sources, the loop reads the clock; if ``poll_timeout()`` is due it
+   calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
+   a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
+4. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
+   commands are handed to its transport (it has tasks of its own); slow work (DNS server binds and
+   responses, interface configuration) goes to ordered worker tasks, and each resolution or upstream
+   query runs in its own task. Every outcome that the core must know about, failures included, comes
+   back as an input on a source (R7); the driver never retries anything.
+5. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
+   From then on a grace period runs (:data:`SHUTDOWN_GRACE`, Firezone's 1 s flush): the core queues its
+   goodbyes, a graceful portal close and ``Exit``; the loop keeps executing until ``Exit`` has come *and*
+   the portal connection has closed, or until the grace period ends. The exit code is ``Exit.code``, or 1
+   when the grace period ran out (portal-protocol.md §4.7). A second request stops at once. An ``Exit``
+   without a request (a fatal portal error) gets the same grace period for its goodbyes.
+
+Time: ``now`` is ``clock()`` (``time.monotonic_ns`` in production), read once per batch and never allowed
+to go backwards; the wall clock (``utc_clock``) is compared with the monotonic one at most once per
+:data:`ANCHOR_CHECK_INTERVAL` and a step of more than :data:`ANCHOR_TOLERANCE` is reported as
+``WallClockAnchor``. Transports are protocols so that tests drive the loop with fakes and a fake clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.commands import Command, Exit, Transmit, WriteTun
+from gateway_core.contract import Deadline
+from gateway_core.dns.forwarding import (
+    DnsQueryReceived,
+    DnsUpstreamFailed,
+    DnsUpstreamResponse,
+    ForwardDnsQuery,
+    SendDnsResponse,
+)
+from gateway_core.dns.servers import BindDnsServers, DnsTransport, RetryDnsServerBind
+from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, ResolveDomain, WallClockAnchor
+from gateway_core.inputs import Input, SendFailed, ShutdownRequested
+from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
+from gateway_core.portal.channel import (
+    ClosePortal,
+    ConnectPortal,
+    PortalConnected,
+    PortalConnectFailed,
+    PortalDisconnected,
+    SendPortalFrame,
+)
+from gateway_core.stats import Stats
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 1_000_000_000
+"""Nanoseconds to flush goodbyes after a shutdown request (Firezone: 1 s, ``tunnel/src/lib.rs:328``)."""
+
+REPORT_BATCH = 64
+"""Reports (portal frames, DNS queries, results) taken from one source per turn (R9): as the UDP batch."""
+
+DNS_QUERY_QUEUE = 64
+"""DNS queries waiting for the loop; when full, the DNS servers' own bounded queues take over."""
+
+ANCHOR_CHECK_INTERVAL = 1_000_000_000
+"""How often (ns) the wall clock is compared with the monotonic clock: once a second is plenty for expiry
+checks with second resolution."""
+
+ANCHOR_TOLERANCE = 500_000_000
+"""A wall-clock step above this (ns) re-anchors the core's UTC (NTP slews far less; a step is a jump)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What the driver needs from the core and the transports
+
+
+class Core(Protocol):
+    """The gateway facade as the driver sees it (``gateway_core.gateway.Gateway``)."""
+
+    def handle_datagram(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+    ) -> bytes | None: ...
+    def handle_tun_packet(self, now: Instant, packet: bytes) -> Transmit | None: ...
+    def handle_input(self, now: Instant, inp: Input) -> None: ...
+    def handle_timeout(self, now: Instant) -> None: ...
+    def poll_timeout(self) -> Deadline | None: ...
+    def poll_command(self) -> Command | None: ...
+
+
+class Tun(Protocol):
+    async def read_batch(self) -> list[bytes]: ...
+    def write(self, packet: bytes) -> OSError | None: ...
+
+
+class UdpSocket(Protocol):
+    @property
+    def local(self) -> SocketAddr: ...
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]: ...
+    def send(self, transmit: Transmit) -> SendFailed | None: ...
+
+
+class Portal(Protocol):
+    def execute(self, cmd: Command) -> bool: ...
+
+
+class DnsServers(Protocol):
+    async def execute(self, command: Command) -> None: ...
+    async def receive(self) -> Any: ...
+    async def send_response(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool: ...
+
+
+class Resolver(Protocol):
+    async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed: ...
+    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
+
+
+class Interface(Protocol):
+    async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed: ...
+
+
+Report = Callable[[Input], None]
+
+
+@dataclass(slots=True)
+class Transports:
+    """What the driver talks to; any part may be missing (its commands then fail as inputs or are logged)."""
+
+    tun: Tun | None = None
+    udp: Sequence[UdpSocket] = ()
+    portal: Callable[[anyio.abc.TaskGroup, Report], Portal] | None = None
+    """Built inside the driver's task group with the portal source's report function (``PortalIO``)."""
+    dns: DnsServers | None = None
+    resolver: Resolver | None = None
+    interface: Interface | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Source(Generic[T]):
+    name: str
+    send: MemoryObjectSendStream[T]
+    recv: MemoryObjectReceiveStream[T]
+    batch: int
+
+    def take(self) -> list[T]:
+        out: list[T] = []
+        while len(out) < self.batch:
+            try:
+                out.append(self.recv.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        return out
+
+
+def _source(name: str, capacity: float, batch: int) -> _Source[Any]:
+    send, recv = anyio.create_memory_object_stream[Any](capacity)
+    return _Source(name, send, recv, batch)
+
+
+def _addr(hp: tuple[Any, int]) -> SocketAddr:
+    return SocketAddr(ipaddress.ip_address(str(hp[0])), int(hp[1]))
+
+
+@dataclass(slots=True)
+class DriverStats:
+    """What the driver did (for tests and the daemon's log); drops of its own are counted here too."""
+
+    counters: Stats = field(default_factory=Stats)
+    turns: int = 0
+    timeouts: int = 0
+
+
+class Driver:
+    """THE loop; see the module docstring."""
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        clock: Callable[[], int] = time.monotonic_ns,
+        utc_clock: Callable[[], int] | None = time.time_ns,
+        grace: int = SHUTDOWN_GRACE,
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.utc_clock = utc_clock
+        self.grace = grace
+        self.stats = DriverStats()
+        self.exit: Exit | None = None
+        """The core's ``Exit`` once it came."""
+        self.exit_code: int | None = None
+        """Set when :meth:`run` returns."""
+        self._last = 0
+        self._wake = anyio.Event()
+        self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
+        self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
+        self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
+        self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
+        self._dns_q: _Source[Input] = _source("dns-queries", DNS_QUERY_QUEUE, REPORT_BATCH)
+        self.resolver_src: _Source[Input] = _source("resolver", math.inf, REPORT_BATCH)
+        self.control_src: _Source[Input] = _source("control", math.inf, REPORT_BATCH)
+        self._t = Transports()
+        self._portal: Portal | None = None
+        self._portal_connected: set[int] = set()
+        self._portal_closing: set[int] = set()
+        self._dns_work: MemoryObjectSendStream[Command] | None = None
+        self._if_work: MemoryObjectSendStream[ConfigureInterface] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._shutdown_requests = 0
+        self._grace_at: int | None = None
+        self._stop = False
+        self._anchor_mono = 0
+        self._anchor_utc = 0
+        self._anchor_checked = 0
+
+    # --- reporting (any task) ----------------------------------------------------------------------
+
+    def reporter(self, source: _Source[Input]) -> Report:
+        """A function that hands an input to the loop through ``source`` and wakes it (never fails)."""
+
+        def report(inp: Input) -> None:
+            source.send.send_nowait(inp)
+            self._wake.set()
+
+        return report
+
+    def report(self, inp: Input) -> None:
+        """Hand a control input to the loop (interface results, send failures, ...)."""
+        self.control_src.send.send_nowait(inp)
+        self._wake.set()
+
+    def report_dns(self, inp: Input) -> None:
+        """For ``DnsServerSet(on_input=...)``: bind outcomes."""
+        self.dns_src.send.send_nowait(inp)
+        self._wake.set()
+
+    def request_shutdown(self) -> None:
+        """SIGINT/SIGTERM: the first starts the graceful shutdown, a second one stops at once."""
+        self.report(ShutdownRequested())
+
+    def nudge(self) -> None:
+        """Wake the loop to look at the clock again (tests with a fake clock)."""
+        self._wake.set()
+
+    # --- time ----------------------------------------------------------------------------------------
+
+    def now(self) -> Instant:
+        t = self.clock()
+        if t > self._last:
+            self._last = t
+        return Instant(self._last)
+
+    def _check_wall_clock(self, now: Instant) -> None:
+        if self.utc_clock is None or now - self._anchor_checked < ANCHOR_CHECK_INTERVAL:
+            return
+        self._anchor_checked = now
+        utc = self.utc_clock()
+        expected = self._anchor_utc + (now - self._anchor_mono)
+        if abs(utc - expected) > ANCHOR_TOLERANCE:
+            log.info("wall clock stepped by %.3f s: re-anchoring", (utc - expected) / 1e9)
+            self._anchor_mono, self._anchor_utc = now, utc
+            self._input(now, WallClockAnchor(utc))
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    async def run(
+        self, transports: Transports, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> int:
+        """Run until the core's ``Exit`` is flushed (or the grace period ends); the exit code."""
+        self._t = transports
+        now = self.now()
+        self._anchor_checked = now
+        if self.utc_clock is not None:
+            self._anchor_mono, self._anchor_utc = now, self.utc_clock()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._start_tasks(tg)
+            task_status.started()
+            self._drain()  # whatever the core queued at construction (ConnectPortal)
+            while not self._stop:
+                self._wake = anyio.Event()
+                busy = self._turn()
+                if self._stop:
+                    break
+                wait = self._wait_ns()
+                if busy:
+                    await anyio.lowlevel.checkpoint()  # let the readers refill; then the next turn
+                elif wait is None:
+                    await self._wake.wait()
+                elif wait > 0:
+                    with anyio.move_on_after(wait / 1e9):
+                        await self._wake.wait()
+            tg.cancel_scope.cancel()
+        self.exit_code = self._final_code()
+        return self.exit_code
+
+    def _start_tasks(self, tg: anyio.abc.TaskGroup) -> None:
+        t = self._t
+        if t.tun is not None:
+            tg.start_soon(self._read_source, t.tun.read_batch, self._tun_src, "tun")
+        for sock in t.udp:
+            src: _Source[Any] = _source(f"udp {sock.local}", 1, 1)
+            self._udp_srcs.append(src)
+            tg.start_soon(self._read_source, sock.receive_batch, src, src.name)
+        if t.portal is not None:
+            self._portal = t.portal(tg, self.reporter(self.portal_src))
+        if t.dns is not None:
+            send, recv = anyio.create_memory_object_stream[Command](math.inf)
+            self._dns_work = send
+            tg.start_soon(self._dns_worker, t.dns, recv)
+            tg.start_soon(self._dns_reader, t.dns)
+        if t.interface is not None:
+            isend, irecv = anyio.create_memory_object_stream[ConfigureInterface](math.inf)
+            self._if_work = isend
+            tg.start_soon(self._interface_worker, t.interface, irecv)
+
+    def _turn(self) -> bool:
+        """One pass over every source (one batch each), then the timer; whether any source had work."""
+        self.stats.turns += 1
+        busy = False
+        core = self.core
+        for packets in self._tun_src.take():
+            busy = True
+            now = self.now()
+            for packet in packets:
+                transmit = core.handle_tun_packet(now, packet)
+                if transmit is not None:
+                    self._transmit(transmit)
+                self._drain()
+        for src in self._udp_srcs:
+            for datagrams in src.take():
+                busy = True
+                now = self.now()
+                for local, remote, payload in datagrams:
+                    ip = core.handle_datagram(now, local, remote, payload)
+                    if ip is not None:
+                        self._write_tun(ip)
+                    self._drain()
+        for isrc in (self.portal_src, self.dns_src, self._dns_q, self.resolver_src, self.control_src):
+            items = isrc.take()
+            if items:
+                busy = True
+                now = self.now()
+                for inp in items:
+                    self._input(now, inp)
+                    if self._stop:
+                        return busy
+        now = self.now()
+        self._check_wall_clock(now)
+        deadline = core.poll_timeout()
+        if deadline is not None and deadline.at <= now:
+            self.stats.timeouts += 1
+            core.handle_timeout(now)
+            self._drain()
+        self._check_done(now)
+        return busy
+
+    def _wait_ns(self) -> int | None:
+        """Nanoseconds until the next deadline (core or grace period), ``None``: none."""
+        deadline = self.core.poll_timeout()
+        ats: list[int] = [deadline.at] if deadline is not None else []
+        if self._grace_at is not None:
+            ats.append(self._grace_at)
+        if not ats:
+            return None
+        return max(0, min(ats) - self.clock())
+
+    def _input(self, now: Instant, inp: Input) -> None:
+        match inp:
+            case ShutdownRequested():
+                self._shutdown_requests += 1
+                if self._shutdown_requests > 1:
+                    log.warning("second shutdown request: stopping now")
+                    self._stop = True
+                    return
+                log.info("shutdown requested: flushing for at most %.1f s", self.grace / 1e9)
+                if self._grace_at is None:
+                    self._grace_at = now + self.grace
+            case PortalConnected(conn=conn):
+                self._portal_connected.add(conn)
+            case PortalDisconnected(conn=conn) | PortalConnectFailed(conn=conn):
+                self._portal_connected.discard(conn)
+                self._portal_closing.discard(conn)
+        self.core.handle_input(now, inp)
+        self._drain()
+
+    def _check_done(self, now: Instant) -> None:
+        if self._grace_at is not None and now >= self._grace_at:
+            if not self._stop:
+                log.warning("shutdown grace period over; stopping")
+            self._stop = True
+        elif self.exit is not None and not self._portal_closing:
+            self._stop = True
+
+    def _final_code(self) -> int:
+        flushed = self.exit is not None and not self._portal_closing
+        if self.exit is None:
+            return 1
+        if not flushed:
+            return max(self.exit.code, 1)
+        return self.exit.code
+
+    # --- executing commands --------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """R3: execute every queued command, in order."""
+        core = self.core
+        while (cmd := core.poll_command()) is not None:
+            self._execute(cmd)
+
+    def _execute(self, cmd: Command) -> None:
+        match cmd:
+            case Transmit():
+                self._transmit(cmd)
+            case WriteTun(packet=packet):
+                self._write_tun(packet)
+            case ConnectPortal() | SendPortalFrame() | ClosePortal():
+                self._portal_command(cmd)
+            case SendDnsResponse() | BindDnsServers() | RetryDnsServerBind():
+                if self._dns_work is None:
+                    self.stats.counters.incr("driver.no_dns_servers")
+                    if isinstance(cmd, SendDnsResponse):
+                        self.report(SendFailed(cmd.remote, "no DNS servers"))
+                else:
+                    self._dns_work.send_nowait(cmd)
+            case ForwardDnsQuery():
+                self._spawn(self._forward, cmd)
+            case ResolveDomain():
+                self._spawn(self._resolve, cmd)
+            case ConfigureInterface():
+                if self._if_work is None:
+                    self.report(InterfaceConfigFailed(cmd.config, "no interface transport"))
+                else:
+                    self._if_work.send_nowait(cmd)
+            case Exit():
+                log.info("core exit: %s (code %d)", cmd.reason, cmd.code)
+                self.exit = cmd
+                if self._grace_at is None:
+                    self._grace_at = self.now() + self.grace
+            case _:
+                log.error("no transport for command %s", type(cmd).__name__)
+                self.stats.counters.incr("driver.unknown_command")
+
+    def _transmit(self, t: Transmit) -> None:
+        for sock in self._t.udp:
+            if sock.local.ip.version == t.dst.ip.version:
+                failed = sock.send(t)
+                if failed is not None:
+                    self.stats.counters.incr("driver.send_failed")
+                    self.report(failed)
+                return
+        self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
+
+    def _write_tun(self, packet: bytes) -> None:
+        tun = self._t.tun
+        err = tun.write(packet) if tun is not None else OSError("no TUN device")
+        if err is not None:
+            self.stats.counters.incr("driver.tun_write_failed")
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("TUN write failed: %s", err)
+
+    def _portal_command(self, cmd: ConnectPortal | SendPortalFrame | ClosePortal) -> None:
+        if self._portal is None:
+            if isinstance(cmd, ConnectPortal):
+                self.reporter(self.portal_src)(PortalConnectFailed(cmd.conn, "no portal transport"))
+            return
+        match cmd:
+            case ConnectPortal():
+                # The transport aborts older connections without a report.
+                self._portal_connected.clear()
+                self._portal_closing.clear()
+            case ClosePortal(conn=conn, graceful=graceful):
+                if graceful and conn in self._portal_connected:
+                    self._portal_closing.add(conn)  # flushed when PortalDisconnected comes
+                self._portal_connected.discard(conn)
+        self._portal.execute(cmd)
+
+    def _spawn(self, fn: Callable[[Any], Any], cmd: Any) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(fn, cmd)
+
+    # --- tasks ---------------------------------------------------------------------------------------
+
+    async def _read_source(self, read: Callable[[], Any], src: _Source[Any], name: str) -> None:
+        """Move batches from a transport to its source, one at a time (capacity 1: back-pressure)."""
+        while True:
+            try:
+                batch = await read()
+            except (anyio.ClosedResourceError, anyio.EndOfStream):
+                log.info("%s closed", name)
+                return
+            except OSError as e:
+                log.error("%s: read failed: %s", name, e)
+                self.stats.counters.incr("driver.read_failed")
+                return
+            await src.send.send(batch)
+            self._wake.set()
+
+    async def _dns_reader(self, dns: DnsServers) -> None:
+        while True:
+            try:
+                q = await dns.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            inp = DnsQueryReceived(_addr(q.local), _addr(q.remote), q.transport, q.message)
+            await self._dns_q.send.send(inp)
+            self._wake.set()
+
+    async def _dns_worker(self, dns: DnsServers, work: MemoryObjectReceiveStream[Command]) -> None:
+        """DNS server commands in order: binds (reported by the set itself) and responses."""
+        async for cmd in work:
+            if isinstance(cmd, SendDnsResponse):
+                local = (str(cmd.local.ip), cmd.local.port)
+                remote = (str(cmd.remote.ip), cmd.remote.port)
+                if not await dns.send_response(cmd.transport, local, remote, cmd.message):
+                    self.stats.counters.incr("driver.dns_response_failed")
+            else:
+                await dns.execute(cmd)
+
+    async def _interface_worker(
+        self, interface: Interface, work: MemoryObjectReceiveStream[ConfigureInterface]
+    ) -> None:
+        async for cmd in work:
+            try:
+                result = await interface.configure(cmd)
+            except Exception as e:  # a bug in the transport must still reach the core as a failure (R7)
+                log.exception("configuring the interface raised")
+                result = InterfaceConfigFailed(cmd.config, f"{type(e).__name__}: {e}")
+            self.report(result)
+
+    async def _forward(self, cmd: ForwardDnsQuery) -> None:
+        report = self.reporter(self.resolver_src)
+        if self._t.resolver is None:
+            report(DnsUpstreamFailed(cmd.query_id, "no resolver"))
+            return
+        try:
+            result: Input = await self._t.resolver.forward_command(cmd)
+        except Exception as e:
+            log.exception("forwarding a DNS query raised")
+            result = DnsUpstreamFailed(cmd.query_id, f"{type(e).__name__}: {e}")
+        report(result)
+
+    async def _resolve(self, cmd: ResolveDomain) -> None:
+        report = self.reporter(self.resolver_src)
+        if self._t.resolver is None:
+            report(DomainResolveFailed(cmd.request_id, "no resolver"))
+            return
+        try:
+            found = await self._t.resolver.resolve_domain(cmd.domain)
+        except Exception as e:
+            log.exception("resolving %s raised", cmd.domain)
+            report(DomainResolveFailed(cmd.request_id, f"{type(e).__name__}: {e}"))
+            return
+        if isinstance(found, tuple):
+            report(DomainResolved(cmd.request_id, found))
+        else:
+            report(DomainResolveFailed(cmd.request_id, str(found)))

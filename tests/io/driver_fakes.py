@@ -1,0 +1,228 @@
+"""Fakes for the driver tests: a scripted core that checks the contract, and transports on memory streams."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.commands import Command, Exit, Transmit, WriteTun
+from gateway_core.contract import Deadline
+from gateway_core.dns.forwarding import DnsUpstreamFailed, DnsUpstreamResponse, ForwardDnsQuery
+from gateway_core.dns.servers import DnsTransport
+from gateway_core.inputs import Input, SendFailed, ShutdownRequested
+from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
+from gateway_core.portal.channel import ClosePortal, PortalDisconnected
+from gateway_io.dns_server import DnsQuery
+from gateway_io.driver import Report
+
+
+def sa(text: str) -> SocketAddr:
+    host, _, port = text.rpartition(":")
+    return SocketAddr(ipaddress.ip_address(host.strip("[]")), int(port))
+
+
+CLIENT = sa("198.51.100.7:51820")
+LOCAL4 = sa("0.0.0.0:52625")
+LOCAL6 = sa("[::]:52625")
+
+
+class FakeCore:
+    """Records every call with its ``now``; queues scripted commands; checks R2 (time) and R3 (drained)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, Any]] = []
+        self.queue: deque[Command] = deque()
+        self.deadlines: list[Deadline] = []
+        self.on_input: Callable[[Input], list[Command]] = lambda inp: []
+        self.on_tun: Callable[[bytes], Transmit | None] = lambda p: None
+        self.on_datagram: Callable[[bytes], bytes | None] = lambda p: None
+        self.on_timeout: Callable[[int], list[Command]] = lambda now: []
+        self.last = 0
+        self.undrained = 0
+
+    def _enter(self, kind: str, now: int, what: Any) -> None:
+        assert now >= self.last, "time went backwards"
+        self.last = now
+        if self.queue:
+            self.undrained += 1  # R3 broken: a call while commands were still queued
+        self.calls.append((kind, now, what))
+
+    def handle_tun_packet(self, now: Instant, packet: bytes) -> Transmit | None:
+        self._enter("tun", now, packet)
+        return self.on_tun(packet)
+
+    def handle_datagram(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+    ) -> bytes | None:
+        self._enter("udp", now, (local, remote, payload))
+        return self.on_datagram(payload)
+
+    def handle_input(self, now: Instant, inp: Input) -> None:
+        self._enter("input", now, inp)
+        self.queue.extend(self.on_input(inp))
+
+    def handle_timeout(self, now: Instant) -> None:
+        self._enter("timeout", now, None)
+        due = [d for d in self.deadlines if d.at <= now]
+        self.deadlines = [d for d in self.deadlines if d.at > now]
+        for _ in due:
+            self.queue.extend(self.on_timeout(now))
+
+    def poll_timeout(self) -> Deadline | None:
+        return min(self.deadlines, key=lambda d: d.at, default=None)
+
+    def poll_command(self) -> Command | None:
+        return self.queue.popleft() if self.queue else None
+
+    def inputs(self, kind: type[Input] = Input) -> list[Input]:
+        return [c[2] for c in self.calls if c[0] == "input" and isinstance(c[2], kind)]
+
+    def kinds(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+@dataclass
+class Log:
+    """What the fake transports executed, in order, across all of them."""
+
+    entries: list[tuple[str, Any]] = field(default_factory=list)
+
+    def add(self, kind: str, what: Any) -> None:
+        self.entries.append((kind, what))
+
+
+class FakeTun:
+    def __init__(self, log: Log, batch: int = 100) -> None:
+        self.log = log
+        self.batch = batch
+        self.inject, self._recv = anyio.create_memory_object_stream[bytes](math.inf)
+        self.fail_writes = False
+
+    async def read_batch(self) -> list[bytes]:
+        out = [await self._recv.receive()]
+        while len(out) < self.batch:
+            try:
+                out.append(self._recv.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        return out
+
+    def write(self, packet: bytes) -> OSError | None:
+        if self.fail_writes:
+            return OSError("EIO")
+        self.log.add("tun", packet)
+        return None
+
+
+class FakeUdp:
+    def __init__(self, log: Log, local: SocketAddr, batch: int = 64) -> None:
+        self.log = log
+        self._local = local
+        self.batch = batch
+        self.inject, self._recv = anyio.create_memory_object_stream[tuple[SocketAddr, SocketAddr, bytes]](
+            math.inf
+        )
+        self.fail_sends = False
+
+    @property
+    def local(self) -> SocketAddr:
+        return self._local
+
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]:
+        out = [await self._recv.receive()]
+        while len(out) < self.batch:
+            try:
+                out.append(self._recv.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        return out
+
+    def send(self, transmit: Transmit) -> SendFailed | None:
+        if self.fail_sends:
+            return SendFailed(transmit.dst, "EHOSTUNREACH")
+        self.log.add("udp", transmit)
+        return None
+
+
+class FakePortal:
+    def __init__(
+        self, log: Log, tg: anyio.abc.TaskGroup, report: Report, *, close_reports: bool = True
+    ) -> None:
+        self.log = log
+        self.report = report
+        self.close_reports = close_reports
+
+    def execute(self, cmd: Command) -> bool:
+        self.log.add("portal", cmd)
+        if isinstance(cmd, ClosePortal) and cmd.graceful and self.close_reports:
+            self.report(PortalDisconnected(cmd.conn, "closed (1000)"))
+        return True
+
+
+class FakeDns:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.inject, self._recv = anyio.create_memory_object_stream[DnsQuery](math.inf)
+
+    async def execute(self, command: Command) -> None:
+        self.log.add("dns", command)
+
+    async def receive(self) -> DnsQuery:
+        return await self._recv.receive()
+
+    async def send_response(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool:
+        self.log.add("dns-response", (transport, local, remote, message))
+        return True
+
+
+class FakeResolver:
+    def __init__(self) -> None:
+        self.raise_on_forward = False
+        self.domains: dict[str, tuple[IPAddress, ...] | str] = {}
+
+    async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed:
+        await anyio.lowlevel.checkpoint()
+        if self.raise_on_forward:
+            raise RuntimeError("resolver bug")
+        return DnsUpstreamResponse(command.query_id, b"answer:" + command.message)
+
+    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | str:
+        await anyio.lowlevel.checkpoint()
+        return self.domains.get(domain, "NXDOMAIN")
+
+
+class FakeInterface:
+    def __init__(self, log: Log, fail: bool = False) -> None:
+        self.log = log
+        self.fail = fail
+
+    async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed:
+        self.log.add("interface", command)
+        if self.fail:
+            raise OSError("netlink exploded")
+        return InterfaceConfigured(command.config, ipv4=True, ipv6=True)
+
+
+def goodbye_script(inp: Input) -> list[Command]:
+    """A core's shutdown: a goodbye datagram, a graceful portal close, then Exit."""
+    if isinstance(inp, ShutdownRequested):
+        return [
+            Transmit(None, CLIENT, b"goodbye"),
+            ClosePortal(1, graceful=True),
+            Exit("shutdown requested", 0),
+        ]
+    return []
+
+
+__all__ = ["WriteTun"]
