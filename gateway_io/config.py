@@ -35,6 +35,8 @@ class Config:
     log_filter: str
     no_check: bool
     validate_checksums: bool
+    no_inc_buf: bool = False
+    """Do not raise ``net.core.rmem_max``/``wmem_max`` at start-up (``--no-inc-buf``)."""
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -135,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", default=None, help="human or json (FIREZONE_LOG_FORMAT)")
     p.add_argument("--no-telemetry", action="store_true", help="accepted for compatibility; no telemetry")
     p.add_argument("--validate-checksums", action="store_true", help="FIREZONE_VALIDATE_CHECKSUMS")
+    p.add_argument(
+        "--no-inc-buf", action="store_true", help="don't raise net.core buffer limits (FIREZONE_NO_INC_BUF)"
+    )
     p.add_argument("-V", "--version", action="version", version="firezone-gateway-py 0.1.0")
     return p
 
@@ -156,6 +161,7 @@ def load(
         "FIREZONE_VALIDATE_CHECKSUMS", env.get("FIREZONE_VALIDATE_CHECKSUMS", "false")
     )
     _bool("FIREZONE_NO_TELEMETRY", env.get("FIREZONE_NO_TELEMETRY", "false"))
+    no_inc_buf = args.no_inc_buf or _bool("FIREZONE_NO_INC_BUF", env.get("FIREZONE_NO_INC_BUF", "false"))
     return Config(
         token=_read_token(args.token, env),
         firezone_id=_read_id(args.firezone_id, env, id_file),
@@ -166,4 +172,5 @@ def load(
         log_filter=env.get("RUST_LOG", "info"),
         no_check=args.no_check,
         validate_checksums=validate,
+        no_inc_buf=no_inc_buf,
     )

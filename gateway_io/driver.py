@@ -237,6 +237,8 @@ class Driver:
         self._if_work: MemoryObjectSendStream[ConfigureInterface] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._shutdown_requests = 0
+        self.fatal = False
+        """A device failed: the exit code is at least 1."""
         self._grace_at: int | None = None
         self._stop = False
         self._anchor_mono = 0
@@ -423,10 +425,9 @@ class Driver:
             self._stop = True
 
     def _final_code(self) -> int:
-        flushed = self.exit is not None and not self._portal_closing
         if self.exit is None:
-            return 1
-        if not flushed:
+            return 1  # stopped before the core said goodbye (second request, or grace period over)
+        if self._portal_closing or self.fatal:
             return max(self.exit.code, 1)
         return self.exit.code
 
@@ -512,16 +513,20 @@ class Driver:
     # --- tasks ---------------------------------------------------------------------------------------
 
     async def _read_source(self, read: Callable[[], Any], src: _Source[Any], name: str) -> None:
-        """Move batches from a transport to its source, one at a time (capacity 1: back-pressure)."""
+        """Move batches from a transport to its source, one at a time (capacity 1: back-pressure).
+
+        A device that fails or closes is fatal, as Firezone's dying socket thread (portal-protocol §4.7):
+        the core is asked to shut down (goodbyes are still sent on what works) and the exit code is 1.
+        """
         while True:
             try:
                 batch = await read()
-            except (anyio.ClosedResourceError, anyio.EndOfStream):
-                log.info("%s closed", name)
-                return
-            except OSError as e:
-                log.error("%s: read failed: %s", name, e)
+            except Exception as e:
+                log.error("%s failed: %s: %s; shutting down", name, type(e).__name__, e)
                 self.stats.counters.incr("driver.read_failed")
+                if not self.fatal and self._shutdown_requests == 0:
+                    self.report(ShutdownRequested())
+                self.fatal = True
                 return
             await src.send.send(batch)
             self._wake.set()
