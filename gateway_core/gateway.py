@@ -440,6 +440,8 @@ class Gateway:
         total.merge(self.counters, "gateway.")
         total.merge(self.node.stats)  # its counters are already named node.*
         total.merge(tunnels, "wireguard.")
+        for rid in sorted(self.node.allocations):
+            total.merge(self.node.allocations[rid].stats)  # turn.*
         total.merge(self.channel.stats)  # portal.*
         total.merge(self.forwarder.stats, "dns.")
         total.merge(self.bind_retry_stats(), "dns.")

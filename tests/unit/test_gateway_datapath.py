@@ -362,3 +362,38 @@ def test_stats_merge_every_part() -> None:
     assert st["gateway.clients"] == 1 and st["gateway.connections"] == 1
     h.push("reject_access", {"client_id": CID, "resource_id": str(cidr_resource()["id"])})
     assert h.gw.stats()["drop.spoofed_source"] == 1  # a removed client's counts are kept
+
+
+def test_network_side_drops_through_the_facade() -> None:
+    from gateway_core.wire.stun import Attr, Class, Method, StunMessage
+    from gateway_core.wire.turn import encode_channel_data
+    from tests.unit.gateway_harness import GW, RELAY
+
+    h = Harness()
+    h.setup(cidr_resource())
+    stranger = SocketAddr(ip_address("198.18.0.9"), 40000)
+    relay_stranger = SocketAddr(ip_address("198.18.0.10"), 3478)
+    for src, data in (
+        (stranger, b"\x09not anything"),  # neither STUN nor WireGuard
+        (stranger, b"\x01\x00\x00\x00" + bytes(20)),  # a handshake initiation of the wrong size
+        (stranger, b"\x04\x00\x00\x00" + bytes(40)),  # data for an index nobody has
+        (
+            stranger,
+            StunMessage(Method.BINDING, Class.REQUEST, bytes(12)).add_text(Attr.USERNAME, "x:y").encode(),
+        ),
+        (relay_stranger, encode_channel_data(0x4001, b"data")),  # ChannelData from no known relay
+        (RELAY, encode_channel_data(0x4FFE, b"data")),  # a channel the relay never bound for us
+    ):
+        assert h.gw.handle_datagram(h.now, GW, src, data) is None
+    d = h.drops()
+    assert d["datagram_unclassified"] == 1 and d["wg_malformed"] == 1 and d["wg_unknown_index"] == 1
+    assert d["stun_unmatched"] == 1 and d["turn_unknown_relay"] == 1 and d["turn_unknown_channel"] == 1
+
+
+def test_invalid_inner_packets_from_the_client_are_dropped() -> None:
+    h = Harness()
+    h.setup(cidr_resource())
+    frag = bytearray(udp(CL_TUN4, RES))
+    frag[6] |= 0x20  # MF: a fragment
+    assert h.send(bytes(frag)) is None
+    assert h.drops()["fragment"] == 1
