@@ -19,11 +19,17 @@ and reports the outcome as a core input (R7), never raising for netlink errors:
    delete are ignored, other failures are warnings.
 
 Applying the same configuration twice changes nothing. :func:`flush_firezone_tables` empties the three
-Firezone tables (done once at start-up). The link-scope route mirror of table ``0x2021fd01``
-(``linux.rs:241-278``) is not implemented yet.
+Firezone tables (done once at start-up).
 
-Everything here is synchronous netlink; :func:`configure_interface` runs it in a worker thread so the
-event loop never blocks. ``netns`` (a name under ``/run/netns``) lets tests configure a namespace; the
+:func:`sync_link_scope_routes` copies the main table's link-scope routes of interfaces that are up into
+table ``0x2021fd01`` so directly connected networks never go into the tunnel (``linux.rs:241-278``,
+``522-594``); :func:`run_link_scope_mirror` repeats it. Two differences: Firezone reacts to netlink
+notifications (debounced 500 ms), we re-check every :data:`MIRROR_INTERVAL` (a route dump is cheap and a
+poll cannot miss a notification); and stale copies are removed, where Firezone only ever adds.
+
+Everything here is synchronous netlink; :func:`configure_interface` and :func:`run_link_scope_mirror`
+run it in a worker thread so the event loop never blocks. Never call the synchronous functions from the
+event loop's own thread: pyroute2's synchronous API runs an asyncio loop of its own and fails there. ``netns`` (a name under ``/run/netns``) lets tests configure a namespace; the
 daemon passes ``None`` (its own namespace).
 """
 
@@ -36,6 +42,8 @@ from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
+import anyio
+import anyio.abc
 import anyio.to_thread
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -44,6 +52,7 @@ from gateway_core.interface import (
     FIREZONE_MARK,
     FIREZONE_TABLES,
     RULES,
+    TABLE_LINK_SCOPE,
     TABLE_USER_ROUTES,
     ConfigureInterface,
     InterfaceConfig,
@@ -65,6 +74,15 @@ RTPROT_STATIC = 4
 
 RT_SCOPE_UNIVERSE = 0
 """Scope of the tunnel routes: global."""
+
+RT_SCOPE_LINK = 253
+"""Scope of the routes to directly connected networks (``linux/rtnetlink.h``)."""
+
+RT_TABLE_MAIN = 254
+"""The main routing table."""
+
+MIRROR_INTERVAL = 2.0
+"""Seconds between two link-scope mirror checks (Firezone: 500 ms after the last netlink notification)."""
 
 _ADD_IGNORED = (errno.EEXIST, errno.EOPNOTSUPP)
 _DEL_IGNORED = (errno.ENOENT, errno.ESRCH)
@@ -211,6 +229,80 @@ def _route_key(msg: Any, family: int, table: int) -> dict[str, Any]:
     if oif is not None:
         key["oif"] = oif
     return key
+
+
+def _route_table(msg: Any) -> int:
+    table = msg.get_attr("RTA_TABLE")
+    return int(table if table is not None else msg["table"])
+
+
+def _link_scope_routes(ipr: IPRoute, table: int) -> dict[tuple[int, str, int], Any]:
+    """Link-scope routes of ``table`` keyed by ``(family, destination/len, interface index)``."""
+    found: dict[tuple[int, str, int], Any] = {}
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=family, table=table):
+            if msg["scope"] != RT_SCOPE_LINK or _route_table(msg) != table:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+            found[(family, f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_OIF") or 0)] = msg
+    return found
+
+
+def sync_link_scope_routes(*, netns: str | None = None) -> list[str]:
+    """Make table ``0x2021fd01`` hold exactly the main table's link-scope routes of interfaces that are
+    operationally up; returns the errors (a failed route is skipped, the next sync tries again)."""
+    errors: list[str] = []
+    with _open(netns) as ipr:
+        up = {link["index"] for link in ipr.get_links() if link.get_attr("IFLA_OPERSTATE") == "UP"}
+        wanted = {k: m for k, m in _link_scope_routes(ipr, RT_TABLE_MAIN).items() if k[2] in up}
+        present = _link_scope_routes(ipr, TABLE_LINK_SCOPE)
+        for key in sorted(present.keys() - wanted.keys()):
+            family, dst, oif = key
+            try:
+                ipr.route("del", family=family, dst=dst, oif=oif, table=TABLE_LINK_SCOPE, scope=RT_SCOPE_LINK)
+            except NetlinkError as e:
+                if e.code not in _DEL_IGNORED:
+                    errors.append(f"cannot delete link-scope copy {dst}: {e}")
+        for key in sorted(wanted.keys() - present.keys()):
+            family, dst, oif = key
+            msg = wanted[key]
+            extra = {"prefsrc": msg.get_attr("RTA_PREFSRC")} if msg.get_attr("RTA_PREFSRC") else {}
+            try:
+                ipr.route(
+                    "add",
+                    family=family,
+                    dst=dst,
+                    oif=oif,
+                    table=TABLE_LINK_SCOPE,
+                    scope=RT_SCOPE_LINK,
+                    proto=msg["proto"],
+                    **extra,
+                )
+            except NetlinkError as e:
+                if e.code not in _ADD_IGNORED:
+                    errors.append(f"cannot copy link-scope route {dst}: {e}")
+    return errors
+
+
+async def run_link_scope_mirror(
+    interval: float = MIRROR_INTERVAL,
+    *,
+    netns: str | None = None,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run :func:`sync_link_scope_routes` now and every ``interval`` seconds (errors logged at debug)."""
+    started = False
+    while True:
+        try:
+            errors = await anyio.to_thread.run_sync(lambda: sync_link_scope_routes(netns=netns))
+        except (NetlinkError, OSError) as e:
+            errors = [f"netlink: {e}"]
+        for error in errors:
+            log.debug("link-scope mirror: %s", error)
+        if not started:
+            task_status.started()
+            started = True
+        await anyio.sleep(interval)
 
 
 async def configure_interface(

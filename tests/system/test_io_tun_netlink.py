@@ -24,7 +24,13 @@ from gateway_core.interface import (
     InterfaceConfigFailed,
     InterfaceConfigured,
 )
-from gateway_io.netlink import apply_interface_config, configure_interface, flush_firezone_tables
+from gateway_io.netlink import (
+    apply_interface_config,
+    configure_interface,
+    flush_firezone_tables,
+    run_link_scope_mirror,
+    sync_link_scope_routes,
+)
 from gateway_io.tun import DEFAULT_NAME, TunDevice
 from tests.system.io_netns import inside, netns, sh
 
@@ -210,3 +216,40 @@ def test_tun_name_is_configurable_and_closing_deletes_it(ns: str) -> None:
     dev.close()  # idempotent
     assert "tun-other" not in sh("ip", "-n", ns, "link", "show")
     assert dev.write(b"\x45") is not None  # a closed device reports, never raises
+
+
+def mirror(ns: str) -> str:
+    return sh("ip", "-n", ns, "-4", "route", "show", "table", "0x2021fd01")
+
+
+@pytest.mark.anyio
+async def test_link_scope_routes_are_mirrored(ns: str) -> None:
+    # pyroute2's synchronous API runs an event loop of its own: from async code, call it in a thread.
+    def sync() -> list[str]:
+        return sync_link_scope_routes(netns=ns)
+
+    async def sync_link_scope(ns: str) -> list[str]:
+        return await anyio.to_thread.run_sync(sync)
+
+    sh("ip", "-n", ns, "link", "add", "fzv0", "type", "veth", "peer", "name", "fzv1")
+    sh("ip", "-n", ns, "addr", "add", "10.77.0.1/24", "dev", "fzv0")
+    sh("ip", "-n", ns, "link", "set", "fzv1", "up")
+    sh("ip", "-n", ns, "link", "set", "fzv0", "up")
+    assert await sync_link_scope(ns) == []
+    assert "10.77.0.0/24 dev fzv0 proto kernel scope link src 10.77.0.1" in mirror(ns)
+    before = mirror(ns)
+    assert await sync_link_scope(ns) == [] and mirror(ns) == before  # nothing to do twice
+
+    sh("ip", "-n", ns, "link", "set", "fzv0", "down")  # no longer up: its copy goes
+    assert await sync_link_scope(ns) == []
+    assert "10.77.0.0/24" not in mirror(ns)
+
+    sh("ip", "-n", ns, "link", "set", "fzv0", "up")
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: run_link_scope_mirror(0.05, netns=ns, task_status=task_status))
+        assert "10.77.0.0/24 dev fzv0" in mirror(ns)  # the first sync ran before start() returned
+        sh("ip", "-n", ns, "addr", "add", "10.78.0.1/24", "dev", "fzv0")
+        with anyio.fail_after(10):
+            while "10.78.0.0/24 dev fzv0" not in mirror(ns):
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
