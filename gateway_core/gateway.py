@@ -27,6 +27,7 @@ Client ids are UUIDs in the policy and their string form in the node.
 from __future__ import annotations
 
 import logging
+import struct
 import uuid
 from collections import deque
 from ipaddress import IPv4Address, IPv6Address
@@ -51,7 +52,7 @@ from gateway_core.gateway_control import (
 from gateway_core.gateway_flows import record_inbound, record_outbound
 from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, GatewayConfig, WallClockAnchor
 from gateway_core.inputs import Input, SendFailed, ShutdownRequested
-from gateway_core.interface import InterfaceConfigFailed, InterfaceConfigured
+from gateway_core.interface import IPV4_TUNNEL, IPV6_TUNNEL, InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.node.node import Node
 from gateway_core.policy.authorizations import AddOutcome
 from gateway_core.policy.client import DROP, FORWARD, ClientPolicy
@@ -73,6 +74,7 @@ from gateway_core.portal.channel import (
 )
 from gateway_core.portal.login import login_url, user_agent
 from gateway_core.stats import Stats
+from gateway_core.wire.icmp import build_icmp_prohibited
 from gateway_core.wire.ip import validate
 from gateway_core.wireguard import WireGuardPeer, identify_initiator
 from gateway_core.wireguard.crypto import public_key
@@ -80,6 +82,12 @@ from gateway_core.wireguard.ratelimit import RateLimiter
 
 log = logging.getLogger("gateway_core.gateway")
 
+_U32 = struct.Struct("!I")
+_U64X2 = struct.Struct("!QQ")
+_V4_TUN_SHIFT = 32 - IPV4_TUNNEL.prefixlen
+_V4_TUN_KEY = int(IPV4_TUNNEL.network_address) >> _V4_TUN_SHIFT
+_V6_TUN_SHIFT = 128 - IPV6_TUNNEL.prefixlen
+_V6_TUN_KEY = int(IPV6_TUNNEL.network_address) >> _V6_TUN_SHIFT
 _PORTAL_INPUTS = (
     PortalConnected,
     PortalConnectFailed,
@@ -236,6 +244,10 @@ class Gateway:
         if policy is None:
             self.counters.drop(DropReason.UNKNOWN_CLIENT)
             return None
+        if self._to_another_client(packet, policy):
+            self.counters.drop(DropReason.NOT_AUTHORIZED)
+            self.send_control(now, client, build_icmp_prohibited(packet))
+            return None
         buf = bytearray(packet)
         flows = self.flows.enabled
         pre = buf[:] if flows else None
@@ -252,6 +264,18 @@ class Gateway:
         else:
             self.counters.incr("icmp_reply_lost")
         return None
+
+    @staticmethod
+    def _to_another_client(packet: bytes, policy: ClientPolicy) -> bool:
+        """Whether the destination is a tunnel address other than the gateway's (decision 0054)."""
+        if packet[0] >> 4 == 4:
+            dst: int = _U32.unpack_from(packet, 16)[0]
+            return dst >> _V4_TUN_SHIFT == _V4_TUN_KEY and dst != policy._gv4
+        hi: int
+        lo: int
+        hi, lo = _U64X2.unpack_from(packet, 24)
+        dst6: int = (hi << 64) | lo
+        return dst6 >> _V6_TUN_SHIFT == _V6_TUN_KEY and dst6 != policy._gv6
 
     def _control(self, now: Instant, cid: str, packet: bytes) -> None:
         client = uuid.UUID(cid)

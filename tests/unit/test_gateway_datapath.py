@@ -397,3 +397,15 @@ def test_invalid_inner_packets_from_the_client_are_dropped() -> None:
     frag[6] |= 0x20  # MF: a fragment
     assert h.send(bytes(frag)) is None
     assert h.drops()["fragment"] == 1
+
+
+def test_no_client_to_client_traffic_even_with_the_internet_resource() -> None:
+    h = Harness()
+    h.setup(internet_resource())
+    before = len(h.client_rx)
+    assert h.send(udp(CL_TUN4, "100.64.0.77")) is None
+    assert h.send(udp(CL_TUN6, "fd00:2021:1111::77")) is None
+    assert [icmp_kind(p) for p in h.client_rx[before:]] == [(3, 13), (1, 1)]
+    assert h.drops()["not_authorized"] == 2
+    p = udp(CL_TUN4, GW_TUN4, dport=53535)
+    assert h.send(p) == p  # the gateway's own address stays reachable
