@@ -29,8 +29,9 @@ poll cannot miss a notification); and stale copies are removed, where Firezone o
 
 Everything here is synchronous netlink; :func:`configure_interface` and :func:`run_link_scope_mirror`
 run it in a worker thread so the event loop never blocks. Never call the synchronous functions from the
-event loop's own thread: pyroute2's synchronous API runs an asyncio loop of its own and fails there. ``netns`` (a name under ``/run/netns``) lets tests configure a namespace; the
-daemon passes ``None`` (its own namespace).
+event loop's own thread: pyroute2's synchronous API runs an asyncio loop of its own and fails there.
+``netns`` (a name under ``/run/netns``) lets tests configure a namespace; the daemon passes ``None`` (its
+own namespace).
 """
 
 from __future__ import annotations
