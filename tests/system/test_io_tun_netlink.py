@@ -31,7 +31,7 @@ from gateway_io.netlink import (
     run_link_scope_mirror,
     sync_link_scope_routes,
 )
-from gateway_io.tun import DEFAULT_NAME, TunDevice
+from gateway_io.tun import DEFAULT_NAME, TunClosed, TunDevice
 from tests.system.io_netns import inside, netns, sh
 
 pytestmark = [pytest.mark.system]
@@ -253,3 +253,24 @@ async def test_link_scope_routes_are_mirrored(ns: str) -> None:
             while "10.78.0.0/24 dev fzv0" not in mirror(ns):
                 await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_closing_wakes_a_waiting_reader(ns: str) -> None:
+    with inside(ns):
+        dev = TunDevice.open("tun-wait")
+    outcome: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await dev.read_batch()
+        except TunClosed as e:
+            outcome.append(e)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await anyio.wait_all_tasks_blocked()
+        await dev.aclose()
+    assert len(outcome) == 1
+    with pytest.raises(TunClosed):
+        dev.try_read()

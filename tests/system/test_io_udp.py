@@ -157,3 +157,22 @@ def test_a_family_that_cannot_bind_is_recorded(ns: str, sockets: UdpSockets) -> 
     assert "Address already in use" in none.errors[4] and "Address already in use" in none.errors[6]
     failed = none.send(Transmit(None, SocketAddr(ip_address("127.0.0.1"), 9), b"x"))
     assert isinstance(failed, SendFailed) and "no IPv4 socket" in failed.error
+
+
+@pytest.mark.anyio
+async def test_closing_wakes_a_waiting_receiver(sockets: UdpSockets) -> None:
+    assert sockets.v4 is not None
+    v4 = sockets.v4
+    outcome: list[BaseException] = []
+
+    async def receiver() -> None:
+        try:
+            await v4.receive_batch()
+        except anyio.ClosedResourceError as e:
+            outcome.append(e)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receiver)
+        await anyio.wait_all_tasks_blocked()
+        v4.close()
+    assert len(outcome) == 1
