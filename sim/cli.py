@@ -3,9 +3,11 @@
 - ``firezone-sim run --seed N [--trace FILE] [--pcap FILE] [--duration SECONDS] [--scenario NAME]``: run
   a scenario (``echo``, the default, or ``wireguard``: ICMP echo through a WireGuard tunnel between two
   simulated hosts; or a connectivity scenario, ``direct``, ``relay-only``, ``relay-lost`` or
-  ``credentials``: gateway and client nodes with TURN relays), write the trace (JSON lines) and a pcap
-  if asked, and print a short summary.
-- ``firezone-sim demo [--seed N]``: run the same scenario and print a play-by-play as it happens.
+  ``credentials``: gateway and client nodes with TURN relays; or ``gateway``: a simulated client using a
+  CIDR and a DNS resource through the whole gateway, see :mod:`sim.gateway_scenario`), write the trace
+  (JSON lines) and a pcap if asked, and print a short summary.
+- ``firezone-sim demo [--seed N]``: run the echo scenario, then the gateway scenario, and print a
+  play-by-play of each as it happens.
 
 The same seed gives the same trace and pcap, byte for byte.
 """
@@ -21,6 +23,13 @@ from typing import IO, BinaryIO
 
 from gateway_core.clock import Instant, fmt, millis, secs
 from sim.contract import ContractViolation
+from sim.gateway_scenario import (
+    GatewayScenario,
+    build_gateway_scenario,
+    narrate,
+    run_gateway_scenario,
+    scenario_summary,
+)
 from sim.hosts.connectivity import CONNECTIVITY_KINDS, connectivity_summary, run_connectivity
 from sim.hosts.wireguard import WireGuardScenario, build_wireguard_world, wireguard_summary
 from sim.pcap import PcapWriter
@@ -58,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pcap", metavar="FILE", help="write every delivered packet to FILE (pcap, raw IP)")
     run.add_argument(
         "--scenario",
-        choices=("echo", "wireguard", *CONNECTIVITY_KINDS),
+        choices=("echo", "wireguard", "gateway", *CONNECTIVITY_KINDS),
         default="echo",
         help="which world to run",
     )
@@ -88,6 +97,26 @@ def _run_wireguard(duration: int | None, seed: int, trace: Trace, pcap: PcapWrit
     return world
 
 
+def _demo_gateway(seed: int) -> None:
+    cfg = GatewayScenario()
+    print(
+        f"\nGateway scenario, seed {seed}, {fmt(cfg.duration)} of virtual time:\n"
+        "  a stub portal, two TURN relays, the gateway, one client, resources 'web' (CIDR) and 'app'\n"
+        "  (behind the DNS resource **.corp.test) and an upstream DNS server. The client pings web\n"
+        f"  every {fmt(cfg.interval)}, tries allowed and filtered ports, resolves app.corp.test to proxy\n"
+        "  IPs and talks to it through the gateway's NAT, asks SRV/TXT through the gateway;\n"
+        f"  web is revoked at {fmt(cfg.revoke_at)}.\n"
+        "Each line: virtual time, who, what (*** = a scenario step; 'web <-' = a packet at a resource).\n"
+    )
+    trace = Trace()
+    world = World(seed, trace=trace)
+    gw = build_gateway_scenario(world, cfg)
+    trace.listeners.append(narrate(gw, print))
+    world.run_until(Instant(cfg.duration))
+    print()
+    print(scenario_summary(gw))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -101,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.pcap:
                     stream: BinaryIO = stack.enter_context(open(args.pcap, "wb"))
                     pcap = PcapWriter(stream)
+                gateway_world = None
                 if args.scenario == "wireguard":
                     world = _run_wireguard(args.duration, args.seed, Trace(sink), pcap)
+                elif args.scenario == "gateway":
+                    gateway_world = run_gateway_scenario(
+                        World(args.seed, trace=Trace(sink), pcap=pcap), args.duration
+                    )
+                    world = gateway_world.world
                 elif args.scenario in CONNECTIVITY_KINDS:
                     world = run_connectivity(
                         World(args.seed, trace=Trace(sink), pcap=pcap), args.scenario, args.duration
@@ -114,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(wireguard_summary(world))
             if args.scenario in CONNECTIVITY_KINDS:
                 print(connectivity_summary(world))
+            if gateway_world is not None:
+                print(scenario_summary(gateway_world))
             return 0
         cfg = DEMO if args.duration is None else replace(DEMO, duration=args.duration)
         print(
@@ -134,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         world = _run(cfg, args.seed, trace, None)
         print()
         print(summary(world))
+        _demo_gateway(args.seed)
         return 0
     except ContractViolation as exc:
         print(f"contract violation: {exc}", file=sys.stderr)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
@@ -68,10 +68,7 @@ from gateway_core.policy.p2p_control import (
     parse_control_packet,
 )
 from gateway_core.stats import Stats
-from gateway_core.wire.icmp import parse_icmp_error
 from gateway_core.wire.ip import (
-    ICMPV4_ECHO_REPLY,
-    ICMPV6_ECHO_REPLY,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -84,7 +81,6 @@ from gateway_core.wire.ip import (
     build_icmp_echo,
     build_tcp_packet,
     build_udp_packet,
-    parse_icmp,
     parse_ip,
     parse_tcp,
     parse_udp,
@@ -104,6 +100,8 @@ from sim.hosts.client_types import (
     SignalIce,
     TcpReceived,
     UdpReceived,
+    dns_record,
+    icmp_record,
 )
 
 __all__ = [
@@ -171,6 +169,8 @@ class SimClient:
         self.echo_ident = echo_ident
         self.stats = Stats()
         self.received: list[Received] = []
+        self.listeners: list[Callable[[Received], None]] = []
+        """Called with every record as it is appended to :attr:`received` (the demo prints them)."""
         self.events: list[tuple[Instant, str, str]] = []
         """``(time, gateway, what)``: connection established / failed, unroutable sends."""
         self._now = now
@@ -223,6 +223,11 @@ class SimClient:
     def _identify(self, data: bytes) -> bytes | None:
         r = identify_initiator(self.private_key, data)
         return None if r is None else r[1]
+
+    def _record(self, rec: Received) -> None:
+        self.received.append(rec)
+        for listener in self.listeners:
+            listener(rec)
 
     def _advance(self, now: Instant) -> None:
         if now < self._now:
@@ -369,23 +374,27 @@ class SimClient:
         ok = self._send_app(now, build_tcp_packet(self._src_for(dst), dst, sp, dport, seq=isn, flags=TCP_SYN))
         return sp if ok else None
 
-    def query_dns(self, now: Instant, name: str, rtype: str) -> DnsAnswer | None:
+    def query_dns(self, now: Instant, name: str, rtype: str, via: str | None = None) -> DnsAnswer | None:
         """Resolve ``name``: A/AAAA of a DNS resource answered locally with proxy IPs (returned); SRV/TXT of
         a DNS resource forwarded to its gateway (the answer arrives in :attr:`received`, None returned);
-        other names get a local NXDOMAIN (the simulated client has no system resolver)."""
+        other names get a local NXDOMAIN (the simulated client has no system resolver). With ``via`` (a
+        gateway id) the query is sent to that gateway whatever it asks (to test REFUSED and the like)."""
         self._advance(now)
         name = name.lower().rstrip(".")
         hit = self._dns_resource_for(name)
+        if via is not None:
+            self._forward_dns(now, via, name, rtype)
+            return None
         if hit is None:
             ans = DnsAnswer(now, name, rtype, "NXDOMAIN", (), "local")
-            self.received.append(ans)
+            self._record(ans)
             return ans
         resource, gateway = hit
         if rtype in ("A", "AAAA"):
             d = self._assign(resource.id, gateway, name)
             ips = d.proxy_v4 if rtype == "A" else d.proxy_v6
             ans = DnsAnswer(now, name, rtype, "NOERROR", tuple(str(ip) for ip in ips), "local")
-            self.received.append(ans)
+            self._record(ans)
             req = self._nat.get((gateway, name))
             if req is not None:
                 req.recreate()
@@ -393,10 +402,14 @@ class SimClient:
                     self._encapsulate(now, gateway, req.packet)
             self._drain(now)
             return ans
+        self._forward_dns(now, gateway, name, rtype)
+        return None
+
+    def _forward_dns(self, now: Instant, gateway: str, name: str, rtype: str) -> None:
         grant = self.grants.get(gateway)
         if grant is None:
             self.stats.incr("dns.no_gateway")
-            return None
+            return
         q = dns.message.make_query(name, rtype)
         q.id = self._next_qid
         self._next_qid = self._next_qid % 0xFFFF + 1
@@ -405,7 +418,13 @@ class SimClient:
         packet = build_udp_packet(self.tunnel_v4, grant.tunnel_v4, sp, DNS_FORWARD_PORT, q.to_wire())
         self._encapsulate(now, gateway, packet)
         self._drain(now)
-        return None
+
+    def send_raw(self, now: Instant, gateway: str, packet: bytes) -> None:
+        """Any IP packet to ``gateway`` through the tunnel, unrouted and unchecked (spoofing, foreign
+        destinations, control packets: what a misbehaving client could send)."""
+        self._advance(now)
+        self._encapsulate(now, gateway, packet)
+        self._drain(now)
 
     def proxy_ips(self, name: str) -> tuple[IPAddress, ...]:
         """The proxy IPs assigned to ``name`` so far (IPv4 then IPv6), empty if none."""
@@ -512,7 +531,7 @@ class SimClient:
         try:
             cp = parse_control_packet(packet)
             if cp.event == EVENT_GOODBYE:
-                self.received.append(GoodbyeReceived(now, gateway))
+                self._record(GoodbyeReceived(now, gateway))
                 self._connected.discard(gateway)
                 self.node.remove_connection(gateway)
                 return
@@ -523,7 +542,7 @@ class SimClient:
         except DecodeError:
             self.stats.incr("control.malformed")
             return
-        self.received.append(DomainStatusReceived(now, gateway, st.resource, st.domain, st.status.value))
+        self._record(DomainStatusReceived(now, gateway, st.resource, st.domain, st.status.value))
         req = self._nat.get((gateway, st.domain))
         if req is None:
             return
@@ -531,30 +550,9 @@ class SimClient:
             self._encapsulate(now, gateway, p)
 
     def _icmp_in(self, now: Instant, packet: bytes, src: IPAddress) -> None:
-        err = parse_icmp_error(packet)
-        if err is None:
-            icmp = parse_icmp(parse_ip(packet).payload)
-            if icmp.icmp_type in (ICMPV4_ECHO_REPLY, ICMPV6_ECHO_REPLY):
-                self.received.append(EchoReply(now, src, icmp.ident, icmp.seq))
-            return
-        seq = None
-        if err.inner_proto in (PROTO_ICMP, PROTO_ICMPV6):
-            at = err.inner_l4_offset + 6
-            if len(err.embedded) >= at + 2:
-                seq = int.from_bytes(err.embedded[at : at + 2], "big")
-        self.received.append(
-            IcmpErrorReceived(
-                now,
-                src,
-                err.icmp_type,
-                err.code,
-                err.inner_proto,
-                err.inner_dst,
-                err.inner_sport,
-                err.inner_dport,
-                seq,
-            )
-        )
+        rec = icmp_record(now, packet, src)
+        if rec is not None:
+            self._record(rec)
 
     def _udp_in(self, now: Instant, src: IPAddress, udp: UdpHeader) -> None:
         if udp.sport == DNS_FORWARD_PORT and any(
@@ -562,34 +560,22 @@ class SimClient:
         ):
             self._dns_in(now, udp.payload)
             return
-        self.received.append(UdpReceived(now, src, udp.sport, udp.dport, udp.payload))
+        self._record(UdpReceived(now, src, udp.sport, udp.dport, udp.payload))
 
     def _dns_in(self, now: Instant, message: bytes) -> None:
         try:
-            msg = dns.message.from_wire(message)
-        except (dns.exception.DNSException, ValueError, IndexError):
+            qid = int.from_bytes(message[:2], "big") if len(message) >= 2 else -1
+            asked = self._dns_pending.pop(qid, None)
+            if asked is None:
+                self.stats.incr("dns.unexpected")
+                return
+            self._record(dns_record(now, message, *asked))
+        except DecodeError:
             self.stats.incr("dns.malformed")
-            return
-        asked = self._dns_pending.pop(msg.id, None)
-        if asked is None:
-            self.stats.incr("dns.unexpected")
-            return
-        records = tuple(sorted(rd.to_text() for rrset in msg.answer for rd in rrset))
-        self.received.append(
-            DnsAnswer(
-                now,
-                asked[0],
-                asked[1],
-                dns.rcode.to_text(msg.rcode()),
-                records,
-                "gateway",
-                bool(msg.flags & 0x0200),
-            )
-        )
 
     def _tcp_in(self, now: Instant, src: IPAddress, seg: bytes) -> None:
         tcp = parse_tcp(seg)
-        self.received.append(TcpReceived(now, src, tcp.sport, tcp.dport, tcp.flags, tcp.payload))
+        self._record(TcpReceived(now, src, tcp.sport, tcp.dport, tcp.flags, tcp.payload))
         key = (src, tcp.sport, tcp.dport)
         pending = self._tcp.get(key)
         if pending is None:

@@ -10,10 +10,24 @@ import uuid
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+import dns.exception
+import dns.message
+import dns.rcode
+
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
 from gateway_core.commands import Command
+from gateway_core.errors import DecodeError
 from gateway_core.node.node import RelayConfig
+from gateway_core.wire.icmp import parse_icmp_error
+from gateway_core.wire.ip import (
+    ICMPV4_ECHO_REPLY,
+    ICMPV6_ECHO_REPLY,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    parse_icmp,
+    parse_ip,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +146,43 @@ Received = (
     | DomainStatusReceived
     | GoodbyeReceived
 )
+
+
+def icmp_record(now: Instant, packet: bytes, src: IPAddress) -> EchoReply | IcmpErrorReceived | None:
+    """The record of an ICMP(v6) packet the client received (None for other ICMP messages).
+
+    Raises :class:`DecodeError` for a malformed packet."""
+    err = parse_icmp_error(packet)
+    if err is None:
+        icmp = parse_icmp(parse_ip(packet).payload)
+        if icmp.icmp_type in (ICMPV4_ECHO_REPLY, ICMPV6_ECHO_REPLY):
+            return EchoReply(now, src, icmp.ident, icmp.seq)
+        return None
+    seq = None
+    if err.inner_proto in (PROTO_ICMP, PROTO_ICMPV6):
+        at = err.inner_l4_offset + 6
+        if len(err.embedded) >= at + 2:
+            seq = int.from_bytes(err.embedded[at : at + 2], "big")
+    return IcmpErrorReceived(
+        now,
+        src,
+        err.icmp_type,
+        err.code,
+        err.inner_proto,
+        err.inner_dst,
+        err.inner_sport,
+        err.inner_dport,
+        seq,
+    )
+
+
+def dns_record(now: Instant, message: bytes, name: str, rtype: str) -> DnsAnswer:
+    """The record of a DNS response to the query for ``name``/``rtype`` (DecodeError if unparsable)."""
+    try:
+        msg = dns.message.from_wire(message)
+    except (dns.exception.DNSException, ValueError, IndexError):
+        raise DecodeError("malformed DNS response") from None
+    records = tuple(sorted(rd.to_text() for rrset in msg.answer for rd in rrset))
+    return DnsAnswer(
+        now, name, rtype, dns.rcode.to_text(msg.rcode()), records, "gateway", bool(msg.flags & 0x0200)
+    )

@@ -107,7 +107,9 @@ class DnsZone:
                 resp.answer.append(
                     dns.rrset.from_text_list(q.name, RECORD_TTL, dns.rdataclass.IN, q.rdtype, list(values))
                 )
-        return resp.to_wire(), ServedQuery(Instant(0), name, rtype, dns.rcode.to_text(resp.rcode()))
+        # want_shuffle=False: dnspython shuffles records with ``random`` by default (not deterministic).
+        wire = resp.to_wire(want_shuffle=False)
+        return wire, ServedQuery(Instant(0), name, rtype, dns.rcode.to_text(resp.rcode()))
 
 
 def _formerr(query: bytes) -> bytes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway_core.addr import IPAddress
@@ -91,6 +91,8 @@ class ResourceServer:
         self.tcp_ports = frozenset(tcp_ports)
         self.stats = Stats()
         self.received: list[Arrival] = []
+        self.listeners: list[Callable[[Arrival], None]] = []
+        """Called with every arrival as it is logged (the demo prints them)."""
         self._out: deque[Command] = deque()
         self._now = Instant(0)
 
@@ -137,7 +139,10 @@ class ResourceServer:
     def _log(
         self, now: Instant, proto: int, src: IPAddress, dst: IPAddress, sport: int, dport: int, n: int
     ) -> None:
-        self.received.append(Arrival(now, proto, src, dst, sport, dport, n))
+        arrival = Arrival(now, proto, src, dst, sport, dport, n)
+        self.received.append(arrival)
+        for listener in self.listeners:
+            listener(arrival)
 
     def _icmp(self, now: Instant, packet: bytes, src: IPAddress, dst: IPAddress, seg: bytes) -> None:
         icmp = parse_icmp(seg)

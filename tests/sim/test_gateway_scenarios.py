@@ -1,0 +1,260 @@
+"""Scenario tests through the whole gateway in the simulator (issue 6 item 7), each by seed.
+
+Portal (devportal in the stub), relays, the Gateway facade in its host, simulated clients, resources and
+an upstream DNS server in one world (:mod:`sim.gateway_world`). Each test asserts what the client
+received *and* what reached the resources (nothing outside a live authorisation and its filters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+
+import pytest
+
+from gateway_core.clock import Instant, millis, secs
+from gateway_core.node.connection import PathKind
+from gateway_core.wire.ip import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, build_udp_packet
+from sim.gateway_scenario import GatewayScenario, build_gateway_scenario, scenario_summary
+from sim.gateway_world import (
+    APP_V4,
+    APP_V6,
+    CIDR_RESOURCE,
+    DNS_RESOURCE,
+    WEB_V4,
+    GatewayWorld,
+    build_gateway_world,
+)
+from sim.hosts.client_types import (
+    DnsAnswer,
+    DomainStatusReceived,
+    EchoReply,
+    GoodbyeReceived,
+    IcmpErrorReceived,
+    TcpReceived,
+    UdpReceived,
+)
+from sim.trace import Trace
+from sim.world import World
+
+SEEDS = [1, 2, 3]
+ROOT = Path(__file__).resolve().parents[2]
+RUN_ARGS = (
+    "run",
+    "--seed",
+    "3",
+    "--scenario",
+    "gateway",
+    "--duration",
+    "5",
+    "--trace",
+    "t.jsonl",
+    "--pcap",
+    "t.pcap",
+)
+
+
+def _ready(seed: int, *resources: object, **kw: object) -> GatewayWorld:
+    gw = build_gateway_world(seed, **kw)  # type: ignore[arg-type]
+    assert gw.start()
+    for r in resources:
+        gw.grant(0, r)  # type: ignore[arg-type]
+    assert gw.run_until_connected(0)
+    return gw
+
+
+def _after(gw: GatewayWorld, t: int) -> list[object]:
+    return [r for r in gw.clients[0].received if r.at >= t]
+
+
+def _ping(gw: GatewayWorld, seq: int) -> Callable[[], None]:
+    return lambda: gw.drive(0, lambda c, now: c.send_icmp(now, WEB_V4, seq))
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cidr_resource_filters(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE)
+    start = gw.world.now
+    gw.drive(0, lambda c, now: c.send_icmp(now, WEB_V4, 1))
+    gw.drive(0, lambda c, now: c.send_udp(now, WEB_V4, 7, b"allowed", sport=41000))
+    gw.drive(0, lambda c, now: c.send_udp(now, WEB_V4, 9, b"filtered", sport=41001))
+    gw.drive(0, lambda c, now: c.send_udp(now, WEB_V4, 5000, b"closed", sport=41002))
+    gw.drive(0, lambda c, now: c.send_tcp_request(now, WEB_V4, 80, b"GET /", sport=41003))
+    gw.drive(0, lambda c, now: c.send_tcp_request(now, WEB_V4, 22, b"ssh", sport=41004))
+    gw.world.run_for(secs(1))
+    got = _after(gw, start)
+    assert [(r.src, r.seq) for r in got if isinstance(r, EchoReply)] == [(WEB_V4, 1)]
+    assert [(r.sport, r.dport, r.payload) for r in got if isinstance(r, UdpReceived)] == [
+        (7, 41000, b"allowed")
+    ]
+    errors = sorted(
+        ((r.icmp_type, r.code, r.inner_dport) for r in got if isinstance(r, IcmpErrorReceived)),
+        key=lambda e: e[2],
+    )
+    # Port 9 and TCP 22 are outside the filters: ICMP prohibited (3/13) from the gateway, for the
+    # resource's address. Port 5000 is allowed but closed: port unreachable (3/3) from the resource.
+    assert errors == [(3, 13, 9), (3, 13, 22), (3, 3, 5000)]
+    tcp = [r for r in got if isinstance(r, TcpReceived)]
+    assert [(r.flags, r.payload) for r in tcp] == [(TCP_SYN | TCP_ACK, b""), (TCP_ACK, b"re:GET /")]
+    # Security: the filtered packets never reached the resource.
+    ports = sorted({(a.proto, a.dport) for a in gw.web.received if a.proto in (PROTO_UDP, PROTO_TCP)})
+    assert ports == [(PROTO_TCP, 80), (PROTO_UDP, 7), (PROTO_UDP, 5000)]
+    assert gw.gateway.stats()["drop.filtered"] == 2
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dns_resource_with_nat(seed: int) -> None:
+    gw = _ready(seed, DNS_RESOURCE)
+    c = gw.clients[0]
+    start = gw.world.now
+    gw.drive(0, lambda c, now: c.query_dns(now, "app.corp.test", "A"))
+    gw.drive(0, lambda c, now: c.query_dns(now, "app.corp.test", "AAAA"))
+    proxies = c.proxy_ips("app.corp.test")
+    v4, v6 = proxies[0], proxies[4]
+    gw.drive(0, lambda c, now: c.send_icmp(now, v4, 1))
+    gw.drive(0, lambda c, now: c.send_icmp(now, v6, 2))
+    gw.drive(0, lambda c, now: c.send_udp(now, proxies[2], 7, b"via nat", sport=42000))
+    gw.drive(0, lambda c, now: c.send_tcp_request(now, proxies[1], 443, b"hello", sport=42001))
+    gw.world.run_for(secs(2))
+    got = _after(gw, start)
+    status = [r for r in got if isinstance(r, DomainStatusReceived)]
+    assert [(s.domain, s.status, s.resource) for s in status] == [("app.corp.test", "Active", DNS_RESOURCE)]
+    # Replies come back from the proxy IPs the client used (translated back by the gateway).
+    assert sorted((str(r.src), r.seq) for r in got if isinstance(r, EchoReply)) == sorted(
+        [(str(v4), 1), (str(v6), 2)]
+    )
+    assert [(r.src, r.sport, r.dport, r.payload) for r in got if isinstance(r, UdpReceived)] == [
+        (proxies[2], 7, 42000, b"via nat")
+    ]
+    tcp = [r for r in got if isinstance(r, TcpReceived)]
+    assert [(r.src, r.sport, r.payload) for r in tcp][-1] == (proxies[1], 443, b"re:hello")
+    # The resource saw the real addresses, from the client's tunnel addresses.
+    assert {a.dst for a in gw.app.received} == {APP_V4, APP_V6}
+    assert {a.src for a in gw.app.received} == {c.tunnel_v4, c.tunnel_v6}
+    assert not gw.web.received
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_srv_and_txt_forwarded_and_answered(seed: int) -> None:
+    gw = _ready(seed, DNS_RESOURCE)
+    start = gw.world.now
+    gw.drive(0, lambda c, now: c.query_dns(now, "_sip._tcp.corp.test", "SRV"))
+    gw.drive(0, lambda c, now: c.query_dns(now, "info.corp.test", "TXT"))
+    gw.drive(0, lambda c, now: c.query_dns(now, "outside.example", "TXT", via=gw.gateway_id()))
+    gw.drive(0, lambda c, now: c.query_dns(now, "nothing.corp.test", "TXT"))
+    gw.world.run_for(secs(1))
+    answers = {(r.name, r.rtype): r for r in _after(gw, start) if isinstance(r, DnsAnswer)}
+    assert answers[("_sip._tcp.corp.test", "SRV")].records == ("10 5 5060 app.corp.test.",)
+    assert answers[("_sip._tcp.corp.test", "SRV")].source == "gateway"
+    assert answers[("info.corp.test", "TXT")].records == ('"hello from the upstream"', '"second string"')
+    assert answers[("nothing.corp.test", "TXT")].rcode == "NXDOMAIN"  # the upstream's answer, forwarded
+    assert answers[("nothing.corp.test", "TXT")].source == "gateway"
+    # A name outside the client's resources is refused by the gateway, never asked upstream.
+    assert answers[("outside.example", "TXT")].rcode == "REFUSED"
+    asked = sorted((q.name, q.rtype) for q in gw.upstream.queries)
+    assert asked == [("_sip._tcp.corp.test", "SRV"), ("info.corp.test", "TXT"), ("nothing.corp.test", "TXT")]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_access_revoked_mid_flow(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE, DNS_RESOURCE)
+    for i in range(20):
+        gw.world.after(millis(250 * i), _ping(gw, i))
+    revoke_at = Instant(gw.world.now + secs(2) + millis(100))
+    gw.world.at(revoke_at, lambda: _ignore(gw.revoke(0, CIDR_RESOURCE)))
+    gw.world.run_for(secs(6))
+    replies = [r for r in gw.clients[0].received if isinstance(r, EchoReply)]
+    assert 6 <= len(replies) <= 9  # the pings of the first ~2 s
+    # One one-way portal hop (<= 30 ms here) after the revocation nothing reaches web any more...
+    assert all(a.at <= revoke_at + millis(50) for a in gw.web.received)
+    # ... and the gateway answers what the client still sends with ICMP prohibited.
+    late = [r for r in gw.clients[0].received if isinstance(r, IcmpErrorReceived) and r.at > revoke_at]
+    assert late and all((r.icmp_type, r.code) == (3, 13) for r in late)
+    assert all(r.at < revoke_at + millis(200) for r in replies)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_authorisation_expires(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE, expires_in=8)
+    granted_unix = gw.portal.unix_now
+    for i in range(40):
+        gw.world.after(millis(300 * i), _ping(gw, i))
+    gw.world.run_for(secs(13))
+    expiry_ns = (granted_unix + 8) * 1_000_000_000 - gw.world.clock.epoch_unix_ns
+    replies = [r for r in gw.clients[0].received if isinstance(r, EchoReply)]
+    assert replies and all(r.at <= expiry_ns + secs(1) + millis(200) for r in replies)
+    assert max(r.at for r in replies) >= expiry_ns - secs(1)  # it worked until (about) the expiry
+    # The 1 s sweep removes the expired authorisation: nothing reaches web after it.
+    assert all(a.at <= expiry_ns + secs(1) + millis(100) for a in gw.web.received)
+    # The client had no resource left: the gateway removed it and said goodbye.
+    assert any(isinstance(r, GoodbyeReceived) for r in gw.clients[0].received)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_relay_only_path(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE, relay_only=True)
+    conn = next(iter(gw.gateway.node.connections.values()))
+    assert conn.peer_socket is not None and conn.peer_socket.kind is not PathKind.PEER_TO_PEER
+    start = gw.world.now
+    for i in range(5):
+        _ping(gw, i)()
+        gw.world.run_for(millis(400))
+    assert [r.seq for r in _after(gw, start) if isinstance(r, EchoReply)] == [0, 1, 2, 3, 4]
+    drops = gw.world.stats.counters
+    assert drops["drop.partition"] > 0  # the direct path was tried and is cut
+
+
+def test_spoofed_source_is_prohibited_and_never_reaches_the_resource() -> None:
+    gw = _ready(5, CIDR_RESOURCE)
+    spoof = build_udp_packet(IPv4Address("100.64.9.9"), WEB_V4, 1234, 7, b"spoof")
+    gw.drive(0, lambda c, now: c.send_raw(now, gw.gateway_id(), spoof))
+    gw.world.run_for(secs(1))
+    assert not [a for a in gw.web.received if a.src == ip_address("100.64.9.9")]
+    assert gw.gateway.stats().get("drop.spoofed_source", 0) == 1
+
+
+def _digest(seed: int) -> str:
+    lines: list[str] = []
+    trace = Trace()
+    trace.listeners.append(lambda r: lines.append(json.dumps(r, sort_keys=True)))
+    world = World(seed, trace=trace)
+    gw = build_gateway_scenario(world, GatewayScenario(duration=secs(6), revoke_at=secs(4)))
+    world.run_until(Instant(secs(6)))
+    lines.append(scenario_summary(gw))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_the_gateway_scenario_is_deterministic_by_seed() -> None:
+    assert _digest(4) == _digest(4)
+    assert _digest(4) != _digest(5)
+
+
+def test_gateway_scenario_traces_are_identical_across_processes(tmp_path: Path) -> None:
+    """``firezone-sim run --scenario gateway``: same seed, two processes with random hash seeds."""
+    outs = []
+    for sub in ("1", "2"):
+        (tmp_path / sub).mkdir()
+        outs.append(
+            subprocess.run(
+                [sys.executable, "-m", "sim", *RUN_ARGS],
+                cwd=tmp_path / sub,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+                env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "random"},
+            ).stdout
+        )
+    a, b = (tmp_path / "1" / "t.jsonl").read_bytes(), (tmp_path / "2" / "t.jsonl").read_bytes()
+    assert len(a) > 10_000 and a == b
+    assert (tmp_path / "1" / "t.pcap").read_bytes() == (tmp_path / "2" / "t.pcap").read_bytes()
+    assert outs[0] == outs[1] and "EchoReply" in outs[0] and "gateway drops:" in outs[0]
