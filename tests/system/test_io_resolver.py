@@ -30,6 +30,7 @@ import pytest
 from gateway_core.addr import SocketAddr
 from gateway_core.dns.forwarding import DnsUpstreamFailed, DnsUpstreamResponse, ForwardDnsQuery
 from gateway_core.dns.servers import DnsTransport
+from gateway_io.dns_server import TcpDnsServer, UdpDnsServer
 from gateway_io.resolver import ResolveError, Resolver, parse_resolv_conf, read_nameservers, udp_exchange
 from tests.system.io_netns import inside, netns, sh
 
@@ -256,3 +257,39 @@ def test_resolv_conf_parsing(tmp_path: Path) -> None:
     assert read_nameservers(path) == [SocketAddr(ip_address("127.0.0.53"), 53)]
     with pytest.raises(OSError):
         read_nameservers(tmp_path / "missing")
+
+
+@pytest.mark.anyio
+async def test_layer4_servers_forward_through_the_resolver(ns: str, unbound: None) -> None:
+    """The IO pieces composed as the driver will compose them (without the core's decisions): queries
+    from ``dig`` reach our UDP/TCP servers, go upstream to unbound and come back."""
+    with inside(ns):
+        resolver = Resolver([UNBOUND])
+        assert await resolver.evaluate() == UNBOUND
+        udp = await UdpDnsServer.bind(("127.0.0.1", 53535))
+        async with anyio.create_task_group() as tg:
+            tcp = await TcpDnsServer.bind(("127.0.0.1", 53535), task_group=tg)
+
+            async def serve(server: UdpDnsServer | TcpDnsServer) -> None:
+                async for q in server:
+                    answer = await resolver.forward(q.message, q.transport)
+                    assert isinstance(answer, bytes), answer
+                    await server.send_response(q.remote, answer)
+
+            tg.start_soon(serve, udp)
+            tg.start_soon(serve, tcp)
+
+            async def dig(*args: str) -> list[str]:
+                argv = ["ip", "netns", "exec", ns, "dig", "@127.0.0.1", "-p", "53535", "+short", "+tries=1"]
+                result = await anyio.run_process([*argv, *args])
+                return sorted(result.stdout.decode().split("\n")[:-1])
+
+            for transport in ("+notcp", "+tcp"):
+                assert await dig(transport, "_sip._tcp.fz.test", "SRV") == ["10 20 5060 www.fz.test."]
+                assert await dig(transport, "txt.fz.test", "TXT") == ['"hello"']
+            # Without EDNS unbound truncates the big answer over UDP; the resolver asks again over TCP.
+            big = await dig("+notcp", "+noedns", "+ignore", "big.fz.test", "TXT")
+            assert len(big) == len(BIG_TXT)
+            tg.cancel_scope.cancel()
+        await udp.aclose()
+        await tcp.aclose()
