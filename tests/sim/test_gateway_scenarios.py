@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.node.connection import PathKind
+from gateway_core.portal.model import CidrResource, Filter, FilterProtocol
 from gateway_core.wire.ip import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, build_udp_packet
 from sim.gateway_scenario import GatewayScenario, build_gateway_scenario, scenario_summary
 from sim.gateway_world import (
@@ -258,3 +260,52 @@ def test_gateway_scenario_traces_are_identical_across_processes(tmp_path: Path) 
     assert len(a) > 10_000 and a == b
     assert (tmp_path / "1" / "t.pcap").read_bytes() == (tmp_path / "2" / "t.pcap").read_bytes()
     assert outs[0] == outs[1] and "EchoReply" in outs[0] and "gateway drops:" in outs[0]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_two_clients_are_isolated(seed: int) -> None:
+    gw = build_gateway_world(seed, clients=2)
+    assert gw.start()
+    for i in (0, 1):
+        gw.grant(i, CIDR_RESOURCE)
+        gw.grant(i, DNS_RESOURCE)
+    assert gw.run_until_connected(0) and gw.run_until_connected(1)
+    for i in (0, 1):
+        gw.drive(i, lambda c, now: c.query_dns(now, "app.corp.test", "A"))
+        gw.drive(i, lambda c, now, i=i: c.send_icmp(now, c.proxy_ips("app.corp.test")[0], 10 + i))
+        gw.drive(i, lambda c, now, i=i: c.send_udp(now, WEB_V4, 7, f"from {i}".encode()))
+    gw.world.run_for(secs(1))
+    gw.revoke(1, CIDR_RESOURCE)
+    gw.world.run_for(millis(100))
+    t = gw.world.now
+    for i in (0, 1):
+        gw.drive(i, lambda c, now, i=i: c.send_udp(now, WEB_V4, 7, f"again {i}".encode()))
+    gw.world.run_for(secs(1))
+    for i, c in enumerate(gw.clients):
+        echoes = [r.seq for r in c.received if isinstance(r, EchoReply)]
+        assert echoes == [10 + i]  # each client gets its own reply, through its own NAT
+        udp = [r.payload for r in c.received if isinstance(r, UdpReceived)]
+        assert udp == ([b"from 0", b"again 0"] if i == 0 else [b"from 1"])
+    late = [a for a in gw.web.received if a.at > t]
+    assert [a.src for a in late] == [gw.clients[0].tunnel_v4]  # client 1's packet stopped at the gateway
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_resource_updated_changes_filters(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE)
+    gw.drive(0, lambda c, now: c.send_udp(now, WEB_V4, 7, b"before", sport=43000))
+    gw.world.run_for(secs(1))
+    res = gw.portal.config.resource(CIDR_RESOURCE)
+    assert isinstance(res, CidrResource)
+    gw.signalling.update_resource(replace(res, filters=(Filter(FilterProtocol.ICMP),)))
+    gw.world.run_for(millis(200))
+    t = gw.world.now
+    gw.drive(0, lambda c, now: c.send_udp(now, WEB_V4, 7, b"after", sport=43001))
+    gw.drive(0, lambda c, now: c.send_icmp(now, WEB_V4, 3))
+    gw.world.run_for(secs(1))
+    got = _after(gw, t)
+    assert [(r.icmp_type, r.code, r.inner_dport) for r in got if isinstance(r, IcmpErrorReceived)] == [
+        (3, 13, 7)
+    ]
+    assert [r.seq for r in got if isinstance(r, EchoReply)] == [3]
+    assert [a.proto for a in gw.web.received if a.at > t] == [1]
