@@ -19,7 +19,7 @@ kernel would:
   ``DnsUpstreamResponse``. The core times these out itself.
 - ``ConfigureInterface`` installs the routes of the tunnel ranges towards this host and answers
   ``InterfaceConfigured``; ``BindDnsServers`` / ``RetryDnsServerBind`` answer ``DnsServerBound`` for every
-  address (``fail_binds`` makes chosen addresses fail, to exercise the retry).
+  address (``fail_binds`` makes the binds of one family fail a number of times, to exercise the retry).
 
 Answers to commands are scheduled as world actions (``drive``), never re-entered while the world is
 draining the gateway's commands.
@@ -92,7 +92,7 @@ class GatewayHost(PortalClientHost):
         link: LinkProfile | None = None,
         resolver: SimResolver | None = None,
         upstream_dns: SocketAddr | None = None,
-        fail_binds: Mapping[SocketAddr, int] | None = None,
+        fail_binds: Mapping[int, int] | None = None,
     ) -> None:
         Host.__init__(
             self, name, gateway, ipv4=ipv4, ipv6=ipv6, link=link, udp_ports=(gateway.config.wg_port,)
@@ -106,8 +106,8 @@ class GatewayHost(PortalClientHost):
         self._requests: dict[int, str] = {}
         self.resolver = resolver if resolver is not None else SimResolver()
         self.upstream_dns = upstream_dns
-        self.fail_binds: dict[SocketAddr, int] = dict(fail_binds or {})
-        """Address -> how many more bind attempts fail."""
+        self.fail_binds: dict[int, int] = dict(fail_binds or {})
+        """IP version -> how many more bind attempts of an address of that family fail."""
         self.dns_servers: set[SocketAddr] = set()
         self._upstream: dict[int, int] = {}  # local port -> query id
         self.interface: ConfigureInterface | None = None
@@ -202,9 +202,9 @@ class GatewayHost(PortalClientHost):
                 super().execute(now, command)
 
     def _bind_dns(self, address: SocketAddr) -> None:
-        left = self.fail_binds.get(address, 0)
+        left = self.fail_binds.get(address.ip.version, 0)
         if left > 0:
-            self.fail_binds[address] = left - 1
+            self.fail_binds[address.ip.version] = left - 1
             self._later(0, DnsServerBindFailed(address, "address not available"))
             return
         self.dns_servers.add(address)

@@ -15,7 +15,7 @@ from gateway_core.clock import Instant, secs
 from gateway_core.commands import Command, Transmit
 from gateway_core.contract import Deadline
 from gateway_core.dns.forwarding import ForwardDnsQuery
-from gateway_core.dns.servers import BindDnsServers
+from gateway_core.dns.servers import BindDnsServers, RetryDnsServerBind
 from gateway_core.gateway_types import ResolveDomain
 from gateway_core.interface import ConfigureInterface
 from gateway_core.portal.model import ResolveRequest
@@ -105,3 +105,16 @@ def test_legacy_request_connection_resolves_in_the_sim_and_srv_is_forwarded_upst
     assert st["dns.dns_forwarded"] == 1
     # the answer went back towards the client, whose connection never came up (no client in this world)
     assert st["drop.no_connection"] >= 1
+
+
+def test_failed_dns_bind_is_retried_in_the_sim() -> None:
+    w = World(3)
+    sc = build_gateway_world(w)
+    sc.host.fail_binds = {6: 2}
+    w.run_until(Instant(secs(5)))
+    retries = [c for _, c in sc.host.log if isinstance(c, RetryDnsServerBind)]
+    assert len(retries) == 2 and all(r.address.ip.version == 6 for r in retries)
+    assert {a.ip.version for a in sc.host.dns_servers} == {4, 6}
+    st = sc.gateway.stats()
+    assert st["gateway.dns_bind_failed"] == 2 and st["gateway.dns_bound"] == 2
+    assert sc.host.exited is None
