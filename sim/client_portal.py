@@ -16,9 +16,9 @@ frames, only its effects, reusing :class:`devportal.DevPortal`'s logic for every
   ``invalidate_ice_candidates``); the gateway's ``broadcast_*ice_candidates`` pushes reach
   :meth:`ClientSignalling._from_gateway` through ``DevPortal.listeners`` and go to each named client
   after the delay.
-- :meth:`revoke`, :meth:`update_expiry` and :meth:`update_resource` are the portal actions of the same
-  name; the client keeps its routes (so a test can watch traffic stop at the gateway) unless
-  ``forget=True``.
+- :meth:`revoke`, :meth:`update_expiry`, :meth:`update_resource` and :meth:`relays_presence` are the
+  portal actions of the same name (the last also gives every client the new relay list); on revocation
+  the client keeps its routes (so a test can watch traffic stop at the gateway) unless ``forget=True``.
 
 Every signalling step is scheduled with :meth:`World.after` and runs through :meth:`World.drive`, so it
 is traced and contract-checked like any other step. :attr:`ClientSignalling.log` keeps ``(time, what)``.
@@ -32,6 +32,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from devportal.config import RelayConfig as DevRelayConfig
 from devportal.portal import (
     DevPortal,
     GatewayRecord,
@@ -214,6 +215,22 @@ class ClientSignalling:
         result: dict[str, Any] = self.act(lambda p: p.update_resource(resource))
         return result
 
+    def relays_presence(
+        self, offline: list[uuid.UUID], online: list[DevRelayConfig] | None = None
+    ) -> dict[str, Any]:
+        """Relays left or joined: ``relays_presence`` to the gateways, the new relay list to every client."""
+        result: dict[str, Any] = self.act(lambda p: p.relays_presence(offline, online))
+        for cid, host in sorted(self.clients.items()):
+            cfg = self.portal.config.client(cid)
+            if cfg is None:
+                continue
+            relays = self.client_relays(encode_key(cfg.public_key))
+            self._later(
+                f"relays for {host.name}: {len(relays)}",
+                _deliver_relays(self.world, host, relays),
+            )
+        return result
+
     # --- candidates
 
     def _from_client(self, client_id: uuid.UUID, cmd: SignalIce) -> None:
@@ -244,6 +261,14 @@ class ClientSignalling:
                 f"{event} {gw.name} -> {host.name}",
                 _deliver_candidates(self.world, host, str(gw.id), msg.candidates, invalidate),
             )
+
+
+def _deliver_relays(world: World, host: ClientHost, relays: tuple[RelayConfig, ...]) -> Callable[[], None]:
+    def deliver() -> None:
+        if host.name in world.hosts and host.exited is None:
+            world.drive(host, lambda now: host.client.set_relays(now, relays))
+
+    return deliver
 
 
 def _deliver_candidates(

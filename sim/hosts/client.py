@@ -293,10 +293,7 @@ class SimClient:
     def grant(self, now: Instant, grant: GatewayGrant, resource: ClientResource) -> None:
         """Access to ``resource`` through ``grant.gateway``: (re)connect and route the resource there."""
         self._advance(now)
-        if grant.relays != self._relays:
-            gone = sorted({r.id for r in self._relays} - {r.id for r in grant.relays})
-            self.node.update_relays(gone, list(grant.relays), now)
-            self._relays = grant.relays
+        self._set_relays(now, grant.relays)
         self.grants[grant.gateway] = grant
         self.node.upsert_connection(
             grant.gateway, grant.public_key, grant.psk, grant.client_ice, grant.gateway_ice, now
@@ -308,6 +305,18 @@ class SimClient:
             else:
                 self.node.add_remote_candidate(grant.gateway, c, now)
         self._drain(now)
+
+    def set_relays(self, now: Instant, relays: tuple[RelayConfig, ...]) -> None:
+        """The portal's current relays (relays went away, came, or got new credentials)."""
+        self._advance(now)
+        self._set_relays(now, relays)
+        self._drain(now)
+
+    def _set_relays(self, now: Instant, relays: tuple[RelayConfig, ...]) -> None:
+        if relays != self._relays:
+            gone = sorted({r.id for r in self._relays} - {r.id for r in relays})
+            self.node.update_relays(gone, list(relays), now)
+            self._relays = relays
 
     def add_resource(self, resource: ClientResource, gateway: str) -> None:
         self.resources[resource.id] = (resource, gateway)

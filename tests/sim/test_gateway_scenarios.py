@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
@@ -309,3 +310,31 @@ def test_resource_updated_changes_filters(seed: int) -> None:
     ]
     assert [r.seq for r in got if isinstance(r, EchoReply)] == [3]
     assert [a.proto for a in gw.web.received if a.at > t] == [1]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_relay_only_survives_losing_the_relay_in_use(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE, relay_only=True)
+    conn = next(iter(gw.gateway.node.connections.values()))
+    assert conn.peer_socket is not None and conn.relay is not None
+    used = conn.peer_socket.source.ip
+    lost = next(n for n in gw.relay_names if gw.world.hosts[n].ipv4 == used)
+    relay_id = uuid.UUID(conn.relay)
+    start = gw.world.now
+    for i in range(40):
+        gw.world.after(millis(250 * i), _ping(gw, i))
+
+    def lose() -> None:
+        gw.world.remove_host(lost)
+        gw.signalling.relays_presence([relay_id])
+
+    gw.world.after(secs(3), lose)
+    gw.world.run_for(secs(11))
+    got = [r for r in _after(gw, start) if isinstance(r, EchoReply)]
+    lost_at = start + secs(3)
+    assert any(r.at < lost_at for r in got)
+    resumed = [r for r in got if r.at > lost_at]
+    assert resumed and resumed[0].at < lost_at + secs(3)  # back within a few seconds, through the other relay
+    assert [r.seq for r in resumed][-5:] == [35, 36, 37, 38, 39]
+    now_conn = next(iter(gw.gateway.node.connections.values()))
+    assert now_conn.peer_socket is not None and now_conn.peer_socket.source.ip != used
