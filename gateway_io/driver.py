@@ -41,29 +41,27 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Command, Exit, Transmit, WriteTun
-from gateway_core.contract import Deadline
 from gateway_core.dns.forwarding import (
     DnsQueryReceived,
     DnsUpstreamFailed,
-    DnsUpstreamResponse,
     ForwardDnsQuery,
     SendDnsResponse,
 )
-from gateway_core.dns.servers import BindDnsServers, DnsTransport, RetryDnsServerBind
+from gateway_core.dns.servers import BindDnsServers, RetryDnsServerBind
 from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, ResolveDomain, WallClockAnchor
 from gateway_core.inputs import Input, SendFailed, ShutdownRequested
-from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
+from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed
 from gateway_core.portal.channel import (
     ClosePortal,
     ConnectPortal,
@@ -73,6 +71,7 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
+from gateway_io.transports import Core, DnsServers, Interface, Portal, Report, Transports
 
 log = logging.getLogger(__name__)
 
@@ -93,70 +92,7 @@ ANCHOR_TOLERANCE = 500_000_000
 """A wall-clock step above this (ns) re-anchors the core's UTC (NTP slews far less; a step is a jump)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# What the driver needs from the core and the transports
-
-
-class Core(Protocol):
-    """The gateway facade as the driver sees it (``gateway_core.gateway.Gateway``)."""
-
-    def handle_datagram(
-        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
-    ) -> bytes | None: ...
-    def handle_tun_packet(self, now: Instant, packet: bytes) -> Transmit | None: ...
-    def handle_input(self, now: Instant, inp: Input) -> None: ...
-    def handle_timeout(self, now: Instant) -> None: ...
-    def poll_timeout(self) -> Deadline | None: ...
-    def poll_command(self) -> Command | None: ...
-
-
-class Tun(Protocol):
-    async def read_batch(self) -> list[bytes]: ...
-    def write(self, packet: bytes) -> OSError | None: ...
-
-
-class UdpSocket(Protocol):
-    @property
-    def local(self) -> SocketAddr: ...
-    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]: ...
-    def send(self, transmit: Transmit) -> SendFailed | None: ...
-
-
-class Portal(Protocol):
-    def execute(self, cmd: Command) -> bool: ...
-
-
-class DnsServers(Protocol):
-    async def execute(self, command: Command) -> None: ...
-    async def receive(self) -> Any: ...
-    async def send_response(
-        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
-    ) -> bool: ...
-
-
-class Resolver(Protocol):
-    async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed: ...
-    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
-
-
-class Interface(Protocol):
-    async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed: ...
-
-
-Report = Callable[[Input], None]
-
-
-@dataclass(slots=True)
-class Transports:
-    """What the driver talks to; any part may be missing (its commands then fail as inputs or are logged)."""
-
-    tun: Tun | None = None
-    udp: Sequence[UdpSocket] = ()
-    portal: Callable[[anyio.abc.TaskGroup, Report], Portal] | None = None
-    """Built inside the driver's task group with the portal source's report function (``PortalIO``)."""
-    dns: DnsServers | None = None
-    resolver: Resolver | None = None
-    interface: Interface | None = None
+__all__ = ["SHUTDOWN_GRACE", "Core", "Driver", "DriverStats", "Report", "Transports"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,11 +251,11 @@ class Driver:
                 if self._stop:
                     break
                 wait = self._wait_ns()
-                if busy:
+                if busy or (wait is not None and wait <= 0):
                     await anyio.lowlevel.checkpoint()  # let the readers refill; then the next turn
                 elif wait is None:
                     await self._wake.wait()
-                elif wait > 0:
+                else:
                     with anyio.move_on_after(wait / 1e9):
                         await self._wake.wait()
             tg.cancel_scope.cancel()
@@ -544,13 +480,17 @@ class Driver:
     async def _dns_worker(self, dns: DnsServers, work: MemoryObjectReceiveStream[Command]) -> None:
         """DNS server commands in order: binds (reported by the set itself) and responses."""
         async for cmd in work:
-            if isinstance(cmd, SendDnsResponse):
-                local = (str(cmd.local.ip), cmd.local.port)
-                remote = (str(cmd.remote.ip), cmd.remote.port)
-                if not await dns.send_response(cmd.transport, local, remote, cmd.message):
-                    self.stats.counters.incr("driver.dns_response_failed")
-            else:
-                await dns.execute(cmd)
+            try:
+                if isinstance(cmd, SendDnsResponse):
+                    local = (str(cmd.local.ip), cmd.local.port)
+                    remote = (str(cmd.remote.ip), cmd.remote.port)
+                    if not await dns.send_response(cmd.transport, local, remote, cmd.message):
+                        self.stats.counters.incr("driver.dns_response_failed")
+                else:
+                    await dns.execute(cmd)  # bind outcomes are reported by the set itself
+            except Exception:  # a bug in the transport: logged and counted, the loop goes on
+                log.exception("DNS server command %s raised", type(cmd).__name__)
+                self.stats.counters.incr("driver.dns_command_failed")
 
     async def _interface_worker(
         self, interface: Interface, work: MemoryObjectReceiveStream[ConfigureInterface]

@@ -480,3 +480,22 @@ async def test_a_tun_write_failure_is_counted_not_raised() -> None:
         rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"x"))
         await until(lambda: rig.driver.stats.counters.counters.get("driver.tun_write_failed", 0) == 1)
         tg.cancel_scope.cancel()
+
+
+async def test_a_failing_device_is_fatal_goodbyes_are_still_sent_and_the_code_is_1() -> None:
+    core = FakeCore()
+    core.on_input = goodbye_script
+    rig = Rig(core)
+
+    async def broken() -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        raise OSError("EBADFD: TUN device gone")
+
+    rig.tun.read_batch = broken  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.run)
+        await until(lambda: rig.code is not None)
+    assert rig.code == 1
+    assert core.inputs(ShutdownRequested) == [ShutdownRequested()]
+    assert ("udp", Transmit(None, CLIENT, b"goodbye")) in rig.log.entries
+    assert rig.driver.stats.counters.counters["driver.read_failed"] == 1

@@ -1,0 +1,83 @@
+"""What the driver needs from the core and from each transport, as protocols (the real ones are
+``gateway_core.gateway.Gateway``, ``gateway_io.tun.TunDevice``, ``gateway_io.udp.UdpSocket``,
+``gateway_io.portal.PortalIO``, ``gateway_io.dns_servers.DnsServerSet``, ``gateway_io.resolver.Resolver``
+and ``gateway_io.daemon.NetlinkInterface``; the tests use fakes on memory streams)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio.abc
+
+from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.clock import Instant
+from gateway_core.commands import Command, Transmit
+from gateway_core.contract import Deadline
+from gateway_core.dns.forwarding import DnsUpstreamFailed, DnsUpstreamResponse, ForwardDnsQuery
+from gateway_core.dns.servers import DnsTransport
+from gateway_core.inputs import Input, SendFailed
+from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
+
+
+class Core(Protocol):
+    """The gateway facade as the driver sees it (``gateway_core.gateway.Gateway``)."""
+
+    def handle_datagram(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+    ) -> bytes | None: ...
+    def handle_tun_packet(self, now: Instant, packet: bytes) -> Transmit | None: ...
+    def handle_input(self, now: Instant, inp: Input) -> None: ...
+    def handle_timeout(self, now: Instant) -> None: ...
+    def poll_timeout(self) -> Deadline | None: ...
+    def poll_command(self) -> Command | None: ...
+
+
+class Tun(Protocol):
+    async def read_batch(self) -> list[bytes]: ...
+    def write(self, packet: bytes) -> OSError | None: ...
+
+
+class UdpSocket(Protocol):
+    @property
+    def local(self) -> SocketAddr: ...
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]: ...
+    def send(self, transmit: Transmit) -> SendFailed | None: ...
+
+
+class Portal(Protocol):
+    def execute(self, cmd: Command) -> bool: ...
+
+
+class DnsServers(Protocol):
+    async def execute(self, command: Command) -> None: ...
+    async def receive(self) -> Any: ...
+    async def send_response(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool: ...
+
+
+class Resolver(Protocol):
+    async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed: ...
+    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
+
+
+class Interface(Protocol):
+    async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed: ...
+
+
+Report = Callable[[Input], None]
+
+
+@dataclass(slots=True)
+class Transports:
+    """What the driver talks to; any part may be missing (its commands then fail as inputs or are logged)."""
+
+    tun: Tun | None = None
+    udp: Sequence[UdpSocket] = ()
+    portal: Callable[[anyio.abc.TaskGroup, Report], Portal] | None = None
+    """Built inside the driver's task group with the portal source's report function (``PortalIO``)."""
+    dns: DnsServers | None = None
+    resolver: Resolver | None = None
+    interface: Interface | None = None
