@@ -296,3 +296,25 @@ def test_client_assigns_proxy_ips_like_firezone() -> None:
     assert all(ip_address(x) in PROXY_V4 for x in other.records) and set(other.records).isdisjoint(a.records)
     assert none is not None and none.rcode == "NXDOMAIN"
     assert client.proxy_ips("app.corp.test")[:4] == tuple(ip_address(x) for x in a.records)
+
+
+def test_client_inbound_never_raises_on_malformed_packets() -> None:
+    w, client, _, _ = _bare_world(12)
+    w.run_until(Instant(secs(3)))
+    gw4 = IPv4Address("100.64.0.1")
+    samples = [
+        build_icmp_echo(R4, C4, 1, 1, b"x", reply=True),
+        build_udp_packet(gw4, C4, 53535, 40000, b"\x00\x01\x81\x80"),
+        build_tcp_packet(R4, C4, 80, 40000, b"data", seq=1, ack=2, flags=TCP_ACK),
+        build_icmp_echo(C4, R4, 1, 1, b"quoted"),
+    ]
+    before = len(client.received)
+    for p in samples:
+        for cut in range(len(p)):
+            client._inbound(Instant(secs(3)), "gw", p[:cut])
+        client._inbound(Instant(secs(3)), "gw", p + b"trailing")
+    rng = w.entropy.fork("fuzz")
+    for _ in range(300):
+        client._inbound(Instant(secs(3)), "gw", rng.random_bytes(1 + rng.randbelow(80)))
+    assert len(client.received) >= before  # recorded what parsed, dropped the rest, raised nothing
+    assert client.stats.snapshot().get("dropped.malformed", 0) > 0
