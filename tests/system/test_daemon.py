@@ -34,7 +34,7 @@ TOKEN = "dev-token"
 PORTAL_PORT = 8081
 HEALTH_PORT = 8080
 DNS_PORT = 53535
-WAIT = 30.0
+WAIT = 60.0
 """Seconds any awaited condition may take (bounded; it is reached only when something is broken)."""
 
 
