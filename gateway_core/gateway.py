@@ -56,7 +56,7 @@ from gateway_core.interface import IPV4_TUNNEL, IPV6_TUNNEL, InterfaceConfigFail
 from gateway_core.node.node import Node
 from gateway_core.policy.authorizations import AddOutcome
 from gateway_core.policy.client import DROP, FORWARD, ClientPolicy
-from gateway_core.policy.flows import ClientProperties, FlowTracker
+from gateway_core.policy.flows import ClientProperties, CompletedFlow, FlowTracker
 from gateway_core.policy.p2p_control import GOODBYE_PACKET, is_control_packet
 from gateway_core.policy.peers import ClientGone, ControlReply, Peers, ResolveRequest
 from gateway_core.policy.resources import ResourceDescription
@@ -288,6 +288,7 @@ class Gateway:
             self.counters.incr("goodbyes_received")
             self.node.remove_connection(cid)
             self.flows.remove_client(client, now)
+            self._uuid.pop(self._cid.pop(client, ""), None)
         elif isinstance(out, DropReason):
             self.counters.drop(out)
 
@@ -438,6 +439,10 @@ class Gateway:
             self._exit_sent = True
             return self._exit
         return None
+
+    def poll_flow(self) -> CompletedFlow | None:
+        """The next completed flow for the flow log (only with ``GatewayConfig.flow_logs``)."""
+        return self.flows.poll_completed()
 
     # --- statistics -----------------------------------------------------------------------------
 

@@ -345,7 +345,7 @@ def test_flow_records_for_a_tcp_connection() -> None:
     h.from_tun(build_tcp_packet(REAL, CL_TUN4, 443, 6000, flags=TCP_ACK | TCP_FIN))
     assert h.gw.stats()["gateway.flows_active"] == 1
     h.advance(secs(1))
-    flow = h.gw.flows.poll_completed()
+    flow = h.gw.poll_flow()
     assert flow is not None and flow.protocol == "tcp" and flow.client_id == CLIENT_ID
     assert (flow.inner_dst_ip, flow.inner_dst_port, flow.inner_domain) == (REAL, 443, "app.example.com")
     assert (flow.tx_packets, flow.rx_packets, flow.tx_bytes, flow.rx_bytes) == (2, 2, 3, 5)
