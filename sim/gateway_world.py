@@ -12,7 +12,8 @@ Theory of operation: :func:`build_gateway_world` puts into one :class:`~sim.worl
   :class:`~sim.client_portal.ClientSignalling`; with ``relay_only`` every client is partitioned from the
   gateway from the start, so only relayed paths work;
 - the resources: ``web`` (CIDR resource ``172.20.0.0/16`` with filters), ``app`` (the real address behind
-  the DNS resource ``**.corp.test``), and ``dns`` (the upstream DNS server with A/AAAA/SRV/TXT records).
+  the DNS resource ``**.corp.test``), ``inet`` (a host reached through the Internet resource), and
+  ``dns`` (the upstream DNS server with A/AAAA/SRV/TXT records).
 
 Nothing is granted at build time: scenarios call :meth:`GatewayWorld.grant` and run the world. The
 gateway connects to the portal at once; :meth:`GatewayWorld.start` runs until it has joined.
@@ -56,12 +57,15 @@ UPSTREAM_V4 = IPv4Address("192.0.2.53")
 WEB_V4 = IPv4Address("172.20.0.10")
 APP_V4 = IPv4Address("10.20.0.5")
 APP_V6 = IPv6Address("2001:db8:20::5")
+INET_V4 = IPv4Address("198.18.0.10")
+"""A host "on the Internet" (RFC 2544 benchmarking range), reached through the Internet resource."""
 TURN_PORT = 3478
 RELAY_SECRET = "sim-relay-secret"
 PORTAL_TOKEN = "sim-gateway-token"
 
 CIDR_RESOURCE = uuid.UUID("c7793628-8579-465b-83e3-1a5d4af4db3b")
 DNS_RESOURCE = uuid.UUID("619fbe83-bc95-4635-9a08-68da9a944c88")
+INTERNET_RESOURCE = uuid.UUID("1d2f3a4b-5c6d-4e7f-8091-a2b3c4d5e6f7")
 CIDR_ADDRESS = "172.20.0.0/16"
 CIDR_FILTERS = ("tcp/80", "udp/7", "udp/5000-5010", "icmp")
 """Allowed: TCP 80 (the web service), UDP 7 (echo), UDP 5000-5010 (closed on the host: port unreachable
@@ -97,6 +101,7 @@ class GatewayWorld:
     client_hosts: list[ClientHost]
     web: ResourceServer
     app: ResourceServer
+    inet: ResourceServer
     upstream: UpstreamDnsServer
     relay_names: list[str]
     zone: DnsZone
@@ -164,6 +169,10 @@ def _config_text(clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | 
         f'address = "{DNS_PATTERN}"',
         'name = "corp"',
         "",
+        "[[resources]]",
+        f'id = "{INTERNET_RESOURCE}"',
+        'type = "internet"',
+        "",
     ]
     for cid, key, i in clients:
         lines += [
@@ -174,7 +183,7 @@ def _config_text(clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | 
             f'ipv6 = "{IPv6Address("fd00:2021:1111::1:0") + 10 + i}"',
             "",
         ]
-        for rid in (CIDR_RESOURCE, DNS_RESOURCE):
+        for rid in (CIDR_RESOURCE, DNS_RESOURCE, INTERNET_RESOURCE):
             lines += ["[[policies]]", f'client = "{cid}"', f'resource = "{rid}"']
             if expires_in is not None:
                 lines.append(f"expires_in = {expires_in}")
@@ -236,6 +245,8 @@ def build_gateway_world(
     w.add_host(Host("web", web, ipv4=WEB_V4, link=link))
     app = ResourceServer([APP_V4, APP_V6], udp_ports=(7,), tcp_ports=(80, 443))
     w.add_host(Host("app", app, ipv4=APP_V4, ipv6=APP_V6, link=link))
+    inet = ResourceServer([INET_V4], udp_ports=(7,), tcp_ports=(80, 443))
+    w.add_host(Host("inet", inet, ipv4=INET_V4, link=link))
 
     table: dict[str, tuple[IPAddress, ...]] = {}
     for name in zone.names():
@@ -287,7 +298,20 @@ def build_gateway_world(
     if relay_only:
         w.partition([h.name for h in hosts], ["gateway"])
     return GatewayWorld(
-        w, stub, signalling, gateway, gw_host, sim_clients, ids, hosts, web, app, upstream, relay_names, zone
+        w,
+        stub,
+        signalling,
+        gateway,
+        gw_host,
+        sim_clients,
+        ids,
+        hosts,
+        web,
+        app,
+        inet,
+        upstream,
+        relay_names,
+        zone,
     )
 
 

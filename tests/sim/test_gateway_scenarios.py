@@ -29,6 +29,8 @@ from sim.gateway_world import (
     APP_V6,
     CIDR_RESOURCE,
     DNS_RESOURCE,
+    INET_V4,
+    INTERNET_RESOURCE,
     WEB_V4,
     GatewayWorld,
     build_gateway_world,
@@ -338,3 +340,46 @@ def test_relay_only_survives_losing_the_relay_in_use(seed: int) -> None:
     assert [r.seq for r in resumed][-5:] == [35, 36, 37, 38, 39]
     now_conn = next(iter(gw.gateway.node.connections.values()))
     assert now_conn.peer_socket is not None and now_conn.peer_socket.source.ip != used
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_internet_resource(seed: int) -> None:
+    gw = _ready(seed, INTERNET_RESOURCE)
+    start = gw.world.now
+    gw.drive(0, lambda c, now: c.send_icmp(now, INET_V4, 1))
+    gw.drive(0, lambda c, now: c.send_udp(now, INET_V4, 7, b"anything goes", sport=44000))
+    gw.drive(0, lambda c, now: c.send_udp(now, WEB_V4, 7, b"web too", sport=44001))  # any address
+    gw.world.run_for(secs(1))
+    got = _after(gw, start)
+    assert [(r.src, r.seq) for r in got if isinstance(r, EchoReply)] == [(INET_V4, 1)]
+    assert sorted(r.payload for r in got if isinstance(r, UdpReceived)) == [b"anything goes", b"web too"]
+    assert len(gw.inet.received) == 2 and len(gw.web.received) == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_expiry_update_extends_access(seed: int) -> None:
+    gw = _ready(seed, CIDR_RESOURCE, expires_in=5)
+    client_id = gw.client_ids[0]
+    gw.signalling.update_expiry(client_id, CIDR_RESOURCE, gw.portal.unix_now + 60)
+    for i in range(30):
+        gw.world.after(millis(300 * i), _ping(gw, i))
+    gw.world.run_for(secs(10))
+    assert [r.seq for r in gw.clients[0].received if isinstance(r, EchoReply)] == list(range(30))
+    assert not any(isinstance(r, GoodbyeReceived) for r in gw.clients[0].received)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_new_dns_answer_makes_the_gateway_resolve_again(seed: int) -> None:
+    gw = _ready(seed, DNS_RESOURCE)
+    gw.drive(0, lambda c, now: c.query_dns(now, "app.corp.test", "A"))
+    gw.drive(0, lambda c, now: c.send_icmp(now, c.proxy_ips("app.corp.test")[0], 1))
+    gw.world.run_for(secs(1))
+    gw.drive(0, lambda c, now: c.query_dns(now, "app.corp.test", "A"))  # Confirmed -> Recreating -> sent
+    gw.world.run_for(secs(1))
+    gw.drive(0, lambda c, now: c.send_icmp(now, c.proxy_ips("app.corp.test")[0], 2))
+    gw.world.run_for(secs(1))
+    resolves = [cmd for _, cmd in gw.gateway_host.log if type(cmd).__name__ == "ResolveDomain"]
+    assert len(resolves) == 2
+    status = [r for r in gw.clients[0].received if isinstance(r, DomainStatusReceived)]
+    assert [s.status for s in status] == ["Active", "Active"]
+    assert [r.seq for r in gw.clients[0].received if isinstance(r, EchoReply)] == [1, 2]
