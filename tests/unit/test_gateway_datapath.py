@@ -409,3 +409,38 @@ def test_no_client_to_client_traffic_even_with_the_internet_resource() -> None:
     assert h.drops()["not_authorized"] == 2
     p = udp(CL_TUN4, GW_TUN4, dport=53535)
     assert h.send(p) == p  # the gateway's own address stays reachable
+
+
+def test_tampered_handshake_initiation_fails_the_handshake() -> None:
+    from gateway_core.entropy import SeededEntropy
+    from gateway_core.wireguard import WireGuardPeer, crypto
+    from tests.unit.gateway_harness import CL, CL_PRIV, GW, GW_PRIV, PSK
+
+    h = Harness()
+    h.setup(cidr_resource())
+    wg = WireGuardPeer(
+        static_private=CL_PRIV,
+        peer_public=crypto.public_key(GW_PRIV),
+        psk=PSK,
+        global_index=7,
+        entropy=SeededEntropy(99),
+        now=h.now,
+        wall_unix_ns=2_000_000_000 * 10**9,
+    )
+    wg.initiate(h.now)
+    init = wg.poll_transmit()
+    assert init is not None and len(init) == 148
+    bad = bytearray(init)
+    bad[90] ^= 0x01  # inside the encrypted timestamp
+    bad[116:132] = crypto.mac(crypto.hash_(crypto.LABEL_MAC1, crypto.public_key(GW_PRIV)), bytes(bad[:116]))
+    assert h.gw.handle_datagram(h.now, GW, CL, bytes(bad)) is None
+    assert h.drops()["wg_handshake_failed"] == 1
+
+
+def test_filter_range_with_start_after_end_allows_no_port_and_does_not_crash() -> None:
+    h = Harness()
+    bad = {"protocol": "tcp", "port_range_start": 90, "port_range_end": 80}
+    h.setup(cidr_resource(filters=[bad, {"protocol": "udp", "port_range_start": 53, "port_range_end": 53}]))
+    assert h.send(build_tcp_packet(CL_TUN4, RES, 40000, 85, flags=TCP_SYN)) is None  # decision 0040
+    assert h.send(udp(CL_TUN4, RES, dport=53)) is not None
+    assert h.drops()["filtered"] == 1
