@@ -244,7 +244,11 @@ class Gateway:
         if policy is None:
             self.counters.drop(DropReason.UNKNOWN_CLIENT)
             return None
-        if self._to_another_client(packet, policy):
+        version = packet[0] >> 4
+        if (
+            (version == 4 and packet[16] == 100 and 64 <= packet[17] < 96)  # cheap pre-check of 100.64/11
+            or (version == 6 and packet[24] == 0xFD and packet[25] == 0)
+        ) and self._to_another_client(packet, policy):
             self.counters.drop(DropReason.NOT_AUTHORIZED)
             self.send_control(now, client, build_icmp_prohibited(packet))
             return None
