@@ -137,6 +137,8 @@ class Harness:
         self.commands: list[Command] = []
         """Every other command of the gateway (resolutions, DNS, interface, Exit...)."""
         self.block_direct = False
+        self.hold_to_relay: list[Transmit] | None = None
+        """When a list: the gateway's datagrams to the relay are kept here instead of delivered."""
         self.portal_closed = False
         if join:
             self.pump()
@@ -144,6 +146,9 @@ class Harness:
     # --- the network ----------------------------------------------------------------------------
 
     def deliver(self, src: SocketAddr, t: Transmit) -> None:
+        if self.hold_to_relay is not None and src == GW and t.dst == RELAY:
+            self.hold_to_relay.append(t)
+            return
         if t.dst == RELAY or t.dst in self.relay._by_relayed:
             for out in self.relay.handle(self.now, t.dst, src, t.payload):
                 assert out.src is not None

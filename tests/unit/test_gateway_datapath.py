@@ -444,3 +444,44 @@ def test_filter_range_with_start_after_end_allows_no_port_and_does_not_crash() -
     assert h.send(build_tcp_packet(CL_TUN4, RES, 40000, 85, flags=TCP_SYN)) is None  # decision 0040
     assert h.send(udp(CL_TUN4, RES, dport=53)) is not None
     assert h.drops()["filtered"] == 1
+
+
+def test_forged_relay_responses_are_dropped() -> None:
+    from gateway_core.wire import stun
+    from gateway_core.wire.stun import Attr, Class, Method, StunMessage
+    from tests.unit.gateway_harness import GW, RELAY, relay_json
+
+    h = Harness()
+    held: list[object] = []
+    h.hold_to_relay = held  # type: ignore[assignment]
+    h.push(
+        "init",
+        {
+            "interface": {"ipv4": "100.64.0.1", "ipv6": "fd00:2021:1111::1"},
+            "config": {"ipv4_masquerade_enabled": True, "ipv6_masquerade_enabled": True},
+            "relays": [relay_json()],
+        },
+    )
+    request = None
+    for _ in range(20):  # let BINDING and the first ALLOCATE through until the authenticated ALLOCATE
+        assert held, "the allocation stopped talking"
+        t = held.pop(0)
+        msg = stun.decode(t.payload)  # type: ignore[attr-defined]
+        if msg.method == Method.ALLOCATE and msg.get(Attr.MESSAGE_INTEGRITY) is not None:
+            request = msg
+            break
+        h.hold_to_relay = None
+        h.deliver(GW, t)  # type: ignore[arg-type]
+        h.hold_to_relay = held  # type: ignore[assignment]
+        h.pump()
+    assert request is not None
+    r = relay_json()
+    key = stun.long_term_key(r["username"], "firezone", r["password"])
+    forged = StunMessage(Method.ALLOCATE, Class.SUCCESS, request.transaction_id).add_u32(Attr.LIFETIME, 600)
+    assert h.gw.handle_datagram(h.now, GW, RELAY, forged.encode(b"not the key")) is None
+    assert h.drops()["stun_bad_integrity"] == 1
+    assert h.gw.handle_datagram(h.now, GW, RELAY, forged.encode(key)) is None  # now authentic: accepted
+    assert h.drops()["stun_bad_integrity"] == 1
+    empty_data = StunMessage(Method.DATA, Class.INDICATION, bytes(12)).encode()  # no peer, no data
+    assert h.gw.handle_datagram(h.now, GW, RELAY, empty_data) is None
+    assert h.drops()["turn_malformed"] == 1
