@@ -198,6 +198,7 @@ async def test_a_flood_on_the_tun_does_not_starve_udp_portal_or_timer() -> None:
     assert kinds.index("input") <= 300
     assert kinds.index("timeout") <= 200
     assert rig.driver.stats.turns >= flood // 100
+    assert core.undrained == 0
 
 
 async def test_a_flood_on_one_udp_socket_does_not_starve_the_other() -> None:
