@@ -13,6 +13,11 @@ is required when set): ``/admin/status``, ``/admin/authorize?client=&resource=[&
 ``/admin/ice?client=&candidate=...&candidate=...[&invalidate=1]``,
 ``/admin/request_connection?client=&resource=``, ``/admin/allow_access?client=&resource=``,
 ``/admin/kick[?gateway=]``, ``/admin/refuse?status=503`` (``0`` clears), ``/admin/revoke_token``.
+
+The client side (:class:`devportal.clients.ClientFeed`, for ``e2e.client``): ``/client/poll?client=&after=N``
+returns the client's events after cursor N (grants, the gateway's candidates, relay changes);
+``/client/authorize?client=&resource=`` is the client asking for a flow (same as ``/admin/authorize``);
+``/client/ice`` is ``/admin/ice``. Every authorisation and relay change is fed to the client feed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from devportal import ConfigError, DevPortal, GatewayRecord, PhoenixSocket, Refusal, load_config
+from devportal.clients import ClientFeed
 from devportal.config import parse_filter
 from gateway_core.errors import DecodeError
 from gateway_core.portal.model import CidrResource, DnsResource
@@ -65,6 +71,7 @@ class DevPortalServer:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.portal = portal
+        self.clients = ClientFeed(portal)
         self.unix_clock = unix_clock
         self.idle_timeout = idle_timeout
         self._live: dict[int, _Live] = {}
@@ -89,6 +96,8 @@ class DevPortalServer:
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         if parts.path.startswith("/admin/"):
             return self._admin(connection, parts.path[len("/admin/") :], parse_qs(parts.query))
+        if parts.path.startswith("/client/"):
+            return self._admin(connection, "client_" + parts.path[len("/client/") :], parse_qs(parts.query))
         result = self.portal.authenticate(parts.path, query, request.headers.get("User-Agent"))
         if isinstance(result, Refusal):
             log.info("upgrade refused: %d %s", result.status, result.body)
@@ -122,8 +131,12 @@ class DevPortalServer:
         match action:
             case "status":
                 return p.status()
-            case "authorize":
-                return p.authorize(uid("client"), uid("resource"), q.get("gateway", [None])[-1])
+            case "authorize" | "client_authorize":
+                result = p.authorize(uid("client"), uid("resource"), q.get("gateway", [None])[-1])
+                self.clients.granted(uid("client"), uid("resource"), result)
+                return result
+            case "client_poll":
+                return self.clients.poll(uid("client"), int(q.get("after", ["0"])[-1]))
             case "revoke":
                 return p.revoke(uid("client"), uid("resource"))
             case "expiry":
@@ -136,8 +149,10 @@ class DevPortalServer:
                 filters = tuple(parse_filter(f, "filters") for f in spec.split(",") if f)
                 return p.update_resource(replace(res, filters=filters))
             case "relays":
-                return p.relays_presence([uuid.UUID(x) for x in one("offline").split(",") if x])
-            case "ice":
+                result = p.relays_presence([uuid.UUID(x) for x in one("offline").split(",") if x])
+                self.clients.relays_changed()
+                return result
+            case "ice" | "client_ice":
                 invalidate = q.get("invalidate", ["0"])[-1] == "1"
                 return p.ice_candidates(uid("client"), q.get("candidate", []), invalidate)
             case "request_connection":

@@ -203,6 +203,9 @@ class SimClient:
         self._next_port = FIRST_SPORT
         self._next_qid = 1
         self._out: deque[Command] = deque()
+        self.tun_sink: Callable[[Instant, str, bytes], None] | None = None
+        """When set (a client with a real TUN device, ``e2e.client``), every decrypted IP packet that is
+        not a control packet goes here as ``(now, gateway, packet)`` instead of into :attr:`received`."""
 
     # --- node plumbing --------------------------------------------------------------------------------------
 
@@ -428,6 +431,16 @@ class SimClient:
         self._encapsulate(now, gateway, packet)
         self._drain(now)
 
+    def send_packet(self, now: Instant, packet: bytes) -> bool:
+        """Route any application IP packet (what a TUN device hands over) like the API's sends; False
+        when nothing routes it or it does not parse."""
+        self._advance(now)
+        try:
+            return self._send_app(now, packet)
+        except DecodeError:
+            self.stats.incr("dropped.malformed")
+            return False
+
     def send_raw(self, now: Instant, gateway: str, packet: bytes) -> None:
         """Any IP packet to ``gateway`` through the tunnel, unrouted and unchecked (spoofing, foreign
         destinations, control packets: what a misbehaving client could send)."""
@@ -515,6 +528,9 @@ class SimClient:
     def _inbound(self, now: Instant, gateway: str, packet: bytes) -> None:
         if is_control_packet(packet):
             self._control(now, gateway, packet)
+            return
+        if self.tun_sink is not None:
+            self.tun_sink(now, gateway, packet)
             return
         try:
             ip = parse_ip(packet)

@@ -1,0 +1,109 @@
+"""What the demo shows and the system tests assert, run from a client host of a :class:`Topology`.
+
+Each check runs ordinary programs inside the client's namespace (ping, curl, dig, tcpdump) and returns a
+:class:`Check`: whether it passed and a one-line detail for the report. Nothing here sleeps for a fixed
+time: programs carry their own bounded timeouts and conditions are polled with ``wait_for``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+from e2e.topology import BLOCKED_PORT, WEB_V4, Topology, run
+
+PAGE = "hello from the resource behind the firezone gateway"
+"""The web host's index page (written by the topology)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"  [{'ok' if self.ok else 'FAIL'}] {self.name:<44} {self.detail}"
+
+
+def ping(topo: Topology, client: int, dst: str = WEB_V4, count: int = 3) -> Check:
+    r = run("ping", "-c", str(count), "-i", "0.2", "-W", "2", dst, ns=topo.client_ns(client))
+    m = re.search(r"(\d+) received.*?(?:rtt [^=]+= [\d.]+/([\d.]+))?", r.stdout, re.S)
+    got = int(m.group(1)) if m else 0
+    avg = re.search(r"rtt [^=]+= [\d.]+/([\d.]+)/", r.stdout)
+    detail = f"{got}/{count} replies" + (f", avg {avg.group(1)} ms" if avg else "")
+    return Check(f"ping {dst} (CIDR resource)", got == count, detail)
+
+
+def ping_once(topo: Topology, client: int, dst: str = WEB_V4, wait: float = 1.0) -> bool:
+    """One echo request answered within ``wait`` seconds."""
+    r = run("ping", "-c", "1", "-W", str(wait), dst, ns=topo.client_ns(client), timeout=wait + 5)
+    return r.returncode == 0
+
+
+def curl_name(topo: Topology, client: int, url: str = "http://web.fz.test/") -> Check:
+    r = run(
+        "curl",
+        "-s",
+        "-4",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{remote_ip} %{http_code}",
+        url,
+        ns=topo.client_ns(client),
+    )
+    body, _, tail = r.stdout.rpartition("\n")
+    ok = r.returncode == 0 and PAGE in body and tail.endswith(" 200")
+    return Check(
+        f"curl {url} (DNS resource)",
+        ok,
+        f"HTTP via proxy IP {tail}" if ok else f"rc={r.returncode} {r.stderr.strip()[:80]}",
+    )
+
+
+def dig(topo: Topology, client: int, name: str, rtype: str, expect: str) -> Check:
+    r = run("dig", "+short", "+time=3", "+tries=2", name, rtype, ns=topo.client_ns(client))
+    answer = " | ".join(line for line in r.stdout.splitlines() if line)
+    ok = expect in r.stdout
+    return Check(f"dig {rtype} {name} (gateway's forwarder)", ok, answer or f"no answer (rc={r.returncode})")
+
+
+def blocked_port(topo: Topology, client: int, port: int = BLOCKED_PORT) -> Check:
+    """TCP to a port the resource's filters do not allow: the gateway answers ICMP prohibited, seen on the
+    client's TUN by tcpdump and by curl as 'No route to host'."""
+    ns = topo.client_ns(client)
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "tcpdump", "-l", "-n", "-i", "tun-fzclient", "-c", "1", "icmp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert dump.stderr is not None
+        dump.stderr.readline()  # "listening on ...": the capture is armed
+        r = run("curl", "-s", "--max-time", "5", f"http://{WEB_V4}:{port}/", ns=ns)
+        try:
+            out, _ = dump.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            dump.kill()
+            out, _ = dump.communicate()
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+    icmp = next((line for line in out.splitlines() if "ICMP" in line), "")
+    ok = "prohibited" in icmp and r.returncode == 7
+    short = icmp.split("ICMP", 1)[-1].strip() if icmp else "no ICMP seen"
+    return Check(f"tcp {WEB_V4}:{port} (not in the filters)", ok, f"curl rc={r.returncode}; ICMP {short}")
+
+
+def all_checks(topo: Topology, client: int) -> list[Check]:
+    return [
+        ping(topo, client),
+        curl_name(topo, client),
+        dig(topo, client, "_http._tcp.fz.test", "SRV", "10 5 80 web.fz.test."),
+        dig(topo, client, "txt.fz.test", "TXT", '"v=spf1 -all" "firezone e2e"'),
+        blocked_port(topo, client),
+    ]

@@ -1,0 +1,485 @@
+"""The end-to-end topology of issue 9 in network namespaces, built from veth pairs, torn down always.
+
+Theory of operation
+-------------------
+:class:`Topology` is a context manager. On entry it creates one namespace per host (names carry a
+per-run tag, so parallel runs never collide) and wires them; on exit, also after a failure, Ctrl-C or
+SIGTERM (``firezone-e2e`` turns SIGTERM into an exception), it stops every process it started by PID
+(SIGTERM, then SIGKILL), deletes the namespaces (which removes their veths, TUN devices, routes and
+firewall rules) and the ``/etc/netns/<ns>`` resolver files. The root namespace is never touched.
+
+Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
+
+    portal  10.201.1.2  firezone-dev-portal :8081 (gateway WebSocket + admin and client API)
+    relay1  10.201.2.2  the project's relay (e2e.relay, Firezone flavour) :3478
+    relay2  10.201.3.2  a second relay (same program; coturn cannot check Firezone's credentials)
+    gw      10.201.4.2  firezone-gateway (real TUN tun-firezone), forwarding + masquerading (§4.5)
+    client  10.201.5.2  e2e.client (TUN tun-fzclient): may reach the gateway directly
+    client2 10.201.6.2  e2e.client: its direct path to the gateway is cut in the router (nftables via
+                        iptables-nft), so it can only use the relays
+    inet    router between them (ip_forward)
+
+    behind the gateway (its eth1/eth2, so the ``-o e+`` masquerade rules apply):
+    web     172.20.1.10 / fd20:1::10   HTTP :80 and :8080 (python -m http.server), iperf3 :5201
+    dns     172.20.2.53 / fd20:2::53   unbound serving fz.test (A, AAAA, SRV, TXT) and firezone.dev
+
+Resources in the portal: ``lan`` = CIDR 172.20.1.0/24 with filters tcp/80, tcp/5201, udp/5201, icmp
+(so 8080 is blocked and answers ICMP prohibited); ``fz`` = DNS ``*.fz.test`` (no filters). Both clients
+have policies for both (``expires_in`` unset). Nothing is granted until :meth:`Topology.grant` runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from gateway_core.wireguard.crypto import public_key
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+PORTAL_PORT = 8081
+"""The dev portal's port (its default)."""
+WAIT = 30.0
+"""Seconds any awaited condition may take before it counts as failed (reached only when broken)."""
+STOP_GRACE = 5.0
+"""Seconds a process gets after SIGTERM before SIGKILL."""
+TOKEN = "e2e-gateway-token"
+CIDR_ID = uuid.UUID("c7793628-8579-465b-83e3-1a5d4af4db3b")
+DNS_ID = uuid.UUID("619fbe83-bc95-4635-9a08-68da9a944c88")
+CLIENT_IDS = (
+    uuid.UUID("3abd725a-733b-4801-ac16-72f26cd98a24"),
+    uuid.UUID("5c1f2d3e-7a8b-4c9d-8e0f-1a2b3c4d5e6f"),
+)
+CLIENT_TUNNEL = (("100.93.74.51", "fd00:2021:1111::f:853b"), ("100.93.74.52", "fd00:2021:1111::f:853c"))
+RELAY_IDS = (
+    uuid.UUID("0a133356-7a9e-4b9a-b413-0d95a5720fd8"),
+    uuid.UUID("1b244467-8b0f-4cab-8524-1ea6b6831fe9"),
+)
+WEB_V4, WEB_V6 = "172.20.1.10", "fd20:1::10"
+DNS_V4 = "172.20.2.53"
+BLOCKED_PORT = 8080
+"""Served by the web host but not in the CIDR resource's filters: the gateway answers ICMP prohibited."""
+UNDERLAY = {"portal": 1, "relay1": 2, "relay2": 3, "gw": 4, "client": 5, "client2": 6}
+
+ZONE = """\
+server:
+    interface: {ip}@53
+    interface: {ip6}@53
+    access-control: 0.0.0.0/0 allow
+    access-control: ::/0 allow
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{dir}"
+    pidfile: "{dir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    module-config: "iterator"
+    auto-trust-anchor-file: ""
+    do-not-query-localhost: yes
+    ratelimit: 0
+    ip-ratelimit: 0
+    local-zone: "." refuse
+    local-zone: "fz.test." static
+    local-data: "web.fz.test. 60 IN A {web4}"
+    local-data: "web.fz.test. 60 IN AAAA {web6}"
+    local-data: "_http._tcp.fz.test. 60 IN SRV 10 5 80 web.fz.test."
+    local-data: 'txt.fz.test. 60 IN TXT "v=spf1 -all" "firezone e2e"'
+    local-zone: "firezone.dev." static
+    local-data: "firezone.dev. 60 IN A 192.0.2.80"
+remote-control:
+    control-enable: no
+"""
+
+
+def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = WAIT) -> str:
+    """Run a command (inside ``ns``); its stdout. Raises RuntimeError on failure when ``check``."""
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def run(*argv: str, ns: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+    """Run a command inside ``ns`` and return the whole result (for programs whose failure is news)."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    name: str
+    ns: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    out: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, *self.argv],
+            env=self.env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process by its PID and wait (SIGKILL after :data:`STOP_GRACE`); its exit code."""
+        p = self.popen
+        code = None
+        if p is not None:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+                try:
+                    p.wait(timeout=STOP_GRACE)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=STOP_GRACE)
+            code = p.returncode
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+        return code
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Topology:
+    """See the module docstring."""
+
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 10000}{os.urandom(2).hex()}")
+    keep_workdir: bool = False
+    gateway_log: str = "info"
+    workdir: Path = field(init=False)
+    ns: dict[str, str] = field(init=False, default_factory=dict)
+    procs: dict[str, Proc] = field(init=False, default_factory=dict)
+    client_keys: list[bytes] = field(init=False, default_factory=list)
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"fz-e2e-{self.tag}-"))
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+        self.client_keys = [os.urandom(32) for _ in CLIENT_IDS]
+
+    # --- context -----------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Topology:
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def name(self, role: str) -> str:
+        return f"fze{self.tag}-{role}"
+
+    def teardown(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        for ns in reversed(list(self.ns.values())):
+            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=WAIT, capture_output=True)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+        self.ns.clear()
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- building ----------------------------------------------------------------------------------------
+
+    def _netns(self, role: str) -> str:
+        ns = self.name(role)
+        sh("ip", "netns", "add", ns)
+        self.ns[role] = ns
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        return ns
+
+    def _veth(self, a: str, a_if: str, b: str, b_if: str) -> None:
+        na, nb = self.ns[a], self.ns[b]
+        sh("ip", "-n", na, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", nb)
+        sh("ip", "-n", na, "link", "set", a_if, "up")
+        sh("ip", "-n", nb, "link", "set", b_if, "up")
+
+    def _resolv(self, role: str, nameserver: str) -> None:
+        d = Path(f"/etc/netns/{self.ns[role]}")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "resolv.conf").write_text(f"nameserver {nameserver}\n")
+
+    def ip(self, role: str) -> str:
+        return f"10.201.{UNDERLAY[role]}.2"
+
+    def build(self) -> None:
+        for role in ("inet", *UNDERLAY, "web", "dns"):
+            self._netns(role)
+        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=self.ns["inet"])
+        for role, i in UNDERLAY.items():
+            self._veth(role, "eth0", "inet", f"r-{role}")
+            sh("ip", "-n", self.ns[role], "addr", "add", f"10.201.{i}.2/24", "dev", "eth0")
+            sh("ip", "-n", self.ns["inet"], "addr", "add", f"10.201.{i}.1/24", "dev", f"r-{role}")
+            sh("ip", "-n", self.ns[role], "route", "add", "default", "via", f"10.201.{i}.1")
+        # The LAN behind the gateway: web on eth1, dns on eth2 (names starting with "e": masqueraded).
+        for gw_if, role, n, host in (("eth1", "web", 1, "10"), ("eth2", "dns", 2, "53")):
+            self._veth("gw", gw_if, role, "eth0")
+            sh("ip", "-n", self.ns["gw"], "addr", "add", f"172.20.{n}.1/24", "dev", gw_if)
+            sh("ip", "-n", self.ns[role], "addr", "add", f"172.20.{n}.{host}/24", "dev", "eth0")
+            sh("ip", "-n", self.ns[role], "route", "add", "default", "via", f"172.20.{n}.1")
+            sh("ip", "-6", "-n", self.ns["gw"], "addr", "add", f"fd20:{n}::1/64", "dev", gw_if, "nodad")
+            sh("ip", "-6", "-n", self.ns[role], "addr", "add", f"fd20:{n}::{host}/64", "dev", "eth0", "nodad")
+            sh("ip", "-6", "-n", self.ns[role], "route", "add", "default", "via", f"fd20:{n}::1")
+        # client2 may only use the relays: its direct path to the gateway is dropped in the router.
+        self.cut_direct_path("client2")
+        self._resolv("gw", DNS_V4)
+        self._resolv("client", "100.100.111.1")
+        self._resolv("client2", "100.100.111.1")
+        self._start_resources()
+        self._start_portal()
+        for i in (1, 2):
+            self.start_relay(i)
+        self.start_gateway()
+        for i in range(len(CLIENT_IDS)):
+            self.start_client(i)
+
+    def cut_direct_path(self, client: str) -> None:
+        """Drop UDP between ``client`` and the gateway in the router (both directions)."""
+        ns = self.ns["inet"]
+        for src, dst in ((self.ip(client), self.ip("gw")), (self.ip("gw"), self.ip(client))):
+            sh("iptables", "-w", "-I", "FORWARD", "-p", "udp", "-s", src, "-d", dst, "-j", "DROP", ns=ns)
+
+    def _proc(self, name: str, role: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, self.ns[role], argv, {**self.env, **(env or {})}, self.workdir / f"{name}.log")
+        self.procs[name] = proc
+        proc.start()
+        return proc
+
+    def _start_resources(self) -> None:
+        www = self.workdir / "www"
+        www.mkdir()
+        (www / "index.html").write_text("hello from the resource behind the firezone gateway\n")
+        py = sys.executable
+        self._proc("http80", "web", [py, "-m", "http.server", "80", "--bind", "::", "--directory", str(www)])
+        self._proc(
+            "http8080", "web", [py, "-m", "http.server", str(BLOCKED_PORT), "--bind", "::", "-d", str(www)]
+        )
+        self._proc("iperf3", "web", ["iperf3", "-s", "-p", "5201"])
+        dnsdir = self.workdir / "dns"
+        dnsdir.mkdir()
+        conf = dnsdir / "unbound.conf"
+        conf.write_text(ZONE.format(ip=DNS_V4, ip6="fd20:2::53", dir=dnsdir, web4=WEB_V4, web6=WEB_V6))
+        self._proc("unbound", "dns", ["unbound", "-d", "-c", str(conf)])
+        wait_for(
+            "the web server",
+            lambda: "HTTP/1.0 200" in sh("curl", "-si", f"http://{WEB_V4}/", ns=self.ns["gw"], check=False),
+        )
+        wait_for(
+            "unbound",
+            lambda: (
+                WEB_V4 in sh("dig", "+short", f"@{DNS_V4}", "web.fz.test", "A", ns=self.ns["gw"], check=False)
+            ),
+        )
+
+    def portal_config(self) -> str:
+        lines = [
+            f'token = "{TOKEN}"',
+            'secret = "e2e-portal-secret"',
+            'account_slug = "e2e"',
+            "",
+            "[[resources]]",
+            f'id = "{CIDR_ID}"',
+            'type = "cidr"',
+            'address = "172.20.1.0/24"',
+            'name = "lan"',
+            'filters = ["tcp/80", "tcp/5201", "udp/5201", "icmp"]',
+            "",
+            "[[resources]]",
+            f'id = "{DNS_ID}"',
+            'type = "dns"',
+            'address = "**.fz.test"',
+            'name = "fz"',
+        ]
+        for cid, key, (v4, v6) in zip(CLIENT_IDS, self.client_keys, CLIENT_TUNNEL, strict=True):
+            pub = base64.b64encode(public_key(key)).decode()
+            lines += [
+                "",
+                "[[clients]]",
+                f'id = "{cid}"',
+                f'public_key = "{pub}"',
+                f'ipv4 = "{v4}"',
+                f'ipv6 = "{v6}"',
+            ]
+            for rid in (CIDR_ID, DNS_ID):
+                lines += ["", "[[policies]]", f'client = "{cid}"', f'resource = "{rid}"']
+        for i, rid in enumerate(RELAY_IDS, start=1):
+            ip = self.ip(f"relay{i}")
+            lines += [
+                "",
+                "[[relays]]",
+                f'id = "{rid}"',
+                f'addrs = ["{ip}:3478"]',
+                f'secret = "relay-secret-{i}"',
+            ]
+        return "\n".join(lines) + "\n"
+
+    def _start_portal(self) -> None:
+        cfg = self.workdir / "portal.toml"
+        cfg.write_text(self.portal_config())
+        self.start_portal()
+
+    def start_portal(self) -> None:
+        argv = [str(BIN / "firezone-dev-portal"), "--config", str(self.workdir / "portal.toml")]
+        proc = self._proc("portal", "portal", [*argv, "--listen", f"{self.ip('portal')}:{PORTAL_PORT}"])
+        wait_for("the dev portal", lambda: "listening on" in proc.text() or not proc.alive())
+        if not proc.alive():
+            raise RuntimeError(f"the dev portal did not start:\n{proc.text()[-2000:]}")
+
+    def start_relay(self, i: int) -> Proc:
+        name = f"relay{i}"
+        argv = [sys.executable, "-m", "e2e.relay", "--listen", self.ip(name), "--secret", f"relay-secret-{i}"]
+        proc = self._proc(name, name, [*argv, "--stats", str(self.workdir / f"{name}.json")])
+        wait_for(f"{name} to listen", lambda: "listening on" in proc.text() or not proc.alive())
+        return proc
+
+    def relay_stats(self, i: int) -> dict[str, int]:
+        try:
+            return json.loads((self.workdir / f"relay{i}.json").read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def start_gateway(self) -> Proc:
+        sh("sh", str(ROOT / "scripts" / "setup-masquerade.sh"), ns=self.ns["gw"])
+        env = {
+            "FIREZONE_ID": f"e2e-gateway-{self.tag}",
+            "FIREZONE_NAME": "e2e-gateway",
+            "FIREZONE_NO_INC_BUF": "true",
+            "RUST_LOG": self.gateway_log,
+        }
+        argv = [
+            str(BIN / "firezone-gateway"),
+            TOKEN,
+            "--api-url",
+            f"ws://{self.ip('portal')}:{PORTAL_PORT}",
+            "--health-check-addr",
+            "127.0.0.1:8080",
+        ]
+        self.procs.pop("gateway", None)
+        proc = self._proc("gateway", "gw", argv, env)
+        wait_for(
+            "the gateway to join the portal", lambda: self.gateway_joined() or not proc.alive(), timeout=WAIT
+        )
+        if not proc.alive():
+            raise RuntimeError(f"the gateway stopped:\n{proc.text()[-3000:]}")
+        return proc
+
+    def start_client(self, i: int) -> Proc:
+        role = "client" if i == 0 else f"client{i + 1}"
+        v4, v6 = CLIENT_TUNNEL[i]
+        argv = [
+            sys.executable,
+            "-m",
+            "e2e.client",
+            "--portal",
+            f"http://{self.ip('portal')}:{PORTAL_PORT}",
+            "--client-id",
+            str(CLIENT_IDS[i]),
+            "--private-key",
+            base64.b64encode(self.client_keys[i]).decode(),
+            "--ipv4",
+            v4,
+            "--ipv6",
+            v6,
+            "--status",
+            str(self.workdir / f"{role}.json"),
+        ]
+        self.procs.pop(role, None)
+        proc = self._proc(role, role, argv)
+        wait_for(f"{role} to start", lambda: "e2e-client: up" in proc.text() or not proc.alive())
+        if not proc.alive():
+            raise RuntimeError(f"{role} stopped:\n{proc.text()[-3000:]}")
+        return proc
+
+    # --- the portal's admin API (called from the router namespace, which reaches every host) -------------
+
+    def admin(self, action: str, **params: str) -> dict[str, Any]:
+        from urllib.parse import urlencode
+
+        url = f"http://{self.ip('portal')}:{PORTAL_PORT}/admin/{action}?{urlencode(params)}"
+        out = sh("curl", "-s", "--max-time", "5", url, ns=self.ns["inet"], check=False)
+        try:
+            return json.loads(out)  # type: ignore[no-any-return]
+        except ValueError:
+            return {"ok": False, "error": f"no answer: {out!r}"}
+
+    def gateway_joined(self) -> bool:
+        status = self.admin("status")
+        return any(g.get("joined") for g in status.get("gateways", []))
+
+    def grant(self, client: int, resource: uuid.UUID) -> dict[str, Any]:
+        return self.admin("authorize", client=str(CLIENT_IDS[client]), resource=str(resource))
+
+    def revoke(self, client: int, resource: uuid.UUID) -> dict[str, Any]:
+        return self.admin("revoke", client=str(CLIENT_IDS[client]), resource=str(resource))
+
+    def client_status(self, client: int) -> dict[str, Any]:
+        role = "client" if client == 0 else f"client{client + 1}"
+        try:
+            return json.loads((self.workdir / f"{role}.json").read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def client_ns(self, client: int) -> str:
+        return self.ns["client" if client == 0 else f"client{client + 1}"]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread for the block (so ``finally`` tears down)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
