@@ -142,9 +142,8 @@ def _memory_per_client(h: Harness) -> float:
 def main() -> None:
     h = _setup()
     have = 1
-    print(
-        f"packet {SIZE} bytes, IPv4/UDP to a DNS resource (NAT both ways); min of {ROUNDS - 1} rounds x {BATCH}"
-    )
+    rounds = f"min of {ROUNDS - 1} rounds x {BATCH}"
+    print(f"packet {SIZE} bytes, IPv4/UDP to a DNS resource (NAT both ways); {rounds}")
     for n in CLIENT_COUNTS:
         if n > have:
             _add_clients(h, n - have, have)
