@@ -124,6 +124,8 @@ class Gateway:
         self._retired = Stats()
         self._cid: dict[uuid.UUID, str] = {}
         self._uuid: dict[str, uuid.UUID] = {}
+        self.dns_addresses: tuple[SocketAddr, ...] = ()
+        """Where the layer-4 DNS servers are wanted (the last ``BindDnsServers``)."""
 
         rl = RateLimiter(self.public_key, ent.fork("rate-limiter"), now)
 
@@ -351,6 +353,7 @@ class Gateway:
             self.counters.incr("interface_configured")
             for w in inp.warnings:
                 log.warning("interface: %s", w)
+            self._bind_configured_families(now, inp)
         elif isinstance(inp, InterfaceConfigFailed):
             log.error("configuring the tunnel interface failed: %s", inp.error)
             self._shutdown(now, f"interface: {inp.error}", 1)  # fatal, as the reference (portal §2.2)
@@ -358,6 +361,20 @@ class Gateway:
             raise UsageError(f"the gateway does not take {type(inp).__name__}")
         if self.node._events:
             drain_node_events(self, now)
+
+    def _bind_configured_families(self, now: Instant, inp: InterfaceConfigured) -> None:
+        """Serve DNS only on the families whose address made it onto the interface (decision 0051)."""
+        cfg, port = inp.config, self.config.dns_port
+        if (cfg.ipv4, cfg.ipv6) != (self.peers.gateway_v4, self.peers.gateway_v6):
+            return  # a result for an older configuration
+        want = []
+        if inp.ipv4 and cfg.ipv4 is not None:
+            want.append(SocketAddr(cfg.ipv4, port))
+        if inp.ipv6 and cfg.ipv6 is not None:
+            want.append(SocketAddr(cfg.ipv6, port))
+        if tuple(want) != self.dns_addresses:
+            self.dns_addresses = tuple(want)
+            self.bind_retry.set_addresses(now, self.dns_addresses)
 
     def _drain_channel(self, now: Instant) -> None:
         while (ev := self.channel.poll_event()) is not None:

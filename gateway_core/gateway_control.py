@@ -166,7 +166,8 @@ def _init(gw: Gateway, now: Instant, msg: m.Init) -> None:
     gw.queue(ConfigureInterface(InterfaceConfig(v4, v6)))
     if changed:
         port = gw.config.dns_port
-        gw.bind_retry.set_addresses(now, (SocketAddr(v4, port), SocketAddr(v6, port)))
+        gw.dns_addresses = (SocketAddr(v4, port), SocketAddr(v6, port))
+        gw.bind_retry.set_addresses(now, gw.dns_addresses)
 
 
 def _authorize_flow(gw: Gateway, now: Instant, msg: m.AuthorizeFlow) -> None:

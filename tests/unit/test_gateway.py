@@ -451,3 +451,18 @@ def test_first_command_is_connect_portal_and_poll_timeout_is_never_in_the_past()
             now=Instant(0),
             utc_ns=0,
         )
+
+
+def test_dns_servers_only_on_the_families_the_interface_got() -> None:
+    from gateway_core.interface import InterfaceConfigured
+
+    h = Harness()
+    h.init()
+    cfg = next(c for c in h.commands if isinstance(c, ConfigureInterface)).config
+    h.gw.handle_input(h.now, InterfaceConfigured(cfg, True, False, ("IPv6 disabled",)))
+    h.pump()
+    binds = [c for c in h.commands if isinstance(c, BindDnsServers)]
+    assert binds[-1] == BindDnsServers((SocketAddr(GW_TUN4, 53535),))
+    h.gw.handle_input(h.now, InterfaceConfigured(cfg, True, False))  # the same result: nothing new
+    h.pump()
+    assert len([c for c in h.commands if isinstance(c, BindDnsServers)]) == len(binds)
