@@ -39,8 +39,11 @@ pytest: venv deps interop-deps
 
 test: venv deps lint typecheck pytest
 
+# The simulated demo first, then the real one in network namespaces (needs root: without it the real
+# part says so and exits non-zero).
 demo: venv deps
 	$(BIN)/firezone-sim demo
+	$(BIN)/firezone-e2e demo
 
 bench: venv deps
 	$(BIN)/python -m bench

@@ -50,8 +50,11 @@ def resource_json(resource: Resource) -> dict[str, str]:
 class ClientFeed:
     """See the module docstring."""
 
-    def __init__(self, portal: DevPortal) -> None:
+    def __init__(self, portal: DevPortal, epoch: str = "") -> None:
         self.portal = portal
+        self.epoch = epoch
+        """Names this portal's run: a client that sees it change (the portal restarted and forgot the
+        events) starts again from cursor 0."""
         self._events: dict[uuid.UUID, list[dict[str, Any]]] = {}
         self._base: dict[uuid.UUID, int] = {}
         portal.listeners.append(self._from_gateway)
@@ -71,7 +74,7 @@ class ClientFeed:
         start = max(after - base, 0)
         events = q[start:]
         resync = after < base
-        return {"ok": True, "events": events, "next": base + len(q), "resync": resync}
+        return {"ok": True, "events": events, "next": base + len(q), "resync": resync, "epoch": self.epoch}
 
     def relays_for(self, client_key: str) -> list[dict[str, Any]]:
         expires = self.portal.unix_now + RELAY_CREDENTIAL_LIFETIME

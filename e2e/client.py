@@ -348,11 +348,18 @@ class E2EClient:
     async def portal_task(self) -> None:
         base = self.args.portal
         after = 0
+        epoch: str | None = None
         while not self.stop.is_set():
             try:
                 got = await http_get(
                     base, "/client/poll", [("client", str(self.client_id)), ("after", str(after))]
                 )
+                if got.get("epoch") != epoch:  # a new portal run: its events start again at 1
+                    if epoch is not None and after:
+                        log.info("the portal restarted: reading its events from the start")
+                        epoch, after = got.get("epoch"), 0
+                        continue
+                    epoch = got.get("epoch")
                 for event in got.get("events", []):
                     self._event(event)
                 after = int(got.get("next", after))

@@ -71,7 +71,7 @@ class DevPortalServer:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.portal = portal
-        self.clients = ClientFeed(portal)
+        self.clients = ClientFeed(portal, uuid.uuid4().hex)
         self.unix_clock = unix_clock
         self.idle_timeout = idle_timeout
         self._live: dict[int, _Live] = {}
