@@ -19,8 +19,8 @@ programs on the client host (ping, curl, dig, iperf3) use the tunnel:
   names that are not resources get REFUSED.
 - **UDP**: one IPv4 socket (``gateway_io.udp.UdpSocket``, port 52625 or any) carries ICE, TURN and
   WireGuard; every datagram goes to ``SimClient.handle_datagram``.
-- **Signalling** (:class:`PortalLink`): HTTP GETs to the dev portal's client API. It polls
-  ``/client/poll`` every :data:`POLL_INTERVAL` for grants, the gateway's candidates and relay changes, and
+- **Signalling**: HTTP GETs to the dev portal's client API. It long-polls
+  ``/client/poll`` (held up to :data:`LONG_POLL`) for grants, the gateway's candidates and relay changes, and
   sends the client's candidates with ``/client/ice``. When a connection fails or the gateway says goodbye
   (a restarted gateway has a new key), the client asks for its resources again with
   ``/client/authorize`` after :data:`REAUTHORIZE_DELAY`, as Firezone's client re-requests a flow.
@@ -81,19 +81,25 @@ PROXY_RANGES = ("100.96.0.0/11", "fd00:2021:1111:8000::/107")
 """DNS-resource proxy ranges routed into the TUN (``client.rs:51,56``)."""
 MTU = 1280
 """Firezone's tunnel MTU (``ip-packet/src/lib.rs:35``)."""
-POLL_INTERVAL = 0.05
-"""Seconds between two polls of the portal's client feed (candidates arrive within this)."""
+LONG_POLL = 1.0
+"""Seconds the portal may hold one poll of the client feed (it answers as soon as there are events)."""
+REAUTH_CHECK = 0.1
+"""Seconds between two looks at the connections waiting to be asked for again."""
 PORTAL_RETRY = 0.5
 """Seconds between two attempts while the portal is unreachable."""
 REAUTHORIZE_DELAY = 1.0
 """Seconds after a failed connection or a goodbye before the client asks for its resources again."""
 BATCH = 64
 """Packets taken from one descriptor per wake-up (the other descriptor and the timer get their turn)."""
+STATUS_INTERVAL = 0.25
+"""Seconds between two writes of the status file (tests poll it for "connected")."""
 HTTP_TIMEOUT = 2.0
 """Seconds for one request to the portal."""
 
 
-async def http_get(base: str, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+async def http_get(
+    base: str, path: str, params: list[tuple[str, str]], timeout: float = HTTP_TIMEOUT
+) -> dict[str, Any]:
     """GET ``base`` + ``path`` with query ``params``; the JSON answer (any HTTP status)."""
     url = urllib.parse.urlsplit(base)
     host, port = url.hostname or "127.0.0.1", url.port or 80
@@ -102,7 +108,7 @@ async def http_get(base: str, path: str, params: list[tuple[str, str]]) -> dict[
     try:
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), HTTP_TIMEOUT)
+        raw = await asyncio.wait_for(reader.read(), timeout)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -346,13 +352,17 @@ class E2EClient:
                 self._reauth[rid] = time.monotonic() + REAUTHORIZE_DELAY
 
     async def portal_task(self) -> None:
+        """Long-poll the client feed; apply its events in order."""
         base = self.args.portal
         after = 0
         epoch: str | None = None
         while not self.stop.is_set():
             try:
                 got = await http_get(
-                    base, "/client/poll", [("client", str(self.client_id)), ("after", str(after))]
+                    base,
+                    "/client/poll",
+                    [("client", str(self.client_id)), ("after", str(after)), ("wait", str(LONG_POLL))],
+                    timeout=HTTP_TIMEOUT + LONG_POLL,
                 )
                 if got.get("epoch") != epoch:  # a new portal run: its events start again at 1
                     if epoch is not None and after:
@@ -363,28 +373,46 @@ class E2EClient:
                 for event in got.get("events", []):
                     self._event(event)
                 after = int(got.get("next", after))
+                self._flush()
                 while self._new_routes:
                     await self._route(self._new_routes.pop(0))
-                self._flush()
-                while not self._signals.empty():
-                    sig = self._signals.get_nowait()
-                    params = [("client", str(self.client_id))] + [("candidate", c) for c in sig.candidates]
-                    if sig.invalidate:
-                        params.append(("invalidate", "1"))
-                    await http_get(base, "/client/ice", params)
-                for rid, when in sorted(self._reauth.items()):
-                    if time.monotonic() >= when:
-                        r = await http_get(
-                            base, "/client/authorize", [("client", str(self.client_id)), ("resource", rid)]
-                        )
-                        if r.get("ok"):
-                            del self._reauth[rid]
-                        else:
-                            self._reauth[rid] = time.monotonic() + REAUTHORIZE_DELAY
-                await asyncio.sleep(POLL_INTERVAL)
             except (OSError, TimeoutError, ValueError) as e:
                 log.debug("portal unreachable: %s", e)
                 await asyncio.sleep(PORTAL_RETRY)
+
+    async def sender_task(self) -> None:
+        """The client's candidates to the portal, in order; retried while the portal is unreachable."""
+        base = self.args.portal
+        while not self.stop.is_set():
+            sig = await self._signals.get()
+            params = [("client", str(self.client_id))] + [("candidate", c) for c in sig.candidates]
+            if sig.invalidate:
+                params.append(("invalidate", "1"))
+            while not self.stop.is_set():
+                try:
+                    await http_get(base, "/client/ice", params)
+                    break
+                except (OSError, TimeoutError, ValueError):
+                    await asyncio.sleep(PORTAL_RETRY)
+
+    async def reauthorize_task(self) -> None:
+        """Ask again for the resources of a lost gateway once their delay has passed."""
+        base = self.args.portal
+        while not self.stop.is_set():
+            await asyncio.sleep(REAUTH_CHECK)
+            for rid, when in sorted(self._reauth.items()):
+                if time.monotonic() < when:
+                    continue
+                try:
+                    r = await http_get(
+                        base, "/client/authorize", [("client", str(self.client_id)), ("resource", rid)]
+                    )
+                except (OSError, TimeoutError, ValueError):
+                    r = {}
+                if r.get("ok"):
+                    del self._reauth[rid]
+                else:
+                    self._reauth[rid] = time.monotonic() + REAUTHORIZE_DELAY
 
     def _event(self, event: dict[str, Any]) -> None:
         now = self.now()
@@ -425,7 +453,7 @@ class E2EClient:
         path = Path(self.args.status) if self.args.status else None
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 1.0 if path is None else 0.2)
+                await asyncio.wait_for(self.stop.wait(), STATUS_INTERVAL)
             if path is not None:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(self.status(), sort_keys=True))
@@ -450,7 +478,10 @@ async def _amain(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, c.stop.set)
     print(f"e2e-client: up on {c.tun.name if c.tun else '?'}", flush=True)
-    tasks = [asyncio.ensure_future(c.portal_task()), asyncio.ensure_future(c.status_task())]
+    tasks = [
+        asyncio.ensure_future(t)
+        for t in (c.portal_task(), c.sender_task(), c.reauthorize_task(), c.status_task())
+    ]
     try:
         await c.stop.wait()
     finally:

@@ -14,8 +14,9 @@ is required when set): ``/admin/status``, ``/admin/authorize?client=&resource=[&
 ``/admin/request_connection?client=&resource=``, ``/admin/allow_access?client=&resource=``,
 ``/admin/kick[?gateway=]``, ``/admin/refuse?status=503`` (``0`` clears), ``/admin/revoke_token``.
 
-The client side (:class:`devportal.clients.ClientFeed`, for ``e2e.client``): ``/client/poll?client=&after=N``
-returns the client's events after cursor N (grants, the gateway's candidates, relay changes);
+The client side (:class:`devportal.clients.ClientFeed`, for ``e2e.client``):
+``/client/poll?client=&after=N[&wait=S]`` returns the client's events after cursor N (grants, the
+gateway's candidates, relay changes), held up to S seconds until there are some;
 ``/client/authorize?client=&resource=`` is the client asking for a flow (same as ``/admin/authorize``);
 ``/client/ice`` is ``/admin/ice``. Every authorisation and relay change is fed to the client feed.
 """
@@ -52,6 +53,10 @@ log = logging.getLogger("gateway_io.devportal")
 
 IDLE_TIMEOUT = 37.0
 """Seconds without a frame before the portal closes a socket (``endpoint.ex:28``)."""
+MAX_POLL_WAIT = 5.0
+"""Longest ``wait`` a client's long poll may ask for (seconds)."""
+POLL_STEP = 0.01
+"""How often a held long poll looks for new events (seconds; the added signalling latency at most)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +101,8 @@ class DevPortalServer:
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         if parts.path.startswith("/admin/"):
             return self._admin(connection, parts.path[len("/admin/") :], parse_qs(parts.query))
+        if parts.path == "/client/poll":
+            await self._long_poll(query)
         if parts.path.startswith("/client/"):
             return self._admin(connection, "client_" + parts.path[len("/client/") :], parse_qs(parts.query))
         result = self.portal.authenticate(parts.path, query, request.headers.get("User-Agent"))
@@ -104,6 +111,17 @@ class DevPortalServer:
             return connection.respond(http.HTTPStatus(result.status), result.body + "\n")
         self._accepted[id(connection)] = (result, query.get("vsn"))
         return None
+
+    async def _long_poll(self, query: dict[str, str]) -> None:
+        """``/client/poll?...&wait=S``: hold the answer until the client has events (at most S seconds)."""
+        try:
+            wait = min(float(query.get("wait") or 0), MAX_POLL_WAIT)
+            client, after = uuid.UUID(query.get("client", "")), int(query.get("after") or 0)
+        except ValueError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not self.clients.poll(client, after)["events"]:
+            await asyncio.sleep(POLL_STEP)
 
     def _admin(self, connection: ServerConnection, action: str, q: dict[str, list[str]]) -> Response:
         token = self.portal.config.admin_token
