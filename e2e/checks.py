@@ -99,8 +99,17 @@ def blocked_port(topo: Topology, client: int, port: int = BLOCKED_PORT) -> Check
     return Check(f"tcp {WEB_V4}:{port} (not in the filters)", ok, f"curl rc={r.returncode}; ICMP {short}")
 
 
+def path(topo: Topology, client: int, relayed: bool) -> Check:
+    """The client's nominated path: direct (``peer_to_peer``) or through a relay, as expected."""
+    got = topo.client_path(client)
+    ok = (got not in ("none", "peer_to_peer")) if relayed else got == "peer_to_peer"
+    return Check("tunnel path " + ("over a relay" if relayed else "direct"), ok, got)
+
+
 def all_checks(topo: Topology, client: int) -> list[Check]:
+    """What the demo shows for one client (client 1 has its direct path cut)."""
     return [
+        path(topo, client, relayed=client == 1),
         ping(topo, client),
         curl_name(topo, client),
         dig(topo, client, "_http._tcp.fz.test", "SRV", "10 5 80 web.fz.test."),

@@ -442,9 +442,19 @@ class E2EClient:
         elif kind == "relays":
             self.client.set_relays(now, relays_from_json(event["relays"]))
 
+    def paths(self) -> dict[str, dict[str, str | None]]:
+        """Per gateway: the nominated path's kind (``peer_to_peer``, ``relay_to_peer`` ...) and the
+        connection's selected relay."""
+        out: dict[str, dict[str, str | None]] = {}
+        for gid, conn in sorted(self.client.node.connections.items()):
+            ps = conn.peer_socket
+            out[gid] = {"kind": None if ps is None else ps.kind.value, "relay": conn.relay}
+        return out
+
     def status(self) -> dict[str, Any]:
         return {
             "connected": sorted(g for g in self.client.grants if self.client.is_connected(g)),
+            "paths": self.paths(),
             "counters": dict(self.counters),
             "stats": self.client.stats.snapshot(),
         }

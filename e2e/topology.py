@@ -467,6 +467,20 @@ class Topology:
         except (OSError, ValueError):
             return {}
 
+    def client_path(self, client: int) -> str:
+        """The client's nominated path to the gateway: ``peer_to_peer``, or a relayed kind and the client's
+        selected relay (a ``peer_to_relay`` path uses the gateway's relay, which may be the other one)."""
+        paths = self.client_status(client).get("paths", {})
+        for p in paths.values():
+            kind = p.get("kind")
+            if kind is None:
+                continue
+            if kind == "peer_to_peer":
+                return str(kind)
+            relay = next((f"relay{i}" for i, r in enumerate(RELAY_IDS, 1) if str(r) == p.get("relay")), "?")
+            return f"{kind} (client's relay: {relay})"
+        return "none"
+
     def client_ns(self, client: int) -> str:
         return self.ns["client" if client == 0 else f"client{client + 1}"]
 

@@ -155,6 +155,7 @@ def test_relay_killed_traffic_moves_to_the_other_relay(topo: Topology) -> None:
     assert " 20 received" in r.stdout, r.stdout
     used = wait_for("the relay in use", lambda: _relay_grew(topo, before, 40), timeout=5)
     other = 2 if used == 1 else 1
+    assert checks.path(topo, 1, relayed=True).ok
     topo.procs[f"relay{used}"].stop(signal.SIGKILL)
     assert topo.admin("relays", offline=str(RELAY_IDS[used - 1]))["ok"]
     wait_for("client2 to work over the other relay", lambda: checks.ping_once(topo, 1), timeout=45)
@@ -162,3 +163,4 @@ def test_relay_killed_traffic_moves_to_the_other_relay(topo: Topology) -> None:
     r = run("ping", "-c", "20", "-i", "0.05", "-W", "2", WEB_V4, ns=topo.client_ns(1))
     assert " 20 received" in r.stdout, r.stdout
     wait_for("the other relay to carry the pings", lambda: _relay_grew(topo, before, 40) == other, timeout=5)
+    assert checks.path(topo, 1, relayed=True).ok
