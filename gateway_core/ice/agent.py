@@ -340,6 +340,10 @@ class IceAgent:
         for p in sorted((p for p in self.pairs if p.next_at <= now), key=lambda p: (p.next_at, -p.priority)):
             self._send_check(p, now)
         self._update(now)
+        # A nomination made just now by _update (controlling role, e.g. after the nominated pair failed)
+        # is due at once: send its check in this call, or the served deadline would still be due (R5).
+        for p in sorted((p for p in self.pairs if p.next_at <= now), key=lambda p: (p.next_at, -p.priority)):
+            self._send_check(p, now)
 
     def _send_check(self, p: Pair, now: Instant) -> None:
         local, remote = self.local[p.local].c, self.remote[p.remote].c
