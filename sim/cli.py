@@ -6,6 +6,8 @@
   ``credentials``: gateway and client nodes with TURN relays; or ``gateway``: a simulated client using a
   CIDR and a DNS resource through the whole gateway, see :mod:`sim.gateway_scenario`), write the trace
   (JSON lines) and a pcap if asked, and print a short summary.
+- ``firezone-sim replay FILE | --seed N [--steps K] [--trace F] [--pcap F] [--progress]``: replay a program
+  of issue 8's stateful test (a saved failure, or one drawn from a seed) and print its summary table.
 - ``firezone-sim demo [--seed N]``: run the echo scenario, then the gateway scenario, and print a
   play-by-play of each as it happens.
 
@@ -78,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="simulated seconds (default 10)",
     )
+    rep = sub.add_parser(
+        "replay", help="replay a stateful-test program (a saved failure, or one drawn from a seed)"
+    )
+    rep.add_argument("program", nargs="?", help="a program file written by the stateful test")
+    rep.add_argument("--seed", type=int, help="draw the program from this seed instead")
+    rep.add_argument("--steps", type=int, default=15, help="steps of a seeded program (default 15)")
+    rep.add_argument("--trace", metavar="FILE", help="write the trace as JSON lines to FILE")
+    rep.add_argument("--pcap", metavar="FILE", help="write every delivered packet to FILE")
+    rep.add_argument("--progress", action="store_true", help="print one line per step")
     demo = sub.add_parser("demo", help="run the echo scenario and print what happens")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--duration", type=parse_duration, default=None, metavar="SECONDS")
@@ -117,9 +128,51 @@ def _demo_gateway(seed: int) -> None:
     print(scenario_summary(gw))
 
 
+def _replay(args: argparse.Namespace) -> int:
+    """``firezone-sim replay``: run a stateful program, print progress and the summary table."""
+    from sim.stateful import Harness, InvariantError, Program, run_program, run_seeded
+
+    if (args.program is None) == (args.seed is None):
+        print("replay: give a program file or --seed N", file=sys.stderr)
+        return 2
+
+    def progress(i: int, n: int, h: Harness) -> None:
+        if args.progress:
+            print(f"[{i}/{n}] {fmt(h.world.now)} virtual, {h.checks} checks", flush=True)
+
+    with ExitStack() as stack:
+        sink: IO[str] | None = None
+        if args.trace:
+            sink = stack.enter_context(open(args.trace, "w", encoding="ascii", newline="\n"))
+        pcap = None
+        if args.pcap:
+            pcap = PcapWriter(stack.enter_context(open(args.pcap, "wb")))
+        trace = Trace(sink)
+        try:
+            if args.program is not None:
+                with open(args.program, encoding="ascii") as f:
+                    program = Program.loads(f.read())
+                h = run_program(program, trace=trace, pcap=pcap, progress=progress)
+            else:
+                h = run_seeded(args.seed, args.steps, trace=trace, pcap=pcap, progress=progress)
+        except InvariantError as exc:
+            print(f"invariant failed: {exc}", file=sys.stderr)
+            return 1
+    print(summary_table(h.summary()))
+    return 0
+
+
+def summary_table(rows: dict[str, int]) -> str:
+    """A two-column table (steps, packets, drops by reason, invariants checked)."""
+    width = max((len(k) for k in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v:>10}" for k, v in rows.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "run":
             cfg = EchoScenario() if args.duration is None else EchoScenario(duration=args.duration)
             with ExitStack() as stack:
