@@ -32,7 +32,6 @@ class DropReason(StrEnum):
     MALFORMED_L4 = "malformed_l4"
     BAD_CHECKSUM = "bad_checksum"
     FRAGMENT = "fragment"
-    TTL_EXPIRED = "ttl_expired"
     IP_TOO_LARGE = "ip_too_large"
 
     # --- WireGuard ---
@@ -42,7 +41,6 @@ class DropReason(StrEnum):
     WG_REPLAY = "wg_replay"
     WG_HANDSHAKE_FAILED = "wg_handshake_failed"
     WG_BAD_MAC1 = "wg_bad_mac1"
-    WG_BAD_MAC2 = "wg_bad_mac2"
     WG_COOKIE_REQUIRED = "wg_cookie_required"
     WG_RATE_LIMITED = "wg_rate_limited"
     WG_STALE_TIMESTAMP = "wg_stale_timestamp"
@@ -51,16 +49,11 @@ class DropReason(StrEnum):
     WG_UNEXPECTED = "wg_unexpected"
 
     # --- STUN / TURN / ICE ---
-    STUN_MALFORMED = "stun_malformed"
     STUN_BAD_INTEGRITY = "stun_bad_integrity"
-    STUN_BAD_FINGERPRINT = "stun_bad_fingerprint"
     STUN_UNMATCHED = "stun_unmatched"
-    STUN_UNKNOWN_USERNAME = "stun_unknown_username"
     TURN_MALFORMED = "turn_malformed"
     TURN_UNKNOWN_CHANNEL = "turn_unknown_channel"
     TURN_UNKNOWN_RELAY = "turn_unknown_relay"
-    TURN_NO_PERMISSION = "turn_no_permission"
-    ICE_UNKNOWN_PEER = "ice_unknown_peer"
     DATAGRAM_UNCLASSIFIED = "datagram_unclassified"
 
     # --- Portal ---
@@ -73,9 +66,7 @@ class DropReason(StrEnum):
     SPOOFED_SOURCE = "spoofed_source"
     NOT_AUTHORIZED = "not_authorized"
     FILTERED = "filtered"
-    EXPIRED = "expired"
     UNKNOWN_CLIENT = "unknown_client"
-    NO_NAT_SESSION = "no_nat_session"
     NAT_TABLE_FULL = "nat_table_full"
     NO_CONNECTION = "no_connection"
     NAT_SESSION_EXPIRED = "nat_session_expired"
