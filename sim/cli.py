@@ -130,7 +130,8 @@ def _demo_gateway(seed: int) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     """``firezone-sim replay``: run a stateful program, print progress and the summary table."""
-    from sim.stateful import Harness, InvariantError, Program, run_program, run_seeded
+    from sim.stateful import Harness, Program, run_program, run_seeded
+    from sim.stateful_topology import InvariantError
 
     if (args.program is None) == (args.seed is None):
         print("replay: give a program file or --seed N", file=sys.stderr)

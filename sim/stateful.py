@@ -28,30 +28,20 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from ipaddress import IPv4Address
 from typing import Any
 
-from devportal import Refusal
-from devportal.config import RelayConfig as DevRelayConfig
-from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.addr import IPAddress
 from gateway_core.clock import Duration, Instant, millis, secs
 from gateway_core.entropy import SeededEntropy
-from gateway_core.gateway import Gateway
 from gateway_core.node.connection import PathKind
 from gateway_core.portal.model import CidrResource, Filter, FilterProtocol
-from gateway_core.wire.ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN
-from sim.contract import ContractChecker
+from gateway_core.wire.ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from sim.gateway_world import (
     CIDR_FILTERS,
     CIDR_RESOURCE,
     DNS_PATTERN,
     DNS_RESOURCE,
-    LINK,
-    RELAY_SECRET,
-    RELAY_V4_BASE,
-    TURN_PORT,
     WEB_V4,
     ZONE,
     GatewayWorld,
@@ -60,18 +50,14 @@ from sim.gateway_world import (
 from sim.hosts.client_types import (
     DnsAnswer,
     DomainStatusReceived,
-    EchoReply,
     GoodbyeReceived,
-    IcmpErrorReceived,
     Received,
-    TcpReceived,
-    UdpReceived,
 )
-from sim.hosts.connectivity import RelayComponent, RelayHost
 from sim.pcap import PcapWriter
-from sim.reference import DnsPrediction, Outcome, Prediction, ReferenceModel, ResourceSpec
+from sim.reference import Outcome, ReferenceModel, ResourceSpec
+from sim.stateful_expect import expect_dns, expect_packet
+from sim.stateful_topology import CONTROL_SETTLE, DNS_SETTLE, InvariantError, TopologyTransitions
 from sim.trace import Trace
-from sim.turn_server import TurnServer
 from sim.world import World
 
 CONNECT_BOUND: Duration = secs(15)
@@ -79,15 +65,6 @@ CONNECT_BOUND: Duration = secs(15)
 in a few seconds of virtual time; 15 s also covers a TURN allocation retried once."""
 PROBE_SETTLE: Duration = millis(1500)
 """Replies of one probe arrive within ~0.3 s here (10 ms links, 2 relay hops, DNS-resource setup)."""
-DNS_SETTLE: Duration = secs(6)
-"""A forwarded query the upstream never answers is SERVFAIL after the gateway's 5 s timeout."""
-CONTROL_SETTLE: Duration = secs(2)
-"""After a portal action or a topology change: pushes, candidates and relay changes settle."""
-PATH_SETTLE: Duration = secs(5)
-"""After a partition heals, ICE re-checks the direct path (consent checks every ~1.5 s) and moves back
-to it; probes wait until the move is done (a packet in flight during the switch may be lost)."""
-OUTAGE_REJOIN_BOUND: Duration = secs(120)
-"""After a portal outage the gateway rejoins within its reconnect backoff (0.5 s x 1.5^n, capped at 60 s)."""
 MAX_RELAYS = 3
 """Keep the relay set small: enough to lose one and fall back to another."""
 RESOURCES = {"web": CIDR_RESOURCE, "app": DNS_RESOURCE}
@@ -148,10 +125,6 @@ KEY_EVENTS = (
     "icmp_prohibited",
     "reconnect_after_outage",
 )
-
-
-class InvariantError(AssertionError):
-    """A check of the stateful test failed (the message names the step and the difference)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +193,7 @@ class _ErrorLog(logging.Handler):
 _NAT_LOGGER = "gateway_core.policy.nat"
 
 
-class Harness:
+class Harness(TopologyTransitions):
     """See the module docstring."""
 
     def __init__(
@@ -364,75 +337,11 @@ class Harness:
             if len(match) != 1:
                 raise InvariantError(f"local DNS answer {p} seen {len(match)} times")
             mine.remove(match[0])
-        self._expect_packet(c, pred, proto, dst, port, seq, sport, payload, mine)
+        expect_packet(self.coverage, c, pred, proto, dst, port, seq, sport, payload, mine)
         self._no_other_client_records(c, got)
         self._check_arrivals(mark, {resource: pred.arrivals}, c)
         self._check_upstream(mark, [])
         _ = cl
-
-    def _expect_packet(
-        self,
-        c: int,
-        pred: Prediction,
-        proto: str,
-        dst: IPAddress,
-        port: int,
-        seq: int,
-        sport: int,
-        payload: bytes,
-        got: Sequence[Received],
-    ) -> None:
-        what = f"client-{c} {proto} to {dst}:{port} (seq {seq}, sport {sport}): expected {pred.outcome.value}"
-        v6 = dst.version == 6
-        if pred.outcome is Outcome.NOTHING:
-            if got:
-                raise InvariantError(f"{what}, got {got}")
-            return
-        if pred.outcome is Outcome.PROHIBITED or pred.outcome is Outcome.PORT_UNREACHABLE:
-            code = (1, 1) if v6 else (3, 13)
-            if pred.outcome is Outcome.PORT_UNREACHABLE:
-                code = (1, 4) if v6 else (3, 3)
-            errs = [
-                r
-                for r in got
-                if isinstance(r, IcmpErrorReceived)
-                and (r.icmp_type, r.code) == code
-                and r.inner_dst == dst
-                and (r.inner_seq == seq if proto == "icmp" else r.inner_sport == sport)
-            ]
-            if len(errs) != 1 or len(got) != 1:
-                raise InvariantError(f"{what} {code} exactly once, got {got}")
-            if pred.outcome is Outcome.PROHIBITED:
-                self.coverage["event:icmp_prohibited"] += 1
-            return
-        if pred.outcome is Outcome.RESET:
-            rst = [
-                r
-                for r in got
-                if isinstance(r, TcpReceived) and r.src == dst and r.dport == sport and r.flags & TCP_RST
-            ]
-            if len(rst) != 1 or len(got) != 1:
-                raise InvariantError(f"{what} (RST once), got {got}")
-            return
-        if proto == "icmp":
-            echo = [r for r in got if isinstance(r, EchoReply) and r.src == dst and r.seq == seq]
-            if len(echo) != 1 or len(got) != 1:
-                raise InvariantError(f"{what} (echo reply once from {dst}), got {got}")
-        elif proto == "udp":
-            udp = [
-                r
-                for r in got
-                if isinstance(r, UdpReceived)
-                and r.src == dst
-                and (r.sport, r.dport, r.payload) == (port, sport, payload)
-            ]
-            if len(udp) != 1 or len(got) != 1:
-                raise InvariantError(f"{what} (UDP echo once from {dst}), got {got}")
-        else:
-            tcp = [r for r in got if isinstance(r, TcpReceived) and r.src == dst and r.dport == sport]
-            shape = [(r.flags, r.payload) for r in tcp]
-            if shape != [(TCP_SYN | TCP_ACK, b""), (TCP_ACK, b"re:" + payload)] or len(got) != 2:
-                raise InvariantError(f"{what} (SYN/ACK then the response once, from {dst}), got {got}")
 
     def _do_ping_cidr(self, step: Step, c: int) -> None:
         self._probe(c, "web", "icmp", WEB_V4, 0, [])
@@ -483,32 +392,10 @@ class Harness:
         self.world.run_for(DNS_SETTLE if not self.model.upstream_ok else PROBE_SETTLE)
         got = self._since(mark)
         mine = [r for r in got[c] if not isinstance(r, DomainStatusReceived | GoodbyeReceived)]
-        self._expect_dns(c, name, rtype, pred, mine)
+        expect_dns(self.coverage, c, name, rtype, pred, mine)
         self._no_other_client_records(c, got)
         self._check_arrivals(mark, {}, c)
         self._check_upstream(mark, [(name, rtype)] if pred.upstream else [])
-
-    def _expect_dns(
-        self, c: int, name: str, rtype: str, pred: DnsPrediction, got: Sequence[Received]
-    ) -> None:
-        what = f"client-{c} DNS {name} {rtype}: expected {pred.rcode} {pred.records} ({pred.source})"
-        if pred.rcode == "none":
-            if got:
-                raise InvariantError(f"{what}, got {got}")
-            return
-        if len(got) != 1 or not isinstance(got[0], DnsAnswer):
-            raise InvariantError(f"{what} exactly once, got {got}")
-        ans = got[0]
-        if ans.rcode != pred.rcode or ans.source != pred.source or ans.name != name or ans.rtype != rtype:
-            raise InvariantError(f"{what}, got {ans}")
-        if pred.source == "gateway" and ans.records != pred.records:
-            raise InvariantError(f"{what}, got records {ans.records}")
-        if pred.source == "local" and pred.rcode == "NOERROR" and len(ans.records) != 4:
-            raise InvariantError(f"{what} (4 proxy IPs), got {ans.records}")
-        if ans.rcode == "SERVFAIL":
-            self.coverage["event:servfail"] += 1
-        if ans.rcode == "REFUSED":
-            self.coverage["event:refused"] += 1
 
     # --- portal actions -----------------------------------------------------------------------------------
 
@@ -569,172 +456,6 @@ class Harness:
         parsed = tuple(_filter(f) for f in filters)
         self.gw.signalling.update_resource(replace(res, filters=parsed))
         self.world.run_for(CONTROL_SETTLE)
-
-    # --- topology -----------------------------------------------------------------------------------------
-
-    def _do_upstream_down(self, step: Step, c: int) -> None:
-        self.model.upstream_ok = False
-        self.world.partition(["gateway"], ["dns"])
-
-    def _do_upstream_up(self, step: Step, c: int) -> None:
-        self.model.upstream_ok = True
-        self.world.heal(["gateway"], ["dns"])
-        self.world.run_for(DNS_SETTLE)  # queries already forwarded time out (SERVFAIL) before checks
-
-    def _do_partition_direct(self, step: Step, c: int) -> None:
-        """The direct path between one client and the gateway breaks for a while, then heals."""
-        name = self.gw.client_hosts[c].name
-        self.world.partition([name], ["gateway"])
-        self.world.run_for(secs((5, 20, 40)[step.a % 3]))
-        self.world.heal([name], ["gateway"])
-        self.world.run_for(PATH_SETTLE)  # the agent moves back to the direct path
-        self._reconnect_all()
-
-    def _do_restart_gateway(self, step: Step, c: int) -> None:
-        """The gateway crashes and starts again (new key, empty state); clients reconnect."""
-        self._restarts += 1
-        host = self.gw.gateway_host
-        old = self.gw.gateway
-        for sid in sorted(host._conn_of):
-            self.world.stream_close(host, sid, "crash")
-        key = self.world.entropy.fork(f"restart-key-{self._restarts}").random_bytes(32)
-        new = Gateway(
-            config=old.config,
-            private_key=key,
-            entropy=self.world.entropy_for(f"gateway-{self._restarts}"),
-            now=self.world.now,
-            utc_ns=self.world.clock.unix_ns(),
-        )
-        host.component = new
-        host.gateway = new
-        host.channel = new.channel
-        host._datagram_handler = new  # type: ignore[assignment]
-        host._packet_handler = new  # type: ignore[assignment]
-        host.checker = ContractChecker(host.name, new)
-        host._stream_of.clear()
-        host._conn_of.clear()
-        host._upgraded.clear()
-        host._requests.clear()
-        host._upstream.clear()
-        host.dns_servers = set()
-        host.deadline = None
-        self.world._wakes.pop(host.name, None)
-        self.gw.gateway = new
-        self.world.drive(host, lambda now: None)
-        if not self.gw.start(secs(10)):
-            raise InvariantError("the restarted gateway did not rejoin the portal within 10 s")
-        self._joined = new.counters.snapshot().get("portal_joined", 0)
-        # Like Firezone's client on a new connection to a gateway: its DNS-resource NAT requests for
-        # that gateway start over (the restarted gateway has no NAT state to re-confirm).
-        gid = self.gw.gateway_id()
-        for c in range(self.spec.clients):
-            self._forget_nat_of(c, gid)
-        self._reconnect_all(force=True)
-
-    def _do_portal_outage(self, step: Step, c: int) -> None:
-        """The portal goes away (sockets closed, upgrades refused) for a while, then comes back."""
-        portal = self.gw.portal
-        before = self.gw.gateway.counters.snapshot().get("portal_joined", 0)
-        portal.refuse = Refusal(503, "Service Unavailable")
-        self.gw.signalling.act(lambda p: p.kick())
-        self.world.run_for(secs((5, 20, 45)[step.a % 3]))
-        portal.refuse = None
-        end = self.world.now + OUTAGE_REJOIN_BOUND
-        while self.gw.gateway.counters.snapshot().get("portal_joined", 0) <= before:
-            if self.world.now >= end:
-                raise InvariantError("the gateway did not rejoin within 120 s after the portal came back")
-            self.world.run_for(millis(100))
-        self.coverage["event:reconnect_after_outage"] += 1
-        self.world.run_for(CONTROL_SETTLE)
-
-    def _new_relay(self, rid: uuid.UUID, secret: str) -> DevRelayConfig:
-        n = self._next_relay
-        self._next_relay += 1
-        ip = RELAY_V4_BASE + 10 + n
-        server = TurnServer(
-            [SocketAddr(ip, TURN_PORT)],
-            [SocketAddr(ip, 0)],
-            secret,
-            self.world.entropy_for(f"relay-{n}"),
-            wall_clock_secs=self.gw.portal.unix_now,
-        )
-        name = f"relay-{n}"
-        self.world.add_host(
-            RelayHost(name, RelayComponent(server), ipv4=ip, udp_ports=(TURN_PORT,), link=LINK)
-        )
-        self._relays[name] = rid
-        return DevRelayConfig(rid, (SocketAddr(ip, TURN_PORT),), secret)
-
-    def _relay_name(self, k: int) -> str:
-        names = sorted(self._relays)
-        return names[k % len(names)]
-
-    def _do_relay_add(self, step: Step, c: int) -> None:
-        rid = uuid.UUID(int=0x0A133356_7A9E_4B9A_B413_0D95A5721000 + self._next_relay)
-        cfg = self._new_relay(rid, RELAY_SECRET)
-        self.gw.signalling.relays_presence([], [cfg])
-        self.world.run_for(CONTROL_SETTLE)
-        self._reconnect_all()
-
-    def _do_relay_remove(self, step: Step, c: int) -> None:
-        name = self._relay_name(step.a)
-        rid = self._relays.pop(name)
-        self.world.remove_host(name)
-        self.gw.signalling.relays_presence([rid])
-        self.world.run_for(CONTROL_SETTLE)
-        self._reconnect_all()
-
-    def _do_relay_reboot(self, step: Step, c: int) -> None:
-        """Same relay id, new address and secret (a relay rebooted elsewhere)."""
-        name = self._relay_name(step.a)
-        rid = self._relays.pop(name)
-        self.world.remove_host(name)
-        cfg = self._new_relay(rid, f"{RELAY_SECRET}-{self._next_relay}")
-        self.gw.signalling.relays_presence([rid], [cfg])
-        self.world.run_for(CONTROL_SETTLE)
-        self._reconnect_all()
-
-    def _do_relay_rotate(self, step: Step, c: int) -> None:
-        """The relay's secret changes: the portal re-announces it with new credentials."""
-        name = self._relay_name(step.a)
-        rid = self._relays[name]
-        host = self.world.hosts[name]
-        comp = host.component
-        assert isinstance(comp, RelayComponent) and host.ipv4 is not None
-        secret = f"{RELAY_SECRET}-rot-{self.steps_done}"
-        comp.server.secret = secret
-        cfg = DevRelayConfig(rid, (SocketAddr(host.ipv4, TURN_PORT),), secret)
-        self.gw.signalling.relays_presence([rid], [cfg])
-        self.world.run_for(CONTROL_SETTLE)
-        self._reconnect_all()
-
-    def _do_roam(self, step: Step, c: int) -> None:
-        """The client moves to a new address; like Firezone's client it resets its connections."""
-        host = self.gw.client_hosts[c]
-        self._next_roam += 1
-        net = self.world.network
-        link = net.link(host.name)
-        net.detach(host.name)
-        host.ipv4 = IPv4Address("198.51.100.100") + self._next_roam
-        net.attach(host.name, host.addresses(), link)
-        cl = self._client(c)
-
-        def reset(now: Instant) -> None:
-            relays = cl._relays
-            for gid in sorted(cl.node.connections):
-                cl.node.remove_connection(gid)
-            cl._connected.clear()
-            cl._pending.clear()
-            cl._nat.clear()
-            cl.set_relays(now, ())
-            cl.set_relays(now, relays)
-
-        self.world.drive(host, reset)
-        self._reconnect_all(force=True, only=c)
-
-    def _do_idle(self, step: Step, c: int) -> None:
-        self.world.run_for(secs((150, 240, 360)[step.a % 3]))
-        self._reconnect_all()
 
     # --- reconnection (what Firezone's client does when a connection fails) -------------------------------
 
