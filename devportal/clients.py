@@ -11,7 +11,7 @@ per client, an ordered list of JSON events that a client process fetches with a 
   :meth:`ClientFeed.granted` derives what the portal gives the client for that pair with devportal's own
   functions (gateway public key, :func:`~devportal.portal.preshared_key`, both
   :func:`~devportal.portal.ice_credentials`, the gateway's tunnel addresses, the relays with
-  :func:`~devportal.portal.turn_credentials` for the *client's* key) and the resource;
+  :func:`~devportal.portal.relay_credentials` for the *client's* key) and the resource;
 - ``candidates``: the gateway's ``broadcast_(invalidated_)ice_candidates`` pushes, through
   ``DevPortal.listeners``, for each client they name;
 - ``relays``: the online relays with the client's credentials after :meth:`DevPortal.relays_presence`
@@ -27,7 +27,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from devportal.portal import DevPortal, GatewayRecord, ice_credentials, preshared_key, turn_credentials
+from devportal.portal import DevPortal, GatewayRecord, ice_credentials, preshared_key, relay_credentials
 from gateway_core.errors import DecodeError
 from gateway_core.portal.messages import BroadcastIceCandidates, BroadcastInvalidatedIceCandidates
 from gateway_core.portal.model import CidrResource, DnsResource, Json, Resource, encode_key
@@ -80,7 +80,7 @@ class ClientFeed:
         expires = self.portal.unix_now + RELAY_CREDENTIAL_LIFETIME
         out: list[dict[str, Any]] = []
         for r in self.portal.online_relays():
-            user, pwd = turn_credentials(r.secret, client_key, expires)
+            user, pwd = relay_credentials(r, client_key, expires)
             v4 = next((str(a) for a in r.addrs if a.ip.version == 4), None)
             v6 = next((str(a) for a in r.addrs if a.ip.version == 6), None)
             out.append({"id": str(r.id), "v4": v4, "v6": v6, "username": user, "password": pwd})

@@ -29,6 +29,7 @@ Example::
     id = "0a133356-7a9e-4b9a-b413-0d95a5720fd8"
     addrs = ["127.0.0.1:3478", "[::1]:3478"]
     secret = "relay-stamp-secret"      # the relay's stamp secret: TURN credentials derive from it
+    kind = "firezone"                  # optional: "coturn" hands out TURN REST credentials instead
 
 Pure: it parses text handed to it (``tomllib``), never opens files.
 """
@@ -122,6 +123,9 @@ class RelayConfig:
     id: uuid.UUID
     addrs: tuple[SocketAddr, ...]
     secret: str
+    kind: str = "firezone"
+    """``firezone`` (credentials as Firezone's relays check them) or ``coturn`` (TURN REST credentials,
+    for a coturn relay run with ``use-auth-secret``/``static-auth-secret``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,7 @@ def load_config(text: str) -> PortalConfig:
                 parse_uuid(r.get("id"), f"relays[{i}].id"),
                 tuple(parse_socket_addr(a, f"relays[{i}].addrs") for a in r.get("addrs", [])),
                 _str(r, "secret", f"relays[{i}]"),
+                _relay_kind(r.get("kind", "firezone"), f"relays[{i}].kind"),
             )
             for i, r in enumerate(doc.get("relays", []))
         )
@@ -238,6 +243,12 @@ def load_config(text: str) -> PortalConfig:
         if cfg.client(p.client) is None or cfg.resource(p.resource) is None:
             raise ConfigError(f"policy {p.client} -> {p.resource}: unknown client or resource")
     return cfg
+
+
+def _relay_kind(v: object, what: str) -> str:
+    if v not in ("firezone", "coturn"):
+        raise ConfigError(f"{what}: expected firezone or coturn")
+    return str(v)
 
 
 def _expires_in(v: object, what: str) -> int | None:

@@ -66,6 +66,7 @@ from gateway_core.portal.model import (
     TurnRelay,
     encode_key,
 )
+from gateway_core.turn.credentials import coturn_rest_password
 
 log = logging.getLogger("devportal")
 
@@ -133,6 +134,15 @@ def turn_credentials(relay_secret: str, gateway_public_key: str, expires_at: int
     username = f"{expires_at}:{salt}"
     password = _b64(hashlib.sha256(f"{expires_at}:{relay_secret}:{salt}".encode()).digest())
     return username, password
+
+
+def relay_credentials(relay: RelayConfig, public_key: str, expires_at: int) -> tuple[str, str]:
+    """TURN username and password for one peer's key on ``relay``: Firezone's scheme
+    (:func:`turn_credentials`), or for a coturn relay the TURN REST password over the same username."""
+    user, pwd = turn_credentials(relay.secret, public_key, expires_at)
+    if relay.kind == "coturn":
+        pwd = coturn_rest_password(relay.secret, user)
+    return user, pwd
 
 
 def ice_credentials(
@@ -269,7 +279,7 @@ class DevPortal:
         expires = self.unix_now + RELAY_CREDENTIAL_LIFETIME
         out: list[Relay] = []
         for r in self._online_relays:
-            user, pwd = turn_credentials(r.secret, gw.public_key, expires)
+            user, pwd = relay_credentials(r, gw.public_key, expires)
             out += [TurnRelay(r.id, addr, user, pwd, expires) for addr in r.addrs]
         return out
 

@@ -42,25 +42,15 @@ def ping_once(topo: Topology, client: int, dst: str = WEB_V4, wait: float = 1.0)
     return r.returncode == 0
 
 
-def curl_name(topo: Topology, client: int, url: str = "http://web.fz.test/") -> Check:
-    r = run(
-        "curl",
-        "-s",
-        "-4",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{remote_ip} %{http_code}",
-        url,
-        ns=topo.client_ns(client),
-    )
+def curl_name(topo: Topology, client: int, url: str = "http://web.fz.test/", family: int = 4) -> Check:
+    """HTTP to the DNS resource by name: the stub answers with proxy IPs (A or AAAA), the gateway
+    translates them to the resource's real address of the same family."""
+    ns = topo.client_ns(client)
+    r = run("curl", "-s", f"-{family}", "--max-time", "10", "-w", "\n%{remote_ip} %{http_code}", url, ns=ns)
     body, _, tail = r.stdout.rpartition("\n")
     ok = r.returncode == 0 and PAGE in body and tail.endswith(" 200")
-    return Check(
-        f"curl {url} (DNS resource)",
-        ok,
-        f"HTTP via proxy IP {tail}" if ok else f"rc={r.returncode} {r.stderr.strip()[:80]}",
-    )
+    detail = f"HTTP via proxy IP {tail}" if ok else f"rc={r.returncode} {r.stderr.strip()[:80]}"
+    return Check(f"curl -{family} {url} (DNS resource)", ok, detail)
 
 
 def dig(topo: Topology, client: int, name: str, rtype: str, expect: str) -> Check:
@@ -102,7 +92,7 @@ def blocked_port(topo: Topology, client: int, port: int = BLOCKED_PORT) -> Check
 def path(topo: Topology, client: int, relayed: bool) -> Check:
     """The client's nominated path: direct (``peer_to_peer``) or through a relay, as expected."""
     got = topo.client_path(client)
-    ok = (got not in ("none", "peer_to_peer")) if relayed else got == "peer_to_peer"
+    ok = got.startswith(("via relay", "to relay")) if relayed else got.startswith("direct")
     return Check("tunnel path " + ("over a relay" if relayed else "direct"), ok, got)
 
 
@@ -112,6 +102,7 @@ def all_checks(topo: Topology, client: int) -> list[Check]:
         path(topo, client, relayed=client == 1),
         ping(topo, client),
         curl_name(topo, client),
+        curl_name(topo, client, family=6),
         dig(topo, client, "_http._tcp.fz.test", "SRV", "10 5 80 web.fz.test."),
         dig(topo, client, "txt.fz.test", "TXT", '"v=spf1 -all" "firezone e2e"'),
         blocked_port(topo, client),

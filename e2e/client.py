@@ -443,12 +443,16 @@ class E2EClient:
             self.client.set_relays(now, relays_from_json(event["relays"]))
 
     def paths(self) -> dict[str, dict[str, str | None]]:
-        """Per gateway: the nominated path's kind (``peer_to_peer``, ``relay_to_peer`` ...) and the
-        connection's selected relay."""
+        """Per gateway: the nominated path's kind (``peer_to_peer``, ``relay_to_peer`` ...), where it
+        sends to, and the connection's selected relay."""
         out: dict[str, dict[str, str | None]] = {}
         for gid, conn in sorted(self.client.node.connections.items()):
             ps = conn.peer_socket
-            out[gid] = {"kind": None if ps is None else ps.kind.value, "relay": conn.relay}
+            out[gid] = {
+                "kind": None if ps is None else ps.kind.value,
+                "dest": None if ps is None else str(ps.dest),
+                "relay": conn.relay,
+            }
         return out
 
     def status(self) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """``firezone-e2e demo`` (``make demo``'s real part): the whole system on real kernels, one readable report.
 
-Builds the :class:`~e2e.topology.Topology` (portal, two relays, the real ``firezone-gateway``, two client
-hosts, web and DNS hosts), grants both clients access through the dev portal's admin API, then runs the
-checks of :mod:`e2e.checks` from ``client`` (which may reach the gateway directly) and from ``client2``
-(whose direct path is cut in the router, so its tunnel runs over a relay), prints what each showed and
-the relays' counters, and tears everything down, also on failure, Ctrl-C or SIGTERM. Exit code 0 when
-every check passed, 1 otherwise, 2 when not run as root.
+Builds the :class:`~e2e.topology.Topology` (portal, our relay and coturn, the real ``firezone-gateway``,
+two client hosts, web and DNS hosts), grants both clients access through the dev portal's admin API,
+then runs the checks of :mod:`e2e.checks` from ``client`` (which may reach the gateway directly) and from
+``client2`` (whose direct path is cut in the router, so its tunnel runs over a relay), prints what each
+showed, and tears everything down, also on failure, Ctrl-C or SIGTERM. Exit code 0 when every check
+passed, 1 otherwise, 2 when not run as root.
 
 ``firezone-e2e up`` builds the same topology and waits (Ctrl-C tears it down) for exploring by hand:
 it prints the namespace names, e.g. ``ip netns exec <client> curl http://web.fz.test/``.
@@ -58,14 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="firezone-e2e", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=("demo", "up"), nargs="?", default="demo")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with every log")
+    ap.add_argument("--no-coturn", action="store_true", help="relay2 is a second e2e.relay, not coturn")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         _say("firezone-e2e: the real end-to-end demo needs root (network namespaces, TUN devices)")
         return 2
     with sigterm_as_interrupt():
-        topo = Topology(keep_workdir=args.keep_logs)
+        topo = Topology(keep_workdir=args.keep_logs, coturn=not args.no_coturn)
         try:
-            _say("building the topology: portal, relay1, relay2, gateway, client, client2, web, dns ...")
+            relays = "relay1 (ours), relay2 (" + ("ours" if args.no_coturn else "coturn") + ")"
+            _say(f"building the topology: portal, {relays}, gateway, client, client2, web, dns")
             t0 = time.monotonic()
             with topo:
                 _say(

@@ -12,7 +12,7 @@ Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
 
     portal  10.201.1.2  firezone-dev-portal :8081 (gateway WebSocket + admin and client API)
     relay1  10.201.2.2  the project's relay (e2e.relay, Firezone flavour) :3478
-    relay2  10.201.3.2  a second relay (same program; coturn cannot check Firezone's credentials)
+    relay2  10.201.3.2  coturn (turnserver; the portal hands out TURN REST credentials for it)
     gw      10.201.4.2  firezone-gateway (real TUN tun-firezone), forwarding + masquerading (§4.5)
     client  10.201.5.2  e2e.client (TUN tun-fzclient): may reach the gateway directly
     client2 10.201.6.2  e2e.client: its direct path to the gateway is cut in the router (nftables via
@@ -105,6 +105,29 @@ remote-control:
 """
 
 
+COTURN = """\
+listening-ip={ip}
+listening-port=3478
+relay-ip={ip}
+min-port=49152
+max-port=65535
+realm=firezone
+use-auth-secret
+static-auth-secret={secret}
+no-tls
+no-dtls
+no-cli
+no-multicast-peers
+userdb={dir}/{name}-turn.db
+pidfile={dir}/{name}-turn.pid
+log-file=stdout
+simple-log
+verbose
+"""
+"""coturn as a Firezone relay: TURN REST credentials from the shared secret (the portal's ``kind =
+"coturn"`` relays), realm ``firezone``, UDP only."""
+
+
 def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = WAIT) -> str:
     """Run a command (inside ``ns``); its stdout. Raises RuntimeError on failure when ``check``."""
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
@@ -185,6 +208,8 @@ class Topology:
     tag: str = field(default_factory=lambda: f"{os.getpid() % 10000}{os.urandom(2).hex()}")
     keep_workdir: bool = False
     gateway_log: str = "info"
+    coturn: bool = False
+    """relay2 is coturn (``turnserver``, TURN REST credentials) instead of a second ``e2e.relay``."""
     workdir: Path = field(init=False)
     ns: dict[str, str] = field(init=False, default_factory=dict)
     procs: dict[str, Proc] = field(init=False, default_factory=dict)
@@ -268,6 +293,8 @@ class Topology:
             sh("ip", "-6", "-n", self.ns["gw"], "addr", "add", f"fd20:{n}::1/64", "dev", gw_if, "nodad")
             sh("ip", "-6", "-n", self.ns[role], "addr", "add", f"fd20:{n}::{host}/64", "dev", "eth0", "nodad")
             sh("ip", "-6", "-n", self.ns[role], "route", "add", "default", "via", f"fd20:{n}::1")
+        for i in (1, 2):  # count what reaches each relay host (relay_stats)
+            sh("iptables", "-w", "-A", "INPUT", "-p", "udp", ns=self.ns[f"relay{i}"])
         # client2 may only use the relays: its direct path to the gateway is dropped in the router.
         self.cut_direct_path("client2")
         self._resolv("gw", DNS_V4)
@@ -358,6 +385,7 @@ class Topology:
                 f'id = "{rid}"',
                 f'addrs = ["{ip}:3478"]',
                 f'secret = "relay-secret-{i}"',
+                f'kind = "{"coturn" if self.coturn and i == 2 else "firezone"}"',
             ]
         return "\n".join(lines) + "\n"
 
@@ -375,16 +403,36 @@ class Topology:
 
     def start_relay(self, i: int) -> Proc:
         name = f"relay{i}"
+        if self.coturn and i == 2:
+            return self.start_coturn(i)
         argv = [sys.executable, "-m", "e2e.relay", "--listen", self.ip(name), "--secret", f"relay-secret-{i}"]
         proc = self._proc(name, name, [*argv, "--stats", str(self.workdir / f"{name}.json")])
         wait_for(f"{name} to listen", lambda: "listening on" in proc.text() or not proc.alive())
         return proc
 
     def relay_stats(self, i: int) -> dict[str, int]:
-        try:
-            return json.loads((self.workdir / f"relay{i}.json").read_text())  # type: ignore[no-any-return]
-        except (OSError, ValueError):
-            return {}
+        """``{"in": UDP datagrams received}`` by relay ``i``'s host (an iptables counting rule, so it is
+        the same measure for our relay and coturn)."""
+        out = sh("iptables", "-w", "-L", "INPUT", "-v", "-x", "-n", ns=self.ns[f"relay{i}"], check=False)
+        for line in out.splitlines():
+            cols = line.split()
+            if len(cols) > 3 and cols[0].isdigit() and cols[2] in ("udp", "17"):
+                return {"in": int(cols[0])}
+        return {}
+
+    def start_coturn(self, i: int) -> Proc:
+        name = f"relay{i}"
+        ip = self.ip(name)
+        conf = self.workdir / f"{name}-turnserver.conf"
+        conf.write_text(COTURN.format(ip=ip, secret=f"relay-secret-{i}", dir=self.workdir, name=name))
+        proc = self._proc(name, name, ["turnserver", "-c", str(conf)])
+        wait_for(
+            f"coturn ({name}) to listen",
+            lambda: f"{ip}:3478" in sh("ss", "-Hlnu", ns=self.ns[name]) or not proc.alive(),
+        )
+        if not proc.alive():
+            raise RuntimeError(f"coturn stopped:\n{proc.text()[-2000:]}")
+        return proc
 
     def start_gateway(self) -> Proc:
         sh("sh", str(ROOT / "scripts" / "setup-masquerade.sh"), ns=self.ns["gw"])
@@ -468,17 +516,23 @@ class Topology:
             return {}
 
     def client_path(self, client: int) -> str:
-        """The client's nominated path to the gateway: ``peer_to_peer``, or a relayed kind and the client's
-        selected relay (a ``peer_to_relay`` path uses the gateway's relay, which may be the other one)."""
-        paths = self.client_status(client).get("paths", {})
-        for p in paths.values():
-            kind = p.get("kind")
+        """The client's nominated path to the gateway: ``direct``, ``via relayN`` (our side sends from
+        our allocation on relayN) or ``to relayN`` (we send to the gateway's allocation on relayN; ICE may
+        call such a path peer-to-peer when it learned the address as a peer-reflexive candidate)."""
+        relay_ips = {self.ip(f"relay{i}"): f"relay{i}" for i in (1, 2)}
+        for p in self.client_status(client).get("paths", {}).values():
+            kind, dest = p.get("kind"), p.get("dest")
             if kind is None:
                 continue
-            if kind == "peer_to_peer":
-                return str(kind)
-            relay = next((f"relay{i}" for i, r in enumerate(RELAY_IDS, 1) if str(r) == p.get("relay")), "?")
-            return f"{kind} (client's relay: {relay})"
+            if kind.startswith("relay_to"):
+                relay = next(
+                    (f"relay{i}" for i, r in enumerate(RELAY_IDS, 1) if str(r) == p.get("relay")), "?"
+                )
+                return f"via {relay} ({kind})"
+            host = str(dest).rpartition(":")[0].strip("[]")
+            if host in relay_ips:
+                return f"to {relay_ips[host]} ({kind})"
+            return f"direct ({kind})"
         return "none"
 
     def client_ns(self, client: int) -> str:

@@ -164,3 +164,19 @@ def test_relay_killed_traffic_moves_to_the_other_relay(topo: Topology) -> None:
     assert " 20 received" in r.stdout, r.stdout
     wait_for("the other relay to carry the pings", lambda: _relay_grew(topo, before, 40) == other, timeout=5)
     assert checks.path(topo, 1, relayed=True).ok
+
+
+def test_coturn_as_the_second_relay_takes_over_when_ours_dies() -> None:
+    """relay2 is coturn (TURN REST credentials from the portal): client2, whose direct path is cut, keeps
+    working over it once our relay is killed and reported offline."""
+    with Topology(coturn=True) as t:
+        connect(t, 1)
+        assert checks.path(t, 1, relayed=True).ok
+        t.procs["relay1"].stop(signal.SIGKILL)
+        assert t.admin("relays", offline=str(RELAY_IDS[0]))["ok"]
+        wait_for("client2 to work over coturn", lambda: checks.ping_once(t, 1), timeout=45)
+        before = _relay_in(t)
+        r = run("ping", "-c", "20", "-i", "0.05", "-W", "2", WEB_V4, ns=t.client_ns(1))
+        assert " 20 received" in r.stdout, r.stdout
+        wait_for("coturn to carry the pings", lambda: _relay_grew(t, before, 40) == 2, timeout=5)
+        assert "via relay2" in t.client_path(1) or "to relay2" in t.client_path(1), t.client_path(1)
