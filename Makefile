@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation
 
 venv: $(STAMP)
 
@@ -47,6 +47,15 @@ demo: venv deps
 
 bench: venv deps
 	$(BIN)/python -m bench
+
+# Mutation check of the policy's filters and NAT against the stateful test (setup.cfg [mutmut]); not part
+# of `make test`. Bounded: 40 derandomized examples per mutant, 2 workers, 60 minutes at most.
+mutation: venv deps
+	$(BIN)/python -m pip install -q 'mutmut>=3.3'
+	rm -rf mutants
+	FZ_STATEFUL_PROFILE=mutation timeout 3600 $(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results --all true | tail -n +1 > mutation-results.txt || true
+	$(BIN)/python scripts/mutation_score.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -55,6 +55,13 @@ settings.register_profile(
     max_examples=int(os.environ.get("FZ_STATEFUL_EXAMPLES", "5000")),
     **_COMMON,  # type: ignore[arg-type]
 )
+settings.register_profile(
+    "stateful-mutation",
+    max_examples=int(os.environ.get("FZ_STATEFUL_EXAMPLES", "40")),
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],  # a killed mutant needs no shrinking
+    **_COMMON,  # type: ignore[arg-type]
+)
 PROFILE = os.environ.get("FZ_STATEFUL_PROFILE", "ci")
 
 COVERAGE: Counter[str] = Counter()
@@ -142,7 +149,7 @@ def test_gateway_world_against_the_reference_model() -> None:
     except BaseException as exc:
         _replay_hint(exc)
         raise
-    if PROFILE == "dev":
+    if PROFILE in ("dev", "mutation"):
         return
     missing = [f"transition {k}" for k in KINDS if not COVERAGE[f"transition:{k}"]]
     missing += [f"event {k}" for k in KEY_EVENTS if not COVERAGE[f"event:{k}"]]
