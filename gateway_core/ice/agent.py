@@ -128,7 +128,7 @@ class IceAgent:
         self.remote: list[_Entry] = []
         self.pairs: list[Pair] = []
         self.state = IceState.NEW
-        self._announced: int | None = None
+        self._announced: tuple[int, int] | None = None
         self._transmits: deque[Transmit] = deque()
         self._events: deque[IceEvent] = deque()
         self._now = Instant(0)
@@ -282,7 +282,7 @@ class IceAgent:
                 return
             pair = self._add_pair(li, ri)
         if not self.controlling and use_candidate and not pair.nominated:
-            pair.nominated = True
+            pair.nominated, pair.nominated_at = True, now
             pair.nomination_check_sent = False
             pair.recompute(now, self.timing)
         resp = StunMessage(Method.BINDING, Class.SUCCESS, msg.transaction_id)
@@ -365,13 +365,15 @@ class IceAgent:
             if succeeded:
                 top = max(succeeded, key=lambda p: p.priority)
                 if not top.nominated:
-                    top.nominated, top.nomination_check_sent = True, False
+                    top.nominated, top.nomination_check_sent, top.nominated_at = True, False, now
                     top.recompute(now, self.timing)
         nominated = [p for p in self.pairs if p.nominated]
         if nominated:
-            best = max(nominated, key=lambda p: p.priority)
-            if best.priority != self._announced:
-                self._announced = best.priority
+            # Equal priorities happen (a client that roamed nominates host->host again): the latest
+            # nomination is the peer's current choice. Announce by pair, not by priority.
+            best = max(nominated, key=lambda p: (p.priority, p.nominated_at))
+            if (best.local, best.remote) != self._announced:
+                self._announced = (best.local, best.remote)
                 src, dst = self.local[best.local].c.base, self.remote[best.remote].c.addr
                 self._events.append(NominatedSend(src, dst))
         else:

@@ -69,6 +69,8 @@ class Pair:
     priority: int
     nominated: bool = False
     """The controlling peer sent USE-CANDIDATE on this pair."""
+    nominated_at: Instant = Instant(0)
+    """When it was nominated: among nominated pairs of equal priority the latest nomination wins."""
     nomination_check_sent: bool = False
     succeeded: bool = False
     attempts: deque[Attempt] = field(default_factory=deque)
