@@ -108,14 +108,12 @@ WEIGHTS: dict[str, int] = {
     "relay_remove": 1,
     "relay_reboot": 1,
     "relay_rotate": 1,
-    "roam": 0,  # off: see ROAM_NOTE
+    "roam": 1,
     "partition_direct": 1,
     "idle": 1,
 }
 KINDS = tuple(k for k, w in WEIGHTS.items() if w)
-ROAM_NOTE = """Roaming (a new client address, then the client's connections reset and re-granted) leaves the
-new connection up at both ICE agents but the client never sees ConnectionEstablished (seeds 12, 18, 21 of
-``run_seeded``): not yet understood, so the transition is implemented but not drawn."""
+
 KEY_EVENTS = (
     "relay_fallback",
     "rekey",
