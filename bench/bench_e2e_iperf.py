@@ -219,16 +219,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"  ratio ours / wireguard-go: {ours / ref:.3f}x")
         for n in pids:
             user, system = (cpu1[n][k] - cpu0[n][k] for k in (0, 1))
-            print(
-                f"  {n} CPU during our run: user {100 * user / wall:.0f}%, system {100 * system / wall:.0f}% of a core"
-            )
+            u, sy = 100 * user / wall, 100 * system / wall
+            print(f"  {n} CPU during our run: user {u:.0f}%, system {sy:.0f}% of a core")
         if args.profile:
             out = Path(args.profile)
             out.mkdir(parents=True, exist_ok=True)
             mbps, lines = profile(topo, args.seconds, out)
-            print(
-                f"profiled run (py-spy at 200 Hz): {mbps:.1f} Mbit/s; most self time (samples, idle included):"
-            )
+            print(f"profiled run (py-spy, 200 Hz): {mbps:.1f} Mbit/s; most self time (samples incl. idle):")
             for line in lines:
                 print(line)
 
