@@ -47,6 +47,8 @@ _COMMON = {
     "suppress_health_check": list(HealthCheck),
     "database": None,
     "print_blob": True,
+    # No explain phase: it re-runs the failing example under sys.settrace (very slow on Python 3.11).
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 }
 settings.register_profile("stateful-ci", max_examples=256, derandomize=True, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("stateful-dev", max_examples=25, **_COMMON)  # type: ignore[arg-type]
@@ -59,9 +61,8 @@ settings.register_profile(
     "stateful-mutation",
     max_examples=int(os.environ.get("FZ_STATEFUL_EXAMPLES", "40")),
     derandomize=True,
-    phases=[Phase.explicit, Phase.generate],  # a killed mutant needs no shrinking
-    **_COMMON,  # type: ignore[arg-type]
-)
+    **{**_COMMON, "phases": [Phase.explicit, Phase.generate]},  # type: ignore[arg-type]
+)  # a killed mutant needs no shrinking
 PROFILE = os.environ.get("FZ_STATEFUL_PROFILE", "ci")
 
 COVERAGE: Counter[str] = Counter()
@@ -141,6 +142,7 @@ def _replay_hint(exc: BaseException) -> None:
     )
 
 
+@pytest.mark.timeout(900)  # the ci profile takes ~2 min alone; room for a loaded machine and shrinking
 def test_gateway_world_against_the_reference_model() -> None:
     COVERAGE.clear()
     FAILURE.unlink(missing_ok=True)
@@ -185,3 +187,26 @@ def test_the_machine_replays_only_explicit_examples_quickly() -> None:
     ci = settings.get_profile("stateful-ci")
     assert ci.derandomize and ci.max_examples >= 256 and ci.stateful_step_count == MAX_STEPS + 1
     assert Phase.shrink in settings.get_profile("stateful-dev").phases
+
+
+def test_firezone_sim_replay_from_a_file_and_from_a_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sim.cli import main
+
+    program = Program.loads(json.dumps(REGRESSIONS[0]["program"]))
+    path = tmp_path / "p.json"
+    path.write_text(program.dumps(), encoding="ascii")
+    trace, pcap = tmp_path / "t.jsonl", tmp_path / "t.pcap"
+    assert main(["replay", str(path), "--trace", str(trace), "--pcap", str(pcap), "--progress"]) == 0
+    out = capsys.readouterr().out
+    n = len(program.steps)
+    assert f"[{n}/{n}]" in out and "invariant_checks" in out and "packets_delivered" in out
+    steps_traced = [ln for ln in trace.read_text(encoding="ascii").splitlines() if '"what":"step Step(' in ln]
+    assert len(steps_traced) == n and pcap.stat().st_size > 24
+    assert main(["replay", "--seed", "3", "--steps", "4"]) == 0
+    assert "steps" in capsys.readouterr().out
+    bad = Program(program.world, [Step("no_such_transition")])
+    path.write_text(bad.dumps(), encoding="ascii")
+    with pytest.raises(ValueError, match="unknown transition"):
+        main(["replay", str(path)])
