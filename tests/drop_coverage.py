@@ -39,11 +39,7 @@ def _whole_suite(config: pytest.Config) -> bool:
     opt: Any = config.option
     return (
         config.args_source == pytest.Config.ArgsSource.TESTPATHS
-        and not opt.keyword
-        and not opt.markexpr
-        and not opt.exitfirst
-        and not getattr(opt, "lf", False)
-        and not opt.deselect
+        and not any(getattr(opt, name, None) for name in ("keyword", "markexpr", "lf", "deselect"))
     )
 
 
