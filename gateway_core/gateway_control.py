@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
 from gateway_core.dns.servers import DnsServerBindFailed
 from gateway_core.gateway_types import ResolveDomain
@@ -159,15 +159,15 @@ def handle_message(gw: Gateway, now: Instant, msg: m.InboundMessage) -> None:
 def _init(gw: Gateway, now: Instant, msg: m.Init) -> None:
     gw.node.update_relays([], relay_configs(msg.relays), now)
     v4, v6 = msg.interface.ipv4, msg.interface.ipv6
-    changed = gw.peers.set_tunnel_ips(v4, v6)
+    gw.peers.set_tunnel_ips(v4, v6)
     gw.peers.apply_init(
         InitAuthorization(a.client_id, a.resource_id, a.expires_at) for a in msg.authorizations
     )
+    # The DNS servers are not ordered here: the IO layer configures the interface and binds concurrently,
+    # so a bind ordered now races the address it needs ("Cannot assign requested address", then a retry).
+    # They follow the InterfaceConfigured that answers this command (Gateway._bind_configured_families,
+    # decision 0051), for the families that got their address.
     gw.queue(ConfigureInterface(InterfaceConfig(v4, v6)))
-    if changed:
-        port = gw.config.dns_port
-        gw.dns_addresses = (SocketAddr(v4, port), SocketAddr(v6, port))
-        gw.bind_retry.set_addresses(now, gw.dns_addresses)
 
 
 def _authorize_flow(gw: Gateway, now: Instant, msg: m.AuthorizeFlow) -> None:

@@ -24,7 +24,7 @@ from gateway_core.gateway_types import (
     WallClockAnchor,
 )
 from gateway_core.inputs import Input, SendFailed, ShutdownRequested
-from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed
+from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.policy.p2p_control import GOODBYE_PACKET
 from gateway_core.portal.channel import ConnectPortal, PortalConnectFailed
 from gateway_core.portal.model import TurnRelay, decode_relay
@@ -58,17 +58,29 @@ def udp_to(dst: str, dport: int = 80) -> bytes:
 # --- init -----------------------------------------------------------------------------------------
 
 
+def _configured(h: Harness) -> None:
+    """Answer the latest ``ConfigureInterface`` as the IO layer does when both addresses were added."""
+    cfg = [c for c in h.commands if isinstance(c, ConfigureInterface)][-1].config
+    h.gw.handle_input(h.now, InterfaceConfigured(cfg, True, True))
+    h.pump()
+
+
+def _binds(h: Harness) -> list[BindDnsServers]:
+    return [c for c in h.commands if isinstance(c, BindDnsServers)]
+
+
 def test_init_configures_interface_and_binds_dns_servers_once_per_address_change() -> None:
     h = Harness()
     h.init()
     cfgs = [c for c in h.commands if isinstance(c, ConfigureInterface)]
-    binds = [c for c in h.commands if isinstance(c, BindDnsServers)]
     assert [(c.config.ipv4, c.config.ipv6) for c in cfgs] == [(GW_TUN4, GW_TUN6)]
-    assert binds == [BindDnsServers((SocketAddr(GW_TUN4, 53535), SocketAddr(GW_TUN6, 53535)))]
     assert h.gw.node.allocations  # the relay of init
+    _configured(h)
+    assert _binds(h) == [BindDnsServers((SocketAddr(GW_TUN4, 53535), SocketAddr(GW_TUN6, 53535)))]
     h.init()  # the same addresses: the interface is re-applied, the DNS servers stay
+    _configured(h)
     assert len([c for c in h.commands if isinstance(c, ConfigureInterface)]) == 2
-    assert len([c for c in h.commands if isinstance(c, BindDnsServers)]) == 1
+    assert len(_binds(h)) == 1
     h.push(
         "init",
         {
@@ -76,16 +88,43 @@ def test_init_configures_interface_and_binds_dns_servers_once_per_address_change
             "config": {"ipv4_masquerade_enabled": True, "ipv6_masquerade_enabled": True},
         },
     )
-    binds = [c for c in h.commands if isinstance(c, BindDnsServers)]
-    assert binds[-1].addresses == (
+    assert len(_binds(h)) == 1  # the new addresses are not on the interface yet
+    _configured(h)
+    assert _binds(h)[-1].addresses == (
         SocketAddr(IPv4Address("100.64.0.9"), 53535),
         SocketAddr(IPv6Address("fd00:2021:1111::9"), 53535),
     )
 
 
+def test_dns_servers_are_ordered_only_after_the_interface_is_configured() -> None:
+    # The IO layer runs ConfigureInterface and the DNS binds concurrently: a bind ordered together with
+    # the configuration raced the addresses it needs and failed with EADDRNOTAVAIL at every start.
+    h = Harness()
+    h.init()
+    assert any(isinstance(c, ConfigureInterface) for c in h.commands)
+    assert _binds(h) == []
+    h.advance(secs(5))
+    assert _binds(h) == [] and not any(isinstance(c, RetryDnsServerBind) for c in h.commands)
+    _configured(h)
+    assert _binds(h) == [BindDnsServers((SocketAddr(GW_TUN4, 53535), SocketAddr(GW_TUN6, 53535)))]
+    # A late answer to an older configuration orders nothing for the addresses it no longer has.
+    old = [c for c in h.commands if isinstance(c, ConfigureInterface)][-1].config
+    h.push(
+        "init",
+        {
+            "interface": {"ipv4": "100.64.0.9", "ipv6": "fd00:2021:1111::9"},
+            "config": {"ipv4_masquerade_enabled": True, "ipv6_masquerade_enabled": True},
+        },
+    )
+    h.gw.handle_input(h.now, InterfaceConfigured(old, True, True))
+    h.pump()
+    assert len(_binds(h)) == 1
+
+
 def test_dns_bind_failure_is_retried_not_fatal() -> None:
     h = Harness()
     h.init()
+    _configured(h)
     a6 = SocketAddr(GW_TUN6, 53535)
     h.gw.handle_input(h.now, DnsServerBindFailed(a6, "EADDRNOTAVAIL"))
     h.advance(secs(1))
@@ -454,8 +493,6 @@ def test_first_command_is_connect_portal_and_poll_timeout_is_never_in_the_past()
 
 
 def test_dns_servers_only_on_the_families_the_interface_got() -> None:
-    from gateway_core.interface import InterfaceConfigured
-
     h = Harness()
     h.init()
     cfg = next(c for c in h.commands if isinstance(c, ConfigureInterface)).config
