@@ -11,7 +11,10 @@ and reports the outcome as a core input (R7), never raising for netlink errors:
    IPv4 route through the device, so we only remove what is not wanted;
 3. set the MTU (1280) and the link up (failure of either: failed);
 4. add ``<ipv4>/32`` and ``<ipv6>/128`` ("exists" is success); one family may fail (IPv6 disabled),
-   both failing is a failure;
+   both failing is a failure. The IPv6 address is added with ``IFA_F_NODAD`` (Firezone adds it plainly):
+   otherwise it is *tentative* until the kernel's DAD work item has run, and a DNS server bound right
+   after the configuration is reported fails with "Cannot assign requested address" (about 1 in 100
+   immediate binds in a namespace; ``tests/system/test_dns_bind_after_configure.py``);
 5. for each family whose address is on the interface, add the three "not fwmark 0xfd002021 lookup T"
    rules (priorities 100/200/300, protocol kernel; "exists" is fine, other failures are warnings);
 6. make table ``0x2021fd00`` hold exactly the wanted routes through the device (proto static, scope
@@ -82,6 +85,13 @@ RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 """The main routing table."""
 
+IFA_F_NODAD = 0x02
+"""``ifa_flags`` bit (``linux/if_addr.h``): no duplicate address detection, so the IPv6 address is usable
+(bindable) as soon as it is added. DAD protects a shared link; the TUN is point-to-point with no neighbour
+that could hold the address (the kernel skips DAD on a NOARP device anyway, but only once its work item has
+run, leaving the address tentative for a moment). Firezone adds the address without it (``linux.rs:155``).
+"""
+
 MIRROR_INTERVAL = 2.0
 """Seconds between two link-scope mirror checks (Firezone: 500 ms after the last netlink notification)."""
 
@@ -121,7 +131,8 @@ def _sync_addresses(
             ok[ip.version] = True
             continue
         try:
-            ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen)
+            flags = IFA_F_NODAD if ip.version == 6 else 0
+            ipr.addr("add", index=index, address=str(ip), prefixlen=ip.max_prefixlen, flags=flags)
             ok[ip.version] = True
         except NetlinkError as e:
             if e.code == errno.EEXIST:

@@ -183,6 +183,9 @@ def test_daemon_connects_configures_the_namespace_and_stops_cleanly_on_sigterm(w
     out = gateway_log.read_text()
     assert TOKEN not in out, "the token leaked into the log"
     assert "shutdown requested" in out and "exit code 0" in out
+    # The DNS servers are bound once the interface is configured, so the first bind succeeds (it used to
+    # race the configuration and fail with "Cannot assign requested address" before a retry).
+    assert "bind failed" not in out and "binding the DNS servers" not in out, out[-4000:]
     assert re.search(r"gateway \S+ disconnected", portal_log.read_text())  # the close reached the portal
     # The namespace is gone with its TUN device: nothing is left behind.
     assert ns not in sh("ip", "netns", "list")
