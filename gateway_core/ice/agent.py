@@ -183,10 +183,17 @@ class IceAgent:
                 self._add_pair(li, ri)
 
     def invalidate_candidate(self, c: cand.Candidate) -> bool:
-        """Discard a local (looked up first) or remote candidate and all its pairs."""
+        """Discard a local (looked up first) or remote candidate and all its pairs.
+
+        A remote peer-reflexive candidate at the same address is the same transport address learned from
+        a check (e.g. the peer's relayed address, when its candidate was never signalled to this agent):
+        it goes too."""
         for lst, is_local in ((self.local, True), (self.remote, False)):
             for i, e in enumerate(lst):
-                if not e.discarded and e.c.key() == c.key():
+                same = e.c.key() == c.key() or (
+                    not is_local and e.c.foundation == "tmp_prflx" and e.c.addr == c.addr
+                )
+                if not e.discarded and same:
                     e.discarded = True
                     self.pairs = [p for p in self.pairs if (p.local if is_local else p.remote) != i]
                     return True
