@@ -49,7 +49,7 @@ bench: venv deps
 	$(BIN)/python -m bench
 
 # Mutation check of the policy's filters and NAT against the stateful test (setup.cfg [mutmut]); not part
-# of `make test`. Bounded: 40 derandomized examples per mutant, 2 workers, 60 minutes at most.
+# of `make test`. Bounded: 20 derandomized examples per mutant, 2 workers, 60 minutes at most (~30 min).
 mutation: venv deps
 	$(BIN)/python -m pip install -q 'mutmut>=3.3'
 	rm -rf mutants

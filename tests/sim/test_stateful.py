@@ -59,7 +59,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "stateful-mutation",
-    max_examples=int(os.environ.get("FZ_STATEFUL_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("FZ_STATEFUL_EXAMPLES", "20")),
     derandomize=True,
     **{**_COMMON, "phases": [Phase.explicit, Phase.generate]},  # type: ignore[arg-type]
 )  # a killed mutant needs no shrinking
