@@ -127,10 +127,12 @@ class Node:
 
     def update_relays(self, to_remove: list[str], to_add: list[RelayConfig], now: Instant) -> None:
         self._now = max(self._now, now)
+        departed: dict[str, Allocation] = {}
         for rid in sorted(to_remove):
             old = self.allocations.pop(rid, None)
             if old is not None:
                 self._invalidate_relayed(old)
+                departed[rid] = old
         added = set()
         for rc in to_add:
             added.add(rc.id)
@@ -143,8 +145,20 @@ class Node:
                 continue
             if cur is not None:
                 self._invalidate_relayed(cur)
+            # Same relay (also removed and re-added in one update), rotated credentials: our 5-tuple may
+            # still hold the old allocation, which on coturn only the old credentials can delete
+            # (decision 0020, "Rotated credentials").
+            prev = cur or departed.get(rc.id)
+            stale = prev.handover() if prev is not None and prev.server == rc.socket else None
             self.allocations[rc.id] = Allocation(
-                rc.socket, rc.username, rc.password, rc.realm, now, self._entropy, software=self.software
+                rc.socket,
+                rc.username,
+                rc.password,
+                rc.realm,
+                now,
+                self._entropy,
+                software=self.software,
+                stale=stale,
             )
         for rid in sorted(self.allocations):
             if rid not in added:

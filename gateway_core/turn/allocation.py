@@ -43,7 +43,14 @@ from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.stats import Stats
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
-from gateway_core.turn.types import TRANSITIONS, CandidateEvent, FreeReason, Phase, RelaySocket
+from gateway_core.turn.types import (
+    TRANSITIONS,
+    CandidateEvent,
+    FreeReason,
+    Phase,
+    RelaySocket,
+    StaleCredentials,
+)
 from gateway_core.turn.types import PendingRequest as _Pending
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
@@ -63,6 +70,12 @@ PROBE_MAX_ELAPSED = secs(1)
 """The REFRESH sent when the portal re-announces a relay gets a single 1 s try (snownet ``refresh``)."""
 PERMISSION_REFRESH = secs(240)
 """RFC 8656 permissions last 300 s; explicitly requested ones are refreshed after 240 s."""
+MAX_MISMATCH_RECOVERIES = 2
+"""437 to ALLOCATE: delete the existing allocation and allocate again at most twice (once with the stale
+credentials, once with ours) until an ALLOCATE succeeds; snownet retries without bound."""
+DELETE_GRACE = secs(5)
+"""coturn releases a deleted allocation's 5-tuple on a later timer tick (measured 0.8-1.5 s, coturn 4.6.1)
+and answers 437 until then: for 5 s after our delete succeeded, a 437 to ALLOCATE defers it by 1 s."""
 MAX_BUFFERED_BINDINGS = 100
 """Peers waiting for an allocation before their CHANNEL-BIND (snownet ring of 100)."""
 _AUTH_ATTRS = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY)
@@ -83,6 +96,7 @@ class Allocation:
         software: str | None = "snownet; session=python",
         stats: Stats | None = None,
         requested_family: int | None = None,
+        stale: StaleCredentials | None = None,
     ) -> None:
         self.server = server
         self.username = username
@@ -95,6 +109,12 @@ class Allocation:
         self._entropy = entropy
         self._key: bytes | None = stun.long_term_key(username, realm, password)
         self._nonce: str | None = None
+        self._stale = stale
+        """Rotated-away credentials whose allocation may still hold our 5-tuple: a 437 to ALLOCATE
+        deletes it with them (RFC 8656 §7.2: only its own username may refresh it on coturn)."""
+        self._stale_key = stun.long_term_key(stale.username, realm, stale.password) if stale else None
+        self._mismatch_budget = MAX_MISMATCH_RECOVERIES
+        self._deleted_at: Instant | None = None
         self._active: SocketAddr | None = None
         self._next_binding: Instant | None = None
         self._host: dict[int, cand.Candidate] = {}
@@ -141,6 +161,14 @@ class Allocation:
 
     def matches_credentials(self, username: str, password: str) -> bool:
         return self._key is not None and (self.username, self.password) == (username, password)
+
+    def handover(self) -> StaleCredentials | None:
+        """Credentials whose allocation may exist on the server, for the allocation replacing this one."""
+        if self._stale is not None and not self.has_allocation():
+            return self._stale
+        if self._key is None or self._nonce is None:
+            return None
+        return StaleCredentials(self.username, self.password, self._nonce)
 
     def expires_at(self) -> Instant | None:
         """When the current allocation lapses unless refreshed."""
@@ -200,15 +228,18 @@ class Allocation:
             tid = self._tid()
             payload = template.with_transaction_id(tid).encode()
         else:
-            if self._key is None:
+            stale = self._stale if p.stale else None
+            key = self._stale_key if stale else self._key
+            if key is None or (p.stale and stale is None):
                 return False
+            user, nonce = (stale.username, stale.nonce) if stale else (self.username, self._nonce)
             tid = self._tid()
             m = template.with_transaction_id(tid)
-            m.add_text(Attr.USERNAME, self.username).add_text(Attr.REALM, self.realm)
-            if self._nonce is not None:
-                m.add_text(Attr.NONCE, self._nonce)
-            p.sent_nonce = self._nonce is not None
-            payload = m.encode(self._key)
+            m.add_text(Attr.USERNAME, user).add_text(Attr.REALM, self.realm)
+            if nonce is not None:
+                m.add_text(Attr.NONCE, nonce)
+            p.sent_nonce = nonce is not None
+            payload = m.encode(key)
         self._pending[tid] = p
         self._transmits.append(Transmit(None, dst, payload))
         self.stats.incr("turn.requests_sent")
@@ -222,7 +253,7 @@ class Allocation:
         p = _Pending(self._active, template, now, now + RETRY_INITIAL, RETRY_INITIAL, max_elapsed)
         self._queue(self._active, template, now, p)
 
-    def _allocate(self, now: Instant) -> None:
+    def _allocate(self, now: Instant, *, defer: bool = False) -> None:
         fam = self.requested_family
         m = tw.allocate(
             self._tid(),
@@ -230,6 +261,11 @@ class Allocation:
             requested_family=fam,
             additional_family=stun.FAMILY_IPV6 if fam is None else None,
         )
+        if defer and self._active is not None:
+            # First sent by handle_timeout in 1 s (the key is only a slot: every send gets a fresh tid).
+            at = Instant(now + RETRY_INITIAL)
+            self._pending[self._tid()] = _Pending(self._active, m, now, at, RETRY_INITIAL, RETRY_MAX_ELAPSED)
+            return
         self._authenticated(m, now)
 
     def _refresh_request(self, lifetime: int | None = None) -> StunMessage:
@@ -269,7 +305,8 @@ class Allocation:
         return True
 
     def _authentic(self, msg: StunMessage, p: _Pending) -> bool:
-        if self._key is not None and msg.verify_integrity(self._key):
+        key = self._stale_key if p.stale else self._key
+        if key is not None and msg.verify_integrity(key):
             return True
         if msg.cls != Class.ERROR:
             return False
@@ -277,6 +314,11 @@ class Allocation:
         code = err[0] if err else 0
         if code in (401, 438) and msg.has(Attr.NONCE):
             return True  # RFC 8489 §9.2.5: challenges of standard servers are not signed
+        if code == 437 and (p.stale or p.template.method == Method.ALLOCATE):
+            # coturn answers an ALLOCATE on a taken 5-tuple before authenticating it (unsigned); the
+            # Firezone relay authenticates first and signs. Bounded by MAX_MISMATCH_RECOVERIES.
+            self.standard_server = True
+            return True
         return code == 400 and not p.sent_nonce and not p.plain and p.template.method == Method.ALLOCATE
 
     def _on_error(self, msg: StunMessage, p: _Pending, now: Instant) -> None:
@@ -286,6 +328,9 @@ class Allocation:
         code = err[0]
         method = p.template.method
         self.stats.incr(f"turn.error_{code}")
+        if p.stale:
+            self._on_stale_error(msg, code, p, now)
+            return
         if code == 401 and p.sent_nonce:
             log.warning("TURN %s: credentials refused", self.server)
             self._key = None
@@ -312,8 +357,15 @@ class Allocation:
             return
         if code == 437:
             self._invalidate()
-            if method == Method.ALLOCATE:
-                self._authenticated(self._refresh_request(lifetime=0), now)
+            deleting = self._deleted_at is not None and now < self._deleted_at + DELETE_GRACE
+            if method == Method.ALLOCATE and deleting:
+                self._allocate(now, defer=True)  # our delete is still being carried out (coturn)
+            elif method == Method.ALLOCATE and self._mismatch_budget > 0:
+                # Our 5-tuple already has an allocation (RFC 8656 §7.2): delete it, then allocate.
+                self._mismatch_budget -= 1
+                self._delete_existing(now)
+            elif method == Method.ALLOCATE:
+                log.warning("TURN %s: 5-tuple still allocated, cannot delete it", self.server)
             elif method in (Method.REFRESH, Method.CHANNEL_BIND):
                 self._allocate(now)
                 if method == Method.CHANNEL_BIND:
@@ -335,6 +387,28 @@ class Allocation:
             if number is not None:
                 self.channels.forget(number)
         log.warning("TURN %s: %s failed with %s %s", self.server, method, code, err[1])
+
+    def _delete_existing(self, now: Instant) -> None:
+        """REFRESH with LIFETIME 0, signed with the stale credentials if we have them (else ours)."""
+        template = self._refresh_request(lifetime=0)
+        if self._stale is None or self._active is None:
+            self._authenticated(template, now)
+            return
+        q = _Pending(self._active, template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
+        q.stale = True
+        self._queue(self._active, template, now, q)
+
+    def _on_stale_error(self, msg: StunMessage, code: int, p: _Pending, now: Instant) -> None:
+        nonce = msg.text(Attr.NONCE)
+        challenge = code == 438 or (code == 401 and not p.sent_nonce)
+        if challenge and self._stale and nonce and msg.text(Attr.REALM) in (None, self.realm):
+            self._stale.nonce = nonce
+            self._delete_existing(now)
+            return
+        # 437: nothing left to delete; anything else: the stale credentials cannot delete it.
+        log.info("TURN %s: delete with rotated credentials ended with %s", self.server, code)
+        self._stale = None
+        self._allocate(now)
 
     def _on_success(self, msg: StunMessage, p: _Pending, local: SocketAddr, now: Instant) -> None:
         method = p.template.method
@@ -361,15 +435,20 @@ class Allocation:
             if v4 is None and v6 is None:
                 return
             self._lifetime = (now, secs(lifetime))
+            self._mismatch_budget = MAX_MISMATCH_RECOVERIES
+            self._deleted_at = None
             self._update(self._relayed, 4, cand.relayed(v4, local) if v4 else None)
             self._update(self._relayed, 6, cand.relayed(v6, local) if v6 else None)
             while self._buffered:
                 self.bind_channel(self._buffered.popleft(), now)
         elif method == Method.REFRESH:
             lifetime = msg.u32(Attr.LIFETIME)
+            if p.stale:
+                self._stale = None
             if lifetime is None:
                 return
-            if lifetime == 0:
+            if lifetime == 0 or p.stale:
+                self._deleted_at = now
                 self._allocate(now)
             elif self.has_allocation():
                 self._lifetime = (now, secs(lifetime))
@@ -497,6 +576,7 @@ class Allocation:
             return
         if self._derive_phase() in (Phase.SUSPENDED, Phase.DEAD) and self._key is not None:
             self._active = None
+            self._mismatch_budget = MAX_MISMATCH_RECOVERIES
             self._send_binding_requests(now)
         else:
             self._authenticated(self._refresh_request(), now, max_elapsed=PROBE_MAX_ELAPSED)
@@ -589,4 +669,12 @@ class Allocation:
         return self._explicit_failure or self._dead_reason()
 
 
-__all__ = ["CHANNEL_REFRESH_AFTER", "Allocation", "CandidateEvent", "FreeReason", "Phase", "RelaySocket"]
+__all__ = [
+    "CHANNEL_REFRESH_AFTER",
+    "Allocation",
+    "CandidateEvent",
+    "FreeReason",
+    "Phase",
+    "RelaySocket",
+    "StaleCredentials",
+]

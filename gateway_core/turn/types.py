@@ -94,3 +94,18 @@ class PendingRequest:
     max_elapsed: int
     sent_nonce: bool = False
     plain: bool = False
+    stale: bool = False
+    """Signed with the :class:`StaleCredentials` (the delete of an allocation made with them)."""
+
+
+@dataclass(slots=True)
+class StaleCredentials:
+    """Credentials of an earlier allocation that may still exist on the same 5-tuple (decision 0020).
+
+    The relay's credentials rotated (a portal restart): RFC 8656 ties an allocation to its 5-tuple and a
+    standard server (coturn) only lets the allocation's own username refresh or delete it.
+    """
+
+    username: str
+    password: str
+    nonce: str

@@ -209,3 +209,40 @@ def test_data_between_two_allocations_and_refresh(coturn: Coturn, driver: Driver
     assert t is not None
     driver.send(b, t)
     driver.run(lambda: any(p == b"b-to-a-later" for _, _, p, _ in driver.received), 5)
+
+
+def test_rotated_credentials_free_the_old_allocation_on_the_same_5_tuple(
+    coturn: Coturn, driver: Driver
+) -> None:
+    """The portal restarted and hands out new credentials for the same relay (decision 0020).
+
+    The new allocation uses the same local socket (the same 5-tuple) while the old one is still alive on
+    coturn: coturn answers the ALLOCATE with 437 (unsigned), the old allocation is deleted with a REFRESH
+    LIFETIME 0 signed with the old credentials (``Allocation.handover``, as ``Node.update_relays`` passes
+    it), and the new ALLOCATE then succeeds and relays data.
+    """
+    a = driver.add(coturn.v4, seed=1)
+    driver.run(lambda: a.phase is Phase.ALLOCATED, 5)
+    old_relayed = a.relayed_address(4)
+    stale = a.handover()
+    assert stale is not None and stale.username == a.username
+    user, password = rest_credentials("gateway-rotated")
+    b = Allocation(
+        RelaySocket(coturn.v4), user, password, "firezone", driver.now(), SeededEntropy(7), stale=stale
+    )
+    _, sock, local = driver.allocs[0]
+    driver.allocs[0] = (b, sock, local)  # same socket: same 5-tuple on coturn
+    driver.run(lambda: b.phase is Phase.ALLOCATED, 8)
+    # 437 to the first ALLOCATE, and again while coturn finishes the delete (on its next timer tick); the
+    # delete itself was accepted: a delete signed with the new credentials would get 441 Wrong Credentials.
+    assert b.stats.counters["turn.error_437"] >= 1 and b.stats.counters["turn.error_441"] == 0
+    relayed = b.relayed_address(4)
+    assert relayed is not None and relayed != old_relayed
+    peer = driver.echo_peer()
+    b.bind_channel(peer, driver.now())
+    driver.run(lambda: b.channels.connected(peer, driver.now()) is not None, 5)
+    t = b.encapsulate(peer, b"after-rotation", driver.now())
+    assert t is not None
+    driver.send(b, t)
+    driver.run(lambda: any(p == b"echo:after-rotation" for _, _, p, _ in driver.received), 5)
+    assert (peer, relayed) in [(x[1], x[3]) for x in driver.received]
