@@ -32,10 +32,22 @@ async def respond(server: UdpDnsServer | TcpDnsServer) -> None:
         await server.send_response(query.remote, answer(query))
 
 
+async def bind_pair(host: str, attempts: int = 20) -> tuple[UdpDnsServer, TcpDnsServer]:
+    """A UDP and a TCP server on the same free port (dig and dnsperf take one port for both).
+
+    Port 0 picks a free UDP port; the same TCP port may be taken by another process, so try again."""
+    for _ in range(attempts):
+        udp = await UdpDnsServer.bind((host, 0))
+        try:
+            return udp, await TcpDnsServer.bind(udp.local_address)
+        except OSError:
+            await udp.aclose()
+    raise AssertionError(f"no port free for both UDP and TCP on {host} after {attempts} attempts")
+
+
 @pytest.fixture(params=["127.0.0.1", "::1"])
 async def servers(request: pytest.FixtureRequest) -> AsyncIterator[tuple[UdpDnsServer, TcpDnsServer]]:
-    udp = await UdpDnsServer.bind((request.param, 0))
-    tcp = await TcpDnsServer.bind(udp.local_address)
+    udp, tcp = await bind_pair(request.param)
     async with anyio.create_task_group() as tg:
         tg.start_soon(respond, udp)
         tg.start_soon(respond, tcp)

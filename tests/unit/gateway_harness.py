@@ -21,6 +21,7 @@ from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import GatewayConfig
 from gateway_core.node.events import InvalidateIceCandidate, NewIceCandidate
 from gateway_core.node.node import Node, RelayConfig
+from gateway_core.policy.nat import MAX_NAT_SESSIONS
 from gateway_core.portal import phoenix
 from gateway_core.portal.channel import (
     ClosePortal,
@@ -113,9 +114,17 @@ def make_client_node(priv: bytes = CL_PRIV) -> Node:
 
 
 class Harness:
-    def __init__(self, *, flow_logs: bool = False, join: bool = True) -> None:
+    def __init__(
+        self, *, flow_logs: bool = False, join: bool = True, max_nat_sessions: int = MAX_NAT_SESSIONS
+    ) -> None:
         self.now = Instant(0)
-        cfg = GatewayConfig(api_url="wss://portal.test", token="tok", firezone_id="gw-1", flow_logs=flow_logs)
+        cfg = GatewayConfig(
+            api_url="wss://portal.test",
+            token="tok",
+            firezone_id="gw-1",
+            flow_logs=flow_logs,
+            max_nat_sessions=max_nat_sessions,
+        )
         self.gw = Gateway(
             config=cfg,
             private_key=GW_PRIV,

@@ -210,6 +210,18 @@ def test_dns_resource_nat_both_ways_and_icmp_error_translation() -> None:
     assert pong is not None and parse_ip(pong).src == PROXY
 
 
+def test_full_nat_table_drops_new_flows_and_counts_them() -> None:
+    h = Harness(max_nat_sessions=1)
+    h.setup(dns_resource(filters=[{"protocol": "udp"}]))
+    rid = _assign(h)
+    h.gw.handle_input(h.now, DomainResolved(rid, (REAL,)))
+    h.pump()
+    assert h.send(udp(CL_TUN4, PROXY, 5401, 53)) is not None  # the one session the table holds
+    assert h.send(udp(CL_TUN4, PROXY, 5402, 53)) is None  # a second flow does not fit
+    assert h.drops()["nat_table_full"] == 1
+    assert h.send(udp(CL_TUN4, PROXY, 5401, 53)) is not None  # the existing flow keeps working
+
+
 def test_dns_resource_unreachable_mapping_and_tcp_rst_expires_the_session() -> None:
     h = Harness()
     h.setup(dns_resource())
