@@ -20,6 +20,12 @@ Two relay flavours are handled (``docs/decisions/0020-turn-client-firezone-and-r
   credentials once, and unsigned 401/438 are accepted as challenges when they carry a NONCE. Every other
   response to an authenticated request must carry a valid MESSAGE-INTEGRITY or it is ignored.
 
+A 437 to ALLOCATE means our 5-tuple already holds an allocation (RFC 8656 §7.2): it is deleted (REFRESH
+LIFETIME 0), signed with the :class:`StaleCredentials` the node handed over when the relay's credentials
+rotated (coturn lets only the allocation's own username delete it, and answers 437 unsigned), else with
+ours, then ALLOCATE is sent again; a 437 soon after our own delete only defers the ALLOCATE by 1 s (coturn
+frees the 5-tuple on a later tick). At most two deletes per successful ALLOCATE.
+
 Requests are retransmitted at 0, 1, 2.5, 4.75 s (1 s x 1.5) and abandoned at 8 s; an abandoned request
 to the active socket's family invalidates the allocation. Channels (0x4000-0x4FFF) are bound per peer,
 live 10 min, are refreshed after 5 min if data was received, and a number is reused only after a 5 min
