@@ -110,7 +110,7 @@ class TopologyTransitions:
         host.channel = new.channel
         host._datagram_handler = new  # type: ignore[assignment]
         host._packet_handler = new  # type: ignore[assignment]
-        host.checker = ContractChecker(host.name, new)
+        host.checker = ContractChecker(host.name, new, purity_every=self.world.purity_every)
         host._stream_of.clear()
         host._conn_of.clear()
         host._upgraded.clear()

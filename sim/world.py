@@ -37,6 +37,7 @@ from gateway_core.errors import UsageError
 from gateway_core.stats import Stats
 from gateway_core.wire.ip import build_udp_packet
 from sim.clock import VirtualClock
+from sim.contract import PURITY_EVERY
 from sim.host import Host, StreamClosed, StreamEvent, StreamFrame, StreamOpened
 from sim.net import NetDrop, Network, ip_endpoints, udp_in_ip
 from sim.trace import Record, Trace
@@ -103,6 +104,7 @@ class World:
         pcap: PcapWriter | None = None,
         clock: VirtualClock | None = None,
         max_events_per_instant: int = MAX_EVENTS_PER_INSTANT,
+        purity_every: int = PURITY_EVERY,
     ) -> None:
         self.seed = seed
         self.clock = clock if clock is not None else VirtualClock()
@@ -113,6 +115,8 @@ class World:
         self.hosts: dict[str, Host] = {}
         self.stats = Stats()
         self.max_events_per_instant = max_events_per_instant
+        self.purity_every = purity_every
+        """Every host's checker runs the full R4 purity check on one settle in this many (sim.contract)."""
         self._queue: list[tuple[int, int, int, object]] = []
         self._seq = 0
         self._packet_ids = 0
@@ -151,6 +155,7 @@ class World:
             raise UsageError(f"duplicate host name {host.name!r}")
         self.network.attach(host.name, host.addresses(), host.link)
         self.hosts[host.name] = host
+        host.checker.purity_every = self.purity_every
         host.attached(self)
         self._settle(host, None)
         return host

@@ -31,7 +31,7 @@ B = IPv4Address("203.0.113.2")
 
 
 def _world_with(comp: object, name: str = "toy") -> tuple[World, Host]:
-    world = World(1)
+    world = World(1, purity_every=1)
     host = Host(name, comp, ipv4=A, udp_ports=(9,))  # type: ignore[arg-type]
     world.add_host(host)
     return world, host
@@ -133,7 +133,7 @@ def test_a_few_wakeups_at_one_instant_are_allowed() -> None:
 
 
 def test_r6_exception_from_network_input() -> None:
-    world = World(3)
+    world = World(3, purity_every=1)
     world.add_host(Host("victim", RaisesOnInput(), ipv4=A, udp_ports=(9,)))
     attacker = Sender(SocketAddr(A, 9), millis(1), millis(1), 1)
     world.add_host(Host("attacker", attacker, ipv4=B, udp_ports=(10,)))
@@ -157,3 +157,54 @@ def test_settle_returns_the_next_deadline() -> None:
     comp = Ticker(millis(10), millis(10), 2)
     checker = ContractChecker("t", comp)
     assert checker.settle(Instant(0), None) == Deadline(Instant(millis(10)), "tick")
+
+
+class _ImpureLater(Ticker):
+    """Pure until ``armed``, then every ``poll_timeout`` call moves the deadline (R4)."""
+
+    def __init__(self) -> None:
+        super().__init__(millis(10), millis(10), 5)
+        self.armed = False
+        self.calls = 0
+
+    def poll_timeout(self) -> Deadline | None:
+        if self.armed:
+            self.calls += 1
+            return Deadline(Instant(millis(10) + self.calls), "tick")
+        return super().poll_timeout()
+
+
+def test_sampled_purity_check_runs_on_the_first_and_every_nth_settle() -> None:
+    comp = _ImpureLater()
+    checker = ContractChecker("late", comp, purity_every=4)
+    checker.settle(Instant(0), None)  # settle 0: full check, pure so far
+    comp.armed = True
+    for _ in range(3):  # settles 1-3 poll once: the impurity goes unseen
+        checker.settle(Instant(0), None)
+    with pytest.raises(ContractViolation) as info:  # settle 4: full check again
+        checker.settle(Instant(0), None)
+    assert info.value.rule is Rule.R4
+    assert "not pure" in info.value.detail
+
+
+def test_sampled_settles_still_check_past_deadlines_and_leaked_commands() -> None:
+    comp = PollQueuesCommand(millis(10), millis(10), 1)
+    checker = ContractChecker("leak", comp, purity_every=1_000)
+    with pytest.raises(ContractViolation) as info:
+        checker.settle(Instant(0), None)
+    assert "queued a command" in info.value.detail
+    past = PastDeadline(millis(10), millis(10), 3)
+    checker = ContractChecker("past", past, purity_every=1_000)
+    checker.settle(Instant(0), None)  # the full check: the deadline is still ahead
+    past.handle_timeout(Instant(millis(10)))
+    with pytest.raises(ContractViolation) as info:
+        checker.settle(Instant(millis(10)), None)  # a sampled settle
+    assert "in the past" in info.value.detail
+
+
+def test_world_hands_its_purity_period_to_every_host() -> None:
+    world = World(1, purity_every=3)
+    host = world.add_host(Host("toy", Ticker(0, 1, 0), ipv4=A, udp_ports=(9,)))
+    assert host.checker.purity_every == 3
+    with pytest.raises(ValueError):
+        ContractChecker("bad", Ticker(0, 1, 0), purity_every=0)
