@@ -420,11 +420,20 @@ class IceAgent:
         self._events.append(IceStateChanged(new))
 
     def poll_timeout(self) -> Instant | None:
-        times = [p.next_at for p in self.pairs]
-        times.extend(f for p in self.pairs if (f := p.fail_at(self.timing)) is not None)
-        if self.state is IceState.NEW:
-            times.append(self._now)
-        return Instant(max(min(times), self._now)) if times else None
+        # The earliest of every pair's next check and failure time (and now while NEW), never before now;
+        # one pass without building lists: the node polls every connection's agent after every step.
+        timing = self.timing
+        best: int | None = None
+        for p in self.pairs:
+            t = p.next_at
+            if best is None or t < best:
+                best = t
+            f = p.fail_at(timing)
+            if f is not None and f < best:
+                best = f
+        if self.state is IceState.NEW and (best is None or self._now < best):
+            best = self._now
+        return None if best is None else Instant(max(best, self._now))
 
     def poll_transmit(self) -> Transmit | None:
         return self._transmits.popleft() if self._transmits else None

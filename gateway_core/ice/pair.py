@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 from gateway_core.clock import Instant, millis, secs
 
@@ -118,8 +119,20 @@ class Pair:
         self.next_at = Instant(min(last + resend_delay(timing, k), max(now, last) + timing.max_rto))
 
     def fail_at(self, timing: StunTiming) -> Instant | None:
-        """When this pair is removed if nothing answers, or ``None`` while it cannot fail yet."""
-        recent = list(self.attempts)[-timing.max_retransmits :]
-        if len(recent) < timing.max_retransmits or any(a.answered_at is not None for a in recent):
+        """When this pair is removed if nothing answers, or ``None`` while it cannot fail yet.
+
+        Called for every pair on every ``poll_timeout``: walks the last ``max_retransmits`` attempts
+        newest first without copying the deque (an answered attempt is usually the newest)."""
+        n = timing.max_retransmits
+        attempts = self.attempts
+        if n <= 0:
+            recent = list(attempts)[-n:]
+            if len(recent) < n or any(a.answered_at is not None for a in recent):
+                return None
+            return Instant(recent[-1].sent_at + resend_delay(timing, n))
+        if len(attempts) < n:
             return None
-        return Instant(recent[-1].sent_at + resend_delay(timing, timing.max_retransmits))
+        for a in islice(reversed(attempts), n):
+            if a.answered_at is not None:
+                return None
+        return Instant(attempts[-1].sent_at + resend_delay(timing, n))
