@@ -49,6 +49,7 @@ from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.stats import Stats
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
+from gateway_core.turn.datapath import DataPath
 from gateway_core.turn.types import (
     TRANSITIONS,
     CandidateEvent,
@@ -87,8 +88,8 @@ MAX_BUFFERED_BINDINGS = 100
 _AUTH_ATTRS = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY)
 
 
-class Allocation:
-    """One TURN allocation; see the module docstring."""
+class Allocation(DataPath):
+    """One TURN allocation; see the module docstring (the data path is in :mod:`.datapath`)."""
 
     def __init__(
         self,
@@ -485,54 +486,6 @@ class Allocation:
         self._permissions.clear()
 
     # --- data path --------------------------------------------------------------------------------------
-
-    def decapsulate(
-        self, from_: SocketAddr, channel: int, payload: bytes, now: Instant
-    ) -> tuple[SocketAddr, bytes, SocketAddr] | None:
-        """ChannelData from the relay: ``(peer, payload, our relayed address)`` or ``None`` (drop)."""
-        if not self.server.matches(from_):
-            return None
-        peer = self.channels.receive(channel, now)
-        if peer is None:
-            self.stats.drop(DropReason.TURN_UNKNOWN_CHANNEL)
-            return None
-        ours = self.relayed_address(peer.ip.version)
-        if ours is None:
-            return None
-        return peer, payload, ours
-
-    def decapsulate_indication(
-        self, from_: SocketAddr, msg: StunMessage
-    ) -> tuple[SocketAddr, bytes, SocketAddr] | None:
-        """A Data indication from the relay (standard servers), same result as :meth:`decapsulate`."""
-        if not self.server.matches(from_):
-            return None
-        try:
-            peer, data = tw.parse_data_indication(msg)
-        except DecodeError:
-            self.stats.drop(DropReason.TURN_MALFORMED)
-            return None
-        ours = self.relayed_address(peer.ip.version)
-        return None if ours is None else (peer, data, ours)
-
-    def encapsulate(self, peer: SocketAddr, payload: bytes, now: Instant) -> Transmit | None:
-        """ChannelData to ``peer`` via the relay; without a channel, start binding one and drop."""
-        self._now = max(self._now, now)
-        if self._active is None:
-            return None
-        number = self.channels.connected(peer, now)
-        if number is None:
-            number = self.channels.inflight(peer, now)
-        if number is None:
-            self.bind_channel(peer, now)
-            return None
-        return Transmit(None, self._active, tw.encode_channel_data(number, payload))
-
-    def send_indication(self, peer: SocketAddr, payload: bytes) -> Transmit | None:
-        """A Send indication (standard servers; needs a permission for ``peer``'s IP)."""
-        if self._active is None:
-            return None
-        return Transmit(None, self._active, tw.send_indication(self._tid(), peer, payload).encode())
 
     def bind_channel(self, peer: SocketAddr, now: Instant) -> None:
         """Bind a channel to ``peer`` unless one is connected or in flight (snownet §5.7.2)."""
