@@ -142,7 +142,15 @@ class World:
         heapq.heappush(self._queue, (t, self._seq, kind, obj))
         return self._seq
 
+    def _tracing(self) -> bool:
+        """Whether anything consumes trace records (a sink, kept records or a listener); when nothing
+        does, the per-packet records (hex payloads, address strings) are not built at all."""
+        t = self.trace
+        return t.sink is not None or t.keep or bool(t.listeners)
+
     def _emit(self, ev: str, **fields: int | str | None) -> None:
+        if not self._tracing():
+            return
         rec: Record = {"t": int(self.clock.now), "ev": ev}
         rec.update(fields)
         self.trace.emit(rec)
@@ -231,7 +239,8 @@ class World:
         self.stats.incr(f"drop.{reason.value}")
         if pkt is not None:
             self.stats.incr(f"{pkt.src_host}.dropped")
-            fields.update(_packet_fields(pkt))
+            if self._tracing():
+                fields.update(_packet_fields(pkt))
         self._emit("drop", reason=reason.value, **fields)
 
     def send_udp(self, host: Host, src: SocketAddr | None, dst: SocketAddr, payload: bytes) -> None:
@@ -265,7 +274,8 @@ class World:
         pkt = Packet(self._packet_ids, proto, host.name, dst_host, src, dst, l4, payload, self.now)
         self.stats.incr("sent")
         self.stats.incr(f"{host.name}.sent")
-        self._emit("send", len=len(payload), **_packet_fields(pkt))
+        if self._tracing():
+            self._emit("send", len=len(payload), **_packet_fields(pkt))
         if isinstance(route, NetDrop):
             self._drop(pkt, route)
             return
@@ -370,14 +380,15 @@ class World:
         self.stats.incr(f"{host.name}.received")
         if copy:
             self.stats.incr("duplicated")
-        self._emit(
-            "deliver",
-            copy=copy,
-            sent=int(pkt.sent_at),
-            len=len(pkt.payload),
-            payload=pkt.payload.hex(),
-            **_packet_fields(pkt),
-        )
+        if self._tracing():
+            self._emit(
+                "deliver",
+                copy=copy,
+                sent=int(pkt.sent_at),
+                len=len(pkt.payload),
+                payload=pkt.payload.hex(),
+                **_packet_fields(pkt),
+            )
         if self.pcap is not None:
             self.pcap.write(self.clock.unix_ns(now), self._as_ip(pkt))
         if as_datagram is not None:
