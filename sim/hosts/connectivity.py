@@ -84,7 +84,10 @@ class RelayHost(Host):
         handled = super().on_datagram(now, local, remote, payload)
         comp = self.component
         assert isinstance(comp, RelayComponent)
-        for addr in sorted(comp.server._by_relayed, key=str):
+        # Only the addresses whose port is not bound yet are sorted (the same binds in the same order as
+        # sorting them all: binding only adds ports); this runs for every datagram the relay receives.
+        missing = [a for a in comp.server._by_relayed if a.port not in self.ports]
+        for addr in sorted(missing, key=str):
             if addr.port not in self.ports:
                 self.bind(addr.port)
         return handled
