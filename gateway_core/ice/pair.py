@@ -76,10 +76,14 @@ class Pair:
     succeeded: bool = False
     attempts: deque[Attempt] = field(default_factory=deque)
     next_at: Instant = Instant(0)
+    fail_memo: tuple[StunTiming, Instant | None] | None = field(default=None, repr=False)
+    """``fail_at``'s last answer and the timing it was for; cleared whenever ``attempts`` change (only
+    :meth:`record_attempt` and :meth:`record_answer` change them)."""
 
     def record_attempt(self, tid: bytes, now: Instant, timing: StunTiming) -> None:
         if self.nominated:
             self.nomination_check_sent = True
+        self.fail_memo = None
         self.attempts.append(Attempt(tid, now, self.nominated))
         while len(self.attempts) > timing.max_retransmits:
             self.attempts.popleft()
@@ -88,6 +92,7 @@ class Pair:
     def record_answer(self, tid: bytes, now: Instant, timing: StunTiming) -> bool:
         for a in self.attempts:
             if a.tid == tid:
+                self.fail_memo = None
                 if a.answered_at is None:
                     a.answered_at = now
                 self.succeeded = True
@@ -123,6 +128,14 @@ class Pair:
 
         Called for every pair on every ``poll_timeout``: walks the last ``max_retransmits`` attempts
         newest first without copying the deque (an answered attempt is usually the newest)."""
+        memo = self.fail_memo
+        if memo is not None and memo[0] == timing:
+            return memo[1]
+        at = self._fail_at(timing)
+        self.fail_memo = (timing, at)
+        return at
+
+    def _fail_at(self, timing: StunTiming) -> Instant | None:
         n = timing.max_retransmits
         attempts = self.attempts
         if n <= 0:
