@@ -22,6 +22,15 @@ class Deadline:
     reason: str
 
 
+def earliest(*deadlines: Deadline | None) -> Deadline | None:
+    """The earliest of ``deadlines`` (the first given wins a tie), or ``None`` when all are ``None``."""
+    best: Deadline | None = None
+    for d in deadlines:
+        if d is not None and (best is None or d.at < best.at):
+            best = d
+    return best
+
+
 @runtime_checkable
 class Component(Protocol):
     """Anything the IO driver or the simulator can drive."""

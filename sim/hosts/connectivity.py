@@ -28,7 +28,7 @@ from ipaddress import IPv4Address
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Duration, Instant, millis, secs
 from gateway_core.commands import Command, WriteTun
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, earliest
 from gateway_core.entropy import SeededEntropy
 from gateway_core.node.events import InvalidateIceCandidate, NewIceCandidate, NodeEvent
 from gateway_core.node.node import Node, RelayConfig
@@ -160,10 +160,7 @@ class NodeEndpoint:
         self._drain(now)
 
     def poll_timeout(self) -> Deadline | None:
-        a, b = self.node.poll_timeout(), self.inner.poll_timeout()
-        if a is None or (b is not None and b.at < a.at):
-            return b
-        return a
+        return earliest(self.node.poll_timeout(), self.inner.poll_timeout())
 
     def poll_command(self) -> Command | None:
         return self._out.popleft() if self._out else None

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Duration, Instant, millis, secs
 from gateway_core.commands import Command, Transmit, WriteTun
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, earliest
 from gateway_core.errors import UsageError
 from gateway_core.wireguard import WireGuardPeer
 from gateway_core.wireguard.crypto import public_key
@@ -72,10 +72,7 @@ class TunnelEndpoint:
         self._drain(now)
 
     def poll_timeout(self) -> Deadline | None:
-        a, b = self.peer.poll_timeout(), self.inner.poll_timeout()
-        if a is None or (b is not None and b.at < a.at):
-            return b
-        return a
+        return earliest(self.peer.poll_timeout(), self.inner.poll_timeout())
 
     def poll_command(self) -> Command | None:
         return self._out.popleft() if self._out else None
