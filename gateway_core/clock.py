@@ -2,8 +2,8 @@
 
 Every instant in the core is an integer count of nanoseconds on a monotonic clock whose origin the caller
 chooses (the IO layer reads the monotonic clock in nanoseconds, the simulator starts at 0). Durations are
-integers of the same unit. Integers keep simulated traces byte-identical across runs and platforms; floats drift.
-See ``docs/decisions/0001-time-as-integer-nanoseconds.md``.
+integers of the same unit. Integers keep simulated traces byte-identical across runs and platforms;
+floats drift. See ``docs/decisions/0001-time-as-integer-nanoseconds.md``.
 
 Wall-clock time (UTC, needed for the portal's expiry timestamps) is passed in separately as integer
 seconds or nanoseconds since the Unix epoch; the core never reads a clock of either kind.
