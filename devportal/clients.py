@@ -32,6 +32,21 @@ from gateway_core.errors import DecodeError
 from gateway_core.portal.messages import BroadcastIceCandidates, BroadcastInvalidatedIceCandidates
 from gateway_core.portal.model import CidrResource, DnsResource, Json, Resource, encode_key
 
+CandidateBroadcast = BroadcastIceCandidates | BroadcastInvalidatedIceCandidates
+
+
+def decode_candidate_broadcast(event: str, payload: Json) -> CandidateBroadcast | None:
+    """A gateway's (invalidated) ICE candidates for its clients, or ``None`` for other or malformed events."""
+    try:
+        if event == BroadcastIceCandidates.EVENT:
+            return BroadcastIceCandidates.decode(payload)
+        if event == BroadcastInvalidatedIceCandidates.EVENT:
+            return BroadcastInvalidatedIceCandidates.decode(payload)
+    except DecodeError:
+        return None
+    return None
+
+
 MAX_EVENTS = 10_000
 """Events kept per client (a few per grant and candidate; far more than a test or demo produces)."""
 RELAY_CREDENTIAL_LIFETIME = 90 * 24 * 3600
@@ -128,15 +143,8 @@ class ClientFeed:
         return None
 
     def _from_gateway(self, gw: GatewayRecord, event: str, payload: Json) -> None:
-        msg: BroadcastIceCandidates | BroadcastInvalidatedIceCandidates
-        try:
-            if event == BroadcastIceCandidates.EVENT:
-                msg = BroadcastIceCandidates.decode(payload)
-            elif event == BroadcastInvalidatedIceCandidates.EVENT:
-                msg = BroadcastInvalidatedIceCandidates.decode(payload)
-            else:
-                return
-        except DecodeError:
+        msg = decode_candidate_broadcast(event, payload)
+        if msg is None:
             return
         invalidate = isinstance(msg, BroadcastInvalidatedIceCandidates)
         for cid in msg.client_ids:

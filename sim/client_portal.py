@@ -32,6 +32,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from devportal.clients import decode_candidate_broadcast
 from devportal.config import RelayConfig as DevRelayConfig
 from devportal.portal import (
     DevPortal,
@@ -42,9 +43,8 @@ from devportal.portal import (
 )
 from gateway_core.clock import Duration, Instant, millis
 from gateway_core.commands import Command
-from gateway_core.errors import DecodeError
 from gateway_core.node.node import RelayConfig
-from gateway_core.portal.messages import BroadcastIceCandidates, BroadcastInvalidatedIceCandidates
+from gateway_core.portal.messages import BroadcastInvalidatedIceCandidates
 from gateway_core.portal.model import CidrResource, DnsResource, InternetResource, Json, Resource, encode_key
 from gateway_core.turn.allocation import RelaySocket
 from sim.host import Host
@@ -242,15 +242,8 @@ class ClientSignalling:
         )
 
     def _from_gateway(self, gw: GatewayRecord, event: str, payload: Json) -> None:
-        msg: BroadcastIceCandidates | BroadcastInvalidatedIceCandidates
-        try:
-            if event == BroadcastIceCandidates.EVENT:
-                msg = BroadcastIceCandidates.decode(payload)
-            elif event == BroadcastInvalidatedIceCandidates.EVENT:
-                msg = BroadcastInvalidatedIceCandidates.decode(payload)
-            else:
-                return
-        except DecodeError:
+        msg = decode_candidate_broadcast(event, payload)
+        if msg is None:
             return
         invalidate = isinstance(msg, BroadcastInvalidatedIceCandidates)
         for cid in msg.client_ids:
