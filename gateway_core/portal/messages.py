@@ -456,21 +456,11 @@ class AccessAuthorizationExpiryUpdated:
 
     @classmethod
     def decode(cls, payload: Json) -> AccessAuthorizationExpiryUpdated:
-        w = cls.EVENT
-        o = obj(payload, w)
-        note_unknown(o, ("client_id", "resource_id", "expires_at"), w)
-        return cls(
-            parse_uuid(req(o, "client_id", w), f"{w}.client_id"),
-            parse_uuid(req(o, "resource_id", w), f"{w}.resource_id"),
-            parse_timestamp(req(o, "expires_at", w), f"{w}.expires_at"),
-        )
+        a = Authorization.decode(payload, cls.EVENT)  # the same three fields as an init authorisation
+        return cls(a.client_id, a.resource_id, a.expires_at)
 
     def encode(self) -> JsonObject:
-        return {
-            "client_id": str(self.client_id),
-            "resource_id": str(self.resource_id),
-            "expires_at": self.expires_at,
-        }
+        return Authorization(self.client_id, self.resource_id, self.expires_at).encode()
 
 
 # --------------------------------------------------------------------------------------------------
