@@ -53,7 +53,7 @@ from gateway_core.gateway_flows import record_inbound, record_outbound
 from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, GatewayConfig, WallClockAnchor
 from gateway_core.inputs import Input, SendFailed, ShutdownRequested
 from gateway_core.interface import IPV4_TUNNEL, IPV6_TUNNEL, InterfaceConfigFailed, InterfaceConfigured
-from gateway_core.node.node import Node
+from gateway_core.node.factory import wireguard_node
 from gateway_core.policy.authorizations import AddOutcome
 from gateway_core.policy.client import DROP, FORWARD, ClientPolicy
 from gateway_core.policy.flows import ClientProperties, CompletedFlow, FlowTracker
@@ -76,9 +76,7 @@ from gateway_core.portal.login import login_url, user_agent
 from gateway_core.stats import Stats
 from gateway_core.wire.icmp import build_icmp_prohibited
 from gateway_core.wire.ip import validate
-from gateway_core.wireguard import WireGuardPeer, identify_initiator
 from gateway_core.wireguard.crypto import public_key
-from gateway_core.wireguard.ratelimit import RateLimiter
 
 log = logging.getLogger("gateway_core.gateway")
 
@@ -127,25 +125,7 @@ class Gateway:
         self.dns_addresses: tuple[SocketAddr, ...] = ()
         """Where the layer-4 DNS servers are wanted (the last ``BindDnsServers``)."""
 
-        rl = RateLimiter(self.public_key, ent.fork("rate-limiter"), now)
-
-        def tunnel(cid: str, remote: bytes, psk: bytes | None, index: int, t: Instant) -> WireGuardPeer:
-            return WireGuardPeer(
-                static_private=private_key,
-                peer_public=remote,
-                psk=psk,
-                global_index=index,
-                entropy=ent.fork(f"wg-{cid}"),
-                now=t,
-                wall_unix_ns=self.utc_ns(t),
-                rate_limiter=rl,
-            )
-
-        def identify(data: bytes) -> bytes | None:
-            r = identify_initiator(private_key, data)
-            return None if r is None else r[1]
-
-        self.node = Node(ent.fork("node"), now, tunnel, identify, controlling=False, rate_limiter=rl)
+        self.node = wireguard_node(private_key, ent, ent.fork("node"), now, self.utc_ns, controlling=False)
         self.peers = Peers(config.max_nat_sessions)
         self.peers.handle_timeout(now, utc_ns)  # schedules the first expiry sweep (reference: first tick)
         self.forwarder = DnsForwarder(self.peers.may_query)

@@ -57,7 +57,8 @@ from gateway_core.node.events import (
     InvalidateIceCandidate,
     NewIceCandidate,
 )
-from gateway_core.node.node import Node, RelayConfig
+from gateway_core.node.factory import wireguard_node
+from gateway_core.node.node import RelayConfig
 from gateway_core.policy.p2p_control import (
     EVENT_DOMAIN_STATUS,
     EVENT_GOODBYE,
@@ -85,9 +86,7 @@ from gateway_core.wire.ip import (
     parse_tcp,
     parse_udp,
 )
-from gateway_core.wireguard import WireGuardPeer, identify_initiator
 from gateway_core.wireguard.crypto import public_key
-from gateway_core.wireguard.ratelimit import RateLimiter
 from sim.hosts.client_types import (
     ClientResource,
     DnsAnswer,
@@ -176,16 +175,14 @@ class SimClient:
         self._now = now
         self._wall0 = wall_unix_ns - now
         self._entropy = entropy
-        limiter = RateLimiter(self.public_key, entropy.fork("rate-limiter"), now)
-        self.node = Node(
+        self.node = wireguard_node(
+            private_key,
+            entropy,
             SeededEntropy(entropy.random_bytes(16)),
             now,
-            self._make_tunnel,
-            self._identify,
+            lambda t: self._wall0 + t,
             controlling=True,
-            rate_limiter=limiter,
         )
-        self._limiter = limiter
         self.grants: dict[str, GatewayGrant] = {}
         self._relays: tuple[RelayConfig, ...] = ()
         self._early: dict[str, list[tuple[str, bool]]] = {}
@@ -208,24 +205,6 @@ class SimClient:
         not a control packet goes here as ``(now, gateway, packet)`` instead of into :attr:`received`."""
 
     # --- node plumbing --------------------------------------------------------------------------------------
-
-    def _make_tunnel(
-        self, cid: str, remote: bytes, psk: bytes | None, index: int, now: Instant
-    ) -> WireGuardPeer:
-        return WireGuardPeer(
-            static_private=self.private_key,
-            peer_public=remote,
-            psk=psk,
-            global_index=index,
-            entropy=self._entropy.fork(f"wg-{cid}"),
-            now=now,
-            wall_unix_ns=self._wall0 + now,
-            rate_limiter=self._limiter,
-        )
-
-    def _identify(self, data: bytes) -> bytes | None:
-        r = identify_initiator(self.private_key, data)
-        return None if r is None else r[1]
 
     def _record(self, rec: Received) -> None:
         self.received.append(rec)

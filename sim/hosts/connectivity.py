@@ -31,12 +31,11 @@ from gateway_core.commands import Command, WriteTun
 from gateway_core.contract import Deadline, earliest
 from gateway_core.entropy import SeededEntropy
 from gateway_core.node.events import InvalidateIceCandidate, NewIceCandidate, NodeEvent
+from gateway_core.node.factory import wireguard_node
 from gateway_core.node.node import Node, RelayConfig
 from gateway_core.turn.allocation import RelaySocket
 from gateway_core.turn.credentials import firezone_password, firezone_username
-from gateway_core.wireguard import WireGuardPeer, identify_initiator
 from gateway_core.wireguard.crypto import public_key
-from gateway_core.wireguard.ratelimit import RateLimiter
 from sim.host import Host
 from sim.hosts.echo import EchoServer, Pinger, PingTarget
 from sim.net import LinkProfile
@@ -179,26 +178,15 @@ class ConnectivityScenario:
 
 def _make_node(world: World, name: str, priv: bytes, controlling: bool) -> Node:
     ent = world.entropy_for(name)
-    rl = RateLimiter(public_key(priv), ent.fork("rate-limiter"), world.now)  # one per node, as snownet
-
-    def tunnel(cid: str, remote: bytes, psk: bytes | None, index: int, now: Instant) -> WireGuardPeer:
-        return WireGuardPeer(
-            static_private=priv,
-            peer_public=remote,
-            psk=psk,
-            global_index=index,
-            entropy=ent.fork(f"wg-{cid}"),
-            now=now,
-            wall_unix_ns=world.clock.unix_ns(),
-            rate_limiter=rl,
-        )
-
-    def identify(data: bytes) -> bytes | None:
-        r = identify_initiator(priv, data)
-        return None if r is None else r[1]
-
-    node_entropy = SeededEntropy(ent.random_bytes(16))
-    return Node(node_entropy, world.now, tunnel, identify, controlling=controlling, rate_limiter=rl)
+    # The node's entropy is drawn after the limiter's fork, as the trace of every scenario was recorded.
+    return wireguard_node(
+        priv,
+        ent,
+        SeededEntropy(ent.random_bytes(16)),
+        world.now,
+        lambda _t: world.clock.unix_ns(),
+        controlling=controlling,
+    )
 
 
 def relay_configs(expiry: int, salt: str) -> list[RelayConfig]:
