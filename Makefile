@@ -1,6 +1,7 @@
 # The two commands: `make test` and `make demo` (plus `make bench`). Each works on a fresh machine: it
-# creates .venv, installs the project with its test extras, installs missing Debian packages (as root,
-# with apt-get), then runs.
+# creates .venv, installs the project (the production distribution, pyproject.toml, and the dev tools'
+# distribution with the test tools, packaging/devtools/pyproject.toml: decision 0104), installs missing
+# Debian packages (as root, with apt-get), then runs.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -11,10 +12,15 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+DEVTOOLS := packaging/devtools
+
+# Two installs, production first: a venv made before the split had the dev console scripts in the
+# production distribution, and upgrading it must not remove them after the dev tools installed theirs.
+$(STAMP): pyproject.toml $(DEVTOOLS)/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e './$(DEVTOOLS)[test]'
 	touch $(STAMP)
 
 deps:

@@ -3,7 +3,7 @@
 Both runs use the same :class:`e2e.topology.Topology` in the same process run: ``client`` (iperf3 -c) ->
 tunnel -> ``gw`` (forwarding) -> ``web`` (iperf3 -s on 172.20.1.10:5201), over the same veths and router.
 
-1. **ours**: ``e2e.client`` (the simulated client's logic, Python) -> UDP -> ``firezone-gateway`` (Python),
+1. **ours**: ``devio.client`` (the dev client, Python) -> UDP -> ``firezone-gateway`` (Python),
    both userspace with a TUN device each.
 2. **reference**: a ``wireguard-go`` interface in the client namespace and one in the gateway namespace
    (peers over the same underlay, ``10.250.0.0/24`` inside), with a host route ``172.20.1.10/32`` in the
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"iperf3 TCP {args.seconds} s, client host -> tunnel -> gateway -> resource host (receiver side)"
         )
-        print(f"  ours (e2e.client + firezone-gateway, Python): {ours:9.1f} Mbit/s")
+        print(f"  ours (devio.client + firezone-gateway, Python): {ours:9.1f} Mbit/s")
         print(f"  wireguard-go on both ends:                    {ref:9.1f} Mbit/s")
         print(f"  ratio ours / wireguard-go: {ours / ref:.3f}x")
         for n in pids:

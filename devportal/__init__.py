@@ -1,7 +1,7 @@
 """A development Firezone portal: the pure logic shared by the simulator's stub portal and the real
-``firezone-dev-portal`` server (``gateway_io.devportal``).
+``firezone-dev-portal`` server (``devio.portal``).
 
-It imports ``gateway_core`` only (never ``sim`` nor ``gateway_io``, and nothing that does IO), so both
+It imports ``gateway_core`` only (never ``sim``, ``gateway_io`` nor ``devio``, and nothing doing IO), so both
 sides can use it without breaking the one-direction import rule (ARCHITECTURE.md §1).
 """
 

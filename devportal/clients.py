@@ -5,7 +5,7 @@ Theory of operation
 Firezone's portal talks to clients over a channel of their own (``flow_created``, ``ice_candidates``,
 ``relays_presence`` ...). The dev portal does not model that channel's frames; :class:`ClientFeed` keeps,
 per client, an ordered list of JSON events that a client process fetches with a cursor
-(``/client/poll?client=ID&after=N`` in ``gateway_io.devportal``):
+(``/client/poll?client=ID&after=N`` in ``devio.portal``):
 
 - ``grant``: after :meth:`DevPortal.authorize` pushed ``authorize_flow`` to a gateway,
   :meth:`ClientFeed.granted` derives what the portal gives the client for that pair with devportal's own

@@ -1,7 +1,7 @@
 """The dev portal's logic: authenticate gateways, join them, push §2 messages, check their answers. Pure.
 
 Theory of operation: :class:`DevPortal` plays Firezone's portal (``elixir/apps/api/lib/api/gateway``) for
-development, tests and the simulator. A driver (the real WebSocket server in ``gateway_io.devportal`` or
+development, tests and the simulator. A driver (the real WebSocket server in ``devio.portal`` or
 the stub portal host in ``sim.portal``) calls :meth:`DevPortal.authenticate` with the upgrade request
 (path, query, User-Agent); a refusal carries the HTTP status and body the real portal would send (§1.4).
 An accepted gateway gets a :class:`~devportal.phoenix_server.PhoenixSocket` whose handler is the portal:

@@ -1,5 +1,7 @@
-"""End-to-end tooling on real kernels (issue 9): the project's relay and the simulated client over real
-sockets, and the namespace topology that runs them next to the real ``firezone-gateway`` daemon.
+"""The end-to-end demo on real kernels: the namespace topology that runs the dev tools (the dev portal,
+the dev relay and the dev client of :mod:`devio`, coturn) next to the real ``firezone-gateway`` daemon,
+and the checks run through it (``firezone-e2e``).
 
-This package may import ``gateway_core``, ``gateway_io``, ``sim`` and ``devportal`` (it is the one place
-where the simulator's logic meets the IO layer; ``sim`` and ``gateway_io`` never import each other)."""
+It starts those programs as processes (console scripts and ``python -m devio.<tool>``) and talks to them
+over the network and their status files; it never imports ``sim`` (``tests/test_architecture.py`` checks
+it)."""

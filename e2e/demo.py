@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="firezone-e2e", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=("demo", "up"), nargs="?", default="demo")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory with every log")
-    ap.add_argument("--no-coturn", action="store_true", help="relay2 is a second e2e.relay, not coturn")
+    ap.add_argument("--no-coturn", action="store_true", help="relay2 is a second devio.relay, not coturn")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         _say("firezone-e2e: the real end-to-end demo needs root (network namespaces, TUN devices)")

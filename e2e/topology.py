@@ -11,11 +11,11 @@ firewall rules) and the ``/etc/netns/<ns>`` resolver files. The root namespace i
 Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
 
     portal  10.201.1.2  firezone-dev-portal :8081 (gateway WebSocket + admin and client API)
-    relay1  10.201.2.2  the project's relay (e2e.relay, Firezone flavour) :3478
+    relay1  10.201.2.2  the project's relay (devio.relay, Firezone flavour) :3478
     relay2  10.201.3.2  coturn (turnserver; the portal hands out TURN REST credentials for it)
     gw      10.201.4.2  firezone-gateway (real TUN tun-firezone), forwarding + masquerading (§4.5)
-    client  10.201.5.2  e2e.client (TUN tun-fzclient): may reach the gateway directly
-    client2 10.201.6.2  e2e.client: its direct path to the gateway is cut in the router (nftables via
+    client  10.201.5.2  devio.client (TUN tun-fzclient): may reach the gateway directly
+    client2 10.201.6.2  devio.client: its direct path to the gateway is cut in the router (nftables via
                         iptables-nft), so it can only use the relays
     inet    router between them (ip_forward)
 
@@ -209,7 +209,7 @@ class Topology:
     keep_workdir: bool = False
     gateway_log: str = "info"
     coturn: bool = False
-    """relay2 is coturn (``turnserver``, TURN REST credentials) instead of a second ``e2e.relay``."""
+    """relay2 is coturn (``turnserver``, TURN REST credentials) instead of a second ``devio.relay``."""
     workdir: Path = field(init=False)
     ns: dict[str, str] = field(init=False, default_factory=dict)
     procs: dict[str, Proc] = field(init=False, default_factory=dict)
@@ -405,7 +405,7 @@ class Topology:
         name = f"relay{i}"
         if self.coturn and i == 2:
             return self.start_coturn(i)
-        argv = [sys.executable, "-m", "e2e.relay", "--listen", self.ip(name), "--secret", f"relay-secret-{i}"]
+        argv = [str(BIN / "firezone-dev-relay"), "--listen", self.ip(name), "--secret", f"relay-secret-{i}"]
         proc = self._proc(name, name, [*argv, "--stats", str(self.workdir / f"{name}.json")])
         wait_for(f"{name} to listen", lambda: "listening on" in proc.text() or not proc.alive())
         return proc
@@ -465,7 +465,7 @@ class Topology:
         argv = [
             sys.executable,
             "-m",
-            "e2e.client",
+            "devio.client",
             "--portal",
             f"http://{self.ip('portal')}:{PORTAL_PORT}",
             "--client-id",
@@ -481,7 +481,7 @@ class Topology:
         ]
         self.procs.pop(role, None)
         proc = self._proc(role, role, argv)
-        wait_for(f"{role} to start", lambda: "e2e-client: up" in proc.text() or not proc.alive())
+        wait_for(f"{role} to start", lambda: "dev-client: up" in proc.text() or not proc.alive())
         if not proc.alive():
             raise RuntimeError(f"{role} stopped:\n{proc.text()[-3000:]}")
         return proc

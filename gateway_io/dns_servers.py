@@ -11,10 +11,9 @@ set of addresses) and :class:`RetryDnsServerBind` (one address) commands:
 - a removed address has both servers closed.
 
 Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class:`DnsServerBindFailed`).
-*When* to retry a failed address is not decided here (R7): it is the pure
-:class:`gateway_core.dns.servers.DnsBindRetry`. If one is passed in, this set feeds it the outcomes and
-runs its timer (sleep until ``poll_timeout``, ``handle_timeout``, execute the queued commands); when the
-driver owns that policy inside the core, pass none and execute the core's commands with :meth:`execute`.
+*When* to retry a failed address is not decided here (R7): the core's
+:class:`gateway_core.dns.servers.DnsBindRetry` decides, and its :class:`RetryDnsServerBind` commands reach
+:meth:`DnsServerSet.execute` through the driver like every other command.
 
 Queries from every server come out of one stream (:meth:`receive`, ``async for``) as
 :class:`gateway_io.dns_server.DnsQuery`; :meth:`send_response` routes an answer to the server whose
@@ -24,7 +23,6 @@ transport and local address the query carried.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,11 +32,9 @@ import anyio
 import anyio.abc
 
 from gateway_core.addr import SocketAddr
-from gateway_core.clock import Instant
 from gateway_core.commands import Command
 from gateway_core.dns.servers import (
     BindDnsServers,
-    DnsBindRetry,
     DnsServerBindFailed,
     DnsServerBound,
     DnsTransport,
@@ -77,30 +73,22 @@ class DnsServerSet:
         self,
         on_input: Callable[[Input], None],
         *,
-        retry: DnsBindRetry | None = None,
         tcp_limits: TcpLimits | None = None,
-        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._on_input = on_input
-        self._retry = retry
         self._tcp_limits = tcp_limits
-        self._clock = clock
         self._desired: frozenset[SocketAddr] = frozenset()
         self._pairs: dict[SocketAddr, ServerPair] = {}
         self._by_local: dict[tuple[DnsTransport, HostPort], UdpDnsServer | TcpDnsServer] = {}
         self._send_q, self._recv_q = anyio.create_memory_object_stream[DnsQuery](MERGED_QUEUE)
         self._tg: anyio.abc.TaskGroup | None = None
-        self._wake = anyio.Event()
         self._lock = anyio.Lock()
-        self._last_now = 0
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> DnsServerSet:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        if self._retry is not None:
-            self._tg.start_soon(self._retry_timer)
         return self
 
     async def __aexit__(
@@ -127,18 +115,6 @@ class DnsServerSet:
 
     # --- commands --------------------------------------------------------------------------------------
 
-    def _now(self) -> Instant:
-        self._last_now = max(self._last_now, self._clock())
-        return Instant(self._last_now)
-
-    async def set_addresses(self, addresses: tuple[SocketAddr, ...] | list[SocketAddr]) -> None:
-        """Without a core: tell the retry policy (if any) the new set, and reconcile to ``addresses``."""
-        if self._retry is not None:
-            self._retry.set_addresses(self._now(), tuple(addresses))
-            await self._drain_retry()
-        else:
-            await self.execute(BindDnsServers(tuple(addresses)))
-
     async def execute(self, command: Command) -> None:
         """Execute a :class:`BindDnsServers` or :class:`RetryDnsServerBind` command."""
         async with self._lock:
@@ -154,20 +130,19 @@ class DnsServerSet:
                         await self._try_bind(address)
                 case _:
                     raise TypeError(f"not a DNS server command: {command!r}")
-        self._wake.set()
 
     async def _try_bind(self, address: SocketAddr) -> None:
         try:
             pair = await self._bind_pair(address)
         except OSError as e:
             log.warning("dns servers on %s: bind failed: %s", address, e)
-            self._report(DnsServerBindFailed(address, str(e)))
+            self._on_input(DnsServerBindFailed(address, str(e)))
             return
         self._pairs[address] = pair
         self._by_local[(DnsTransport.UDP, pair.udp.local_address)] = pair.udp
         self._by_local[(DnsTransport.TCP, pair.tcp.local_address)] = pair.tcp
         log.info("dns servers listening on %s (udp+tcp)", pair.udp.local_address)
-        self._report(DnsServerBound(address, pair.udp.local_address[1]))
+        self._on_input(DnsServerBound(address, pair.udp.local_address[1]))
 
     async def _bind_pair(self, address: SocketAddr) -> ServerPair:
         assert self._tg is not None, "use DnsServerSet as an async context manager"
@@ -214,39 +189,6 @@ class DnsServerSet:
         await pair.udp.aclose()
         await pair.tcp.aclose()
         log.info("dns servers on %s closed", address)
-
-    def _report(self, event: DnsServerBound | DnsServerBindFailed) -> None:
-        if self._retry is not None:
-            now = self._now()
-            if isinstance(event, DnsServerBound):
-                self._retry.handle_bound(now, event)
-            else:
-                self._retry.handle_bind_failed(now, event)
-        self._on_input(event)
-
-    # --- the retry policy's timer (only with ``retry``) -------------------------------------------------
-
-    async def _drain_retry(self) -> None:
-        assert self._retry is not None
-        while (command := self._retry.poll_command()) is not None:
-            await self.execute(command)
-
-    async def _retry_timer(self) -> None:
-        retry = self._retry
-        assert retry is not None
-        while True:
-            deadline = retry.poll_timeout()
-            self._wake = anyio.Event()
-            if deadline is None:
-                await self._wake.wait()
-                continue
-            delay = (deadline.at - self._clock()) / 1e9
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await self._wake.wait()
-                continue  # something changed or the deadline came: look again
-            retry.handle_timeout(self._now())
-            await self._drain_retry()
 
     # --- queries ---------------------------------------------------------------------------------------
 

@@ -10,18 +10,15 @@ TLS verifies the portal's certificate against the system store by default (``wss
 local development. As Firezone: no ``Origin`` header, no subprotocol, no compression, no WebSocket pings
 (the Phoenix heartbeat is the liveness check), and the gateway's own User-Agent.
 
-:class:`PortalDriver` is a minimal driver loop for a :class:`PortalChannel` alone (used by the dev tools
-and the tests until the gateway's full driver takes over): it feeds inputs and deadlines to the channel and
-executes its commands.
+The gateway's driver (:mod:`gateway_io.driver`) drives the channel and executes these commands; the
+tests drive a channel alone with a small loop of their own (``tests/io/portal_driver.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,21 +28,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from gateway_core.clock import Instant
 from gateway_core.commands import Command
 from gateway_core.inputs import Input
 from gateway_core.portal.channel import (
     ClosePortal,
     ConnectPortal,
-    PortalChannel,
     PortalConnected,
     PortalConnectFailed,
     PortalDisconnected,
-    PortalEvent,
-    PortalFailed,
     PortalFrameReceived,
     PortalSendFailed,
-    PortalStopped,
     SendPortalFrame,
 )
 
@@ -186,85 +178,3 @@ class PortalIO:
             # The outbox was closed by a graceful ClosePortal: close after the last frame.
             with contextlib.suppress(ConnectionClosed, OSError):
                 await ws.close()
-
-
-class PortalDriver:
-    """A small loop driving one :class:`PortalChannel` over :class:`PortalIO` (R1-R3 in miniature)."""
-
-    def __init__(
-        self,
-        channel: PortalChannel,
-        on_event: Callable[[Instant, PortalEvent], None] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        clock: Callable[[], int] = time.monotonic_ns,
-    ) -> None:
-        self.channel = channel
-        self.on_event = on_event
-        self.ssl_context = ssl_context
-        self.clock = clock
-        self.events: list[PortalEvent] = []
-        self.done = anyio.Event()
-        # Unbounded: IO tasks report synchronously and must never fail to; the loop drains in batches.
-        self._send, self._recv = anyio.create_memory_object_stream[Input](math.inf)
-
-    def now(self) -> Instant:
-        return Instant(self.clock())
-
-    def report(self, inp: Input) -> None:
-        self._send.send_nowait(inp)
-
-    def _feed(self, io: PortalIO, inp: Input) -> None:
-        if not isinstance(inp, _Nudge):
-            self.channel.handle_input(self.now(), inp)
-        self._drain(io)
-
-    def _drain(self, io: PortalIO) -> None:
-        ch = self.channel
-        while (cmd := ch.poll_command()) is not None:
-            io.execute(cmd)
-        while (ev := ch.poll_event()) is not None:
-            self.events.append(ev)
-            if self.on_event is not None:
-                self.on_event(self.now(), ev)
-            if isinstance(ev, PortalFailed | PortalStopped):
-                self.done.set()
-
-    async def run(self, started: Callable[[PortalIO], None] | None = None) -> None:
-        """Run until the channel stops or fails (or the caller cancels)."""
-        async with anyio.create_task_group() as tg:
-            io = PortalIO(tg, self.report, self.ssl_context)
-            self.channel.start(self.now())
-            self._drain(io)
-            if started is not None:
-                started(io)
-            while not self.done.is_set():
-                deadline = self.channel.poll_timeout()
-                wait = None if deadline is None else max(0, deadline.at - self.clock()) / 1e9
-                inp: Input | None = None
-                with anyio.move_on_after(wait):
-                    inp = await self._recv.receive()
-                if inp is not None:
-                    self._feed(io, inp)
-                    # R9 in miniature: a batch of what is already there, then the timers.
-                    for _ in range(64):
-                        try:
-                            more = self._recv.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
-                        self._feed(io, more)
-                deadline = self.channel.poll_timeout()
-                if deadline is not None and deadline.at <= self.clock():
-                    self.channel.handle_timeout(self.now())
-                    self._drain(io)
-            tg.cancel_scope.cancel()
-
-    def call(self, fn: Callable[[Instant], object]) -> None:
-        """Call into the channel from another task (e.g. push a message); the loop executes what it
-        orders on its next turn (it is nudged awake)."""
-        fn(self.now())
-        self._send.send_nowait(_Nudge())
-
-
-@dataclass(frozen=True, slots=True)
-class _Nudge(Input):
-    """Internal: wakes the driver loop; never reaches the channel."""

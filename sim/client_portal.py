@@ -11,7 +11,7 @@ frames, only its effects, reusing :class:`devportal.DevPortal`'s logic for every
   the gateway's public key, :func:`~devportal.portal.preshared_key`, both
   :func:`~devportal.portal.ice_credentials`, relays with :func:`~devportal.portal.turn_credentials` for
   the *client's* key, the gateway's tunnel addresses, and the resource.
-- Candidates: a client's :class:`~sim.hosts.client_types.SignalIce` command goes to the portal after the
+- Candidates: a client's :class:`~devpeers.client_types.SignalIce` command goes to the portal after the
   delay and becomes ``DevPortal.ice_candidates`` (pushed to the gateway as ``ice_candidates`` /
   ``invalidate_ice_candidates``); the gateway's ``broadcast_*ice_candidates`` pushes reach
   :meth:`ClientSignalling._from_gateway` through ``DevPortal.listeners`` and go to each named client
@@ -32,6 +32,8 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from devpeers.client import DevClient
+from devpeers.client_types import ClientResource, GatewayGrant, SignalIce
 from devportal.clients import decode_candidate_broadcast
 from devportal.config import RelayConfig as DevRelayConfig
 from devportal.portal import (
@@ -48,8 +50,6 @@ from gateway_core.portal.messages import BroadcastInvalidatedIceCandidates
 from gateway_core.portal.model import CidrResource, DnsResource, InternetResource, Json, Resource, encode_key
 from gateway_core.turn.allocation import RelaySocket
 from sim.host import Host
-from sim.hosts.client import SimClient
-from sim.hosts.client_types import ClientResource, GatewayGrant, SignalIce
 from sim.net import LinkProfile
 from sim.portal import StubPortalHost
 from sim.world import World
@@ -63,12 +63,12 @@ CLIENT_PORT = 52625
 
 
 class ClientHost(Host):
-    """Hosts a :class:`SimClient`; its :class:`SignalIce` commands go to ``on_signal``."""
+    """Hosts a :class:`DevClient`; its :class:`SignalIce` commands go to ``on_signal``."""
 
     def __init__(
         self,
         name: str,
-        client: SimClient,
+        client: DevClient,
         on_signal: Callable[[Instant, SignalIce], None],
         *,
         ipv4: IPv4Address | str | None = None,
@@ -115,7 +115,7 @@ class ClientSignalling:
         self,
         client_id: uuid.UUID,
         name: str,
-        client: SimClient,
+        client: DevClient,
         *,
         ipv4: IPv4Address | str | None = None,
         ipv6: IPv6Address | str | None = None,

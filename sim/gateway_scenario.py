@@ -25,6 +25,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from devpeers.client import DevClient
+from devpeers.client_types import (
+    DnsAnswer,
+    DomainStatusReceived,
+    EchoReply,
+    GoodbyeReceived,
+    IcmpErrorReceived,
+    Received,
+    TcpReceived,
+    UdpReceived,
+)
 from gateway_core.clock import Duration, Instant, millis, secs
 from sim.gateway_world import (
     CIDR_FILTERS,
@@ -34,17 +45,6 @@ from sim.gateway_world import (
     WEB_V4,
     GatewayWorld,
     build_gateway_world,
-)
-from sim.hosts.client import SimClient
-from sim.hosts.client_types import (
-    DnsAnswer,
-    DomainStatusReceived,
-    EchoReply,
-    GoodbyeReceived,
-    IcmpErrorReceived,
-    Received,
-    TcpReceived,
-    UdpReceived,
 )
 from sim.hosts.resources import Arrival
 from sim.trace import Record
@@ -65,7 +65,7 @@ def build_gateway_scenario(world: World, cfg: GatewayScenario | None = None) -> 
     gw = build_gateway_world(world.seed, world=world, relay_only=cfg.relay_only)
     w = world
 
-    def on(label: str, at: Duration, call: Callable[[SimClient, Instant], object]) -> None:
+    def on(label: str, at: Duration, call: Callable[[DevClient, Instant], object]) -> None:
         w.at(Instant(at), lambda: gw.drive(0, call), label=label)
 
     def grant() -> None:
@@ -131,22 +131,22 @@ def build_gateway_scenario(world: World, cfg: GatewayScenario | None = None) -> 
     return gw
 
 
-def _ping_web(seq: int) -> Callable[[SimClient, Instant], object]:
+def _ping_web(seq: int) -> Callable[[DevClient, Instant], object]:
     return lambda c, now: c.send_icmp(now, WEB_V4, seq)
 
 
-def _resolve_app(c: SimClient, now: Instant) -> None:
+def _resolve_app(c: DevClient, now: Instant) -> None:
     c.query_dns(now, "app.corp.test", "A")
     c.query_dns(now, "app.corp.test", "AAAA")
 
 
-def _ping_app(c: SimClient, now: Instant) -> None:
+def _ping_app(c: DevClient, now: Instant) -> None:
     ips = c.proxy_ips("app.corp.test")
     c.send_icmp(now, ips[0], 1)
     c.send_icmp(now, ips[4], 2)
 
 
-def _tcp_app(c: SimClient, now: Instant) -> None:
+def _tcp_app(c: DevClient, now: Instant) -> None:
     c.send_tcp_request(now, c.proxy_ips("app.corp.test")[1], 443, b"hello app")
 
 

@@ -8,7 +8,7 @@ Theory of operation: :func:`build_gateway_world` puts into one :class:`~sim.worl
 - ``relays`` Firezone-like TURN relays (:class:`~sim.hosts.connectivity.RelayHost`);
 - the gateway (:class:`~gateway_core.gateway.Gateway` in :class:`~sim.hosts.gateway.GatewayHost`), whose
   system resolver is the upstream zone's A/AAAA table and whose DNS forwarding goes to the upstream;
-- ``clients`` simulated clients (:class:`~sim.hosts.client.SimClient`) wired to the portal by
+- ``clients`` simulated clients (:class:`~devpeers.client.DevClient`) wired to the portal by
   :class:`~sim.client_portal.ClientSignalling`; with ``relay_only`` every client is partitioned from the
   gateway from the start, so only relayed paths work;
 - the resources: ``web`` (CIDR resource ``172.20.0.0/16`` with filters), ``app`` (the real address behind
@@ -30,6 +30,8 @@ import uuid
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from devpeers.client import DevClient
+from devpeers.relay import DevRelay
 from devportal import DevPortal, load_config
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Duration, Instant, millis, secs
@@ -38,14 +40,12 @@ from gateway_core.gateway_types import GatewayConfig
 from gateway_core.wireguard.crypto import public_key
 from sim.client_portal import ClientHost, ClientSignalling
 from sim.host import Host
-from sim.hosts.client import SimClient
 from sim.hosts.connectivity import RelayComponent, RelayHost
 from sim.hosts.dns_upstream import DNS_PORT, DnsZone, UpstreamDnsServer
 from sim.hosts.gateway import GatewayHost, SimResolver
 from sim.hosts.resources import ResourceServer
 from sim.net import LinkProfile
 from sim.portal import PORTAL_PORT, StubPortal, StubPortalHost
-from sim.turn_server import TurnServer
 from sim.world import World
 
 PORTAL_V4 = IPv4Address("198.51.100.10")
@@ -96,7 +96,7 @@ class GatewayWorld:
     signalling: ClientSignalling
     gateway: Gateway
     gateway_host: GatewayHost
-    clients: list[SimClient]
+    clients: list[DevClient]
     client_ids: list[uuid.UUID]
     client_hosts: list[ClientHost]
     web: ResourceServer
@@ -227,7 +227,7 @@ def build_gateway_world(
     relay_names = []
     for i in range(relays):
         ip = RELAY_V4_BASE + i
-        server = TurnServer(
+        server = DevRelay(
             [SocketAddr(ip, TURN_PORT)],
             [SocketAddr(ip, 0)],
             RELAY_SECRET,
@@ -280,7 +280,7 @@ def build_gateway_world(
         cfg = stub.portal.config.client(cid)
         assert cfg is not None
         name = f"client-{i}"
-        client = SimClient(
+        client = DevClient(
             name,
             priv,
             cfg.ipv4,

@@ -31,6 +31,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from devpeers.client_types import (
+    DnsAnswer,
+    DomainStatusReceived,
+    GoodbyeReceived,
+    Received,
+)
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Duration, Instant, millis, secs
 from gateway_core.entropy import SeededEntropy
@@ -46,12 +52,6 @@ from sim.gateway_world import (
     ZONE,
     GatewayWorld,
     build_gateway_world,
-)
-from sim.hosts.client_types import (
-    DnsAnswer,
-    DomainStatusReceived,
-    GoodbyeReceived,
-    Received,
 )
 from sim.pcap import PcapWriter
 from sim.reference import Outcome, ReferenceModel, ResourceSpec

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from devpeers.client_types import DnsAnswer, EchoReply, IcmpErrorReceived, Received, TcpReceived, UdpReceived
 from gateway_core.addr import IPAddress
 from gateway_core.wire.ip import TCP_ACK, TCP_RST, TCP_SYN
-from sim.hosts.client_types import DnsAnswer, EchoReply, IcmpErrorReceived, Received, TcpReceived, UdpReceived
 from sim.reference import DnsPrediction, Outcome, Prediction
 from sim.stateful_topology import InvariantError
 

@@ -13,6 +13,7 @@ import uuid
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
+from devpeers.relay import DevRelay
 from devportal import Refusal
 from devportal.config import RelayConfig as DevRelayConfig
 from gateway_core.addr import SocketAddr
@@ -21,7 +22,6 @@ from gateway_core.gateway import Gateway
 from sim.contract import ContractChecker
 from sim.gateway_world import LINK, RELAY_SECRET, RELAY_V4_BASE, TURN_PORT
 from sim.hosts.connectivity import RelayComponent, RelayHost
-from sim.turn_server import TurnServer
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -151,7 +151,7 @@ class TopologyTransitions:
         n = self._next_relay
         self._next_relay += 1
         ip = RELAY_V4_BASE + 10 + n
-        server = TurnServer(
+        server = DevRelay(
             [SocketAddr(ip, TURN_PORT)],
             [SocketAddr(ip, 0)],
             secret,

@@ -160,3 +160,162 @@ def test_adding_import_time_to_core_is_caught(tmp_path: Path) -> None:
     assert tainted != original
     line = tainted.splitlines().index("import time") + 1
     assert forbidden_imports(tainted, CORE_FORBIDDEN) == [f"<sample>:{line}: time"]
+
+
+# --- The dev tools' packages (devpeers, devio, devportal, sim, e2e) ----------------------------------------
+#
+# gateway_core and gateway_io are the production packages; everything else is a dev tool (decision 0104).
+# The rules: the production IO layer imports no dev tool; the dev peers are as pure as the core; e2e
+# drives processes and never imports the simulator; the simulator never imports the real IO (its own or
+# the dev tools'); and no package reaches into another package's private names.
+
+PROJECT_PACKAGES = ("gateway_core", "gateway_io", "sim", "e2e", "devpeers", "devportal", "devio")
+DEV_PACKAGES = frozenset({"sim", "e2e", "devpeers", "devportal", "devio"})
+IO_FORBIDDEN = DEV_PACKAGES
+"""What ``gateway_io`` may not import: every dev tool."""
+DEVPEERS_FORBIDDEN = CORE_FORBIDDEN | {"devportal", "devio", "e2e"}
+"""``devpeers`` is pure like the core (and needs nothing of the dev portal)."""
+E2E_FORBIDDEN = frozenset({"sim"})
+SIM_FORBIDDEN = frozenset({"gateway_io", "devio", "e2e"})
+
+
+def test_io_imports_no_dev_tool() -> None:
+    assert _scan("gateway_io", IO_FORBIDDEN) == []
+
+
+def test_devpeers_is_pure() -> None:
+    assert _modules("devpeers"), "devpeers has no modules?"
+    assert _scan("devpeers", DEVPEERS_FORBIDDEN) == []
+
+
+def test_e2e_does_not_import_sim() -> None:
+    assert _modules("e2e")
+    assert _scan("e2e", E2E_FORBIDDEN) == []
+
+
+def test_sim_imports_neither_e2e_nor_real_io() -> None:
+    assert _scan("sim", SIM_FORBIDDEN) == []
+
+
+@pytest.mark.parametrize(
+    ("forbidden", "sample"),
+    [
+        (IO_FORBIDDEN, "from devportal import DevPortal"),
+        (IO_FORBIDDEN, "import devpeers.client"),
+        (IO_FORBIDDEN, "from devio.portal import DevPortalServer"),
+        (IO_FORBIDDEN, "from sim import world"),
+        (IO_FORBIDDEN, "import e2e.topology"),
+        (DEVPEERS_FORBIDDEN, "import asyncio"),
+        (DEVPEERS_FORBIDDEN, "from time import monotonic_ns"),
+        (DEVPEERS_FORBIDDEN, "import random"),
+        (DEVPEERS_FORBIDDEN, "from gateway_io.udp import UdpSocket"),
+        (DEVPEERS_FORBIDDEN, "from sim.world import World"),
+        (DEVPEERS_FORBIDDEN, "from devio import client"),
+        (E2E_FORBIDDEN, "from sim.hosts.echo import EchoServer"),
+        (E2E_FORBIDDEN, "import sim"),
+        (SIM_FORBIDDEN, "from e2e.topology import Topology"),
+        (SIM_FORBIDDEN, "import devio.relay"),
+        (SIM_FORBIDDEN, "from gateway_io import tun"),
+    ],
+)
+def test_dev_rules_catch_a_violating_sample(forbidden: frozenset[str], sample: str) -> None:
+    assert forbidden_imports(sample, forbidden), sample
+
+
+@pytest.mark.parametrize(
+    ("forbidden", "sample"),
+    [
+        (IO_FORBIDDEN, "from gateway_core.portal.channel import PortalChannel"),
+        (IO_FORBIDDEN, "import simple_name"),
+        (DEVPEERS_FORBIDDEN, "from gateway_core.node.factory import wireguard_node"),
+        (DEVPEERS_FORBIDDEN, "import dns.message"),
+        (E2E_FORBIDDEN, "from gateway_core.wireguard.crypto import public_key"),
+        (SIM_FORBIDDEN, "from devpeers.client import DevClient"),
+        (SIM_FORBIDDEN, "from devportal import DevPortal"),
+    ],
+)
+def test_dev_rules_allow_a_clean_sample(forbidden: frozenset[str], sample: str) -> None:
+    assert forbidden_imports(sample, forbidden) == [], sample
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_imports(source: str, package: str, filename: str = "<sample>") -> list[str]:
+    """Every use in ``source`` (a module of ``package``) of another project package's private name.
+
+    Caught: ``from other.mod import _name``, an import of a private module (``from other._mod import x``,
+    ``import other._mod``), and attribute access on a name bound by an import from another package
+    (``other_module._name``, ``OtherClass._name``, ``other.mod._name``). Dunder names are not private.
+    """
+    tree = ast.parse(source, filename=filename)
+    found: list[str] = []
+    bound: set[str] = set()
+
+    def foreign(module: str) -> bool:
+        top = module.split(".")[0]
+        return top in PROJECT_PACKAGES and top != package
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module and foreign(node.module):
+            if any(_private(part) for part in node.module.split(".")):
+                found.append(f"{filename}:{node.lineno}: {node.module}")
+            for alias in node.names:
+                if _private(alias.name):
+                    found.append(f"{filename}:{node.lineno}: {node.module}.{alias.name}")
+                bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if foreign(alias.name):
+                    if any(_private(part) for part in alias.name.split(".")):
+                        found.append(f"{filename}:{node.lineno}: {alias.name}")
+                    bound.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            root: ast.expr = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                found.append(f"{filename}:{node.lineno}: {ast.unparse(node)}")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("package", sorted(DEV_PACKAGES))
+def test_no_private_names_across_packages(package: str) -> None:
+    out: list[str] = []
+    for path in _modules(package):
+        out += private_imports(path.read_text(), package, str(path.relative_to(ROOT)))
+    assert out == []
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "from devpeers.client_resources import _Domain",
+        "from sim.hosts.connectivity import NODE_PORT, _make_node",
+        "from devportal._internal import helper",
+        "import devportal._internal",
+        "from devpeers import client\nclient._helper()",
+        "import devpeers.relay\ndevpeers.relay._secret",
+        "import devpeers.relay as r\nr.DevRelay._free",
+        "from devpeers.relay import DevRelay\nDevRelay._taken",
+    ],
+)
+def test_private_name_checker_catches_a_violating_sample(sample: str) -> None:
+    assert private_imports(sample, "e2e"), sample
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "from devpeers.client import DevClient",
+        "from e2e.topology import _helper",  # its own package
+        "from devpeers import __version__",
+        "from collections import _private_stdlib",  # not a project package
+        "from devpeers.client import DevClient\nDevClient.__name__",
+        "x = object()\nx._anything",  # an instance, not an imported name: not detectable
+    ],
+)
+def test_private_name_checker_allows_a_clean_sample(sample: str) -> None:
+    assert private_imports(sample, "e2e") == [], sample

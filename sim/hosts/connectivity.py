@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-- :class:`RelayComponent` wraps the pure :class:`~sim.turn_server.TurnServer` (Firezone flavour) as a
+- :class:`RelayComponent` wraps the dev relay :class:`~devpeers.relay.DevRelay` (Firezone flavour) as a
   sans-IO component; :class:`RelayHost` binds the relayed ports the server hands out, so peers' datagrams
   to them reach it.
 - :class:`NodeEndpoint` is a :class:`~gateway_core.node.node.Node` with an inner component behind its
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from devpeers.relay import DevRelay
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Duration, Instant, millis, secs
 from gateway_core.commands import Command, WriteTun
@@ -39,7 +40,6 @@ from gateway_core.wireguard.crypto import public_key
 from sim.host import Host
 from sim.hosts.echo import EchoServer, Pinger, PingTarget
 from sim.net import LinkProfile
-from sim.turn_server import TurnServer
 from sim.world import World
 
 NODE_PORT = 52625
@@ -59,7 +59,7 @@ CLIENT_TUN = IPv4Address("100.64.0.2")
 class RelayComponent:
     """A Firezone-like relay as a sans-IO component (no timers)."""
 
-    def __init__(self, server: TurnServer) -> None:
+    def __init__(self, server: DevRelay) -> None:
         self.server = server
         self._out: deque[Command] = deque()
 
@@ -85,7 +85,7 @@ class RelayHost(Host):
         assert isinstance(comp, RelayComponent)
         # Only the addresses whose port is not bound yet are sorted (the same binds in the same order as
         # sorting them all: binding only adds ports); this runs for every datagram the relay receives.
-        missing = [a for a in comp.server._by_relayed if a.port not in self.ports]
+        missing = [a for a in comp.server.relayed_addresses() if a.port not in self.ports]
         for addr in sorted(missing, key=str):
             if addr.port not in self.ports:
                 self.bind(addr.port)
@@ -207,7 +207,7 @@ def build_connectivity_world(world: World, cfg: ConnectivityScenario | None = No
     signalling = Signalling(world)
     signalling.hosts = {"gateway": "gateway", "client": "client"}
     for i, ip in enumerate(RELAY_V4):
-        server = TurnServer(
+        server = DevRelay(
             [SocketAddr(ip, TURN_PORT)],
             [SocketAddr(ip, 0)],
             RELAY_SECRET,

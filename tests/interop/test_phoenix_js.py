@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from devio.portal import DevPortalServer
 from devportal import DevPortal, load_config
-from gateway_io.devportal import DevPortalServer
 
 pytestmark = pytest.mark.anyio
 

@@ -1,8 +1,9 @@
 """A DnsServerSet in a process of its own (run inside a network namespace by a system test).
 
 ``python -m tests.io.dns_netns_child HOST:PORT ...`` keeps DNS servers on the given addresses (IPv6 as
-``[addr]:port``) with a fast bind-retry policy, answers queries with :mod:`tests.io.dns_responder`, and
-prints every input it reports to the core as one JSON line on stdout. It exits when stdin closes.
+``[addr]:port``) with a fast bind-retry policy (:mod:`tests.io.dns_retry`), answers queries with
+:mod:`tests.io.dns_responder`, and prints every input it reports to the core as one JSON line on stdout.
+It exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway_core.entropy import SeededEntropy
 from gateway_core.inputs import Input
 from gateway_io.dns_servers import DnsServerSet
 from tests.io.dns_responder import answer
+from tests.io.dns_retry import RetryingDnsServers
 
 FAST = BackoffConfig(initial=millis(20), multiplier=(2, 1), max_interval=millis(200), max_elapsed=None)
 
@@ -47,8 +49,8 @@ async def main(addresses: list[SocketAddr]) -> None:
             await servers.send_response(q.transport, q.local, q.remote, answer(q))
 
     retry = DnsBindRetry(SeededEntropy(1), FAST)
-    async with DnsServerSet(report, retry=retry) as servers, anyio.create_task_group() as tg:
-        tg.start_soon(respond, servers)
+    async with RetryingDnsServers(report, retry) as servers, anyio.create_task_group() as tg:
+        tg.start_soon(respond, servers.dns)
         await servers.set_addresses(addresses)
         await anyio.to_thread.run_sync(sys.stdin.read)  # until the test closes our stdin
         tg.cancel_scope.cancel()

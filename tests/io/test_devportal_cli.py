@@ -23,14 +23,14 @@ from gateway_core.portal.channel import (
 )
 from gateway_core.portal.login import login_url, user_agent
 from gateway_core.portal.messages import Init
-from gateway_io.portal import PortalDriver
+from tests.io.portal_driver import PortalDriver
 
 CONFIG = Path(__file__).parent / "devportal_test.toml"
 
 
 def test_cli_serves_admin_api_and_refuses_bad_token(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway_io.devportal", "--config", str(CONFIG), "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "devio.portal", "--config", str(CONFIG), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -59,7 +59,7 @@ def test_cli_rejects_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('token = "t"\n')
     r = subprocess.run(
-        [sys.executable, "-m", "gateway_io.devportal", "--config", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "devio.portal", "--config", str(bad)], capture_output=True, text=True
     )
     assert r.returncode == 2 and "secret" in r.stderr
 
@@ -69,7 +69,7 @@ def test_gateway_channel_against_the_dev_portal_process() -> None:
     """Item 6 of issue 5: our channel, driven by the gateway_io WebSocket client, against a separately
     started ``firezone-dev-portal``: connects, joins, receives ``init``, keeps heartbeating."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway_io.devportal", "--config", str(CONFIG), "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "devio.portal", "--config", str(CONFIG), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -112,7 +112,7 @@ def test_admin_token_required_when_configured(tmp_path: Path) -> None:
     cfg = tmp_path / "portal.toml"
     cfg.write_text('admin_token = "sesame"\n' + CONFIG.read_text())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway_io.devportal", "--config", str(cfg), "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "devio.portal", "--config", str(cfg), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -1,4 +1,5 @@
-"""DnsServerSet: one UDP and one TCP server per address, reconciled; failed binds retried per address."""
+"""DnsServerSet: one UDP and one TCP server per address, reconciled; failed binds retried per address (with
+the core's retry policy run beside the set by :mod:`tests.io.dns_retry`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from gateway_core.entropy import SeededEntropy
 from gateway_core.inputs import Input
 from gateway_io.dns_servers import DnsServerSet
 from tests.io.dns_responder import answer
+from tests.io.dns_retry import RetryingDnsServers
 
 pytestmark = pytest.mark.anyio
 
@@ -159,7 +161,7 @@ async def test_failed_bind_is_retried_for_that_address_alone_until_it_succeeds()
     busy = sa("127.0.0.4", blocker.getsockname()[1])
     fine = sa("127.0.0.1")
     retry = DnsBindRetry(SeededEntropy(11), FAST)
-    async with DnsServerSet(inputs, retry=retry) as servers:
+    async with RetryingDnsServers(inputs, retry) as servers:
         await servers.set_addresses([fine, busy])
         assert DnsServerBound(fine, servers.servers[fine].udp.local_address[1]) in inputs.seen
         fine_pair = servers.servers[fine]
@@ -179,7 +181,7 @@ async def test_failed_bind_is_retried_for_that_address_alone_until_it_succeeds()
         ) == 1
         assert retry.poll_timeout() is None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(respond, servers)
+            tg.start_soon(respond, servers.dns)
             assert await ask("127.0.0.4", busy.port, DnsTransport.TCP) == f"tcp 127.0.0.4 {busy.port}"
             tg.cancel_scope.cancel()
 
@@ -188,7 +190,7 @@ async def test_address_on_no_interface_fails_and_is_forgotten_when_removed() -> 
     inputs = Inputs()
     absent = sa("192.0.2.1", 53535)  # TEST-NET-1: on no interface of this host
     retry = DnsBindRetry(SeededEntropy(12), FAST)
-    async with DnsServerSet(inputs, retry=retry) as servers:
+    async with RetryingDnsServers(inputs, retry) as servers:
         await servers.set_addresses([absent, sa("127.0.0.1")])
         failed = await inputs.wait_for(lambda e: isinstance(e, DnsServerBindFailed))
         assert failed.address == absent  # type: ignore[attr-defined]

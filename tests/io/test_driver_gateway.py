@@ -13,13 +13,13 @@ from pathlib import Path
 import anyio
 import pytest
 
+from devio.portal import DevPortalServer
 from devportal import DevPortal, load_config
 from gateway_core.dns.servers import BindDnsServers, DnsServerBound
 from gateway_core.entropy import SeededEntropy
 from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import GatewayConfig
 from gateway_core.interface import ConfigureInterface
-from gateway_io.devportal import DevPortalServer
 from gateway_io.driver import Driver, Transports
 from gateway_io.portal import PortalIO
 from tests.io.driver_fakes import LOCAL4, FakeDns, FakeInterface, FakeResolver, FakeTun, FakeUdp, Log

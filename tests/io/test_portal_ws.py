@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from devio.portal import DevPortalServer
 from devportal import DevPortal, load_config
 from gateway_core.clock import millis
 from gateway_core.entropy import SeededEntropy
@@ -32,8 +33,7 @@ from gateway_core.portal.channel import (
 )
 from gateway_core.portal.login import login_url, user_agent
 from gateway_core.portal.messages import AuthorizeFlow, FlowAuthorized, Init
-from gateway_io.devportal import DevPortalServer
-from gateway_io.portal import PortalDriver
+from tests.io.portal_driver import PortalDriver
 
 pytestmark = pytest.mark.anyio
 

@@ -19,6 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from devpeers.client_types import (
+    DnsAnswer,
+    DomainStatusReceived,
+    EchoReply,
+    GoodbyeReceived,
+    IcmpErrorReceived,
+    TcpReceived,
+    UdpReceived,
+)
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.node.connection import PathKind
 from gateway_core.portal.model import CidrResource, Filter, FilterProtocol
@@ -34,15 +43,6 @@ from sim.gateway_world import (
     WEB_V4,
     GatewayWorld,
     build_gateway_world,
-)
-from sim.hosts.client_types import (
-    DnsAnswer,
-    DomainStatusReceived,
-    EchoReply,
-    GoodbyeReceived,
-    IcmpErrorReceived,
-    TcpReceived,
-    UdpReceived,
 )
 from sim.trace import Trace
 from sim.world import World

@@ -6,15 +6,29 @@ from __future__ import annotations
 import functools
 import uuid
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
 
 import dns.flags
 import dns.message
 import dns.rcode
 import pytest
 
+from devpeers.client import DevClient
+from devpeers.client_resources import PROXY_V4, PROXY_V6
+from devpeers.client_types import (
+    ClientResource,
+    DnsAnswer,
+    EchoReply,
+    GatewayGrant,
+    IcmpErrorReceived,
+    SignalIce,
+    TcpReceived,
+    UdpReceived,
+)
+from devpeers.relay import DevRelay
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, millis, secs
-from gateway_core.commands import Transmit, WriteTun
+from gateway_core.commands import Command, Transmit, WriteTun
 from gateway_core.node.events import NewIceCandidate, NodeEvent
 from gateway_core.wire.icmp import parse_icmp_error
 from gateway_core.wire.ip import (
@@ -32,19 +46,6 @@ from gateway_core.wire.ip import (
 from gateway_core.wireguard.crypto import public_key
 from sim.client_portal import ClientHost
 from sim.host import Host
-from sim.hosts.client import (
-    PROXY_V4,
-    PROXY_V6,
-    ClientResource,
-    DnsAnswer,
-    EchoReply,
-    GatewayGrant,
-    IcmpErrorReceived,
-    SignalIce,
-    SimClient,
-    TcpReceived,
-    UdpReceived,
-)
 from sim.hosts.connectivity import (
     NODE_PORT,
     NodeEndpoint,
@@ -55,7 +56,6 @@ from sim.hosts.connectivity import (
 )
 from sim.hosts.dns_upstream import DnsZone, UpstreamDnsServer
 from sim.hosts.resources import ResourceServer
-from sim.turn_server import TurnServer
 from sim.world import World
 
 ZONE = {
@@ -199,13 +199,29 @@ class _GatewaySignals:
             )
 
 
-def _bare_world(seed: int) -> tuple[World, SimClient, ResourceServer, NodeEndpoint]:
+class _TunClientHost(ClientHost):
+    """A client host whose TUN device is a list (the dev client process writes to a real one)."""
+
+    def __init__(self, *args: Any, tun: list[bytes], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.tun = tun
+
+    def execute(self, now: Instant, command: Command) -> None:
+        if isinstance(command, WriteTun):
+            self.tun.append(command.packet)
+            return
+        super().execute(now, command)
+
+
+def _bare_world(
+    seed: int, tun: list[bytes] | None = None
+) -> tuple[World, DevClient, ResourceServer, NodeEndpoint]:
     w = World(seed)
     keys = w.entropy.fork("keys")
     gw_priv, cl_priv, psk = keys.random_bytes(32), keys.random_bytes(32), keys.random_bytes(32)
     epoch = w.clock.unix_ns() // 1_000_000_000
     ip = IPv4Address("192.0.2.31")
-    server = TurnServer(
+    server = DevRelay(
         [SocketAddr(ip, 3478)],
         [SocketAddr(ip, 0)],
         "sim-relay-secret",
@@ -218,7 +234,9 @@ def _bare_world(seed: int) -> tuple[World, SimClient, ResourceServer, NodeEndpoi
     client_id = str(uuid.UUID(int=7))
     gw = NodeEndpoint("gateway", _make_node(w, "gateway", gw_priv, False), resources, client_id, signals)  # type: ignore[arg-type]
     w.add_host(Host("gateway", gw, ipv4="203.0.113.50", udp_ports=(NODE_PORT,)))
-    client = SimClient("c", cl_priv, C4, C6, w.entropy_for("c"), w.now, w.clock.unix_ns())
+    client = DevClient(
+        "c", cl_priv, C4, C6, w.entropy_for("c"), w.now, w.clock.unix_ns(), write_tun=tun is not None
+    )
 
     def to_gateway(cand: str) -> None:
         w.drive("gateway", lambda t: gw.signal(t, client_id, NewIceCandidate(client_id, cand)))
@@ -227,7 +245,10 @@ def _bare_world(seed: int) -> tuple[World, SimClient, ResourceServer, NodeEndpoi
         for c in cmd.candidates:
             w.after(millis(30), functools.partial(to_gateway, c))
 
-    host = ClientHost("client", client, on_signal, ipv4="198.51.100.50")
+    if tun is None:
+        host = ClientHost("client", client, on_signal, ipv4="198.51.100.50")
+    else:
+        host = _TunClientHost("client", client, on_signal, ipv4="198.51.100.50", tun=tun)
     signals.client = host
     w.add_host(host)
     relays = relay_configs(epoch + 86400, "salt")[:1]
@@ -282,9 +303,55 @@ def test_client_talks_to_resources_through_a_bare_gateway_node() -> None:
     assert {a.dst for a in resources.received} == {R4, R6}
 
 
+def test_client_with_a_tun_device_hands_decrypted_packets_out_as_write_tun_commands() -> None:
+    tun: list[bytes] = []
+    w, client, resources, _ = _bare_world(11, tun=tun)
+    w.drive("client", lambda now: client.send_icmp(now, R4, 1))
+    w.run_until(Instant(secs(3)))
+    assert client.is_connected("gw")
+    w.drive("client", lambda now: client.send_udp(now, R4, 7, b"hello", sport=4444))
+    w.run_until(Instant(secs(4)))
+    assert client.received == []  # nothing is parsed: the packets are the TUN's
+    replies = [parse_ip(p) for p in tun]
+    assert [(ip.src, ip.dst, ip.proto) for ip in replies] == [(R4, C4, 1), (R4, C4, 17)]
+    assert parse_icmp(replies[0].payload).seq == 1
+    assert parse_udp(replies[1].payload).payload == b"hello"
+    assert {a.dst for a in resources.received} == {R4}
+
+
+def test_client_reset_drops_connections_and_keeps_grants_and_routes() -> None:
+    w, client, _, _ = _bare_world(11)
+    w.run_until(Instant(secs(3)))
+    assert client.is_connected("gw") and "gw" in client.node.connections
+    w.drive("client", lambda now: client.reset_connections(now))
+    assert not client.is_connected("gw") and client.node.connections == {}
+    assert "gw" in client.grants
+    assert not client.send_icmp(w.now, IPv4Address("8.8.8.8"), 1)
+    assert client.send_icmp(w.now, R4, 2)  # still routed (queued until a connection comes back)
+
+
+def test_client_forgets_the_domain_nat_of_one_gateway() -> None:
+    w = World(3)
+    client = DevClient("c", bytes(range(32)), C4, C6, w.entropy_for("c"), w.now, w.clock.unix_ns())
+    client.add_resource(ClientResource(uuid.UUID(int=5), "dns", "*.corp.test"), "gw")
+    client.add_resource(ClientResource(uuid.UUID(int=6), "dns", "*.other.test"), "gw2")
+    assert client.dns_resource_for("app.corp.test") == (
+        ClientResource(uuid.UUID(int=5), "dns", "*.corp.test"),
+        "gw",
+    )
+    assert client.dns_resource_for("app.nowhere.test") is None
+    client.query_dns(Instant(0), "app.corp.test", "A")
+    client.query_dns(Instant(0), "app.other.test", "A")
+    client.send_icmp(Instant(0), client.proxy_ips("app.corp.test")[0], 1)
+    client.send_icmp(Instant(0), client.proxy_ips("app.other.test")[0], 1)
+    assert sorted(client._nat) == [("gw", "app.corp.test"), ("gw2", "app.other.test")]
+    client.forget_domain_nat("gw")
+    assert sorted(client._nat) == [("gw2", "app.other.test")]
+
+
 def test_client_assigns_proxy_ips_like_firezone() -> None:
     w = World(3)
-    client = SimClient("c", bytes(range(32)), C4, C6, w.entropy_for("c"), w.now, w.clock.unix_ns())
+    client = DevClient("c", bytes(range(32)), C4, C6, w.entropy_for("c"), w.now, w.clock.unix_ns())
     client.add_resource(ClientResource(uuid.UUID(int=5), "dns", "*.corp.test"), "gw")
     a = client.query_dns(Instant(0), "app.corp.test", "A")
     aaaa = client.query_dns(Instant(0), "App.Corp.Test.", "AAAA")

@@ -1,7 +1,7 @@
 """A client built from the core's parts, talking to a :class:`Gateway` over an in-memory network.
 
 The client is a controlling :class:`Node` with a WireGuard initiator tunnel; a Firezone-like TURN relay
-(``sim.turn_server``) sits beside them; the portal is played by hand: frames are pushed into the gateway's
+(``devpeers.relay``) sits beside them; the portal is played by hand: frames are pushed into the gateway's
 channel and its pushes are recorded (candidates are carried to the client node). Time only moves with
 :meth:`Harness.run_until` / :meth:`Harness.advance` (jumping to deadlines, checking R4/R5).
 """
@@ -13,6 +13,7 @@ import uuid
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from devpeers.relay import DevRelay
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import NANOS_PER_SEC, Instant, secs
 from gateway_core.commands import Command, Exit, Transmit
@@ -34,7 +35,6 @@ from gateway_core.turn.allocation import RelaySocket
 from gateway_core.turn.credentials import firezone_password, firezone_username
 from gateway_core.wireguard import WireGuardPeer, crypto, identify_initiator
 from gateway_core.wireguard.ratelimit import RateLimiter
-from sim.turn_server import TurnServer
 
 GW = SocketAddr(IPv4Address("192.0.2.1"), 52625)
 CL = SocketAddr(IPv4Address("198.51.100.7"), 52626)
@@ -133,7 +133,7 @@ class Harness:
             utc_ns=EPOCH * NANOS_PER_SEC,
         )
         self.client = make_client_node()
-        self.relay = TurnServer([RELAY], [SocketAddr(RELAY.ip, 0)], SECRET, SeededEntropy(10))
+        self.relay = DevRelay([RELAY], [SocketAddr(RELAY.ip, 0)], SECRET, SeededEntropy(10))
         user = firezone_username(EPOCH + 90 * 86400, "salt")
         pw = firezone_password(EPOCH + 90 * 86400, SECRET, "salt")
         self.client.update_relays([], [RelayConfig("r", RelaySocket(RELAY), user, pw)], self.now)

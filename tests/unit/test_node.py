@@ -1,5 +1,5 @@
 """The node: a gateway (controlled) and a client-side node (controlling) with real WireGuard tunnels,
-a Firezone-like relay (``sim.turn_server``) and an in-memory network; direct and relay-only paths."""
+a Firezone-like relay (``devpeers.relay``) and an in-memory network; direct and relay-only paths."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
+from devpeers.relay import DevRelay
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.commands import Transmit
@@ -25,7 +26,6 @@ from gateway_core.turn.allocation import RelaySocket
 from gateway_core.turn.credentials import firezone_password, firezone_username
 from gateway_core.wireguard import WireGuardPeer, crypto, identify_initiator
 from gateway_core.wireguard.ratelimit import RateLimiter
-from sim.turn_server import TurnServer
 
 GW = SocketAddr(IPv4Address("192.0.2.1"), 52625)
 CL = SocketAddr(IPv4Address("198.51.100.7"), 52626)
@@ -83,7 +83,7 @@ class World:
         self.gw = make_node(1, self.gw_priv, False)
         self.cl = make_node(2, self.cl_priv, True)
         self.servers = {
-            r: TurnServer([r], _relay_ips(r), SECRET, SeededEntropy(10 + i)) for i, r in enumerate(relays)
+            r: DevRelay([r], _relay_ips(r), SECRET, SeededEntropy(10 + i)) for i, r in enumerate(relays)
         }
         self.block_direct = False
         self.delivered: list[tuple[str, bytes]] = []
@@ -100,7 +100,7 @@ class World:
         self.cl.update_relays([], cfgs, self.now)
         self.pump()
 
-    def server_for(self, addr: SocketAddr) -> TurnServer | None:
+    def server_for(self, addr: SocketAddr) -> DevRelay | None:
         for r, s in self.servers.items():
             if addr == r or addr in s._by_relayed:
                 return s

@@ -1,4 +1,4 @@
-"""TURN allocation machine against the pure Firezone-like (and coturn-like) server of ``sim.turn_server``."""
+"""TURN allocation machine against the pure Firezone-like (and coturn-like) server of ``devpeers.relay``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
+from devpeers.relay import DevRelay
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.commands import Transmit
@@ -21,7 +22,6 @@ from gateway_core.turn.types import TRANSITIONS, CandidateEvent
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
 from gateway_core.wire.stun import Attr, Class, Method
-from sim.turn_server import TurnServer
 
 RELAY4 = SocketAddr(IPv4Address("203.0.113.1"), 3478)
 RELAY6 = SocketAddr(IPv6Address("2001:db8::1"), 3478)
@@ -52,7 +52,7 @@ class Harness:
 
     def __init__(self, flavour: str = "firezone", server: RelaySocket | None = None, seed: int = 1) -> None:
         self.now = Instant(0)
-        self.server = TurnServer(
+        self.server = DevRelay(
             [RELAY4, RELAY6], RELAY_IPS, SECRET, SeededEntropy(seed, b"srv"), flavour=flavour
         )
         user = firezone_username(EXPIRY, "salt")

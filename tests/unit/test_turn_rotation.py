@@ -2,7 +2,7 @@
 
 After a portal restart the gateway gets new credentials for the same relay and allocates again from the
 same local address while its old allocation is still alive. Against the coturn-like mode of
-``sim.turn_server`` (437 before authentication, 441 for another username, 1 s release after a delete) and
+``devpeers.relay`` (437 before authentication, 441 for another username, 1 s release after a delete) and
 the Firezone-like mode.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from devpeers.relay import DevRelay
 from gateway_core.clock import secs
 from gateway_core.entropy import SeededEntropy
 from gateway_core.node.node import RelayConfig
@@ -17,7 +18,6 @@ from gateway_core.turn.allocation import Allocation, FreeReason, Phase, RelaySoc
 from gateway_core.turn.credentials import coturn_rest_password, firezone_password, firezone_username
 from gateway_core.turn.types import StaleCredentials
 from gateway_core.wire.stun import Attr, Method
-from sim.turn_server import TurnServer
 from tests.unit.test_node import RELAY, World, _relay_ips
 from tests.unit.test_turn_allocation import CLIENT4, EXPIRY, PEER, RELAY4, SECRET, Harness
 
@@ -101,7 +101,7 @@ def test_node_rotation_on_coturn_keeps_the_relay(also_removed: bool) -> None:
     """``Node.update_relays`` with new credentials for the same relay id and address: a portal restart's
     ``init``, or a ``relays_presence`` that lists the id as disconnected and connected at once."""
     w = World()
-    srv = TurnServer([RELAY], _relay_ips(RELAY), SECRET, SeededEntropy(10), flavour="coturn")
+    srv = DevRelay([RELAY], _relay_ips(RELAY), SECRET, SeededEntropy(10), flavour="coturn")
     w.servers = {RELAY: srv}
 
     def creds(salt: str) -> RelayConfig:

@@ -1,7 +1,8 @@
-"""The simulated client's vocabulary: what the portal grants, what it signals, what it records.
+"""The dev client's vocabulary: what the portal grants, what the client signals, what it records.
 
-Plain frozen records, shared by :mod:`sim.hosts.client`, :mod:`sim.client_portal` and the tests (issue 8's
-stateful test reads :class:`Received` records to check its model).
+Plain frozen records, shared by :mod:`devpeers.client`, the simulator's client signalling and hosts, the
+dev client process (:mod:`devio.client`) and the tests (the simulator's stateful test reads
+:class:`Received` records to check its model).
 """
 
 from __future__ import annotations

@@ -1,24 +1,24 @@
-"""``python -m e2e.client``: the simulated client's logic on a real host, with a TUN device and UDP sockets.
+"""``python -m devio.client``: the dev client on a real host, with a TUN device and a UDP socket.
 
 Theory of operation
 -------------------
-:class:`sim.hosts.client.SimClient` (ICE, TURN, WireGuard initiator, resource routing, DNS-resource proxy
+:class:`devpeers.client.DevClient` (ICE, TURN, WireGuard initiator, resource routing, DNS-resource proxy
 IPs with ``assigned_ips`` / ``domain_status``) is driven here by a real clock and real IO, so that ordinary
 programs on the client host (ping, curl, dig, iperf3) use the tunnel:
 
 - **TUN** (``gateway_io.tun.TunDevice``, default ``tun-fzclient``): MTU 1280, the client's tunnel
   addresses, routes for the DNS-resource proxy ranges (``100.96.0.0/11``, ``fd00:2021:1111:8000::/107``),
   the stub resolver :data:`SENTINEL_V4` and, once granted, each CIDR resource. A packet read from it is a
-  DNS query for the stub resolver (answered below) or goes to ``SimClient.send_packet`` (routed to a
-  gateway and encrypted). Decrypted packets come back through ``SimClient.tun_sink`` and are written to
-  the TUN.
+  DNS query for the stub resolver (answered below) or goes to ``DevClient.send_packet`` (routed to a
+  gateway and encrypted). The client is made with ``write_tun=True``: decrypted packets come back as its
+  ``WriteTun`` commands and are written to the TUN.
 - **DNS**: ``/etc/netns/<ns>/resolv.conf`` points at :data:`SENTINEL_V4` (written by the topology).
-  A/AAAA for a DNS resource are answered locally with the proxy IPs ``SimClient.query_dns`` assigns;
+  A/AAAA for a DNS resource are answered locally with the proxy IPs ``DevClient.query_dns`` assigns;
   other types for a DNS resource (SRV, TXT ...) are forwarded through the tunnel to the gateway's tunnel
   address at port 53535, and the answer is handed back to the asking program as coming from the stub;
   names that are not resources get REFUSED.
 - **UDP**: one IPv4 socket (``gateway_io.udp.UdpSocket``, port 52625 or any) carries ICE, TURN and
-  WireGuard; every datagram goes to ``SimClient.handle_datagram``.
+  WireGuard; every datagram goes to ``DevClient.handle_datagram``.
 - **Signalling**: HTTP GETs to the dev portal's client API. It long-polls
   ``/client/poll`` (held up to :data:`LONG_POLL`) for grants, the gateway's candidates and relay changes, and
   sends the client's candidates with ``/client/ice``. When a connection fails or the gateway says goodbye
@@ -55,9 +55,11 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from devpeers.client import DNS_FORWARD_PORT, DevClient
+from devpeers.client_types import ClientResource, GatewayGrant, GoodbyeReceived, SignalIce
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
-from gateway_core.commands import Transmit
+from gateway_core.commands import Transmit, WriteTun
 from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import DecodeError
 from gateway_core.node.node import RelayConfig
@@ -66,19 +68,15 @@ from gateway_core.wire.ip import PROTO_UDP, parse_ip, parse_udp
 from gateway_core.wire.ipbuild import build_udp_packet
 from gateway_io.tun import TunDevice
 from gateway_io.udp import UdpSocket
-from sim.hosts.client import SimClient
-from sim.hosts.client_types import ClientResource, GatewayGrant, GoodbyeReceived, SignalIce
 
-log = logging.getLogger("e2e.client")
+log = logging.getLogger("devio.client")
 
 SENTINEL_V4 = ipaddress.IPv4Address("100.100.111.1")
 """The client's stub resolver (Firezone's first IPv4 DNS sentinel, ``client.rs``)."""
-DNS_FORWARD_PORT = 53535
-"""The gateway's DNS servers listen on its tunnel addresses at this port (datapath §10.2)."""
 CLIENT_PORT = 52625
 """snownet's preferred UDP port."""
 PROXY_RANGES = ("100.96.0.0/11", "fd00:2021:1111:8000::/107")
-"""DNS-resource proxy ranges routed into the TUN (``client.rs:51,56``)."""
+"""DNS-resource proxy ranges routed into the TUN (``rust/connlib/tunnel/src/client.rs``)."""
 MTU = 1280
 """Firezone's tunnel MTU (``ip-packet/src/lib.rs:35``)."""
 LONG_POLL = 1.0
@@ -134,7 +132,7 @@ def relays_from_json(items: list[dict[str, Any]]) -> tuple[RelayConfig, ...]:
     )
 
 
-class E2EClient:
+class ClientProcess:
     """See the module docstring."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -142,7 +140,7 @@ class E2EClient:
         self.client_id = uuid.UUID(args.client_id)
         self.t0 = time.monotonic_ns()
         key = base64.b64decode(args.private_key)
-        self.client = SimClient(
+        self.client = DevClient(
             "client",
             key,
             ipaddress.IPv4Address(args.ipv4),
@@ -150,8 +148,8 @@ class E2EClient:
             SeededEntropy(os.urandom(32)),
             Instant(0),
             time.time_ns(),
+            write_tun=True,
         )
-        self.client.tun_sink = self._to_tun
         self.tun: TunDevice | None = None
         self.udp: UdpSocket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -249,7 +247,8 @@ class E2EClient:
         if len(self.client.events) > 1000:  # unroutable sends (IPv6 router solicitations ...) are logged
             del self.client.events[:500]
 
-    def _to_tun(self, now: Instant, gateway: str, packet: bytes) -> None:
+    def _to_tun(self, packet: bytes) -> None:
+        """A decrypted packet for the TUN; a forwarded DNS answer goes back as coming from the stub."""
         assert self.tun is not None
         try:
             ip = parse_ip(packet)
@@ -273,7 +272,7 @@ class E2EClient:
         name = question.name.to_text().rstrip(".").lower()
         rtype = dns.rdatatype.to_text(question.rdtype)
         now = self.now()
-        hit = self.client._dns_resource_for(name)
+        hit = self.client.dns_resource_for(name)
         if hit is not None and rtype not in ("A", "AAAA"):
             gateway = hit[1]
             grant = self.client.grants.get(gateway)
@@ -304,6 +303,8 @@ class E2EClient:
             if isinstance(cmd, Transmit):
                 if self.udp.send(cmd) is None:
                     self.counters["udp_out"] += 1
+            elif isinstance(cmd, WriteTun):
+                self._to_tun(cmd.packet)
             elif isinstance(cmd, SignalIce):
                 self._signals.put_nowait(cmd)
         self._check_connections()
@@ -486,12 +487,12 @@ class E2EClient:
 
 
 async def _amain(args: argparse.Namespace) -> int:
-    c = E2EClient(args)
+    c = ClientProcess(args)
     await c.setup()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, c.stop.set)
-    print(f"e2e-client: up on {c.tun.name if c.tun else '?'}", flush=True)
+    print(f"dev-client: up on {c.tun.name if c.tun else '?'}", flush=True)
     tasks = [
         asyncio.ensure_future(t)
         for t in (c.portal_task(), c.sender_task(), c.reauthorize_task(), c.status_task())
@@ -505,12 +506,12 @@ async def _amain(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         c.close()
-        print(f"e2e-client: stopped {json.dumps(c.counters, sort_keys=True)}", flush=True)
+        print(f"dev-client: stopped {json.dumps(c.counters, sort_keys=True)}", flush=True)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="e2e-client", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="dev-client", description=__doc__.split("\n")[0])
     ap.add_argument(
         "--portal", required=True, help="the dev portal's HTTP base URL, e.g. http://10.0.0.2:8081"
     )

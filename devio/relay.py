@@ -1,18 +1,18 @@
-"""``firezone-dev-relay``: the simulator's Firezone-behaving TURN relay (:mod:`sim.turn_server`) on real UDP.
+"""``firezone-dev-relay``: the dev relay (:mod:`devpeers.relay`, a Firezone-behaving TURN server) on UDP.
 
 Theory of operation
 -------------------
-:class:`sim.turn_server.TurnServer` is pure: one datagram in (which server address received it, from
+:class:`devpeers.relay.DevRelay` is pure: one datagram in (which server address received it, from
 whom), the datagrams to send out (each naming the server address it leaves from). This module only moves
 bytes: one UDP socket on the listening address (port 3478) and one socket per relayed address. After
-every datagram the set of relayed addresses the server holds (``TurnServer.allocations``) is compared
+every datagram the set of relayed addresses the server holds (``DevRelay.allocations``) is compared
 with the open sockets: a new allocation gets its socket bound on the relayed port, a freed one is closed.
 An allocation whose port cannot be bound (taken) is freed again, so the client sees its next request
 fail and allocates anew. Time is ``time.monotonic_ns`` since start; the wall clock (credential expiry) is
 ``time.time``. Counters (datagrams in/out, allocations) are printed every :data:`STATS_INTERVAL` and on
 exit, and written as JSON to ``--stats FILE`` if given, so tests can see which relay carried traffic.
 
-Usage: ``firezone-dev-relay --listen 10.0.0.2 --secret S`` (or ``python -m e2e.relay ...``).
+Usage: ``firezone-dev-relay --listen 10.0.0.2 --secret S`` (or ``python -m devio.relay ...``).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from devpeers.relay import DevRelay
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.entropy import SeededEntropy
-from sim.turn_server import TurnServer
 
-log = logging.getLogger("e2e.relay")
+log = logging.getLogger("devio.relay")
 
 TURN_PORT = 3478
 """Firezone's relay listens on 3478 (and snownet recognises relay traffic only by that port)."""
@@ -61,11 +61,11 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class RelayServer:
-    """A :class:`TurnServer` served over real UDP sockets (see the module docstring)."""
+    """A :class:`DevRelay` served over real UDP sockets (see the module docstring)."""
 
     def __init__(self, listen: list[SocketAddr], secret: str, flavour: str = "firezone") -> None:
         self.t0 = time.monotonic_ns()
-        self.server = TurnServer(
+        self.server = DevRelay(
             listen,
             [SocketAddr(a.ip, 0) for a in listen],
             secret,

@@ -14,7 +14,7 @@ is required when set): ``/admin/status``, ``/admin/authorize?client=&resource=[&
 ``/admin/request_connection?client=&resource=``, ``/admin/allow_access?client=&resource=``,
 ``/admin/kick[?gateway=]``, ``/admin/refuse?status=503`` (``0`` clears), ``/admin/revoke_token``.
 
-The client side (:class:`devportal.clients.ClientFeed`, for ``e2e.client``):
+The client side (:class:`devportal.clients.ClientFeed`, for the dev client process, :mod:`devio.client`):
 ``/client/poll?client=&after=N[&wait=S]`` returns the client's events after cursor N (grants, the
 gateway's candidates, relay changes), held up to S seconds until there are some;
 ``/client/authorize?client=&resource=`` is the client asking for a flow (same as ``/admin/authorize``);
@@ -49,7 +49,7 @@ from devportal.config import parse_filter
 from gateway_core.errors import DecodeError
 from gateway_core.portal.model import CidrResource, DnsResource
 
-log = logging.getLogger("gateway_io.devportal")
+log = logging.getLogger("devio.portal")
 
 IDLE_TIMEOUT = 37.0
 """Seconds without a frame before the portal closes a socket (``endpoint.ex:28``)."""

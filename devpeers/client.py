@@ -1,35 +1,37 @@
-"""A simulated Firezone client built from the core's parts, with an application API for scenarios.
+"""A Firezone-like client built from the core's parts, pure, with an application API for scenarios.
 
 Theory of operation
 -------------------
-:class:`SimClient` is a pure sans-IO component. It owns one controlling ICE :class:`Node` whose tunnels
-are WireGuard initiators (one connection per gateway, connection id = the gateway's id) and plays the
-parts of Firezone's client that matter to a gateway:
+:class:`DevClient` is a sans-IO component. It owns one controlling ICE :class:`Node` whose tunnels are
+WireGuard initiators (one connection per gateway, connection id = the gateway's id) and plays the parts
+of Firezone's client that matter to a gateway:
 
-- **Access** comes from the portal side (:mod:`sim.client_portal`): :meth:`SimClient.grant` hands over
-  what the portal derives for the pair (gateway public key, preshared key, both ICE credentials, relays
-  with the client's TURN credentials, the gateway's tunnel addresses) and the resource; the client
-  upserts the connection and routes the resource to that gateway. Local ICE candidates leave as
-  :class:`SignalIce` commands (the host hands them to the portal); the gateway's arrive through
-  :meth:`SimClient.add_remote_candidates`.
-- **Routing** of an application packet: a proxy IP goes to its DNS resource's gateway, else the longest
-  CIDR resource prefix, else the Internet resource. Unroutable packets are counted and dropped. Packets
-  sent before the connection is established wait in a small per-gateway queue (as the real client's
-  buffer does) and leave on ``ConnectionEstablished``.
+- **Access** comes from the portal side (the simulator's ``sim.client_portal``, the dev client process's
+  long poll of the dev portal): :meth:`DevClient.grant` hands over what the portal derives for the pair
+  (gateway public key, preshared key, both ICE credentials, relays with the client's TURN credentials,
+  the gateway's tunnel addresses) and the resource; the client upserts the connection and routes the
+  resource to that gateway. Local ICE candidates leave as :class:`SignalIce` commands (the host hands
+  them to the portal); the gateway's arrive through :meth:`DevClient.add_remote_candidates`.
+- **Routing** of an application packet is the :class:`~devpeers.client_resources.ResourceTable`'s: a
+  proxy IP goes to its DNS resource's gateway, else the longest CIDR resource prefix, else the Internet
+  resource. Unroutable packets are counted and dropped. Packets sent before the connection is
+  established wait in a small per-gateway queue (as the real client's buffer does) and leave on
+  ``ConnectionEstablished``.
 - **DNS resources**: an A/AAAA query for a name matching a DNS resource is answered locally with proxy
-  IPs the client invents, 4 IPv4 from ``100.96.0.0/11`` and 4 IPv6 from ``fd00:2021:1111:8000::/107`` per
-  (resource, domain), handed out in order. The first packet to a proxy IP starts a
+  IPs the client invents (:mod:`devpeers.client_resources`). The first packet to a proxy IP starts a
   :class:`~gateway_core.policy.p2p_control.DomainNatRequest` for (gateway, domain): ``assigned_ips`` is
   sent in-band, packets are buffered until ``domain_status`` says Active, then flushed; a repeated query
-  re-sends ``assigned_ips`` (§8.6).
+  re-sends ``assigned_ips`` (as Firezone's client does when an application resolves the name again).
 - **SRV/TXT** queries for names matching a DNS resource are sent through the tunnel to the gateway's
   tunnel address, port 53535, over UDP; the answer comes back the same way.
-- **Everything received** is appended to :attr:`SimClient.received` as typed records (echo replies, ICMP
+- **Everything received** is appended to :attr:`DevClient.received` as typed records (echo replies, ICMP
   errors with type/code and the quoted flow, UDP and TCP payloads, DNS answers, ``domain_status``,
-  goodbyes), with the virtual time, for assertions.
+  goodbyes), with the time, for assertions. A client with a real TUN device (``write_tun=True``, the
+  dev client process of :mod:`devio.client`) instead hands every decrypted IP packet that is not a
+  control packet out as a :class:`~gateway_core.commands.WriteTun` command, in order with its other
+  commands; control packets (``domain_status``, goodbye) are still handled and recorded.
 
-The TCP "stack" is the smallest that crosses a NAT honestly: SYN, then on SYN/ACK one ACK segment
-carrying the request; the resource's data segment is the response (no retransmission).
+TCP requests use the probe of :mod:`devpeers.client_tcp` (SYN, then the request on the SYN/ACK).
 """
 
 from __future__ import annotations
@@ -37,18 +39,29 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv6Address
 
-import dns.exception
 import dns.message
-import dns.rcode
 
-from gateway_core.addr import IPAddress, IPNetwork, SocketAddr
+from devpeers.client_resources import ResourceTable
+from devpeers.client_tcp import TcpProbes
+from devpeers.client_types import (
+    ClientResource,
+    DnsAnswer,
+    DomainStatusReceived,
+    GatewayGrant,
+    GoodbyeReceived,
+    Received,
+    SignalIce,
+    TcpReceived,
+    UdpReceived,
+    dns_record,
+    icmp_record,
+)
+from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
-from gateway_core.commands import Command
+from gateway_core.commands import Command, WriteTun
 from gateway_core.contract import Deadline
-from gateway_core.dns.patterns import is_subdomain
 from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import DecodeError, UsageError
 from gateway_core.node.events import (
@@ -74,78 +87,24 @@ from gateway_core.wire.ip import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
-    TCP_ACK,
-    TCP_PSH,
-    TCP_RST,
-    TCP_SYN,
     UdpHeader,
     build_icmp_echo,
-    build_tcp_packet,
     build_udp_packet,
     parse_ip,
     parse_tcp,
     parse_udp,
 )
 from gateway_core.wireguard.crypto import public_key
-from sim.hosts.client_types import (
-    ClientResource,
-    DnsAnswer,
-    DomainStatusReceived,
-    EchoReply,
-    GatewayGrant,
-    GoodbyeReceived,
-    IcmpErrorReceived,
-    Received,
-    SignalIce,
-    TcpReceived,
-    UdpReceived,
-    dns_record,
-    icmp_record,
-)
 
-__all__ = [
-    "ClientResource",
-    "DnsAnswer",
-    "DomainStatusReceived",
-    "EchoReply",
-    "GatewayGrant",
-    "GoodbyeReceived",
-    "IcmpErrorReceived",
-    "Received",
-    "SignalIce",
-    "SimClient",
-    "TcpReceived",
-    "UdpReceived",
-]
-
-PROXY_V4 = IPv4Network("100.96.0.0/11")
-PROXY_V6 = IPv6Network("fd00:2021:1111:8000::/107")
-"""Firezone's DNS-resource proxy ranges (``client.rs:51,56``)."""
-PROXY_IPS_PER_FAMILY = 4
-"""The client assigns 4 proxy IPs per family and domain (datapath §8.1)."""
 DNS_FORWARD_PORT = 53535
-"""The gateway's layer-4 DNS servers listen on its tunnel addresses at this port (datapath §10.2)."""
+"""The gateway's DNS servers for SRV/TXT of DNS resources listen on its tunnel addresses at this port."""
 PENDING_PER_GATEWAY = 32
 """Packets kept while a connection comes up (like the 32-packet buffers of the real client)."""
 FIRST_SPORT = 40000
 """First source port of the client's UDP/TCP flows and DNS queries (counts up, deterministic)."""
 
 
-@dataclass(slots=True)
-class _Domain:
-    resource: uuid.UUID
-    gateway: str
-    proxy_v4: tuple[IPv4Address, ...]
-    proxy_v6: tuple[IPv6Address, ...]
-
-
-@dataclass(slots=True)
-class _TcpPending:
-    payload: bytes
-    isn: int
-
-
-class SimClient:
+class DevClient:
     """See the module docstring."""
 
     def __init__(
@@ -159,6 +118,7 @@ class SimClient:
         wall_unix_ns: int,
         *,
         echo_ident: int = 0xC11E,
+        write_tun: bool = False,
     ) -> None:
         self.name = name
         self.private_key = private_key
@@ -186,23 +146,18 @@ class SimClient:
         self.grants: dict[str, GatewayGrant] = {}
         self._relays: tuple[RelayConfig, ...] = ()
         self._early: dict[str, list[tuple[str, bool]]] = {}
-        self.resources: dict[uuid.UUID, tuple[ClientResource, str]] = {}
-        self._cidrs: list[tuple[IPNetwork, uuid.UUID]] = []
-        self._domains: dict[tuple[uuid.UUID, str], _Domain] = {}
-        self._proxy: dict[IPAddress, tuple[uuid.UUID, str]] = {}
-        self._next_v4 = int(PROXY_V4.network_address) + 1
-        self._next_v6 = int(PROXY_V6.network_address) + 1
+        self.routes = ResourceTable()
         self._nat: dict[tuple[str, str], DomainNatRequest] = {}
         self._pending: dict[str, deque[bytes]] = {}
         self._connected: set[str] = set()
         self._dns_pending: dict[int, tuple[str, str]] = {}
-        self._tcp: dict[tuple[IPAddress, int, int], _TcpPending] = {}
+        self._tcp = TcpProbes()
         self._next_port = FIRST_SPORT
         self._next_qid = 1
         self._out: deque[Command] = deque()
-        self.tun_sink: Callable[[Instant, str, bytes], None] | None = None
-        """When set (a client with a real TUN device, ``e2e.client``), every decrypted IP packet that is
-        not a control packet goes here as ``(now, gateway, packet)`` instead of into :attr:`received`."""
+        self.write_tun = write_tun
+        """Decrypted IP packets (not control packets) leave as ``WriteTun`` commands instead of being
+        parsed into :attr:`received` (a client with a real TUN device)."""
 
     # --- node plumbing --------------------------------------------------------------------------------------
 
@@ -301,16 +256,12 @@ class SimClient:
             self._relays = relays
 
     def add_resource(self, resource: ClientResource, gateway: str) -> None:
-        self.resources[resource.id] = (resource, gateway)
-        if resource.kind == "cidr":
-            net = ip_network(resource.address)
-            self._cidrs = [(n, r) for n, r in self._cidrs if r != resource.id] + [(net, resource.id)]
-            self._cidrs.sort(key=lambda x: (-x[0].prefixlen, str(x[0])))
+        """Route ``resource`` through ``gateway``."""
+        self.routes.add(resource, gateway)
 
     def remove_resource(self, resource_id: uuid.UUID) -> None:
         """The portal took the resource away: the client stops routing it (proxy IPs are kept)."""
-        self.resources.pop(resource_id, None)
-        self._cidrs = [(n, r) for n, r in self._cidrs if r != resource_id]
+        self.routes.remove(resource_id)
 
     def add_remote_candidates(
         self, now: Instant, gateway: str, candidates: Iterable[str], invalidate: bool = False
@@ -329,6 +280,26 @@ class SimClient:
 
     def is_connected(self, gateway: str) -> bool:
         return gateway in self._connected
+
+    def forget_domain_nat(self, gateway: str) -> None:
+        """Forget the DNS-resource NAT requests made to ``gateway`` (a new flow for a DNS resource should
+        not trust gateway state that may have lapsed with the old one): the next packet to a proxy IP
+        sends ``assigned_ips`` again and waits for Active."""
+        for key in [k for k in self._nat if k[0] == gateway]:
+            del self._nat[key]
+
+    def reset_connections(self, now: Instant) -> None:
+        """Drop every connection, queued packet and DNS-resource NAT request, and re-announce the relays
+        (what Firezone's client does when its network changes); grants and routes are kept."""
+        self._advance(now)
+        relays = self._relays
+        for gid in sorted(self.node.connections):
+            self.node.remove_connection(gid)
+        self._connected.clear()
+        self._pending.clear()
+        self._nat.clear()
+        self.set_relays(now, ())
+        self.set_relays(now, relays)
 
     # --- application API ------------------------------------------------------------------------------------
 
@@ -360,9 +331,7 @@ class SimClient:
         """Open a TCP flow (SYN) and send ``payload`` once the SYN/ACK arrives; returns the source port."""
         self._advance(now)
         sp = self._port() if sport is None else sport
-        isn = (sp << 16) | (dport & 0xFFFF)
-        self._tcp[(dst, dport, sp)] = _TcpPending(payload, isn)
-        ok = self._send_app(now, build_tcp_packet(self._src_for(dst), dst, sp, dport, seq=isn, flags=TCP_SYN))
+        ok = self._send_app(now, self._tcp.open(self._src_for(dst), dst, dport, sp, payload))
         return sp if ok else None
 
     def query_dns(self, now: Instant, name: str, rtype: str, via: str | None = None) -> DnsAnswer | None:
@@ -372,7 +341,7 @@ class SimClient:
         gateway id) the query is sent to that gateway whatever it asks (to test REFUSED and the like)."""
         self._advance(now)
         name = name.lower().rstrip(".")
-        hit = self._dns_resource_for(name)
+        hit = self.routes.dns_resource_for(name)
         if via is not None:
             self._forward_dns(now, via, name, rtype)
             return None
@@ -382,7 +351,7 @@ class SimClient:
             return ans
         resource, gateway = hit
         if rtype in ("A", "AAAA"):
-            d = self._assign(resource.id, gateway, name)
+            d = self.routes.assign(resource.id, gateway, name)
             ips = d.proxy_v4 if rtype == "A" else d.proxy_v6
             ans = DnsAnswer(now, name, rtype, "NOERROR", tuple(str(ip) for ip in ips), "local")
             self._record(ans)
@@ -429,54 +398,17 @@ class SimClient:
 
     def proxy_ips(self, name: str) -> tuple[IPAddress, ...]:
         """The proxy IPs assigned to ``name`` so far (IPv4 then IPv6), empty if none."""
-        for (_, domain), d in sorted(self._domains.items(), key=lambda kv: str(kv[0])):
-            if domain == name.lower().rstrip("."):
-                return (*d.proxy_v4, *d.proxy_v6)
-        return ()
+        return self.routes.proxy_ips(name)
+
+    def dns_resource_for(self, name: str) -> tuple[ClientResource, str] | None:
+        """The DNS resource ``name`` (lower case, no trailing dot) falls under, with its gateway's id."""
+        return self.routes.dns_resource_for(name)
 
     # --- internals: sending ---------------------------------------------------------------------------------
 
-    def _dns_resource_for(self, name: str) -> tuple[ClientResource, str] | None:
-        hits = [
-            (r, gw) for r, gw in self.resources.values() if r.kind == "dns" and is_subdomain(name, r.address)
-        ]
-        if not hits:
-            return None
-        # The most specific pattern wins (longest address), ties by id: deterministic.
-        return sorted(hits, key=lambda h: (-len(h[0].address), str(h[0].id)))[0]
-
-    def _assign(self, resource: uuid.UUID, gateway: str, name: str) -> _Domain:
-        d = self._domains.get((resource, name))
-        if d is None:
-            v4 = tuple(IPv4Address(self._next_v4 + i) for i in range(PROXY_IPS_PER_FAMILY))
-            v6 = tuple(IPv6Address(self._next_v6 + i) for i in range(PROXY_IPS_PER_FAMILY))
-            self._next_v4 += PROXY_IPS_PER_FAMILY
-            self._next_v6 += PROXY_IPS_PER_FAMILY
-            d = _Domain(resource, gateway, v4, v6)
-            self._domains[(resource, name)] = d
-            for a in v4:
-                self._proxy[a] = (resource, name)
-            for b in v6:
-                self._proxy[b] = (resource, name)
-        return d
-
-    def _route(self, dst: IPAddress) -> tuple[str, tuple[uuid.UUID, str] | None] | None:
-        """(gateway, (resource, domain) for a proxy IP) or None when nothing routes ``dst``."""
-        proxied = self._proxy.get(dst)
-        if proxied is not None:
-            entry = self.resources.get(proxied[0])
-            return None if entry is None else (entry[1], proxied)
-        for net, rid in self._cidrs:
-            if dst.version == net.version and dst in net:
-                return self.resources[rid][1], None
-        for r, gw in sorted(self.resources.values(), key=lambda x: str(x[0].id)):
-            if r.kind == "internet" and dst not in PROXY_V4 and dst not in PROXY_V6:
-                return gw, None
-        return None
-
     def _send_app(self, now: Instant, packet: bytes) -> bool:
         dst = parse_ip(packet).dst
-        route = self._route(dst)
+        route = self.routes.route(dst)
         if route is None:
             self.stats.incr("dropped.unroutable")
             self.events.append((now, "", f"unroutable {dst}"))
@@ -488,7 +420,7 @@ class SimClient:
             rid, domain = proxied
             req = self._nat.get((gateway, domain))
             if req is None:
-                d = self._domains[(rid, domain)]
+                d = self.routes.domain(rid, domain)
                 req = DomainNatRequest(build_assigned_ips(rid, domain, (*d.proxy_v4, *d.proxy_v6)), now)
                 self._nat[(gateway, domain)] = req
                 self._encapsulate(now, gateway, req.packet)
@@ -508,8 +440,8 @@ class SimClient:
         if is_control_packet(packet):
             self._control(now, gateway, packet)
             return
-        if self.tun_sink is not None:
-            self.tun_sink(now, gateway, packet)
+        if self.write_tun:
+            self._out.append(WriteTun(packet))
             return
         try:
             ip = parse_ip(packet)
@@ -580,23 +512,6 @@ class SimClient:
     def _tcp_in(self, now: Instant, src: IPAddress, seg: bytes) -> None:
         tcp = parse_tcp(seg)
         self._record(TcpReceived(now, src, tcp.sport, tcp.dport, tcp.flags, tcp.payload))
-        key = (src, tcp.sport, tcp.dport)
-        pending = self._tcp.get(key)
-        if pending is None:
-            return
-        if tcp.flags & TCP_RST:
-            del self._tcp[key]
-            return
-        if tcp.flags & TCP_SYN and tcp.flags & TCP_ACK:
-            del self._tcp[key]
-            packet = build_tcp_packet(
-                self._src_for(src),
-                src,
-                tcp.dport,
-                tcp.sport,
-                pending.payload,
-                seq=(pending.isn + 1) & 0xFFFFFFFF,
-                ack=(tcp.seq + 1) & 0xFFFFFFFF,
-                flags=TCP_ACK | TCP_PSH,
-            )
-            self._send_app(now, packet)
+        request = self._tcp.on_segment(self._src_for(src), src, tcp)
+        if request is not None:
+            self._send_app(now, request)

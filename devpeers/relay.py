@@ -1,11 +1,14 @@
-"""A small TURN server that behaves like Firezone's relay (snownet §5.12), or like coturn where they differ.
+"""The dev relay: a small TURN server that behaves like Firezone's relay, or like coturn where they differ.
 
-Theory of operation: :meth:`TurnServer.handle` takes one datagram (``local`` = which of the server's
-addresses received it, ``remote`` = its sender) and returns the datagrams to send, each a ``Transmit``
-whose ``src`` is the server address it leaves from. Datagrams to the listening address (port 3478) are
-STUN requests or ChannelData from clients; datagrams to a relayed address come from peers and are
-forwarded to the owning client as ChannelData (if a channel is bound to that exact peer address) or, in
-``coturn`` flavour, as a Data indication if a permission exists for the peer's IP.
+Theory of operation
+-------------------
+:meth:`DevRelay.handle` takes one datagram (``local`` = which of the server's addresses received it,
+``remote`` = its sender) and returns the datagrams to send, each a ``Transmit`` whose ``src`` is the
+server address it leaves from. Datagrams to the listening address (port 3478) are STUN requests or
+ChannelData from clients; datagrams to a relayed address come from peers and are forwarded to the owning
+client as ChannelData (if a channel is bound to that exact peer address) or, in ``coturn`` flavour, as a
+Data indication if a permission exists for the peer's IP. A host binds a socket for every address of
+:meth:`DevRelay.relayed_addresses`.
 
 Firezone flavour: credentials ``expiry:salt`` / base64-no-pad(SHA-256(expiry:secret:salt)); missing
 USERNAME/NONCE/MESSAGE-INTEGRITY -> 401, unknown or used-up nonce -> 438, bad integrity or expired -> 401;
@@ -16,11 +19,13 @@ without NONCE gets an unsigned 400, challenges are unsigned, CreatePermission an
 work; an ALLOCATE on a 5-tuple that has an allocation gets an unsigned 437 before any authentication, a
 request from another username than the allocation's gets an unsigned 441, and a deleted allocation keeps
 its 5-tuple for another second (coturn 4.6.1, measured: decision 0020, "Rotated credentials").
-Pure: time comes in as ``now``, ports and nonces from an injected ``Entropy``.
+Firezone's own relay is ``rust/relay/server/src/server.rs``. Pure: time comes in as ``now``, ports and
+nonces from an injected ``Entropy``.
 """
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 
 from gateway_core.addr import SocketAddr
@@ -47,7 +52,7 @@ PERMISSION_LIFETIME = secs(300)
 
 
 @dataclass(slots=True)
-class ServerAllocation:
+class RelayAllocation:
     client: SocketAddr
     relayed: list[SocketAddr]
     expires_at: int
@@ -56,7 +61,7 @@ class ServerAllocation:
     permissions: dict[str, int] = field(default_factory=dict)
 
 
-class TurnServer:
+class DevRelay:
     """See the module docstring."""
 
     def __init__(
@@ -78,12 +83,16 @@ class TurnServer:
         self.wall_clock_secs = wall_clock_secs
         self._entropy = entropy
         self._nonces: dict[str, int] = {}
-        self.allocations: dict[SocketAddr, ServerAllocation] = {}
-        self._by_relayed: dict[SocketAddr, ServerAllocation] = {}
+        self.allocations: dict[SocketAddr, RelayAllocation] = {}
+        self._by_relayed: dict[SocketAddr, RelayAllocation] = {}
         self._releasing: dict[SocketAddr, int] = {}
         """coturn flavour: 5-tuples of deleted allocations and when they become free."""
         self.drop_all = False
         self.log: list[tuple[str, str]] = []
+
+    def relayed_addresses(self) -> KeysView[SocketAddr]:
+        """The relayed addresses of the live allocations (a host binds a socket for each)."""
+        return self._by_relayed.keys()
 
     # -- credentials --
 
@@ -211,7 +220,7 @@ class TurnServer:
         local: SocketAddr,
         remote: SocketAddr,
         msg: StunMessage,
-        alloc: ServerAllocation | None,
+        alloc: RelayAllocation | None,
         key: bytes,
         username: str,
     ) -> list[Transmit]:
@@ -236,7 +245,7 @@ class TurnServer:
             return self._error(msg, 440, key, local, remote)
         life = msg.u32(Attr.LIFETIME)
         life = DEFAULT_LIFETIME if life is None else min(life, MAX_LIFETIME)
-        alloc = ServerAllocation(remote, relayed, now + secs(life), username)
+        alloc = RelayAllocation(remote, relayed, now + secs(life), username)
         self.allocations[remote] = alloc
         for a in relayed:
             self._by_relayed[a] = alloc
@@ -256,7 +265,7 @@ class TurnServer:
         self._releasing.pop(remote, None)
         return False
 
-    def _free(self, alloc: ServerAllocation) -> None:
+    def _free(self, alloc: RelayAllocation) -> None:
         self.allocations.pop(alloc.client, None)
         for a in alloc.relayed:
             self._by_relayed.pop(a, None)
@@ -293,7 +302,7 @@ class TurnServer:
         return [Transmit(src, peer, payload)]
 
     def _from_peer(
-        self, now: Instant, alloc: ServerAllocation, local: SocketAddr, peer: SocketAddr, data: bytes
+        self, now: Instant, alloc: RelayAllocation, local: SocketAddr, peer: SocketAddr, data: bytes
     ) -> list[Transmit]:
         listen = next((a for a in self.listen if a.ip.version == alloc.client.ip.version), self.listen[0])
         for number, (p, exp) in sorted(alloc.channels.items()):
