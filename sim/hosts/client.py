@@ -330,6 +330,26 @@ class SimClient:
     def is_connected(self, gateway: str) -> bool:
         return gateway in self._connected
 
+    # --- network changes (used by the stateful test's roaming and gateway-restart steps) ------------------
+
+    def reset_connections(self, now: Instant) -> None:
+        """The client's network changed (it roamed): like Firezone's client, drop every connection,
+        packet buffer and DNS-resource NAT request, and allocate on the relays again."""
+        relays = self._relays
+        for gid in sorted(self.node.connections):
+            self.node.remove_connection(gid)
+        self._connected.clear()
+        self._pending.clear()
+        self._nat.clear()
+        self.set_relays(now, ())
+        self.set_relays(now, relays)
+
+    def forget_nat_requests(self, gateway: str) -> None:
+        """Start the DNS-resource NAT requests towards ``gateway`` over (a new connection to it: the
+        gateway may not have the old NAT state any more)."""
+        for key in [k for k in self._nat if k[0] == gateway]:
+            del self._nat[key]
+
     # --- application API ------------------------------------------------------------------------------------
 
     def _src_for(self, dst: IPAddress) -> IPAddress:

@@ -17,7 +17,7 @@ from gateway_core.addr import IPAddress
 from gateway_core.wire.ip import TCP_ACK, TCP_RST, TCP_SYN
 from sim.hosts.client_types import DnsAnswer, EchoReply, IcmpErrorReceived, Received, TcpReceived, UdpReceived
 from sim.reference import DnsPrediction, Outcome, Prediction
-from sim.stateful_topology import InvariantError
+from sim.stateful.scene import InvariantError
 
 
 def expect_packet(
