@@ -103,7 +103,6 @@ class ResourceSpec:
     name: str
     kind: str
     address: str
-    host: str
     open_udp: tuple[int, ...] = ()
     open_tcp: tuple[int, ...] = ()
 

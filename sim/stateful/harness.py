@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import Counter
 
 from gateway_core.clock import Instant, millis, secs
-from sim.gateway_world import CIDR_FILTERS, DNS_PATTERN, ZONE, GatewayWorld, build_gateway_world
+from sim.gateway_world import CIDR_ADDRESS, CIDR_FILTERS, DNS_PATTERN, ZONE, GatewayWorld, build_gateway_world
 from sim.pcap import PcapWriter
 from sim.reference import ReferenceModel, ResourceSpec
 from sim.stateful.access import Access
@@ -57,8 +57,8 @@ class Harness:
         self.log = ErrorLog()
         self.log.install()
         specs = {
-            "web": ResourceSpec("web", "cidr", "172.20.0.0/16", "web", open_udp=(7,), open_tcp=(80,)),
-            "app": ResourceSpec("app", "dns", DNS_PATTERN, "app", open_udp=(7,), open_tcp=(80, 443)),
+            "web": ResourceSpec("web", "cidr", CIDR_ADDRESS, open_udp=(7,), open_tcp=(80,)),
+            "app": ResourceSpec("app", "dns", DNS_PATTERN, open_udp=(7,), open_tcp=(80, 443)),
         }
         model = ReferenceModel(spec.clients, specs, ZONE, world.clock.epoch_unix_ns, CIDR_FILTERS)
         self.scene = Scene(spec, world, gw, model)
