@@ -7,7 +7,7 @@
   CIDR and a DNS resource through the whole gateway, see :mod:`sim.gateway_scenario`), write the trace
   (JSON lines) and a pcap if asked, and print a short summary.
 - ``firezone-sim replay FILE | --seed N [--steps K] [--trace F] [--pcap F] [--progress]``: replay a program
-  of issue 8's stateful test (a saved failure, or one drawn from a seed) and print its summary table.
+  of the stateful test (a saved failure, or one drawn from a seed) and print its summary table.
 - ``firezone-sim demo [--seed N]``: run the echo scenario, then the gateway scenario, and print a
   play-by-play of each as it happens.
 
@@ -130,8 +130,7 @@ def _demo_gateway(seed: int) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     """``firezone-sim replay``: run a stateful program, print progress and the summary table."""
-    from sim.stateful import Harness, Program, run_program, run_seeded
-    from sim.stateful_topology import InvariantError
+    from sim.stateful import Harness, InvariantError, Program, run_program, run_seeded
 
     if (args.program is None) == (args.seed is None):
         print("replay: give a program file or --seed N", file=sys.stderr)

@@ -27,8 +27,8 @@ addresses are handed out by the portal from 100.64.0.0/11 and fd00:2021:1111::/1
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 from devpeers.client import DevClient
 from devpeers.relay import DevRelay
@@ -105,7 +105,8 @@ class GatewayWorld:
     upstream: UpstreamDnsServer
     relay_names: list[str]
     zone: DnsZone
-    notes: list[str] = field(default_factory=list)
+    restarts: int = 0
+    """How many times :meth:`restart_gateway` ran."""
 
     @property
     def portal(self) -> DevPortal:
@@ -119,6 +120,24 @@ class GatewayWorld:
                 return True
             self.world.run_for(millis(10))
         return bool(self.portal.joined_sockets())
+
+    def restart_gateway(self) -> Gateway:
+        """The gateway crashes and starts again on its host: same configuration, a new private key (drawn
+        from the world's seed, one per restart), empty state. The new gateway (also :attr:`gateway` from
+        now on) connects to the portal at once; :meth:`start` runs until it has joined."""
+        self.restarts += 1
+        world = self.world
+        key = world.entropy.fork(f"restart-key-{self.restarts}").random_bytes(32)
+        new = Gateway(
+            config=self.gateway.config,
+            private_key=key,
+            entropy=world.entropy_for(f"gateway-{self.restarts}"),
+            now=world.now,
+            utc_ns=world.clock.unix_ns(),
+        )
+        world.replace_component(self.gateway_host, new)
+        self.gateway = new
+        return new
 
     def grant(self, client: int, resource: uuid.UUID) -> dict[str, object]:
         return self.signalling.grant(self.client_ids[client], resource)
@@ -313,8 +332,3 @@ def build_gateway_world(
         relay_names,
         zone,
     )
-
-
-def app_addresses() -> tuple[IPAddress, ...]:
-    """The real addresses behind ``app.corp.test``."""
-    return (ip_address(APP_V4), ip_address(APP_V6))

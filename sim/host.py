@@ -3,7 +3,8 @@
 Theory of operation: a :class:`Host` sits between the world and one sans-IO component. The world calls the
 host's hooks when something arrives (:meth:`Host.on_datagram`, :meth:`Host.on_ip_packet`,
 :meth:`Host.on_stream_event`) and, after every step, drains the component's commands through
-:meth:`Host.execute`. The default hooks fit the data-plane shape of ARCHITECTURE.md §3:
+:meth:`Host.execute`. The default hooks fit the data-plane shape of the driving contract
+(``docs/design/driving-contract.md``):
 
 - a UDP datagram for one of the host's bound ports goes to ``component.handle_datagram(now, local,
   remote, payload) -> bytes | None``; a returned IP packet is written to the "TUN", i.e. sent as a raw IP
@@ -16,6 +17,10 @@ Later components (WireGuard peers, TURN relay, portal, gateway) plug in either b
 or by subclassing :class:`Host` and overriding the hooks and :meth:`Host.execute` to map their own inputs
 and commands (e.g. a relay binds allocation ports with :meth:`Host.bind`; a portal client maps
 ``ConnectPortal`` to :meth:`World.stream_connect`).
+
+The component can change while the host stays (a restarted process on the same machine):
+:meth:`World.replace_component` calls :meth:`Host.swap_component`, which subclasses that keep state for
+their component extend.
 """
 
 from __future__ import annotations
@@ -108,7 +113,6 @@ class Host:
         stream_ports: tuple[int, ...] = (),
     ) -> None:
         self.name = name
-        self.component = component
         self.ipv4 = IPv4Address(ipv4) if isinstance(ipv4, str) else ipv4
         self.ipv6 = IPv6Address(ipv6) if isinstance(ipv6, str) else ipv6
         if self.ipv4 is None and self.ipv6 is None:
@@ -117,11 +121,12 @@ class Host:
         self.ports: set[int] = set(udp_ports)
         self.default_port: int | None = udp_ports[0] if udp_ports else None
         self.stream_ports: set[int] = set(stream_ports)
-        # Capabilities are looked up once: isinstance() against a runtime Protocol is slow per packet.
-        self._datagram_handler = component if isinstance(component, DatagramHandler) else None
-        self._packet_handler = component if isinstance(component, PacketHandler) else None
-        self._stream_handler = component if isinstance(component, StreamHandler) else None
-        self.checker = ContractChecker(name, component)
+        self.component: Component
+        self._datagram_handler: DatagramHandler | None
+        self._packet_handler: PacketHandler | None
+        self._stream_handler: StreamHandler | None
+        self.checker: ContractChecker
+        self._bind(component)
         self.deadline: Deadline | None = None
         self.exited: Exit | None = None
         self._world: World | None = None
@@ -138,6 +143,25 @@ class Host:
     def attached(self, world: World) -> None:
         """Called by :meth:`World.add_host`."""
         self._world = world
+
+    def _bind(self, component: Component) -> None:
+        """Drive ``component``, with a fresh contract checker."""
+        self.component = component
+        # Capabilities are looked up once: isinstance() against a runtime Protocol is slow per packet.
+        self._datagram_handler = component if isinstance(component, DatagramHandler) else None
+        self._packet_handler = component if isinstance(component, PacketHandler) else None
+        self._stream_handler = component if isinstance(component, StreamHandler) else None
+        self.checker = ContractChecker(self.name, component)
+
+    def swap_component(self, component: Component) -> None:
+        """Called by :meth:`World.replace_component` (which keeps the world's side consistent): drive
+        ``component`` from now on, with a fresh contract checker.
+
+        A subclass that keeps state belonging to its component (open streams, pending requests, the
+        component under a typed name) extends this: it forgets that state, then calls ``super()``.
+        Addresses, bound ports and the access link belong to the machine and stay.
+        """
+        self._bind(component)
 
     def addresses(self) -> list[IPAddress]:
         out: list[IPAddress] = []

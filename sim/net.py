@@ -4,7 +4,8 @@ Theory of operation: hosts attach with their addresses and an access link (:clas
 address maps to exactly one host (exact match, like Firezone's ``RoutingTable``); prefix routes
 (:meth:`Network.add_route`) send whole subnets to a host, e.g. the tunnel range behind a gateway's TUN
 device; an exact address always wins over a prefix, then the longest prefix wins. A detached host leaves
-its addresses *stale*: packets to them are dropped, never delivered to a newcomer.
+its addresses *stale*, and so does a host that moves (:meth:`Network.readdress`): packets to them are
+dropped, never delivered to a newcomer.
 
 The path between two hosts is the series of the sender's and the receiver's access links (latencies and
 jitters add, loss and duplication combine as independent events) unless a pair has an explicit profile
@@ -115,6 +116,21 @@ class Network:
             self._stale.add(a)
         self._routes = [(net, n) for net, n in self._routes if n != name]
 
+    def readdress(self, name: str, addresses: list[IPAddress]) -> None:
+        """Host ``name`` moves to ``addresses``: its old own addresses become stale (as on :meth:`detach`),
+        while its access link, the prefix routes towards it and its partitions stay (the same machine)."""
+        if name not in self._links:
+            raise UsageError(f"unknown host {name!r}")
+        old = {a for a, n in self._addresses.items() if n == name}
+        for a in addresses:
+            if a not in old and (a in self._addresses or a in self._stale):
+                raise UsageError(f"address {a} is already in use (or stale)")
+        for a in old.difference(addresses):
+            del self._addresses[a]
+            self._stale.add(a)
+        for a in addresses:
+            self._addresses[a] = name
+
     def add_route(self, network: IPNetwork, name: str) -> None:
         """Deliver packets for ``network`` to host ``name`` (exact addresses still win)."""
         if name not in self._links:
@@ -122,10 +138,6 @@ class Network:
         self._routes.append((network, name))
         # Longest prefix first; the sort is stable, so equal prefixes keep the order they were added in.
         self._routes.sort(key=lambda r: -r[0].prefixlen)
-
-    def remove_route(self, network: IPNetwork, name: str) -> None:
-        """Forget a route added with :meth:`add_route`."""
-        self._routes.remove((network, name))
 
     def route(self, ip: IPAddress) -> str | NetDrop:
         """The host that receives packets for ``ip``, or why none does."""
@@ -144,15 +156,6 @@ class Network:
         return self._addresses.get(ip)
 
     # --- links and partitions ---
-
-    def set_link(self, name: str, link: LinkProfile) -> None:
-        """Change host ``name``'s access link (applies to packets sent from now on)."""
-        if name not in self._links:
-            raise UsageError(f"unknown host {name!r}")
-        self._links[name] = link
-
-    def link(self, name: str) -> LinkProfile:
-        return self._links[name]
 
     def set_path(self, a: str, b: str, profile: LinkProfile | None) -> None:
         """Use ``profile`` for the path between ``a`` and ``b`` (both directions); ``None`` clears it."""

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Issue 8's stateful test (``tests/sim/test_stateful.py``, driven by :mod:`sim.stateful`) keeps one
+The stateful test (``tests/sim/test_stateful.py``, driven by :mod:`sim.stateful`) keeps one
 :class:`ReferenceModel` next to the simulated world. The model never looks at packets or at the gateway's
 state. It holds only what the *portal* decided and what the *clients* were told:
 
@@ -13,8 +13,8 @@ state. It holds only what the *portal* decided and what the *clients* were told:
 - the DNS zone the upstream serves (configuration of the world, not logic of the gateway).
 
 From that it predicts, for one application flow or DNS query, what the client must receive (exactly once)
-and how many packets must reach the resource, written as a small table from the product's rules
-(portal-protocol and datapath specs), not from the gateway's code:
+and how many packets must reach the resource, written as a small table from the product's rules (what
+the portal's messages mean and what Firezone's gateway does with a packet), not from the gateway's code:
 
 ======================================  =================================================================
 client state for the resource           outcome
@@ -103,7 +103,6 @@ class ResourceSpec:
     name: str
     kind: str
     address: str
-    host: str
     open_udp: tuple[int, ...] = ()
     open_tcp: tuple[int, ...] = ()
 

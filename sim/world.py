@@ -11,6 +11,9 @@ time a component is touched (network input, a served deadline, an external call 
 :meth:`World.drive`) the world then *settles* it: drains its commands in order (R3) through its host,
 runs the contract checks (:mod:`sim.contract`) and schedules a wake at its next deadline. A wake whose
 deadline was superseded is skipped (each host remembers the sequence number of its live wake).
+:meth:`World.replace_component` swaps the component a host drives (a restarted process) and keeps this
+bookkeeping consistent: the old wake is cancelled, the new component gets a fresh contract checker and is
+settled at once.
 
 Randomness: one :class:`~gateway_core.entropy.SeededEntropy` per world; the network and each component
 get independent forks (:meth:`World.entropy_for`), so adding a random draw in one place does not shift
@@ -26,12 +29,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Duration, Instant, fmt
 from gateway_core.commands import Exit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Component, Deadline
 from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import UsageError
 from gateway_core.stats import Stats
@@ -174,6 +178,47 @@ class World:
         self.network.detach(name)
         self._wakes.pop(name, None)
         host.exited = host.exited or Exit("removed")
+
+    def replace_component(self, host: Host | str, component: Component) -> None:
+        """From now on ``host`` drives ``component`` instead of its current one (a process restarted on
+        the same machine: same name, addresses, ports and link).
+
+        The old component is driven no more: its pending wake is cancelled and nothing reaches it again.
+        The host forgets what it kept for the old one (:meth:`Host.swap_component`, e.g. the streams a
+        crash closes). The new component gets a fresh contract checker (R2 counts from ``now``, the R4
+        sampling and the R5 busy-loop count start over) and is settled at once, like a host just added:
+        its commands are drained and a wake is scheduled at its first deadline. A host that had exited
+        runs again. Packets and stream events already in flight to the host reach the new component, as
+        they would reach a restarted process on the same ports. No trace record is written; trace records
+        name the host, which stays.
+        """
+        h = self._host(host)
+        self._wakes.pop(h.name, None)
+        h.deadline = None
+        h.exited = None
+        h.swap_component(component)
+        h.checker.purity_every = self.purity_every
+        h.checker.check_now(self.now)
+        self._settle(h, None)
+
+    def readdress(
+        self, host: Host | str, *, ipv4: IPv4Address | None = None, ipv6: IPv6Address | None = None
+    ) -> None:
+        """``host`` moves to new addresses (a roaming client): the given ones replace those of the same
+        family, the old ones become stale on the network (:meth:`Network.readdress`). Its component is not
+        told: a test drives it through whatever the component does on a network change."""
+        h = self._host(host)
+        new4 = ipv4 if ipv4 is not None else h.ipv4
+        new6 = ipv6 if ipv6 is not None else h.ipv6
+        self.network.readdress(h.name, [a for a in (new4, new6) if a is not None])
+        h.ipv4, h.ipv6 = new4, new6
+
+    def _host(self, host: Host | str) -> Host:
+        name = host if isinstance(host, str) else host.name
+        found = self.hosts.get(name)
+        if found is None or (not isinstance(host, str) and found is not host):
+            raise UsageError(f"host {name!r} is not in this world")
+        return found
 
     def host_exited(self, host: Host, command: Exit) -> None:
         """Called by :meth:`Host.execute` on ``Exit``: the host is driven no more."""

@@ -36,6 +36,7 @@ from devportal.config import EXAMPLE_CONFIG
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import NANOS_PER_SEC, Duration, Instant, millis
 from gateway_core.commands import Command
+from gateway_core.contract import Component
 from gateway_core.dns.forwarding import (
     DnsQueryReceived,
     DnsUpstreamFailed,
@@ -113,6 +114,22 @@ class GatewayHost(PortalClientHost):
         self.interface: ConfigureInterface | None = None
         self.log: list[tuple[Instant, Command]] = []
         """Control-plane commands executed (not Transmit / WriteTun), for tests."""
+
+    def swap_component(self, component: Component) -> None:
+        """A restarted gateway (:meth:`World.replace_component`): the old process's portal streams close
+        (the kernel resets them), its DNS servers and pending upstream queries are forgotten."""
+        assert isinstance(component, Gateway)
+        for sid in sorted(self._conn_of):
+            self.world.stream_close(self, sid, "crash")
+        self._stream_of.clear()
+        self._conn_of.clear()
+        self._upgraded.clear()
+        self._requests.clear()
+        self._upstream.clear()
+        self.dns_servers = set()
+        self.gateway = component
+        self.channel = component.channel
+        super().swap_component(component)
 
     # --- inputs -------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Issue 8: Hypothesis stateful test of the whole gateway world against the reference model.
+"""Hypothesis stateful test of the whole gateway world against the reference model.
 
 The machine draws every transition from the harness's *model-side* view (:meth:`Harness.enabled`,
 weighted as :data:`sim.stateful.WEIGHTS`), applies it to the world and checks the invariants after each
@@ -25,9 +25,11 @@ from sim.pcap import PcapWriter
 from sim.stateful import (
     KEY_EVENTS,
     KINDS,
+    WEIGHTS,
     Harness,
     Program,
     Step,
+    StepKind,
     WorldSpec,
     initial_steps,
     run_program,
@@ -178,8 +180,34 @@ def test_seeded_programs_pass(seed: int) -> None:
 
 
 def test_program_round_trips_through_json() -> None:
-    p = Program(WorldSpec(9, 2, 1, True), [Step("grant", 1, 2, 3), Step("idle", 0, 1, 0)])
+    p = Program(WorldSpec(9, 2, 1, True), [Step(StepKind.GRANT, 1, 2, 3), Step(StepKind.IDLE, 0, 1, 0)])
     assert Program.loads(p.dumps()) == p
+    assert json.loads(p.dumps())["steps"][0] == {"kind": "grant", "client": 1, "a": 2, "b": 3}
+    assert all(s.kind is StepKind(s.kind.value) for s in Program.loads(p.dumps()).steps)
+
+
+def test_step_is_traced_with_the_plain_kind_name() -> None:
+    """The trace line of a step (``"what": "step Step(kind='grant', ...)"``) does not show the enum."""
+    assert repr(Step(StepKind.GRANT, 1, 2, 3)) == "Step(kind='grant', client=1, a=2, b=3)"
+    assert f"step {Step(StepKind.ROAM)}" == "step Step(kind='roam', client=0, a=0, b=0)"
+
+
+def test_every_step_kind_has_a_weight_and_exactly_one_handler() -> None:
+    assert set(WEIGHTS) == set(StepKind)
+    assert set(KINDS) <= set(StepKind)
+    h = Harness(WorldSpec(1))
+    try:
+        assert set(h.handlers) == set(StepKind) == set(WEIGHTS)
+        assert {k for k, _ in h.enabled()} <= set(KINDS)
+        assert set(h.guards) <= set(StepKind)
+    finally:
+        h.close()
+
+
+def test_a_saved_program_with_an_unknown_kind_is_refused() -> None:
+    text = Program(WorldSpec(1)).dumps().replace('"steps": []', '"steps": [{"kind": "teleport"}]')
+    with pytest.raises(ValueError, match="unknown transition 'teleport'"):
+        Program.loads(text)
 
 
 def test_the_machine_replays_only_explicit_examples_quickly() -> None:

@@ -17,7 +17,7 @@ from devpeers.client_types import DnsAnswer, EchoReply, IcmpErrorReceived, Recei
 from gateway_core.addr import IPAddress
 from gateway_core.wire.ip import TCP_ACK, TCP_RST, TCP_SYN
 from sim.reference import DnsPrediction, Outcome, Prediction
-from sim.stateful_topology import InvariantError
+from sim.stateful.scene import InvariantError
 
 
 def expect_packet(

@@ -1,0 +1,168 @@
+"""The stateful harness: one gateway world, a reference model, the steps that act on them, the checks.
+
+Theory of operation
+-------------------
+A :class:`Harness` owns a :class:`~sim.gateway_world.GatewayWorld` (portal, relays, the gateway, 1-3
+clients, resources, upstream DNS) and a :class:`~sim.reference.ReferenceModel`, shared with its parts
+through a :class:`~sim.stateful.scene.Scene`:
+
+- :class:`~sim.stateful.traffic.Traffic`: probes and DNS queries, checked exactly against the model;
+- :class:`~sim.stateful.access.Access`: grants, revocations, expiry and filter updates, reconnection;
+- :class:`~sim.stateful.topology.Topology`: partitions, gateway restart, portal outage, relays, roaming;
+- :class:`~sim.stateful.invariants.Invariants`: the checks after every step.
+
+Each part contributes a handler per :class:`~sim.stateful.program.StepKind` it owns; the harness merges
+them into one table (every kind has exactly one handler, checked at construction) and the guards that say
+which kinds make sense now (:meth:`Harness.enabled`).
+
+:meth:`Harness.apply` runs one step: it first lets time pass until no authorisation expiry is close
+(:meth:`ReferenceModel.certain`), traces the step, runs its handler (which updates the model first, as
+Firezone's ``tunnel_test`` does, then acts on the world and runs it for the step's settle time), leaves
+uncertainty again and checks the invariants on everything that happened (:meth:`Invariants.after_step`).
+The driving contract is checked by the world itself on every call (a breach raises). A failed check raises
+:class:`~sim.stateful.scene.InvariantError` naming the step and what differed.
+
+Key events (relay fallback, rekey, NAT expiry, SERVFAIL, REFUSED, ICMP prohibited, reconnect after an
+outage) and step kinds are counted in :attr:`Harness.coverage` for the coverage gate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gateway_core.clock import Instant, millis, secs
+from sim.gateway_world import CIDR_ADDRESS, CIDR_FILTERS, DNS_PATTERN, ZONE, GatewayWorld, build_gateway_world
+from sim.pcap import PcapWriter
+from sim.reference import ReferenceModel, ResourceSpec
+from sim.stateful.access import Access
+from sim.stateful.invariants import ErrorLog, Invariants
+from sim.stateful.program import WEIGHTS, Step, StepKind, WorldSpec
+from sim.stateful.scene import Guard, Handler, InvariantError, Scene
+from sim.stateful.topology import Topology
+from sim.stateful.traffic import Traffic
+from sim.trace import Trace
+from sim.world import World
+
+
+class Harness:
+    """See the module docstring."""
+
+    def __init__(
+        self, spec: WorldSpec, *, trace: Trace | None = None, pcap: PcapWriter | None = None
+    ) -> None:
+        world = World(spec.seed, trace=trace, pcap=pcap)
+        gw = build_gateway_world(
+            spec.seed, clients=spec.clients, relays=spec.relays, relay_only=spec.relay_only, world=world
+        )
+        self.log = ErrorLog()
+        self.log.install()
+        specs = {
+            "web": ResourceSpec("web", "cidr", CIDR_ADDRESS, open_udp=(7,), open_tcp=(80,)),
+            "app": ResourceSpec("app", "dns", DNS_PATTERN, open_udp=(7,), open_tcp=(80, 443)),
+        }
+        model = ReferenceModel(spec.clients, specs, ZONE, world.clock.epoch_unix_ns, CIDR_FILTERS)
+        self.scene = Scene(spec, world, gw, model)
+        self.access = Access(self.scene)
+        self.invariants = Invariants(self.scene, self.access, self.log)
+        self.traffic = Traffic(self.scene, self.invariants)
+        self.topology = Topology(self.scene, self.access)
+        self.handlers: dict[StepKind, Handler] = {}
+        for part in (self.traffic.handlers(), self.access.handlers(), self.topology.handlers()):
+            for kind, handler in part.items():
+                if kind in self.handlers:
+                    raise AssertionError(f"two handlers for the step kind {kind}")
+                self.handlers[kind] = handler
+        missing = [k for k in StepKind if k not in self.handlers]
+        if missing:
+            raise AssertionError(f"no handler for the step kinds {missing}")
+        self.guards: dict[StepKind, Guard] = self.topology.guards()
+        self.closed = False
+        if not gw.start():
+            self.close()
+            raise InvariantError("the gateway did not join the portal within 5 s")
+
+    @property
+    def spec(self) -> WorldSpec:
+        return self.scene.spec
+
+    @property
+    def world(self) -> World:
+        return self.scene.world
+
+    @property
+    def gw(self) -> GatewayWorld:
+        return self.scene.gw
+
+    @property
+    def model(self) -> ReferenceModel:
+        return self.scene.model
+
+    @property
+    def coverage(self) -> Counter[str]:
+        return self.scene.coverage
+
+    @property
+    def steps_done(self) -> int:
+        return self.scene.steps_done
+
+    @property
+    def checks(self) -> int:
+        """How many times the invariants were checked (once per step)."""
+        return self.invariants.count
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.log.uninstall()
+
+    # --- what may happen next (drawn from the model only) -----------------------------------------------
+
+    def enabled(self) -> list[tuple[StepKind, int]]:
+        """The step kinds that make sense now, with their weights (in the order of :data:`WEIGHTS`)."""
+        out = []
+        for kind, w in WEIGHTS.items():
+            if not w:
+                continue
+            guard = self.guards.get(kind)
+            if guard is not None and not guard():
+                continue
+            out.append((kind, w))
+        return out
+
+    # --- running one step -----------------------------------------------------------------------------
+
+    def apply(self, step: Step) -> None:
+        handler = self.handlers.get(step.kind)
+        if handler is None:
+            raise ValueError(f"unknown transition {step.kind!r}")
+        scene = self.scene
+        scene.steps_done += 1
+        scene.coverage[f"transition:{step.kind}"] += 1
+        self._leave_uncertainty()
+        scene.world.trace.emit({"t": int(scene.world.now), "ev": "action", "what": f"step {step}"})
+        handler(step, step.client % scene.spec.clients)
+        self._leave_uncertainty()
+        self.invariants.after_step(step)
+
+    def _leave_uncertainty(self) -> None:
+        world, model = self.scene.world, self.scene.model
+        while not model.certain(world.now):
+            nxt = model.next_expiry(world.now)
+            target = world.now + secs(1) if nxt is None else max(nxt + secs(3), world.now + millis(100))
+            world.run_until(Instant(target))
+
+    # --- summary ------------------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, int]:
+        out = {"steps": self.steps_done, "invariant_checks": self.checks}
+        st = self.world.stats.snapshot()
+        out["packets_sent"] = st.get("sent", 0)
+        out["packets_delivered"] = st.get("delivered", 0)
+        for k in sorted(st):
+            if k.startswith("drop."):
+                out[f"net.{k}"] = st[k]
+        for k, v in sorted(self.gw.gateway.stats().items()):
+            if k.startswith("drop.") or ".drop." in k:
+                out[f"gateway.{k}"] = v
+        return out
