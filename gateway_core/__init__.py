@@ -19,7 +19,7 @@ from gateway_core.gateway_types import (
     ResolveDomain,
     WallClockAnchor,
 )
-from gateway_core.inputs import DatagramReceived, Input, SendFailed, ShutdownRequested
+from gateway_core.inputs import Input, SendFailed, ShutdownRequested
 from gateway_core.stats import Stats
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "BackoffConfig",
     "Command",
     "Component",
-    "DatagramReceived",
     "Deadline",
     "DecodeError",
     "DomainResolveFailed",
