@@ -27,7 +27,6 @@ Client ids are UUIDs in the policy and their string form in the node.
 from __future__ import annotations
 
 import logging
-import struct
 import uuid
 from collections import deque
 from ipaddress import IPv4Address, IPv6Address
@@ -52,7 +51,7 @@ from gateway_core.gateway_control import (
 from gateway_core.gateway_flows import record_inbound, record_outbound
 from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, GatewayConfig, WallClockAnchor
 from gateway_core.inputs import Input, SendFailed, ShutdownRequested
-from gateway_core.interface import IPV4_TUNNEL, IPV6_TUNNEL, InterfaceConfigFailed, InterfaceConfigured
+from gateway_core.interface import InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.node.factory import wireguard_node
 from gateway_core.policy.authorizations import AddOutcome
 from gateway_core.policy.client import DROP, FORWARD, ClientPolicy
@@ -80,12 +79,6 @@ from gateway_core.wireguard.crypto import public_key
 
 log = logging.getLogger("gateway_core.gateway")
 
-_U32 = struct.Struct("!I")
-_U64X2 = struct.Struct("!QQ")
-_V4_TUN_SHIFT = 32 - IPV4_TUNNEL.prefixlen
-_V4_TUN_KEY = int(IPV4_TUNNEL.network_address) >> _V4_TUN_SHIFT
-_V6_TUN_SHIFT = 128 - IPV6_TUNNEL.prefixlen
-_V6_TUN_KEY = int(IPV6_TUNNEL.network_address) >> _V6_TUN_SHIFT
 _PORTAL_INPUTS = (
     PortalConnected,
     PortalConnectFailed,
@@ -230,38 +223,26 @@ class Gateway:
         if (
             (version == 4 and packet[16] == 100 and 64 <= packet[17] < 96)  # cheap pre-check of 100.64/11
             or (version == 6 and packet[24] == 0xFD and packet[25] == 0)
-        ) and self._to_another_client(packet, policy):
+        ) and policy.to_another_client(packet):
             self.counters.drop(DropReason.NOT_AUTHORIZED)
             self.send_control(now, client, build_icmp_prohibited(packet))
             return None
         buf = bytearray(packet)
         flows = self.flows.enabled
         pre = buf[:] if flows else None
-        action, out, rid = policy.outbound(buf, now)
-        if action == FORWARD:
+        action, out, rid, _ = policy.outbound(buf, now)
+        if action is FORWARD:
             if flows and rid is not None and pre is not None:
                 record_outbound(self, now, policy, rid, pre, buf, local, remote)
-            return bytes(out)  # type: ignore[arg-type]
-        if action == DROP:
+            return bytes(out)
+        if action is DROP:
             return None
-        t = self.node.encapsulate(cid, out, now)  # type: ignore[arg-type]
+        t = self.node.encapsulate(cid, bytes(out), now)  # an ICMP error: already bytes, not copied
         if t is not None:
             self._out.append(t)
         else:
             self.counters.incr("icmp_reply_lost")
         return None
-
-    @staticmethod
-    def _to_another_client(packet: bytes, policy: ClientPolicy) -> bool:
-        """Whether the destination is a tunnel address other than the gateway's (decision 0054)."""
-        if packet[0] >> 4 == 4:
-            dst: int = _U32.unpack_from(packet, 16)[0]
-            return dst >> _V4_TUN_SHIFT == _V4_TUN_KEY and dst != policy._gv4
-        hi: int
-        lo: int
-        hi, lo = _U64X2.unpack_from(packet, 24)
-        dst6: int = (hi << 64) | lo
-        return dst6 >> _V6_TUN_SHIFT == _V6_TUN_KEY and dst6 != policy._gv6
 
     def _control(self, now: Instant, cid: str, packet: bytes) -> None:
         client = uuid.UUID(cid)
@@ -294,10 +275,10 @@ class Gateway:
         buf = bytearray(packet)
         if self.flows.enabled:
             record_inbound(self, now, policy, buf)
-        action, out, _rid = policy.inbound(buf, now)
-        if action != FORWARD:
+        action, out, _, _ = policy.inbound(buf, now)
+        if action is not FORWARD:
             return None
-        t = self.node.encapsulate(self.cid(policy.client_id), bytes(out), now)  # type: ignore[arg-type]
+        t = self.node.encapsulate(self.cid(policy.client_id), bytes(out), now)
         if self.node._events:
             drain_node_events(self, now)
         return t
