@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 import uuid
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
 
@@ -44,7 +45,6 @@ from gateway_core.policy.filters import (
     build_filter_table,
     is_proxy_int,
 )
-from gateway_core.policy.flows import ClientProperties
 from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource, ResourceDescription
@@ -109,6 +109,23 @@ def _fields(buf: bytearray) -> tuple[bool, int, int, int, int, int, int, int, in
     if proto == (PROTO_ICMPV6 if v6 else PROTO_ICMP):
         return v6, src, dst, L4_ICMP, 0, 0, proto, off, end
     return v6, src, dst, L4_OTHER, 0, 0, proto, off, end
+
+
+@dataclass(frozen=True, slots=True)
+class ClientProperties:
+    """The client's flow-log metadata from ``authorize_flow`` (``client`` and ``subject``)."""
+
+    version: str | None = None
+    device_serial: str | None = None
+    device_uuid: str | None = None
+    device_os_name: str | None = None
+    device_os_version: str | None = None
+    identifier_for_vendor: str | None = None
+    firebase_installation_id: str | None = None
+    identity_id: str | None = None
+    identity_name: str | None = None
+    actor_id: str | None = None
+    actor_email: str | None = None
 
 
 class ClientPolicy:

@@ -15,7 +15,7 @@ from gateway_core.dns.servers import BindDnsServers, DnsServerBindFailed, RetryD
 from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import UsageError
 from gateway_core.gateway import Gateway
-from gateway_core.gateway_control import relay_configs
+from gateway_core.control import relay_configs
 from gateway_core.gateway_types import (
     DomainResolved,
     DomainResolveFailed,
