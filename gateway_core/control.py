@@ -27,7 +27,8 @@ queue, so that the commands of both planes come out in the order they were produ
 - **Shutdown** (R10): the portal is closed, every client gets a goodbye, pending work is dropped, and
   :attr:`ControlPlane.exit` is set; the facade gives the ``Exit`` out after every other command.
 
-Client ids are UUIDs in the policy and strings in the node: :class:`ClientIds` converts both ways.
+Client ids are UUIDs in the policy and strings in the node: a
+:class:`~gateway_core.client_ids.ClientIds` shared with the facade converts both ways.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from enum import Enum
 from typing import assert_never
 
 from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.client_ids import ClientIds
 from gateway_core.clock import Instant
 from gateway_core.commands import Exit
 from gateway_core.contract import Deadline
@@ -80,33 +82,6 @@ log = logging.getLogger("gateway_core.gateway")
 
 RELAY_REALM = "firezone"
 """The TURN realm of every Firezone relay (``tunnel/src/lib.rs:47``)."""
-
-
-class ClientIds(dict[str, uuid.UUID]):
-    """The node's name of a client's connection (a string) -> the client's UUID (the policy's key).
-
-    ``ids[cid]`` makes and caches the UUID on first use, then it is a plain dict lookup (the data path
-    does it for every packet); :meth:`cid` is the other way, cached too; :meth:`forget` drops a client.
-    """
-
-    __slots__ = ("_cids",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cids: dict[uuid.UUID, str] = {}
-
-    def __missing__(self, cid: str) -> uuid.UUID:
-        client = self[cid] = uuid.UUID(cid)
-        return client
-
-    def cid(self, client: uuid.UUID) -> str:
-        s = self._cids.get(client)
-        if s is None:
-            s = self._cids[client] = str(client)
-        return s
-
-    def forget(self, client: uuid.UUID) -> None:
-        self.pop(self._cids.pop(client, ""), None)
 
 
 class ResolveKind(Enum):

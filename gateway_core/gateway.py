@@ -38,10 +38,11 @@ from collections import deque
 from typing import assert_never
 
 from gateway_core.addr import SocketAddr
+from gateway_core.client_ids import ClientIds
 from gateway_core.clock import Instant
 from gateway_core.commands import Transmit
 from gateway_core.contract import Deadline
-from gateway_core.control import ClientIds, ControlPlane
+from gateway_core.control import ControlPlane
 from gateway_core.dns.forwarding import DnsForwarder, DnsQueryReceived, DnsUpstreamFailed, DnsUpstreamResponse
 from gateway_core.dns.servers import DnsBindRetry, DnsServerBindFailed, DnsServerBound
 from gateway_core.entropy import Entropy, SeededEntropy
