@@ -15,7 +15,9 @@ from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import (
     DomainResolved,
     DomainResolveFailed,
+    GatewayCommand,
     GatewayConfig,
+    GatewayInput,
     ResolveDomain,
     WallClockAnchor,
 )
@@ -36,7 +38,9 @@ __all__ = [
     "Entropy",
     "Exit",
     "Gateway",
+    "GatewayCommand",
     "GatewayConfig",
+    "GatewayInput",
     "IPAddress",
     "IPNetwork",
     "Input",

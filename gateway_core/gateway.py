@@ -88,8 +88,8 @@ class Gateway:
     ) -> None:
         if len(private_key) != 32:
             raise UsageError("the WireGuard private key is 32 bytes")
-        self.config = config
-        self.public_key = public_key(private_key)
+        self._config = config
+        self._public_key = public_key(private_key)
         self._now = now
         self._anchor_now = now
         self._anchor_utc = utc_ns
@@ -105,7 +105,7 @@ class Gateway:
         self._forwarder = DnsForwarder(self._peers.may_query)
         self._bind_retry = DnsBindRetry(ent.fork("dns-bind"))
         self._flows = FlowTracker(now, utc_ns, enabled=config.flow_logs)
-        url = login_url(config.api_url, config.token, config.firezone_id, config.name, self.public_key)
+        url = login_url(config.api_url, config.token, config.firezone_id, config.name, self._public_key)
         ua = config.user_agent or user_agent("Linux", "unknown", None, None, config.version)
         self._channel = PortalChannel(url, ua, ent.fork("portal"), config.channel)
         self._channel.start(now)
@@ -122,7 +122,16 @@ class Gateway:
             utc_ns=self.utc_ns,
         )
 
-    # --- parts, read-only -----------------------------------------------------------------------
+    # --- identity and parts, read-only ---------------------------------------------------------
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def public_key(self) -> bytes:
+        """The WireGuard public key (the portal learns it from the login URL)."""
+        return self._public_key
 
     @property
     def node(self) -> Node:
