@@ -59,7 +59,7 @@ from gateway_core.inputs import Input, SendFailed, ShutdownRequested
 from gateway_core.interface import InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.node.factory import wireguard_node
 from gateway_core.node.node import Node
-from gateway_core.policy.client import DROP, FORWARD
+from gateway_core.policy.client import DROP, FORWARD, ClientPolicy
 from gateway_core.policy.flows import CompletedFlow, FlowTracker
 from gateway_core.policy.p2p_control import is_control_packet
 from gateway_core.policy.peers import Peers
@@ -225,7 +225,7 @@ class Gateway:
             self._counters.drop(reason)
             return None
         policy = self._peers.route_tun(packet)
-        if isinstance(policy, DropReason):
+        if not isinstance(policy, ClientPolicy):  # (isinstance on an Enum class is five times slower)
             self._counters.drop(policy)
             return None
         buf = bytearray(packet)
