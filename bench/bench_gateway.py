@@ -71,7 +71,7 @@ def _add_clients(h: Harness, n: int, start: int) -> None:
             v6 = IPv6Address(int(IPv6Address("fd00:2021:1111::1:0:0")) + i)
             rid = uuid.UUID(int=(2 << 120) + i)
             res = CidrResource(rid, "r", IPv4Network((0xAC100000 + ((i % 4096) << 4), 28)), ())
-            gw.allow(cid, v4, v6, res, None, None)
+            gw.peers.allow_access(cid, v4, v6, res, None, None)
             node.upsert_connection(str(cid), ent.random_bytes(32), None, GW_CREDS, ("u", "p" * 22), now)
     finally:
         node.handle_timeout = tick  # type: ignore[method-assign]

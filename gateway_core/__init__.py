@@ -15,11 +15,13 @@ from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import (
     DomainResolved,
     DomainResolveFailed,
+    GatewayCommand,
     GatewayConfig,
+    GatewayInput,
     ResolveDomain,
     WallClockAnchor,
 )
-from gateway_core.inputs import DatagramReceived, Input, SendFailed, ShutdownRequested
+from gateway_core.inputs import Input, SendFailed, ShutdownRequested
 from gateway_core.stats import Stats
 
 __all__ = [
@@ -27,7 +29,6 @@ __all__ = [
     "BackoffConfig",
     "Command",
     "Component",
-    "DatagramReceived",
     "Deadline",
     "DecodeError",
     "DomainResolveFailed",
@@ -37,7 +38,9 @@ __all__ = [
     "Entropy",
     "Exit",
     "Gateway",
+    "GatewayCommand",
     "GatewayConfig",
+    "GatewayInput",
     "IPAddress",
     "IPNetwork",
     "Input",

@@ -1,9 +1,12 @@
-"""The gateway facade's configuration, its own inputs and its own commands.
+"""The gateway facade's configuration, its own inputs and commands, and the unions of all it takes and gives.
 
 The facade (:class:`gateway_core.gateway.Gateway`) also takes the inputs and gives the commands of its
-parts (portal channel, DNS forwarder, DNS server binding, interface); only what is new at this level lives
-here: domain resolution for DNS resources (:class:`ResolveDomain` / :class:`DomainResolved` /
+parts (portal channel, DNS forwarder, DNS server binding, interface); only what is new at this level is
+defined here: domain resolution for DNS resources (:class:`ResolveDomain` / :class:`DomainResolved` /
 :class:`DomainResolveFailed`) and re-anchoring the wall clock (:class:`WallClockAnchor`).
+:data:`GatewayInput` and :data:`GatewayCommand` list every input and command of the facade, its parts'
+included: a driver ``match``-es on them and ends in ``assert_never``, so that a new kind is a type error
+wherever it is not handled.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from dataclasses import dataclass, field
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Duration, secs
-from gateway_core.commands import Command
-from gateway_core.dns.servers import TUN_DNS_PORT
-from gateway_core.inputs import Input
+from gateway_core.commands import Command, Exit, Transmit
+from gateway_core.dns.forwarding import DnsForwarderCommand, DnsForwarderInput
+from gateway_core.dns.servers import TUN_DNS_PORT, DnsServerBindFailed, DnsServerBound, DnsServerCommand
+from gateway_core.inputs import Input, SendFailed, ShutdownRequested
+from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.policy.nat import MAX_NAT_SESSIONS
-from gateway_core.portal.channel import ChannelConfig
+from gateway_core.portal.channel_types import ChannelConfig, PortalCommand, PortalInput
 from gateway_core.portal.login import GATEWAY_VERSION
 
 RESOLVE_TIMEOUT: Duration = secs(10)
@@ -97,12 +102,45 @@ class ResolveDomain(Command):
     domain: str
 
 
+# --------------------------------------------------------------------------------------------------
+# Everything the facade takes and gives
+
+GatewayInput = (
+    PortalInput
+    | DnsForwarderInput
+    | DomainResolved
+    | DomainResolveFailed
+    | DnsServerBound
+    | DnsServerBindFailed
+    | InterfaceConfigured
+    | InterfaceConfigFailed
+    | SendFailed
+    | ShutdownRequested
+    | WallClockAnchor
+)
+"""Every input :meth:`Gateway.handle_input <gateway_core.gateway.Gateway.handle_input>` takes."""
+
+GatewayCommand = (
+    Transmit
+    | PortalCommand
+    | DnsForwarderCommand
+    | DnsServerCommand
+    | ResolveDomain
+    | ConfigureInterface
+    | Exit
+)
+"""Every command :meth:`Gateway.poll_command <gateway_core.gateway.Gateway.poll_command>` gives
+(``Transmit`` first: it is by far the most frequent, and ``isinstance`` tries the members in order)."""
+
+
 __all__ = [
     "MAX_PENDING_RESOLUTIONS",
     "RESOLVE_TIMEOUT",
     "DomainResolveFailed",
     "DomainResolved",
+    "GatewayCommand",
     "GatewayConfig",
+    "GatewayInput",
     "ResolveDomain",
     "WallClockAnchor",
 ]

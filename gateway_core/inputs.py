@@ -18,15 +18,6 @@ class Input:
 
 
 @dataclass(frozen=True, slots=True)
-class DatagramReceived(Input):
-    """A UDP datagram arrived on the local socket ``local`` from ``remote``."""
-
-    local: SocketAddr
-    remote: SocketAddr
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class SendFailed(Input):
     """A :class:`gateway_core.commands.Transmit` to ``dst`` could not be sent (R7: IO failures are inputs)."""
 

@@ -43,7 +43,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, assert_never
 
 import anyio
 import anyio.abc
@@ -71,7 +71,7 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
-from gateway_io.transports import Core, DnsServers, Interface, Portal, Report, Transports
+from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ class Driver:
         while (cmd := core.poll_command()) is not None:
             self._execute(cmd)
 
-    def _execute(self, cmd: Command) -> None:
+    def _execute(self, cmd: CoreCommand) -> None:
         match cmd:
             case Transmit():
                 self._transmit(cmd)
@@ -405,8 +405,7 @@ class Driver:
                 if self._grace_at is None:
                     self._grace_at = self.now() + self.grace
             case _:
-                log.error("no transport for command %s", type(cmd).__name__)
-                self.stats.counters.incr("driver.unknown_command")
+                assert_never(cmd)
 
     def _transmit(self, t: Transmit) -> None:
         for sock in self._t.udp:

@@ -13,10 +13,11 @@ import anyio.abc
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
-from gateway_core.commands import Command, Transmit
+from gateway_core.commands import Command, Transmit, WriteTun
 from gateway_core.contract import Deadline
 from gateway_core.dns.forwarding import DnsUpstreamFailed, DnsUpstreamResponse, ForwardDnsQuery
 from gateway_core.dns.servers import DnsTransport
+from gateway_core.gateway_types import GatewayCommand
 from gateway_core.inputs import Input, SendFailed
 from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
 
@@ -31,7 +32,12 @@ class Core(Protocol):
     def handle_input(self, now: Instant, inp: Input) -> None: ...
     def handle_timeout(self, now: Instant) -> None: ...
     def poll_timeout(self) -> Deadline | None: ...
-    def poll_command(self) -> Command | None: ...
+    def poll_command(self) -> CoreCommand | None: ...
+
+
+CoreCommand = GatewayCommand | WriteTun
+"""What the driver executes: every command of the gateway, and ``WriteTun``, which the driving contract
+lets any core give (the gateway itself returns its TUN packets from ``handle_datagram`` instead)."""
 
 
 class Tun(Protocol):

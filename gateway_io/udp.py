@@ -287,9 +287,6 @@ class UdpSockets:
             log.error("no UDP socket available: the data plane is suspended")
         return cls(found[4], found[6], errors)
 
-    def for_destination(self, dst: SocketAddr) -> UdpSocket | None:
-        return self.v4 if dst.ip.version == 4 else self.v6
-
     def send(self, transmit: Transmit) -> SendFailed | None:
         """Send through the socket of the destination's family; no socket of that family: SendFailed."""
         sock = self.v4 if transmit.dst.ip.version == 4 else self.v6

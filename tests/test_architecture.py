@@ -2,11 +2,17 @@
 
 - ``gateway_core`` imports nothing that does IO or reads a clock or randomness.
 - ``sim`` never imports ``gateway_io``; ``gateway_io`` never imports ``sim``.
+- No two modules of ``gateway_core`` import each other, directly or through others (any import counts,
+  ``if TYPE_CHECKING:`` and function-level ones included).
+- A ``match`` on ``GatewayCommand`` that misses a case is a mypy error (it ends in ``assert_never``).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -319,3 +325,166 @@ def test_private_name_checker_catches_a_violating_sample(sample: str) -> None:
 )
 def test_private_name_checker_allows_a_clean_sample(sample: str) -> None:
     assert private_imports(sample, "e2e") == [], sample
+
+
+# --------------------------------------------------------------------------------------------------
+# No import cycles inside gateway_core
+
+
+def _module_of(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Every module of ``package`` (under ``root``) -> the modules of the package it imports.
+
+    Every import statement counts wherever it stands: at module level, under ``if TYPE_CHECKING:``, inside
+    a function. ``from a.b import c`` imports the module ``a.b.c`` if there is one, else ``a.b``; relative
+    imports are resolved against the importing module.
+    """
+    paths = {_module_of(p, root): p for p in sorted((root / package).rglob("*.py"))}
+
+    def known(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, path in paths.items():
+        is_pkg = path.name == "__init__.py"
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = mod.split(".")
+                    anchor = anchor[: len(anchor) - node.level + (1 if is_pkg else 0)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                names = [f"{base}.{a.name}" for a in node.names]
+            for name in names:
+                target = known(name)
+                if target is not None and target != mod:
+                    edges.add(target)
+        graph[mod] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle through each group of modules that import each other, as ``a -> b -> ... -> a``."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[set[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group: set[str] = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for group in groups:
+        start = min(group)
+        paths = {start: [start]}  # breadth-first, inside the group, back to the start
+        queue = [start]
+        found: list[str] | None = None
+        while queue and found is None:
+            v = queue.pop(0)
+            for w in sorted(graph[v] & group):
+                if w == start:
+                    found = [*paths[v], start]
+                    break
+                if w not in paths:
+                    paths[w] = [*paths[v], w]
+                    queue.append(w)
+        assert found is not None
+        cycles.append(" -> ".join(found))
+    return sorted(cycles)
+
+
+def test_core_has_no_import_cycles() -> None:
+    graph = import_graph(ROOT, "gateway_core")
+    assert "gateway_core.gateway" in graph and "gateway_core.control" in graph["gateway_core.gateway"]
+    assert import_cycles(graph) == []
+
+
+def test_cycle_checker_names_a_cycle_through_type_checking_and_function_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "a.py": "import pkg.b\n",
+        "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub.c import X\n",
+        "sub/__init__.py": "",
+        "sub/c.py": "def f():\n    from pkg import a\n    return a\nX = 1\n",
+        "d.py": "from . import a\nfrom .sub import c\n",
+        "e.py": "from pkg.sub import c\n",
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.d"] == {"pkg.a", "pkg.sub.c"}  # relative imports resolved, submodules found
+    assert import_cycles(graph) == ["pkg.a -> pkg.b -> pkg.sub.c -> pkg.a"]
+    (pkg / "sub" / "c.py").write_text("X = 1\n")
+    assert import_cycles(import_graph(tmp_path, "pkg")) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Exhaustive matches: mypy rejects a match on GatewayCommand that misses a case
+
+
+def _command_match_sample(skip: str | None) -> str:
+    """A module matching on every member of ``GatewayCommand`` but ``skip``, ending in ``assert_never``."""
+    from gateway_core.gateway_types import GatewayCommand
+
+    members = [c for c in typing.get_args(GatewayCommand) if c.__name__ != skip]
+    lines = ["from typing import assert_never", "", "from gateway_core.gateway_types import GatewayCommand"]
+    lines += [f"from {c.__module__} import {c.__name__}" for c in members]
+    lines += ["", "", "def kind(cmd: GatewayCommand) -> str:", "    match cmd:"]
+    for c in members:
+        lines += [f"        case {c.__name__}():", f"            return {c.__name__!r}"]
+    lines += ["        case _:", "            assert_never(cmd)", ""]
+    return "\n".join(lines)
+
+
+def test_mypy_reports_a_missing_case_of_gateway_command(tmp_path: Path) -> None:
+    (tmp_path / "complete_match.py").write_text(_command_match_sample(None))
+    (tmp_path / "missing_match.py").write_text(_command_match_sample("ResolveDomain"))
+    mypy = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--strict"]
+    cache = ["--cache-dir", str(ROOT / ".mypy_cache"), "--no-error-summary"]  # the project's: fast
+    run = subprocess.run(
+        [*mypy, *cache, str(tmp_path / "complete_match.py"), str(tmp_path / "missing_match.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in run.stdout.splitlines() if ": error:" in line]
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert len(errors) == 1, errors  # the complete match passes
+    assert "missing_match.py" in errors[0] and '"ResolveDomain"; expected "Never"' in errors[0], errors

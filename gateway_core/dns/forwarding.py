@@ -112,6 +112,12 @@ class SendDnsResponse(Command):
     message: bytes
 
 
+DnsForwarderInput = DnsQueryReceived | DnsUpstreamResponse | DnsUpstreamFailed
+"""Every input of the :class:`DnsForwarder`."""
+DnsForwarderCommand = ForwardDnsQuery | SendDnsResponse
+"""Every command of the :class:`DnsForwarder`."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Wire helpers.
 
@@ -187,7 +193,7 @@ class DnsForwarder:
         self.may_query = may_query
         """``may_query(client tunnel IP, name)``: whether that client may resolve that name here."""
         self._pending: dict[int, _Pending] = {}  # query_id -> pending, in deadline order
-        self._commands: deque[Command] = deque()
+        self._commands: deque[DnsForwarderCommand] = deque()
         self._next_id = 1
         self._now = Instant(0)
         self.stats = Stats()
@@ -288,7 +294,7 @@ class DnsForwarder:
         first = next(iter(self._pending.values()))
         return Deadline(Instant(max(first.deadline, self._now)), "dns upstream timeout")
 
-    def poll_command(self) -> Command | None:
+    def poll_command(self) -> DnsForwarderCommand | None:
         return self._commands.popleft() if self._commands else None
 
     @property

@@ -75,6 +75,10 @@ class DnsServerBindFailed(Input):
     error: str
 
 
+DnsServerCommand = BindDnsServers | RetryDnsServerBind
+"""Every command of the :class:`DnsBindRetry`."""
+
+
 DNS_BIND_BACKOFF = BackoffConfig(
     initial=millis(100),
     multiplier=(2, 1),
@@ -105,7 +109,7 @@ class DnsBindRetry:
         self._config = config
         self._desired: frozenset[SocketAddr] = frozenset()
         self._waiting: dict[SocketAddr, _Waiting] = {}
-        self._commands: deque[Command] = deque()
+        self._commands: deque[DnsServerCommand] = deque()
         self._now: Instant | None = None
         self._failures = 0
 
@@ -169,7 +173,7 @@ class DnsBindRetry:
                 waiting.retry_at = None  # pending until the IO layer reports the outcome
                 self._commands.append(RetryDnsServerBind(address))
 
-    def poll_command(self) -> Command | None:
+    def poll_command(self) -> DnsServerCommand | None:
         return self._commands.popleft() if self._commands else None
 
 

@@ -7,7 +7,8 @@ Inputs: :meth:`Node.update_relays` (portal relays), :meth:`Node.upsert_connectio
 :meth:`Node.handle_datagram` (every UDP datagram; returns ``(client id, IP packet)`` or ``None``),
 :meth:`Node.encapsulate` (an IP packet for a client; returns the ``Transmit`` or ``None``),
 :meth:`Node.close_connection`, :meth:`Node.handle_timeout`. Outputs: :meth:`Node.poll_command` (TURN
-control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`.
+control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`
+(:attr:`Node.queued_events` tells, without a call, whether there is one).
 
 A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`): from port 3478, first byte
 0-3 is a STUN message for the allocation of that relay (Data indications are unwrapped), 0x40-0x4F is
@@ -24,13 +25,13 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
-from gateway_core.commands import Command, Transmit
+from gateway_core.commands import Transmit
 from gateway_core.contract import Deadline
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
@@ -120,6 +121,9 @@ class Node:
         self._by_key: dict[bytes, str] = {}
         self._transmits: deque[Transmit] = deque()
         self._events: deque[NodeEvent] = deque()
+        self.queued_events: Sized = self._events
+        """The queued events, read-only: truthy when :meth:`poll_event` has one. The gateway peeks after
+        every packet, so this is an attribute (a plain truth test), not a method call."""
         self._now = now
         self.stats = Stats()
 
@@ -568,7 +572,7 @@ class Node:
         best = min(ds, key=lambda d: (d.at, d.reason))
         return Deadline(Instant(max(best.at, self._now)), best.reason)
 
-    def poll_command(self) -> Command | None:
+    def poll_command(self) -> Transmit | None:
         for rid in sorted(self.allocations):
             t = self.allocations[rid].poll_transmit()
             if t is not None:

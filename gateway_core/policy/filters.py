@@ -184,7 +184,7 @@ class FilterEngine:
             return self.icmp
         return False
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: object) -> bool:  # defining __eq__ alone leaves instances unhashable
         if not isinstance(other, FilterEngine):
             return NotImplemented
         return (
@@ -195,8 +195,6 @@ class FilterEngine:
             and self.udp_starts == other.udp_starts
             and self.udp_ends == other.udp_ends
         )
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         if self.permit_all:

@@ -16,6 +16,13 @@ Theory of operation. The tracker is optional (Firezone enables it when ``RUST_LO
   flows with FIN seen both ways (their end is their last packet).
 - Completed flows queue up for :meth:`FlowTracker.poll_completed`; the owner logs them.
 
+The gateway's data path hands whole packets to :meth:`FlowTracker.record_outbound_packet` and
+:meth:`FlowTracker.record_inbound_packet` (only when flow logs are on), which read the key from them.
+Outbound, the key takes the inner source IP and port *before* NAT and the destination IP *after* NAT (the
+caller passes both versions of the packet); the domain is the one the proxy IP stood for. Inbound, the key
+is read from the packet as it came from the TUN (before reverse NAT), so it matches the outbound flow's
+(real IP, port) pair. Packets that do not parse as TCP/UDP are not tracked.
+
 Times inside are monotonic ``Instant``; completed flows carry wall-clock nanoseconds since the Unix
 epoch, derived as the wall clock at creation plus the monotonic time elapsed (as the reference does).
 Active and completed flows are bounded (:data:`MAX_ACTIVE_FLOWS`, :data:`MAX_COMPLETED_FLOWS`).
@@ -28,12 +35,16 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from gateway_core.addr import IPAddress
+from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant, secs
-from gateway_core.errors import UsageError
+from gateway_core.errors import DecodeError, UsageError
+from gateway_core.policy.client import ClientPolicy, ClientProperties
 from gateway_core.policy.filters import L4_TCP, L4_UDP
+from gateway_core.wire.ip import PROTO_TCP, PROTO_UDP, five_tuple, l4_info
 
 log = logging.getLogger("gateway_core.policy.flows")
+
+_FIN, _SYN, _RST = 0x01, 0x02, 0x04
 
 FLOW_TIMEOUT = secs(120)
 """A flow idle for longer than this is complete (Firezone ``FLOW_TIMEOUT``, 2 min)."""
@@ -41,23 +52,6 @@ MAX_ACTIVE_FLOWS = 65536
 """Flows followed at once (Firezone: unbounded); new flows beyond it are not logged (counted)."""
 MAX_COMPLETED_FLOWS = 65536
 """Completed flows waiting for the owner to poll them; the oldest is dropped beyond it (counted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientProperties:
-    """The client's flow-log metadata from ``authorize_flow`` (``client`` and ``subject``)."""
-
-    version: str | None = None
-    device_serial: str | None = None
-    device_uuid: str | None = None
-    device_os_name: str | None = None
-    device_os_version: str | None = None
-    identifier_for_vendor: str | None = None
-    firebase_installation_id: str | None = None
-    identity_id: str | None = None
-    identity_name: str | None = None
-    actor_id: str | None = None
-    actor_email: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +91,20 @@ class CompletedFlow:
     tx_packets: int
     rx_bytes: int
     tx_bytes: int
+
+
+def _l4(buf: bytearray) -> tuple[int, int, int] | None:
+    """``(proto, payload length, TCP flags)`` for TCP/UDP, else ``None``."""
+    try:
+        proto, off, end = l4_info(buf)
+    except DecodeError:
+        return None
+    if proto == PROTO_UDP and end - off >= 8:
+        return proto, end - off - 8, 0
+    if proto == PROTO_TCP and end - off >= 20:
+        hl = (buf[off + 12] >> 4) * 4
+        return proto, max(0, end - off - hl), buf[off + 13]
+    return None
 
 
 class _Flow:
@@ -214,6 +222,74 @@ class FlowTracker:
                 f.tx_bytes,
             )
         )
+
+    def record_outbound_packet(
+        self,
+        now: Instant,
+        policy: ClientPolicy,
+        rid: uuid.UUID,
+        pre: bytearray,
+        post: bytearray,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> None:
+        """A packet from ``policy``'s client that resource ``rid`` allowed: ``pre`` as it came out of the
+        tunnel, ``post`` after the policy's NAT; it arrived from ``remote`` on our ``local`` socket."""
+        info = _l4(pre)
+        auth = policy.authorizations.get(rid)
+        if info is None or auth is None:
+            return
+        proto, plen, flags = info
+        try:
+            _, src, pre_dst, sport, dport = five_tuple(pre)
+            _, _, dst, _, _ = five_tuple(post)
+        except DecodeError:
+            return
+        st = policy.nat.translations.get(pre_dst)
+        self.record_outbound(
+            now,
+            proto=proto,
+            client_id=policy.client_id,
+            client=policy.properties,
+            resource_id=rid,
+            resource_name=auth.resource.name,
+            resource_address=auth.resource.address_for(dst),
+            domain=None if st is None else st.domain,
+            src_ip=src,
+            dst_ip=dst,
+            src_port=sport,
+            dst_port=dport,
+            payload_len=plen,
+            outer=OuterContext(remote.ip, local.ip, remote.port, local.port),
+            syn=bool(flags & _SYN),
+            fin=bool(flags & _FIN),
+            rst=bool(flags & _RST),
+        )
+
+    def record_inbound_packet(self, now: Instant, policy: ClientPolicy, buf: bytearray) -> None:
+        """A packet read from the TUN for ``policy``'s client, before the policy's reverse NAT."""
+        info = _l4(buf)
+        if info is None:
+            return
+        proto, plen, flags = info
+        try:
+            _, src, dst, sport, dport = five_tuple(buf)
+        except DecodeError:
+            return
+        for rid in policy.authorizations.ids():
+            self.record_inbound(
+                now,
+                proto=proto,
+                client_id=policy.client_id,
+                resource_id=rid,
+                src_ip=src,
+                dst_ip=dst,
+                src_port=sport,
+                dst_port=dport,
+                payload_len=plen,
+                fin=bool(flags & _FIN),
+                rst=bool(flags & _RST),
+            )
 
     def record_outbound(
         self,
@@ -338,3 +414,15 @@ class FlowTracker:
         for name, table in (("tcp", self.tcp), ("udp", self.udp)):
             for key in [k for k in table if k[0] == client_id]:
                 self._complete(name, key, table.pop(key), now)
+
+
+__all__ = [
+    "FLOW_TIMEOUT",
+    "MAX_ACTIVE_FLOWS",
+    "MAX_COMPLETED_FLOWS",
+    "ClientProperties",
+    "CompletedFlow",
+    "FlowKey",
+    "FlowTracker",
+    "OuterContext",
+]

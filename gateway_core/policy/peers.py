@@ -20,6 +20,8 @@ warning). It knows nothing of connections: each operation returns what the owner
   ``Inactive`` reply comes at once; ``goodbye`` removes the client.
 - Packets from the TUN are routed by destination (:meth:`Peers.route_tun`): outside the tunnel ranges
   or to no known client they are dropped silently.
+- Each policy counts its own drops; :meth:`Peers.policy_stats` adds up every policy's counters, those of
+  clients since removed (or replaced) included, for the gateway's statistics.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ from gateway_core.clock import Instant
 from gateway_core.contract import Deadline
 from gateway_core.errors import DecodeError, DropReason, UsageError
 from gateway_core.policy.authorizations import AddOutcome, ExpiryTimer, InitAuthorization
-from gateway_core.policy.client import ClientPolicy
-from gateway_core.policy.flows import ClientProperties
+from gateway_core.policy.client import ClientPolicy, ClientProperties
 from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, addr_key
 from gateway_core.policy.p2p_control import (
     AssignedIps,
@@ -47,6 +48,7 @@ from gateway_core.policy.p2p_control import (
     gateway_read_control,
 )
 from gateway_core.policy.resources import ResourceDescription
+from gateway_core.stats import Stats
 
 log = logging.getLogger("gateway_core.policy.peers")
 
@@ -94,7 +96,16 @@ ControlOutcome = ResolveRequest | ControlReply | ClientGone | DropReason | None
 class Peers:
     """All clients' policies, indexed by id and by tunnel address."""
 
-    __slots__ = ("_by_ip", "clients", "expiry", "gateway_v4", "gateway_v6", "max_nat_sessions")
+    __slots__ = (
+        "_by_ip",
+        "_retired",
+        "_stats_of",
+        "clients",
+        "expiry",
+        "gateway_v4",
+        "gateway_v6",
+        "max_nat_sessions",
+    )
 
     def __init__(self, max_nat_sessions: int = MAX_NAT_SESSIONS) -> None:
         self.clients: dict[uuid.UUID, ClientPolicy] = {}
@@ -103,6 +114,8 @@ class Peers:
         self.gateway_v6: IPv6Address | None = None
         self.expiry = ExpiryTimer()
         self.max_nat_sessions = max_nat_sessions
+        self._stats_of: dict[uuid.UUID, Stats] = {}  # the counters of each client's latest policy
+        self._retired = Stats()  # the counters of policies since removed or replaced
 
     # --- addresses ------------------------------------------------------------------------------
 
@@ -183,6 +196,10 @@ class Peers:
         outcome = client.allow(resource, expires_at)
         self._index(client_id, client_v4)
         self._index(client_id, client_v6)
+        old = self._stats_of.get(client_id)
+        if old is not None and old is not client.stats:
+            self._retired.merge(old)
+        self._stats_of[client_id] = client.stats
         return outcome
 
     def remove_access(self, client_id: uuid.UUID, rid: uuid.UUID) -> bool:
@@ -288,6 +305,19 @@ class Peers:
                 request.domain, request.resource, resolved_ips, request.proxy_ips
             )
         return build_domain_status(request.resource, request.domain, status)
+
+    def policy_stats(self) -> Stats:
+        """The counters of every client's policy, those of clients since removed included."""
+        total = Stats()
+        total.merge(self._retired)
+        for cid in sorted(self._stats_of):
+            client = self.clients.get(cid)
+            st = self._stats_of[cid]
+            if client is None or client.stats is not st:
+                self._retired.merge(st)
+                del self._stats_of[cid]
+            total.merge(st)
+        return total
 
     def __len__(self) -> int:
         return len(self.clients)

@@ -25,7 +25,11 @@ from the injected entropy; the backoff restarts after every successful WebSocket
 
 Outbound application frames get their ref when queued (one counter for every frame the gateway creates,
 as Firezone) and wait in a FIFO while the channel is not joined; the FIFO survives reconnects and is
-emptied when a push finds more than 32 frames queued (Firezone's limit).
+emptied when a push finds more than 32 frames queued (Firezone's limit). The FIFO and the pushes waiting
+for their reply are the channel's :class:`~gateway_core.portal.outbox.Outbox`.
+
+The inputs, commands and events are defined in :mod:`gateway_core.portal.channel_types` and re-exported
+here.
 
 Deliberate deviations from Firezone 1.4.18 (``docs/decisions/0030-portal-*.md``): a heartbeat without a
 reply within 30 s means a dead connection (Phoenix's JavaScript client does the same; Firezone has no such
@@ -40,21 +44,42 @@ What the gateway must know comes out of :meth:`poll_event`: :class:`PortalJoined
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from collections import deque
+from enum import Enum
+from typing import assert_never
 
-from gateway_core.backoff import Backoff, BackoffConfig
-from gateway_core.clock import Duration, Instant, fmt, secs
-from gateway_core.commands import Command
+from gateway_core.backoff import Backoff
+from gateway_core.clock import Instant, fmt
 from gateway_core.contract import Deadline
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason, UsageError
 from gateway_core.inputs import Input, ShutdownRequested
 from gateway_core.portal import phoenix
+from gateway_core.portal.channel_types import (
+    ChannelConfig,
+    ClosePortal,
+    ConnectPortal,
+    FatalKind,
+    PortalCommand,
+    PortalConnected,
+    PortalConnectFailed,
+    PortalDisconnected,
+    PortalEvent,
+    PortalFailed,
+    PortalFrameReceived,
+    PortalHiccup,
+    PortalInput,
+    PortalJoined,
+    PortalMessageReceived,
+    PortalReplyError,
+    PortalSendFailed,
+    PortalStopped,
+    SendPortalFrame,
+)
 from gateway_core.portal.login import LoginUrl
-from gateway_core.portal.messages import InboundMessage, OutboundMessage, UnknownEvent, decode_inbound
+from gateway_core.portal.messages import OutboundMessage, UnknownEvent, decode_inbound
 from gateway_core.portal.model import Json
+from gateway_core.portal.outbox import Outbox
 from gateway_core.stats import Stats
 
 log = logging.getLogger("gateway_core.portal.channel")
@@ -62,157 +87,8 @@ log = logging.getLogger("gateway_core.portal.channel")
 LOGIN_TOPIC = "gateway"
 """The topic the gateway joins and uses for every application message (``eventloop.rs:35``)."""
 
-
-@dataclass(frozen=True, slots=True)
-class ChannelConfig:
-    heartbeat_interval: Duration = secs(30)
-    """Heartbeat after this long without sending (Firezone: 30 s; the portal drops sockets idle 37 s)."""
-    heartbeat_timeout: Duration = secs(30)
-    """No reply to a heartbeat within this long: the connection is dead (Phoenix JS: one interval)."""
-    join_timeout: Duration = secs(5)
-    """Unanswered join: reconnect (Firezone: 5 s, checked only on wake-up; here a timer)."""
-    connect_timeout: Duration = secs(15)
-    """TCP + TLS + upgrade must finish within this (Firezone: 5 s for TCP, no bound on TLS/upgrade)."""
-    close_grace: Duration = secs(1)
-    """How long a graceful close may take at shutdown (the reference's close is best-effort)."""
-    queue_limit: int = 32
-    """A push finding more than this many queued frames empties the queue first (Firezone: 32)."""
-    max_in_flight: int = 256
-    """Sent pushes remembered for matching replies; older ones are forgotten (bounded memory)."""
-    backoff: BackoffConfig = field(default_factory=lambda: BackoffConfig(first_immediate=True))
-    """Firezone's reconnect policy: ``backoff`` crate defaults, first retry immediate, 15 min window."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs (facts reported by the driver)
-
-
-@dataclass(frozen=True, slots=True)
-class PortalConnected(Input):
-    """The WebSocket handshake of connection ``conn`` succeeded."""
-
-    conn: int
-
-
-@dataclass(frozen=True, slots=True)
-class PortalConnectFailed(Input):
-    """Connection ``conn`` could not be opened. ``status``: HTTP status of a refused upgrade;
-    ``certificate_invalid``: the TLS peer certificate was refused (fatal, as Firezone)."""
-
-    conn: int
-    error: str
-    status: int | None = None
-    certificate_invalid: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PortalDisconnected(Input):
-    """Connection ``conn`` ended (close frame, end of stream or error)."""
-
-    conn: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class PortalFrameReceived(Input):
-    """A text frame (or a binary one, treated as UTF-8 text as Firezone does) on connection ``conn``."""
-
-    conn: int
-    data: str | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PortalSendFailed(Input):
-    """Writing ``text`` on connection ``conn`` failed; the frame goes back to the head of the queue."""
-
-    conn: int
-    text: str
-    error: str
-
-
-# --------------------------------------------------------------------------------------------------
-# Commands (orders to the driver)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectPortal(Command):
-    """Open WebSocket ``conn`` to ``url`` with this User-Agent (close any older connection first)."""
-
-    conn: int
-    url: LoginUrl
-    user_agent: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendPortalFrame(Command):
-    conn: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClosePortal(Command):
-    """Close connection ``conn``: a WebSocket close handshake if ``graceful``, else drop it."""
-
-    conn: int
-    graceful: bool
-
-
-# --------------------------------------------------------------------------------------------------
-# Events (for the gateway)
-
-
-@dataclass(frozen=True, slots=True)
-class PortalEvent:
-    """Base of what the channel tells the gateway."""
-
-
-@dataclass(frozen=True, slots=True)
-class PortalJoined(PortalEvent):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PortalMessageReceived(PortalEvent):
-    message: InboundMessage
-
-
-@dataclass(frozen=True, slots=True)
-class PortalReplyError(PortalEvent):
-    """The portal answered one of our pushes (``event``, ``None`` if unknown) with an error."""
-
-    ref: int
-    event: str | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PortalHiccup(PortalEvent):
-    """A transient failure; the next attempt is in ``delay`` ns."""
-
-    delay: Duration
-    error: str
-
-
-class FatalKind(StrEnum):
-    CLIENT_ERROR = "client_error"  # 4xx on the upgrade
-    FATAL_IO = "fatal_io"  # invalid peer certificate
-    LOGIN_FAILED = "login_failed"  # error reply to the join
-    TOKEN_EXPIRED = "token_expired"  # disconnect/token_expired
-    MAX_RETRIES = "max_retries_reached"  # backoff exhausted
-
-
-@dataclass(frozen=True, slots=True)
-class PortalFailed(PortalEvent):
-    """A fatal error: the channel gave up; the daemon exits with status 1."""
-
-    kind: FatalKind
-    error: str
-    status: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PortalStopped(PortalEvent):
-    """The channel is closed after a shutdown."""
+ChannelInput = PortalInput | ShutdownRequested
+"""What :meth:`PortalChannel.handle_input` takes: the driver's reports, and a shutdown (a graceful close)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,13 +152,6 @@ def transition_diagram() -> str:
     return "\n".join(lines)
 
 
-@dataclass(slots=True)
-class _Queued:
-    ref: int
-    event: str
-    text: str
-
-
 class PortalChannel:
     """The Phoenix channel machine (see the module docstring)."""
 
@@ -302,12 +171,10 @@ class PortalChannel:
         self._state = ChannelState.IDLE
         self._now = Instant(0)
         self._conn = 0
-        self._next_ref = 0
         self._backoff: Backoff | None = None
         self._last_error = ""
-        self._queue: deque[_Queued] = deque()
-        self._in_flight: OrderedDict[int, str] = OrderedDict()
-        self._commands: deque[Command] = deque()
+        self._outbox = Outbox(self.config.max_in_flight)
+        self._commands: deque[PortalCommand] = deque()
         self._events: deque[PortalEvent] = deque()
         self._join_ref: int | None = None
         self._last_sent = Instant(0)
@@ -327,7 +194,7 @@ class PortalChannel:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._outbox)
 
     # ---------------------------------------------------------------- driving contract
 
@@ -336,7 +203,7 @@ class PortalChannel:
             raise UsageError(f"time went backwards: {now} < {self._now}")
         self._now = now
 
-    def poll_command(self) -> Command | None:
+    def poll_command(self) -> PortalCommand | None:
         return self._commands.popleft() if self._commands else None
 
     def poll_event(self) -> PortalEvent | None:
@@ -383,18 +250,21 @@ class PortalChannel:
                 self._transient("heartbeat not answered")
                 return
             if now >= self._last_sent + cfg.heartbeat_interval:
-                ref = self._new_ref()
+                ref = self._outbox.new_ref()
                 text = phoenix.encode_frame(phoenix.PHOENIX_TOPIC, phoenix.HEARTBEAT, {}, ref)
                 if self._heartbeat_ref is None:
                     self._heartbeat_sent = now
                     self._heartbeat_ref = ref
                 else:  # still waiting for an older one: keep its deadline, match either reply
-                    self._in_flight[ref] = phoenix.HEARTBEAT
+                    self._outbox.expect_reply(ref, phoenix.HEARTBEAT)
                 self._write(text)
                 self.stats.incr("portal.heartbeats")
 
     def handle_input(self, now: Instant, inp: Input) -> None:
+        """One of :data:`ChannelInput` (anything else: :class:`UsageError`)."""
         self._advance(now)
+        if not isinstance(inp, ChannelInput):
+            raise UsageError(f"portal channel cannot handle {type(inp).__name__}")
         match inp:
             case ShutdownRequested():
                 self.close(now)
@@ -425,10 +295,10 @@ class PortalChannel:
             case PortalSendFailed(conn=c, text=text, error=err):
                 if self._live(c):
                     # Put it back at the head; its ref and event are recovered from the text.
-                    self._queue.appendleft(_Queued(-1, "", text))
+                    self._outbox.requeue(text)
                     self._transient(f"send failed: {err}")
             case _:
-                raise UsageError(f"portal channel cannot handle {type(inp).__name__}")
+                assert_never(inp)
 
     def _live(self, conn: int) -> bool:
         return conn == self._conn and self._state in (S.JOINING, S.JOINED)
@@ -478,12 +348,13 @@ class PortalChannel:
             # Shutting down or given up: nothing will be sent any more (Firezone ignores them too).
             self.stats.incr("portal.pushes_after_close")
             return -1
-        if len(self._queue) > self.config.queue_limit:
-            log.debug("portal queue over %d frames: discarding %d", self.config.queue_limit, len(self._queue))
-            self.stats.drop(DropReason.QUEUE_FULL, len(self._queue))
-            self._queue.clear()
-        ref = self._new_ref()
-        self._queue.append(_Queued(ref, event, phoenix.encode_frame(topic, event, payload, ref)))
+        queued = len(self._outbox)
+        if queued > self.config.queue_limit:
+            log.debug("portal queue over %d frames: discarding %d", self.config.queue_limit, queued)
+            self.stats.drop(DropReason.QUEUE_FULL, queued)
+            self._outbox.discard_queue()
+        ref = self._outbox.new_ref()
+        self._outbox.queue(ref, event, phoenix.encode_frame(topic, event, payload, ref))
         if self._state is S.JOINED:
             self._flush()
         return ref
@@ -496,11 +367,6 @@ class PortalChannel:
         log.debug("portal channel %s -> %s (%s)", old.value, new.value, why)
         self._state = new
 
-    def _new_ref(self) -> int:
-        ref = self._next_ref
-        self._next_ref += 1
-        return ref
-
     def _connect(self) -> None:
         self._conn += 1
         self._transition(S.CONNECTING, f"connection {self._conn}")
@@ -511,13 +377,13 @@ class PortalChannel:
     def _on_connected(self) -> None:
         self._backoff = None  # success is the upgrade, not the join (lib.rs:398)
         self._last_sent = self._now
-        self._in_flight.clear()
+        self._outbox.forget_replies()
         self._heartbeat_ref = None
         self._transition(S.JOINING, "websocket up")
         self._send_join()
 
     def _send_join(self) -> None:
-        ref = self._new_ref()
+        ref = self._outbox.new_ref()
         self._join_ref = ref
         self._deadline_at = Instant(self._now + self.config.join_timeout)
         self._write(phoenix.encode_frame(LOGIN_TOPIC, phoenix.PHX_JOIN, None, ref))
@@ -535,28 +401,15 @@ class PortalChannel:
         self._last_sent = self._now
 
     def _flush(self) -> None:
-        limit = self.config.max_in_flight
-        while self._queue:
-            q = self._queue.popleft()
-            ref, event = q.ref, q.event
-            if ref < 0:  # re-queued after a failed write: recover its ref and event
-                try:
-                    f = phoenix.decode_frame(q.text)
-                    ref, event = (f.ref if f.ref is not None else -1), f.event
-                except DecodeError:
-                    pass
-            if ref >= 0:
-                self._in_flight[ref] = event
-                while len(self._in_flight) > limit:
-                    self._in_flight.popitem(last=False)
-            self._write(q.text)
+        for text in self._outbox.take():
+            self._write(text)
 
     def _drop_connection(self) -> None:
         if self._state in (S.CONNECTING, S.JOINING, S.JOINED):
             self._commands.append(ClosePortal(self._conn, graceful=False))
         self._join_ref = None
         self._heartbeat_ref = None
-        self._in_flight.clear()
+        self._outbox.forget_replies()
 
     def _transient(self, error: str) -> None:
         """A recoverable failure: drop the connection, retry per the backoff (§1.11)."""
@@ -659,7 +512,7 @@ class PortalChannel:
         response = p["response"]
         if status == "ok":
             if response is None:
-                self._in_flight.pop(ref, None)
+                self._outbox.answered(ref)
                 return  # "success response": nothing to do
             if not isinstance(response, dict) or response:
                 log.warning("portal: ok reply with unexpected response dropped")
@@ -674,7 +527,7 @@ class PortalChannel:
                 self._flush()
             elif ref == self._heartbeat_ref:
                 self._heartbeat_ref = None
-            elif self._in_flight.pop(ref, None) is None:
+            elif self._outbox.answered(ref) is None:
                 self.stats.drop(DropReason.PORTAL_UNMATCHED_REPLY)
             return
         reason_v = response.get("reason") if isinstance(response, dict) else None
@@ -685,10 +538,39 @@ class PortalChannel:
         if ref == self._join_ref and self._state is S.JOINING and frame.topic == LOGIN_TOPIC:
             self._fatal(FatalKind.LOGIN_FAILED, f"join refused: {reason_v}")
             return
-        event = self._in_flight.pop(ref, None)
+        event = self._outbox.answered(ref)
         if reason_v == "unmatched topic":
             self._rejoin("unmatched topic")
             return
         log.warning("portal: error reply to %s (ref %d): %s", event or "?", ref, reason_v)
         self.stats.incr("portal.error_replies")
         self._events.append(PortalReplyError(ref, event, reason_v))
+
+
+__all__ = [
+    "LOGIN_TOPIC",
+    "TRANSITIONS",
+    "ChannelConfig",
+    "ChannelInput",
+    "ChannelState",
+    "ClosePortal",
+    "ConnectPortal",
+    "FatalKind",
+    "PortalChannel",
+    "PortalCommand",
+    "PortalConnectFailed",
+    "PortalConnected",
+    "PortalDisconnected",
+    "PortalEvent",
+    "PortalFailed",
+    "PortalFrameReceived",
+    "PortalHiccup",
+    "PortalInput",
+    "PortalJoined",
+    "PortalMessageReceived",
+    "PortalReplyError",
+    "PortalSendFailed",
+    "PortalStopped",
+    "SendPortalFrame",
+    "transition_diagram",
+]

@@ -102,6 +102,18 @@ def default_array(o: Mapping[str, Json], key: str, what: str) -> list[Json]:
     return array(o[key], f"{what}.{key}") if key in o else []
 
 
+def candidate_list(o: Mapping[str, Json], what: str) -> tuple[str, ...]:
+    """Candidate strings; a non-string entry is skipped on its own (logged), the rest is kept."""
+    items = array(req(o, "candidates", what), f"{what}.candidates")
+    out = []
+    for i, c in enumerate(items):
+        if isinstance(c, str):
+            out.append(c)
+        else:
+            log.warning("%s.candidates[%d]: not a string, skipped", what, i)
+    return tuple(out)
+
+
 def parse_uuid(value: Json, what: str) -> uuid.UUID:
     """A UUID in any form the Rust ``uuid`` crate accepts: hyphenated, simple, braced, ``urn:uuid:``."""
     s = string(value, what)

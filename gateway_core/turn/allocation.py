@@ -9,16 +9,11 @@ server-reflexive candidate (XOR-MAPPED-ADDRESS). On the first answer it sends AL
 UDP, ADDITIONAL-ADDRESS-FAMILY IPv6). The success gives up to two relayed candidates and a lifetime;
 the allocation is refreshed at half its lifetime and kept alive by a BINDING every 25 s.
 
-Authentication is the long-term mechanism with realm ``firezone``: every non-BINDING request is rebuilt
-on every (re)send with a fresh transaction id, USERNAME, REALM, NONCE (once known) and MESSAGE-INTEGRITY.
-401/438 update the nonce and resend; a 401 to a request that carried a nonce means dead credentials.
-Two relay flavours are handled (``docs/decisions/0020-turn-client-firezone-and-rfc-relays.md``):
-
-- the Firezone relay answers the first (signed, nonce-less) request with a *signed* 401 with a nonce;
-- a standard RFC 8656 server (coturn) answers that request with an unsigned 400 and its 401/438
-  challenges are unsigned: an unsigned 400 to a nonce-less ALLOCATE makes us resend it without
-  credentials once, and unsigned 401/438 are accepted as challenges when they carry a NONCE. Every other
-  response to an authenticated request must carry a valid MESSAGE-INTEGRITY or it is ignored.
+Authentication, long-term with realm ``firezone``, for the Firezone relay and for standard RFC 8656
+servers such as coturn (decision 0020), is :attr:`Allocation.auth`, a
+:class:`~gateway_core.turn.auth.LongTermAuth`: every request but BINDING is signed anew on every (re)send,
+challenges update the nonce, and a response that is not authentic changes nothing. The one exception to
+signing: coturn answers a first, nonce-less ALLOCATE with an unsigned 400, and we resend it once unsigned.
 
 A 437 to ALLOCATE means our 5-tuple already holds an allocation (RFC 8656 §7.2): it is deleted (REFRESH
 LIFETIME 0), signed with the :class:`StaleCredentials` the node handed over when the relay's credentials
@@ -48,6 +43,7 @@ from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.stats import Stats
+from gateway_core.turn.auth import LongTermAuth
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
 from gateway_core.turn.datapath import DataPath
 from gateway_core.turn.types import (
@@ -85,7 +81,6 @@ DELETE_GRACE = secs(5)
 and answers 437 until then: for 5 s after our delete succeeded, a 437 to ALLOCATE defers it by 1 s."""
 MAX_BUFFERED_BINDINGS = 100
 """Peers waiting for an allocation before their CHANNEL-BIND (snownet ring of 100)."""
-_AUTH_ATTRS = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.MESSAGE_INTEGRITY)
 
 
 class Allocation(DataPath):
@@ -106,20 +101,13 @@ class Allocation(DataPath):
         stale: StaleCredentials | None = None,
     ) -> None:
         self.server = server
-        self.username = username
-        self.password = password
-        self.realm = realm
+        self.auth = LongTermAuth(username, password, realm, stale)
+        """The credentials, the server's nonce and the rotated-away credentials (:mod:`.auth`)."""
         self.software = software
         self.requested_family = requested_family
         """``None``: IPv4 + ADDITIONAL-ADDRESS-FAMILY IPv6 (snownet); else REQUESTED-ADDRESS-FAMILY only."""
         self.stats = stats if stats is not None else Stats()
         self._entropy = entropy
-        self._key: bytes | None = stun.long_term_key(username, realm, password)
-        self._nonce: str | None = None
-        self._stale = stale
-        """Rotated-away credentials whose allocation may still hold our 5-tuple: a 437 to ALLOCATE
-        deletes it with them (RFC 8656 §7.2: only its own username may refresh it on coturn)."""
-        self._stale_key = stun.long_term_key(stale.username, realm, stale.password) if stale else None
         self._mismatch_budget = MAX_MISMATCH_RECOVERIES
         self._deleted_at: Instant | None = None
         self._active: SocketAddr | None = None
@@ -135,9 +123,6 @@ class Allocation(DataPath):
         self._buffered: deque[SocketAddr] = deque(maxlen=MAX_BUFFERED_BINDINGS)
         self._permissions: dict[str, tuple[SocketAddr, Instant]] = {}
         self._explicit_failure: FreeReason | None = None
-        self.standard_server = False
-        """Set when the server answered like coturn (decision 0020): REFRESH then carries no
-        REQUESTED-TRANSPORT / ADDITIONAL-ADDRESS-FAMILY, which RFC 8656 servers reject with 420."""
         self._refresh_not_before = now
         self._now = now
         self._phase = Phase.PROBING
@@ -145,6 +130,14 @@ class Allocation(DataPath):
         self._send_binding_requests(now)
 
     # --- queries ----------------------------------------------------------------------------------------
+
+    @property
+    def username(self) -> str:
+        return self.auth.username
+
+    @property
+    def password(self) -> str:
+        return self.auth.password
 
     @property
     def active_socket(self) -> SocketAddr | None:
@@ -167,15 +160,11 @@ class Allocation(DataPath):
         return any(c.addr == addr for c in self._relayed.values())
 
     def matches_credentials(self, username: str, password: str) -> bool:
-        return self._key is not None and (self.username, self.password) == (username, password)
+        return self.auth.matches(username, password)
 
     def handover(self) -> StaleCredentials | None:
         """Credentials whose allocation may exist on the server, for the allocation replacing this one."""
-        if self._stale is not None and not self.has_allocation():
-            return self._stale
-        if self._key is None or self._nonce is None:
-            return None
-        return StaleCredentials(self.username, self.password, self._nonce)
+        return self.auth.handover(self.has_allocation())
 
     def expires_at(self) -> Instant | None:
         """When the current allocation lapses unless refreshed."""
@@ -235,18 +224,10 @@ class Allocation(DataPath):
             tid = self._tid()
             payload = template.with_transaction_id(tid).encode()
         else:
-            stale = self._stale if p.stale else None
-            key = self._stale_key if stale else self._key
-            if key is None or (p.stale and stale is None):
+            signed = self.auth.sign(template, p, self._tid)
+            if signed is None:
                 return False
-            user, nonce = (stale.username, stale.nonce) if stale else (self.username, self._nonce)
-            tid = self._tid()
-            m = template.with_transaction_id(tid)
-            m.add_text(Attr.USERNAME, user).add_text(Attr.REALM, self.realm)
-            if nonce is not None:
-                m.add_text(Attr.NONCE, nonce)
-            p.sent_nonce = nonce is not None
-            payload = m.encode(key)
+            tid, payload = signed
         self._pending[tid] = p
         self._transmits.append(Transmit(None, dst, payload))
         self.stats.incr("turn.requests_sent")
@@ -277,7 +258,7 @@ class Allocation(DataPath):
 
     def _refresh_request(self, lifetime: int | None = None) -> StunMessage:
         m = StunMessage(Method.REFRESH, Class.REQUEST, self._tid())
-        if not self.standard_server:
+        if not self.auth.standard_server:  # RFC 8656 servers refuse these in a REFRESH (420)
             m.add(Attr.REQUESTED_TRANSPORT, tw.encode_requested_transport())
             if self.requested_family is None:
                 m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
@@ -297,7 +278,7 @@ class Allocation(DataPath):
         p = self._pending.get(msg.transaction_id)
         if p is None or msg.cls not in (Class.SUCCESS, Class.ERROR):
             return False
-        if p.template.method != Method.BINDING and not self._authentic(msg, p):
+        if p.template.method != Method.BINDING and not self.auth.authentic(msg, p):
             self.stats.drop(DropReason.STUN_BAD_INTEGRITY)
             return True  # stays pending, as snownet: unauthenticated input must not change state
         del self._pending[msg.transaction_id]
@@ -311,23 +292,6 @@ class Allocation(DataPath):
         self._transition()
         return True
 
-    def _authentic(self, msg: StunMessage, p: _Pending) -> bool:
-        key = self._stale_key if p.stale else self._key
-        if key is not None and msg.verify_integrity(key):
-            return True
-        if msg.cls != Class.ERROR:
-            return False
-        err = msg.error_code()
-        code = err[0] if err else 0
-        if code in (401, 438) and msg.has(Attr.NONCE):
-            return True  # RFC 8489 §9.2.5: challenges of standard servers are not signed
-        if code == 437 and (p.stale or p.template.method == Method.ALLOCATE):
-            # coturn answers an ALLOCATE on a taken 5-tuple before authenticating it (unsigned); the
-            # Firezone relay authenticates first and signs. Bounded by MAX_MISMATCH_RECOVERIES.
-            self.standard_server = True
-            return True
-        return code == 400 and not p.sent_nonce and not p.plain and p.template.method == Method.ALLOCATE
-
     def _on_error(self, msg: StunMessage, p: _Pending, now: Instant) -> None:
         err = msg.error_code()
         if err is None:
@@ -340,24 +304,19 @@ class Allocation(DataPath):
             return
         if code == 401 and p.sent_nonce:
             log.warning("TURN %s: credentials refused", self.server)
-            self._key = None
+            self.auth.refuse()
             self._invalidate()
             return
         if code in (401, 438):
-            nonce = msg.text(Attr.NONCE)
-            realm = msg.text(Attr.REALM)
-            if realm is not None and realm != self.realm:
-                log.warning("TURN %s: server realm %r is not ours", self.server, realm)
-                return
-            if nonce is None and self._nonce is None:
-                return  # resending would get the same answer
-            if nonce is not None:
-                self._nonce = nonce
-            self._authenticated(p.template, now)
+            other = self.auth.other_realm(msg)
+            if other is not None:
+                log.warning("TURN %s: server realm %r is not ours", self.server, other)
+            elif self.auth.take_challenge(msg):
+                self._authenticated(p.template, now)
             return
         if code == 400 and not p.sent_nonce and not p.plain and method == Method.ALLOCATE and self._active:
             # A standard server (coturn) refuses a signed request without NONCE: ask for a challenge.
-            self.standard_server = True
+            self.auth.standard_server = True
             q = _Pending(self._active, p.template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
             q.plain = True
             self._queue(self._active, p.template, now, q)
@@ -398,7 +357,7 @@ class Allocation(DataPath):
     def _delete_existing(self, now: Instant) -> None:
         """REFRESH with LIFETIME 0, signed with the stale credentials if we have them (else ours)."""
         template = self._refresh_request(lifetime=0)
-        if self._stale is None or self._active is None:
+        if self.auth.stale is None or self._active is None:
             self._authenticated(template, now)
             return
         q = _Pending(self._active, template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
@@ -406,15 +365,11 @@ class Allocation(DataPath):
         self._queue(self._active, template, now, q)
 
     def _on_stale_error(self, msg: StunMessage, code: int, p: _Pending, now: Instant) -> None:
-        nonce = msg.text(Attr.NONCE)
-        challenge = code == 438 or (code == 401 and not p.sent_nonce)
-        if challenge and self._stale and nonce and msg.text(Attr.REALM) in (None, self.realm):
-            self._stale.nonce = nonce
+        if self.auth.take_stale_challenge(msg, code, p):
             self._delete_existing(now)
             return
         # 437: nothing left to delete; anything else: the stale credentials cannot delete it.
         log.info("TURN %s: delete with rotated credentials ended with %s", self.server, code)
-        self._stale = None
         self._allocate(now)
 
     def _on_success(self, msg: StunMessage, p: _Pending, local: SocketAddr, now: Instant) -> None:
@@ -451,7 +406,7 @@ class Allocation(DataPath):
         elif method == Method.REFRESH:
             lifetime = msg.u32(Attr.LIFETIME)
             if p.stale:
-                self._stale = None
+                self.auth.stale = None  # the allocation of the rotated-away credentials is gone
             if lifetime is None:
                 return
             if lifetime == 0 or p.stale:
@@ -533,7 +488,7 @@ class Allocation(DataPath):
         allocating = any(p.template.method == Method.ALLOCATE for p in self._pending.values())
         if not self.has_allocation() and allocating:
             return
-        if self._derive_phase() in (Phase.SUSPENDED, Phase.DEAD) and self._key is not None:
+        if self._derive_phase() in (Phase.SUSPENDED, Phase.DEAD) and self.auth.key is not None:
             self._active = None
             self._mismatch_budget = MAX_MISMATCH_RECOVERIES
             self._send_binding_requests(now)
@@ -619,7 +574,7 @@ class Allocation(DataPath):
             return None
         if self._active is None:
             return FreeReason.NO_RESPONSE
-        if self._key is None:
+        if self.auth.key is None:
             return FreeReason.AUTHENTICATION_ERROR
         return None
 

@@ -33,11 +33,6 @@ def firezone_username(expiry: int, salt: str) -> str:
     return f"{expiry}:{salt}"
 
 
-def gateway_salt(public_key_b64: str) -> str:
-    """The salt the portal uses for a gateway: base64-no-pad(SHA-256(public key string))."""
-    return _b64_nopad(hashlib.sha256(public_key_b64.encode()).digest())
-
-
 def coturn_rest_password(secret: str, username: str) -> str:
     """coturn ``use-auth-secret`` password: base64(HMAC-SHA1(secret, username))."""
     return base64.b64encode(hmac.new(secret.encode(), username.encode(), "sha1").digest()).decode()

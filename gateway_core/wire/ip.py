@@ -427,9 +427,9 @@ def _addresses(packet: bytes | bytearray | memoryview, version: int) -> tuple[IP
         s, d = packet[12:16], packet[16:20]
     else:
         s, d = packet[8:24], packet[24:40]
-    if type(s) is not bytes:
-        s, d = bytes(s), bytes(d)
-    return _address(s), _address(d)  # type: ignore[arg-type]
+    if type(s) is bytes and type(d) is bytes:
+        return _address(s), _address(d)
+    return _address(bytes(s)), _address(bytes(d))
 
 
 def l4_info(packet: bytes | bytearray | memoryview) -> tuple[int, int, int]:

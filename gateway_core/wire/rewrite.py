@@ -130,7 +130,8 @@ def nat_rewrite(
     if proto == PROTO_ICMP:  # no pseudo-header: the addresses are not covered
         old = new = 0
     if echo_at >= 0:
-        ident: int = sport if sport is not None else dport  # type: ignore[assignment]
+        ident = sport if sport is not None else dport
+        assert ident is not None  # echo_at is only set when an identifier was given
         old += _U16.unpack_from(buf, echo_at)[0]
         new += ident
         _U16.pack_into(buf, echo_at, ident)

@@ -162,11 +162,6 @@ def long_term_key(username: str, realm: str, password: str) -> bytes:
     return hashlib.md5(f"{username}:{realm}:{password}".encode(), usedforsecurity=False).digest()
 
 
-def long_term_key_sha256(username: str, realm: str, password: str) -> bytes:
-    """RFC 8489 §9.2.2 key when PASSWORD-ALGORITHM is SHA-256."""
-    return hashlib.sha256(f"{username}:{realm}:{password}".encode()).digest()
-
-
 # --- attribute value codecs -------------------------------------------------------------------------------
 
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import assert_never
 
 from devportal import DevPortal, load_config
 from devportal.config import EXAMPLE_CONFIG
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import NANOS_PER_SEC, Duration, Instant, millis
-from gateway_core.commands import Command
+from gateway_core.commands import Command, Exit, Transmit
 from gateway_core.contract import Component
 from gateway_core.dns.forwarding import (
     DnsQueryReceived,
@@ -52,9 +53,16 @@ from gateway_core.dns.servers import (
     RetryDnsServerBind,
 )
 from gateway_core.gateway import Gateway
-from gateway_core.gateway_types import DomainResolved, DomainResolveFailed, GatewayConfig, ResolveDomain
+from gateway_core.gateway_types import (
+    DomainResolved,
+    DomainResolveFailed,
+    GatewayCommand,
+    GatewayConfig,
+    ResolveDomain,
+)
 from gateway_core.inputs import Input
 from gateway_core.interface import ConfigureInterface, InterfaceConfigured
+from gateway_core.portal.channel import ClosePortal, ConnectPortal, SendPortalFrame
 from gateway_core.wire.ip import build_udp_packet
 from sim.host import Host
 from sim.net import LinkProfile, ip_endpoints, udp_in_ip
@@ -173,7 +181,12 @@ class GatewayHost(PortalClientHost):
     # --- commands -----------------------------------------------------------------------------------
 
     def execute(self, now: Instant, command: Command) -> None:
+        if not isinstance(command, GatewayCommand):
+            super().execute(now, command)  # not one of the gateway's: the base host refuses it
+            return
         match command:
+            case Transmit() | Exit() | ConnectPortal() | SendPortalFrame() | ClosePortal():
+                super().execute(now, command)  # the portal client host and the base host map these
             case ResolveDomain(request_id=rid, domain=domain):
                 self.log.append((now, command))
                 found = self.resolver.resolve(domain)
@@ -216,7 +229,7 @@ class GatewayHost(PortalClientHost):
                 self.log.append((now, command))
                 self._bind_dns(a)
             case _:
-                super().execute(now, command)
+                assert_never(command)
 
     def _bind_dns(self, address: SocketAddr) -> None:
         left = self.fail_binds.get(address.ip.version, 0)

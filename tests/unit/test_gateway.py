@@ -11,11 +11,11 @@ import pytest
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import NANOS_PER_SEC, Instant, secs
 from gateway_core.commands import Exit
+from gateway_core.control import relay_configs
 from gateway_core.dns.servers import BindDnsServers, DnsServerBindFailed, RetryDnsServerBind
 from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import UsageError
 from gateway_core.gateway import Gateway
-from gateway_core.gateway_control import relay_configs
 from gateway_core.gateway_types import (
     DomainResolved,
     DomainResolveFailed,

@@ -38,7 +38,7 @@ def test_spec_icmp_prohibited_vector() -> None:
     offending = bytes.fromhex(
         "450000240000400040 11cc876440000 10a000001".replace(" ", "") + "0001025800108f330000000000000000"
     )
-    verdict, reply, rid = p.outbound(bytearray(offending), NOW)
+    verdict, reply, rid, _ = p.outbound(bytearray(offending), NOW)
     assert verdict == REPLY and rid is None
     assert isinstance(reply, bytes)
     assert reply == bytes.fromhex(
@@ -54,9 +54,9 @@ def test_cidr_resource_with_filters() -> None:
     p = policy()
     p.allow(CidrResource(R_CIDR, "web", ip_network("10.0.0.0/24"), (Filter(TCP, 80, 80),)), None)
     ok = bytearray(build_tcp_packet(CV4, ip("10.0.0.5"), 5000, 80, flags=TCP_SYN))
-    assert p.outbound(ok, NOW) == (FORWARD, ok, R_CIDR)
+    assert p.outbound(ok, NOW) == (FORWARD, ok, R_CIDR, None)
     denied = bytearray(build_tcp_packet(CV4, ip("10.0.0.5"), 5000, 22, flags=TCP_SYN))
-    verdict, icmp, _ = p.outbound(denied, NOW)
+    verdict, icmp, _, _ = p.outbound(denied, NOW)
     assert verdict == REPLY and isinstance(icmp, bytes)
     hdr = parse_ip(icmp)
     err = parse_icmp_error(icmp)
@@ -65,33 +65,33 @@ def test_cidr_resource_with_filters() -> None:
     assert p.stats.drops[DropReason.FILTERED] == 1
     # Inbound filtering is stateless on the source port (§5).
     assert p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 80, 5000)), NOW)[0] == FORWARD
-    verdict, reason, _ = p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 81, 5000)), NOW)
+    verdict, _, _, reason = p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 81, 5000)), NOW)
     assert (verdict, reason) == (DROP, DropReason.FILTERED)
-    verdict, reason, _ = p.inbound(bytearray(build_udp_packet(ip("10.0.1.5"), CV4, 80, 5000, b"")), NOW)
+    verdict, _, _, reason = p.inbound(bytearray(build_udp_packet(ip("10.0.1.5"), CV4, 80, 5000, b"")), NOW)
     assert (verdict, reason) == (DROP, DropReason.NOT_AUTHORIZED)
 
 
 def test_spoofed_source_and_gateway_address() -> None:
     p = policy()
     spoof = bytearray(build_udp_packet(ip("100.64.0.2"), GV4, 1, 53535, b""))
-    verdict, icmp, _ = p.outbound(spoof, NOW)
+    verdict, icmp, _, _ = p.outbound(spoof, NOW)
     assert verdict == REPLY and parse_ip(icmp).dst == ip("100.64.0.2")  # type: ignore[arg-type]
     assert p.stats.drops[DropReason.SPOOFED_SOURCE] == 1
     to_gw = bytearray(build_udp_packet(CV6, GV6, 1, 53535, b"q"))
-    assert p.outbound(to_gw, NOW) == (FORWARD, to_gw, None)  # unfiltered, no resource needed
+    assert p.outbound(to_gw, NOW) == (FORWARD, to_gw, None, None)  # unfiltered, no resource needed
     from_gw = bytearray(build_udp_packet(GV6, CV6, 53535, 1, b"a"))
-    assert p.inbound(from_gw, NOW) == (FORWARD, from_gw, None)
-    assert p.outbound(bytearray(b"\x45\x00"), NOW) == (DROP, DropReason.MALFORMED_IP, None)
-    assert p.inbound(bytearray(b""), NOW) == (DROP, DropReason.MALFORMED_IP, None)
+    assert p.inbound(from_gw, NOW) == (FORWARD, from_gw, None, None)
+    assert p.outbound(bytearray(b"\x45\x00"), NOW) == (DROP, b"", None, DropReason.MALFORMED_IP)
+    assert p.inbound(bytearray(b""), NOW) == (DROP, b"", None, DropReason.MALFORMED_IP)
 
 
 def test_internet_resource_but_not_proxy_ips() -> None:
     p = policy()
     p.allow(InternetResource(R_NET), None)
     anything = bytearray(build_ip(CV4, ip("8.8.8.8"), 47, b"gre!"))
-    assert p.outbound(anything, NOW) == (FORWARD, anything, R_NET)
+    assert p.outbound(anything, NOW) == (FORWARD, anything, R_NET, None)
     back = bytearray(build_ip(ip("8.8.8.8"), CV4, 47, b"gre!"))
-    assert p.inbound(back, NOW) == (FORWARD, back, R_NET)  # decision 0046
+    assert p.inbound(back, NOW) == (FORWARD, back, R_NET, None)  # decision 0046
     proxy = bytearray(build_udp_packet(CV4, ip("100.96.0.1"), 1, 53, b""))
     assert p.outbound(proxy, NOW)[0] == REPLY
 
@@ -105,23 +105,23 @@ def test_dns_resource_end_to_end() -> None:
     assert p.is_allowed(R_DNS) and not p.is_allowed(R_CIDR)
     assert p.handle_domain_resolved("app.example.com", R_DNS, [ip("10.1.1.1")], proxies) is NatStatus.ACTIVE
     syn = bytearray(build_tcp_packet(CV4, ip("100.96.0.2"), 6000, 443, flags=TCP_SYN))
-    assert p.outbound(syn, NOW) == (FORWARD, syn, R_DNS)
+    assert p.outbound(syn, NOW) == (FORWARD, syn, R_DNS, None)
     assert five_tuple(syn)[2] == ip("10.1.1.1")
     reply = bytearray(build_tcp_packet(ip("10.1.1.1"), CV4, 443, 6000))
-    assert p.inbound(reply, NOW) == (FORWARD, reply, R_DNS)
+    assert p.inbound(reply, NOW) == (FORWARD, reply, R_DNS, None)
     assert five_tuple(reply)[1] == ip("100.96.0.2")
     # The DNS resource's filters apply to proxy IPs.
     assert p.outbound(bytearray(build_tcp_packet(CV4, ip("100.96.0.2"), 6000, 80)), NOW)[0] == REPLY
     # No AAAA record: IPv6 proxy IPs are mapped to nothing, so ICMP unreachable (v6 code 3).
     v6 = bytearray(build_icmp_echo(CV6, ip("fd00:2021:1111:8000::1"), 1, 1, b""))
-    verdict, icmp, _ = p.outbound(v6, NOW)
+    verdict, icmp, _, _ = p.outbound(v6, NOW)
     err = parse_icmp_error(icmp)  # type: ignore[arg-type]
     assert verdict == REPLY and err is not None and (err.icmp_type, err.code) == (1, 3)
     # An ICMP error from the real IP about our session comes back from the proxy IP.
     probe = bytearray(build_udp_packet(CV4, ip("100.96.0.1"), 7000, 443, b""))
     assert p.outbound(probe, NOW)[0] == REPLY  # UDP not allowed by the filters
     router_err = bytearray(build_icmp_error(bytes(syn), 3, 1))
-    verdict, translated, _ = p.inbound(router_err, NOW)
+    verdict, translated, _, _ = p.inbound(router_err, NOW)
     assert verdict == FORWARD and parse_ip(translated).src == ip("100.96.0.2")  # type: ignore[arg-type]
     # A failed resolution is reported Inactive; an unauthorised resource too.
     assert p.handle_domain_resolved("app.example.com", R_DNS, None, proxies) is NatStatus.INACTIVE
@@ -182,9 +182,10 @@ def test_mutated_packets_never_raise(seed: bytes, flips: list[tuple[int, int]], 
             data[at % len(data)] = v
     data = data[: max(cut, 0)] if cut < len(data) else data
     for direction in (p.outbound, p.inbound):
-        verdict, payload, _ = direction(bytearray(data), NOW)
+        verdict, payload, _, reason = direction(bytearray(data), NOW)
         assert verdict in (FORWARD, REPLY, DROP)
-        assert isinstance(payload, bytes | bytearray | DropReason)
+        assert isinstance(payload, bytes | bytearray)
+        assert isinstance(reason, DropReason) if verdict is DROP else reason is None
 
 
 @given(st.binary(max_size=80))
@@ -198,14 +199,14 @@ def test_inbound_to_another_address_is_dropped() -> None:
     p = policy()
     p.allow(CidrResource(R_CIDR, "web", ip_network("10.0.0.0/24"), ()), None)
     other = IPv4Address("100.64.0.55")  # e.g. indexed for this client by a later authorisation (§2.3)
-    verdict, reason, _ = p.inbound(bytearray(build_udp_packet(ip("10.0.0.5"), other, 53, 1, b"")), NOW)
+    verdict, _, _, reason = p.inbound(bytearray(build_udp_packet(ip("10.0.0.5"), other, 53, 1, b"")), NOW)
     assert (verdict, reason) == (DROP, DropReason.UNKNOWN_CLIENT)
     err = bytearray(build_icmp_error(build_udp_packet(other, ip("10.0.0.5"), 1, 53, b""), 3, 3))
-    assert p.inbound(err, NOW)[:2] == (DROP, DropReason.UNKNOWN_CLIENT)
+    assert p.inbound(err, NOW) == (DROP, b"", None, DropReason.UNKNOWN_CLIENT)
     ok = bytearray(build_icmp_error(build_udp_packet(CV4, ip("10.9.9.9"), 1, 53, b""), 3, 3))
-    assert p.inbound(ok, NOW) == (FORWARD, ok, None)  # an ICMP error passes without any filter
+    assert p.inbound(ok, NOW) == (FORWARD, ok, None, None)  # an ICMP error passes without any filter
     redirect = bytearray(build_ip(ip("10.0.0.5"), CV4, 1, bytes([5, 0, 0, 0]) + bytes(4) + bytes(28)))
-    assert p.inbound(redirect, NOW)[:2] == (DROP, DropReason.NAT_UNSUPPORTED_PROTOCOL)
+    assert p.inbound(redirect, NOW) == (DROP, b"", None, DropReason.NAT_UNSUPPORTED_PROTOCOL)
 
 
 # --- outbound decisions against a naive model of §4 step 5 and §7.2-7.4 -------------------------
@@ -301,6 +302,6 @@ def test_outbound_agrees_with_model(
         pkt = build_udp_packet(src, ip_address(dst), 1000, port, b"")
     else:
         pkt = build_icmp_echo(src, ip_address(dst), 1, 1, b"")
-    verdict, _, rid = p.outbound(bytearray(pkt), NOW)
+    verdict, _, rid, _ = p.outbound(bytearray(pkt), NOW)
     want = model_outbound(list(resources.values()), dst, proto, port)
     assert (verdict, rid) == ((FORWARD, want) if want is not None else (REPLY, None))

@@ -213,8 +213,8 @@ def test_keepalive_lost_invalidates() -> None:
 
 def test_dead_credentials() -> None:
     h = Harness()
-    h.alloc.password = "wrong"
-    h.alloc._key = stun.long_term_key(h.alloc.username, "firezone", "wrong")
+    h.alloc.auth.password = "wrong"
+    h.alloc.auth.key = stun.long_term_key(h.alloc.username, "firezone", "wrong")
     h.pump()
     assert h.alloc.can_be_freed() is FreeReason.AUTHENTICATION_ERROR
     assert len(h.requests(Method.ALLOCATE)) == 2  # no nonce -> 401 -> with nonce -> 401: give up
