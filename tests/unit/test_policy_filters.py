@@ -1,4 +1,5 @@
-"""The filter engine, the per-client filter table and classification (``filter_engine.rs``)."""
+"""The filter engine, the per-client filter table and classification (Firezone's
+``rust/connlib/tunnel/src/gateway/filter_engine.rs``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The DNS-resource NAT (Firezone's ``nat_table.rs`` and ``setup_nat``): keys, timeouts in both directions,
-bounds, a worked example on real packets, proxy-IP pairing and setup_nat."""
+"""The DNS-resource NAT (Firezone's ``rust/connlib/tunnel/src/gateway/nat_table.rs``): keys, timeouts in
+both directions, bounds, a worked example on real packets, proxy-IP pairing and setup_nat."""
 
 from __future__ import annotations
 
