@@ -1,5 +1,5 @@
 """Queries per second over UDP on loopback: one :class:`UdpDnsServer` answering from a fixed response,
-against dnsmasq answering the same record (issue 7 item 8).
+against dnsmasq answering the same record.
 
 dnsperf (bounded with ``-l``) asks ``www.fz.test A`` of each server in turn, in the same run:
 

@@ -1,4 +1,4 @@
-"""iperf3 TCP through our client and the real gateway daemon, next to wireguard-go on both ends (issue 9).
+"""iperf3 TCP through our client and the real gateway daemon, next to wireguard-go on both ends.
 
 Both runs use the same :class:`e2e.topology.Topology` in the same process run: ``client`` (iperf3 -c) ->
 tunnel -> ``gw`` (forwarding) -> ``web`` (iperf3 -s on 172.20.1.10:5201), over the same veths and router.

@@ -4,8 +4,8 @@ against one bare ``ChaCha20Poly1305`` call on the same number of bytes, measured
 100 and 10,000 connected clients; and the memory of one idle connected client.
 
 Packet: the largest the data path accepts, 1280 bytes (the TUN MTU, ``MAX_IP_SIZE``; a 1400-byte inner
-packet is dropped as ``IP_TOO_LARGE`` by gateway-datapath.md §12.1), IPv4/UDP to a DNS resource's proxy
-IP, so every packet goes through the NAT. The measured client is fully connected (ICE, WireGuard) through
+packet is dropped as ``IP_TOO_LARGE``, as in Firezone), IPv4/UDP to a DNS resource's proxy IP, so every
+packet goes through the NAT. The measured client is fully connected (ICE, WireGuard) through
 the test harness's in-memory network; the other clients are authorised (a CIDR resource each, their own
 tunnel addresses) and have a node connection (ICE agent + WireGuard tunnel, no handshake yet): they
 populate every table the data path looks into. ``python -m bench bench_gateway``.

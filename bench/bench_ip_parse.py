@@ -44,7 +44,7 @@ def main() -> None:
     src, dst = IPv4Address("100.64.0.1"), IPv4Address("10.0.0.1")
     pkt = build_udp_packet(src, dst, 40000, 443, bytes(PACKET_SIZE - 28))
     assert len(pkt) == PACKET_SIZE
-    # validate() rejects anything above 1280 bytes at once (§12.1); time it on the largest valid packet.
+    # validate() rejects anything above 1280 bytes at once (MAX_IP_SIZE); time it on the largest valid packet.
     pkt_mtu = build_udp_packet(src, dst, 40000, 443, bytes(MAX_IP_SIZE - 28))
     real = IPv4Address("10.0.0.2")
     buf = bytearray(pkt)
@@ -61,7 +61,7 @@ def main() -> None:
         ("src_dst (two addresses)", lambda: src_dst(pkt)),
         ("five_tuple", lambda: five_tuple(pkt)),
         ("parse_ip (NamedTuple + payload copy)", lambda: parse_ip(pkt)),
-        ("validate, 1280-byte packet (§12.1)", lambda: validate(pkt_mtu)),
+        ("validate, 1280-byte packet", lambda: validate(pkt_mtu)),
         ("nat_rewrite dst+sport (incremental)", rewrite),
     ]
     print(f"packet: {PACKET_SIZE}-byte UDP/IPv4; reference: one bytes slice pkt[28:] (measured alongside)")

@@ -1,4 +1,4 @@
-"""Simulator speed: simulated time per real second on the standard gateway scenario (issue 8 item 8).
+"""Simulator speed: simulated time per real second on the standard gateway scenario.
 
 Standard scenario: the gateway world (:func:`sim.gateway_world.build_gateway_world`) with 10 clients and
 2 relays; every client holds the CIDR and the DNS resource, and pings the CIDR resource once a second, for
@@ -19,7 +19,7 @@ from sim.world import World
 CLIENTS = 10
 RELAYS = 2
 MINUTES = 10
-"""The standard scenario of issue 8 item 8."""
+"""Simulated minutes of the standard scenario."""
 PING_EVERY = secs(1)
 """Each client's application traffic: one ICMP echo to the CIDR resource per second."""
 

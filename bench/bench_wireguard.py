@@ -6,7 +6,7 @@ datagrams; the bare decrypt walks the same datagrams' ciphertexts with pre-built
 so that both pay the same iteration and memory costs and the ratio shows only our overhead.
 
 Printed: microseconds per operation (minimum over interleaved rounds) and the ratio to the bare AEAD
-call (issue 3 target: at most 1.5x each). ``python -m bench bench_wireguard``.
+call (target: at most 1.5x each). ``python -m bench bench_wireguard``.
 """
 
 from __future__ import annotations

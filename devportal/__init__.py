@@ -2,7 +2,8 @@
 ``firezone-dev-portal`` server (``devio.portal``).
 
 It imports ``gateway_core`` only (never ``sim``, ``gateway_io`` nor ``devio``, and nothing doing IO), so both
-sides can use it without breaking the one-direction import rule (ARCHITECTURE.md §1).
+sides can use it without breaking the one-direction import rule (checked by
+``tests/test_architecture.py``).
 """
 
 from devportal.config import ConfigError, PortalConfig, load_config

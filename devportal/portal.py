@@ -1,9 +1,11 @@
-"""The dev portal's logic: authenticate gateways, join them, push §2 messages, check their answers. Pure.
+"""The dev portal's logic: authenticate gateways, join them, push application messages, check their
+answers. Pure.
 
 Theory of operation: :class:`DevPortal` plays Firezone's portal (``elixir/apps/api/lib/api/gateway``) for
 development, tests and the simulator. A driver (the real WebSocket server in ``devio.portal`` or
 the stub portal host in ``sim.portal``) calls :meth:`DevPortal.authenticate` with the upgrade request
-(path, query, User-Agent); a refusal carries the HTTP status and body the real portal would send (§1.4).
+(path, query, User-Agent); a refusal carries the HTTP status and body the real portal would send
+(``elixir/apps/api/lib/api/gateway/socket.ex``, ``elixir/apps/api/lib/api/sockets.ex``).
 An accepted gateway gets a :class:`~devportal.phoenix_server.PhoenixSocket` whose handler is the portal:
 joining topic ``gateway`` answers ok and pushes ``init`` (interface addresses, relays with credentials
 derived from each relay's secret, current authorisations). Scripted actions (:meth:`authorize`,
@@ -16,9 +18,11 @@ kept in :attr:`DevPortal.received` for inspection.
 Wall-clock time (Unix seconds, for expiries and relay credentials) is :attr:`DevPortal.unix_now`, set by
 the driver; nothing here reads a clock.
 
-Derivations follow the portal (§3.4, §3.5): PSK = PBKDF2-HMAC-SHA256 over both PSK bases and a salt naming
-both IDs and keys; ICE credentials = slices of the base32 SHA-256 of both IDs and keys; TURN username
-``<expires_at>:<salt>`` and password ``base64(sha256("<expires_at>:<secret>:<salt>"))``.
+Derivations follow the portal (``elixir/apps/domain/lib/domain/crypto.ex``,
+``elixir/apps/api/lib/api/client/channel.ex``, ``elixir/apps/domain/lib/domain/relays.ex``): PSK =
+PBKDF2-HMAC-SHA256 over both PSK bases and a salt naming both IDs and keys; ICE credentials = slices of the
+base32 SHA-256 of both IDs and keys; TURN username ``<expires_at>:<salt>`` and password
+``base64(sha256("<expires_at>:<secret>:<salt>"))``.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ _VERSION = re.compile(r"(?:^|\s)gateway/(\S+)")
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """The upgrade is refused with this HTTP status and body (§1.4)."""
+    """The upgrade is refused with this HTTP status and body."""
 
     status: int
     body: str
@@ -181,7 +185,7 @@ class DevPortal:
         """Called with every valid ``broadcast_*ice_candidates`` push from a gateway (the simulator's
         client side of the portal relays them to clients)."""
 
-    # ------------------------------------------------------------------ upgrade (§1.4)
+    # ------------------------------------------------------------------ upgrade
 
     def authenticate(
         self, path: str, query: dict[str, str], user_agent: str | None
@@ -344,7 +348,7 @@ class DevPortal:
             return False
         return bool(gid == str(gw.id))
 
-    # ------------------------------------------------------------------ scripted actions (§2)
+    # ------------------------------------------------------------------ scripted actions
 
     def _pick(self, gateway: str | None) -> list[tuple[GatewayRecord, PhoenixSocket]]:
         socks = self.joined_sockets()

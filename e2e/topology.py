@@ -1,4 +1,4 @@
-"""The end-to-end topology of issue 9 in network namespaces, built from veth pairs, torn down always.
+"""The end-to-end topology in network namespaces, built from veth pairs, torn down always.
 
 Theory of operation
 -------------------
@@ -13,7 +13,8 @@ Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
     portal  10.201.1.2  firezone-dev-portal :8081 (gateway WebSocket + admin and client API)
     relay1  10.201.2.2  the project's relay (devio.relay, Firezone flavour) :3478
     relay2  10.201.3.2  coturn (turnserver; the portal hands out TURN REST credentials for it)
-    gw      10.201.4.2  firezone-gateway (real TUN tun-firezone), forwarding + masquerading (§4.5)
+    gw      10.201.4.2  firezone-gateway (real TUN tun-firezone), forwarding + masquerading (as
+                        Firezone's ``rust/gateway/debian/firezone-gateway-init.sh``)
     client  10.201.5.2  devio.client (TUN tun-fzclient): may reach the gateway directly
     client2 10.201.6.2  devio.client: its direct path to the gateway is cut in the router (nftables via
                         iptables-nft), so it can only use the relays

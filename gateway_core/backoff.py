@@ -66,7 +66,8 @@ class Backoff:
             self._started = now
         elapsed = now - self._started
         if cfg.max_elapsed is not None and elapsed > cfg.max_elapsed:
-            # As the ``backoff`` crate: give up once the window is *exceeded* (portal-protocol.md §1.11).
+            # As the ``backoff`` crate (used by ``rust/connlib/phoenix-channel/src/lib.rs``): give up once
+            # the window is *exceeded*.
             return None
         self._attempt += 1
         if cfg.first_immediate and self._attempt == 1:

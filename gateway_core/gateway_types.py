@@ -47,7 +47,8 @@ class GatewayConfig:
     version: str = GATEWAY_VERSION
     user_agent: str | None = None
     """The User-Agent header; ``None``: a minimal one built from :attr:`version` (the IO layer passes the
-    real one with OS, architecture and kernel, portal-protocol.md §1.3)."""
+    real one with OS, architecture and kernel, as
+    ``rust/connlib/phoenix-channel/src/get_user_agent.rs``)."""
     dns_port: int = TUN_DNS_PORT
     """Port of the layer-4 DNS servers on the tunnel addresses (Firezone ``TUN_DNS_PORT`` 53535)."""
     wg_port: int = WG_PORT

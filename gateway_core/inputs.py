@@ -1,8 +1,9 @@
 """Inputs: facts the driver reports to the core, named as facts.
 
 Every input is a small frozen slotted dataclass handed to ``handle_input(now, input)``. The data plane does
-not use these (it has typed methods returning their result directly, see ARCHITECTURE.md §3); they are for
-the control plane. Component-specific inputs live beside their component and subclass :class:`Input`.
+not use these (it has typed methods returning their result directly, see docs/design/driving-contract.md);
+they are for the control plane. Component-specific inputs live beside their component and subclass
+:class:`Input`.
 """
 
 from __future__ import annotations

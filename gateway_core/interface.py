@@ -2,10 +2,10 @@
 
 When ``init`` arrives the core knows the gateway's tunnel addresses and orders
 :class:`ConfigureInterface` (declarative: the whole desired configuration; applying it twice is harmless,
-and applying a changed one replaces the old addresses). The IO layer applies it with netlink
-(portal-protocol.md §4.4, datapath §13.2-§13.3) and reports :class:`InterfaceConfigured` (which families
-got their address) or :class:`InterfaceConfigFailed` (R7: IO failures are inputs). The routing constants
-live here so that core and IO agree on them.
+and applying a changed one replaces the old addresses). The IO layer applies it with netlink (as Firezone's
+``rust/bin-shared/src/tun_device_manager/linux.rs``) and reports :class:`InterfaceConfigured` (which
+families got their address) or :class:`InterfaceConfigFailed` (R7: IO failures are inputs). The routing
+constants live here so that core and IO agree on them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``firezone-gateway``: the daemon's entry point (portal-protocol.md §4.1-§4.3, §4.7).
+"""``firezone-gateway``: the daemon's entry point (as Firezone's ``rust/gateway/src/main.rs``).
 
 1. Parse the flags and environment (:mod:`gateway_io.config`); a bad or missing setting is one line on
    stderr naming it, exit 2 (clap's usage-error code).

@@ -1,4 +1,5 @@
-"""The daemon's configuration, read like Firezone's gateway reads it (portal-protocol.md §4.1, §4.2).
+"""The daemon's configuration, read like Firezone's gateway reads it (``rust/gateway/src/main.rs``,
+``rust/bin-shared/src/device_id.rs``).
 
 Bad configuration stops the daemon with one line that names the setting and what is wrong
 (:class:`ConfigError`); nothing here is fatal in any other way.

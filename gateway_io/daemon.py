@@ -1,9 +1,11 @@
-"""The daemon: the start-up sequence of portal-protocol.md §4.3, then the driver until shutdown.
+"""The daemon: the start-up sequence of Firezone's gateway (``rust/gateway/src/main.rs``), then the driver
+until shutdown.
 
 Theory of operation
 -------------------
-:func:`run` follows the reference's order (the step numbers are §4.3's; steps 1-2, parsing and the
-permission check, are the CLI's):
+:func:`run` follows the reference's order (numbered as the reference's start-up steps; steps 1-2, parsing
+and the permission check, are the CLI's; 3, 7 and 14, runtime, telemetry and resolver set-up, have no
+separate step here):
 
 4. logging (``RUST_LOG``, human or JSON on stdout, the token and the private key redacted);
 5. unless ``--no-inc-buf``: raise ``net.core.rmem_max``/``wmem_max`` (failures only logged);
@@ -19,8 +21,9 @@ permission check, are the CLI's):
 13. the health check is served (a busy port is only logged);
 15. the driver runs the core with every transport until ``Exit``; SIGINT/SIGTERM are shutdown requests.
 
-Every failure before the loop is one log line and exit code 1 (§4.7). The exit code of the loop is the
-driver's: 0 after a clean shutdown, 1 after a fatal error or a flush that did not finish within 1 s.
+Every failure before the loop is one log line and exit code 1 (as in the reference). The exit code of the
+loop is the driver's: 0 after a clean shutdown, 1 after a fatal error or a flush that did not finish within
+1 s.
 """
 
 from __future__ import annotations

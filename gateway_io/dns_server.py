@@ -1,6 +1,6 @@
 """Layer-4 DNS servers: one UDP socket or one TCP listener on exactly one socket address.
 
-Theory of operation. Firezone's ``l4-udp-dns-server`` and ``l4-tcp-dns-server`` (datapath §10.3, §10.4)
+Theory of operation. Firezone's ``rust/connlib/l4-udp-dns-server`` and ``rust/connlib/l4-tcp-dns-server``
 receive DNS queries on ordinary sockets bound to the gateway's tunnel addresses and hand them to the core;
 the core's answer goes back to the client that asked. Here each server instance binds exactly one address
 (port 0 picks a free port); :mod:`gateway_io.dns_servers` keeps one UDP and one TCP server per address.
@@ -64,14 +64,14 @@ LISTEN_BACKLOG = 128
 
 MAX_TCP_CONNECTIONS = 128
 """Open connections per TCP server; more are accepted and closed at once. Firezone has no limit. Clients
-forward only SRV/TXT queries over TCP (datapath §10.1), a handful at a time; 128 bounds the memory and the
+forward only SRV/TXT queries over TCP, a handful at a time; 128 bounds the memory and the
 tasks a misbehaving client can hold while leaving room for many honest ones."""
 
 TCP_IDLE_TIMEOUT = 10.0
 """Seconds a connection may go without a complete query arriving or a response leaving before it is closed.
 Firezone has none; RFC 7766 6.2.3 recommends "of the order of seconds" (unbound: 30 s). Longer than the
-5 s bound on an upstream query (datapath §10.6) so a client waiting for a slow answer is not cut off; it
-also bounds a frame that starts and never ends (slowloris)."""
+5 s bound on an upstream query (Firezone's, ``rust/connlib/tunnel/src/io.rs``) so a client waiting for a
+slow answer is not cut off; it also bounds a frame that starts and never ends (slowloris)."""
 
 TCP_WRITE_TIMEOUT = 5.0
 """Seconds a response may take to be written; a client that does not read its answers is closed."""

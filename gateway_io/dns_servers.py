@@ -4,10 +4,11 @@ Theory of operation. :class:`DnsServerSet` executes the core's :class:`BindDnsSe
 set of addresses) and :class:`RetryDnsServerBind` (one address) commands:
 
 - an address that stays in the set keeps its two servers untouched (same objects, same sockets, open TCP
-  connections survive; Firezone instead closes and re-binds everything, datapath §10.5);
+  connections survive; Firezone instead closes and re-binds everything,
+  ``rebind_dns`` in ``rust/connlib/tunnel/src/io.rs``);
 - a new address gets a UDP server, then a TCP server on the same port (port 0: the port the UDP socket got);
   if either bind fails neither is kept, and the failure is reported as a :class:`DnsServerBindFailed`
-  input, never raised (a deliberate fix: Firezone 1.4.18 exits, datapath §10.8);
+  input, never raised (a deliberate fix: Firezone 1.4.18 exits, ``rust/gateway/src/eventloop.rs``);
 - a removed address has both servers closed.
 
 Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class:`DnsServerBindFailed`).

@@ -1,4 +1,5 @@
-"""The driver: THE loop that owns the core and connects it to the world (ARCHITECTURE.md §2, R1-R10).
+"""The driver: THE loop that owns the core and connects it to the world (the rules R1-R10 of
+docs/design/driving-contract.md).
 
 Theory of operation
 -------------------
@@ -26,8 +27,9 @@ the core is a *source* with a small queue; the loop takes turns:
    From then on a grace period runs (:data:`SHUTDOWN_GRACE`, Firezone's 1 s flush): the core queues its
    goodbyes, a graceful portal close and ``Exit``; the loop keeps executing until ``Exit`` has come *and*
    the portal connection has closed, or until the grace period ends. The exit code is ``Exit.code``, or 1
-   when the grace period ran out (portal-protocol.md §4.7). A second request stops at once. An ``Exit``
-   without a request (a fatal portal error) gets the same grace period for its goodbyes.
+   when the grace period ran out (as Firezone's ``rust/connlib/tunnel/src/lib.rs``). A second request stops
+   at once. An ``Exit`` without a request (a fatal portal error) gets the same grace period for its
+   goodbyes.
 
 Time: ``now`` is ``clock()`` (``time.monotonic_ns`` in production), read once per batch and never allowed
 to go backwards; the wall clock (``utc_clock``) is compared with the monotonic one at most once per
@@ -450,7 +452,8 @@ class Driver:
     async def _read_source(self, read: Callable[[], Any], src: _Source[Any], name: str) -> None:
         """Move batches from a transport to its source, one at a time (capacity 1: back-pressure).
 
-        A device that fails or closes is fatal, as Firezone's dying socket thread (portal-protocol §4.7):
+        A device that fails or closes is fatal, as Firezone's dying socket thread
+        (``rust/gateway/src/eventloop.rs``):
         the core is asked to shut down (goodbyes are still sent on what works) and the exit code is 1.
         """
         while True:

@@ -1,4 +1,5 @@
-"""The health check: ``GET /healthz`` on ``HEALTH_CHECK_ADDR`` (portal-protocol.md §4.6), HTTP/1.1 with h11.
+"""The health check: ``GET /healthz`` on ``HEALTH_CHECK_ADDR``, HTTP/1.1 with h11 (as Firezone's
+``rust/bin-shared/src/http_health_check.rs``).
 
 ``/healthz`` answers **200** with an empty body while the gateway is healthy and **400** when the
 ``healthy`` callable says otherwise (Firezone always passes a constant "healthy", so in practice it is

@@ -1,5 +1,5 @@
 """Logging for the daemon: ``RUST_LOG``-like filters, human or JSON lines on stdout, secrets redacted
-(portal-protocol.md §4.1, §4.8).
+(as Firezone's ``rust/logging/src/lib.rs``).
 
 Filter syntax (a subset of Rust's ``tracing_subscriber::EnvFilter``): comma-separated directives, each
 ``LEVEL`` (the default for everything) or ``TARGET=LEVEL`` (that logger and its children; ``::`` may be

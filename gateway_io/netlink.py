@@ -1,5 +1,5 @@
 """Configure the TUN interface with netlink (pyroute2), as Firezone's TUN device manager does
-(portal-protocol.md §4.4, datapath §13.2-§13.3).
+(``rust/bin-shared/src/tun_device_manager/linux.rs``).
 
 :func:`apply_interface_config` makes the interface match a :class:`gateway_core.interface.InterfaceConfig`
 and reports the outcome as a core input (R7), never raising for netlink errors:

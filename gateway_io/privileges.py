@@ -1,4 +1,4 @@
-"""The start-up permission check (portal-protocol.md §4.3 step 2): root or ``CAP_NET_ADMIN``.
+"""The start-up permission check (as Firezone's ``rust/gateway/src/main.rs``): root or ``CAP_NET_ADMIN``.
 
 Unless ``--no-check`` is given, the daemon refuses to start (exit 1, :data:`PERMISSION_MESSAGE` on
 stderr) when its real user is not root and ``CAP_NET_ADMIN`` is not in its effective capability set

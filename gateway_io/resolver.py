@@ -1,5 +1,6 @@
 """Recursive resolution with the host's nameservers: forwarded SRV/TXT queries and DNS-resource domains
-(datapath §10.6-§10.7, §8.4).
+(Firezone: ``rust/connlib/tunnel/src/io.rs``, ``rust/connlib/tunnel/src/io/nameserver_set.rs`` and
+``resolve`` in ``rust/gateway/src/eventloop.rs``).
 
 Theory of operation. The candidate nameservers are the ``nameserver`` lines of ``/etc/resolv.conf``, read
 once at start-up (:func:`read_nameservers`; a missing file stops the daemon, no entries means every
@@ -11,7 +12,7 @@ records its round-trip time, and the smallest wins. As long as no probe ever suc
 fastest nameserver and forwarding fails at once (the core answers SERVFAIL).
 
 Deliberate difference: Firezone never clears its RTT map, so a server that was fastest once stays
-"fastest" after it stops answering (§10.7 quirk). Here each round that gets at least one answer replaces
+"fastest" after it stops answering. Here each round that gets at least one answer replaces
 the previous results; a round with no answer at all keeps them (nothing better is known).
 
 :meth:`Resolver.forward` sends a client's query unchanged (same id and flags) to the fastest nameserver,
@@ -21,13 +22,14 @@ answer fits the gateway's 1200-byte UDP limit gets it whole instead of retrying 
 the truncated answer on). :meth:`Resolver.forward_command` wraps this as the core's input (R7).
 
 :meth:`Resolver.resolve_domain` resolves A and AAAA of a DNS resource's name (as Firezone's later
-userspace resolver does, §8.4) against the fastest nameserver, then the others (each attempt bounded
+userspace resolver does) against the fastest nameserver, then the others (each attempt bounded
 by the upstream timeout, the whole by :data:`DOMAIN_TIMEOUT`); a failing family contributes nothing,
 both failing is an error. The name is taken as absolute (no search list).
 
 Every socket (UDP per query, TCP per query with ``TCP_NODELAY``) carries ``SO_MARK 0xfd002021`` so its
-traffic bypasses the tunnel's routing tables (datapath §13.4). Upstream replies must come from the server
-queried (the UDP socket is connected) and carry the query's id; other datagrams are ignored.
+traffic bypasses the tunnel's routing tables (Firezone's mark, ``rust/bin-shared/src/linux.rs``). Upstream
+replies must come from the server queried (the UDP socket is connected) and carry the query's id; other
+datagrams are ignored.
 """
 
 from __future__ import annotations

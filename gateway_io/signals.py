@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM as shutdown requests, and the daemon's exit codes (portal-protocol.md §4.7).
+"""SIGINT and SIGTERM as shutdown requests, and the daemon's exit codes (as Firezone's
+``rust/bin-shared/src/signals/linux.rs`` and ``rust/gateway/src/eventloop.rs``).
 
 Both signals mean the same: ask the portal channel to close, send goodbyes, flush for at most 1 s, exit.
 :func:`shutdown_requests` turns them into :class:`gateway_core.inputs.ShutdownRequested` inputs for the

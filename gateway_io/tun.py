@@ -1,11 +1,12 @@
-"""The TUN device: raw IP packets in and out of the kernel (portal-protocol.md §4.4, datapath §13.1).
+"""The TUN device: raw IP packets in and out of the kernel (as Firezone's
+``rust/bin-shared/src/tun_device_manager/linux.rs``).
 
 The device is created with ``ioctl(TUNSETIFF)`` on ``/dev/net/tun`` (name ``tun-firezone`` by default,
 ``IFF_TUN | IFF_NO_PI``: one IP packet per ``read``/``write``, no prefix header) and its descriptor is made
 non-blocking. Reading waits for readiness with :func:`anyio.wait_readable` and then reads as many packets
 as are queued, up to a batch bound (R9: the driver handles one batch per source per turn). Writing never
 waits: a packet the kernel refuses is dropped and the error is returned as a value (Firezone logs a
-warning and drops it, datapath §13.1).
+warning and drops it).
 
 Addresses, MTU, link state and routes are not set here but by :mod:`gateway_io.netlink` when ``init``
 arrives. The device lives in the network namespace of the thread that opens it.

@@ -1,5 +1,5 @@
-"""The gateway's UDP sockets: one per address family, shared by WireGuard, STUN and TURN (snownet §4.1,
-portal-protocol.md §4.3 step 10, datapath §13.4).
+"""The gateway's UDP sockets: one per address family, shared by WireGuard, STUN and TURN (as
+Firezone's ``rust/connlib/tunnel/src/sockets.rs``).
 
 Each family binds the wildcard address on port 52625 and falls back to a port the kernel picks when 52625
 is taken (Firezone ``sockets.rs:18-25``, ``185-237``); the IPv6 socket is ``IPV6_V6ONLY``. Every socket

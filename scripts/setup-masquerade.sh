@@ -1,6 +1,6 @@
 #!/bin/sh
 # Forwarding and masquerading for the Firezone Gateway, as Firezone's init scripts do
-# (rust/gateway/debian/firezone-gateway-init.sh, rust/docker-init-gateway.sh; portal-protocol.md §4.5).
+# (rust/gateway/debian/firezone-gateway-init.sh, rust/docker-init-gateway.sh).
 # The gateway binary configures none of this. Installed as /usr/bin/firezone-gateway-init (the unit's
 # ExecStartPre); runs as root.
 #

@@ -46,7 +46,7 @@ checker most of the simulator's cost (docs/performance.md, "Simulator speed").""
 
 
 class Rule(StrEnum):
-    """The driving-contract rules the simulator checks (numbering of ARCHITECTURE.md §2)."""
+    """The driving-contract rules the simulator checks (numbering of docs/design/driving-contract.md)."""
 
     R2 = "R2"
     R4 = "R4"

@@ -1,4 +1,4 @@
-"""A pytest plugin: every ``DropReason`` must be produced by some test (issue 6, "done when").
+"""A pytest plugin: every ``DropReason`` must be produced by some test (no drop path goes untested).
 
 It records each reason passed to :meth:`gateway_core.stats.Stats.drop` while the tests run in this
 process. When the whole suite ran (no selection by path, ``-k`` or ``-m``) and passed, a reason that no

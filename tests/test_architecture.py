@@ -1,4 +1,4 @@
-"""The import rules of ARCHITECTURE.md §1, checked with ``ast``.
+"""The import rules of the project's packages, checked with ``ast``.
 
 - ``gateway_core`` imports nothing that does IO or reads a clock or randomness.
 - ``sim`` never imports ``gateway_io``; ``gateway_io`` never imports ``sim``.

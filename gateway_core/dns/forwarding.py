@@ -1,5 +1,6 @@
 """SRV/TXT forwarding decisions: who may ask what, and the answers the core builds itself
-(gateway-datapath.md §10.1, §10.3, §10.6; issue 6 item 5).
+(Firezone: ``rust/connlib/l4-udp-dns-server/lib.rs``, ``rust/connlib/l4-tcp-dns-server/lib.rs`` and the
+recursive resolution in ``rust/connlib/tunnel/src/io.rs``).
 
 Theory of operation. Clients forward SRV and TXT queries for DNS-resource names to the gateway's tunnel
 address, port 53535, where the IO layer's layer-4 DNS servers receive them and report

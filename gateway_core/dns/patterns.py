@@ -1,4 +1,4 @@
-"""Domain pattern matching of DNS resources (gateway-datapath.md §8.8, ``rust/connlib/tunnel/src/dns.rs``).
+"""Domain pattern matching of DNS resources (Firezone's ``rust/connlib/tunnel/src/dns.rs``).
 
 Firezone matches a domain against a resource's address pattern with the Rust ``glob`` crate (0.3.3):
 both strings have ``.`` replaced by ``/`` so that labels become path components, and the match is

@@ -1,12 +1,13 @@
 """The layer-4 DNS servers as the core sees them: commands, inputs, and the bind-retry policy.
 
-Theory of operation. The IO layer keeps one UDP and one TCP DNS server per socket address
-(datapath §10.2). The core says *which* addresses with :class:`BindDnsServers` (the whole desired set,
-declarative: the IO layer reconciles, keeping unchanged servers, binding new ones and closing removed ones).
-For each address the IO layer reports either :class:`DnsServerBound` or :class:`DnsServerBindFailed`.
+Theory of operation. The IO layer keeps one UDP and one TCP DNS server per socket address (as Firezone's
+``rust/connlib/tunnel/src/io.rs``). The core says *which* addresses with :class:`BindDnsServers` (the whole
+desired set, declarative: the IO layer reconciles, keeping unchanged servers, binding new ones and closing
+removed ones). For each address the IO layer reports either :class:`DnsServerBound` or
+:class:`DnsServerBindFailed`.
 
 A failed bind (the address is not yet on the interface, IPv6 is disabled, the port is still taken) never
-stops the gateway (a deliberate fix: Firezone 1.4.18 exits, datapath §10.8). Instead
+stops the gateway (a deliberate fix: Firezone 1.4.18 exits, ``rust/gateway/src/eventloop.rs``). Instead
 :class:`DnsBindRetry` decides when to try that one address again: it keeps an exponential backoff per
 failed address, offers the earliest retry as its :meth:`DnsBindRetry.poll_timeout`, and when a retry falls
 due it queues :class:`RetryDnsServerBind` for that address alone (R7: IO only executes). A success resets

@@ -1,4 +1,5 @@
-"""ICE agent for the gateway's controlled role, matching str0m as Firezone uses it (snownet §3.7-§3.8).
+"""ICE agent for the gateway's controlled role, matching str0m (``algesten/str0m@44ab8e3``,
+``src/ice/agent.rs``) as Firezone's snownet uses it.
 
 Theory of operation
 -------------------
@@ -17,9 +18,9 @@ nominates the pair and triggers our own check on it. After every input the agent
 announced. A success response whose XOR-MAPPED-ADDRESS is no local candidate's address adds a local
 peer-reflexive candidate (never signalled).
 
-The agent state (:class:`IceState`) follows str0m's rules (§3.7.6); every change is checked against
-:data:`STATE_TRANSITIONS` and reported as :class:`IceStateChanged`. Outputs are ``Transmit`` s whose ``src``
-is the local candidate's base (a relayed address means "send through the relay").
+The agent state (:class:`IceState`) follows str0m's rules (``set_connection_state``); every change is checked
+against :data:`STATE_TRANSITIONS` and reported as :class:`IceStateChanged`. Outputs are ``Transmit`` s
+whose ``src`` is the local candidate's base (a relayed address means "send through the relay").
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class IceAgent:
     # --- STUN -------------------------------------------------------------------------------------------
 
     def accepts(self, msg: StunMessage) -> bool:
-        """Whether this agent owns ``msg`` (str0m ``accepts_message``, snownet §3.7.2)."""
+        """Whether this agent owns ``msg`` (str0m ``accepts_message``)."""
         if msg.method != Method.BINDING:
             return False
         if msg.cls == Class.REQUEST:
@@ -240,7 +241,7 @@ class IceAgent:
         if msg.cls in (Class.SUCCESS, Class.ERROR):
             tid = msg.transaction_id
             return any(p.has_tid(tid) for p in self.pairs) and msg.verify_integrity(self._rkey)
-        return False  # indications: never (snownet §3.7.2 hazard)
+        return False  # indications: never (str0m panics on one without a proper USERNAME)
 
     def handle_stun(
         self, now: Instant, source: SocketAddr, destination: SocketAddr, msg: StunMessage

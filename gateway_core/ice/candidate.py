@@ -1,4 +1,4 @@
-"""ICE candidates as Firezone signals them (snownet §3.4-§3.5, str0m's ``candidate.rs``).
+"""ICE candidates as Firezone signals them (str0m's ``src/ice/candidate.rs`` and ``src/ice/preference.rs``).
 
 A :class:`Candidate` is immutable. Its identity for invalidation is ``(addr, base, raddr, kind)``
 (:meth:`Candidate.key`), not its string. Priorities follow RFC 8445 with str0m's type preferences

@@ -1,4 +1,4 @@
-"""Candidate pairs and their check schedule (str0m ``pair.rs``, snownet §3.7.3-§3.7.4).
+"""Candidate pairs and their check schedule (str0m ``src/ice/pair.rs``, ``src/io/stun.rs``).
 
 Theory of operation: a :class:`Pair` joins one local and one remote candidate (same family). It keeps its
 last ``max_retransmits`` binding attempts ``(tid, sent_at, answered_at, nominated)``. Its next check time

@@ -1,4 +1,5 @@
-"""One connection to one client: ICE agent + WireGuard tunnel + state (snownet §3.8-§3.11).
+"""One connection to one client: ICE agent + WireGuard tunnel + state (snownet's ``Connection`` in
+``rust/connlib/snownet/src/node.rs``).
 
 Theory of operation
 -------------------
@@ -103,7 +104,8 @@ class PathKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PeerSocket:
-    """The nominated path (snownet §3.8): relayed kinds go through the connection's selected relay."""
+    """The nominated path (snownet's ``PeerSocket``): relayed kinds go through the connection's selected
+    relay."""
 
     kind: PathKind
     source: SocketAddr

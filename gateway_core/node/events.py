@@ -1,4 +1,4 @@
-"""Events the node reports to the gateway (snownet ``Event``, §1.3)."""
+"""Events the node reports to the gateway (snownet's ``Event`` in ``rust/connlib/snownet/src/node.rs``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The connectivity node: TURN allocations + ICE agents + WireGuard tunnels on one UDP socket per family.
 
-Theory of operation (snownet §1, §3, §4, §5.11)
------------------------------------------------
+Theory of operation (Firezone's ``rust/connlib/snownet/src/node.rs``)
+---------------------------------------------------------------------
 Inputs: :meth:`Node.update_relays` (portal relays), :meth:`Node.upsert_connection` (authorize_flow),
 :meth:`Node.add_remote_candidate` / :meth:`Node.remove_remote_candidate` (trickled candidates),
 :meth:`Node.handle_datagram` (every UDP datagram; returns ``(client id, IP packet)`` or ``None``),
@@ -15,8 +15,9 @@ A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`):
 ChannelData unwrapped by that allocation into ``(peer, payload, our relayed address)``; then a STUN
 message is offered to the agents in client-id order; anything else is WireGuard, routed by the receiver
 index (types 2-4) or by the initiator's static key (type 1). Inputs that return nothing run
-:meth:`Node.handle_timeout` at once (snownet's drain rule, §1.5), so TURN responses and nominations take
-effect within the same call. ``handle_timeout`` works in snownet's order (§1.6): allocations, their
+:meth:`Node.handle_timeout` at once (snownet's drain rule: Firezone's tunnel loop in
+``rust/connlib/tunnel/src/lib.rs`` does so), so TURN responses and nominations take effect within the
+same call. ``handle_timeout`` works in the order of snownet's ``Node::handle_timeout``: allocations, their
 candidate events, connections, freeing dead allocations, re-homing connections, removing failed ones.
 """
 
@@ -55,9 +56,10 @@ from gateway_core.wire.stun import Class, Method
 log = logging.getLogger(__name__)
 
 TURN_PORT = 3478
-"""snownet recognises relay traffic only by this source port (§4.2)."""
+"""snownet recognises relay traffic only by this source port (``Node::decapsulate``)."""
 MAX_OPTIMISTIC = 2
-"""snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call (§3.6)."""
+"""snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call
+(``generate_optimistic_candidates`` in ``rust/connlib/snownet/src/node.rs``)."""
 _WG_TYPE_LEN = {1: 148, 2: 92, 3: 64}
 """Exact sizes of WireGuard handshake messages (boringtun ``noise/mod.rs:133-168``); data is >= 32 bytes."""
 _U32LE = struct.Struct("<I")
@@ -313,7 +315,7 @@ class Node:
         self, cid: str, remote_public: bytes, psk: bytes | None, remote_creds: tuple[str, str], now: Instant
     ) -> tuple[str, str] | None:
         """Legacy offer/answer (``request_connection``): random local credentials, returned as the answer;
-        ``None`` when there is no relay (snownet §3.1)."""
+        ``None`` when there is no relay (snownet's ``NoTurnServers``)."""
         ufrag = "".join(_ICE_CHARS[self._entropy.randbelow(len(_ICE_CHARS))] for _ in range(ICE_UFRAG_LEN))
         pwd = "".join(_ICE_CHARS[self._entropy.randbelow(len(_ICE_CHARS))] for _ in range(ICE_PWD_LEN))
         if not self.upsert_connection(cid, remote_public, psk, (ufrag, pwd), remote_creds, now):
@@ -336,7 +338,8 @@ class Node:
     def handle_datagram(
         self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
     ) -> tuple[str, bytes] | None:
-        """Classify and route one datagram (snownet §4.2); an IP packet for the TUN comes back."""
+        """Classify and route one datagram (snownet's ``Node::decapsulate``); an IP packet for the TUN comes
+        back."""
         if now > self._now:
             self._now = now
         out = self._route(now, local, from_, data)
@@ -450,7 +453,7 @@ class Node:
                 self._send(conn, wg, now)
 
     def encapsulate(self, cid: str, packet: bytes, now: Instant) -> Transmit | None:
-        """Encrypt ``packet`` for ``cid`` and frame it for the nominated path (snownet §3.10)."""
+        """Encrypt ``packet`` for ``cid`` and frame it for the nominated path (``Node::encapsulate``)."""
         self._now = max(self._now, now)
         conn = self.connections.get(cid)
         if conn is None or conn.peer_socket is None or conn.state is ConnState.FAILED:
@@ -501,7 +504,7 @@ class Node:
             self._drain_agent(conn)
             self._drain_tunnel(conn, now)
         if self.rate_limiter is not None and not self._all_idle():
-            self.rate_limiter.reset_count(now)  # quirk §8.9 kept: no reset while everything is idle
+            self.rate_limiter.reset_count(now)  # snownet's quirk kept: no reset while everything is idle
         for rid in sorted(self.allocations):
             if self.allocations[rid].can_be_freed() is not None:
                 del self.allocations[rid]

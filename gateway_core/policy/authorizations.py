@@ -1,6 +1,8 @@
 """Per-client authorisations with expiry, and the gateway-wide decisions about them.
 
-Theory of operation (gateway-datapath.md §2.3-2.4 and §7.5, portal-protocol.md §3.6):
+Theory of operation (Firezone: ``ClientOnGateway`` and ``ResourceOnGateway`` in
+``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``, the expiry sweep of ``handle_timeout`` in
+``rust/connlib/tunnel/src/gateway.rs``):
 
 - A client's :class:`ClientAuthorizations` maps resource ids to :class:`Authorization`: the resource
   description, an optional expiry (integer Unix seconds from the portal; ``None`` = never) and, for DNS
@@ -17,8 +19,8 @@ Theory of operation (gateway-datapath.md §2.3-2.4 and §7.5, portal-protocol.md
   "no resources left" rule decides after a ``reject_access`` (:meth:`ClientAuthorizations.is_empty`).
 - ``init`` carries the full list of authorisations: for every client listed, resources not listed are
   revoked, then each listed expiry is applied (:func:`apply_init_authorizations`). Clients absent from
-  the list are left untouched, as in the reference (§16 quirk 5); they are usually empty and go at the
-  next sweep.
+  the list are left untouched, as in the reference (``retain_authorizations`` in ``gateway.rs``); they
+  are usually empty and go at the next sweep.
 
 Every method returns what changed so the owner knows when to rebuild the client's filter table.
 Iteration is always in resource-id (UUID byte) order, so results are deterministic.
@@ -61,7 +63,7 @@ class Authorization:
     expires_at: int | None = None
     """Unix seconds; ``None`` means never."""
     domains: dict[str, frozenset[IPAddress]] = field(default_factory=dict)
-    """DNS resources only: resolved real IPs per domain (§2.4)."""
+    """DNS resources only: resolved real IPs per domain (as ``ResourceOnGateway::Dns``)."""
 
     # --- the FilterSource protocol of gateway_core.policy.filters ---
 
@@ -230,7 +232,8 @@ class ClientAuthorizations:
 
 
 class ExpiryTimer:
-    """The periodic expiry check: first scheduled one interval after the first timeout (§7.5)."""
+    """The periodic expiry check: first scheduled one interval after the first timeout
+    (``GatewayState::handle_timeout`` in ``rust/connlib/tunnel/src/gateway.rs``)."""
 
     __slots__ = ("interval", "next_check")
 

@@ -1,25 +1,28 @@
 """One client's policy on the gateway: authorisations, filter table and DNS-resource NAT, and the
-per-packet decisions of gateway-datapath.md §4 step 5 and §5 step 4 (``client_on_gateway.rs``).
+per-packet decisions of ``translate_outbound`` and ``translate_inbound`` in Firezone's
+``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``.
 
 Theory of operation. A :class:`ClientPolicy` composes a
 :class:`~gateway_core.policy.authorizations.ClientAuthorizations`, a
 :class:`~gateway_core.policy.nat.DnsResourceNat` and the compiled
 :class:`~gateway_core.policy.filters.FilterTable`; every control change that can alter what the client
-may reach (authorise, revoke, update, expire, retain, NAT set-up) rebuilds the table at once (§7.3). It
+may reach (authorise, revoke, update, expire, retain, NAT set-up) rebuilds the table at once. It
 knows nothing of WireGuard or connections: the owner decrypts, calls :meth:`ClientPolicy.outbound` or
 :meth:`ClientPolicy.inbound` with a whole, valid IP packet in a ``bytearray``, and acts on the result.
 
 Both data-path methods return a :data:`Decision`, ``(action, packet, resource, reason)``:
 
 - ``(FORWARD, packet, rid, None)``: send ``packet`` on (to the TUN, or encrypted to the client). It is the
-  caller's buffer, possibly rewritten in place, or a fresh ICMP error built for the client (§6.3).
+  caller's buffer, possibly rewritten in place, or a fresh ICMP error built for the client (from an error
+  quoting a NAT session's packet).
   ``rid`` is the resource that allowed it, ``None`` for the gateway's own address or ICMP errors.
 - ``(REPLY, icmp, None, None)``: outbound only: do not forward; encrypt ``icmp`` (an ICMP prohibited or
-  unreachable error, §6.1) back to the client. The denial is counted in :attr:`ClientPolicy.stats`.
+  unreachable error) back to the client. The denial is counted in :attr:`ClientPolicy.stats`.
 - ``(DROP, b"", None, reason)``: drop silently; ``reason`` is a :class:`DropReason`, also counted. The
   drop decisions are built once per reason (:data:`DROPS`): the drop path allocates nothing.
 
-The client's tunnel addresses are fixed at creation (as in the reference, §2.3), as are the gateway's.
+The client's tunnel addresses are fixed at creation (as in the reference's ``ClientOnGateway``), as are
+the gateway's.
 """
 
 from __future__ import annotations
@@ -172,7 +175,8 @@ class ClientPolicy:
     # --- control --------------------------------------------------------------------------------
 
     def rebuild_filters(self) -> None:
-        """Recompute the filter table from the authorisations and proxy translations (§7.3)."""
+        """Recompute the filter table from the authorisations and proxy translations
+        (the reference's ``recalculate_filters``)."""
         self.filters = build_filter_table(self.authorizations.values(), self.nat.proxy_translations())
 
     def allow(self, resource: ResourceDescription, expires_at: int | None) -> AddOutcome:
@@ -212,7 +216,7 @@ class ClientPolicy:
         return self.authorizations.is_empty()
 
     def may_query(self, name: str) -> bool:
-        """Whether this client may have ``name`` resolved by the gateway (SRV/TXT forwarding, §10):
+        """Whether this client may have ``name`` resolved by the gateway (SRV/TXT forwarding):
         some authorised DNS resource's pattern matches it (decision 0048)."""
         return any(
             isinstance(a.resource, DnsResource) and is_subdomain(name, a.resource.address)
@@ -267,7 +271,7 @@ class ClientPolicy:
         return dst6 >> _V6_TUN_SHIFT == _V6_TUN_KEY and dst6 != self._gv6
 
     def outbound(self, buf: bytearray, now: Instant) -> Decision:
-        """A packet from the client, for the TUN (§4 step 5)."""
+        """A packet from the client, for the TUN (``translate_outbound``)."""
         try:
             v6, src, dst, kind, _, dport, proto, off, end = _fields(buf)
         except DecodeError:
@@ -295,7 +299,7 @@ class ClientPolicy:
         return DROPS[verdict]
 
     def inbound(self, buf: bytearray, now: Instant) -> Decision:
-        """A packet from the TUN for this client, to be encrypted to it (§5 step 4)."""
+        """A packet from the TUN for this client, to be encrypted to it (``translate_inbound``)."""
         try:
             v6, src, dst, kind, sport, _, proto, off, end = _fields(buf)
         except DecodeError:

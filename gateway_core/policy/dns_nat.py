@@ -1,5 +1,7 @@
 """DNS-resource translations: which real IP each proxy IP stands for, and the packets through the NAT
-(gateway-datapath.md §2.5, §4 step 5.2, §5 step 4.2, §6.3, §8.5, §9.5).
+(Firezone: ``setup_nat``, ``transform_network_to_tun`` and ``transform_tun_to_network`` in
+``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``; the sessions in
+``rust/connlib/tunnel/src/gateway/nat_table.rs``).
 
 Theory of operation. The client invents *proxy IPs* for a DNS-resource domain and tells the gateway
 (``assigned_ips``). After resolving the domain, :meth:`DnsResourceNat.setup_nat` validates the request
@@ -9,7 +11,7 @@ translations and sessions if it re-numbered, and pairs each proxy IP with a real
 reference). Packets then go through the client's :class:`~gateway_core.policy.nat.NatTable`:
 :meth:`DnsResourceNat.translate_outbound_packet` rewrites destination and source port (or echo id) in
 place, :meth:`DnsResourceNat.translate_inbound_packet` the reverse, and re-addresses ICMP errors quoting a
-session's packet (§6.3). Header rewriting uses :mod:`gateway_core.wire.rewrite` and
+session's packet. Header rewriting uses :mod:`gateway_core.wire.rewrite` and
 :mod:`gateway_core.wire.icmp`.
 """
 
@@ -49,7 +51,7 @@ log = logging.getLogger("gateway_core.policy.dns_nat")
 
 
 # --------------------------------------------------------------------------------------------------
-# Proxy-IP translations (§2.5, §8.5).
+# Proxy-IP translations (the reference's ``TranslationState`` and ``setup_nat``).
 
 
 @dataclass(slots=True)
@@ -100,7 +102,7 @@ class NatVerdict(StrEnum):
     SEND = "send"
     """Translated in place; write it to the TUN."""
     UNREACHABLE = "unreachable"
-    """No usable mapping: answer with ICMP network/address unreachable (§6.1)."""
+    """No usable mapping: answer with ICMP network/address unreachable."""
 
 
 def _key(domain: str) -> str:
@@ -130,7 +132,7 @@ class DnsResourceNat:
         resolved_ips: Iterable[IPAddress],
         proxy_ips: Iterable[IPAddress],
     ) -> SetupNatError | None:
-        """Map ``proxy_ips`` of ``domain`` to its ``resolved_ips`` (§8.5); ``None`` on success.
+        """Map ``proxy_ips`` of ``domain`` to its ``resolved_ips`` (``setup_nat``); ``None`` on success.
 
         ``authorization`` is the client's authorisation of the resource named in the request (``None``
         if it has none). The request is validated before anything changes (decision 0045). Proxy IPs
@@ -177,7 +179,8 @@ class DnsResourceNat:
         resolved_ips: Iterable[IPAddress] | None,
         proxy_ips: Iterable[IPAddress],
     ) -> NatStatus:
-        """The ``domain_status`` to send after a resolution (``None``: it failed) (§8.5)."""
+        """The ``domain_status`` to send after a resolution (``None``: it failed), as
+        ``handle_domain_resolved`` in ``rust/connlib/tunnel/src/gateway.rs``."""
         if resolved_ips is None:
             return NatStatus.INACTIVE
         err = self.setup_nat(domain, authorization, resolved_ips, proxy_ips)
@@ -198,7 +201,7 @@ class DnsResourceNat:
     # --- packets ---
 
     def translate_outbound_packet(self, buf: bytearray, now: Instant) -> NatVerdict | DropReason:
-        """Translate, in place, a client packet whose destination is a proxy IP (§4 step 5.2, §9.2)."""
+        """Translate, in place, a client packet whose destination is a proxy IP (``translate_outgoing``)."""
         try:
             proto, off, end = l4_info(buf)
         except DecodeError:
@@ -233,7 +236,7 @@ class DnsResourceNat:
     def translate_inbound_packet(
         self, buf: bytearray, now: Instant, client_v4: IPAddress, client_v6: IPAddress
     ) -> bytes | bytearray | DropReason:
-        """Reverse-translate a packet from the TUN (§5 step 4.2, §9.3, §6.3).
+        """Reverse-translate a packet from the TUN (``translate_incoming``).
 
         Returns ``buf`` (rewritten in place, or untouched when no session applies), a fresh ICMP error
         for the client, or a drop reason. Other IP protocols have no session and pass untouched
@@ -277,7 +280,7 @@ class DnsResourceNat:
     def translate_icmp_error_packet(
         self, buf: bytearray, client_v4: IPAddress, client_v6: IPAddress
     ) -> bytes | bytearray | DropReason:
-        """An ICMP error from the TUN (§6.3): re-addressed to the client if it quotes a session's packet
+        """An ICMP error from the TUN: re-addressed to the client if it quotes a session's packet
         (a fresh ``bytes``), ``buf`` untouched if it quotes none, or a drop reason."""
         try:
             err = parse_icmp_error(buf)

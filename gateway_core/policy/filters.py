@@ -1,6 +1,8 @@
 """The filter engine: which protocols and ports a client may use towards which addresses.
 
-Theory of operation (gateway-datapath.md §7.2-7.4, ``filter_engine.rs``, ``client_on_gateway.rs:285-326``):
+Theory of operation (Firezone: ``rust/connlib/tunnel/src/gateway/filter_engine.rs``, and
+``recalculate_filters`` and ``classify_resource`` in
+``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``):
 
 - A resource carries a list of :class:`Filter` (TCP/UDP inclusive port ranges, ICMP). An **empty list
   permits everything**.
@@ -10,9 +12,9 @@ Theory of operation (gateway-datapath.md §7.2-7.4, ``filter_engine.rs``, ``clie
   port lookup is one ``bisect``.
 - A :class:`FilterTable` is the per-client longest-prefix table ``network -> (engine, resource id)``,
   rebuilt from scratch by :func:`build_filter_table` after every change of the client's resources or
-  DNS proxy translations (§7.3). Lookups take the address as an integer (:meth:`FilterTable.classify_int`,
+  DNS proxy translations. Lookups take the address as an integer (:meth:`FilterTable.classify_int`,
   the per-packet entry point) or as packed bytes, with one dict probe per distinct prefix length.
-- :meth:`FilterTable.classify` is the classification of §7.4: the Internet resource allows every
+- :meth:`FilterTable.classify` is the reference's ``classify_resource``: the Internet resource allows every
   address outside the DNS proxy ranges; otherwise the longest matching prefix's engine decides.
 
 A range with ``start > end`` crashes the reference (a ``rangemap`` assertion). Here it is rejected: it
@@ -57,7 +59,7 @@ PORT_MAX = 65535
 
 # --------------------------------------------------------------------------------------------------
 # The DNS-resource proxy ranges (``rust/connlib/tunnel/src/client.rs:51-60``): addresses the client
-# invents for DNS-resource domains. The Internet resource never covers them (§7.4).
+# invents for DNS-resource domains. The Internet resource never covers them.
 
 IPV4_PROXY_RANGE = IPv4Network("100.96.0.0/11")
 """Client-allocated IPv4 proxy IPs (Firezone's ``IPV4_RESOURCES``)."""
@@ -90,7 +92,7 @@ def is_proxy_ip(ip: IPAddress) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Filters as the portal describes them (portal-protocol.md §3.3).
+# Filters as the portal describes them (``rust/connlib/tunnel/src/messages/gateway.rs``).
 
 
 class FilterProtocol(StrEnum):
@@ -151,7 +153,7 @@ class FilterEngine:
 
     @classmethod
     def from_filter_lists(cls, lists: Iterable[Filters]) -> FilterEngine:
-        """The engine for an address covered by resources with these filter lists (§7.2)."""
+        """The engine for an address covered by resources with these filter lists."""
         lists = list(lists)
         if any(len(f) == 0 for f in lists):
             return PERMIT_ALL
@@ -260,7 +262,7 @@ class FilterTable:
         return None
 
     def classify(self, addr: bytes, kind: int, port: int) -> uuid.UUID | None:
-        """The resource allowing traffic with ``addr`` and this protocol descriptor, or ``None`` (§7.4).
+        """The resource allowing traffic with ``addr`` and this protocol descriptor, or ``None``.
 
         For client -> resource packets ``addr`` is the destination and ``port`` the destination port;
         for resource -> client packets the source and the source port.
@@ -298,7 +300,7 @@ class FilterTable:
 
 
 # --------------------------------------------------------------------------------------------------
-# Building the table (§7.3).
+# Building the table.
 
 
 class FilterSource(Protocol):
@@ -334,7 +336,7 @@ def build_filter_table(
     resources: Iterable[FilterSource],
     proxy_translations: Iterable[tuple[IPAddress, uuid.UUID]],
 ) -> FilterTable:
-    """The client's filter table, rebuilt from scratch (§7.3).
+    """The client's filter table, rebuilt from scratch.
 
     ``resources`` are the client's authorised resources; ``proxy_translations`` are its DNS proxy IPs
     with the DNS resource each belongs to. Proxy IPs whose resource is not among ``resources``, or is

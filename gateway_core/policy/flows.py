@@ -1,4 +1,4 @@
-"""Per-flow records for flow logs (gateway-datapath.md §11.2, ``gateway/flow_tracker.rs``).
+"""Per-flow records for flow logs (Firezone: ``rust/connlib/tunnel/src/gateway/flow_tracker.rs``).
 
 Theory of operation. The tracker is optional (Firezone enables it when ``RUST_LOG`` contains
 ``flow_logs=trace``; here the owner passes ``enabled``). It follows TCP and UDP only:

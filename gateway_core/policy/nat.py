@@ -1,4 +1,5 @@
-"""The DNS-resource NAT session table of one client (gateway-datapath.md §2.6, §9).
+"""The DNS-resource NAT session table of one client (Firezone's
+``rust/connlib/tunnel/src/gateway/nat_table.rs``).
 
 Theory of operation:
 
@@ -114,7 +115,7 @@ class NatSession:
 
 
 class NatTable:
-    """The NAT sessions of one client (§9), bounded and refreshed in both directions.
+    """The NAT sessions of one client, bounded and refreshed in both directions.
 
     Addresses are given as :class:`IPAddress` (and kept in the sessions for header rewriting); the
     ``*_key`` variants take :func:`addr_key` integers instead, for the per-packet path.
@@ -180,7 +181,8 @@ class NatTable:
         now: Instant,
         rst: bool = False,
     ) -> NatSession | DropReason:
-        """The session for a client packet ``(proto, value) -> proxy_ip`` towards ``real_ip`` (§9.2).
+        """The session for a client packet ``(proto, value) -> proxy_ip`` towards ``real_ip``
+        (the reference's ``translate_outgoing``).
 
         A TCP RST (``rst``) still gets its session (the RST is sent) but ends it.
         """
@@ -220,7 +222,7 @@ class NatTable:
         if outside_value < 0:
             return DropReason.NAT_TABLE_FULL  # every value towards this real IP is in use
         if s is not None:
-            self._unlink(s, now, tombstone=False)  # the translation changed: replaced silently (§9.2)
+            self._unlink(s, now, tombstone=False)  # the translation changed: replaced silently
         new = NatSession(proto, value, proxy_ip, outside_value, real_ip, now)
         self._by_inside[inside] = new
         self._by_outside[new.outside_key] = new
@@ -232,7 +234,8 @@ class NatTable:
     def translate_incoming(
         self, proto: int, value: int, src_ip: IPAddress, now: Instant, rst: bool = False
     ) -> NatSession | None:
-        """The session a resource's packet ``src_ip -> (proto, value)`` belongs to, refreshed (§9.3)."""
+        """The session a resource's packet ``src_ip -> (proto, value)`` belongs to, refreshed
+        (the reference's ``translate_incoming``)."""
         return self.translate_incoming_key(proto, value, addr_key(src_ip), now, rst)
 
     def translate_incoming_key(

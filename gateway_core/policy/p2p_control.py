@@ -1,4 +1,6 @@
-"""The in-band p2p control protocol between client and gateway (gateway-datapath.md §8.2, §8.6).
+"""The in-band p2p control protocol between client and gateway (Firezone:
+``rust/connlib/ip-packet/src/fz_p2p_control.rs``, ``rust/connlib/tunnel/src/p2p_control.rs``, and the
+client side in ``rust/connlib/tunnel/src/client/dns_resource_nat.rs``).
 
 Theory of operation. Control messages travel inside the WireGuard tunnel as complete IPv6 packets that
 no real traffic can produce: next header ``0xFF``, source and destination ``::``, hop limit 0. The IPv6
@@ -96,7 +98,7 @@ class DomainStatus:
 
 
 def is_control_packet(packet: bytes | bytearray | memoryview) -> bool:
-    """Whether ``packet`` is a control packet the gateway consumes (§4 step 4).
+    """Whether ``packet`` is a control packet the gateway consumes (before any policy check).
 
     IPv6, next header 0xFF, source and destination ``::``, and at least 8 payload bytes inside the
     buffer. With fewer payload bytes it is not consumed (and fails the source check like any spoof).
@@ -267,7 +269,7 @@ def build_domain_status(resource: uuid.UUID, domain: str, status: NatStatus) -> 
 
 
 # --------------------------------------------------------------------------------------------------
-# The gateway's reading of a control packet (§4 step 4).
+# The gateway's reading of a control packet.
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +301,7 @@ def gateway_read_control(packet: bytes | bytearray | memoryview) -> GatewayContr
 
 
 # --------------------------------------------------------------------------------------------------
-# The client's per-(gateway, domain) request machine (§8.6).
+# The client's per-(gateway, domain) request machine (``rust/connlib/tunnel/src/client/dns_resource_nat.rs``).
 
 
 class RequestState(Enum):

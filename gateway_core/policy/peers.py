@@ -1,5 +1,6 @@
 """Every client's policy on this gateway: the peer store and the gateway-wide operations on it
-(gateway-datapath.md §2.1-2.2, §3, §5 steps 2-3, §7.5, §8.3-8.5; portal-protocol.md §3.6).
+(Firezone: ``GatewayState`` in ``rust/connlib/tunnel/src/gateway.rs`` and
+``rust/connlib/tunnel/src/peer_store.rs``).
 
 Theory of operation. :class:`Peers` owns one :class:`~gateway_core.policy.client.ClientPolicy` per client
 that has (or had) an authorisation, indexed by client id and by each tunnel address ever given for it
@@ -140,7 +141,8 @@ class Peers:
         return None if cid is None else self.clients.get(cid)
 
     def route_tun(self, buf: bytes | bytearray) -> ClientPolicy | DropReason:
-        """The client a packet read from the TUN is for (§5 steps 2-3), or why it is dropped silently."""
+        """The client a packet read from the TUN is for (as ``handle_tun_input``), or why it is dropped
+        silently."""
         if len(buf) < 20:
             return DropReason.MALFORMED_IP
         version = buf[0] >> 4
@@ -278,7 +280,7 @@ class Peers:
     # --- DNS resources --------------------------------------------------------------------------
 
     def handle_control(self, client_id: uuid.UUID, packet: bytes | bytearray) -> ControlOutcome:
-        """A p2p control packet from ``client_id`` (§4 step 4, §8.3)."""
+        """A p2p control packet from ``client_id`` (as ``handle_assigned_ips_event`` in ``gateway.rs``)."""
         try:
             msg = gateway_read_control(packet)
         except DecodeError as e:

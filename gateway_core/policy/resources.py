@@ -1,4 +1,5 @@
-"""Resource descriptions as the gateway's policy sees them (portal-protocol.md §3.2-3.3).
+"""Resource descriptions as the gateway's policy sees them (Firezone:
+``rust/connlib/tunnel/src/messages/gateway.rs``).
 
 A resource is a CIDR network, a DNS name pattern or "the Internet", each with a list of filters
 (:mod:`gateway_core.policy.filters`; none for the Internet resource). The JSON is decoded in one place,
@@ -127,7 +128,7 @@ def from_portal(resource: portal_model.Resource) -> ResourceDescription:
 
 
 def decode_resource(value: Any, what: str = "resource") -> ResourceDescription:
-    """A resource description from the portal's JSON object (portal-protocol.md §3.2); DecodeError."""
+    """A resource description from the portal's JSON object (``ResourceDescription``); DecodeError."""
     return from_portal(portal_model.decode_resource(value, what))
 
 

@@ -1,4 +1,5 @@
-"""The portal channel: Phoenix over one WebSocket, joined to topic ``gateway`` (portal-protocol.md §1).
+"""The portal channel: Phoenix over one WebSocket, joined to topic ``gateway`` (Firezone:
+``rust/connlib/phoenix-channel/src/lib.rs``).
 
 Theory of operation
 -------------------
@@ -37,8 +38,9 @@ timeout); ``phx_error`` on the gateway topic makes the channel rejoin (Firezone 
 timeout and the connect timeout have their own timers.
 
 What the gateway must know comes out of :meth:`poll_event`: :class:`PortalJoined`,
-:class:`PortalMessageReceived` (a decoded §2 message), :class:`PortalReplyError`, :class:`PortalHiccup`,
-:class:`PortalFailed` (fatal: the daemon exits 1) and :class:`PortalStopped` (after a shutdown).
+:class:`PortalMessageReceived` (a decoded application message), :class:`PortalReplyError`,
+:class:`PortalHiccup`, :class:`PortalFailed` (fatal: the daemon exits 1) and :class:`PortalStopped` (after a
+shutdown).
 """
 
 from __future__ import annotations
@@ -313,7 +315,8 @@ class PortalChannel:
         self._connect()
 
     def reconnect(self, now: Instant) -> None:
-        """Reconnect at once with a fresh backoff (Firezone does so when it has no TURN servers, §2.3).
+        """Reconnect at once with a fresh backoff (Firezone does so when it has no TURN servers,
+        ``rust/gateway/src/eventloop.rs``).
 
         A connection attempt already under way is left alone (Firezone: same URL, nothing to do).
         """
@@ -412,7 +415,7 @@ class PortalChannel:
         self._outbox.forget_replies()
 
     def _transient(self, error: str) -> None:
-        """A recoverable failure: drop the connection, retry per the backoff (§1.11)."""
+        """A recoverable failure: drop the connection, retry per the backoff."""
         self._drop_connection()
         self._last_error = error
         self.stats.incr("portal.hiccups")
@@ -443,7 +446,7 @@ class PortalChannel:
         self._join_ref = None
         self._events.append(PortalStopped())
 
-    # ---------------------------------------------------------------- inbound frames (§1.10)
+    # ---------------------------------------------------------------- inbound frames
 
     def _on_frame(self, data: str | bytes) -> None:
         self.stats.incr("portal.frames_in")

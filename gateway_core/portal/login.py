@@ -1,4 +1,5 @@
-"""The portal login URL and the User-Agent of the gateway (portal-protocol.md §1.1, §1.3), pure.
+"""The portal login URL and the User-Agent of the gateway, pure (Firezone:
+``rust/connlib/phoenix-channel/src/login_url.rs``, ``rust/connlib/phoenix-channel/src/get_user_agent.rs``).
 
 The IO layer gathers the facts (host name, OS name and version, architecture, kernel release, the
 public key); these functions only combine them, so they are tested without touching the machine.
@@ -16,7 +17,8 @@ DEFAULT_PORT = 443
 """Firezone dials 443 when the URL has no port, also for ``ws://`` (``login_url.rs:220-227``)."""
 
 GATEWAY_VERSION = "1.4.18"
-"""The Firezone gateway version we speak; the portal routes clients by it (§7.1)."""
+"""The Firezone gateway version we speak; the portal routes clients by it
+(``elixir/apps/domain/lib/domain/gateways.ex``)."""
 
 _SCHEMES = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
@@ -81,7 +83,7 @@ def form_encode(pairs: list[tuple[str, str]]) -> str:
 
 
 def external_id(firezone_id: str) -> str:
-    """What is sent as ``external_id``: SHA-256 hex of a UUID-shaped ID, any other ID verbatim (§1.1 4)."""
+    """What is sent as ``external_id``: SHA-256 hex of a UUID-shaped ID, any other ID verbatim."""
     lowered = firezone_id.lower()
     if any(p.fullmatch(lowered) for p in _UUID_FORMS):
         return hashlib.sha256(firezone_id.encode("utf-8")).hexdigest()
@@ -89,7 +91,7 @@ def external_id(firezone_id: str) -> str:
 
 
 def login_url(api_url: str, token: str, firezone_id: str, name: str, public_key: bytes) -> LoginUrl:
-    """The gateway's login URL (``LoginUrl::gateway`` + the public-key finisher, §1.1)."""
+    """The gateway's login URL (``LoginUrl::gateway`` + the public-key finisher)."""
     if len(public_key) != 32:
         raise LoginUrlError("public key must be 32 bytes")
     try:
@@ -130,7 +132,7 @@ def user_agent(
     kernel_release: str | None,
     version: str = GATEWAY_VERSION,
 ) -> str:
-    """``{os_type}/{os_version} gateway/{version}[ ({arch}; {kernel})]``, non-ASCII removed (§1.3)."""
+    """``{os_type}/{os_version} gateway/{version}[ ({arch}; {kernel})]``, non-ASCII removed."""
     extra = ""
     if arch and kernel_release:
         extra = f" ({arch}; {kernel_release})"

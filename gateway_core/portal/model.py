@@ -1,10 +1,11 @@
-"""The portal's data model (portal-protocol.md §3): scalars, resources, filters, clients, relays.
+"""The portal's data model: scalars, resources, filters, clients, relays (Firezone:
+``rust/connlib/tunnel/src/messages.rs``, ``rust/connlib/tunnel/src/messages/gateway.rs``).
 
 Every type is a frozen slotted dataclass with a ``decode(obj)`` classmethod (from the parsed JSON value)
 and an ``encode()`` method (to a JSON-ready value in the exact shape the portal uses). Decoders check
 types strictly, as Firezone's serde types do (an integer is never a bool or a float, keys are padded
 standard base64 of exactly 32 bytes, CIDRs are strict), and raise :class:`DecodeError` only. Unknown
-fields are ignored and logged at debug level (§2.0).
+fields are ignored (as by Firezone's serde types) and logged at debug level.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def obj(value: Json, what: str) -> Mapping[str, Json]:
 
 
 def note_unknown(o: Mapping[str, Json], known: Iterable[str], what: str) -> None:
-    """Log (debug) the fields of ``o`` that this decoder does not know; they are ignored (§2.0)."""
+    """Log (debug) the fields of ``o`` that this decoder does not know; they are ignored."""
     if log.isEnabledFor(logging.DEBUG):
         extra = sorted(set(o) - set(known))
         if extra:
@@ -226,7 +227,7 @@ def parse_dns_name(value: Json, what: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Filters (§3.3)
+# Filters
 
 
 class FilterProtocol(StrEnum):
@@ -273,7 +274,7 @@ def _filters(o: Mapping[str, Json], what: str) -> tuple[Filter, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Resources (§3.2)
+# Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +330,7 @@ def decode_resource(value: Json, what: str = "resource") -> Resource:
     kind = string(req(o, "type", what), f"{what}.type")
     rid = parse_uuid(req(o, "id", what), f"{what}.id")
     if kind == "internet":
-        return InternetResource(rid)  # every other field is irrelevant (§3.2)
+        return InternetResource(rid)  # every other field is irrelevant
     note_unknown(o, _RESOURCE_FIELDS, what)
     name = string(req(o, "name", what), f"{what}.name")
     filters = _filters(o, what)
@@ -341,7 +342,7 @@ def decode_resource(value: Json, what: str = "resource") -> Resource:
 
 
 # --------------------------------------------------------------------------------------------------
-# ICE credentials, clients, subjects (§3.4)
+# ICE credentials, clients, subjects
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +377,7 @@ CLIENT_METADATA = (
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """The client of an ``authorize_flow`` (§3.4)."""
+    """The client of an ``authorize_flow``."""
 
     id: uuid.UUID
     public_key: bytes
@@ -440,7 +441,8 @@ class Subject:
 
 @dataclass(frozen=True, slots=True)
 class ResolveRequest:
-    """A legacy DNS-resource request: the domain to resolve and the client's proxy IPs for it (§2.4)."""
+    """A legacy DNS-resource request: the domain to resolve and the client's proxy IPs for it
+    (``request_connection``)."""
 
     name: str
     proxy_ips: tuple[IPAddress, ...] = ()
@@ -460,7 +462,7 @@ class ResolveRequest:
 
 
 # --------------------------------------------------------------------------------------------------
-# Relays (§3.5)
+# Relays
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +517,8 @@ def decode_relay(value: Json, what: str = "relay") -> Relay:
 
 
 def decode_relays(values: list[Json], what: str) -> tuple[Relay, ...]:
-    """A relay list; one bad entry invalidates the whole list (§2.0)."""
+    """A relay list; one bad entry invalidates the whole list (as in Firezone, where the whole
+    message then fails to decode)."""
     return tuple(decode_relay(r, f"{what}[{i}]") for i, r in enumerate(values))
 
 

@@ -1,4 +1,4 @@
-"""Phoenix Channels V1 JSON framing (portal-protocol.md §1.5, §1.10), both sides.
+"""Phoenix Channels V1 JSON framing, both sides (Firezone: ``rust/connlib/phoenix-channel/src/lib.rs``).
 
 One JSON object per WebSocket text frame: ``{"topic", "event", "payload", "ref"}``. The gateway sends
 them in that key order, always with ``payload`` and an integer ``ref``. On receipt ``ref`` may be an

@@ -1,4 +1,5 @@
-"""TURN client allocation: one relay, as snownet's ``allocation.rs`` (snownet §5), as a pure machine.
+"""TURN client allocation: one relay, as snownet's ``rust/connlib/snownet/src/allocation.rs``, as a pure
+machine.
 
 Theory of operation
 -------------------
@@ -443,7 +444,8 @@ class Allocation(DataPath):
     # --- data path --------------------------------------------------------------------------------------
 
     def bind_channel(self, peer: SocketAddr, now: Instant) -> None:
-        """Bind a channel to ``peer`` unless one is connected or in flight (snownet §5.7.2)."""
+        """Bind a channel to ``peer`` unless one is connected or in flight (snownet's
+        ``Allocation::bind_channel``)."""
         self._now = max(self._now, now)
         if self._derive_phase() is Phase.SUSPENDED:
             return
@@ -579,7 +581,8 @@ class Allocation(DataPath):
         return None
 
     def can_be_freed(self) -> FreeReason | None:
-        """Why this allocation is dead and should be dropped, or ``None`` (snownet §5.10)."""
+        """Why this allocation is dead and should be dropped, or ``None`` (as snownet's
+        ``can_be_freed``)."""
         return self._explicit_failure or self._dead_reason()
 
 

@@ -1,4 +1,5 @@
-"""TURN channel bookkeeping for one allocation (snownet ``ChannelBindings``, §5.7).
+"""TURN channel bookkeeping for one allocation (snownet's ``ChannelBindings`` in
+``rust/connlib/snownet/src/allocation.rs``).
 
 Theory of operation: a channel record is ``{peer, bound, bound_at, last_received}``; ``age = now -
 bound_at``. A CHANNEL-BIND creates or rewrites the record unbound; its success marks it bound and restarts

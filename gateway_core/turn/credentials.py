@@ -1,4 +1,4 @@
-"""Relay credentials: Firezone's scheme (snownet §5.12) and coturn's TURN REST scheme.
+"""Relay credentials: Firezone's scheme (``rust/relay/server/src/auth.rs``) and coturn's TURN REST scheme.
 
 The gateway treats username and password as opaque strings from the portal; these functions exist so that
 tests and the simulated relay can mint and check them exactly as the real servers do.

@@ -1,16 +1,21 @@
-"""ICMP errors: the ones the gateway sends (gateway-datapath.md §6.1), the ones it receives from the TUN
-(§6.2), and the helpers to re-address the latter for a DNS-resource NAT session (§6.3).
+"""ICMP errors: the ones the gateway sends, the ones it receives from the TUN, and the helpers to
+re-address the latter for a DNS-resource NAT session.
 
-Generated errors (§6.1) come "from" the original destination and go to the original source, TTL/hop limit
-20, ICMPv4 type 3 (code 13 prohibited / 0 network unreachable) or ICMPv6 type 1 (code 1 prohibited /
-3 address unreachable), 4 zero bytes after the checksum. ICMPv4 quotes the original IP header (with its
-options) plus 8 bytes; ICMPv6 quotes up to 1200 bytes of the original packet.
+Generated errors (Firezone's ``icmp_dest_unreachable_*`` in ``rust/connlib/ip-packet/src/make.rs``) come
+"from" the original destination and go to the original source, TTL/hop limit 20, ICMPv4 type 3 (code 13
+prohibited / 0 network unreachable) or ICMPv6 type 1 (code 1 prohibited / 3 address unreachable), 4 zero
+bytes after the checksum. ICMPv4 quotes the original IP header (with its options) plus 8 bytes; ICMPv6
+quotes up to 1200 bytes of the original packet.
 
-Received errors (§6.2) are the kinds etherparse 0.19 decodes: ICMPv4 Destination Unreachable (codes 0-15)
-and Time Exceeded (0-1); ICMPv6 Destination Unreachable (0-6), Packet Too Big (code 0) and Time Exceeded
-(0-1). Echo request/reply are "not an error"; every other type or code is unsupported
-(:class:`UnsupportedIcmpError`, a :class:`DecodeError`). The quoted packet is parsed leniently and must
-carry 4 bytes of its TCP/UDP header or a whole 8-byte ICMP echo *request* header.
+Received errors (``IpPacket::icmp_error`` in ``rust/connlib/ip-packet/src/lib.rs``) are the kinds
+etherparse 0.19 decodes: ICMPv4 Destination Unreachable (codes 0-15) and Time Exceeded (0-1); ICMPv6
+Destination Unreachable (0-6), Packet Too Big (code 0) and Time Exceeded (0-1). Echo request/reply are
+"not an error"; every other type or code is unsupported (:class:`UnsupportedIcmpError`, a
+:class:`DecodeError`). The quoted packet is parsed leniently and must carry 4 bytes of its TCP/UDP header
+or a whole 8-byte ICMP echo *request* header.
+
+Re-addressing follows ``rust/connlib/ip-packet/src/icmp_error.rs`` (``FailedPacket::translate_destination``)
+and ``IcmpErrorPrototype::into_packet`` in ``rust/connlib/tunnel/src/gateway/nat_table.rs``.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ ICMPV6_DEST_UNREACHABLE = 1
 ICMPV6_PACKET_TOO_BIG = 2
 ICMPV6_TIME_EXCEEDED = 3
 
-# Codes the gateway uses (why: §6.1; the client keys its "ask for a new flow" on 3/13 and 1/1).
+# Codes the gateway uses (why: as Firezone's make.rs; the client keys its "ask for a new flow" on 3/13
+# and 1/1).
 ICMPV4_CODE_NET_UNREACHABLE = 0
 ICMPV4_CODE_FRAG_NEEDED = 4
 ICMPV4_CODE_ADMIN_PROHIBITED = 13
@@ -94,7 +100,7 @@ _U32 = struct.Struct("!I")
 
 
 class UnsupportedIcmpError(DecodeError):
-    """An ICMP message the data path does not handle (neither echo nor a supported error, §6.2)."""
+    """An ICMP message the data path does not handle (neither echo nor a supported error)."""
 
 
 class IcmpError(NamedTuple):
@@ -120,7 +126,7 @@ def is_prohibited(err: IcmpError) -> bool:
     return err.icmp_type == ICMPV6_DEST_UNREACHABLE and err.code == ICMPV6_CODE_ADMIN_PROHIBITED
 
 
-# --- errors the gateway generates (§6.1) ------------------------------------------------------------------
+# --- errors the gateway generates ------------------------------------------------------------------------
 
 
 def build_icmp_error(original: bytes | bytearray | memoryview, code_v4: int, code_v6: int) -> bytes:
@@ -143,16 +149,16 @@ def build_icmp_error(original: bytes | bytearray | memoryview, code_v4: int, cod
 
 
 def build_icmp_prohibited(original: bytes | bytearray | memoryview) -> bytes:
-    """The policy denial (§6.1): ICMPv4 3/13 "administratively prohibited" or ICMPv6 1/1."""
+    """The policy denial: ICMPv4 3/13 "administratively prohibited" or ICMPv6 1/1."""
     return build_icmp_error(original, ICMPV4_CODE_ADMIN_PROHIBITED, ICMPV6_CODE_ADMIN_PROHIBITED)
 
 
 def build_icmp_unreachable(original: bytes | bytearray | memoryview) -> bytes:
-    """No usable DNS-resource mapping (§6.1): ICMPv4 3/0 "network unreachable" or ICMPv6 1/3 "address"."""
+    """No usable DNS-resource mapping: ICMPv4 3/0 "network unreachable" or ICMPv6 1/3 "address"."""
     return build_icmp_error(original, ICMPV4_CODE_NET_UNREACHABLE, ICMPV6_CODE_ADDRESS_UNREACHABLE)
 
 
-# --- errors received from the TUN (§6.2) ------------------------------------------------------------------
+# --- errors received from the TUN ------------------------------------------------------------------------
 
 
 def parse_icmp_error(packet: bytes | bytearray | memoryview) -> IcmpError | None:
@@ -203,8 +209,9 @@ def parse_icmp_error(packet: bytes | bytearray | memoryview) -> IcmpError | None
 
 
 def rewrite_embedded(err: IcmpError, inside_dst: IPAddress, inside_port: int) -> bytes:
-    """§6.3 step 1: the quoted packet with its destination set to ``inside_dst`` and its source port (or
-    echo identifier) set to ``inside_port``. Embedded checksums are left as they are (as Firezone does).
+    """Re-addressing, step 1: the quoted packet with its destination set to ``inside_dst`` and its source
+    port (or echo identifier) set to ``inside_port``. Embedded checksums are left as they are (as Firezone
+    does).
     """
     if inside_dst.version != err.version:
         raise UsageError("inside destination of the other IP family")
@@ -221,7 +228,7 @@ def rewrite_embedded(err: IcmpError, inside_dst: IPAddress, inside_port: int) ->
 
 
 def _rest_of_header(err: IcmpError) -> int:
-    """§6.3 step 2: the 4 bytes after the checksum, re-serialised from the decoded type."""
+    """Re-addressing, step 2: the 4 bytes after the checksum, re-serialised from the decoded type."""
     if err.version == 4 and err.icmp_type == ICMPV4_DEST_UNREACHABLE and err.code == ICMPV4_CODE_FRAG_NEEDED:
         return err.mtu & 0xFFFF
     if err.version == 6 and err.icmp_type == ICMPV6_PACKET_TOO_BIG:
@@ -230,8 +237,8 @@ def _rest_of_header(err: IcmpError) -> int:
 
 
 def build_icmp_error_like(err: IcmpError, src: IPAddress, dst: IPAddress, embedded: bytes) -> bytes:
-    """§6.3 step 2: a fresh ICMP error of the same family, type, code (and MTU) as ``err``, from ``src``
-    to ``dst`` with TTL/hop limit 20, quoting ``embedded``.
+    """Re-addressing, step 2: a fresh ICMP error of the same family, type, code (and MTU) as ``err``, from
+    ``src`` to ``dst`` with TTL/hop limit 20, quoting ``embedded``.
     """
     if src.version != err.version or dst.version != err.version:
         raise UsageError("ICMP error re-addressed to the other IP family")
@@ -245,7 +252,7 @@ def build_icmp_error_like(err: IcmpError, src: IPAddress, dst: IPAddress, embedd
 def translate_icmp_error(
     err: IcmpError, inside_dst: IPAddress, inside_port: int, client_ip: IPAddress
 ) -> bytes:
-    """§6.3: the error as the client must see it: from the proxy IP ``inside_dst`` to ``client_ip``,
+    """The error as the client must see it: from the proxy IP ``inside_dst`` to ``client_ip``,
     quoting its own packet (destination ``inside_dst``, source port/identifier ``inside_port``).
     """
     return build_icmp_error_like(err, inside_dst, client_ip, rewrite_embedded(err, inside_dst, inside_port))

@@ -11,7 +11,8 @@ Two levels of API:
   ``build_*`` functions.
 - Data-path accessors that create no wrapper object: :func:`ip_version`, :func:`src_dst`,
   :func:`l4_info` (the offset and protocol of the transport header), :func:`five_tuple` (a plain tuple) and
-  :func:`validate` (the validity rules of gateway-datapath.md §12.1, returning a ``DropReason`` or ``None``).
+  :func:`validate` (the validity rules of ``IpPacket::new`` in Firezone's
+  ``rust/connlib/ip-packet/src/lib.rs``, returning a ``DropReason`` or ``None``).
 
 The builders live in :mod:`gateway_core.wire.ipbuild` and the constants in :mod:`gateway_core.wire.ipconst`
 (both re-exported here, so ``from gateway_core.wire.ip import build_udp_packet`` is the stable spelling).
@@ -469,7 +470,7 @@ def five_tuple(packet: bytes | bytearray | memoryview) -> FiveTuple:
 
 
 def validate(packet: bytes | bytearray | memoryview) -> DropReason | None:
-    """gateway-datapath.md §12.1: ``None`` if the data path may handle the packet, else why to drop it.
+    """``None`` if the data path may handle the packet, else why to drop it (as Firezone's ``IpPacket::new``).
 
     At most 1280 bytes; a parsable IPv4/IPv6 packet; not a fragment; UDP/TCP/ICMP headers and lengths
     consistent (as etherparse 0.19 checks them); ICMPv4 only inside IPv4 and ICMPv6 only inside IPv6.

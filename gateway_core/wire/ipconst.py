@@ -5,7 +5,8 @@ from __future__ import annotations
 # Why: fixed header sizes of RFC 791 (without options) and RFC 8200.
 IPV4_HEADER_LEN = 20
 IPV6_HEADER_LEN = 40
-# Why: the TUN MTU and the largest packet the data path accepts (Firezone MAX_IP_SIZE = 1280, §12.1).
+# Why: the TUN MTU and the largest packet the data path accepts (Firezone MAX_IP_SIZE = 1280, in
+# ``rust/connlib/ip-packet/src/lib.rs``).
 MAX_IP_SIZE = 1280
 # Why: the usual initial TTL/hop limit of hosts (Linux default; Firezone's make.rs builders use 64 too).
 DEFAULT_TTL = 64

@@ -1,5 +1,6 @@
-"""In-place rewriting of IP packets on a ``bytearray``: NAT of addresses and ports (gateway-datapath.md
-§9.5), ECN merge (§12.3) and full checksum recomputation.
+"""In-place rewriting of IP packets on a ``bytearray``: NAT of addresses and ports, ECN merge and full
+checksum recomputation (Firezone: ``translate_destination``, ``translate_source`` and
+``with_ecn_from_transport`` of ``IpPacket`` in ``rust/connlib/ip-packet/src/lib.rs``).
 
 :func:`nat_rewrite` fixes every affected checksum incrementally (RFC 1624) instead of recomputing it, so
 the cost does not depend on the payload size: the IPv4 header checksum for an address change, and the
@@ -43,7 +44,7 @@ __all__ = [
     "set_src",
 ]
 
-# Why: RFC 3168 codepoints; only ECT(0)/ECT(1) inner packets may become CE (§12.3).
+# Why: RFC 3168 codepoints; only ECT(0)/ECT(1) inner packets may become CE.
 ECN_CE = 3
 _ECT = (1, 2)
 
@@ -209,7 +210,7 @@ def recompute_checksums(buf: bytearray) -> None:
 
 
 def merge_ecn(buf: bytearray, outer_ecn: int) -> None:
-    """§12.3: if the outer datagram is CE and the inner packet ECT(0)/ECT(1), mark the inner packet CE.
+    """If the outer datagram is CE and the inner packet ECT(0)/ECT(1), mark the inner packet CE.
 
     Every other combination leaves the packet unchanged. Only the fixed IP header is needed.
     """

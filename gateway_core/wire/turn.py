@@ -5,8 +5,9 @@
 - ChannelData (RFC 8656 §12.4): a 4-byte header (channel number, length) then the payload. Over UDP no
   padding is needed; :func:`decode_channel_data` is strict by default (the length must cover the rest of
   the datagram exactly, as snownet requires) and lenient on request (padding tolerated, as relays do).
-- :func:`classify`: the first-byte rule of snownet §4.2 (0x00-0x03 STUN, 0x40-0x4F ChannelData, else
-  WireGuard or unknown). It only looks at bytes; the caller still has to decode.
+- :func:`classify`: the first-byte rule of snownet's ``Node::decapsulate`` (0x00-0x03 STUN, 0x40-0x4F
+  ChannelData, else WireGuard or unknown; ``rust/connlib/snownet/src/node.rs``). It only looks at bytes;
+  the caller still has to decode.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _CH_NUM = struct.Struct("!HH")
 
 
 class Kind(IntEnum):
-    """What a datagram looks like by its first bytes (snownet §4.2)."""
+    """What a datagram looks like by its first bytes (as snownet's ``Node::decapsulate``)."""
 
     STUN = 1
     CHANNEL_DATA = 2
@@ -82,7 +83,8 @@ def encode_channel_data(channel: int, payload: bytes) -> bytes:
 def decode_channel_data(data: bytes, *, exact: bool = True) -> tuple[int, bytes]:
     """``(channel, payload)``; :class:`DecodeError` if malformed.
 
-    ``exact``: the length field must equal the remaining size (snownet, §5.7.3); otherwise it may be
+    ``exact``: the length field must equal the remaining size (snownet's
+    ``rust/connlib/snownet/src/channel_data.rs``); otherwise it may be
     shorter (padding or trailing bytes tolerated, as the Firezone relay and RFC 8656 §12.5 over UDP).
     """
     n = len(data)

@@ -1,4 +1,5 @@
-"""mac1/mac2 on our handshake messages and the cookie we learn from a Cookie Reply (``snownet.md`` §6.9).
+"""mac1/mac2 on our handshake messages and the cookie we learn from a Cookie Reply (boringtun
+``noise/handshake.rs``, ``noise/rate_limiter.rs``).
 
 Theory of operation (the sending side; the checking side is ``ratelimit.py``): every handshake message we
 send ends with ``mac1 = MAC(HASH("mac1----" || peer_public), msg[:-32])`` and ``mac2 = MAC(cookie,

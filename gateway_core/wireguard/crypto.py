@@ -1,7 +1,7 @@
 """WireGuard's cryptographic primitives in ``cryptography``, ``hashlib`` and PyNaCl terms.
 
-Names follow the WireGuard paper and ``snownet.md`` §6.2: ``HASH`` (BLAKE2s-256), ``HMAC`` (RFC 2104 over
-BLAKE2s), ``KDFn`` (the HKDF-like chain), ``MAC`` (keyed BLAKE2s-128, not HMAC), ``AEAD``
+Names follow the WireGuard paper and boringtun ``noise/handshake.rs``: ``HASH`` (BLAKE2s-256), ``HMAC``
+(RFC 2104 over BLAKE2s), ``KDFn`` (the HKDF-like chain), ``MAC`` (keyed BLAKE2s-128, not HMAC), ``AEAD``
 (ChaCha20-Poly1305 with a 64-bit little-endian counter nonce), ``XAEAD`` (XChaCha20-Poly1305 for cookie
 replies) and ``TAI64N``. Nothing here keeps state; every function is pure given its inputs.
 """
@@ -129,7 +129,7 @@ _SIGMA = _HCHACHA_WORDS.unpack(b"expand 32-byte k" + bytes(48))[:4]
 
 
 def hchacha20(key: bytes, input16: bytes) -> bytes:
-    """HChaCha20 from ``cryptography``'s ChaCha20 keystream (``snownet.md`` §6.2).
+    """HChaCha20 (draft-irtf-cfrg-xchacha-03 §2.2) from ``cryptography``'s ChaCha20 keystream.
 
     The first keystream block is ``permute(state) + state``; subtracting the initial state word by word
     leaves the permutation, whose words 0-3 and 12-15 are HChaCha20's output. Used to cross-check the

@@ -1,4 +1,4 @@
-"""Per-tunnel 24-bit global indices (``snownet.md`` §6.6; snownet ``index.rs:11-51``).
+"""Per-tunnel 24-bit global indices (Firezone's ``rust/connlib/snownet/src/index.rs:11-51``).
 
 Theory of operation: every tunnel's session indices are ``global << 8 | n``; ``global`` must be unique per
 node so that a data packet's ``receiver_index`` finds its tunnel. snownet draws them from a 24-bit Galois

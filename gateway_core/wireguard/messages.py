@@ -1,4 +1,4 @@
-"""WireGuard message layouts (``snownet.md`` §6.3; boringtun ``noise/mod.rs:81-168``).
+"""WireGuard message layouts (boringtun ``noise/mod.rs:81-168``).
 
 Four messages, all integers little-endian, the first four bytes a u32 type (one type byte and three zero
 bytes). Handshake messages and cookie replies have exact lengths; transport data is at least 32 bytes.

@@ -1,4 +1,5 @@
-"""Noise IKpsk2 as WireGuard uses it: the handshake of one tunnel, in both roles (``snownet.md`` §6.4).
+"""Noise IKpsk2 as WireGuard uses it: the handshake of one tunnel, in both roles (boringtun
+``noise/handshake.rs``).
 
 Theory of operation: a :class:`Handshake` knows our static key, the peer's static public key and the PSK.
 Its state is the outgoing initiation we are waiting to hear back on (``state``) and the one before it
@@ -101,7 +102,8 @@ def _initiation_prefix(
 def identify_initiator(static_private: bytes, msg: bytes) -> tuple[int, bytes] | None:
     """``(sender_index, initiator static public key)`` of a Handshake Initiation addressed to us, or
     ``None``. Lets a node find the tunnel an initiation belongs to before any tunnel looks at it
-    (boringtun ``parse_handshake_anon``; snownet §3.12). No mac1 or timestamp check is done here."""
+    (boringtun ``parse_handshake_anon``, as snownet's ``rust/connlib/snownet/src/node.rs`` uses it). No
+    mac1 or timestamp check is done here."""
     try:
         m = decode_initiation(msg)
         priv = crypto.private_key(static_private)

@@ -1,10 +1,12 @@
-"""One WireGuard tunnel to one peer, as Firezone's boringtun fork runs it (``snownet.md`` §6.4-6.10).
+"""One WireGuard tunnel to one peer, as Firezone's boringtun fork runs it (``boringtun@069a483``,
+``boringtun/src/noise/mod.rs``, ``session.rs``, ``timers.rs``).
 
 Theory of operation
 -------------------
 The tunnel owns a :class:`Handshake` (Noise IKpsk2, both roles), up to eight :class:`Session` objects in
 slot ``local_index % 8``, a ``current`` slot used for sending, a queue of IP packets waiting for a usable
-session, and the timers of §6.7. It does no IO and reads no clock: every call takes ``now``.
+session, and the timers of boringtun ``noise/timers.rs``. It does no IO and reads no clock: every call
+takes ``now``.
 
 Data plane (direct results, no per-packet objects):
 
@@ -196,7 +198,7 @@ class WireGuardPeer:
         return self._encapsulate(now, packet)
 
     def _encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
-        # Hot path: cached config values, no allocation beyond the output (anchors.md §9).
+        # Hot path: cached config values, no allocation beyond the output.
         s = self.sessions[self._current]
         if s is not None:
             ctr = s.send_counter
@@ -536,7 +538,8 @@ class WireGuardPeer:
         return Deadline(Instant(max(d[0], self._last_now)), d[1])
 
     def initiate(self, now: Instant) -> None:
-        """Start a handshake now unless one is in progress (the Client's proactive initiation, §6.8)."""
+        """Start a handshake now unless one is in progress (the Client's proactive initiation,
+        snownet's ``initiate_wg_session`` in ``rust/connlib/snownet/src/node.rs``)."""
         self._advance(now)
         msg = self._initiate(now, force=False)
         if msg is not None:

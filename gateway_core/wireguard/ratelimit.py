@@ -1,4 +1,5 @@
-"""Checking mac1/mac2 of incoming handshake messages, and cookie replies under load (``snownet.md`` §6.9).
+"""Checking mac1/mac2 of incoming handshake messages, and cookie replies under load (boringtun
+``noise/rate_limiter.rs``).
 
 Theory of operation: one :class:`RateLimiter` per node (our static key), shared by all tunnels. Every
 incoming Handshake Initiation or Response must carry a valid mac1 for our public key, else it is dropped.
@@ -6,7 +7,8 @@ Each mac1-valid message increments a counter; while the counter is at or above `
 ``limit + 1``-th message since the last reset on) the node is *under load*: a message must also carry a
 valid mac2, computed with the cookie of its source IP, or it is answered with a Cookie Reply instead of
 being processed. Whoever owns the limiter resets the counter once per second (:meth:`reset_count`);
-snownet does that from its node timer (and, quirk §8.9, not while every connection is idle).
+snownet does that from its node timer (``Node::handle_timeout`` in ``rust/connlib/snownet/src/node.rs``;
+a quirk: not while every connection is idle).
 
 The cookie for an IP is ``MAC(secret16, LE64(seconds_since_start // 128) || ip16)`` (boringtun
 ``rate_limiter.rs:108-122``): it changes every 128 s, does not include the port, and ``secret16`` is random

@@ -1,4 +1,4 @@
-"""WireGuard timer constants and the tunnel's configuration (``snownet.md`` §6.7).
+"""WireGuard timer constants and the tunnel's configuration (boringtun ``noise/timers.rs``).
 
 Every value carries the reason for it and, where Firezone's boringtun fork has one, its value there
 (``boringtun@069a483 boringtun/src/noise/timers.rs:15-31``, ``mod.rs:43-47``). The timer *logic* lives in
@@ -34,7 +34,7 @@ REKEY_ON_RECEIVE_AFTER: Duration = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY
 """The initiator also re-handshakes after 165 s if it has received data on the session (paper §6.1)."""
 CONNECTION_EXPIRY: Duration = 3 * REJECT_AFTER_TIME
 """Without any new session for 540 s the tunnel expires: keys are wiped and the connection fails
-(paper: zero keys after 3 x REJECT_AFTER_TIME; boringtun ``ConnectionExpired``; snownet §7.3.6)."""
+(paper: zero keys after 3 x REJECT_AFTER_TIME; boringtun ``ConnectionExpired``)."""
 REKEY_AFTER_MESSAGES = 1 << 60
 """Re-handshake after sending this many messages on one session (paper §6.1). boringtun has no message
 limits; see ``docs/decisions/0010-wg-message-limits-and-queue-flush.md``."""

@@ -42,7 +42,7 @@ DNS_PORT = 53
 RECORD_TTL = 300
 """TTL of every answer (any positive value works; 300 s is a common zone default)."""
 SUPPORTED_TYPES = ("A", "AAAA", "SRV", "TXT")
-"""The record types the zone holds (issue 6 item 7)."""
+"""The record types the zone holds: addresses for DNS resources, SRV and TXT for forwarding."""
 
 
 def _key(name: str) -> str:

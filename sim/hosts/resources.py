@@ -17,8 +17,8 @@ a client's tunnel address, routed by the world to the gateway:
 - anything else, or anything malformed, or not for one of its addresses -> counted and dropped.
 
 Every packet that arrives is logged in :attr:`ResourceServer.received` (time, protocol, source,
-destination, ports) before anything else: issue 8's security invariant ("nothing reaches a resource
-outside a live authorisation and its filters") reads it.
+destination, ports) before anything else: the stateful test's security invariant ("nothing reaches a
+resource outside a live authorisation and its filters", :mod:`sim.stateful.invariants`) reads it.
 """
 
 from __future__ import annotations

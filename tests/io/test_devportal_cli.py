@@ -66,7 +66,7 @@ def test_cli_rejects_bad_config(tmp_path: Path) -> None:
 
 @pytest.mark.system
 def test_gateway_channel_against_the_dev_portal_process() -> None:
-    """Item 6 of issue 5: our channel, driven by the gateway_io WebSocket client, against a separately
+    """Our channel, driven by the gateway_io WebSocket client, against a separately
     started ``firezone-dev-portal``: connects, joins, receives ``init``, keeps heartbeating."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "devio.portal", "--config", str(CONFIG), "--listen", "127.0.0.1:0"],

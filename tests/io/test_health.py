@@ -1,4 +1,5 @@
-"""The health check (portal-protocol.md §4.6) on loopback, asked by real HTTP clients (curl, http.client)."""
+"""The health check (as Firezone's ``rust/bin-shared/src/http_health_check.rs``) on loopback, asked by real
+HTTP clients (curl, http.client)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scenario tests through the whole gateway in the simulator (issue 6 item 7), each by seed.
+"""Scenario tests through the whole gateway in the simulator, each by seed.
 
 Portal (devportal in the stub), relays, the Gateway facade in its host, simulated clients, resources and
 an upstream DNS server in one world (:mod:`sim.gateway_world`). Each test asserts what the client

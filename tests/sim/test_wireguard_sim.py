@@ -1,4 +1,4 @@
-"""Two WireGuard peers on two simulated hosts carry ICMP echo over lossy links (issue 3 item 4)."""
+"""Two WireGuard peers on two simulated hosts carry ICMP echo over lossy links."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The whole daemon in a network namespace against ``firezone-dev-portal`` (issue 7 item 7).
+"""The whole daemon in a network namespace against ``firezone-dev-portal``.
 
 The test creates a namespace, starts the dev portal on its loopback (ws://) and ``firezone-gateway`` in
 it; after ``init`` the namespace must show the interface configuration (addresses, MTU, the three policy

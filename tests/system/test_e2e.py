@@ -1,5 +1,6 @@
-"""End to end on real kernels (issue 9): the real ``firezone-gateway`` daemon, the dev portal, the project's
-relays and two client hosts running the simulated client's logic over a real TUN, in network namespaces.
+"""End to end on real kernels (the topology of :mod:`e2e.topology`): the real ``firezone-gateway`` daemon,
+the dev portal, the project's relays and two client hosts running the simulated client's logic over a real
+TUN, in network namespaces.
 
 One topology serves the whole module (building it takes a few seconds); the tests run in file order and
 each leaves the access it changed as it found it. Every wait polls a condition with a bounded timeout.

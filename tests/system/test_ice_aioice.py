@@ -1,7 +1,7 @@
 """Our ICE agent (controlled) against aioice (controlling) over real loopback UDP sockets.
 
 aioice gathers a host candidate on 127.0.0.1 or ::1 (its host-address discovery skips loopback, so it
-is patched to return it, as in ``../shared/spec/real-peers.md`` §3), we exchange candidate strings and
+is patched to return it), we exchange candidate strings and
 credentials in memory, aioice runs its checks and nominates a pair; our agent answers, runs its own
 checks, announces the nominated path, and application data passes both ways on that path. The second
 test does the same with relayed candidates only: our agent's candidate is a relayed address of our TURN

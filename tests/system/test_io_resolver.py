@@ -218,7 +218,8 @@ async def test_timeout_and_refused_are_error_values(ns: str, unbound: None) -> N
 
 @pytest.mark.anyio
 async def test_a_nameserver_that_went_silent_loses_fastest(ns: str, unbound: None) -> None:
-    """Firezone's RTT map is never cleared (datapath §10.7 quirk); here each answered round replaces it."""
+    """Firezone's RTT map (``rust/connlib/tunnel/src/io/nameserver_set.rs``) is never cleared; here each
+    answered round replaces it."""
     with silent_server(ns), inside(ns):
         resolver = Resolver([SILENT, UNBOUND], probe_timeout=0.3)
         resolver.fastest, resolver.rtts = SILENT, {SILENT: 0.001}  # fastest once, silent since

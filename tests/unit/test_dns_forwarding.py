@@ -1,4 +1,5 @@
-"""SRV/TXT forwarding decisions (gateway-datapath.md §10.3, §10.6; decisions 0048-0049)."""
+"""SRV/TXT forwarding decisions (as Firezone's layer-4 DNS servers and recursive resolution;
+decisions 0048-0049)."""
 
 from __future__ import annotations
 

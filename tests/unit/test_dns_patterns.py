@@ -1,5 +1,6 @@
-"""Domain pattern matching (gateway-datapath.md §8.8): the spec's examples, the reference's test cases,
-and a property test against a direct model of the Rust ``glob`` crate's backtracking matcher."""
+"""Domain pattern matching (Firezone's ``rust/connlib/tunnel/src/dns.rs``): documented examples, the
+reference's test cases, and a property test against a direct model of the Rust ``glob`` crate's backtracking
+matcher."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The Gateway facade, control plane: every portal message of portal-protocol.md §2 against a client built
-from the core's parts (controlling node + WireGuard initiator) and a relay, the portal played by hand."""
+"""The Gateway facade, control plane: every portal message (``rust/connlib/tunnel/src/messages/gateway.rs``)
+against a client built from the core's parts (controlling node + WireGuard initiator) and a relay, the portal
+played by hand."""
 
 from __future__ import annotations
 
@@ -365,7 +366,7 @@ def test_request_connection_with_mismatching_domain_drops_the_client() -> None:
     h.gw.handle_input(h.now, DomainResolved(req.request_id, (ip_address("10.0.0.7"),)))
     h.pump()
     assert h.events("connection_ready") == []
-    assert CLIENT_ID not in h.gw.peers.clients  # the whole peer state goes (portal §2.4 step 4)
+    assert CLIENT_ID not in h.gw.peers.clients  # the whole peer state goes, as in the reference
 
 
 def test_allow_access_with_payload_and_failed_resolution_grants_access() -> None:

@@ -166,7 +166,7 @@ def test_tun_packet_for_a_client_without_connection() -> None:
 
 
 PROXIES = (*(PROXY + i for i in range(4)), *(PROXY6 + i for i in range(4)))
-"""The client always sends 4 or 8 proxy IPs (datapath §8.2)."""
+"""The client always sends 4 or 8 proxy IPs (``rust/connlib/tunnel/src/p2p_control.rs``)."""
 
 
 def _assign(h: Harness, domain: str = "app.example.com", proxies: tuple[object, ...] = PROXIES) -> int:

@@ -1,4 +1,4 @@
-"""ICE candidates: Firezone's priorities (snownet §3.4) and the candidate string format (§3.5)."""
+"""ICE candidates: Firezone's priorities and the candidate string format (str0m ``src/ice/candidate.rs``)."""
 
 from __future__ import annotations
 

@@ -223,7 +223,7 @@ def test_idle_and_back() -> None:
     gconn = w.gw.connections["cl"]
     w.run_until(secs(30))
     # Relay pairs are still possible next to the nominated host pair, so the agent is Connected (not
-    # Completed) and 20 s without packets make the connection idle (snownet §3.9).
+    # Completed) and 20 s without packets make the connection idle (snownet's ``ConnectionState``).
     assert gconn.state is ConnState.IDLE
     assert [(at, new) for at, _, new in gconn.history] == [
         (0, ConnState.CONNECTED),

@@ -1,4 +1,5 @@
-"""One client's policy on real packets (gateway-datapath.md §4 step 5, §5 step 4, §6.1, §7)."""
+"""One client's policy on real packets (as Firezone's
+``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_cidr_resource_with_filters() -> None:
     assert (hdr.src, hdr.dst, hdr.ttl) == (ip("10.0.0.5"), CV4, 20)
     assert err is not None and (err.icmp_type, err.code) == (3, 13)
     assert p.stats.drops[DropReason.FILTERED] == 1
-    # Inbound filtering is stateless on the source port (§5).
+    # Inbound filtering is stateless on the source port (as in the reference).
     assert p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 80, 5000)), NOW)[0] == FORWARD
     verdict, _, _, reason = p.inbound(bytearray(build_tcp_packet(ip("10.0.0.5"), CV4, 81, 5000)), NOW)
     assert (verdict, reason) == (DROP, DropReason.FILTERED)
@@ -198,7 +199,7 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 def test_inbound_to_another_address_is_dropped() -> None:
     p = policy()
     p.allow(CidrResource(R_CIDR, "web", ip_network("10.0.0.0/24"), ()), None)
-    other = IPv4Address("100.64.0.55")  # e.g. indexed for this client by a later authorisation (§2.3)
+    other = IPv4Address("100.64.0.55")  # e.g. indexed for this client by a later authorisation
     verdict, _, _, reason = p.inbound(bytearray(build_udp_packet(ip("10.0.0.5"), other, 53, 1, b"")), NOW)
     assert (verdict, reason) == (DROP, DropReason.UNKNOWN_CLIENT)
     err = bytearray(build_icmp_error(build_udp_packet(other, ip("10.0.0.5"), 1, 53, b""), 3, 3))
@@ -209,7 +210,7 @@ def test_inbound_to_another_address_is_dropped() -> None:
     assert p.inbound(redirect, NOW) == (DROP, b"", None, DropReason.NAT_UNSUPPORTED_PROTOCOL)
 
 
-# --- outbound decisions against a naive model of §4 step 5 and §7.2-7.4 -------------------------
+# --- outbound decisions against a naive model of the reference's translate_outbound and filters ----
 
 NETS = [
     "10.0.0.0/8",

@@ -1,4 +1,5 @@
-"""The filter engine, the per-client filter table and classification (gateway-datapath.md §7.2-7.4)."""
+"""The filter engine, the per-client filter table and classification (Firezone's
+``rust/connlib/tunnel/src/gateway/filter_engine.rs``)."""
 
 from __future__ import annotations
 

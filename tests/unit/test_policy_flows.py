@@ -1,4 +1,4 @@
-"""Flow records (gateway-datapath.md §11.2)."""
+"""Flow records (Firezone's ``rust/connlib/tunnel/src/gateway/flow_tracker.rs``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The DNS-resource NAT (gateway-datapath.md §8.5, §9, §6.3): keys, timeouts in both directions, bounds,
-the worked example on real packets, proxy-IP pairing and setup_nat."""
+"""The DNS-resource NAT (Firezone's ``rust/connlib/tunnel/src/gateway/nat_table.rs``): keys, timeouts in
+both directions, bounds, a worked example on real packets, proxy-IP pairing and setup_nat."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_table_stays_a_bijection(seq: list[tuple[str, int, int, IPAddress, IPAdd
         assert pt is None or pt >= now
 
 
-# --- pairing (§8.5, decision 0044) ---------------------------------------------------------------
+# --- pairing (decision 0044) ---------------------------------------------------------------------
 
 V4P = [ip(f"100.96.0.{i}") for i in (4, 1, 3, 2)]
 V6P = [ip(f"fd00:2021:1111:8000::{i}") for i in (3, 0, 1, 2)]

@@ -1,5 +1,5 @@
-"""The p2p control protocol (gateway-datapath.md §8.2, §8.6): vectors, parsers whole / truncated /
-with trailing bytes, round-trips, and the client's request machine."""
+"""The p2p control protocol (Firezone's ``rust/connlib/tunnel/src/p2p_control.rs``): vectors, parsers
+whole / truncated / with trailing bytes, round-trips, and the client's request machine."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The gateway-wide policy: peer store, authorisation lifecycle, expiry sweep, control packets (§2.2, §3,
-§5 steps 2-3, §7.5, §8.3-8.5)."""
+"""The gateway-wide policy: peer store, authorisation lifecycle, expiry sweep, control packets (Firezone:
+``rust/connlib/tunnel/src/gateway.rs``, ``rust/connlib/tunnel/src/peer_store.rs``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resource decoding (portal-protocol.md §3.2-3.3) and per-client authorisations (datapath §7.5)."""
+"""Resource decoding (``rust/connlib/tunnel/src/messages/gateway.rs``) and per-client authorisations."""
 
 from __future__ import annotations
 

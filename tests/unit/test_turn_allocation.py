@@ -34,7 +34,7 @@ EXPIRY = 1_900_000_000
 
 
 def test_firezone_password_vectors() -> None:
-    # snownet §5.12 (rust/relay/server/src/auth.rs test vectors).
+    # The Firezone relay's test vectors (rust/relay/server/src/auth.rs).
     assert (
         firezone_password(
             1892160000, "4c98bf59c99b3e467ecd7cf9d6b3e5279645fca59be67bc5bb4af3cf653761ab", "n23JJ2wKKtt30oXi"

@@ -1,5 +1,5 @@
-"""ICMP errors: the gateway's own (gateway-datapath.md §6.1, with its worked byte example), parsing of
-errors from the TUN (§6.2) and their re-addressing for DNS-resource NAT sessions (§6.3)."""
+"""ICMP errors: the gateway's own (with a worked byte example), parsing of errors from the TUN and their
+re-addressing for DNS-resource NAT sessions."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ V6A, V6B = IPv6Address("fd00:2021:1111::1"), IPv6Address("2001:db8::1")
 PROXY4, PROXY6 = IPv4Address("100.96.0.1"), IPv6Address("fd00:2021:1111:8000::1")
 ROUTER4, ROUTER6 = IPv4Address("192.0.2.1"), IPv6Address("2001:db8:ffff::1")
 
-# §6.1 worked example, byte for byte.
+# A worked example of the prohibited error (ICMPv4 3/13), byte for byte.
 OFFENDING = bytes.fromhex("45000024000040004011cc87644000010a000001" + "0001025800108f33" + "00" * 8)
 EXPECTED_REPLY = bytes.fromhex(
     "45000038000040001401f8830a00000164400001"
@@ -129,7 +129,7 @@ def test_own_errors_parse_back_to_the_original(spec: Spec) -> None:
         )
 
 
-# --- parsing errors from the TUN (§6.2) -------------------------------------------------------------------
+# --- parsing errors from the TUN -------------------------------------------------------------------------
 
 
 def _icmp4(t: int, c: int, rest: int, quoted: bytes, src: IPv4Address = ROUTER4) -> bytes:
@@ -239,7 +239,7 @@ def test_random_quotes_parse_or_decode_error(quoted: bytes, kind: tuple[int, int
         pass
 
 
-# --- re-addressing for NAT sessions (§6.3) ----------------------------------------------------------------
+# --- re-addressing for NAT sessions ----------------------------------------------------------------------
 
 
 def test_translate_v4_port_unreachable() -> None:

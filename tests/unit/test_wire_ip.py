@@ -1,5 +1,5 @@
 """IP/UDP/TCP/ICMP codecs: checksums, layouts, parsers whole / truncated / with trailing bytes,
-hypothesis round-trips, data-path accessors and the validity rules of gateway-datapath.md §12.1."""
+hypothesis round-trips, data-path accessors and the validity rules (Firezone's ``IpPacket::new``)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from tests.unit.wire_strategies import Spec, addr_pairs, packets, payloads, port
 V4A, V4B = IPv4Address("100.64.0.1"), IPv4Address("10.0.0.1")
 V6A, V6B = IPv6Address("fd00:2021:1111::1"), IPv6Address("2001:db8::1")
 
-# gateway-datapath.md §6.1 worked example: the offending packet (TTL 64, ident 0, DF, 8 zero bytes).
+# The worked example of test_wire_icmp.py: the offending packet (TTL 64, ident 0, DF, 8 zero bytes).
 OFFENDING = bytes.fromhex("45000024000040004011cc87644000010a000001" + "0001025800108f33" + "00" * 8)
 
 SAMPLES = {
@@ -309,7 +309,7 @@ def test_ipv4_auth_header_is_skipped() -> None:
     assert five_tuple(pkt) == (PROTO_UDP, V4A, V4B, 5, 6)
 
 
-# --- validity (§12.1) -------------------------------------------------------------------------------------
+# --- validity ----------------------------------------------------------------------------------------------
 
 
 def test_validate_rules() -> None:

@@ -1,5 +1,5 @@
-"""In-place NAT rewriting (gateway-datapath.md §9.5): incremental checksum fix-up equals a full
-recomputation; errors leave the buffer untouched; ECN merge (§12.3)."""
+"""In-place NAT rewriting: incremental checksum fix-up equals a full recomputation; errors leave the buffer
+untouched; ECN merge."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An initiator and a responder over an in-memory link (``snownet.md`` §6.4-6.9)."""
+"""An initiator and a responder over an in-memory link (handshake, sessions, timers, cookies)."""
 
 from __future__ import annotations
 

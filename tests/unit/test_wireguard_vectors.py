@@ -1,4 +1,5 @@
-"""WireGuard primitives and the full handshake against the vectors of ``snownet.md`` §6.11."""
+"""WireGuard primitives and the full handshake against published vectors (RFC 7748, RFC 8439,
+draft-irtf-cfrg-xchacha, RFC 7693, wireguard-go's KDF test)."""
 
 from __future__ import annotations
 

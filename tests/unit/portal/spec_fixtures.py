@@ -1,7 +1,9 @@
 # ruff: noqa: E501  (wire fixtures are kept verbatim, one frame a line)
-"""Wire fixtures of portal-protocol.md §1-§3 (themselves from Firezone's tests and the portal's views).
+"""Wire fixtures of the portal protocol, taken from Firezone's tests
+(``rust/connlib/phoenix-channel/tests/lib.rs``, ``rust/connlib/tunnel/src/messages/gateway.rs``) and the
+portal's views (``elixir/apps/api/lib/api/gateway/views/``).
 
-``…`` stands for shortened opaque strings, as in the spec; the request_connection fixture's elided
+``…`` stands for shortened opaque strings; the request_connection fixture's elided
 ``"relays":[…]`` is written as ``[]`` to make it valid JSON (the gateway ignores that field).
 """
 
@@ -57,7 +59,8 @@ RESOURCES = """[{"id":"73037362-715d-4a83-a749-f18eadd970e6","type":"cidr","addr
  {"id":"03000143-e25e-45c7-aafb-144990e57dcd","type":"dns","name":"gitlab.mycorp.com","address":"gitlab.mycorp.com","filters":[]},
  {"id":"1106047c-cd5d-4151-b679-96b93da7383b","type":"internet","not":"relevant","some_other":["field"]}]"""
 
-# Frames the gateway sends (§1.5, §2.3, §2.4, §2.11), exact text.
+# Frames the gateway sends (join, heartbeat, flow_authorized, connection_ready, broadcast_ice_candidates),
+# exact text.
 JOIN = """{"topic":"gateway","event":"phx_join","payload":null,"ref":0}"""
 HEARTBEAT = """{"topic":"phoenix","event":"heartbeat","payload":{},"ref":17}"""
 FLOW_AUTHORIZED = (
@@ -69,7 +72,7 @@ FLOW_AUTHORIZED_ASCII = (
 CONNECTION_READY = """{"topic":"gateway","event":"connection_ready","payload":{"ref":"SFMyNTY.g2gDbQAAAVhn…","gateway_payload":{"ConnectionAccepted":{"ice_parameters":{"username":"Xy7q","password":"…"}}}},"ref":9}"""
 BROADCAST_ICE = """{"topic":"gateway","event":"broadcast_ice_candidates","payload":{"client_ids":["3abd725a-733b-4801-ac16-72f26cd98a24"],"candidates":["candidate:fffeff6435be70ddbf995982 1 udp 2130706431 10.0.0.5 52625 typ host ufrag ejqt","candidate:7854631899965427361 1 udp 1694498559 172.28.0.100 47717 typ srflx raddr 0.0.0.0 rport 0"]},"ref":14}"""
 
-# Portal replies (§1.6-§1.9)
+# Portal replies (phx_reply and other control events)
 JOIN_OK = """{"topic":"gateway","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":0}"""
 HEARTBEAT_OK = """{"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":17}"""
 PHX_ERROR = """{"topic":"gateway","event":"phx_error","payload":{},"ref":0}"""

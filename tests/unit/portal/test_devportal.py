@@ -1,4 +1,4 @@
-"""The dev portal's pure logic: configuration, upgrade checks, Phoenix server framing, §2 pushes."""
+"""The dev portal's pure logic: configuration, upgrade checks, Phoenix server framing, application pushes."""
 
 from __future__ import annotations
 

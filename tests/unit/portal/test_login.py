@@ -1,4 +1,5 @@
-"""Login URL and User-Agent (portal-protocol.md §1.1, §1.3)."""
+"""Login URL and User-Agent (Firezone: ``rust/connlib/phoenix-channel/src/login_url.rs``,
+``rust/connlib/phoenix-channel/src/get_user_agent.rs``)."""
 
 from __future__ import annotations
 
