@@ -2,6 +2,8 @@
 
 - ``gateway_core`` imports nothing that does IO or reads a clock or randomness.
 - ``sim`` never imports ``gateway_io``; ``gateway_io`` never imports ``sim``.
+- ``gateway_core`` imports none of the dev tools; ``gateway_io`` imports none either; ``devpeers`` is pure;
+  ``e2e`` does not import ``sim``; ``devio`` imports neither ``sim`` nor ``e2e``.
 - No two modules of ``gateway_core`` import each other, directly or through others (any import counts,
   ``if TYPE_CHECKING:`` and function-level ones included).
 - A ``match`` on ``GatewayCommand`` that misses a case is a mypy error (it ends in ``assert_never``).
@@ -38,6 +40,12 @@ CORE_FORBIDDEN = frozenset(
         "dns.query",
         "gateway_io",
         "sim",
+        "e2e",
+        "devpeers",
+        "devportal",
+        "devio",
+        "bench",
+        "tests",
     }
 )
 
@@ -179,10 +187,12 @@ PROJECT_PACKAGES = ("gateway_core", "gateway_io", "sim", "e2e", "devpeers", "dev
 DEV_PACKAGES = frozenset({"sim", "e2e", "devpeers", "devportal", "devio"})
 IO_FORBIDDEN = DEV_PACKAGES
 """What ``gateway_io`` may not import: every dev tool."""
-DEVPEERS_FORBIDDEN = CORE_FORBIDDEN | {"devportal", "devio", "e2e"}
+DEVPEERS_FORBIDDEN = (CORE_FORBIDDEN - {"devpeers"}) | {"devportal", "devio", "e2e"}
 """``devpeers`` is pure like the core (and needs nothing of the dev portal)."""
 E2E_FORBIDDEN = frozenset({"sim"})
 SIM_FORBIDDEN = frozenset({"gateway_io", "devio", "e2e"})
+DEVIO_FORBIDDEN = frozenset({"sim", "e2e"})
+"""``devio`` puts dev components on real IO: it may use ``gateway_io``, never the simulator or the demo."""
 
 
 def test_io_imports_no_dev_tool() -> None:
@@ -201,6 +211,11 @@ def test_e2e_does_not_import_sim() -> None:
 
 def test_sim_imports_neither_e2e_nor_real_io() -> None:
     assert _scan("sim", SIM_FORBIDDEN) == []
+
+
+def test_devio_imports_neither_sim_nor_e2e() -> None:
+    assert _modules("devio")
+    assert _scan("devio", DEVIO_FORBIDDEN) == []
 
 
 @pytest.mark.parametrize(
@@ -222,6 +237,12 @@ def test_sim_imports_neither_e2e_nor_real_io() -> None:
         (SIM_FORBIDDEN, "from e2e.topology import Topology"),
         (SIM_FORBIDDEN, "import devio.relay"),
         (SIM_FORBIDDEN, "from gateway_io import tun"),
+        (DEVIO_FORBIDDEN, "from sim.world import World"),
+        (DEVIO_FORBIDDEN, "import e2e.topology"),
+        (CORE_FORBIDDEN, "from devpeers.client import DevClient"),
+        (CORE_FORBIDDEN, "from devportal import DevPortal"),
+        (CORE_FORBIDDEN, "import devio.portal"),
+        (CORE_FORBIDDEN, "from e2e import checks"),
     ],
 )
 def test_dev_rules_catch_a_violating_sample(forbidden: frozenset[str], sample: str) -> None:
@@ -238,6 +259,8 @@ def test_dev_rules_catch_a_violating_sample(forbidden: frozenset[str], sample: s
         (E2E_FORBIDDEN, "from gateway_core.wireguard.crypto import public_key"),
         (SIM_FORBIDDEN, "from devpeers.client import DevClient"),
         (SIM_FORBIDDEN, "from devportal import DevPortal"),
+        (DEVIO_FORBIDDEN, "from gateway_io.udp import UdpSocket"),
+        (DEVIO_FORBIDDEN, "from devpeers.relay import DevRelay"),
     ],
 )
 def test_dev_rules_allow_a_clean_sample(forbidden: frozenset[str], sample: str) -> None:
