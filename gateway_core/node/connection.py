@@ -44,6 +44,9 @@ WG_TICK = secs(1)
 """snownet ticks the WireGuard timers once a second (``node.rs:1858-1868``)."""
 WG_BUFFER = 128
 """snownet ``wg_buffer``: WireGuard datagrams kept while no path exists (oldest overwritten)."""
+HISTORY_LEN = 32
+"""State changes a connection remembers: a connection can flap between states for as long as it lives, so
+the record is a ring, never a list that grows with uptime (a handful covers any test or diagnosis)."""
 
 
 class Tunnel(Protocol):
@@ -136,7 +139,8 @@ class Connection:
         self.next_wg_tick = now
         self.established_signalled = False
         self.unexpected_transitions = 0
-        self.history: list[tuple[Instant, ConnState, ConnState]] = []
+        self.history: deque[tuple[Instant, ConnState, ConnState]] = deque(maxlen=HISTORY_LEN)
+        """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests."""
 
     def transition(self, new: ConnState, now: Instant) -> None:
         old = self.state

@@ -82,6 +82,8 @@ DELETE_GRACE = secs(5)
 and answers 437 until then: for 5 s after our delete succeeded, a 437 to ALLOCATE defers it by 1 s."""
 MAX_BUFFERED_BINDINGS = 100
 """Peers waiting for an allocation before their CHANNEL-BIND (snownet ring of 100)."""
+TRANSITIONS_KEPT = 32
+"""Phase changes an allocation remembers: a ring, as an allocation may cycle through failures forever."""
 
 
 class Allocation(DataPath):
@@ -127,7 +129,8 @@ class Allocation(DataPath):
         self._refresh_not_before = now
         self._now = now
         self._phase = Phase.PROBING
-        self.transitions: list[tuple[Instant, Phase, Phase]] = []
+        self.transitions: deque[tuple[Instant, Phase, Phase]] = deque(maxlen=TRANSITIONS_KEPT)
+        """The last :data:`TRANSITIONS_KEPT` phase changes ``(at, old, new)``, for diagnostics and tests."""
         self._send_binding_requests(now)
 
     # --- queries ----------------------------------------------------------------------------------------
