@@ -52,6 +52,8 @@ from gateway_core.turn.allocation import Allocation, RelaySocket
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
 from gateway_core.wire.stun import Class, Method
+from gateway_core.wireguard.noise import Initiator
+from gateway_core.wireguard.ratelimit import VERIFY_COOKIE_SENT, VERIFY_OK
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,11 @@ _FAILED = ConnState.FAILED
 
 TunnelFactory = Callable[[str, bytes, bytes | None, int, Instant], Tunnel]
 """``(client id, remote static public key, psk, 24-bit index, now) -> Tunnel``."""
-InitiatorLookup = Callable[[bytes], bytes | None]
-"""Handshake Initiation -> the initiator's static public key (``wireguard.identify_initiator``)."""
+InitiatorLookup = Callable[[bytes], Initiator | None]
+"""Handshake Initiation -> its initiator (``wireguard.noise.InitiatorIdentifier``): one X25519 exchange."""
+_DROPPED: tuple[str, bytes] = ("", b"")
+"""What :meth:`Node._route` returns for a datagram it dropped without changing any state: no timer work
+follows (compared by identity)."""
 ICE_UFRAG_LEN = 16
 """str0m ``IceCreds::new()``: random ufrag length (legacy ``accept_connection``)."""
 ICE_PWD_LEN = 22
@@ -79,6 +84,10 @@ _ICE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 class HandshakeLimiter(Protocol):
     """The node-wide WireGuard handshake limiter (``wireguard.RateLimiter`` fits)."""
+
+    def verify(
+        self, msg: bytes, src: IPAddress | None, now: Instant
+    ) -> tuple[int, DropReason | bytes | None]: ...
 
     def reset_count(self, now: Instant) -> None: ...
 
@@ -106,13 +115,14 @@ class Node:
         make_tunnel: TunnelFactory,
         identify_initiator: InitiatorLookup,
         *,
+        rate_limiter: HandshakeLimiter,
         controlling: bool = False,
         software: str = "snownet; session=python",
-        rate_limiter: HandshakeLimiter | None = None,
     ) -> None:
         self._entropy = entropy
         self.rate_limiter = rate_limiter
-        """Shared by the tunnels the factory makes; reset here once per second unless all are idle."""
+        """Checks every handshake message once, before any Diffie-Hellman (mac1, load, mac2); reset here
+        once per second unless all connections are idle."""
         self._make_tunnel = make_tunnel
         self._identify = identify_initiator
         self.controlling = controlling
@@ -345,12 +355,18 @@ class Node:
         out = self._route(now, local, from_, data)
         if out is None:
             self.handle_timeout(now)
+        elif out is _DROPPED:
+            return None  # nothing changed: nothing to drain (a flood of garbage costs no timer work)
         return out
 
     def _route(
         self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
     ) -> tuple[str, bytes] | None:
+        """``(cid, IP packet)``; ``None`` when consumed (state may have changed: timers follow);
+        :data:`_DROPPED` when dropped without any change. No drop path logs or allocates beyond its
+        counter."""
         destination = local
+        via: Allocation | None = None
         if from_.port == TURN_PORT and data:
             kind = tw.classify(data)
             if kind is tw.Kind.STUN:
@@ -362,14 +378,15 @@ class Node:
                     alloc = self._alloc_for(from_)
                     if alloc is None:
                         self.stats.drop(DropReason.TURN_UNKNOWN_RELAY)
-                        return None
+                        return _DROPPED
                     if msg.cls != Class.INDICATION:
                         alloc.handle_input(from_, local, msg, now)
                         return None
                     got = alloc.decapsulate_indication(from_, msg)
                     if got is None:
-                        return None
+                        return _DROPPED
                     from_, data, destination = got
+                    via = alloc
             elif kind is tw.Kind.CHANNEL_DATA:
                 try:
                     number, payload = tw.decode_channel_data(data, exact=False)
@@ -379,11 +396,12 @@ class Node:
                     alloc = self._alloc_for(from_)
                     if alloc is None:
                         self.stats.drop(DropReason.TURN_UNKNOWN_RELAY)
-                        return None
+                        return _DROPPED
                     got = alloc.decapsulate(from_, number, payload, now)
                     if got is None:
-                        return None
+                        return _DROPPED
                     from_, data, destination = got
+                    via = alloc
         if data[:1] and data[0] < 4:
             try:
                 msg = stun.decode(data)
@@ -397,8 +415,8 @@ class Node:
                             agent.handle_stun(now, from_, destination, msg)
                             return None
                 self.stats.drop(DropReason.STUN_UNMATCHED)
-                return None
-        return self._wireguard(now, from_, data)
+                return _DROPPED
+        return self._wireguard(now, from_, data, destination, via)
 
     def _alloc_for(self, relay: SocketAddr) -> Allocation | None:
         for rid in sorted(self.allocations):
@@ -406,7 +424,9 @@ class Node:
                 return self.allocations[rid]
         return None
 
-    def _wireguard(self, now: Instant, from_: SocketAddr, data: bytes) -> tuple[str, bytes] | None:
+    def _wireguard(
+        self, now: Instant, from_: SocketAddr, data: bytes, local: SocketAddr, via: Allocation | None
+    ) -> tuple[str, bytes] | None:
         if len(data) >= 32 and data[0] == 4 and data[1:4] == _ZERO3:  # data message: the hot path
             conn = self.connections.get(self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8, ""))
             if conn is not None and conn.state is not _FAILED:
@@ -416,34 +436,62 @@ class Node:
                     conn.stimulus(now)
                     return conn.cid, packet
                 return None
-        if len(data) < 4 or data[1:4] != b"\x00\x00\x00" or not 1 <= data[0] <= 4:
+        if len(data) < 4 or data[1:4] != _ZERO3 or not 1 <= data[0] <= 4:
             self.stats.drop(DropReason.DATAGRAM_UNCLASSIFIED)
-            return None
+            return _DROPPED
         mtype = data[0]
         if (mtype in _WG_TYPE_LEN and len(data) != _WG_TYPE_LEN[mtype]) or (mtype == 4 and len(data) < 32):
             self.stats.drop(DropReason.WG_MALFORMED)
-            return None
-        if mtype == 1:
-            key = self._identify(data)
-            cid = self._by_key.get(key) if key is not None else None
+            return _DROPPED
+        initiator: Initiator | None = None
+        if mtype <= 2:
+            # WireGuard's order: mac1 (one keyed BLAKE2s) and the load first, once for the node; only a
+            # message that passes costs a Diffie-Hellman (decision 0115).
+            verdict, extra = self.rate_limiter.verify(data, from_.ip, now)
+            if verdict != VERIFY_OK:
+                if verdict == VERIFY_COOKIE_SENT:
+                    assert isinstance(extra, bytes)
+                    self._cookie_reply(extra, local, from_, via, now)
+                    self.stats.drop(DropReason.WG_COOKIE_REQUIRED)
+                else:
+                    assert isinstance(extra, DropReason)
+                    self.stats.drop(extra)
+                return _DROPPED
+            if mtype == 1:
+                initiator = self._identify(data)
+                cid = self._by_key.get(initiator.static_public) if initiator is not None else None
+            else:
+                cid = self._by_index.get(_U32LE.unpack_from(data, 8)[0] >> 8)
         else:
-            receiver = _U32LE.unpack_from(data, 8 if mtype == 2 else 4)[0]
-            cid = self._by_index.get(receiver >> 8)
+            cid = self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8)
         conn = self.connections.get(cid) if cid is not None else None
         if conn is None or conn.state is ConnState.FAILED:
             self.stats.drop(DropReason.WG_UNKNOWN_INDEX)
-            return None
-        drops_before = conn.tunnel.stats.total_drops
-        packet = conn.tunnel.decapsulate(now, data, from_.ip)
-        if (
-            mtype in (1, 2)
-            and conn.tunnel.stats.total_drops == drops_before
-            and not conn.established_signalled
-        ):
-            conn.established_signalled = True
-            self._events.append(ConnectionEstablished(conn.cid))
+            return _DROPPED
+        tunnel = conn.tunnel
+        drops_before = tunnel.stats.total_drops
+        if mtype <= 2:
+            tunnel.handle_handshake(now, data, initiator)
+            if tunnel.stats.total_drops == drops_before and not conn.established_signalled:
+                conn.established_signalled = True
+                self._events.append(ConnectionEstablished(conn.cid))
+        else:
+            tunnel.decapsulate(now, data, from_.ip)
         self._drain_tunnel(conn, now)
         return None
+
+    def _cookie_reply(
+        self, reply: bytes, local: SocketAddr, to: SocketAddr, via: Allocation | None, now: Instant
+    ) -> None:
+        """Send a Cookie Reply back the way the handshake message came: to its source address, directly or
+        through the relay allocation it arrived on (WireGuard answers the sender, whoever it claims to
+        be; never the connection's path)."""
+        if via is None:
+            self._transmits.append(Transmit(local, to, reply))
+            return
+        t = via.encapsulate(to, reply, now)
+        if t is not None:
+            self._transmits.append(t)
 
     def _drain_tunnel(self, conn: Connection, now: Instant) -> None:
         while (wg := conn.tunnel.poll_transmit()) is not None:
@@ -503,7 +551,7 @@ class Node:
                 self._nominated(conn, nom, now)
             self._drain_agent(conn)
             self._drain_tunnel(conn, now)
-        if self.rate_limiter is not None and not self._all_idle():
+        if not self._all_idle():
             self.rate_limiter.reset_count(now)  # snownet's quirk kept: no reset while everything is idle
         for rid in sorted(self.allocations):
             if self.allocations[rid].can_be_freed() is not None:
@@ -565,7 +613,7 @@ class Node:
 
     def poll_timeout(self) -> Deadline | None:
         ds = [d for a in self.allocations.values() if (d := a.poll_timeout()) is not None]
-        if self.rate_limiter is not None and not self._all_idle():
+        if not self._all_idle():
             at = self.rate_limiter.next_reset()
             if at is not None:
                 ds.append(Deadline(at, "handshake limiter reset"))
