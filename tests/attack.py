@@ -12,6 +12,8 @@ Kinds (``--kind``):
   key; the timestamp cannot be encrypted without the client's private key);
 - ``garbage``: a mix: random bytes of random length, broken STUN (good header, bad length or cookie),
   every WireGuard type at its exact length with random content, and ChannelData-like frames;
+- ``wg4``: WireGuard data messages (type 4, 32-160 bytes) with random receiver indices: garbage the
+  socket filter must let through, the reference for the daemon's cost per datagram read;
 - ``junk``: random bytes whose first byte is none of STUN's, WireGuard's or ChannelData's (what the
   socket filter drops in the kernel), the reference for the per-datagram cost.
 
@@ -103,6 +105,8 @@ def build(kind: str, n: int, gateway_public: bytes | None, victim_public: bytes 
                 out.append(garbage_mix(i))
             case "junk":
                 out.append(junk())
+            case "wg4":
+                out.append(_U32.pack(4) + os.urandom(28 + (i % 33) * 4))
             case _:
                 raise ValueError(f"unknown kind {kind!r}")
     return out

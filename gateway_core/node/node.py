@@ -472,7 +472,9 @@ class Node:
         drops_before = tunnel.stats.total_drops
         if mtype <= 2:
             tunnel.handle_handshake(now, data, initiator)
-            if tunnel.stats.total_drops == drops_before and not conn.established_signalled:
+            if tunnel.stats.total_drops != drops_before:
+                return _DROPPED  # rejected: a tunnel changes no state for a message it rejects
+            if not conn.established_signalled:
                 conn.established_signalled = True
                 self._events.append(ConnectionEstablished(conn.cid))
         else:

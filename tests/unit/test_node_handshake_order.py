@@ -11,14 +11,14 @@ from ipaddress import IPv4Address
 import pytest
 
 from gateway_core.addr import SocketAddr
-from gateway_core.clock import secs
+from gateway_core.clock import millis, secs
 from gateway_core.commands import Transmit
 from gateway_core.errors import DropReason
 from gateway_core.node.connection import PathKind
 from gateway_core.wire import turn as tw
 from gateway_core.wireguard import crypto
 from gateway_core.wireguard.messages import decode_cookie_reply
-from gateway_core.wireguard.ratelimit import RateLimiter
+from gateway_core.wireguard.ratelimit import SOURCE_BURST, RateLimiter
 from tests import attack
 from tests.unit.test_node import CL, GW, RELAY, World
 
@@ -136,7 +136,9 @@ def test_a_flood_naming_a_real_client_never_reaches_that_client(world: World) ->
             to_client += t.dst == CL
     assert to_client == 0
     rl = _limiter(w)
-    assert w.gw.stats.drops[DropReason.WG_COOKIE_REQUIRED] == 300 - rl.limit
+    # Under load the attacker's address gets its burst of cookie replies, then nothing (its budget).
+    assert w.gw.stats.drops[DropReason.WG_COOKIE_REQUIRED] == SOURCE_BURST
+    assert w.gw.stats.drops[DropReason.WG_RATE_LIMITED] == 300 - rl.limit - SOURCE_BURST
     # The real tunnel rejected only the ones before the load (bad timestamp AEAD), each once.
     assert w.gw.connections["cl"].tunnel.stats.drops[DropReason.WG_HANDSHAKE_FAILED] == rl.limit
     # And the real client's tunnel still carries data.
@@ -205,3 +207,26 @@ def test_garbage_drops_run_no_timers(world: World, monkeypatch: pytest.MonkeyPat
         assert w.gw.handle_datagram(w.now, GW, ATTACKER, d) is None
     assert ticks == 0
     assert _drain(w) == []
+
+
+def test_under_load_each_source_has_its_own_budget(world: World) -> None:
+    """20 messages a second per source IP, 5 at once (the kernel WireGuard's numbers); another source
+    is not affected; a source whose budget refilled is forgotten at the next reset."""
+    w = world
+    rl = _limiter(w)
+    rl.count = rl.limit
+    gw_pub = _gw_public(w)
+    other = SocketAddr(IPv4Address("192.0.2.77"), 40000)
+
+    def answered(src: SocketAddr) -> bool:
+        w.gw.handle_datagram(w.now, GW, src, attack.initiation(gw_pub))
+        return bool(_drain(w))
+
+    assert [answered(ATTACKER) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert answered(other)  # a different source still gets its cookie
+    w.now += millis(50)  # one token back (20 per second)
+    assert [answered(ATTACKER) for _ in range(2)] == [True, False]
+    w.now += secs(1)
+    rl.count = 0
+    rl.reset_count(w.now)
+    assert rl._sources == {}  # both buckets full again: forgotten

@@ -1,0 +1,214 @@
+"""Floods at the gateway in the e2e topology (:mod:`e2e.topology`), measured from outside, while legit
+traffic runs through the tunnel: for ``tests/system/test_floods.py`` and for re-measuring by hand.
+
+A flood runs ``tests.attack`` in ``procs`` processes in the router namespace (one host: the router's
+address on the gateway's link, 10.201.4.1), each bounded by ``seconds``. Meanwhile :func:`measure`
+pings the CIDR resource from both clients (``client`` directly, ``client2`` over a relay) every 0.1 s,
+and once a second runs ``curl`` to the DNS resource, ``dig SRV`` through the gateway's forwarder and
+``/healthz`` in the gateway's namespace, each with a short timeout. Around the flood it reads the
+gateway process's CPU time (``/proc/PID/stat`` utime + stime) and the gateway namespace's UDP counters
+(``/proc/net/snmp``: ``InDatagrams`` = datagrams the daemon read, ``InErrors`` = dropped by the kernel,
+which includes the socket filter's drops and receive-buffer overflows).
+
+``python -m tests.system.flood_harness [--seconds S] [--procs N] KIND...`` builds the topology, connects
+both clients, runs each flood kind in turn and prints one line per flood (Ctrl-C tears it down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from e2e.demo import connect
+from e2e.topology import WEB_V4, Topology, run
+
+GATEWAY_PORT = 52625
+PING_INTERVAL = 0.1
+"""Seconds between echo requests per client (ping's -i; 0.1 s is allowed for root)."""
+PROBE_EVERY = 1.0
+"""Seconds between rounds of curl / dig SRV / healthz."""
+KINDS = ("junk", "garbage", "random148", "mac1", "victim", "wg4")
+
+
+@dataclass
+class FloodResult:
+    kind: str
+    seconds: float = 0.0
+    sent: int = 0
+    read: int = 0
+    kernel_dropped: int = 0
+    cpu: float = 0.0
+    pings: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rtt_avg_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+    probes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def cpu_per_read_us(self) -> float:
+        return 1e6 * self.cpu / self.read if self.read else 0.0
+
+    @property
+    def ping_loss(self) -> float:
+        sent = sum(s for s, _ in self.pings.values())
+        got = sum(r for _, r in self.pings.values())
+        return 1 - got / sent if sent else 1.0
+
+    def line(self) -> str:
+        pings = " ".join(
+            f"{c}={r}/{s}" + (f" rtt {a:.1f}/{m:.1f} ms" if (a, m) != (0, 0) else "")
+            for c, (s, r) in self.pings.items()
+            for a, m in [self.rtt_avg_max.get(c, (0, 0))]
+        )
+        probes = " ".join(f"{k}={ok}/{n}" for k, (ok, n) in self.probes.items())
+        return (
+            f"{self.kind:<9} {self.sent / self.seconds / 1000:7.1f} kpps sent, "
+            f"{self.read / self.seconds / 1000:6.1f} k/s read, "
+            f"{self.kernel_dropped / self.seconds / 1000:7.1f} k/s dropped by the kernel, "
+            f"gateway CPU {100 * self.cpu / self.seconds:3.0f} % "
+            f"({self.cpu_per_read_us:.1f} us per datagram read); ping loss {100 * self.ping_loss:.1f} % "
+            f"({pings}); {probes}"
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def udp_counters(ns: str) -> dict[str, int]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], capture_output=True, text=True, check=True
+    ).stdout
+    lines = [line.split()[1:] for line in out.splitlines() if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(lines[0], lines[1], strict=True)}
+
+
+def _ping(topo: Topology, client: int, seconds: float) -> subprocess.Popen[str]:
+    count = int(seconds / PING_INTERVAL)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", topo.client_ns(client), "ping", "-n", "-q", "-c", str(count), "-i",
+         str(PING_INTERVAL), "-W", "1", WEB_V4],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def _ping_result(out: str) -> tuple[tuple[int, int], tuple[float, float]]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    rtt = re.search(r"= [\d.]+/([\d.]+)/([\d.]+)/", out)
+    sent_got = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    return sent_got, ((float(rtt.group(1)), float(rtt.group(2))) if rtt else (0.0, 0.0))
+
+
+def _probe_once(topo: Topology) -> dict[str, bool]:
+    ns = topo.client_ns(0)
+    curl = run("curl", "-s", "-4", "--max-time", "2", "http://web.fz.test/", ns=ns, timeout=10)
+    dig = run("dig", "+short", "+time=1", "+tries=1", "_http._tcp.fz.test", "SRV", ns=ns, timeout=10)
+    health = run(
+        "curl", "-s", "--max-time", "2", "http://127.0.0.1:8080/healthz", ns=topo.ns["gw"], timeout=10
+    )
+    return {
+        "curl": curl.returncode == 0 and "hello" in curl.stdout,
+        "srv": "web.fz.test." in dig.stdout,
+        "healthz": health.returncode == 0,
+    }
+
+
+def flood_argv(topo: Topology, kind: str, seconds: float, variants: int = 256) -> list[str]:
+    target = f"{topo.ip('gw')}:{GATEWAY_PORT}"
+    argv = [sys.executable, "-m", "tests.attack", "--target", target, "--kind", kind]
+    argv += ["--seconds", str(seconds), "--variants", str(variants)]
+    if kind in ("mac1", "victim"):
+        argv += ["--gateway-public", gateway_public(topo).hex()]
+    if kind == "victim":
+        from gateway_core.wireguard.crypto import public_key
+
+        argv += ["--victim-public", public_key(topo.client_keys[0]).hex()]
+    return argv
+
+
+def gateway_public(topo: Topology) -> bytes:
+    """The gateway's public key (any client learns it from the portal; here: the daemon's log line)."""
+    import base64
+
+    m = re.search(r"public key ([A-Za-z0-9+/=]{44})", topo.procs["gateway"].text())
+    assert m, "the gateway did not log its public key"
+    return base64.b64decode(m.group(1))
+
+
+def measure(topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2) -> FloodResult:
+    """One flood of ``kind`` (``tests.attack``) from the router, measured (see the module docstring)."""
+    gw = topo.procs["gateway"].popen
+    assert gw is not None
+    res = FloodResult(kind)
+    argv = flood_argv(topo, kind, seconds)
+    pings = {c: _ping(topo, i, seconds + 1) for i, c in ((0, "client"), (1, "client2"))}
+    probes: dict[str, list[bool]] = {"curl": [], "srv": [], "healthz": []}
+    stop = threading.Event()
+
+    def prober() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            for k, ok in _probe_once(topo).items():
+                probes[k].append(ok)
+            stop.wait(max(0.0, PROBE_EVERY - (time.monotonic() - t0)))
+
+    time.sleep(0.5)  # the pings run alone first: a baseline within the same run
+    counters0, cpu0, t0 = udp_counters(topo.ns["gw"]), cpu_seconds(gw.pid), time.monotonic()
+    flooders = [
+        subprocess.Popen(["ip", "netns", "exec", topo.ns["inet"], *argv], stdout=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
+    thread = threading.Thread(target=prober, daemon=True)
+    thread.start()
+    try:
+        for f in flooders:
+            out, _ = f.communicate(timeout=seconds + 30)
+            m = re.search(r"sent=(\d+)", out)
+            res.sent += int(m.group(1)) if m else 0
+    finally:
+        for f in flooders:
+            if f.poll() is None:
+                f.kill()
+                f.wait()
+    res.seconds = time.monotonic() - t0
+    res.cpu = cpu_seconds(gw.pid) - cpu0
+    counters1 = udp_counters(topo.ns["gw"])
+    res.read = counters1["InDatagrams"] - counters0["InDatagrams"]
+    res.kernel_dropped = counters1["InErrors"] - counters0["InErrors"]
+    stop.set()
+    thread.join(timeout=30)
+    for c, p in pings.items():
+        out, _ = p.communicate(timeout=seconds + 30)
+        res.pings[c], res.rtt_avg_max[c] = _ping_result(out)
+    res.probes = {k: (sum(v), len(v)) for k, v in probes.items()}
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.system.flood_harness")
+    ap.add_argument("kinds", nargs="+", choices=KINDS)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1)
+    a = ap.parse_args(argv)
+    with Topology() as topo:
+        for client in (0, 1):
+            connect(topo, client)
+        print(f"topology up (fze{topo.tag}-*); gateway pid {topo.procs['gateway'].popen.pid}", flush=True)  # type: ignore[union-attr]
+        for _ in range(a.repeat):
+            for kind in a.kinds:
+                print(measure(topo, kind, a.seconds, a.procs).line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
