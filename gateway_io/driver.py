@@ -279,6 +279,8 @@ class Driver:
             self._dns_work = send
             tg.start_soon(self._dns_worker, t.dns, recv)
             tg.start_soon(self._dns_reader, t.dns)
+        if t.guard is not None:
+            tg.start_soon(t.guard.run)
         if t.interface is not None:
             isend, irecv = anyio.create_memory_object_stream[ConfigureInterface](math.inf)
             self._if_work = isend
@@ -317,6 +319,8 @@ class Driver:
                         return busy
         now = self.now()
         self._check_wall_clock(now)
+        if self._t.guard is not None:
+            self._t.guard.tick(now)  # at most once a second it asks the core for the relays
         deadline = core.poll_timeout()
         if deadline is not None and deadline.at <= now:
             self.stats.timeouts += 1

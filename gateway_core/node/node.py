@@ -635,6 +635,11 @@ class Node:
     def poll_event(self) -> NodeEvent | None:
         return self._events.popleft() if self._events else None
 
+    def relay_addresses(self) -> frozenset[IPAddress]:
+        """Every address of every relay we hold an allocation with (the IO layer exempts them from its
+        per-source budget)."""
+        return frozenset(a.ip for alloc in self.allocations.values() for a in alloc.server.addrs())
+
     def remote_ip(self, cid: str) -> IPAddress | None:
         conn = self.connections.get(cid)
         return conn.peer_socket.dest.ip if conn and conn.peer_socket else None
