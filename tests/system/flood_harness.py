@@ -7,8 +7,11 @@ pings the CIDR resource from both clients (``client`` directly, ``client2`` over
 and once a second runs ``curl`` to the DNS resource, ``dig SRV`` through the gateway's forwarder and
 ``/healthz`` in the gateway's namespace, each with a short timeout. Around the flood it reads the
 gateway process's CPU time (``/proc/PID/stat`` utime + stime) and the gateway namespace's UDP counters
-(``/proc/net/snmp``: ``InDatagrams`` = datagrams the daemon read, ``InErrors`` = dropped by the kernel,
-which includes the socket filter's drops and receive-buffer overflows).
+(``/proc/net/snmp``: ``InDatagrams`` = datagrams the daemon read, ``InErrors`` = dropped at the socket:
+the socket filter's drops and receive-buffer overflows), the source budget's drop counters (nftables,
+``gateway_io.flood_guard``) and how many Cookie-Reply-sized datagrams reached the client host. The
+gateway's CPU without a flood (same probes, :func:`idle_cpu`) is subtracted before dividing by the
+datagrams read.
 
 ``python -m tests.system.flood_harness [--seconds S] [--procs N] KIND...`` builds the topology, connects
 both clients, runs each flood kind in turn and prints one line per flood (Ctrl-C tears it down).
@@ -43,14 +46,20 @@ class FloodResult:
     sent: int = 0
     read: int = 0
     kernel_dropped: int = 0
+    guard_dropped: int = 0
     cpu: float = 0.0
+    idle_cpu: float = 0.0
+    """The gateway's CPU seconds per second without a flood (same probes), subtracted per datagram."""
+    cookies_to_client: int = 0
     pings: dict[str, tuple[int, int]] = field(default_factory=dict)
     rtt_avg_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     probes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def cpu_per_read_us(self) -> float:
-        return 1e6 * self.cpu / self.read if self.read else 0.0
+        """The gateway's CPU time per datagram it read, less what it spends without a flood."""
+        flood_cpu = max(0.0, self.cpu - self.idle_cpu * self.seconds)
+        return 1e6 * flood_cpu / self.read if self.read else 0.0
 
     @property
     def ping_loss(self) -> float:
@@ -66,12 +75,13 @@ class FloodResult:
         )
         probes = " ".join(f"{k}={ok}/{n}" for k, (ok, n) in self.probes.items())
         return (
-            f"{self.kind:<9} {self.sent / self.seconds / 1000:7.1f} kpps sent, "
+            f"{self.kind:<9} {self.sent / self.seconds / 1000:6.1f} kpps sent, "
             f"{self.read / self.seconds / 1000:6.1f} k/s read, "
-            f"{self.kernel_dropped / self.seconds / 1000:7.1f} k/s dropped by the kernel, "
+            f"{self.kernel_dropped / self.seconds / 1000:6.1f} k/s dropped at the socket, "
+            f"{self.guard_dropped / self.seconds / 1000:6.1f} k/s by the source budget, "
             f"gateway CPU {100 * self.cpu / self.seconds:3.0f} % "
             f"({self.cpu_per_read_us:.1f} us per datagram read); ping loss {100 * self.ping_loss:.1f} % "
-            f"({pings}); {probes}"
+            f"({pings}); {probes}; {self.cookies_to_client} cookie replies to the client"
         )
 
 
@@ -88,6 +98,34 @@ def udp_counters(ns: str) -> dict[str, int]:
     ).stdout
     lines = [line.split()[1:] for line in out.splitlines() if line.startswith("Udp:")]
     return {k: int(v) for k, v in zip(lines[0], lines[1], strict=True)}
+
+
+def guard_dropped(ns: str) -> int:
+    """Datagrams the source budget (``gateway_io.flood_guard``) dropped so far in ``ns``."""
+    r = run("nft", "list", "table", "inet", "firezone-gateway-guard", ns=ns)
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", r.stdout))
+
+
+def count_cookies(topo: Topology) -> int:
+    """Cookie Replies (UDP payload of 64 bytes starting ``03 00 00 00``) the client host received from
+    the gateway so far (an nftables counting table in its namespace, created on first use)."""
+    ns = topo.client_ns(0)
+    listing = run("nft", "list", "table", "inet", "fzcount", ns=ns)
+    if listing.returncode != 0:
+        rule = f"ip saddr {topo.ip('gw')} udp length 72 @th,64,32 0x03000000 counter"
+        chain = f"chain input {{\n type filter hook input priority filter;\n {rule}\n }}"
+        table = f"table inet fzcount {{\n {chain}\n}}\n"
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=table, text=True, check=True)
+        listing = run("nft", "list", "table", "inet", "fzcount", ns=ns)
+    m = re.search(r"counter packets (\d+)", listing.stdout)
+    assert m, listing.stdout + listing.stderr
+    return int(m.group(1))
+
+
+def idle_cpu(topo: Topology, seconds: float = 3.0) -> float:
+    """The gateway's CPU seconds per second with the pings and probes of :func:`measure`, no flood."""
+    res = measure(topo, "", seconds)
+    return res.cpu / res.seconds
 
 
 def _ping(topo: Topology, client: int, seconds: float) -> subprocess.Popen[str]:
@@ -144,12 +182,14 @@ def gateway_public(topo: Topology) -> bytes:
     return base64.b64decode(m.group(1))
 
 
-def measure(topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2) -> FloodResult:
-    """One flood of ``kind`` (``tests.attack``) from the router, measured (see the module docstring)."""
+def measure(
+    topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2, idle: float = 0.0
+) -> FloodResult:
+    """One flood of ``kind`` (``tests.attack``; ``""``: none) from the router, measured (see the module
+    docstring); ``idle``: the gateway's CPU per second without a flood (:func:`idle_cpu`)."""
     gw = topo.procs["gateway"].popen
     assert gw is not None
-    res = FloodResult(kind)
-    argv = flood_argv(topo, kind, seconds)
+    res = FloodResult(kind or "none", idle_cpu=idle)
     pings = {c: _ping(topo, i, seconds + 1) for i, c in ((0, "client"), (1, "client2"))}
     probes: dict[str, list[bool]] = {"curl": [], "srv": [], "healthz": []}
     stop = threading.Event()
@@ -162,14 +202,22 @@ def measure(topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2) -> 
             stop.wait(max(0.0, PROBE_EVERY - (time.monotonic() - t0)))
 
     time.sleep(0.5)  # the pings run alone first: a baseline within the same run
-    counters0, cpu0, t0 = udp_counters(topo.ns["gw"]), cpu_seconds(gw.pid), time.monotonic()
+    gw_ns = topo.ns["gw"]
+    counters0, guard0, cookies0 = udp_counters(gw_ns), guard_dropped(gw_ns), count_cookies(topo)
+    cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
     flooders = [
-        subprocess.Popen(["ip", "netns", "exec", topo.ns["inet"], *argv], stdout=subprocess.PIPE, text=True)
-        for _ in range(procs)
+        subprocess.Popen(
+            ["ip", "netns", "exec", topo.ns["inet"], *flood_argv(topo, kind, seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(procs if kind else 0)
     ]
     thread = threading.Thread(target=prober, daemon=True)
     thread.start()
     try:
+        if not flooders:
+            time.sleep(seconds)
         for f in flooders:
             out, _ = f.communicate(timeout=seconds + 30)
             m = re.search(r"sent=(\d+)", out)
@@ -181,15 +229,17 @@ def measure(topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2) -> 
                 f.wait()
     res.seconds = time.monotonic() - t0
     res.cpu = cpu_seconds(gw.pid) - cpu0
-    counters1 = udp_counters(topo.ns["gw"])
+    counters1 = udp_counters(gw_ns)
     res.read = counters1["InDatagrams"] - counters0["InDatagrams"]
     res.kernel_dropped = counters1["InErrors"] - counters0["InErrors"]
+    res.guard_dropped = guard_dropped(gw_ns) - guard0
     stop.set()
     thread.join(timeout=30)
     for c, p in pings.items():
         out, _ = p.communicate(timeout=seconds + 30)
         res.pings[c], res.rtt_avg_max[c] = _ping_result(out)
     res.probes = {k: (sum(v), len(v)) for k, v in probes.items()}
+    res.cookies_to_client = count_cookies(topo) - cookies0
     return res
 
 
@@ -199,14 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--budget", help="FIREZONE_UDP_SOURCE_BUDGET for the gateway (0: no source budget)")
     a = ap.parse_args(argv)
-    with Topology() as topo:
+    topology = Topology()
+    if a.budget is not None:
+        topology.env["FIREZONE_UDP_SOURCE_BUDGET"] = a.budget
+    with topology as topo:
         for client in (0, 1):
             connect(topo, client)
         print(f"topology up (fze{topo.tag}-*); gateway pid {topo.procs['gateway'].popen.pid}", flush=True)  # type: ignore[union-attr]
+        idle = idle_cpu(topo)
+        print(f"gateway CPU without a flood: {100 * idle:.1f} %", flush=True)
         for _ in range(a.repeat):
             for kind in a.kinds:
-                print(measure(topo, kind, a.seconds, a.procs).line(), flush=True)
+                print(measure(topo, kind, a.seconds, a.procs, idle).line(), flush=True)
     return 0
 
 
