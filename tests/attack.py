@@ -18,8 +18,8 @@ Kinds (``--kind``):
   socket filter drops in the kernel), the reference for the per-datagram cost.
 
 A flood picks ``--variants`` datagrams up front and sends them round robin in a tight ``sendto`` loop,
-so the sender's CPU goes into sending; it stops after ``--seconds`` or ``--count`` datagrams, whichever
-comes first, and prints ``sent=N seconds=S``.
+so the sender's CPU goes into sending (or paced at ``--rate`` datagrams per second); it stops after
+``--seconds`` or ``--count`` datagrams, whichever comes first, and prints ``sent=N seconds=S``.
 """
 
 from __future__ import annotations
@@ -113,9 +113,15 @@ def build(kind: str, n: int, gateway_public: bytes | None, victim_public: bytes 
 
 
 def flood(
-    target: tuple[str, int], datagrams: list[bytes], seconds: float, count: int, sport: int = 0
+    target: tuple[str, int],
+    datagrams: list[bytes],
+    seconds: float,
+    count: int,
+    sport: int = 0,
+    rate: float = 0.0,
 ) -> tuple[int, float]:
-    """Send ``datagrams`` round robin to ``target`` until ``seconds`` or ``count``; ``(sent, elapsed)``."""
+    """Send ``datagrams`` round robin to ``target`` until ``seconds`` or ``count``, as fast as possible or
+    at ``rate`` datagrams per second (paced in slices of 10 ms); ``(sent, elapsed)``."""
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     if sport:
@@ -127,6 +133,24 @@ def flood(
     n = len(datagrams)
     t0 = time.monotonic()
     deadline = t0 + seconds
+    if rate > 0:
+        per_slice = max(1, round(rate / 100))
+        while sent < count:
+            for i in range(per_slice):
+                try:
+                    send(datagrams[(sent + i) % n])
+                except OSError:
+                    pass
+            sent += per_slice
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            ahead = t0 + sent / rate - now
+            if ahead > 0:
+                time.sleep(ahead)
+        elapsed = time.monotonic() - t0
+        s.close()
+        return sent, elapsed
     while sent < count:
         for d in datagrams:  # 1 clock read per round of n sends
             try:
@@ -149,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=50_000_000)
     ap.add_argument("--variants", type=int, default=256)
     ap.add_argument("--sport", type=int, default=0, help="source port (e.g. 3478 to look like a relay)")
+    ap.add_argument("--rate", type=float, default=0.0, help="datagrams per second (0: as fast as possible)")
     ap.add_argument("--gateway-public", default="", help="hex")
     ap.add_argument("--victim-public", default="", help="hex")
     a = ap.parse_args(argv)
@@ -156,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     gw = bytes.fromhex(a.gateway_public) if a.gateway_public else None
     victim = bytes.fromhex(a.victim_public) if a.victim_public else None
     datagrams = build(a.kind, a.variants, gw, victim)
-    sent, elapsed = flood((host.strip("[]"), int(port)), datagrams, a.seconds, a.count, a.sport)
+    sent, elapsed = flood((host.strip("[]"), int(port)), datagrams, a.seconds, a.count, a.sport, a.rate)
     print(f"sent={sent} seconds={elapsed:.3f}", flush=True)
     return 0
 

@@ -20,6 +20,7 @@ both clients, runs each flood kind in turn and prints one line per flood (Ctrl-C
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import subprocess
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from e2e.demo import connect
 from e2e.topology import WEB_V4, Topology, run
@@ -160,33 +162,39 @@ def _probe_once(topo: Topology) -> dict[str, bool]:
     }
 
 
-def flood_argv(topo: Topology, kind: str, seconds: float, variants: int = 256) -> list[str]:
+def flood_argv(
+    topo: Topology, kind: str, seconds: float, rate: float = 0.0, variants: int = 256
+) -> list[str]:
     target = f"{topo.ip('gw')}:{GATEWAY_PORT}"
     argv = [sys.executable, "-m", "tests.attack", "--target", target, "--kind", kind]
-    argv += ["--seconds", str(seconds), "--variants", str(variants)]
+    argv += ["--seconds", str(seconds), "--variants", str(variants), "--rate", str(rate)]
     if kind in ("mac1", "victim"):
         argv += ["--gateway-public", gateway_public(topo).hex()]
     if kind == "victim":
-        from gateway_core.wireguard.crypto import public_key
-
-        argv += ["--victim-public", public_key(topo.client_keys[0]).hex()]
+        argv += ["--victim-public", victim_public(topo).hex()]
     return argv
+
+
+def victim_public(topo: Topology) -> bytes:
+    """The direct client's public key (the portal hands it to the gateway; here from its config)."""
+    m = re.search(r'public_key = "([A-Za-z0-9+/=]{44})"', (topo.workdir / "portal.toml").read_text())
+    assert m, "no client key in the portal's config"
+    return base64.b64decode(m.group(1))
 
 
 def gateway_public(topo: Topology) -> bytes:
     """The gateway's public key (any client learns it from the portal; here: the daemon's log line)."""
-    import base64
-
     m = re.search(r"public key ([A-Za-z0-9+/=]{44})", topo.procs["gateway"].text())
     assert m, "the gateway did not log its public key"
     return base64.b64decode(m.group(1))
 
 
 def measure(
-    topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2, idle: float = 0.0
+    topo: Topology, kind: str, seconds: float = 5.0, procs: int = 2, idle: float = 0.0, rate: float = 0.0
 ) -> FloodResult:
     """One flood of ``kind`` (``tests.attack``; ``""``: none) from the router, measured (see the module
-    docstring); ``idle``: the gateway's CPU per second without a flood (:func:`idle_cpu`)."""
+    docstring); ``idle``: the gateway's CPU per second without a flood (:func:`idle_cpu`); ``rate``: the
+    datagrams per second of each flooder (0: as fast as it can)."""
     gw = topo.procs["gateway"].popen
     assert gw is not None
     res = FloodResult(kind or "none", idle_cpu=idle)
@@ -207,7 +215,7 @@ def measure(
     cpu0, t0 = cpu_seconds(gw.pid), time.monotonic()
     flooders = [
         subprocess.Popen(
-            ["ip", "netns", "exec", topo.ns["inet"], *flood_argv(topo, kind, seconds)],
+            ["ip", "netns", "exec", topo.ns["inet"], *flood_argv(topo, kind, seconds, rate)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -243,27 +251,66 @@ def measure(
     return res
 
 
+class Attached(Topology):
+    """A topology that ``firezone-e2e up`` built and keeps (found by its tag and work directory): only
+    what :func:`measure` reads; its own ``__init__``, so nothing is built or torn down here."""
+
+    def __init__(self, tag: str, workdir: str) -> None:
+        self.tag = tag
+        self.workdir = Path(workdir)
+        roles = ("inet", "portal", "relay1", "relay2", "gw", "client", "client2", "web", "dns")
+        self.ns = {r: f"fze{tag}-{r}" for r in roles}
+        pids = subprocess.run(
+            ["ip", "netns", "pids", self.ns["gw"]], capture_output=True, text=True
+        ).stdout.split()
+        gw = [p for p in pids if b"firezone-gateway" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(gw) == 1, f"gateway process in {self.ns['gw']}: {gw}"
+        self.procs = {"gateway": _Running(int(gw[0]), self.workdir / "gateway.log")}
+
+
+@dataclass
+class _Running:
+    pid: int
+    log: Path
+
+    @property
+    def popen(self) -> _Running:
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.system.flood_harness")
     ap.add_argument("kinds", nargs="+", choices=KINDS)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=0.0, help="datagrams/s per flooder (0: full rate)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--budget", help="FIREZONE_UDP_SOURCE_BUDGET for the gateway (0: no source budget)")
+    ap.add_argument("--attach", nargs=2, metavar=("TAG", "WORKDIR"), help="a topology of firezone-e2e up")
     a = ap.parse_args(argv)
+    if a.attach:
+        run_floods(Attached(*a.attach), a)
+        return 0
     topology = Topology()
     if a.budget is not None:
         topology.env["FIREZONE_UDP_SOURCE_BUDGET"] = a.budget
     with topology as topo:
         for client in (0, 1):
             connect(topo, client)
-        print(f"topology up (fze{topo.tag}-*); gateway pid {topo.procs['gateway'].popen.pid}", flush=True)  # type: ignore[union-attr]
-        idle = idle_cpu(topo)
-        print(f"gateway CPU without a flood: {100 * idle:.1f} %", flush=True)
-        for _ in range(a.repeat):
-            for kind in a.kinds:
-                print(measure(topo, kind, a.seconds, a.procs, idle).line(), flush=True)
+        run_floods(topo, a)
     return 0
+
+
+def run_floods(topo: Topology, a: argparse.Namespace) -> None:
+    print(f"topology fze{topo.tag}-*; gateway pid {topo.procs['gateway'].popen.pid}", flush=True)  # type: ignore[union-attr]
+    idle = idle_cpu(topo)
+    print(f"gateway CPU without a flood: {100 * idle:.1f} %", flush=True)
+    for _ in range(a.repeat):
+        for kind in a.kinds:
+            print(measure(topo, kind, a.seconds, a.procs, idle, a.rate).line(), flush=True)
 
 
 if __name__ == "__main__":
