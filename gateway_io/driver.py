@@ -54,6 +54,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Command, Exit, Transmit, WriteTun
+from gateway_core.contract import Deadline
 from gateway_core.dns.forwarding import (
     DnsQueryReceived,
     DnsUpstreamFailed,
@@ -159,6 +160,9 @@ class Driver:
         self.exit_code: int | None = None
         """Set when :meth:`run` returns."""
         self._last = 0
+        self._deadline: Deadline | None = None
+        """The core's deadline as the last turn left it (R4: polling is pure, so it holds until the next
+        call into the core)."""
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
@@ -326,12 +330,14 @@ class Driver:
             self.stats.timeouts += 1
             core.handle_timeout(now)
             self._drain()
+            deadline = core.poll_timeout()
+        self._deadline = deadline  # nothing calls the core before _wait_ns: one poll per turn, not two
         self._check_done(now)
         return busy
 
     def _wait_ns(self) -> int | None:
         """Nanoseconds until the next deadline (core or grace period), ``None``: none."""
-        deadline = self.core.poll_timeout()
+        deadline = self._deadline
         ats: list[int] = [deadline.at] if deadline is not None else []
         if self._grace_at is not None:
             ats.append(self._grace_at)
