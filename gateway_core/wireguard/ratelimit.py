@@ -13,7 +13,8 @@ handshakes per second however fast it sends (the kernel limits mac2-valid messag
 replies too, so a flood of initiations cannot make us send more than a trickle to any address, decision
 0115). Whoever owns the limiter resets the counter once per second (:meth:`reset_count`);
 snownet does that from its node timer (``Node::handle_timeout`` in ``rust/connlib/snownet/src/node.rs``;
-a quirk: not while every connection is idle).
+a quirk: not while every connection is idle). :meth:`verify` also forgets a count older than a second
+itself, so that quirk cannot keep an idle node under load after a burst.
 
 The cookie for an IP is ``MAC(secret16, LE64(seconds_since_start // 128) || ip16)`` (boringtun
 ``rate_limiter.rs:108-122``): it changes every 128 s, does not include the port, and ``secret16`` is random
@@ -152,6 +153,11 @@ class RateLimiter:
         mac1 = msg[-32:-16]
         if not hmac.compare_digest(crypto.mac(self._mac1_key, body), mac1):
             return VERIFY_DROP, DropReason.WG_BAD_MAC1
+        if now - self.last_reset >= RESET_PERIOD:
+            # The owner's timer may not have run (snownet does not reset while all connections are
+            # idle): a count older than the period says nothing about the load now (decision 0115).
+            self.count = 0
+            self.last_reset = now
         under_load = self.count >= self.limit
         self.count += 1
         if not under_load:

@@ -230,3 +230,21 @@ def test_under_load_each_source_has_its_own_budget(world: World) -> None:
     rl.count = 0
     rl.reset_count(w.now)
     assert rl._sources == {}  # both buckets full again: forgotten
+
+
+def test_an_old_count_does_not_keep_an_idle_node_under_load(world: World) -> None:
+    """snownet does not reset the counter while every connection is idle; the limiter itself forgets a
+    count older than a second when the next handshake message comes, so a burst of initiations cannot
+    leave an idle gateway demanding cookies from every client afterwards."""
+    w = world
+    rl = _limiter(w)
+    rl.count = rl.limit * 5
+    rl.last_reset = w.now
+    gw_pub = _gw_public(w)
+    w.gw.handle_datagram(w.now, GW, ATTACKER, attack.initiation(gw_pub))
+    assert [len(t.payload) for t in _drain(w)] == [64]  # under load: a cookie
+    w.now += secs(1)
+    before = w.gw.stats.drops[DropReason.WG_COOKIE_REQUIRED]
+    w.gw.handle_datagram(w.now, GW, ATTACKER, attack.initiation(gw_pub))
+    assert w.gw.stats.drops[DropReason.WG_COOKIE_REQUIRED] == before  # not under load any more
+    assert rl.count == 1 and rl.last_reset == w.now
