@@ -51,6 +51,7 @@ from gateway_io.config import Config
 from gateway_io.dns_servers import DnsServerSet
 from gateway_io.driver import Driver, Report, Transports
 from gateway_io.entropy import SystemEntropy
+from gateway_io.flood_guard import FloodGuard, budget_from_env
 from gateway_io.health import serve_health_check
 from gateway_io.logging import Redactor
 from gateway_io.portal import PortalIO
@@ -223,6 +224,9 @@ async def _run(
         portal=portal_factory or (lambda tg, report: PortalIO(tg, report)),
         resolver=resolver,
         interface=NetlinkInterface(tun.name),
+        guard=FloodGuard(
+            [s.local.port for s in udp.sockets], gateway.node.relay_addresses, budget=budget_from_env()
+        ),
     )
     try:
         async with DnsServerSet(driver.report_dns) as dns, anyio.create_task_group() as tg:

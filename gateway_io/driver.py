@@ -54,6 +54,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Command, Exit, Transmit, WriteTun
+from gateway_core.contract import Deadline
 from gateway_core.dns.forwarding import (
     DnsQueryReceived,
     DnsUpstreamFailed,
@@ -159,6 +160,9 @@ class Driver:
         self.exit_code: int | None = None
         """Set when :meth:`run` returns."""
         self._last = 0
+        self._deadline: Deadline | None = None
+        """The core's deadline as the last turn left it (R4: polling is pure, so it holds until the next
+        call into the core)."""
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
@@ -279,6 +283,8 @@ class Driver:
             self._dns_work = send
             tg.start_soon(self._dns_worker, t.dns, recv)
             tg.start_soon(self._dns_reader, t.dns)
+        if t.guard is not None:
+            tg.start_soon(t.guard.run)
         if t.interface is not None:
             isend, irecv = anyio.create_memory_object_stream[ConfigureInterface](math.inf)
             self._if_work = isend
@@ -317,17 +323,21 @@ class Driver:
                         return busy
         now = self.now()
         self._check_wall_clock(now)
+        if self._t.guard is not None:
+            self._t.guard.tick(now)  # at most once a second it asks the core for the relays
         deadline = core.poll_timeout()
         if deadline is not None and deadline.at <= now:
             self.stats.timeouts += 1
             core.handle_timeout(now)
             self._drain()
+            deadline = core.poll_timeout()
+        self._deadline = deadline  # nothing calls the core before _wait_ns: one poll per turn, not two
         self._check_done(now)
         return busy
 
     def _wait_ns(self) -> int | None:
         """Nanoseconds until the next deadline (core or grace period), ``None``: none."""
-        deadline = self.core.poll_timeout()
+        deadline = self._deadline
         ats: list[int] = [deadline.at] if deadline is not None else []
         if self._grace_at is not None:
             ats.append(self._grace_at)

@@ -69,6 +69,13 @@ class Resolver(Protocol):
     async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
 
 
+class Guard(Protocol):
+    """A kernel-side defence kept in step with the core (``gateway_io.flood_guard.FloodGuard``)."""
+
+    def tick(self, now: int) -> None: ...
+    async def run(self) -> None: ...
+
+
 class Interface(Protocol):
     async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed: ...
 
@@ -87,3 +94,5 @@ class Transports:
     dns: DnsServers | None = None
     resolver: Resolver | None = None
     interface: Interface | None = None
+    guard: Guard | None = None
+    """Started in the driver's task group; :meth:`Guard.tick` is called from the loop (R1)."""

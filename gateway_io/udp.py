@@ -9,10 +9,18 @@ MiB; the kernel caps them at ``net.core.wmem_max``/``rmem_max``, which :func:`ra
 at start-up). A family that cannot bind is reported, not fatal: :class:`UdpSockets` simply has no socket
 for it.
 
-Receiving reads up to a batch of datagrams per call after one readiness wait (R9); each datagram comes
-with the address it was sent to (``IP_PKTINFO`` / ``IPV6_PKTINFO``), because the ICE agent matches
-datagrams to its host candidates by that address. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` are
-discarded and counted, as Firezone does before decryption. Sending never waits and never raises: a
+Every socket carries a classic BPF filter (:mod:`gateway_io.socket_filter`, decision 0116): datagrams
+that cannot be STUN, ChannelData or WireGuard by their shape (or are longer than
+:data:`MAX_DATAGRAM_SIZE`) are dropped by the kernel before they are queued; the kernel counts them
+(``/proc/net/udp`` ``drops``). A kernel that refuses the filter is logged, not fatal.
+
+Receiving reads datagrams until the socket is empty (``EAGAIN``) or a batch is full, after one
+readiness wait and without awaiting between datagrams (R9: the driver serves one batch per source per
+turn); each datagram comes with the address it was sent to (``IP_PKTINFO`` / ``IPV6_PKTINFO``), because
+the ICE agent matches datagrams to its host candidates by that address. Both addresses are looked up in
+small caches keyed by the kernel's raw values, so a datagram costs the system call, one copy of its
+payload and two dictionary probes. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still arrive (no
+filter) are discarded and counted, as Firezone does before decryption. Sending never waits and never raises: a
 datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed` (R7).
 """
 
@@ -26,15 +34,17 @@ import socket
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
-from gateway_core.addr import IPAddress, SocketAddr
+from gateway_core.addr import SocketAddr
 from gateway_core.commands import Transmit
 from gateway_core.errors import DropReason
 from gateway_core.inputs import SendFailed
 from gateway_core.interface import FIREZONE_MARK
 from gateway_core.stats import Stats
+from gateway_io import socket_filter
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +82,8 @@ _IN6_PKTINFO = struct.Struct("=16sI")
 """``struct in6_pktinfo``: addr, ifindex."""
 
 _ADDR_CACHE_LIMIT = 4096
-"""Parsed peer addresses kept (text -> ``IPAddress``) so that the hot path does not parse each time."""
+"""Parsed addresses kept per cache (raw kernel value -> ``SocketAddr``) so that the hot path does not
+parse each time; a cache that fills up is cleared (a flood from random sources only costs the parse)."""
 
 
 def raise_buffer_limits(rmem: int = RECV_BUFFER_SIZE, wmem: int = SEND_BUFFER_SIZE) -> list[str]:
@@ -110,18 +121,33 @@ def buffer_sizes_from_env(env: Mapping[str, str] | None = None) -> tuple[int, in
 class UdpSocket:
     """One non-blocking UDP socket of one family, bound to the wildcard address."""
 
-    __slots__ = ("_addr_cache", "_anc", "_buf", "_closed", "_view", "family", "local", "sock", "stats")
+    __slots__ = (
+        "_anc",
+        "_bufs",
+        "_closed",
+        "_locals",
+        "_remotes",
+        "_view",
+        "family",
+        "filtered",
+        "local",
+        "sock",
+        "stats",
+    )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, filtered: bool = False) -> None:
         self.sock = sock
         self.family = sock.family
         host, port = sock.getsockname()[:2]
         self.local = SocketAddr(ipaddress.ip_address(host), port)
+        self.filtered = filtered
+        """The kernel drops what cannot be STUN, ChannelData or WireGuard (:mod:`socket_filter`)."""
         self.stats = Stats()
-        self._buf = bytearray(_RECV_BUFFER)
-        self._view = memoryview(self._buf)
+        self._view = memoryview(bytearray(_RECV_BUFFER))
+        self._bufs = [self._view]
         self._anc = _ANC_SIZE
-        self._addr_cache: dict[str, IPAddress] = {}
+        self._locals: dict[bytes, SocketAddr] = {}
+        self._remotes: dict[tuple[Any, ...], SocketAddr] = {}
         self._closed = False
 
     @classmethod
@@ -134,11 +160,20 @@ class UdpSocket:
         send_buffer: int | None = SEND_BUFFER_SIZE,
         recv_buffer: int | None = RECV_BUFFER_SIZE,
         fallback: bool = True,
+        shape_filter: bool = True,
     ) -> UdpSocket:
         """Bind ``family``'s wildcard address on ``port``, else (``fallback``) on a free port; OSError."""
         sock = socket.socket(family, socket.SOCK_DGRAM)
+        filtered = False
         try:
             sock.setblocking(False)
+            if shape_filter:
+                # Before bind: nothing unfiltered is ever queued.
+                try:
+                    socket_filter.attach(sock)
+                    filtered = True
+                except OSError as e:
+                    log.warning("cannot attach the UDP socket filter (garbage reaches the daemon): %s", e)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
@@ -163,43 +198,55 @@ class UdpSocket:
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
+        return cls(sock, filtered=filtered)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _ip(self, text: str) -> IPAddress:
-        ip = self._addr_cache.get(text)
-        if ip is None:
-            if len(self._addr_cache) >= _ADDR_CACHE_LIMIT:
-                self._addr_cache.clear()
-            ip = self._addr_cache[text] = ipaddress.ip_address(text.partition("%")[0])
-        return ip
+    def _local_of(self, anc: list[tuple[int, int, bytes]]) -> SocketAddr:
+        """The address a datagram was sent to, from its ``IP_PKTINFO`` / ``IPV6_PKTINFO`` (cached)."""
+        local = self.local
+        for level, kind, data in anc:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+                dst = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack_from(data)[2])
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+                dst = socket.inet_ntop(socket.AF_INET6, data[:16])
+            else:
+                continue
+            local = SocketAddr(ipaddress.ip_address(dst), local.port)
+            if len(self._locals) >= _ADDR_CACHE_LIMIT:
+                self._locals.clear()
+            self._locals[data] = local
+        return local
+
+    def _remote_of(self, addr: tuple[Any, ...]) -> SocketAddr:
+        if len(self._remotes) >= _ADDR_CACHE_LIMIT:
+            self._remotes.clear()
+        remote = self._remotes[addr] = SocketAddr(ipaddress.ip_address(addr[0].partition("%")[0]), addr[1])
+        return remote
 
     def try_receive(self) -> tuple[SocketAddr, SocketAddr, bytes] | None:
         """``(local, remote, payload)`` of one queued datagram, or ``None`` if none is queued now."""
         while True:
             try:
-                n, anc, _flags, addr = self.sock.recvmsg_into([self._view], self._anc)
+                n, anc, _flags, addr = self.sock.recvmsg_into(self._bufs, self._anc)
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as e:
                 # e.g. ECONNREFUSED from an ICMP error for an earlier send: not a datagram, read on.
                 self.stats.drop(DropReason.UDP_RECEIVE_ERROR)
-                log.debug("UDP receive error on %s: %s", self.local, e)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("UDP receive error on %s: %s", self.local, e)
                 continue
             if n > MAX_DATAGRAM_SIZE:
                 self.stats.drop(DropReason.UDP_OVERSIZED)
                 continue
-            local = self.local
-            for level, kind, data in anc:
-                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
-                    dst = socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack_from(data)[2])
-                    local = SocketAddr(self._ip(dst), local.port)
-                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-                    dst = socket.inet_ntop(socket.AF_INET6, data[:16])
-                    local = SocketAddr(self._ip(dst), local.port)
-            return local, SocketAddr(self._ip(addr[0]), addr[1]), bytes(self._view[:n])
+            if anc:
+                local = self._locals.get(anc[0][2]) or self._local_of(anc)
+            else:
+                local = self.local
+            remote = self._remotes.get(addr) or self._remote_of(addr)
+            return local, remote, self._view[:n].tobytes()
 
     async def receive_batch(
         self, max_datagrams: int = MAX_BATCH
@@ -269,6 +316,7 @@ class UdpSockets:
         mark: int | None = FIREZONE_MARK,
         env: Mapping[str, str] | None = None,
         fallback: bool = True,
+        shape_filter: bool = True,
     ) -> UdpSockets:
         """Bind both families (each falling back to a free port); a family that fails is recorded."""
         send_size, recv_size = buffer_sizes_from_env(env)
@@ -277,7 +325,13 @@ class UdpSockets:
         for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
             try:
                 found[version] = UdpSocket.bind(
-                    family, port, mark=mark, send_buffer=send_size, recv_buffer=recv_size, fallback=fallback
+                    family,
+                    port,
+                    mark=mark,
+                    send_buffer=send_size,
+                    recv_buffer=recv_size,
+                    fallback=fallback,
+                    shape_filter=shape_filter,
                 )
             except OSError as e:
                 log.info("cannot bind the IPv%d UDP socket: %s", version, e)

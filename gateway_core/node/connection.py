@@ -31,6 +31,7 @@ from gateway_core.contract import Deadline
 from gateway_core.ice.agent import IceAgent, IceState, IceStateChanged, NominatedSend
 from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING
 from gateway_core.stats import Stats
+from gateway_core.wireguard.noise import Initiator
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class Tunnel(Protocol):
     def encapsulate(self, now: Instant, packet: bytes) -> bytes | None: ...
 
     def decapsulate(self, now: Instant, datagram: bytes, src: IPAddress | None = None) -> bytes | None: ...
+
+    def handle_handshake(self, now: Instant, datagram: bytes, initiator: Initiator | None = None) -> None:
+        """A handshake initiation or response the node already checked (mac1, load, mac2)."""
 
     def poll_transmit(self) -> bytes | None: ...
 

@@ -4,7 +4,8 @@ the simulator.
 A node needs three things around it: the handshake rate limiter (one per node, shared by every tunnel, as
 snownet shares it), a factory that makes a :class:`~gateway_core.wireguard.WireGuardPeer` per connection
 (seeded from its own fork of the caller's entropy, so adding a client never shifts another's randomness),
-and a lookup from a handshake initiation to the initiator's static key. Only the wall clock and where the
+and a lookup from a handshake initiation to its initiator (one Diffie-Hellman with our key, which the node
+runs only after the rate limiter passed the message). Only the wall clock and where the
 node's own entropy comes from differ between callers, so those are parameters.
 """
 
@@ -15,8 +16,9 @@ from collections.abc import Callable
 from gateway_core.clock import Instant
 from gateway_core.entropy import Entropy, SeededEntropy
 from gateway_core.node.node import Node
-from gateway_core.wireguard import WireGuardPeer, identify_initiator
+from gateway_core.wireguard import WireGuardPeer
 from gateway_core.wireguard.crypto import public_key
+from gateway_core.wireguard.noise import InitiatorIdentifier
 from gateway_core.wireguard.ratelimit import RateLimiter
 
 WallClock = Callable[[Instant], int]
@@ -51,11 +53,14 @@ def wireguard_node(
             rate_limiter=limiter,
         )
 
-    def identify(data: bytes) -> bytes | None:
-        found = identify_initiator(private_key, data)
-        return None if found is None else found[1]
-
-    return Node(node_entropy, now, tunnel, identify, controlling=controlling, rate_limiter=limiter)
+    return Node(
+        node_entropy,
+        now,
+        tunnel,
+        InitiatorIdentifier(private_key),
+        controlling=controlling,
+        rate_limiter=limiter,
+    )
 
 
 __all__ = ["WallClock", "wireguard_node"]

@@ -10,25 +10,25 @@ Inputs: :meth:`Node.update_relays` (portal relays), :meth:`Node.upsert_connectio
 control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`
 (:attr:`Node.queued_events` tells, without a call, whether there is one).
 
-A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`): from port 3478, first byte
-0-3 is a STUN message for the allocation of that relay (Data indications are unwrapped), 0x40-0x4F is
-ChannelData unwrapped by that allocation into ``(peer, payload, our relayed address)``; then a STUN
-message is offered to the agents in client-id order; anything else is WireGuard, routed by the receiver
-index (types 2-4) or by the initiator's static key (type 1). Inputs that return nothing run
-:meth:`Node.handle_timeout` at once (snownet's drain rule: Firezone's tunnel loop in
-``rust/connlib/tunnel/src/lib.rs`` does so), so TURN responses and nominations take effect within the
-same call. ``handle_timeout`` works in the order of snownet's ``Node::handle_timeout``: allocations, their
-candidate events, connections, freeing dead allocations, re-homing connections, removing failed ones.
+A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`, in ``datapath.py``): from
+port 3478, first byte 0-3 is a STUN message for the allocation of that relay (Data indications are
+unwrapped), 0x40-0x4F is ChannelData unwrapped by that allocation into ``(peer, payload, our relayed
+address)``; then a STUN message is offered to the agents in client-id order; anything else is WireGuard,
+routed by the receiver index (types 2-4) or, after the node-wide rate limiter passed it, by the
+initiator's static key (type 1; decision 0115). Inputs that were consumed run :meth:`Node.handle_timeout`
+at once (snownet's drain rule: Firezone's tunnel loop in ``rust/connlib/tunnel/src/lib.rs`` does so), so
+TURN responses and nominations take effect within the same call; a datagram dropped without any change
+runs nothing more. ``handle_timeout`` works in the order of snownet's ``Node::handle_timeout``:
+allocations, their candidate events, connections, freeing dead allocations, re-homing connections,
+removing failed ones.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections import deque
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Protocol
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
@@ -39,9 +39,9 @@ from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.ice.agent import IceAgent, NominatedSend
 from gateway_core.node.connection import Connection, ConnState, PathKind, PeerSocket, Tunnel
+from gateway_core.node.datapath import HandshakeLimiter, InitiatorLookup, NodeDataPath
 from gateway_core.node.events import (
     ConnectionClosed,
-    ConnectionEstablished,
     ConnectionFailed,
     InvalidateIceCandidate,
     NewIceCandidate,
@@ -49,40 +49,20 @@ from gateway_core.node.events import (
 )
 from gateway_core.stats import Stats
 from gateway_core.turn.allocation import Allocation, RelaySocket
-from gateway_core.wire import stun
-from gateway_core.wire import turn as tw
-from gateway_core.wire.stun import Class, Method
 
 log = logging.getLogger(__name__)
 
-TURN_PORT = 3478
-"""snownet recognises relay traffic only by this source port (``Node::decapsulate``)."""
 MAX_OPTIMISTIC = 2
 """snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call
 (``generate_optimistic_candidates`` in ``rust/connlib/snownet/src/node.rs``)."""
-_WG_TYPE_LEN = {1: 148, 2: 92, 3: 64}
-"""Exact sizes of WireGuard handshake messages (boringtun ``noise/mod.rs:133-168``); data is >= 32 bytes."""
-_U32LE = struct.Struct("<I")
-_ZERO3 = b"\x00\x00\x00"
-_FAILED = ConnState.FAILED
 
 TunnelFactory = Callable[[str, bytes, bytes | None, int, Instant], Tunnel]
 """``(client id, remote static public key, psk, 24-bit index, now) -> Tunnel``."""
-InitiatorLookup = Callable[[bytes], bytes | None]
-"""Handshake Initiation -> the initiator's static public key (``wireguard.identify_initiator``)."""
 ICE_UFRAG_LEN = 16
 """str0m ``IceCreds::new()``: random ufrag length (legacy ``accept_connection``)."""
 ICE_PWD_LEN = 22
 """str0m ``IceCreds::new()``: random password length."""
 _ICE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-
-
-class HandshakeLimiter(Protocol):
-    """The node-wide WireGuard handshake limiter (``wireguard.RateLimiter`` fits)."""
-
-    def reset_count(self, now: Instant) -> None: ...
-
-    def next_reset(self) -> Instant | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +76,7 @@ class RelayConfig:
     realm: str = "firezone"
 
 
-class Node:
+class Node(NodeDataPath):
     """See the module docstring."""
 
     def __init__(
@@ -106,13 +86,14 @@ class Node:
         make_tunnel: TunnelFactory,
         identify_initiator: InitiatorLookup,
         *,
+        rate_limiter: HandshakeLimiter,
         controlling: bool = False,
         software: str = "snownet; session=python",
-        rate_limiter: HandshakeLimiter | None = None,
     ) -> None:
         self._entropy = entropy
         self.rate_limiter = rate_limiter
-        """Shared by the tunnels the factory makes; reset here once per second unless all are idle."""
+        """Checks every handshake message once, before any Diffie-Hellman (mac1, load, mac2); reset here
+        once per second unless all connections are idle."""
         self._make_tunnel = make_tunnel
         self._identify = identify_initiator
         self.controlling = controlling
@@ -335,116 +316,6 @@ class Node:
 
     # --- data plane -------------------------------------------------------------------------------------
 
-    def handle_datagram(
-        self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
-    ) -> tuple[str, bytes] | None:
-        """Classify and route one datagram (snownet's ``Node::decapsulate``); an IP packet for the TUN comes
-        back."""
-        if now > self._now:
-            self._now = now
-        out = self._route(now, local, from_, data)
-        if out is None:
-            self.handle_timeout(now)
-        return out
-
-    def _route(
-        self, now: Instant, local: SocketAddr, from_: SocketAddr, data: bytes
-    ) -> tuple[str, bytes] | None:
-        destination = local
-        if from_.port == TURN_PORT and data:
-            kind = tw.classify(data)
-            if kind is tw.Kind.STUN:
-                try:
-                    msg = stun.decode(data)
-                except DecodeError:
-                    msg = None
-                if msg is not None:
-                    alloc = self._alloc_for(from_)
-                    if alloc is None:
-                        self.stats.drop(DropReason.TURN_UNKNOWN_RELAY)
-                        return None
-                    if msg.cls != Class.INDICATION:
-                        alloc.handle_input(from_, local, msg, now)
-                        return None
-                    got = alloc.decapsulate_indication(from_, msg)
-                    if got is None:
-                        return None
-                    from_, data, destination = got
-            elif kind is tw.Kind.CHANNEL_DATA:
-                try:
-                    number, payload = tw.decode_channel_data(data, exact=False)
-                except DecodeError:
-                    number = -1
-                if number >= 0:
-                    alloc = self._alloc_for(from_)
-                    if alloc is None:
-                        self.stats.drop(DropReason.TURN_UNKNOWN_RELAY)
-                        return None
-                    got = alloc.decapsulate(from_, number, payload, now)
-                    if got is None:
-                        return None
-                    from_, data, destination = got
-        if data[:1] and data[0] < 4:
-            try:
-                msg = stun.decode(data)
-            except DecodeError:
-                msg = None
-            if msg is not None:
-                if msg.method == Method.BINDING:
-                    for cid in sorted(self.connections):
-                        agent = self.connections[cid].agent
-                        if agent.accepts(msg):
-                            agent.handle_stun(now, from_, destination, msg)
-                            return None
-                self.stats.drop(DropReason.STUN_UNMATCHED)
-                return None
-        return self._wireguard(now, from_, data)
-
-    def _alloc_for(self, relay: SocketAddr) -> Allocation | None:
-        for rid in sorted(self.allocations):
-            if self.allocations[rid].server.matches(relay):
-                return self.allocations[rid]
-        return None
-
-    def _wireguard(self, now: Instant, from_: SocketAddr, data: bytes) -> tuple[str, bytes] | None:
-        if len(data) >= 32 and data[0] == 4 and data[1:4] == _ZERO3:  # data message: the hot path
-            conn = self.connections.get(self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8, ""))
-            if conn is not None and conn.state is not _FAILED:
-                packet = conn.tunnel.decapsulate(now, data, from_.ip)
-                self._drain_tunnel(conn, now)
-                if packet:
-                    conn.stimulus(now)
-                    return conn.cid, packet
-                return None
-        if len(data) < 4 or data[1:4] != b"\x00\x00\x00" or not 1 <= data[0] <= 4:
-            self.stats.drop(DropReason.DATAGRAM_UNCLASSIFIED)
-            return None
-        mtype = data[0]
-        if (mtype in _WG_TYPE_LEN and len(data) != _WG_TYPE_LEN[mtype]) or (mtype == 4 and len(data) < 32):
-            self.stats.drop(DropReason.WG_MALFORMED)
-            return None
-        if mtype == 1:
-            key = self._identify(data)
-            cid = self._by_key.get(key) if key is not None else None
-        else:
-            receiver = _U32LE.unpack_from(data, 8 if mtype == 2 else 4)[0]
-            cid = self._by_index.get(receiver >> 8)
-        conn = self.connections.get(cid) if cid is not None else None
-        if conn is None or conn.state is ConnState.FAILED:
-            self.stats.drop(DropReason.WG_UNKNOWN_INDEX)
-            return None
-        drops_before = conn.tunnel.stats.total_drops
-        packet = conn.tunnel.decapsulate(now, data, from_.ip)
-        if (
-            mtype in (1, 2)
-            and conn.tunnel.stats.total_drops == drops_before
-            and not conn.established_signalled
-        ):
-            conn.established_signalled = True
-            self._events.append(ConnectionEstablished(conn.cid))
-        self._drain_tunnel(conn, now)
-        return None
-
     def _drain_tunnel(self, conn: Connection, now: Instant) -> None:
         while (wg := conn.tunnel.poll_transmit()) is not None:
             if conn.peer_socket is None:
@@ -503,7 +374,7 @@ class Node:
                 self._nominated(conn, nom, now)
             self._drain_agent(conn)
             self._drain_tunnel(conn, now)
-        if self.rate_limiter is not None and not self._all_idle():
+        if not self._all_idle():
             self.rate_limiter.reset_count(now)  # snownet's quirk kept: no reset while everything is idle
         for rid in sorted(self.allocations):
             if self.allocations[rid].can_be_freed() is not None:
@@ -565,7 +436,7 @@ class Node:
 
     def poll_timeout(self) -> Deadline | None:
         ds = [d for a in self.allocations.values() if (d := a.poll_timeout()) is not None]
-        if self.rate_limiter is not None and not self._all_idle():
+        if not self._all_idle():
             at = self.rate_limiter.next_reset()
             if at is not None:
                 ds.append(Deadline(at, "handshake limiter reset"))
@@ -584,6 +455,11 @@ class Node:
 
     def poll_event(self) -> NodeEvent | None:
         return self._events.popleft() if self._events else None
+
+    def relay_addresses(self) -> frozenset[IPAddress]:
+        """Every address of every relay we hold an allocation with (the IO layer exempts them from its
+        per-source budget)."""
+        return frozenset(a.ip for alloc in self.allocations.values() for a in alloc.server.addrs())
 
     def remote_ip(self, cid: str) -> IPAddress | None:
         conn = self.connections.get(cid)

@@ -14,6 +14,9 @@ whose handshake attempts gave up or whose keys aged out (the timers in ``peer.py
   one; its TAI64N timestamp must be strictly greater than the last accepted one), then builds the response
   and the session at once; nothing is left in progress (boringtun's ``InitReceived`` lasts one call).
 - Cookies: every message we send is sealed with mac1/mac2 by :class:`CookieState`.
+- A node with many tunnels finds the one an initiation is for with :class:`InitiatorIdentifier` (one
+  Diffie-Hellman, after the node checked mac1) and hands the resulting :class:`Initiator` to the tunnel,
+  which continues the handshake from it.
 
 Failures raise :class:`HandshakeRejected` with a :class:`DropReason`; ``peer.py`` turns it into a drop.
 Sender indices are ``global << 8 | n`` with ``n`` an 8-bit counter incremented before each message we
@@ -23,6 +26,7 @@ create (boringtun fork ``index.rs``), so the first index of a tunnel ends in ``0
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -99,19 +103,46 @@ def _initiation_prefix(
     return c, h, peer_static
 
 
+@dataclass(frozen=True, slots=True)
+class Initiator:
+    """Who sent a Handshake Initiation, with the Noise state after its encrypted static key: the tunnel that
+    then authenticates the initiation goes on from here instead of repeating the Diffie-Hellman."""
+
+    sender: int
+    """The initiator's sender index."""
+    static_public: bytes
+    """The initiator's static public key (decrypted, not yet authenticated: anyone can encrypt any key)."""
+    chaining_key: bytes
+    hash: bytes
+
+
+class InitiatorIdentifier:
+    """Finds the initiator of a Handshake Initiation addressed to us (boringtun ``parse_handshake_anon``,
+    as snownet's ``rust/connlib/snownet/src/node.rs`` uses it to pick the tunnel): one X25519 exchange with
+    our static key. It checks neither mac1 nor the timestamp: the caller checks mac1 (and the load) first,
+    because this is the expensive step (WireGuard's order). Our key pair is derived once, not per message.
+    """
+
+    __slots__ = ("_private", "_public")
+
+    def __init__(self, static_private: bytes) -> None:
+        self._private = crypto.private_key(static_private)
+        self._public = self._private.public_key().public_bytes_raw()
+
+    def __call__(self, msg: bytes) -> Initiator | None:
+        try:
+            m = decode_initiation(msg)
+            c, h, peer_static = _initiation_prefix(self._private, self._public, m)
+        except (HandshakeRejected, ValueError):
+            return None
+        return Initiator(m.sender, peer_static, c, h)
+
+
 def identify_initiator(static_private: bytes, msg: bytes) -> tuple[int, bytes] | None:
     """``(sender_index, initiator static public key)`` of a Handshake Initiation addressed to us, or
-    ``None``. Lets a node find the tunnel an initiation belongs to before any tunnel looks at it
-    (boringtun ``parse_handshake_anon``, as snownet's ``rust/connlib/snownet/src/node.rs`` uses it). No
-    mac1 or timestamp check is done here."""
-    try:
-        m = decode_initiation(msg)
-        priv = crypto.private_key(static_private)
-        pub = priv.public_key().public_bytes_raw()
-        _, _, peer_static = _initiation_prefix(priv, pub, m)
-    except (HandshakeRejected, ValueError):
-        return None
-    return m.sender, peer_static
+    ``None`` (one-off form of :class:`InitiatorIdentifier`; no mac1 or timestamp check)."""
+    found = InitiatorIdentifier(static_private)(msg)
+    return None if found is None else (found.sender, found.static_public)
 
 
 class Handshake:
@@ -234,9 +265,17 @@ class Handshake:
 
     # --- responder -----------------------------------------------------------------------------------
 
-    def consume_initiation(self, now: Instant, m: Initiation, entropy: Entropy) -> tuple[bytes, Session]:
-        """Authenticate a (mac-checked) initiation; returns our response and the new session."""
-        c, h, peer_static = _initiation_prefix(self.static_private, self.static_public, m)
+    def consume_initiation(
+        self, now: Instant, m: Initiation, entropy: Entropy, initiator: Initiator | None = None
+    ) -> tuple[bytes, Session]:
+        """Authenticate a (mac-checked) initiation; returns our response and the new session.
+
+        ``initiator`` is what :class:`InitiatorIdentifier` found for this very message, if the caller ran
+        it: its Noise state saves the first Diffie-Hellman."""
+        if initiator is None:
+            c, h, peer_static = _initiation_prefix(self.static_private, self.static_public, m)
+        else:
+            c, h, peer_static = initiator.chaining_key, initiator.hash, initiator.static_public
         if not hmac.compare_digest(peer_static, self.peer_public):
             raise HandshakeRejected(DropReason.WG_HANDSHAKE_FAILED)
         c, k = crypto.kdf2(c, self._static_shared)
@@ -280,5 +319,7 @@ __all__ = [
     "Handshake",
     "HandshakeRejected",
     "InitSent",
+    "Initiator",
+    "InitiatorIdentifier",
     "identify_initiator",
 ]

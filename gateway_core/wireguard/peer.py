@@ -15,8 +15,11 @@ Data plane (direct results, no per-packet objects):
   handshake is already in progress).
 - :meth:`decapsulate` returns the IP packet carried by a transport message, or ``None``. Handshake
   responses, cookie replies, keepalives and flushed queued packets it produces are queued for
-  :meth:`poll_transmit`. Anything malformed, forged, replayed or unexpected is dropped and counted in
-  :attr:`stats` under a :class:`DropReason`; no input raises.
+  :meth:`poll_transmit`. A handshake message given to :meth:`decapsulate` is checked here (mac1, load,
+  mac2: the tunnel's :class:`RateLimiter`); a node that already checked it with the node-wide limiter
+  hands it to :meth:`handle_handshake` instead, so it is checked and counted once. Anything malformed,
+  forged, replayed or unexpected is dropped and counted in :attr:`stats` under a :class:`DropReason`; no
+  input raises.
 
 Sessions: the initiator makes its new session current when the response arrives and sends a keepalive on
 it; the responder stores its new session but switches to it only on the first data packet received on it
@@ -59,7 +62,7 @@ from gateway_core.wireguard.messages import (
     decode_response,
     message_type,
 )
-from gateway_core.wireguard.noise import Handshake, HandshakeRejected
+from gateway_core.wireguard.noise import Handshake, HandshakeRejected, Initiator
 from gateway_core.wireguard.ratelimit import VERIFY_COOKIE_SENT, VERIFY_DROP, RateLimiter
 from gateway_core.wireguard.session import REPLAY_WINDOW, Session
 from gateway_core.wireguard.timers import N_SESSIONS, WireGuardConfig
@@ -347,8 +350,28 @@ class WireGuardPeer:
             self.stats.drop(e.reason)
         return None
 
-    def _on_initiation(self, now: Instant, datagram: bytes) -> None:
-        response, session = self.handshake.consume_initiation(now, decode_initiation(datagram), self._entropy)
+    def handle_handshake(self, now: Instant, datagram: bytes, initiator: Initiator | None = None) -> None:
+        """A Handshake Initiation or Response (exact length) whose mac1, load and mac2 its caller checked
+        with the node-wide :class:`RateLimiter`: the tunnel neither checks nor counts it again. Outputs go
+        to :meth:`poll_transmit` / :meth:`poll_event`; a rejected message is counted in :attr:`stats`.
+        ``initiator``: what the node's ``InitiatorIdentifier`` found for this initiation (saves a DH)."""
+        self._advance(now)
+        try:
+            if datagram[:1] == b"\x01":
+                self._on_initiation(now, datagram, initiator)
+            elif datagram[:1] == b"\x02":
+                self._on_response(now, datagram)
+            else:
+                self.stats.drop(DropReason.WG_MALFORMED)
+        except HandshakeRejected as e:
+            self.stats.drop(e.reason)
+        except DecodeError:
+            self.stats.drop(DropReason.WG_MALFORMED)
+
+    def _on_initiation(self, now: Instant, datagram: bytes, initiator: Initiator | None = None) -> None:
+        response, session = self.handshake.consume_initiation(
+            now, decode_initiation(datagram), self._entropy, initiator
+        )
         self.sessions[session.local_index & _SLOT_MASK] = session
         self.want_handshake_at = None
         self.want_passive_keepalive_at = None

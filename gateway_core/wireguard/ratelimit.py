@@ -6,9 +6,15 @@ incoming Handshake Initiation or Response must carry a valid mac1 for our public
 Each mac1-valid message increments a counter; while the counter is at or above ``limit`` (from the
 ``limit + 1``-th message since the last reset on) the node is *under load*: a message must also carry a
 valid mac2, computed with the cookie of its source IP, or it is answered with a Cookie Reply instead of
-being processed. Whoever owns the limiter resets the counter once per second (:meth:`reset_count`);
+being processed. Under load every source IP also has a budget (a token bucket of :data:`SOURCE_RATE` per
+second, :data:`SOURCE_BURST` at once, as the kernel's WireGuard ``ratelimiter.c``): a message beyond it is
+dropped before any cookie is computed, so one source gets at most that many cookie replies or processed
+handshakes per second however fast it sends (the kernel limits mac2-valid messages only; we limit cookie
+replies too, so a flood of initiations cannot make us send more than a trickle to any address, decision
+0115). Whoever owns the limiter resets the counter once per second (:meth:`reset_count`);
 snownet does that from its node timer (``Node::handle_timeout`` in ``rust/connlib/snownet/src/node.rs``;
-a quirk: not while every connection is idle).
+a quirk: not while every connection is idle). :meth:`verify` also forgets a count older than a second
+itself, so that quirk cannot keep an idle node under load after a burst.
 
 The cookie for an IP is ``MAC(secret16, LE64(seconds_since_start // 128) || ip16)`` (boringtun
 ``rate_limiter.rs:108-122``): it changes every 128 s, does not include the port, and ``secret16`` is random
@@ -35,6 +41,17 @@ RESET_PERIOD: Duration = secs(1)
 COOKIE_REFRESH: Duration = secs(128)
 """Lifetime of the cookie secret's time bucket (boringtun uses 128 s where the paper says 120 s)."""
 
+SOURCE_RATE = 20
+"""Handshake messages per second per source IP while under load (WireGuard's ``ratelimiter.c``:
+``PACKETS_PER_SECOND`` 20); boringtun has no such limit."""
+SOURCE_BURST = 5
+"""Messages a source may send at once while under load (``ratelimiter.c``: ``PACKETS_BURSTABLE`` 5)."""
+SOURCE_TABLE = 4096
+"""Sources tracked at most; a new source beyond that is refused while under load (a flood from spoofed
+addresses then gets nothing back) until the once-a-second reset forgets sources whose bucket refilled."""
+_COST = secs(1) // SOURCE_RATE
+_BURST = _COST * SOURCE_BURST
+
 _LE64 = struct.Struct("<Q")
 
 VERIFY_OK = 0
@@ -51,6 +68,7 @@ class RateLimiter:
         "_nonce_ctr",
         "_nonce_key",
         "_secret",
+        "_sources",
         "_start",
         "count",
         "last_reset",
@@ -69,12 +87,35 @@ class RateLimiter:
         self.limit = limit
         self.count = 0
         self.last_reset = now
+        self._sources: dict[IPAddress, list[int]] = {}
+        """Source IP -> [tokens in ns, when they were counted] (under load only)."""
 
     def reset_count(self, now: Instant) -> None:
-        """Zero the counter if at least :data:`RESET_PERIOD` passed since the last reset."""
+        """Zero the counter if at least :data:`RESET_PERIOD` passed since the last reset; forget the
+        sources whose budget is full again."""
         if now - self.last_reset >= RESET_PERIOD:
             self.count = 0
             self.last_reset = now
+            if self._sources:
+                full = [ip for ip, (tokens, at) in self._sources.items() if tokens + now - at >= _BURST]
+                for ip in full:
+                    del self._sources[ip]
+
+    def _allow(self, ip: IPAddress, now: Instant) -> bool:
+        """Take one message from ``ip``'s budget (token bucket in nanoseconds)."""
+        entry = self._sources.get(ip)
+        if entry is None:
+            if len(self._sources) >= SOURCE_TABLE:
+                return False
+            self._sources[ip] = [_BURST - _COST, now]
+            return True
+        tokens = min(_BURST, entry[0] + now - entry[1])
+        entry[1] = now
+        if tokens < _COST:
+            entry[0] = tokens
+            return False
+        entry[0] = tokens - _COST
+        return True
 
     def next_reset(self) -> Instant | None:
         """When :meth:`reset_count` would next have an effect (``None``: the counter is zero)."""
@@ -112,11 +153,16 @@ class RateLimiter:
         mac1 = msg[-32:-16]
         if not hmac.compare_digest(crypto.mac(self._mac1_key, body), mac1):
             return VERIFY_DROP, DropReason.WG_BAD_MAC1
+        if now - self.last_reset >= RESET_PERIOD:
+            # The owner's timer may not have run (snownet does not reset while all connections are
+            # idle): a count older than the period says nothing about the load now (decision 0115).
+            self.count = 0
+            self.last_reset = now
         under_load = self.count >= self.limit
         self.count += 1
         if not under_load:
             return VERIFY_OK, None
-        if src is None:
+        if src is None or not self._allow(src, now):
             return VERIFY_DROP, DropReason.WG_RATE_LIMITED
         cookie = self.cookie_for(src, now)
         if hmac.compare_digest(crypto.mac(cookie, body + mac1), msg[-16:]):

@@ -1,6 +1,7 @@
 """System tests: the gateway's UDP sockets inside network namespaces the tests create (root; CI runs as
 root, never skipped): port 52625 per family with fallback when taken, SO_MARK, buffer sizes from the
-environment, batch receive with the destination address, oversized datagrams dropped, source selection,
+environment, batch receive with the destination address, oversized datagrams dropped (by the socket filter,
+or counted by the socket without it), source selection,
 send failures returned as values, a family that cannot bind.
 """
 
@@ -18,7 +19,7 @@ from gateway_core.commands import Transmit
 from gateway_core.errors import DropReason
 from gateway_core.inputs import SendFailed
 from gateway_core.interface import FIREZONE_MARK
-from gateway_io.udp import DEFAULT_PORT, MAX_DATAGRAM_SIZE, UdpSockets, buffer_sizes_from_env
+from gateway_io.udp import DEFAULT_PORT, MAX_DATAGRAM_SIZE, UdpSocket, UdpSockets, buffer_sizes_from_env
 from tests.system.io_netns import inside, netns, sh
 
 pytestmark = [pytest.mark.system]
@@ -89,14 +90,19 @@ def test_buffer_sizes_from_env() -> None:
     )
 
 
+def _wg_data(tag: bytes) -> bytes:
+    """A datagram shaped like WireGuard data (what the socket filter lets through)."""
+    return b"\x04\x00\x00\x00" + tag.ljust(28, b".")
+
+
 @pytest.mark.anyio
 async def test_batch_receive_with_destination_and_oversized_drop(ns: str, sockets: UdpSockets) -> None:
     assert sockets.v4 is not None and sockets.v6 is not None
     sh("ip", "addr", "add", "127.0.0.2/8", "dev", "lo", ns=ns)
     peer = peer_socket(ns, socket.AF_INET, "127.0.0.1")
-    peer.sendto(b"x" * (MAX_DATAGRAM_SIZE + 1), ("127.0.0.2", DEFAULT_PORT))
+    peer.sendto(b"\x04\x00\x00\x00" * ((MAX_DATAGRAM_SIZE + 4) // 4), ("127.0.0.2", DEFAULT_PORT))
     for i in range(10):
-        peer.sendto(b"d%d" % i, ("127.0.0.2", DEFAULT_PORT))
+        peer.sendto(_wg_data(b"d%d" % i), ("127.0.0.2", DEFAULT_PORT))
     got = []
     with anyio.fail_after(10):
         first = await sockets.v4.receive_batch(max_datagrams=4)
@@ -104,18 +110,33 @@ async def test_batch_receive_with_destination_and_oversized_drop(ns: str, socket
         got += first
         while len(got) < 10:
             got += await sockets.v4.receive_batch(max_datagrams=4)
-    assert [p for _, _, p in got] == [b"d%d" % i for i in range(10)]
+    assert [p for _, _, p in got] == [_wg_data(b"d%d" % i) for i in range(10)]
     local, remote, _ = got[0]
     assert local == SocketAddr(ip_address("127.0.0.2"), DEFAULT_PORT)  # the address it was sent to
     assert remote == SocketAddr(ip_address("127.0.0.1"), peer.getsockname()[1])
-    assert sockets.v4.stats.snapshot().get(f"drop.{DropReason.UDP_OVERSIZED}") == 1
+    assert sockets.v4.stats.total_drops == 0  # the oversized one never left the kernel (the filter)
+
+    # Without the filter the daemon itself discards an oversized datagram, counted.
+    with inside(ns):
+        bare = UdpSocket.bind(socket.AF_INET, 0, mark=None, shape_filter=False)
+    try:
+        assert not bare.filtered
+        port = bare.local.port
+        peer.sendto(b"x" * (MAX_DATAGRAM_SIZE + 1), ("127.0.0.1", port))
+        peer.sendto(b"small", ("127.0.0.1", port))
+        with anyio.fail_after(10):
+            [(_, _, payload)] = await bare.receive_batch()
+        assert payload == b"small"
+        assert bare.stats.snapshot().get(f"drop.{DropReason.UDP_OVERSIZED}") == 1
+    finally:
+        bare.close()
     peer.close()
 
     peer6 = peer_socket(ns, socket.AF_INET6, "::1")
-    peer6.sendto(b"six", ("::1", DEFAULT_PORT))
+    peer6.sendto(_wg_data(b"six"), ("::1", DEFAULT_PORT))
     with anyio.fail_after(10):
         [(local6, remote6, payload)] = await sockets.v6.receive_batch()
-    assert payload == b"six" and local6 == SocketAddr(ip_address("::1"), DEFAULT_PORT)
+    assert payload == _wg_data(b"six") and local6 == SocketAddr(ip_address("::1"), DEFAULT_PORT)
     assert remote6.ip == ip_address("::1")
     peer6.close()
 

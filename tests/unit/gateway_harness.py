@@ -33,7 +33,8 @@ from gateway_core.portal.channel import (
 )
 from gateway_core.turn.allocation import RelaySocket
 from gateway_core.turn.credentials import firezone_password, firezone_username
-from gateway_core.wireguard import WireGuardPeer, crypto, identify_initiator
+from gateway_core.wireguard import WireGuardPeer, crypto
+from gateway_core.wireguard.noise import InitiatorIdentifier
 from gateway_core.wireguard.ratelimit import RateLimiter
 
 GW = SocketAddr(IPv4Address("192.0.2.1"), 52625)
@@ -106,11 +107,7 @@ def make_client_node(priv: bytes = CL_PRIV) -> Node:
             rate_limiter=rl,
         )
 
-    def identify(data: bytes) -> bytes | None:
-        r = identify_initiator(priv, data)
-        return None if r is None else r[1]
-
-    return Node(ent, Instant(0), tunnel, identify, controlling=True, rate_limiter=rl)
+    return Node(ent, Instant(0), tunnel, InitiatorIdentifier(priv), controlling=True, rate_limiter=rl)
 
 
 class Harness:

@@ -24,7 +24,8 @@ from gateway_core.node.events import (
 from gateway_core.node.node import Node, RelayConfig
 from gateway_core.turn.allocation import RelaySocket
 from gateway_core.turn.credentials import firezone_password, firezone_username
-from gateway_core.wireguard import WireGuardPeer, crypto, identify_initiator
+from gateway_core.wireguard import WireGuardPeer, crypto
+from gateway_core.wireguard.noise import InitiatorIdentifier
 from gateway_core.wireguard.ratelimit import RateLimiter
 
 GW = SocketAddr(IPv4Address("192.0.2.1"), 52625)
@@ -60,11 +61,7 @@ def make_node(seed: int, priv: bytes, controlling: bool) -> Node:
             rate_limiter=rl,
         )
 
-    def identify(data: bytes) -> bytes | None:
-        r = identify_initiator(priv, data)
-        return None if r is None else r[1]
-
-    return Node(ent, Instant(0), tunnel, identify, controlling=controlling, rate_limiter=rl)
+    return Node(ent, Instant(0), tunnel, InitiatorIdentifier(priv), controlling=controlling, rate_limiter=rl)
 
 
 def _relay_ips(listen: SocketAddr) -> list[SocketAddr]:
