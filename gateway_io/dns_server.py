@@ -124,11 +124,17 @@ def parse_address(address: tuple[Any, int]) -> tuple[int, HostPort]:
     return family, (str(ip), port)
 
 
-def bind_socket(address: tuple[Any, int], kind: socket.SocketKind) -> socket.socket:
-    """A non-blocking socket of ``kind`` bound to exactly ``address``; raises ``OSError`` if it cannot be."""
+def bind_socket(
+    address: tuple[Any, int], kind: socket.SocketKind, device: str | None = None
+) -> socket.socket:
+    """A non-blocking socket of ``kind`` bound to exactly ``address`` and, when ``device`` is given, to that
+    network device (``SO_BINDTODEVICE``: only what arrives over it is received; unprivileged on Linux >= 5.7
+    for a socket not yet bound to a device). Raises ``OSError`` if it cannot be."""
     family, (host, port) = parse_address(address)
     sock = socket.socket(family, kind)
     try:
+        if device is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
@@ -161,10 +167,10 @@ class UdpDnsServer:
         self.stats = Stats()
 
     @classmethod
-    async def bind(cls, address: tuple[Any, int]) -> UdpDnsServer:
-        """Bind a UDP socket to exactly ``address`` (``OSError`` if that fails)."""
+    async def bind(cls, address: tuple[Any, int], *, device: str | None = None) -> UdpDnsServer:
+        """Bind a UDP socket to exactly ``address`` (and ``device``, see :func:`bind_socket`)."""
         await checkpoint()
-        return cls(bind_socket(address, socket.SOCK_DGRAM))
+        return cls(bind_socket(address, socket.SOCK_DGRAM, device))
 
     @property
     def closed(self) -> bool:
@@ -278,13 +284,15 @@ class TcpDnsServer:
         *,
         limits: TcpLimits | None = None,
         task_group: anyio.abc.TaskGroup | None = None,
+        device: str | None = None,
     ) -> TcpDnsServer:
-        """Listen on exactly ``address`` (``OSError`` if that fails) and start accepting connections.
+        """Listen on exactly ``address`` (and ``device``, see :func:`bind_socket`; accepted connections
+        inherit it) and start accepting connections.
 
         The server's tasks run in ``task_group`` when given, else in a task of their own until
         :meth:`aclose`.
         """
-        sock = bind_socket(address, socket.SOCK_STREAM)
+        sock = bind_socket(address, socket.SOCK_STREAM, device)
         try:
             sock.listen(LISTEN_BACKLOG)
             local = _local(sock)

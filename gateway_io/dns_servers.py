@@ -11,6 +11,10 @@ set of addresses) and :class:`RetryDnsServerBind` (one address) commands:
   input, never raised (a deliberate fix: Firezone 1.4.18 exits, ``rust/gateway/src/eventloop.rs``);
 - a removed address has both servers closed.
 
+With ``device`` (the daemon passes the TUN's name) every socket is bound to that device
+(``SO_BINDTODEVICE``): a datagram or connection for the tunnel address that arrives over any other
+interface never reaches a server, whatever its source address claims (decision 0110).
+
 Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class:`DnsServerBindFailed`).
 *When* to retry a failed address is not decided here (R7): the core's
 :class:`gateway_core.dns.servers.DnsBindRetry` decides, and its :class:`RetryDnsServerBind` commands reach
@@ -75,9 +79,12 @@ class DnsServerSet:
         on_input: Callable[[Input], None],
         *,
         tcp_limits: TcpLimits | None = None,
+        device: str | None = None,
     ) -> None:
         self._on_input = on_input
         self._tcp_limits = tcp_limits
+        self.device = device
+        """Every socket is bound to this network device (the TUN; decision 0110); ``None``: any device."""
         self._desired: frozenset[SocketAddr] = frozenset()
         self._pairs: dict[SocketAddr, ServerPair] = {}
         self._by_local: dict[tuple[DnsTransport, HostPort], UdpDnsServer | TcpDnsServer] = {}
@@ -150,10 +157,13 @@ class DnsServerSet:
         _, (host, port) = parse_address(address)
         attempts = EPHEMERAL_PAIR_ATTEMPTS if port == 0 else 1
         for attempt in range(attempts):
-            udp = await UdpDnsServer.bind((host, port))
+            udp = await UdpDnsServer.bind((host, port), device=self.device)
             try:
                 tcp = await TcpDnsServer.bind(
-                    (host, udp.local_address[1]), limits=self._tcp_limits, task_group=self._tg
+                    (host, udp.local_address[1]),
+                    limits=self._tcp_limits,
+                    task_group=self._tg,
+                    device=self.device,
                 )
             except OSError:
                 await udp.aclose()
