@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 
+from gateway_core.dns.forwarding import DnsLimits
 from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import GatewayConfig
 from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
@@ -224,6 +225,9 @@ async def _run(
                 firezone_id=config.firezone_id,
                 name=config.name,
                 user_agent=gateway_user_agent(),
+                dns_limits=DnsLimits(
+                    client_rate=config.dns_client_qps, client_burst=max(1, 2 * config.dns_client_qps)
+                ),
             ),
             private_key=private_key,
             entropy=SystemEntropy(),

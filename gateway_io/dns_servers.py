@@ -20,14 +20,16 @@ Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class
 :class:`gateway_core.dns.servers.DnsBindRetry` decides, and its :class:`RetryDnsServerBind` commands reach
 :meth:`DnsServerSet.execute` through the driver like every other command.
 
-Queries from every server come out of one stream (:meth:`receive`, ``async for``) as
-:class:`gateway_io.dns_server.DnsQuery`; :meth:`send_response` routes an answer to the server whose
+Queries from every server come out of one stream, in batches (:meth:`receive_batch`: what one server read
+at once; :meth:`receive` and ``async for``: one at a time) as :class:`gateway_io.dns_server.DnsQuery`;
+:meth:`send_response_nowait` (never waits) and :meth:`send_response` route an answer to the server whose
 transport and local address the query carried.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,9 +52,9 @@ from gateway_io.dns_server import DnsQuery, HostPort, TcpDnsServer, TcpLimits, U
 
 log = logging.getLogger(__name__)
 
-MERGED_QUEUE = 256
-"""Queries taken from the servers and not yet taken by :meth:`DnsServerSet.receive`; when full, the
-per-server pumps wait, and the servers' own bounds take over."""
+MERGED_QUEUE = 8
+"""Batches taken from the servers and not yet taken by :meth:`DnsServerSet.receive_batch` (at most 64
+queries each); when full, the per-server pumps wait, and the servers' own bounds take over."""
 
 EPHEMERAL_PAIR_ATTEMPTS = 3
 """For port 0: how many fresh UDP ports to try when the TCP port of the same number is taken."""
@@ -88,7 +90,8 @@ class DnsServerSet:
         self._desired: frozenset[SocketAddr] = frozenset()
         self._pairs: dict[SocketAddr, ServerPair] = {}
         self._by_local: dict[tuple[DnsTransport, HostPort], UdpDnsServer | TcpDnsServer] = {}
-        self._send_q, self._recv_q = anyio.create_memory_object_stream[DnsQuery](MERGED_QUEUE)
+        self._send_q, self._recv_q = anyio.create_memory_object_stream[list[DnsQuery]](MERGED_QUEUE)
+        self._leftover: deque[DnsQuery] = deque()  # of a batch that receive() took one at a time
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
 
@@ -180,17 +183,24 @@ class DnsServerSet:
         raise AssertionError("unreachable")
 
     async def _pump(self, pair: ServerPair) -> None:
-        async def one(server: UdpDnsServer | TcpDnsServer) -> None:
+        async def udp(server: UdpDnsServer) -> None:
+            try:
+                while True:
+                    await self._send_q.send(await server.receive_batch())
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # the set is closing
+
+        async def tcp(server: TcpDnsServer) -> None:
             try:
                 async for query in server:
-                    await self._send_q.send(query)
+                    await self._send_q.send([query])
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the set is closing
 
         with pair.scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(one, pair.udp)
-                tg.start_soon(one, pair.tcp)
+                tg.start_soon(udp, pair.udp)
+                tg.start_soon(tcp, pair.tcp)
 
     async def _remove(self, address: SocketAddr) -> None:
         pair = self._pairs.pop(address)
@@ -203,26 +213,42 @@ class DnsServerSet:
 
     # --- queries ---------------------------------------------------------------------------------------
 
+    async def receive_batch(self) -> list[DnsQuery]:
+        """The next queries (one server's batch); raises ``anyio.EndOfStream`` once the set is closed."""
+        if self._leftover:
+            out = list(self._leftover)
+            self._leftover.clear()
+            return out
+        return await self._recv_q.receive()
+
     async def receive(self) -> DnsQuery:
         """The next query from any server; raises ``anyio.EndOfStream`` once the set is closed."""
-        return await self._recv_q.receive()
+        if not self._leftover:
+            self._leftover.extend(await self._recv_q.receive())
+        return self._leftover.popleft()
 
     def __aiter__(self) -> DnsServerSet:
         return self
 
     async def __anext__(self) -> DnsQuery:
         try:
-            return await self._recv_q.receive()
+            return await self.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
+
+    def send_response_nowait(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool:
+        """Answer ``remote`` from the server of ``transport`` on ``local``; ``False`` if there is none or the
+        answer could not be sent or queued. Never waits (UDP sends at once, TCP queues on the connection)."""
+        server = self._by_local.get((transport, (str(local[0]), int(local[1]))))
+        if server is None:
+            log.debug("no dns server %s on %s", transport, local)
+            return False
+        return server.send_nowait(remote, message)
 
     async def send_response(
         self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
     ) -> bool:
-        """Answer ``remote`` from the server of ``transport`` on ``local``; ``False`` if there is none."""
-        key = (transport, (str(local[0]), int(local[1])))
-        server = self._by_local.get(key)
-        if server is None:
-            log.debug("no dns server %s on %s", transport, local)
-            return False
-        return await server.send_response(remote, message)
+        """:meth:`send_response_nowait` as a coroutine (the driver's older interface)."""
+        return self.send_response_nowait(transport, local, remote, message)

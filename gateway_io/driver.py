@@ -6,12 +6,12 @@ Theory of operation
 One anyio task (:meth:`Driver.run`) is the only caller of the core (R1). Everything that produces work for
 the core is a *source* with a small queue; the loop takes turns:
 
-1. **Sources, in a fixed order, one batch each (R9).** TUN packets, then each UDP socket, then the portal's
-   reports, the DNS servers (queries and bind outcomes), the resolver's results, and the control inputs
-   (interface results, send failures, shutdown requests). A source offers at most one batch per turn, so a
-   flood from one source (a busy TUN) cannot starve another or the timer. Reader tasks fill the TUN and
-   UDP queues one batch at a time (queue capacity 1): a source the loop has not served yet waits, and the
-   kernel buffers the rest.
+1. **Sources, in a fixed order, one batch each (R9).** TUN packets, then each UDP socket, then the DNS
+   servers' queries (one server's batch), then the portal's reports, the DNS servers' bind outcomes, the
+   resolver's results, and the control inputs (interface results, send failures, shutdown requests). A
+   source offers at most one batch per turn, so a flood from one source (a busy TUN) cannot starve another
+   or the timer. Reader tasks fill the TUN and UDP queues one batch at a time (queue capacity 1): a source
+   the loop has not served yet waits, and the kernel buffers the rest.
 2. **Drain after every input (R3).** After each ``handle_*`` call the loop calls ``poll_command()`` until it
    returns ``None``, executing each command at once and in order. The data plane's direct results (an IP
    packet for the TUN, a ``Transmit``) are executed before the drain, as the core produced them first.
@@ -19,10 +19,12 @@ the core is a *source* with a small queue; the loop takes turns:
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
    a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
 4. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
-   commands are handed to its transport (it has tasks of its own); slow work (DNS server binds and
-   responses, interface configuration) goes to ordered worker tasks, and each resolution or upstream
-   query runs in its own task. Every outcome that the core must know about, failures included, comes
-   back as an input on a source (R7); the driver never retries anything.
+   commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
+   server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
+   upstream sockets when it can (``submit``; decision 0112); slow work (DNS server binds, interface
+   configuration) goes to ordered worker tasks, and each domain resolution runs in its own task. Every
+   outcome that the core must know about, failures included, comes back as an input on a source (R7);
+   the driver never retries anything.
 5. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
    From then on a grace period runs (:data:`SHUTDOWN_GRACE`, Firezone's 1 s flush): the core queues its
    goodbyes, a graceful portal close and ``Exit``; the loop keeps executing until ``Exit`` has come *and*
@@ -73,7 +75,17 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
-from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
+from gateway_io.transports import (
+    BatchDnsServers,
+    Core,
+    CoreCommand,
+    DnsServers,
+    Interface,
+    Portal,
+    Report,
+    SubmittingResolver,
+    Transports,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +95,13 @@ SHUTDOWN_GRACE = 1_000_000_000
 REPORT_BATCH = 64
 """Reports (portal frames, DNS queries, results) taken from one source per turn (R9): as the UDP batch."""
 
-DNS_QUERY_QUEUE = 64
-"""DNS queries waiting for the loop; when full, the DNS servers' own bounded queues take over."""
+DNS_QUERY_QUEUE = 4
+"""Batches of DNS queries (up to 64 each) waiting for the loop; when full, the DNS servers' own bounded
+queues take over. The loop takes one batch per turn, as from the TUN and each UDP socket (R9)."""
+
+ADDRESS_CACHE = 4096
+"""Parsed client IP addresses kept for turning the DNS servers' ``(host, port)`` into ``SocketAddr``
+(parsing an address costs more than the rest of the conversion); cleared when full."""
 
 ANCHOR_CHECK_INTERVAL = 1_000_000_000
 """How often (ns) the wall clock is compared with the monotonic clock: once a second is plenty for expiry
@@ -125,10 +142,6 @@ def _source(name: str, capacity: float, batch: int) -> _Source[Any]:
     return _Source(name, send, recv, batch)
 
 
-def _addr(hp: tuple[Any, int]) -> SocketAddr:
-    return SocketAddr(ipaddress.ip_address(str(hp[0])), int(hp[1]))
-
-
 @dataclass(slots=True)
 class DriverStats:
     """What the driver did (for tests and the daemon's log); drops of its own are counted here too."""
@@ -164,7 +177,13 @@ class Driver:
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
-        self._dns_q: _Source[Input] = _source("dns-queries", DNS_QUERY_QUEUE, REPORT_BATCH)
+        self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
+        self._ips: dict[str, Any] = {}  # DNS query addresses: text -> parsed, and back
+        self._ip_texts: dict[Any, str] = {}
+        self._submit: Callable[[ForwardDnsQuery], None] | None = None
+        self._dns_nowait: Callable[..., bool] | None = None
+        self._deadline_valid = False
+        self._deadline: Any = None
         self.resolver_src: _Source[Input] = _source("resolver", math.inf, REPORT_BATCH)
         self.control_src: _Source[Input] = _source("control", math.inf, REPORT_BATCH)
         self._t = Transports()
@@ -279,6 +298,11 @@ class Driver:
             self._dns_work = send
             tg.start_soon(self._dns_worker, t.dns, recv)
             tg.start_soon(self._dns_reader, t.dns)
+            if isinstance(t.dns, BatchDnsServers):
+                self._dns_nowait = t.dns.send_response_nowait
+        if isinstance(t.resolver, SubmittingResolver):
+            t.resolver.start(tg, self.reporter(self.resolver_src))
+            self._submit = t.resolver.submit
         if t.interface is not None:
             isend, irecv = anyio.create_memory_object_stream[ConfigureInterface](math.inf)
             self._if_work = isend
@@ -306,7 +330,14 @@ class Driver:
                     if ip is not None:
                         self._write_tun(ip)
                     self._drain()
-        for isrc in (self.portal_src, self.dns_src, self._dns_q, self.resolver_src, self.control_src):
+        for queries in self._dns_q.take():
+            busy = True
+            now = self.now()
+            for inp in queries:
+                self._input(now, inp)
+                if self._stop:
+                    return busy
+        for isrc in (self.portal_src, self.dns_src, self.resolver_src, self.control_src):
             items = isrc.take()
             if items:
                 busy = True
@@ -322,12 +353,18 @@ class Driver:
             self.stats.timeouts += 1
             core.handle_timeout(now)
             self._drain()
+            deadline = core.poll_timeout()
+        # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).
+        self._deadline, self._deadline_valid = deadline, True
         self._check_done(now)
         return busy
 
     def _wait_ns(self) -> int | None:
         """Nanoseconds until the next deadline (core or grace period), ``None``: none."""
-        deadline = self.core.poll_timeout()
+        if self._deadline_valid:
+            deadline, self._deadline_valid = self._deadline, False
+        else:
+            deadline = self.core.poll_timeout()
         ats: list[int] = [deadline.at] if deadline is not None else []
         if self._grace_at is not None:
             ats.append(self._grace_at)
@@ -385,6 +422,18 @@ class Driver:
                 self._write_tun(packet)
             case ConnectPortal() | SendPortalFrame() | ClosePortal():
                 self._portal_command(cmd)
+            case SendDnsResponse() if self._dns_nowait is not None:
+                texts = self._ip_texts
+                lhost, rhost = texts.get(cmd.local.ip), texts.get(cmd.remote.ip)
+                local = (lhost if lhost is not None else str(cmd.local.ip), cmd.local.port)
+                remote = (rhost if rhost is not None else str(cmd.remote.ip), cmd.remote.port)
+                try:
+                    sent = self._dns_nowait(cmd.transport, local, remote, cmd.message)
+                except Exception:  # a bug in the transport: logged and counted, the loop goes on
+                    log.exception("sending a DNS response raised")
+                    sent = False
+                if not sent:
+                    self.stats.counters.incr("driver.dns_response_failed")
             case SendDnsResponse() | BindDnsServers() | RetryDnsServerBind():
                 if self._dns_work is None:
                     self.stats.counters.incr("driver.no_dns_servers")
@@ -392,6 +441,13 @@ class Driver:
                         self.report(SendFailed(cmd.remote, "no DNS servers"))
                 else:
                     self._dns_work.send_nowait(cmd)
+            case ForwardDnsQuery() if self._submit is not None:
+                try:
+                    self._submit(cmd)
+                except Exception as e:  # a bug in the resolver must still reach the core as a failure (R7)
+                    log.exception("forwarding a DNS query raised")
+                    failed = DnsUpstreamFailed(cmd.query_id, f"{type(e).__name__}: {e}")
+                    self.reporter(self.resolver_src)(failed)
             case ForwardDnsQuery():
                 self._spawn(self._forward, cmd)
             case ResolveDomain():
@@ -470,13 +526,27 @@ class Driver:
             self._wake.set()
 
     async def _dns_reader(self, dns: DnsServers) -> None:
+        batched = isinstance(dns, BatchDnsServers)
+        ips, texts = self._ips, self._ip_texts
         while True:
             try:
-                q = await dns.receive()
+                queries = await dns.receive_batch() if batched else [await dns.receive()]  # type: ignore[attr-defined]
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
-            inp = DnsQueryReceived(_addr(q.local), _addr(q.remote), q.transport, q.message)
-            await self._dns_q.send.send(inp)
+            batch: list[Input] = []
+            for q in queries:
+                (lhost, lport), (rhost, rport) = q.local, q.remote
+                lip, rip = ips.get(lhost), ips.get(rhost)
+                if lip is None or rip is None:
+                    if len(ips) >= ADDRESS_CACHE:
+                        ips.clear()
+                        texts.clear()
+                    lip = ips[lhost] = ipaddress.ip_address(lhost)
+                    rip = ips[rhost] = ipaddress.ip_address(rhost)
+                    texts[lip], texts[rip] = lhost, rhost
+                remote = SocketAddr(rip, int(rport))
+                batch.append(DnsQueryReceived(SocketAddr(lip, int(lport)), remote, q.transport, q.message))
+            await self._dns_q.send.send(batch)
             self._wake.set()
 
     async def _dns_worker(self, dns: DnsServers, work: MemoryObjectReceiveStream[Command]) -> None:
