@@ -57,12 +57,12 @@ class Result:
     noerror: int = 0
 
 
-def dnsperf(ns: str, server: str, port: int, data: Path, seconds: int) -> Result:
-    """One bounded dnsperf run from namespace ``ns``."""
+def dnsperf(ns: str, server: str, port: int, data: Path, seconds: int, qps: int = 0) -> Result:
+    """One bounded dnsperf run from namespace ``ns`` (``qps``: at most that many queries a second)."""
     from e2e.topology import run
 
     argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(data), "-l", str(seconds)]
-    argv += ["-c", "4", "-q", str(OUTSTANDING), "-t", "3"]
+    argv += ["-c", "4", "-q", str(OUTSTANDING), "-t", "3"] + (["-Q", str(qps)] if qps else [])
     r = run(*argv, ns=ns, timeout=seconds + 30)
     out = r.stdout
 
@@ -157,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seconds", type=int, default=SECONDS)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--profile", help="directory for py-spy profiles of one more round of ours")
+    ap.add_argument(
+        "--fixed-qps",
+        type=int,
+        default=2000,
+        help="also run ours at this fixed rate and print the CPU per query of the gateway and the client "
+        "(steadier than the top rate on a shared machine); 0: skip",
+    )
     args = ap.parse_args(argv if argv is not None else [])
     if os.geteuid() != 0:
         print("  bench_dns_forwarding: needs root (network namespaces); not run")
@@ -206,6 +213,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"gateway CPU per query (best round) {min(per_query):.0f} us"
         )
         print(f"  ratio ours / dnsmasq: {best['ours'].qps / best['dnsmasq'].qps:.3f}")
+        if args.fixed_qps:
+            cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
+            fixed = dnsperf(cns, "100.100.111.1", 53, data, args.seconds, qps=args.fixed_qps)
+            per = {n: 1e6 * (cpu_seconds(p) - cpu0[n]) / max(fixed.completed, 1) for n, p in pids.items()}
+            print(
+                f"  at a fixed {args.fixed_qps} q/s: {fixed.qps:.0f} q/s answered, "
+                f"avg {fixed.latency_ms:.1f} "
+                f"ms; CPU per query: gateway {per['gateway']:.0f} us, client {per['client']:.0f} us"
+            )
         if args.profile:
             out = Path(args.profile)
             out.mkdir(parents=True, exist_ok=True)

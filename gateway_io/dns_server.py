@@ -62,8 +62,7 @@ UDP_YIELD_EVERY = 32
 loop, so that a flood on one socket cannot starve the other tasks (R9 fairness)."""
 
 UDP_BATCH = 64
-"""Datagrams one :meth:`UdpDnsServer.receive_batch` reads at most (as the driver's UDP batch); a full batch
-yields to the event loop once before it is returned (R9 fairness)."""
+"""Queries one :meth:`UdpDnsServer.receive_batch` returns at most (as the driver's UDP batch; R9)."""
 
 LISTEN_BACKLOG = 128
 """Accept backlog; the value Rust's ``TcpListener::bind`` uses on Linux, as Firezone's TCP server."""
@@ -74,9 +73,8 @@ forward only SRV/TXT queries over TCP, a handful at a time; 128 bounds the memor
 tasks a misbehaving client can hold while leaving room for many honest ones."""
 
 MAX_TCP_PER_SOURCE = 16
-"""Open connections one source address may hold on a TCP server (an eighth of
-:data:`MAX_TCP_CONNECTIONS`); more from it are accepted and closed at once, so one client cannot take every
-slot (the review held all 128 from one host; decision 0111). Firezone has no limit."""
+"""Connections one source address may hold on a server (an eighth of :data:`MAX_TCP_CONNECTIONS`; more are
+closed at once), so one client cannot take every slot (decision 0111). Firezone has no limit."""
 
 TCP_IDLE_TIMEOUT = 10.0
 """Seconds a connection may go without a complete query arriving or a response leaving before it is closed.
@@ -92,8 +90,7 @@ MAX_TCP_PIPELINED = 32
 go out (TCP flow control pushes back); RFC 7766 asks servers to read pipelined queries, not unboundedly."""
 
 TCP_QUERY_QUEUE = 256
-"""Queries read from all of one server's connections and not yet taken by :meth:`TcpDnsServer.receive`;
-when full, the readers wait (backpressure instead of unbounded memory)."""
+"""Queries read from one server's connections, not yet taken by :meth:`TcpDnsServer.receive` (then wait)."""
 
 ACCEPT_ERROR_PAUSE = 0.1
 """Seconds to wait after a failed ``accept`` (e.g. out of file descriptors) so the loop does not spin."""
@@ -161,8 +158,7 @@ def bind_socket(
 
 
 def _local(sock: socket.socket) -> HostPort:
-    name = sock.getsockname()
-    return (str(name[0]), int(name[1]))
+    return (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
 
 
 class UdpDnsServer:
@@ -196,45 +192,57 @@ class UdpDnsServer:
         return (await self._read(1))[0]
 
     async def receive_batch(self, limit: int = UDP_BATCH) -> list[DnsQuery]:
-        """One to ``limit`` datagrams that pass the query check, read without waiting once one is there;
-        raises ``anyio.ClosedResourceError`` once closed."""
+        """One to ``limit`` queries that pass the check (waits only for the first; raises as receive)."""
         out = await self._read(limit)
         if len(out) >= limit:
             await checkpoint()  # a full batch: the socket may have more; let others run first
         return out
 
     async def _read(self, limit: int) -> list[DnsQuery]:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            out = self.read_nowait(limit)
+            if out:
+                return out
+            await anyio.wait_readable(self._sock)
+
+    def read_nowait(self, limit: int = UDP_BATCH) -> list[DnsQuery]:
+        """Up to ``limit`` queries that passed the check, from what the socket holds now (maybe none).
+        Reads at most ``4 * limit`` datagrams, so a flood of rejected ones cannot keep it going."""
+        if self._closed:
+            return []
         sock = self._sock
         stats = self.stats
         recvfrom = sock.recvfrom
         local = self.local_address
         udp = DnsTransport.UDP
         out: list[DnsQuery] = []
-        while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            while len(out) < limit:
-                try:
-                    data, remote = recvfrom(MAX_QUERY_LEN + 1)
-                except BlockingIOError:
-                    self._since_yield = 0
-                    break
-                except OSError as e:  # e.g. a queued ICMP error; never fatal
-                    stats.incr("udp.receive_errors")
-                    log.debug("udp dns server %s: receive error %s", local, e)
-                    continue
-                if len(data) > MAX_QUERY_LEN:
-                    stats.drop(DropReason.DNS_TOO_LARGE)
-                    continue
-                reason = query_drop_reason(data)
-                if reason is not None:
-                    stats.drop(reason)
-                    continue
-                out.append(DnsQuery(local, (remote[0], remote[1]), data, udp))
-            if out:
-                stats.counters["udp.queries"] += len(out)
-                return out
-            await anyio.wait_readable(sock)
+        for _ in range(4 * limit):
+            try:
+                data, remote = recvfrom(MAX_QUERY_LEN + 1)
+            except BlockingIOError:
+                self._since_yield = 0
+                break
+            except OSError as e:  # e.g. a queued ICMP error; never fatal
+                stats.incr("udp.receive_errors")
+                log.debug("udp dns server %s: receive error %s", local, e)
+                continue
+            if len(data) > MAX_QUERY_LEN:
+                stats.drop(DropReason.DNS_TOO_LARGE)
+                continue
+            reason = query_drop_reason(data)
+            if reason is not None:
+                stats.drop(reason)
+                continue
+            out.append(DnsQuery(local, (remote[0], remote[1]), data, udp))
+            if len(out) >= limit:
+                break
+        stats.counters["udp.queries"] += len(out)
+        return out
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
 
     def __aiter__(self) -> UdpDnsServer:
         return self

@@ -21,13 +21,16 @@ Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class
 :meth:`DnsServerSet.execute` through the driver like every other command.
 
 Queries from every server come out of one stream, in batches (:meth:`receive_batch`: what one server read
-at once; :meth:`receive` and ``async for``: one at a time) as :class:`gateway_io.dns_server.DnsQuery`;
+at once; :meth:`receive` and ``async for``: one at a time) as :class:`gateway_io.dns_server.DnsQuery`; or,
+after :meth:`attach` (the driver's way, decision 0112), UDP queries go straight from the sockets' reader
+callbacks to the attached sink, with no task or queue in between, paused while the sink is full;
 :meth:`send_response_nowait` (never waits) and :meth:`send_response` route an answer to the server whose
 transport and local address the query carried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -94,6 +97,9 @@ class DnsServerSet:
         self._leftover: deque[DnsQuery] = deque()  # of a batch that receive() took one at a time
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
+        self._sink: Callable[[list[DnsQuery]], bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -179,11 +185,15 @@ class DnsServerSet:
             scope = anyio.CancelScope()
             pair = ServerPair(udp, tcp, scope)
             self._tg.start_soon(self._pump, pair)
+            if self._loop is not None and not self._paused:
+                self._loop.add_reader(udp.fileno(), self._readable, udp)
             return pair
         raise AssertionError("unreachable")
 
     async def _pump(self, pair: ServerPair) -> None:
         async def udp(server: UdpDnsServer) -> None:
+            if self._loop is not None:
+                return  # read by _readable
             try:
                 while True:
                     await self._send_q.send(await server.receive_batch())
@@ -205,6 +215,8 @@ class DnsServerSet:
     async def _remove(self, address: SocketAddr) -> None:
         pair = self._pairs.pop(address)
         pair.scope.cancel()
+        if self._loop is not None and not self._paused:
+            self._loop.remove_reader(pair.udp.fileno())
         self._by_local.pop((DnsTransport.UDP, pair.udp.local_address), None)
         self._by_local.pop((DnsTransport.TCP, pair.tcp.local_address), None)
         await pair.udp.aclose()
@@ -212,6 +224,41 @@ class DnsServerSet:
         log.info("dns servers on %s closed", address)
 
     # --- queries ---------------------------------------------------------------------------------------
+
+    def attach(self, sink: Callable[[list[DnsQuery]], bool]) -> bool:
+        """Hand UDP queries to ``sink`` straight from the event loop's reader callbacks (no task, no queue
+        between the socket and the sink), one server's batch at a time; ``sink`` returns ``False`` once it
+        holds enough, and reading then pauses (the kernel buffers) until :meth:`resume`. Only on asyncio
+        (the daemon's loop) and before any server is bound; returns whether it is attached. TCP queries keep
+        coming from :meth:`receive`."""
+        if self._pairs:
+            return False
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._sink = sink
+        return True
+
+    def _readable(self, server: UdpDnsServer) -> None:
+        batch = server.read_nowait()
+        if batch and self._sink is not None and not self._sink(batch) and not self._paused:
+            self._paused = True
+            assert self._loop is not None
+            for pair in self._pairs.values():
+                self._loop.remove_reader(pair.udp.fileno())
+
+    def resume(self) -> None:
+        """Read again after the sink said it was full (cheap when nothing is paused)."""
+        if self._paused:
+            self._paused = False
+            assert self._loop is not None
+            for pair in self._pairs.values():
+                self._loop.add_reader(pair.udp.fileno(), self._readable, pair.udp)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     async def receive_batch(self) -> list[DnsQuery]:
         """The next queries (one server's batch); raises ``anyio.EndOfStream`` once the set is closed."""

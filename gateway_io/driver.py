@@ -41,7 +41,6 @@ to go backwards; the wall clock (``utc_clock``) is compared with the monotonic o
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
@@ -57,7 +56,6 @@ from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Command, Exit, Transmit, WriteTun
 from gateway_core.dns.forwarding import (
-    DnsQueryReceived,
     DnsUpstreamFailed,
     ForwardDnsQuery,
     SendDnsResponse,
@@ -75,17 +73,8 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
-from gateway_io.transports import (
-    BatchDnsServers,
-    Core,
-    CoreCommand,
-    DnsServers,
-    Interface,
-    Portal,
-    Report,
-    SubmittingResolver,
-    Transports,
-)
+from gateway_io.dns_path import DnsPath
+from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +85,9 @@ REPORT_BATCH = 64
 """Reports (portal frames, DNS queries, results) taken from one source per turn (R9): as the UDP batch."""
 
 DNS_QUERY_QUEUE = 4
-"""Batches of DNS queries (up to 64 each) waiting for the loop; when full, the DNS servers' own bounded
-queues take over. The loop takes one batch per turn, as from the TUN and each UDP socket (R9)."""
-
-ADDRESS_CACHE = 4096
-"""Parsed client IP addresses kept for turning the DNS servers' ``(host, port)`` into ``SocketAddr``
-(parsing an address costs more than the rest of the conversion); cleared when full."""
+"""Batches of DNS queries (TCP, or from servers that cannot be attached) waiting for the loop; when
+full, the DNS servers' own bounded queues take over. One batch per turn (R9); attached UDP servers hand
+theirs to :class:`gateway_io.dns_path.DnsPath`."""
 
 ANCHOR_CHECK_INTERVAL = 1_000_000_000
 """How often (ns) the wall clock is compared with the monotonic clock: once a second is plenty for expiry
@@ -167,6 +153,7 @@ class Driver:
         self.utc_clock = utc_clock
         self.grace = grace
         self.stats = DriverStats()
+        self._dns = DnsPath(self.nudge, self.stats.counters)
         self.exit: Exit | None = None
         """The core's ``Exit`` once it came."""
         self.exit_code: int | None = None
@@ -178,10 +165,6 @@ class Driver:
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
         self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
-        self._ips: dict[str, Any] = {}  # DNS query addresses: text -> parsed, and back
-        self._ip_texts: dict[Any, str] = {}
-        self._submit: Callable[[ForwardDnsQuery], None] | None = None
-        self._dns_nowait: Callable[..., bool] | None = None
         self._deadline_valid = False
         self._deadline: Any = None
         self.resolver_src: _Source[Input] = _source("resolver", math.inf, REPORT_BATCH)
@@ -298,11 +281,7 @@ class Driver:
             self._dns_work = send
             tg.start_soon(self._dns_worker, t.dns, recv)
             tg.start_soon(self._dns_reader, t.dns)
-            if isinstance(t.dns, BatchDnsServers):
-                self._dns_nowait = t.dns.send_response_nowait
-        if isinstance(t.resolver, SubmittingResolver):
-            t.resolver.start(tg, self.reporter(self.resolver_src))
-            self._submit = t.resolver.submit
+        self._dns.start(tg, t.dns, t.resolver, self.reporter(self.resolver_src))
         if t.interface is not None:
             isend, irecv = anyio.create_memory_object_stream[ConfigureInterface](math.inf)
             self._if_work = isend
@@ -330,7 +309,7 @@ class Driver:
                     if ip is not None:
                         self._write_tun(ip)
                     self._drain()
-        for queries in self._dns_q.take():
+        for queries in self._dns.take() + self._dns_q.take():
             busy = True
             now = self.now()
             for inp in queries:
@@ -422,18 +401,8 @@ class Driver:
                 self._write_tun(packet)
             case ConnectPortal() | SendPortalFrame() | ClosePortal():
                 self._portal_command(cmd)
-            case SendDnsResponse() if self._dns_nowait is not None:
-                texts = self._ip_texts
-                lhost, rhost = texts.get(cmd.local.ip), texts.get(cmd.remote.ip)
-                local = (lhost if lhost is not None else str(cmd.local.ip), cmd.local.port)
-                remote = (rhost if rhost is not None else str(cmd.remote.ip), cmd.remote.port)
-                try:
-                    sent = self._dns_nowait(cmd.transport, local, remote, cmd.message)
-                except Exception:  # a bug in the transport: logged and counted, the loop goes on
-                    log.exception("sending a DNS response raised")
-                    sent = False
-                if not sent:
-                    self.stats.counters.incr("driver.dns_response_failed")
+            case SendDnsResponse() if self._dns.send_response(cmd):
+                pass
             case SendDnsResponse() | BindDnsServers() | RetryDnsServerBind():
                 if self._dns_work is None:
                     self.stats.counters.incr("driver.no_dns_servers")
@@ -441,13 +410,8 @@ class Driver:
                         self.report(SendFailed(cmd.remote, "no DNS servers"))
                 else:
                     self._dns_work.send_nowait(cmd)
-            case ForwardDnsQuery() if self._submit is not None:
-                try:
-                    self._submit(cmd)
-                except Exception as e:  # a bug in the resolver must still reach the core as a failure (R7)
-                    log.exception("forwarding a DNS query raised")
-                    failed = DnsUpstreamFailed(cmd.query_id, f"{type(e).__name__}: {e}")
-                    self.reporter(self.resolver_src)(failed)
+            case ForwardDnsQuery() if self._dns.forward(cmd):
+                pass
             case ForwardDnsQuery():
                 self._spawn(self._forward, cmd)
             case ResolveDomain():
@@ -526,27 +490,13 @@ class Driver:
             self._wake.set()
 
     async def _dns_reader(self, dns: DnsServers) -> None:
-        batched = isinstance(dns, BatchDnsServers)
-        ips, texts = self._ips, self._ip_texts
+        batched = hasattr(dns, "receive_batch")
         while True:
             try:
                 queries = await dns.receive_batch() if batched else [await dns.receive()]  # type: ignore[attr-defined]
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
-            batch: list[Input] = []
-            for q in queries:
-                (lhost, lport), (rhost, rport) = q.local, q.remote
-                lip, rip = ips.get(lhost), ips.get(rhost)
-                if lip is None or rip is None:
-                    if len(ips) >= ADDRESS_CACHE:
-                        ips.clear()
-                        texts.clear()
-                    lip = ips[lhost] = ipaddress.ip_address(lhost)
-                    rip = ips[rhost] = ipaddress.ip_address(rhost)
-                    texts[lip], texts[rip] = lhost, rhost
-                remote = SocketAddr(rip, int(rport))
-                batch.append(DnsQueryReceived(SocketAddr(lip, int(lport)), remote, q.transport, q.message))
-            await self._dns_q.send.send(batch)
+            await self._dns_q.send.send(self._dns.inputs(queries))
             self._wake.set()
 
     async def _dns_worker(self, dns: DnsServers, work: MemoryObjectReceiveStream[Command]) -> None:

@@ -40,6 +40,7 @@ other datagrams are ignored.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -245,6 +246,7 @@ class Resolver:
         self._tg: anyio.abc.TaskGroup | None = None
         self._report: Callable[[Input], None] | None = None
         self._upstreams: dict[SocketAddr, UdpUpstream] = {}
+        self._asyncio = False
 
     # -- nameserver selection --------------------------------------------------------------------
 
@@ -338,6 +340,11 @@ class Resolver:
     def start(self, task_group: anyio.abc.TaskGroup, report: Callable[[Input], None]) -> None:
         """Run :meth:`submit`'s work in ``task_group`` and hand its outcomes to ``report`` (the driver)."""
         self._tg, self._report = task_group, report
+        try:
+            asyncio.get_running_loop()
+            self._asyncio = True
+        except RuntimeError:  # anyio on trio: a task per forwarded query, as before
+            self._asyncio = False
 
     def submit(self, command: ForwardDnsQuery) -> None:
         """Execute :class:`ForwardDnsQuery` without waiting (the driver's path): a UDP query goes out at once
@@ -349,8 +356,8 @@ class Resolver:
         if server is None:
             report(DnsUpstreamFailed(command.query_id, "no nameserver available"))
             return
-        if command.transport is DnsTransport.TCP:
-            tg.start_soon(self._forward_task, command)
+        if command.transport is DnsTransport.TCP or not self._asyncio:
+            tg.start_soon(self._forward_task, command)  # (the shared sockets need asyncio's reader callbacks)
             return
         upstream = self._upstreams.get(server)
         if upstream is None:

@@ -66,13 +66,16 @@ class DnsServers(Protocol):
 
 @runtime_checkable
 class BatchDnsServers(Protocol):
-    """What a DNS server set may offer besides :class:`DnsServers`: queries in batches, answers without an
-    ``await`` (``gateway_io.dns_servers.DnsServerSet`` does; the driver uses it when it is there)."""
+    """What a DNS server set may offer besides :class:`DnsServers`: queries in batches, or handed to a sink
+    from reader callbacks (``attach``, ``resume``), answers without an ``await``
+    (``gateway_io.dns_servers.DnsServerSet`` does; the driver uses it when it is there)."""
 
     async def receive_batch(self) -> list[Any]: ...
     def send_response_nowait(
         self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
     ) -> bool: ...
+    def attach(self, sink: Callable[[list[Any]], bool]) -> bool: ...
+    def resume(self) -> None: ...
 
 
 class Resolver(Protocol):

@@ -5,8 +5,8 @@ Theory of operation
 Firezone opens a UDP socket per forwarded query (``rust/connlib/tunnel/src/io/udp_dns.rs``), and so did
 this gateway, with a task per query around it: socket, ``SO_MARK``, connect, register with the event
 loop, send, wait, receive, unregister, close. :class:`UdpUpstream` sends every forwarded UDP query for one
-nameserver on a connected socket it keeps, under an id of its own, and one reader task per socket drains
-the answers in batches:
+nameserver on a connected socket it keeps, under an id of its own, and the event loop's reader callback
+of that socket (no task: asyncio's ``add_reader``, registered once) drains the answers in batches:
 
 - **submit** (:meth:`UdpUpstream.submit`, never waits): the query goes out at once with a fresh random
   16-bit id not pending on that socket; ``(id) -> (core query id, client's id, question bytes, deadline)``
@@ -17,17 +17,20 @@ the answers in batches:
   truncated answer (TC) is asked again over TCP in a task of its own (rare), as :class:`Resolver` did.
 - **rotation**: after :data:`ROTATE_AFTER` queries, or :data:`ROTATE_AGE` seconds, the next query opens a
   fresh socket (a new random source port); the old one keeps reading until its queries are answered or
-  their time is up, then closes. So a source port serves a few hundred queries at most: forging an answer
-  still means guessing port and id, as with a socket per query.
+  their time is up, then closes. So a source port serves a few hundred queries at
+  most: forging an answer still means guessing port and id, as with a socket per query.
 - **failures and time**: "port unreachable" from the nameserver (``ECONNREFUSED`` on the connected socket)
   fails every query pending on that socket and retires it. A query not answered within ``timeout`` is
-  forgotten quietly: the core answered ``SERVFAIL`` at its own deadline (the same 5 s).
+  forgotten quietly (checked as answers come and by the socket's ``call_later`` timer, armed while
+  queries are pending): the core answered ``SERVFAIL`` at its own deadline (the same 5 s). Needs the
+  asyncio event loop (the daemon's).
 
 Every socket carries ``SO_MARK`` so its traffic bypasses the tunnel's routing tables, as the resolver's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -73,7 +76,7 @@ class _Sent:
 
 
 class _Socket:
-    __slots__ = ("born", "closed", "ids", "pending", "retired", "sent", "sock")
+    __slots__ = ("born", "closed", "ids", "pending", "retired", "sent", "sock", "timer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -82,6 +85,7 @@ class _Socket:
         self.born = time.monotonic()
         self.retired = False
         self.closed = False
+        self.timer = False  # a _check is scheduled
         self.ids = memoryview(os.urandom(2 * ROTATE_AFTER))  # one fresh random id per query to send
 
 
@@ -104,6 +108,7 @@ class UdpUpstream:
         self._mark = mark
         self._timeout = timeout
         self._tcp_retry = tcp_retry
+        self._loop = asyncio.get_running_loop()
         self._current: _Socket | None = None
         self.sockets: set[_Socket] = set()
         """Every open socket (the current one and the retired ones still waiting for answers)."""
@@ -126,7 +131,7 @@ class UdpUpstream:
         s = _Socket(sock)
         self.sockets.add(s)
         self.counters["sockets"] += 1
-        self._tg.start_soon(self._reader, s)
+        self._loop.add_reader(sock.fileno(), self._readable, s)
         return s
 
     def _socket(self) -> _Socket:
@@ -134,9 +139,16 @@ class UdpUpstream:
         if s is not None and s.sent < ROTATE_AFTER and time.monotonic() - s.born < ROTATE_AGE:
             return s
         if s is not None:
-            s.retired = True
+            self._retire(s)
         self._current = s = self._open()
         return s
+
+    def _retire(self, s: _Socket) -> None:
+        s.retired = True
+        if self._current is s:
+            self._current = None
+        if not s.pending:
+            self._close(s)
 
     def submit(self, cmd: ForwardDnsQuery) -> None:
         """Send ``cmd``'s query now; its outcome is reported later (or at once if the send fails)."""
@@ -161,25 +173,16 @@ class UdpUpstream:
         s.pending[uid] = _Sent(
             cmd.query_id, message[:2], message[12:qend], time.monotonic() + self._timeout, message
         )
+        self._arm(s)
 
     # --- receiving -------------------------------------------------------------------------------------
 
-    async def _reader(self, s: _Socket) -> None:
-        try:
-            while not s.closed:
-                self._expire(s)
-                if s.retired and not s.pending:
-                    break
-                wait = s.pending[next(iter(s.pending))].deadline - time.monotonic() if s.pending else None
-                with anyio.move_on_after(wait if wait is not None else ROTATE_AGE):
-                    await anyio.wait_readable(s.sock)
-                if s.closed:
-                    break
-                self._drain(s)
-                await anyio.lowlevel.checkpoint()
-        except anyio.ClosedResourceError:
-            pass  # closed while waiting (close())
-        finally:
+    def _readable(self, s: _Socket) -> None:
+        """The event loop's reader callback: drain a batch of answers, then close the socket if it is
+        retired and has nothing pending any more."""
+        self._drain(s)
+        self._expire(s)
+        if s.retired and not s.pending:
             self._close(s)
 
     def _drain(self, s: _Socket) -> None:
@@ -194,7 +197,7 @@ class UdpUpstream:
                 return
             except OSError as e:
                 log.debug("upstream %s: receive error %s", self.server, e)
-                continue
+                return
             self._answer(s, reply)
 
     def _answer(self, s: _Socket, reply: bytes) -> None:
@@ -224,6 +227,24 @@ class UdpUpstream:
             return
         self._report(DnsUpstreamResponse(sent.query_id, reply))
 
+    def _check(self, s: _Socket) -> None:
+        """A socket's timer, armed while queries are pending: forget those that timed out, and close the
+        socket once it is retired and has nothing pending."""
+        s.timer = False
+        self._expire(s)
+        if s.closed:
+            return
+        if s.pending:
+            self._arm(s)
+        elif s.retired:
+            self._close(s)
+
+    def _arm(self, s: _Socket) -> None:
+        if not s.timer:
+            s.timer = True
+            first = s.pending[next(iter(s.pending))].deadline
+            self._loop.call_later(max(0.0, first - time.monotonic()) + 0.01, self._check, s)
+
     def _expire(self, s: _Socket) -> None:
         now = time.monotonic()
         pending = s.pending
@@ -238,9 +259,7 @@ class UdpUpstream:
         for sent in s.pending.values():
             self._report(DnsUpstreamFailed(sent.query_id, f"{self.server}: {why}"))
         s.pending.clear()
-        s.retired = True
-        if self._current is s:
-            self._current = None
+        self._retire(s)
 
     def _close(self, s: _Socket) -> None:
         if s.closed:
@@ -249,7 +268,7 @@ class UdpUpstream:
         self.sockets.discard(s)
         if self._current is s:
             self._current = None
-        anyio.notify_closing(s.sock)
+        self._loop.remove_reader(s.sock.fileno())
         s.sock.close()
 
     def close(self) -> None:

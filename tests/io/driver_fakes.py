@@ -202,6 +202,12 @@ class FakeBatchDns(FakeDns):
         self.log.add("dns-response-nowait", (transport, local, remote, message))
         return not message.startswith(b"unsendable")
 
+    def attach(self, sink: Any) -> bool:
+        return False  # batches come from receive_batch()
+
+    def resume(self) -> None:
+        raise AssertionError("never attached")
+
 
 class FakeSubmittingResolver:
     """A resolver with ``start``/``submit``: answers are reported from a task of its own."""

@@ -1,6 +1,7 @@
 """A bounded UDP flood of malformed DNS queries, run as ``python -m tests.system.dns_flood`` inside a
 namespace (``ip netns exec``): twelve kinds of broken message (``--tunnel``: four whose question is
-whole, which a client's stub forwards), round robin, as fast as one Python loop sends, until ``--count``
+whole, which a client's stub forwards), round robin, as fast as one Python loop sends (or at ``--rate``
+datagrams a second), until ``--count``
 datagrams or ``--seconds`` have passed, whichever comes first. Prints how many were sent and the rate
 (``sent N in S s``)."""
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=200_000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--tunnel", action="store_true", help="the kinds a client's stub forwards (tunnel_kinds)")
+    ap.add_argument(
+        "--rate", type=float, default=0.0, help="datagrams a second at most (0: as fast as it goes)"
+    )
     args = ap.parse_args(argv)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     messages = tunnel_kinds() if args.tunnel else kinds()
@@ -76,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                 except (BlockingIOError, ConnectionRefusedError):
                     pass
             rounds += 1
-            if rounds % 100 == 0 and time.monotonic() > stop:
+            if args.rate:  # paced: one round of the kinds every len(messages) / rate seconds
+                ahead = t0 + sent / args.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            if (args.rate or rounds % 100 == 0) and time.monotonic() > stop:
                 break
         took = time.monotonic() - t0
     print(f"sent {sent} in {took:.2f} s", flush=True)
