@@ -279,6 +279,7 @@ async def _run(
         with anyio.CancelScope(shield=True):
             await tun.aclose()  # first: with the device gone nothing is routed into the tunnel
             await interface.aclose()
+        resolver.close()
         udp.close()
     log.info("firezone-gateway stopped (exit code %d)", code)
     return code

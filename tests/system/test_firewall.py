@@ -81,6 +81,13 @@ def test_apply_replaces_the_table_whole_and_remove_deletes_it(ns: str) -> None:
     anyio.run(main)
 
 
+def test_a_missing_nft_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(firewall, "nft_path", lambda: "/nonexistent/nft")
+    err = anyio.run(firewall.apply, SPEC)
+    assert err == "/nonexistent/nft: [Errno 2] No such file or directory: '/nonexistent/nft'"
+    assert anyio.run(firewall.remove) == err
+
+
 def test_the_script_and_the_daemon_write_the_same_forward_rules(ns: str) -> None:
     for _ in range(2):
         sh("sh", str(SCRIPT), ns=ns)
