@@ -211,6 +211,8 @@ class Topology:
     gateway_log: str = "info"
     coturn: bool = False
     """relay2 is coturn (``turnserver``, TURN REST credentials) instead of a second ``devio.relay``."""
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the gateway daemon (e.g. ``FIREZONE_DNS_CLIENT_QPS`` for a benchmark)."""
     workdir: Path = field(init=False)
     ns: dict[str, str] = field(init=False, default_factory=dict)
     procs: dict[str, Proc] = field(init=False, default_factory=dict)
@@ -442,6 +444,7 @@ class Topology:
             "FIREZONE_NAME": "e2e-gateway",
             "FIREZONE_NO_INC_BUF": "true",
             "RUST_LOG": self.gateway_log,
+            **self.gateway_env,
         }
         argv = [
             str(BIN / "firezone-gateway"),

@@ -287,7 +287,16 @@ class ControlPlane:
         # concurrently, so a bind ordered now races the address it needs ("Cannot assign requested
         # address", then a retry). They follow the InterfaceConfigured that answers this command
         # (interface_configured, decision 0051), for the families that got their address.
-        self._out.append(ConfigureInterface(InterfaceConfig(v4, v6)))
+        self._out.append(
+            ConfigureInterface(
+                InterfaceConfig(
+                    v4,
+                    v6,
+                    masquerade_v4=msg.ipv4_masquerade_enabled,
+                    masquerade_v6=msg.ipv6_masquerade_enabled,
+                )
+            )
+        )
 
     def _authorize_flow(self, now: Instant, msg: m.AuthorizeFlow) -> None:
         c = msg.client

@@ -79,6 +79,7 @@ class DropReason(StrEnum):
     DNS_TOO_LARGE = "dns_too_large"
     DNS_TCP_LIMIT = "dns_tcp_limit"
     DNS_TCP_IDLE = "dns_tcp_idle"
+    DNS_RATE_LIMITED = "dns_rate_limited"
 
     # --- IO layer (gateway_io: UDP sockets, TUN) ---
     UDP_OVERSIZED = "udp_oversized"

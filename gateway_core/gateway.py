@@ -102,7 +102,7 @@ class Gateway:
         self._node = wireguard_node(private_key, ent, ent.fork("node"), now, self.utc_ns, controlling=False)
         self._peers = Peers(config.max_nat_sessions)
         self._peers.handle_timeout(now, utc_ns)  # schedules the first expiry sweep (reference: first tick)
-        self._forwarder = DnsForwarder(self._peers.may_query)
+        self._forwarder = DnsForwarder(self._peers.may_query, config.dns_limits)
         self._bind_retry = DnsBindRetry(ent.fork("dns-bind"))
         self._flows = FlowTracker(now, utc_ns, enabled=config.flow_logs)
         url = login_url(config.api_url, config.token, config.firezone_id, config.name, self._public_key)

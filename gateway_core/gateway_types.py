@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Duration, secs
 from gateway_core.commands import Command, Exit, Transmit
-from gateway_core.dns.forwarding import DnsForwarderCommand, DnsForwarderInput
+from gateway_core.dns.forwarding import DnsForwarderCommand, DnsForwarderInput, DnsLimits
 from gateway_core.dns.servers import TUN_DNS_PORT, DnsServerBindFailed, DnsServerBound, DnsServerCommand
 from gateway_core.inputs import Input, SendFailed, ShutdownRequested
 from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
@@ -58,6 +58,8 @@ class GatewayConfig:
     max_pending_resolutions: int = MAX_PENDING_RESOLUTIONS
     flow_logs: bool = False
     """Track TCP/UDP flows for flow logs (Firezone: only with ``RUST_LOG`` containing ``flow_logs=trace``)."""
+    dns_limits: DnsLimits = field(default_factory=DnsLimits)
+    """The SRV/TXT forwarder's limits: in flight, in all and per client, and the per-client rate."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,12 +46,19 @@ FIREZONE_TABLES = (TABLE_USER_ROUTES, TABLE_LINK_SCOPE, TABLE_DEFAULT_ROUTES)
 
 @dataclass(frozen=True, slots=True)
 class InterfaceConfig:
-    """What the TUN interface should look like: one address per family (``None``: none), the MTU, routes."""
+    """What the TUN interface should look like: one address per family (``None``: none), the MTU, routes,
+    and whether the portal's ``init`` says the host masquerades each family
+    (``config.ipv4_masquerade_enabled`` / ``ipv6_...``; Firezone reads and ignores them). With masquerading
+    nothing but replies may enter the tunnel from another interface, so the IO layer installs its underlay
+    guard for that family (decision 0110); without it the operator routes the tunnel ranges to the gateway
+    on purpose and filters them."""
 
     ipv4: IPv4Address | None
     ipv6: IPv6Address | None
     mtu: int = TUN_MTU
     routes: tuple[IPv4Network | IPv6Network, ...] = field(default=(IPV4_TUNNEL, IPV6_TUNNEL))
+    masquerade_v4: bool = True
+    masquerade_v6: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway_core.dns.forwarding import CLIENT_RATE
+
 DEFAULT_API_URL = "wss://api.firezone.dev"
 DEFAULT_ID_FILE = Path("/var/lib/firezone/gateway_id")
 DEFAULT_HEALTH_CHECK_ADDR = "0.0.0.0:8080"
+MAX_QPS = 1_000_000
+"""Largest ``FIREZONE_DNS_CLIENT_QPS`` (a limit above the gateway's own throughput is no limit)."""
 
 
 class ConfigError(Exception):
@@ -38,6 +42,9 @@ class Config:
     validate_checksums: bool
     no_inc_buf: bool = False
     """Do not raise ``net.core.rmem_max``/``wmem_max`` at start-up (``--no-inc-buf``)."""
+    dns_client_qps: int = CLIENT_RATE
+    """SRV/TXT queries per second one client may forward (``FIREZONE_DNS_CLIENT_QPS``; 0: no limit;
+    not a Firezone setting: decision 0111)."""
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -51,6 +58,16 @@ def _bool(setting: str, value: str) -> bool:
     if v in _FALSE:
         return False
     raise ConfigError(f"{setting}: expected true or false, got {value!r}")
+
+
+def _count(setting: str, value: str, maximum: int) -> int:
+    try:
+        n = int(value.strip())
+    except ValueError:
+        n = -1
+    if not 0 <= n <= maximum:
+        raise ConfigError(f"{setting}: expected a whole number from 0 to {maximum}, got {value!r}")
+    return n
 
 
 def _host_port(setting: str, value: str) -> tuple[str, int]:
@@ -174,4 +191,7 @@ def load(
         no_check=args.no_check,
         validate_checksums=validate,
         no_inc_buf=no_inc_buf,
+        dns_client_qps=_count(
+            "FIREZONE_DNS_CLIENT_QPS", env.get("FIREZONE_DNS_CLIENT_QPS", str(CLIENT_RATE)), MAX_QPS
+        ),
     )

@@ -21,6 +21,10 @@ separate step here):
 13. the health check is served (a busy port is only logged);
 15. the driver runs the core with every transport until ``Exit``; SIGINT/SIGTERM are shutdown requests.
 
+Two additions to the reference (decision 0110): the DNS listeners are bound to the TUN device, and each
+interface configuration also installs the underlay guard (:mod:`gateway_io.firewall`), which is deleted
+again on the way out.
+
 Every failure before the loop is one log line and exit code 1 (as in the reference). The exit code of the
 loop is the driver's: 0 after a clean shutdown, 1 after a fatal error or a flush that did not finish within
 1 s.
@@ -29,6 +33,7 @@ loop is the driver's: 0 after a clean shutdown, 1 after a fatal error or a flush
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import platform
@@ -42,11 +47,12 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 
+from gateway_core.dns.forwarding import DnsLimits
 from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import GatewayConfig
 from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.portal.login import LoginUrlError, user_agent
-from gateway_io import netlink
+from gateway_io import firewall, netlink
 from gateway_io.config import Config
 from gateway_io.dns_servers import DnsServerSet
 from gateway_io.driver import Driver, Report, Transports
@@ -114,13 +120,43 @@ def register_key(redactor: Redactor | None, key: bytes) -> None:
 
 
 class NetlinkInterface:
-    """The driver's interface transport: ``ConfigureInterface`` with pyroute2 on the TUN device."""
+    """The driver's interface transport: ``ConfigureInterface`` with pyroute2 on the TUN device, then the
+    underlay guard (:mod:`gateway_io.firewall`) for what was applied; :meth:`aclose` removes the guard."""
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, *, guard: bool = True, netns: str | None = None) -> None:
         self.ifname = ifname
+        self.guard = guard
+        self.netns = netns
+        self.guard_installed = False
+        """Whether our nftables table may exist (so :meth:`aclose` deletes it)."""
 
     async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed:
-        return await netlink.configure_interface(command, ifname=self.ifname)
+        result = await netlink.configure_interface(command, ifname=self.ifname, netns=self.netns)
+        if not self.guard or not isinstance(result, InterfaceConfigured):
+            return result
+        spec = firewall.spec_for(command.config, self.ifname, ipv4=result.ipv4, ipv6=result.ipv6)
+        self.guard_installed = True
+        err = await firewall.apply(spec, netns=self.netns)
+        if err is None:
+            log.info(
+                "underlay guard installed (nftables table inet %s; replies only into the tunnel: %s)",
+                firewall.TABLE,
+                ", ".join(f for f, on in (("IPv4", spec.forward_v4), ("IPv6", spec.forward_v6)) if on)
+                or "no family (no masquerading)",
+            )
+            return result
+        log.error("underlay guard NOT installed: %s; the host must filter (docs/operations.md)", err)
+        warning = f"underlay guard not installed: {err}"
+        return dataclasses.replace(result, warnings=(*result.warnings, warning))
+
+    async def aclose(self) -> None:
+        """Delete the guard's table if this process may have created it (at exit)."""
+        if not self.guard_installed:
+            return
+        self.guard_installed = False
+        err = await firewall.remove(netns=self.netns)
+        if err is not None:
+            log.warning("cannot remove the underlay guard (nftables table inet %s): %s", firewall.TABLE, err)
 
 
 async def _resolve_portal_host(api_url: str) -> None:
@@ -190,6 +226,9 @@ async def _run(
                 firezone_id=config.firezone_id,
                 name=config.name,
                 user_agent=gateway_user_agent(),
+                dns_limits=DnsLimits(
+                    client_rate=config.dns_client_qps, client_burst=max(1, 2 * config.dns_client_qps)
+                ),
             ),
             private_key=private_key,
             entropy=SystemEntropy(),
@@ -218,18 +257,20 @@ async def _run(
         raise
 
     driver = Driver(gateway)
+    interface = NetlinkInterface(tun.name)
     transports = Transports(
         tun=tun,
         udp=udp.sockets,
         portal=portal_factory or (lambda tg, report: PortalIO(tg, report)),
         resolver=resolver,
-        interface=NetlinkInterface(tun.name),
+        interface=interface,
         guard=FloodGuard(
             [s.local.port for s in udp.sockets], gateway.node.relay_addresses, budget=budget_from_env()
         ),
     )
     try:
-        async with DnsServerSet(driver.report_dns) as dns, anyio.create_task_group() as tg:
+        dns_servers = DnsServerSet(driver.report_dns, device=tun.name)
+        async with dns_servers as dns, anyio.create_task_group() as tg:
             transports.dns = dns
             await tg.start(_signals, driver)
             health = await tg.start(serve_health_check, config.health_check_addr)
@@ -240,7 +281,9 @@ async def _run(
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            await tun.aclose()
+            await tun.aclose()  # first: with the device gone nothing is routed into the tunnel
+            await interface.aclose()
+        resolver.close()
         udp.close()
     log.info("firezone-gateway stopped (exit code %d)", code)
     return code

@@ -5,21 +5,23 @@ receive DNS queries on ordinary sockets bound to the gateway's tunnel addresses 
 the core's answer goes back to the client that asked. Here each server instance binds exactly one address
 (port 0 picks a free port); :mod:`gateway_io.dns_servers` keeps one UDP and one TCP server per address.
 
-- :class:`UdpDnsServer` owns a non-blocking UDP socket and no task. :meth:`UdpDnsServer.receive` reads
-  datagrams straight from the socket (waiting with :func:`anyio.wait_readable` only when the socket is
-  empty), checks each with :func:`gateway_core.dns.query_check.query_drop_reason` and returns the first one
-  that passes; the others are dropped and counted in :attr:`UdpDnsServer.stats`. Sending never blocks: a
-  datagram the kernel will not take now is dropped and counted (the client retries, as over any UDP).
+- :class:`UdpDnsServer` owns a non-blocking UDP socket and no task. :meth:`UdpDnsServer.receive_batch`
+  reads datagrams straight from the socket (waiting with :func:`anyio.wait_readable` only when the socket
+  is empty), checks each with :func:`gateway_core.dns.query_check.query_drop_reason` and returns up to
+  :data:`UDP_BATCH` that pass (:meth:`UdpDnsServer.receive`: one); the others are dropped and counted in
+  :attr:`UdpDnsServer.stats`. Sending never blocks (:meth:`UdpDnsServer.send_nowait`): a datagram the
+  kernel will not take now is dropped and counted (the client retries, as over any UDP).
 - :class:`TcpDnsServer` owns a listener and one reader task and one writer task per connection, all inside
   the server's own task group (in the caller's task group when one is passed to :meth:`TcpDnsServer.bind`,
   otherwise in a task the server spawns on the running event loop and stops in :meth:`aclose`). Messages
   are framed with a 2-byte big-endian length (RFC 1035 4.2.2). A connection may pipeline several queries
   (RFC 7766 6.2.1.1): they are read and handed on as they come, and each response is written, framed, on the
   connection its query arrived on, in whatever order the core answers. Unlike Firezone (no limits at all)
-  every resource a client can hold is bounded: connections per server, unanswered queries per connection
-  (beyond it we stop reading, which pushes back through TCP), idle time, the time a response may take to be
-  written, and the query size. A connection that sends a malformed or oversized frame, stalls, or exceeds a
-  limit is closed; nothing that happens on one connection affects another.
+  every resource a client can hold is bounded: connections per server and per source address (one host
+  holds at most :data:`MAX_TCP_PER_SOURCE` of the :data:`MAX_TCP_CONNECTIONS`; decision 0111), unanswered
+  queries per connection (beyond it we stop reading, which pushes back through TCP), idle time, the time a
+  response may take to be written, and the query size. A connection that sends a malformed or oversized
+  frame, stalls, or exceeds a limit is closed; nothing that happens on one connection affects another.
 
 Addresses are ``(host, port)`` tuples with ``host`` the canonical text of an IPv4 or IPv6 literal; IPv6
 sockets are ``IPV6_V6ONLY`` so that ``::`` does not also take IPv4 traffic.
@@ -59,6 +61,9 @@ UDP_YIELD_EVERY = 32
 """After this many datagrams returned without waiting, :meth:`UdpDnsServer.receive` yields once to the event
 loop, so that a flood on one socket cannot starve the other tasks (R9 fairness)."""
 
+UDP_BATCH = 64
+"""Queries one :meth:`UdpDnsServer.receive_batch` returns at most (as the driver's UDP batch; R9)."""
+
 LISTEN_BACKLOG = 128
 """Accept backlog; the value Rust's ``TcpListener::bind`` uses on Linux, as Firezone's TCP server."""
 
@@ -66,6 +71,10 @@ MAX_TCP_CONNECTIONS = 128
 """Open connections per TCP server; more are accepted and closed at once. Firezone has no limit. Clients
 forward only SRV/TXT queries over TCP, a handful at a time; 128 bounds the memory and the
 tasks a misbehaving client can hold while leaving room for many honest ones."""
+
+MAX_TCP_PER_SOURCE = 16
+"""Connections one source address may hold on a server (an eighth of :data:`MAX_TCP_CONNECTIONS`; more are
+closed at once), so one client cannot take every slot (decision 0111). Firezone has no limit."""
 
 TCP_IDLE_TIMEOUT = 10.0
 """Seconds a connection may go without a complete query arriving or a response leaving before it is closed.
@@ -81,8 +90,7 @@ MAX_TCP_PIPELINED = 32
 go out (TCP flow control pushes back); RFC 7766 asks servers to read pipelined queries, not unboundedly."""
 
 TCP_QUERY_QUEUE = 256
-"""Queries read from all of one server's connections and not yet taken by :meth:`TcpDnsServer.receive`;
-when full, the readers wait (backpressure instead of unbounded memory)."""
+"""Queries read from one server's connections, not yet taken by :meth:`TcpDnsServer.receive` (then wait)."""
 
 ACCEPT_ERROR_PAUSE = 0.1
 """Seconds to wait after a failed ``accept`` (e.g. out of file descriptors) so the loop does not spin."""
@@ -107,6 +115,7 @@ class TcpLimits:
     """Per-server limits of :class:`TcpDnsServer` (seconds for times); the defaults are the constants."""
 
     max_connections: int = MAX_TCP_CONNECTIONS
+    max_per_source: int = MAX_TCP_PER_SOURCE
     idle_timeout: float = TCP_IDLE_TIMEOUT
     write_timeout: float = TCP_WRITE_TIMEOUT
     max_pipelined: int = MAX_TCP_PIPELINED
@@ -124,11 +133,17 @@ def parse_address(address: tuple[Any, int]) -> tuple[int, HostPort]:
     return family, (str(ip), port)
 
 
-def bind_socket(address: tuple[Any, int], kind: socket.SocketKind) -> socket.socket:
-    """A non-blocking socket of ``kind`` bound to exactly ``address``; raises ``OSError`` if it cannot be."""
+def bind_socket(
+    address: tuple[Any, int], kind: socket.SocketKind, device: str | None = None
+) -> socket.socket:
+    """A non-blocking socket of ``kind`` bound to exactly ``address`` and, when ``device`` is given, to that
+    network device (``SO_BINDTODEVICE``: only what arrives over it is received; unprivileged on Linux >= 5.7
+    for a socket not yet bound to a device). Raises ``OSError`` if it cannot be."""
     family, (host, port) = parse_address(address)
     sock = socket.socket(family, kind)
     try:
+        if device is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
@@ -143,28 +158,26 @@ def bind_socket(address: tuple[Any, int], kind: socket.SocketKind) -> socket.soc
 
 
 def _local(sock: socket.socket) -> HostPort:
-    name = sock.getsockname()
-    return (str(name[0]), int(name[1]))
+    return (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
 
 
 class UdpDnsServer:
     """A DNS server on one UDP socket; see the module docstring."""
 
-    __slots__ = ("_closed", "_since_yield", "_sock", "_v6", "local_address", "stats")
+    __slots__ = ("_closed", "_since_yield", "_sock", "local_address", "stats")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._v6 = sock.family == socket.AF_INET6
         self._closed = False
         self._since_yield = 0
         self.local_address: HostPort = _local(sock)
         self.stats = Stats()
 
     @classmethod
-    async def bind(cls, address: tuple[Any, int]) -> UdpDnsServer:
-        """Bind a UDP socket to exactly ``address`` (``OSError`` if that fails)."""
+    async def bind(cls, address: tuple[Any, int], *, device: str | None = None) -> UdpDnsServer:
+        """Bind a UDP socket to exactly ``address`` (and ``device``, see :func:`bind_socket`)."""
         await checkpoint()
-        return cls(bind_socket(address, socket.SOCK_DGRAM))
+        return cls(bind_socket(address, socket.SOCK_DGRAM, device))
 
     @property
     def closed(self) -> bool:
@@ -172,24 +185,48 @@ class UdpDnsServer:
 
     async def receive(self) -> DnsQuery:
         """The next datagram that passes the query check; raises ``anyio.ClosedResourceError`` once closed."""
-        sock = self._sock
-        stats = self.stats
         self._since_yield += 1
         if self._since_yield >= UDP_YIELD_EVERY:
             self._since_yield = 0
             await checkpoint()
+        return (await self._read(1))[0]
+
+    async def receive_batch(self, limit: int = UDP_BATCH) -> list[DnsQuery]:
+        """One to ``limit`` queries that pass the check (waits only for the first; raises as receive)."""
+        out = await self._read(limit)
+        if len(out) >= limit:
+            await checkpoint()  # a full batch: the socket may have more; let others run first
+        return out
+
+    async def _read(self, limit: int) -> list[DnsQuery]:
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
+            out = self.read_nowait(limit)
+            if out:
+                return out
+            await anyio.wait_readable(self._sock)
+
+    def read_nowait(self, limit: int = UDP_BATCH) -> list[DnsQuery]:
+        """Up to ``limit`` queries that passed the check, from what the socket holds now (maybe none).
+        Reads at most ``4 * limit`` datagrams, so a flood of rejected ones cannot keep it going."""
+        if self._closed:
+            return []
+        sock = self._sock
+        stats = self.stats
+        recvfrom = sock.recvfrom
+        local = self.local_address
+        udp = DnsTransport.UDP
+        out: list[DnsQuery] = []
+        for _ in range(4 * limit):
             try:
-                data, remote = sock.recvfrom(MAX_QUERY_LEN + 1)
+                data, remote = recvfrom(MAX_QUERY_LEN + 1)
             except BlockingIOError:
                 self._since_yield = 0
-                await anyio.wait_readable(sock)
-                continue
+                break
             except OSError as e:  # e.g. a queued ICMP error; never fatal
                 stats.incr("udp.receive_errors")
-                log.debug("udp dns server %s: receive error %s", self.local_address, e)
+                log.debug("udp dns server %s: receive error %s", local, e)
                 continue
             if len(data) > MAX_QUERY_LEN:
                 stats.drop(DropReason.DNS_TOO_LARGE)
@@ -198,10 +235,14 @@ class UdpDnsServer:
             if reason is not None:
                 stats.drop(reason)
                 continue
-            stats.counters["udp.queries"] += 1
-            if self._v6:
-                remote = (remote[0], remote[1])
-            return DnsQuery(self.local_address, remote, data, DnsTransport.UDP)
+            out.append(DnsQuery(local, (remote[0], remote[1]), data, udp))
+            if len(out) >= limit:
+                break
+        stats.counters["udp.queries"] += len(out)
+        return out
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
 
     def __aiter__(self) -> UdpDnsServer:
         return self
@@ -214,6 +255,10 @@ class UdpDnsServer:
 
     async def send_response(self, remote: tuple[Any, int], message: bytes) -> bool:
         """Send ``message`` to ``remote``; ``False`` (counted) if the kernel refused it. Never blocks."""
+        return self.send_nowait(remote, message)
+
+    def send_nowait(self, remote: tuple[Any, int], message: bytes) -> bool:
+        """:meth:`send_response` without the ``await`` (it never waits)."""
         if self._closed:
             return False
         try:
@@ -267,6 +312,7 @@ class TcpDnsServer:
         self.stats = Stats()
         self._send_q, self._recv_q = anyio.create_memory_object_stream[DnsQuery](TCP_QUERY_QUEUE)
         self._conns: dict[HostPort, _Connection] = {}
+        self._per_source: dict[str, int] = {}
         self._closed = False
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
@@ -278,13 +324,15 @@ class TcpDnsServer:
         *,
         limits: TcpLimits | None = None,
         task_group: anyio.abc.TaskGroup | None = None,
+        device: str | None = None,
     ) -> TcpDnsServer:
-        """Listen on exactly ``address`` (``OSError`` if that fails) and start accepting connections.
+        """Listen on exactly ``address`` (and ``device``, see :func:`bind_socket`; accepted connections
+        inherit it) and start accepting connections.
 
         The server's tasks run in ``task_group`` when given, else in a task of their own until
         :meth:`aclose`.
         """
-        sock = bind_socket(address, socket.SOCK_STREAM)
+        sock = bind_socket(address, socket.SOCK_STREAM, device)
         try:
             sock.listen(LISTEN_BACKLOG)
             local = _local(sock)
@@ -349,17 +397,30 @@ class TcpDnsServer:
                 log.warning("tcp dns server %s: accept failed: %s", self.local_address, e)
                 await anyio.sleep(ACCEPT_ERROR_PAUSE)
                 continue
-            if len(self._conns) >= self.limits.max_connections:
+            raw = stream.extra(anyio.abc.SocketAttribute.remote_address)
+            remote: HostPort = (str(raw[0]), int(raw[1]))
+            held = self._per_source.get(remote[0], 0)
+            if len(self._conns) >= self.limits.max_connections or held >= self.limits.max_per_source:
                 self.stats.drop(DropReason.DNS_TCP_LIMIT)
                 with anyio.move_on_after(CLOSE_GRACE):
                     await stream.aclose()
                 continue
-            raw = stream.extra(anyio.abc.SocketAttribute.remote_address)
-            remote: HostPort = (str(raw[0]), int(raw[1]))
             conn = _Connection(self, stream, remote)
             self._conns[remote] = conn
+            self._per_source[remote[0]] = held + 1
             self.stats.incr("tcp.connections")
             tg.start_soon(conn.run)
+
+    def _forget(self, conn: _Connection) -> None:
+        if self._conns.get(conn.remote) is not conn:
+            return
+        del self._conns[conn.remote]
+        host = conn.remote[0]
+        left = self._per_source[host] - 1
+        if left:
+            self._per_source[host] = left
+        else:
+            del self._per_source[host]
 
     async def receive(self) -> DnsQuery:
         """The next query from any connection; raises ``anyio.ClosedResourceError`` once closed."""
@@ -383,6 +444,10 @@ class TcpDnsServer:
         Never blocks: a per-connection writer sends it. A client whose unsent answers pile up beyond the
         pipelining limit is disconnected.
         """
+        return self.send_nowait(remote, message)
+
+    def send_nowait(self, remote: tuple[Any, int], message: bytes) -> bool:
+        """:meth:`send_response` without the ``await`` (it never waits)."""
         conn = self._conns.get((str(remote[0]), int(remote[1])))
         if conn is None:
             self.stats.incr("tcp.response_no_connection")
@@ -429,8 +494,7 @@ class _Connection:
         except Exception:  # a bug: close this connection only
             log.exception("tcp dns server %s: connection %s failed", self.server.local_address, self.remote)
         finally:
-            if self.server._conns.get(self.remote) is self:
-                del self.server._conns[self.remote]
+            self.server._forget(self)
             self.out_send.close()
             stats.incr("tcp.closed")
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_GRACE):

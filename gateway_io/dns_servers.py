@@ -11,19 +11,28 @@ set of addresses) and :class:`RetryDnsServerBind` (one address) commands:
   input, never raised (a deliberate fix: Firezone 1.4.18 exits, ``rust/gateway/src/eventloop.rs``);
 - a removed address has both servers closed.
 
+With ``device`` (the daemon passes the TUN's name) every socket is bound to that device
+(``SO_BINDTODEVICE``): a datagram or connection for the tunnel address that arrives over any other
+interface never reaches a server, whatever its source address claims (decision 0110).
+
 Each outcome is reported through ``on_input`` (:class:`DnsServerBound` or :class:`DnsServerBindFailed`).
 *When* to retry a failed address is not decided here (R7): the core's
 :class:`gateway_core.dns.servers.DnsBindRetry` decides, and its :class:`RetryDnsServerBind` commands reach
 :meth:`DnsServerSet.execute` through the driver like every other command.
 
-Queries from every server come out of one stream (:meth:`receive`, ``async for``) as
-:class:`gateway_io.dns_server.DnsQuery`; :meth:`send_response` routes an answer to the server whose
+Queries from every server come out of one stream, in batches (:meth:`receive_batch`: what one server read
+at once; :meth:`receive` and ``async for``: one at a time) as :class:`gateway_io.dns_server.DnsQuery`; or,
+after :meth:`attach` (the driver's way, decision 0112), UDP queries go straight from the sockets' reader
+callbacks to the attached sink, with no task or queue in between, paused while the sink is full;
+:meth:`send_response_nowait` (never waits) and :meth:`send_response` route an answer to the server whose
 transport and local address the query carried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,9 +55,9 @@ from gateway_io.dns_server import DnsQuery, HostPort, TcpDnsServer, TcpLimits, U
 
 log = logging.getLogger(__name__)
 
-MERGED_QUEUE = 256
-"""Queries taken from the servers and not yet taken by :meth:`DnsServerSet.receive`; when full, the
-per-server pumps wait, and the servers' own bounds take over."""
+MERGED_QUEUE = 8
+"""Batches taken from the servers and not yet taken by :meth:`DnsServerSet.receive_batch` (at most 64
+queries each); when full, the per-server pumps wait, and the servers' own bounds take over."""
 
 EPHEMERAL_PAIR_ATTEMPTS = 3
 """For port 0: how many fresh UDP ports to try when the TCP port of the same number is taken."""
@@ -75,15 +84,22 @@ class DnsServerSet:
         on_input: Callable[[Input], None],
         *,
         tcp_limits: TcpLimits | None = None,
+        device: str | None = None,
     ) -> None:
         self._on_input = on_input
         self._tcp_limits = tcp_limits
+        self.device = device
+        """Every socket is bound to this network device (the TUN; decision 0110); ``None``: any device."""
         self._desired: frozenset[SocketAddr] = frozenset()
         self._pairs: dict[SocketAddr, ServerPair] = {}
         self._by_local: dict[tuple[DnsTransport, HostPort], UdpDnsServer | TcpDnsServer] = {}
-        self._send_q, self._recv_q = anyio.create_memory_object_stream[DnsQuery](MERGED_QUEUE)
+        self._send_q, self._recv_q = anyio.create_memory_object_stream[list[DnsQuery]](MERGED_QUEUE)
+        self._leftover: deque[DnsQuery] = deque()  # of a batch that receive() took one at a time
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
+        self._sink: Callable[[list[DnsQuery]], bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -150,10 +166,13 @@ class DnsServerSet:
         _, (host, port) = parse_address(address)
         attempts = EPHEMERAL_PAIR_ATTEMPTS if port == 0 else 1
         for attempt in range(attempts):
-            udp = await UdpDnsServer.bind((host, port))
+            udp = await UdpDnsServer.bind((host, port), device=self.device)
             try:
                 tcp = await TcpDnsServer.bind(
-                    (host, udp.local_address[1]), limits=self._tcp_limits, task_group=self._tg
+                    (host, udp.local_address[1]),
+                    limits=self._tcp_limits,
+                    task_group=self._tg,
+                    device=self.device,
                 )
             except OSError:
                 await udp.aclose()
@@ -166,25 +185,38 @@ class DnsServerSet:
             scope = anyio.CancelScope()
             pair = ServerPair(udp, tcp, scope)
             self._tg.start_soon(self._pump, pair)
+            if self._loop is not None and not self._paused:
+                self._loop.add_reader(udp.fileno(), self._readable, udp)
             return pair
         raise AssertionError("unreachable")
 
     async def _pump(self, pair: ServerPair) -> None:
-        async def one(server: UdpDnsServer | TcpDnsServer) -> None:
+        async def udp(server: UdpDnsServer) -> None:
+            if self._loop is not None:
+                return  # read by _readable
+            try:
+                while True:
+                    await self._send_q.send(await server.receive_batch())
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # the set is closing
+
+        async def tcp(server: TcpDnsServer) -> None:
             try:
                 async for query in server:
-                    await self._send_q.send(query)
+                    await self._send_q.send([query])
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the set is closing
 
         with pair.scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(one, pair.udp)
-                tg.start_soon(one, pair.tcp)
+                tg.start_soon(udp, pair.udp)
+                tg.start_soon(tcp, pair.tcp)
 
     async def _remove(self, address: SocketAddr) -> None:
         pair = self._pairs.pop(address)
         pair.scope.cancel()
+        if self._loop is not None and not self._paused:
+            self._loop.remove_reader(pair.udp.fileno())
         self._by_local.pop((DnsTransport.UDP, pair.udp.local_address), None)
         self._by_local.pop((DnsTransport.TCP, pair.tcp.local_address), None)
         await pair.udp.aclose()
@@ -193,26 +225,77 @@ class DnsServerSet:
 
     # --- queries ---------------------------------------------------------------------------------------
 
+    def attach(self, sink: Callable[[list[DnsQuery]], bool]) -> bool:
+        """Hand UDP queries to ``sink`` straight from the event loop's reader callbacks (no task, no queue
+        between the socket and the sink), one server's batch at a time; ``sink`` returns ``False`` once it
+        holds enough, and reading then pauses (the kernel buffers) until :meth:`resume`. Only on asyncio
+        (the daemon's loop) and before any server is bound; returns whether it is attached. TCP queries keep
+        coming from :meth:`receive`."""
+        if self._pairs:
+            return False
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._sink = sink
+        return True
+
+    def _readable(self, server: UdpDnsServer) -> None:
+        batch = server.read_nowait()
+        if batch and self._sink is not None and not self._sink(batch) and not self._paused:
+            self._paused = True
+            assert self._loop is not None
+            for pair in self._pairs.values():
+                self._loop.remove_reader(pair.udp.fileno())
+
+    def resume(self) -> None:
+        """Read again after the sink said it was full (cheap when nothing is paused)."""
+        if self._paused:
+            self._paused = False
+            assert self._loop is not None
+            for pair in self._pairs.values():
+                self._loop.add_reader(pair.udp.fileno(), self._readable, pair.udp)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def receive_batch(self) -> list[DnsQuery]:
+        """The next queries (one server's batch); raises ``anyio.EndOfStream`` once the set is closed."""
+        if self._leftover:
+            out = list(self._leftover)
+            self._leftover.clear()
+            return out
+        return await self._recv_q.receive()
+
     async def receive(self) -> DnsQuery:
         """The next query from any server; raises ``anyio.EndOfStream`` once the set is closed."""
-        return await self._recv_q.receive()
+        if not self._leftover:
+            self._leftover.extend(await self._recv_q.receive())
+        return self._leftover.popleft()
 
     def __aiter__(self) -> DnsServerSet:
         return self
 
     async def __anext__(self) -> DnsQuery:
         try:
-            return await self._recv_q.receive()
+            return await self.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
+
+    def send_response_nowait(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool:
+        """Answer ``remote`` from the server of ``transport`` on ``local``; ``False`` if there is none or the
+        answer could not be sent or queued. Never waits (UDP sends at once, TCP queues on the connection)."""
+        server = self._by_local.get((transport, (str(local[0]), int(local[1]))))
+        if server is None:
+            log.debug("no dns server %s on %s", transport, local)
+            return False
+        return server.send_nowait(remote, message)
 
     async def send_response(
         self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
     ) -> bool:
-        """Answer ``remote`` from the server of ``transport`` on ``local``; ``False`` if there is none."""
-        key = (transport, (str(local[0]), int(local[1])))
-        server = self._by_local.get(key)
-        if server is None:
-            log.debug("no dns server %s on %s", transport, local)
-            return False
-        return await server.send_response(remote, message)
+        """:meth:`send_response_nowait` as a coroutine (the driver's older interface)."""
+        return self.send_response_nowait(transport, local, remote, message)

@@ -6,12 +6,12 @@ Theory of operation
 One anyio task (:meth:`Driver.run`) is the only caller of the core (R1). Everything that produces work for
 the core is a *source* with a small queue; the loop takes turns:
 
-1. **Sources, in a fixed order, one batch each (R9).** TUN packets, then each UDP socket, then the portal's
-   reports, the DNS servers (queries and bind outcomes), the resolver's results, and the control inputs
-   (interface results, send failures, shutdown requests). A source offers at most one batch per turn, so a
-   flood from one source (a busy TUN) cannot starve another or the timer. Reader tasks fill the TUN and
-   UDP queues one batch at a time (queue capacity 1): a source the loop has not served yet waits, and the
-   kernel buffers the rest.
+1. **Sources, in a fixed order, one batch each (R9).** TUN packets, then each UDP socket, then the DNS
+   servers' queries (one server's batch), then the portal's reports, the DNS servers' bind outcomes, the
+   resolver's results, and the control inputs (interface results, send failures, shutdown requests). A
+   source offers at most one batch per turn, so a flood from one source (a busy TUN) cannot starve another
+   or the timer. Reader tasks fill the TUN and UDP queues one batch at a time (queue capacity 1): a source
+   the loop has not served yet waits, and the kernel buffers the rest.
 2. **Drain after every input (R3).** After each ``handle_*`` call the loop calls ``poll_command()`` until it
    returns ``None``, executing each command at once and in order. The data plane's direct results (an IP
    packet for the TUN, a ``Transmit``) are executed before the drain, as the core produced them first.
@@ -19,10 +19,12 @@ the core is a *source* with a small queue; the loop takes turns:
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
    a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
 4. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
-   commands are handed to its transport (it has tasks of its own); slow work (DNS server binds and
-   responses, interface configuration) goes to ordered worker tasks, and each resolution or upstream
-   query runs in its own task. Every outcome that the core must know about, failures included, comes
-   back as an input on a source (R7); the driver never retries anything.
+   commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
+   server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
+   upstream sockets when it can (``submit``; decision 0112); slow work (DNS server binds, interface
+   configuration) goes to ordered worker tasks, and each domain resolution runs in its own task. Every
+   outcome that the core must know about, failures included, comes back as an input on a source (R7);
+   the driver never retries anything.
 5. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
    From then on a grace period runs (:data:`SHUTDOWN_GRACE`, Firezone's 1 s flush): the core queues its
    goodbyes, a graceful portal close and ``Exit``; the loop keeps executing until ``Exit`` has come *and*
@@ -39,7 +41,6 @@ to go backwards; the wall clock (``utc_clock``) is compared with the monotonic o
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
@@ -56,7 +57,6 @@ from gateway_core.clock import Instant
 from gateway_core.commands import Command, Exit, Transmit, WriteTun
 from gateway_core.contract import Deadline
 from gateway_core.dns.forwarding import (
-    DnsQueryReceived,
     DnsUpstreamFailed,
     ForwardDnsQuery,
     SendDnsResponse,
@@ -74,6 +74,7 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
+from gateway_io.dns_path import DnsPath
 from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ SHUTDOWN_GRACE = 1_000_000_000
 REPORT_BATCH = 64
 """Reports (portal frames, DNS queries, results) taken from one source per turn (R9): as the UDP batch."""
 
-DNS_QUERY_QUEUE = 64
-"""DNS queries waiting for the loop; when full, the DNS servers' own bounded queues take over."""
+DNS_QUERY_QUEUE = 4
+"""Batches of DNS queries (TCP, or from servers that cannot be attached) waiting for the loop; when
+full, the DNS servers' own bounded queues take over. One batch per turn (R9); attached UDP servers hand
+theirs to :class:`gateway_io.dns_path.DnsPath`."""
 
 ANCHOR_CHECK_INTERVAL = 1_000_000_000
 """How often (ns) the wall clock is compared with the monotonic clock: once a second is plenty for expiry
@@ -126,10 +129,6 @@ def _source(name: str, capacity: float, batch: int) -> _Source[Any]:
     return _Source(name, send, recv, batch)
 
 
-def _addr(hp: tuple[Any, int]) -> SocketAddr:
-    return SocketAddr(ipaddress.ip_address(str(hp[0])), int(hp[1]))
-
-
 @dataclass(slots=True)
 class DriverStats:
     """What the driver did (for tests and the daemon's log); drops of its own are counted here too."""
@@ -155,6 +154,7 @@ class Driver:
         self.utc_clock = utc_clock
         self.grace = grace
         self.stats = DriverStats()
+        self._dns = DnsPath(self.nudge, self.stats.counters)
         self.exit: Exit | None = None
         """The core's ``Exit`` once it came."""
         self.exit_code: int | None = None
@@ -168,7 +168,9 @@ class Driver:
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
-        self._dns_q: _Source[Input] = _source("dns-queries", DNS_QUERY_QUEUE, REPORT_BATCH)
+        self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
+        self._deadline_valid = False
+        """Whether :attr:`_deadline` is still the core's (no call into the core since the turn read it)."""
         self.resolver_src: _Source[Input] = _source("resolver", math.inf, REPORT_BATCH)
         self.control_src: _Source[Input] = _source("control", math.inf, REPORT_BATCH)
         self._t = Transports()
@@ -285,6 +287,7 @@ class Driver:
             tg.start_soon(self._dns_reader, t.dns)
         if t.guard is not None:
             tg.start_soon(t.guard.run)
+        self._dns.start(tg, t.dns, t.resolver, self.reporter(self.resolver_src))
         if t.interface is not None:
             isend, irecv = anyio.create_memory_object_stream[ConfigureInterface](math.inf)
             self._if_work = isend
@@ -312,7 +315,14 @@ class Driver:
                     if ip is not None:
                         self._write_tun(ip)
                     self._drain()
-        for isrc in (self.portal_src, self.dns_src, self._dns_q, self.resolver_src, self.control_src):
+        for queries in self._dns.take() + self._dns_q.take():
+            busy = True
+            now = self.now()
+            for inp in queries:
+                self._input(now, inp)
+                if self._stop:
+                    return busy
+        for isrc in (self.portal_src, self.dns_src, self.resolver_src, self.control_src):
             items = isrc.take()
             if items:
                 busy = True
@@ -331,13 +341,17 @@ class Driver:
             core.handle_timeout(now)
             self._drain()
             deadline = core.poll_timeout()
-        self._deadline = deadline  # nothing calls the core before _wait_ns: one poll per turn, not two
+        # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).
+        self._deadline, self._deadline_valid = deadline, True
         self._check_done(now)
         return busy
 
     def _wait_ns(self) -> int | None:
         """Nanoseconds until the next deadline (core or grace period), ``None``: none."""
-        deadline = self._deadline
+        if self._deadline_valid:
+            deadline, self._deadline_valid = self._deadline, False
+        else:
+            deadline = self.core.poll_timeout()
         ats: list[int] = [deadline.at] if deadline is not None else []
         if self._grace_at is not None:
             ats.append(self._grace_at)
@@ -395,6 +409,8 @@ class Driver:
                 self._write_tun(packet)
             case ConnectPortal() | SendPortalFrame() | ClosePortal():
                 self._portal_command(cmd)
+            case SendDnsResponse() if self._dns.send_response(cmd):
+                pass
             case SendDnsResponse() | BindDnsServers() | RetryDnsServerBind():
                 if self._dns_work is None:
                     self.stats.counters.incr("driver.no_dns_servers")
@@ -402,6 +418,8 @@ class Driver:
                         self.report(SendFailed(cmd.remote, "no DNS servers"))
                 else:
                     self._dns_work.send_nowait(cmd)
+            case ForwardDnsQuery() if self._dns.forward(cmd):
+                pass
             case ForwardDnsQuery():
                 self._spawn(self._forward, cmd)
             case ResolveDomain():
@@ -480,13 +498,13 @@ class Driver:
             self._wake.set()
 
     async def _dns_reader(self, dns: DnsServers) -> None:
+        batched = hasattr(dns, "receive_batch")
         while True:
             try:
-                q = await dns.receive()
+                queries = await dns.receive_batch() if batched else [await dns.receive()]  # type: ignore[attr-defined]
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return
-            inp = DnsQueryReceived(_addr(q.local), _addr(q.remote), q.transport, q.message)
-            await self._dns_q.send.send(inp)
+            await self._dns_q.send.send(self._dns.inputs(queries))
             self._wake.set()
 
     async def _dns_worker(self, dns: DnsServers, work: MemoryObjectReceiveStream[Command]) -> None:

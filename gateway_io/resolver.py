@@ -21,19 +21,26 @@ never raises. One more difference: a UDP answer with TC set is asked again over 
 answer fits the gateway's 1200-byte UDP limit gets it whole instead of retrying itself (Firezone passes
 the truncated answer on). :meth:`Resolver.forward_command` wraps this as the core's input (R7).
 
+The driver takes a faster way (decision 0112): after :meth:`Resolver.start` (its task group and report
+function), :meth:`Resolver.submit` executes a ``ForwardDnsQuery`` without waiting: a UDP query goes out at
+once on the fastest nameserver's long-lived socket (:class:`gateway_io.upstream.UdpUpstream`: own ids,
+answers matched by id and question, rotated every few hundred queries), a TCP query runs
+:meth:`forward_command` in a task of its own; outcomes come back through the report function.
+
 :meth:`Resolver.resolve_domain` resolves A and AAAA of a DNS resource's name (as Firezone's later
 userspace resolver does) against the fastest nameserver, then the others (each attempt bounded
 by the upstream timeout, the whole by :data:`DOMAIN_TIMEOUT`); a failing family contributes nothing,
 both failing is an error. The name is taken as absolute (no search list).
 
-Every socket (UDP per query, TCP per query with ``TCP_NODELAY``) carries ``SO_MARK 0xfd002021`` so its
-traffic bypasses the tunnel's routing tables (Firezone's mark, ``rust/bin-shared/src/linux.rs``). Upstream
-replies must come from the server queried (the UDP socket is connected) and carry the query's id; other
-datagrams are ignored.
+Every socket (UDP per query or shared, TCP per query with ``TCP_NODELAY``) carries ``SO_MARK 0xfd002021``
+so its traffic bypasses the tunnel's routing tables (Firezone's mark, ``rust/bin-shared/src/linux.rs``).
+Upstream replies must come from the server queried (the UDP socket is connected) and carry the query's id;
+other datagrams are ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -41,7 +48,7 @@ import math
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +63,9 @@ import dns.rdatatype
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.dns.forwarding import DnsUpstreamFailed, DnsUpstreamResponse, ForwardDnsQuery
 from gateway_core.dns.servers import DnsTransport
+from gateway_core.inputs import Input
 from gateway_core.interface import FIREZONE_MARK
+from gateway_io.upstream import UdpUpstream
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +243,10 @@ class Resolver:
         self.rtts: dict[SocketAddr, float] = {}
         """Best round-trip time (seconds) per nameserver in the latest round that got an answer."""
         self.fastest: SocketAddr | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._report: Callable[[Input], None] | None = None
+        self._upstreams: dict[SocketAddr, UdpUpstream] = {}
+        self._asyncio = False
 
     # -- nameserver selection --------------------------------------------------------------------
 
@@ -323,6 +336,55 @@ class Resolver:
         if isinstance(result, ResolveError):
             return DnsUpstreamFailed(command.query_id, result.reason)
         return DnsUpstreamResponse(command.query_id, result)
+
+    def start(self, task_group: anyio.abc.TaskGroup, report: Callable[[Input], None]) -> None:
+        """Run :meth:`submit`'s work in ``task_group`` and hand its outcomes to ``report`` (the driver)."""
+        self._tg, self._report = task_group, report
+        try:
+            asyncio.get_running_loop()
+            self._asyncio = True
+        except RuntimeError:  # anyio on trio: a task per forwarded query, as before
+            self._asyncio = False
+
+    def submit(self, command: ForwardDnsQuery) -> None:
+        """Execute :class:`ForwardDnsQuery` without waiting (the driver's path): a UDP query goes out at once
+        on the nameserver's shared socket (:class:`gateway_io.upstream.UdpUpstream`), a TCP one in a task of
+        its own; the outcome is reported, failures included (R7)."""
+        tg, report = self._tg, self._report
+        assert tg is not None and report is not None, "call start() first"
+        server = self.fastest
+        if server is None:
+            report(DnsUpstreamFailed(command.query_id, "no nameserver available"))
+            return
+        if command.transport is DnsTransport.TCP or not self._asyncio:
+            tg.start_soon(self._forward_task, command)  # (the shared sockets need asyncio's reader callbacks)
+            return
+        upstream = self._upstreams.get(server)
+        if upstream is None:
+            retry = self._tcp_retry if self.tcp_on_truncation else None
+            upstream = UdpUpstream(
+                server, task_group=tg, report=report, mark=self.mark, timeout=self.timeout, tcp_retry=retry
+            )
+            self._upstreams[server] = upstream
+        upstream.submit(command)
+
+    async def _tcp_retry(self, message: bytes, server: SocketAddr) -> bytes:
+        return await tcp_exchange(message, server, mark=self.mark)
+
+    async def _forward_task(self, command: ForwardDnsQuery) -> None:
+        assert self._report is not None
+        self._report(await self.forward_command(command))
+
+    @property
+    def upstreams(self) -> dict[SocketAddr, UdpUpstream]:
+        """The shared upstream of each nameserver :meth:`submit` used so far (a copy)."""
+        return dict(self._upstreams)
+
+    def close(self) -> None:
+        """Close the shared upstream sockets."""
+        for upstream in self._upstreams.values():
+            upstream.close()
+        self._upstreams.clear()
 
     # -- DNS-resource domains --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import anyio.abc
 
@@ -64,6 +64,20 @@ class DnsServers(Protocol):
     ) -> bool: ...
 
 
+@runtime_checkable
+class BatchDnsServers(Protocol):
+    """What a DNS server set may offer besides :class:`DnsServers`: queries in batches, or handed to a sink
+    from reader callbacks (``attach``, ``resume``), answers without an ``await``
+    (``gateway_io.dns_servers.DnsServerSet`` does; the driver uses it when it is there)."""
+
+    async def receive_batch(self) -> list[Any]: ...
+    def send_response_nowait(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool: ...
+    def attach(self, sink: Callable[[list[Any]], bool]) -> bool: ...
+    def resume(self) -> None: ...
+
+
 class Resolver(Protocol):
     async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed: ...
     async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
@@ -74,6 +88,15 @@ class Guard(Protocol):
 
     def tick(self, now: int) -> None: ...
     async def run(self) -> None: ...
+
+
+@runtime_checkable
+class SubmittingResolver(Protocol):
+    """What a resolver may offer besides :class:`Resolver`: forwarded queries executed without a task each,
+    outcomes reported (``gateway_io.resolver.Resolver`` does; the driver uses it when it is there)."""
+
+    def start(self, task_group: anyio.abc.TaskGroup, report: Callable[[Input], None]) -> None: ...
+    def submit(self, command: ForwardDnsQuery) -> None: ...
 
 
 class Interface(Protocol):

@@ -11,6 +11,14 @@
 # Environment: FIREZONE_TUN_INTERFACE (default tun-firezone), FIREZONE_MASQUERADE_INTERFACES (default
 # "e+ w+": interfaces whose outgoing traffic is masqueraded, iptables wildcard syntax).
 # IPv6 is best effort: when ip6tables or IPv6 is not available, a warning is printed and IPv4 still works.
+#
+# The underlay guard (an addition to Firezone's script; decision 0110, docs/operations.md "Security
+# model"): with masquerading, nothing but replies of the clients' own flows may be forwarded into the
+# tunnel, and nothing whose source would not be routed back out of the interface it came in on (strict
+# reverse path, so a spoofed resource address from the uplink is dropped). It is the nftables table
+# `inet firezone-gateway`, replaced as a whole in one transaction (so running the script again changes
+# nothing); the daemon replaces it again with the same rules plus its tunnel addresses when the portal's
+# `init` arrives, and deletes it when it stops. Needs `nft` (package nftables); without it a warning.
 set -eu
 
 IFACE="${FIREZONE_TUN_INTERFACE:-tun-firezone}"
@@ -55,4 +63,29 @@ if [ -e /proc/sys/net/ipv6/conf/all/disable_ipv6 ]; then
     fi
 else
     echo "firezone-gateway-init: IPv6 not available, configured IPv4 only" >&2
+fi
+
+# The underlay guard (see the top of this file; gateway_io/firewall.py renders the daemon's version).
+guard() {
+    nft -f - <<EOF
+table inet firezone-gateway {}
+delete table inet firezone-gateway
+table inet firezone-gateway {
+    chain forward {
+        type filter hook forward priority filter - 5; policy accept;
+        oifname "$IFACE" meta nfproto ipv4 jump into_tunnel
+        oifname "$IFACE" meta nfproto ipv6 jump into_tunnel
+    }
+    chain into_tunnel {
+        fib saddr . iif oif missing counter drop
+        ct state established,related accept
+        counter drop
+    }
+}
+EOF
+}
+if ! command -v nft >/dev/null 2>&1; then
+    echo "firezone-gateway-init: nft not found: underlay guard not installed (install nftables)" >&2
+elif ! guard; then
+    echo "firezone-gateway-init: nft failed: underlay guard not installed" >&2
 fi

@@ -186,6 +186,62 @@ class FakeDns:
         return True
 
 
+class FakeBatchDns(FakeDns):
+    """A DNS server set with the batch interface (``receive_batch``, ``send_response_nowait``)."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(log)
+        self.inject_batch, self._batches = anyio.create_memory_object_stream[list[DnsQuery]](math.inf)
+
+    async def receive_batch(self) -> list[DnsQuery]:
+        return await self._batches.receive()
+
+    def send_response_nowait(
+        self, transport: DnsTransport, local: tuple[Any, int], remote: tuple[Any, int], message: bytes
+    ) -> bool:
+        self.log.add("dns-response-nowait", (transport, local, remote, message))
+        return not message.startswith(b"unsendable")
+
+    def attach(self, sink: Any) -> bool:
+        return False  # batches come from receive_batch()
+
+    def resume(self) -> None:
+        raise AssertionError("never attached")
+
+
+class FakeSubmittingResolver:
+    """A resolver with ``start``/``submit``: answers are reported from a task of its own."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.submitted: list[ForwardDnsQuery] = []
+        self.raise_on_submit = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._report: Report | None = None
+
+    def start(self, task_group: anyio.abc.TaskGroup, report: Report) -> None:
+        self.started, self._tg, self._report = True, task_group, report
+
+    def submit(self, command: ForwardDnsQuery) -> None:
+        if self.raise_on_submit:
+            raise RuntimeError("resolver bug")
+        self.submitted.append(command)
+        assert self._tg is not None and self._report is not None
+        report = self._report
+
+        async def answer() -> None:
+            await anyio.lowlevel.checkpoint()
+            report(DnsUpstreamResponse(command.query_id, b"answer:" + command.message))
+
+        self._tg.start_soon(answer)
+
+    async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed:
+        raise AssertionError("the driver must submit, not forward")
+
+    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | str:
+        return "NXDOMAIN"
+
+
 class FakeResolver:
     def __init__(self) -> None:
         self.raise_on_forward = False

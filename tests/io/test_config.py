@@ -25,6 +25,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.api_url == "wss://api.firezone.dev"
     assert c.health_check_addr == ("0.0.0.0", 8080)
     assert c.log_format == "human"
+    assert c.dns_client_qps == 100
+    assert load([], env(FIREZONE_DNS_CLIENT_QPS="0"), id_file=tmp_path / "id").dns_client_qps == 0
 
 
 def test_cli_overrides_env(tmp_path: Path) -> None:
@@ -38,6 +40,8 @@ def test_cli_overrides_env(tmp_path: Path) -> None:
         ({"FIREZONE_API_URL": "ftp://x"}, "FIREZONE_API_URL"),
         ({"FIREZONE_API_URL": "wss://"}, "FIREZONE_API_URL"),
         ({"FIREZONE_LOG_FORMAT": "xml"}, "FIREZONE_LOG_FORMAT"),
+        ({"FIREZONE_DNS_CLIENT_QPS": "-1"}, "FIREZONE_DNS_CLIENT_QPS"),
+        ({"FIREZONE_DNS_CLIENT_QPS": "lots"}, "FIREZONE_DNS_CLIENT_QPS"),
         ({"HEALTH_CHECK_ADDR": "nope"}, "HEALTH_CHECK_ADDR"),
         ({"HEALTH_CHECK_ADDR": "0.0.0.0:99999"}, "HEALTH_CHECK_ADDR"),
         ({"FIREZONE_NO_TELEMETRY": "maybe"}, "FIREZONE_NO_TELEMETRY"),

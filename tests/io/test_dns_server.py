@@ -370,6 +370,40 @@ async def test_tcp_connection_limit() -> None:
     await server.aclose()
 
 
+async def test_tcp_one_host_holds_at_most_its_share_of_the_connections() -> None:
+    """The review's attack: one host opens many connections and sends nothing. It keeps 16 of the 128
+    slots (``MAX_TCP_PER_SOURCE``); the rest are closed at once, and another host is served meanwhile."""
+    server = await TcpDnsServer.bind(("127.0.0.1", 0))
+    assert (server.limits.max_connections, server.limits.max_per_source) == (128, 16)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond, server)
+        hog = [await anyio.connect_tcp(*server.local_address, local_host="127.0.0.2") for _ in range(40)]
+        with anyio.fail_after(WAIT):
+            while server.stats.drops[DropReason.DNS_TCP_LIMIT] < 24:
+                await anyio.sleep(0.01)
+        assert server.connection_count == 16
+        others = [await anyio.connect_tcp(*server.local_address, local_host="127.0.0.3") for _ in range(8)]
+        for i, c in enumerate(others):
+            await c.send(frame(query_wire("o.fz.test.", qid=i)))
+            with anyio.fail_after(WAIT):
+                msg = await read_frame(c, bytearray())
+            assert msg is not None and dns.message.from_wire(msg).id == i
+        assert server.connection_count == 24 and server.stats.drops[DropReason.DNS_TCP_LIMIT] == 24
+        await hog[0].aclose()  # the hog's slots come back as its connections go
+        with anyio.fail_after(WAIT):
+            while server.connection_count > 23:
+                await anyio.sleep(0.01)
+        again = await anyio.connect_tcp(*server.local_address, local_host="127.0.0.2")
+        await again.send(frame(query_wire("a.fz.test.", qid=99)))
+        with anyio.fail_after(WAIT):
+            msg = await read_frame(again, bytearray())
+        assert msg is not None and dns.message.from_wire(msg).id == 99
+        for c in (*hog, *others, again):
+            await c.aclose()
+        tg.cancel_scope.cancel()
+    await server.aclose()
+
+
 async def test_tcp_unanswered_queries_per_connection_are_bounded() -> None:
     server = await TcpDnsServer.bind(("127.0.0.1", 0), limits=TcpLimits(max_pipelined=2))
     async with await anyio.connect_tcp(*server.local_address) as client:

@@ -225,3 +225,51 @@ async def test_without_a_policy_commands_are_executed_as_given() -> None:
         assert len(inputs.seen) == 2
         with pytest.raises(TypeError):
             await servers.execute(BindDnsServers)  # type: ignore[arg-type]
+
+
+async def test_attached_sink_gets_udp_batches_pauses_when_full_and_resumes() -> None:
+    """The driver's way (decision 0112): UDP queries go from the sockets' reader callbacks straight to the
+    sink in batches; when the sink says it is full, reading pauses (the kernel keeps the rest) until
+    ``resume``; TCP queries still come from ``receive``."""
+    inputs = Inputs()
+    batches: list[list[object]] = []
+    full = False
+
+    def sink(batch: list[object]) -> bool:
+        batches.append(batch)
+        return not full
+
+    async with DnsServerSet(inputs) as servers:
+        assert servers.attach(sink)
+        await servers.execute(BindDnsServers((sa("127.0.0.1"),)))
+        bound = await inputs.wait_for(lambda e: isinstance(e, DnsServerBound))
+        assert isinstance(bound, DnsServerBound)
+        port = bound.local_port
+        assert not servers.attach(sink)  # only before any server is bound
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for i in range(3):
+                client.sendto(dns.message.make_query(f"q{i}.fz.test.", "TXT").to_wire(), ("127.0.0.1", port))
+            with anyio.fail_after(WAIT):
+                while sum(len(b) for b in batches) < 3:
+                    await anyio.sleep(0.01)
+            full = True
+            client.sendto(dns.message.make_query("x.fz.test.", "TXT").to_wire(), ("127.0.0.1", port))
+            with anyio.fail_after(WAIT):
+                while not servers.paused:
+                    await anyio.sleep(0.01)
+            seen = sum(len(b) for b in batches)
+            client.sendto(dns.message.make_query("y.fz.test.", "TXT").to_wire(), ("127.0.0.1", port))
+            for _ in range(20):  # paused: twenty turns of the event loop deliver nothing more
+                await anyio.lowlevel.checkpoint()
+            assert sum(len(b) for b in batches) == seen
+            full = False
+            servers.resume()
+            with anyio.fail_after(WAIT):
+                while sum(len(b) for b in batches) < seen + 1:
+                    await anyio.sleep(0.01)
+        names = [dns.message.from_wire(q.message).question[0].name.to_text() for b in batches for q in b]  # type: ignore[attr-defined]
+        assert names == ["q0.fz.test.", "q1.fz.test.", "q2.fz.test.", "x.fz.test.", "y.fz.test."]
+        async with anyio.create_task_group() as tg:  # TCP still through receive()
+            tg.start_soon(respond, servers)
+            assert (await ask("127.0.0.1", port, DnsTransport.TCP)).startswith("tcp 127.0.0.1 ")
+            tg.cancel_scope.cancel()

@@ -42,11 +42,13 @@ from tests.io.driver_fakes import (
     CLIENT,
     LOCAL4,
     LOCAL6,
+    FakeBatchDns,
     FakeCore,
     FakeDns,
     FakeInterface,
     FakePortal,
     FakeResolver,
+    FakeSubmittingResolver,
     FakeTun,
     FakeUdp,
     Log,
@@ -500,3 +502,57 @@ async def test_a_failing_device_is_fatal_goodbyes_are_still_sent_and_the_code_is
     assert core.inputs(ShutdownRequested) == [ShutdownRequested()]
     assert ("udp", Transmit(None, CLIENT, b"goodbye")) in rig.log.entries
     assert rig.driver.stats.counters.counters["driver.read_failed"] == 1
+
+
+async def test_batched_dns_queries_answers_at_once_and_submitted_forwards() -> None:
+    """With a batching server set and a submitting resolver: one batch of queries reaches the core in one
+    turn, answers go out without the worker task, forwards are submitted (no task each), and a resolver
+    that raises still gives the core its failure (R7)."""
+    core = FakeCore()
+    local = sa("100.64.0.1:53535")
+
+    def script(inp: Input) -> list[Command]:
+        if isinstance(inp, DnsQueryReceived):
+            if inp.message == b"fwd":
+                return [ForwardDnsQuery(inp.remote.port, DnsTransport.UDP, b"q")]
+            return [SendDnsResponse(inp.local, inp.remote, inp.transport, inp.message + b"-resp")]
+        return []
+
+    core.on_input = script
+    rig = Rig(core)
+    rig.dns = FakeBatchDns(rig.log)
+    resolver = FakeSubmittingResolver()
+    rig.resolver = resolver  # type: ignore[assignment]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.run)
+        await until(lambda: resolver.started)
+        rig.dns.inject_batch.send_nowait(
+            [
+                DnsQuery(("100.64.0.1", 53535), ("100.66.0.9", 4444), b"a", DnsTransport.UDP),
+                DnsQuery(("100.64.0.1", 53535), ("fd00:2021:1111::9", 4445), b"unsendable", DnsTransport.UDP),
+                DnsQuery(("100.64.0.1", 53535), ("100.66.0.9", 7), b"fwd", DnsTransport.UDP),
+            ]
+        )
+        await until(lambda: DnsUpstreamResponse(7, b"answer:q") in core.inputs())
+        resolver.raise_on_submit = True
+        rig.dns.inject_batch.send_nowait(
+            [DnsQuery(("100.64.0.1", 53535), ("100.66.0.9", 8), b"fwd", DnsTransport.UDP)]
+        )
+        await until(lambda: DnsUpstreamFailed(8, "RuntimeError: resolver bug") in core.inputs())
+        tg.cancel_scope.cancel()
+    queries = core.inputs(DnsQueryReceived)
+    assert [q.remote for q in queries] == [
+        sa("100.66.0.9:4444"),
+        sa("[fd00:2021:1111::9]:4445"),
+        sa("100.66.0.9:7"),
+        sa("100.66.0.9:8"),
+    ]
+    assert all(q.local == local for q in queries)
+    sent = [v for k, v in rig.log.entries if k == "dns-response-nowait"]
+    assert sent == [
+        (DnsTransport.UDP, ("100.64.0.1", 53535), ("100.66.0.9", 4444), b"a-resp"),
+        (DnsTransport.UDP, ("100.64.0.1", 53535), ("fd00:2021:1111::9", 4445), b"unsendable-resp"),
+    ]
+    assert "dns-response" not in rig.kinds()  # nothing went through the worker
+    assert rig.driver.stats.counters.counters["driver.dns_response_failed"] == 1  # the kernel refused one
+    assert [c.query_id for c in resolver.submitted] == [7]

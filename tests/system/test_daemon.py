@@ -162,8 +162,9 @@ def test_daemon_connects_configures_the_namespace_and_stops_cleanly_on_sigterm(w
                 assert "100.64.0.0/11 dev tun-firezone" in r4, r4
                 assert "fd00:2021:1111::/107 dev tun-firezone" in r6, r6
 
-                # ss: one UDP and one TCP DNS listener on each tunnel address (IPv6 may need a retry).
-                want = sorted([f"{v4}:{DNS_PORT}", f"[{v6}]:{DNS_PORT}"])
+                # ss: one UDP and one TCP DNS listener on each tunnel address (IPv6 may need a retry),
+                # each bound to the TUN device (ss shows it as %tun-firezone; decision 0110).
+                want = sorted([f"{v4}%tun-firezone:{DNS_PORT}", f"[{v6}]%tun-firezone:{DNS_PORT}"])
                 wait_for("the UDP DNS listeners", lambda: listeners(ns, "-lnu") == want)
                 wait_for("the TCP DNS listeners", lambda: listeners(ns, "-lnt") == want)
                 udp_procs = sh("ss", "-H", "-lnup", ns=ns)
@@ -171,6 +172,10 @@ def test_daemon_connects_configures_the_namespace_and_stops_cleanly_on_sigterm(w
 
                 assert health(ns) == 200
                 assert gateway.poll() is None, "the daemon stopped by itself"
+
+                # The underlay guard: our nftables table, with the tunnel addresses (decision 0110).
+                guard = sh("nft", "list", "table", "inet", "firezone-gateway", ns=ns)
+                assert f"ip daddr {v4} counter" in guard and f"ip6 daddr {v6} counter" in guard, guard
 
                 gateway.send_signal(signal.SIGTERM)
                 code = gateway.wait(timeout=WAIT)
@@ -180,6 +185,7 @@ def test_daemon_connects_configures_the_namespace_and_stops_cleanly_on_sigterm(w
                 raise
         assert code == 0, gateway_log.read_text()[-4000:]
         assert portal.poll() is None
+        assert "firezone-gateway" not in sh("nft", "list", "tables", ns=ns)  # removed on the way out
     out = gateway_log.read_text()
     assert TOKEN not in out, "the token leaked into the log"
     assert "shutdown requested" in out and "exit code 0" in out
@@ -187,6 +193,7 @@ def test_daemon_connects_configures_the_namespace_and_stops_cleanly_on_sigterm(w
     # race the configuration and fail with "Cannot assign requested address" before a retry).
     assert "bind failed" not in out and "binding the DNS servers" not in out, out[-4000:]
     assert re.search(r"gateway \S+ disconnected", portal_log.read_text())  # the close reached the portal
+    assert "underlay guard installed" in out
     # The namespace is gone with its TUN device: nothing is left behind.
     assert ns not in sh("ip", "netns", "list")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import anyio
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -30,6 +31,7 @@ import pytest
 from gateway_core.addr import SocketAddr
 from gateway_core.dns.forwarding import DnsUpstreamFailed, DnsUpstreamResponse, ForwardDnsQuery
 from gateway_core.dns.servers import DnsTransport
+from gateway_core.inputs import Input
 from gateway_io.dns_server import TcpDnsServer, UdpDnsServer
 from gateway_io.resolver import ResolveError, Resolver, parse_resolv_conf, read_nameservers, udp_exchange
 from tests.system.io_netns import inside, netns, sh
@@ -294,3 +296,127 @@ async def test_layer4_servers_forward_through_the_resolver(ns: str, unbound: Non
             tg.cancel_scope.cancel()
         await udp.aclose()
         await tcp.aclose()
+
+
+class Reports:
+    """What a submitting resolver reported, with a way to wait for a count of them."""
+
+    def __init__(self) -> None:
+        self.items: list[Input] = []
+
+    def __call__(self, inp: Input) -> None:
+        self.items.append(inp)
+
+    async def wait(self, n: int, limit: float = 20) -> list[Input]:
+        with anyio.fail_after(limit):
+            while len(self.items) < n:
+                await anyio.sleep(0.01)
+        return self.items
+
+
+def with_id(wire: bytes, qid: int) -> bytes:
+    return qid.to_bytes(2, "big") + wire[2:]
+
+
+@pytest.mark.anyio
+async def test_submitted_queries_share_rotating_sockets_and_keep_their_ids(ns: str, unbound: None) -> None:
+    """300 queries submitted at once (ids chosen by clients, colliding on purpose) go out on shared
+    sockets under ids of the upstream's own, rotated after 256; each answer comes back under its own
+    query id with the client's id put back, and the retired socket closes once it has nothing pending."""
+    with inside(ns):
+        resolver = Resolver([UNBOUND])
+        assert await resolver.evaluate() == UNBOUND
+        reports = Reports()
+        async with anyio.create_task_group() as tg:
+            resolver.start(tg, reports)
+            names = ["txt.fz.test.", "_sip._tcp.fz.test."]
+            for i in range(300):
+                name = names[i % 2]
+                resolver.submit(
+                    ForwardDnsQuery(
+                        i, DnsTransport.UDP, with_id(query(name, "TXT" if i % 2 == 0 else "SRV"), i % 7)
+                    )
+                )
+            got = await reports.wait(300)
+            (upstream,) = resolver.upstreams.values()
+            with anyio.fail_after(10):
+                while len(upstream.sockets) > 1:  # the retired socket closes by itself
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        resolver.close()
+    assert upstream.counters["sockets"] == 2 and upstream.counters["answered"] == 300
+    by_id = {r.query_id: r for r in got if isinstance(r, DnsUpstreamResponse)}
+    assert sorted(by_id) == list(range(300))
+    for i, r in by_id.items():
+        msg = dns.message.from_wire(r.message)
+        assert msg.id == i % 7 and msg.rcode() == dns.rcode.NOERROR
+        assert msg.question[0].name.to_text() == names[i % 2]
+
+
+@pytest.mark.anyio
+async def test_submitted_tcp_truncation_refusal_and_silence(ns: str, unbound: None) -> None:
+    with silent_server(ns), inside(ns):
+        resolver = Resolver([UNBOUND], timeout=0.5)
+        assert await resolver.evaluate() == UNBOUND
+        reports = Reports()
+        async with anyio.create_task_group() as tg:
+            resolver.start(tg, reports)
+            resolver.submit(ForwardDnsQuery(1, DnsTransport.TCP, query("txt.fz.test.", "TXT")))
+            resolver.submit(ForwardDnsQuery(2, DnsTransport.UDP, query("big.fz.test.", "TXT")))  # truncated
+            await reports.wait(2)
+            resolver.fastest = REFUSING
+            resolver.submit(ForwardDnsQuery(3, DnsTransport.UDP, query("txt.fz.test.", "TXT")))
+            await reports.wait(3)
+            resolver.fastest = SILENT
+            resolver.submit(ForwardDnsQuery(4, DnsTransport.UDP, query("txt.fz.test.", "TXT")))
+            silent = resolver.upstreams[SILENT]
+            with anyio.fail_after(5):
+                while silent.counters["expired"] == 0:  # forgotten after the timeout, nothing reported
+                    await anyio.sleep(0.05)
+            resolver.fastest = None
+            resolver.submit(ForwardDnsQuery(5, DnsTransport.UDP, query("txt.fz.test.", "TXT")))
+            tg.cancel_scope.cancel()
+        resolver.close()
+    by_id = {r.query_id: r for r in reports.items}  # type: ignore[attr-defined]
+    assert sorted(by_id) == [1, 2, 3, 5]
+    assert isinstance(by_id[1], DnsUpstreamResponse)
+    big = by_id[2]
+    assert isinstance(big, DnsUpstreamResponse)
+    msg = dns.message.from_wire(big.message)
+    assert not msg.flags & dns.flags.TC and len(msg.answer[0]) == len(BIG_TXT) and msg.id == 0x1234
+    assert isinstance(by_id[3], DnsUpstreamFailed) and "refused" in by_id[3].error
+    assert by_id[5] == DnsUpstreamFailed(5, "no nameserver available")
+
+
+@pytest.mark.anyio
+async def test_forged_answers_are_ignored(ns: str) -> None:
+    """A nameserver address that answers first with the right id for another question, then with an id
+    that was never sent, then properly: only the proper answer counts."""
+    forger = SocketAddr(ip_address("127.0.0.2"), 53)
+    with inside(ns):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server:
+        server.bind((str(forger.ip), 53))
+        server.setblocking(False)
+        resolver = Resolver([forger])
+        resolver.fastest = forger
+        reports = Reports()
+        async with anyio.create_task_group() as tg:
+            resolver.start(tg, reports)
+            with inside(ns):
+                resolver.submit(ForwardDnsQuery(9, DnsTransport.UDP, query("txt.fz.test.", "TXT")))
+            await anyio.wait_readable(server)
+            sent, peer = server.recvfrom(2000)
+            real = dns.message.make_response(dns.message.from_wire(sent))
+            other = dns.message.make_response(dns.message.from_wire(sent))
+            other.question[0].name = dns.name.from_text("evil.fz.test.")
+            server.sendto(other.to_wire(), peer)
+            server.sendto(with_id(real.to_wire(), (real.id + 1) % 65536), peer)
+            server.sendto(real.to_wire(), peer)
+            got = await reports.wait(1)
+            counters = resolver.upstreams[forger].counters
+            tg.cancel_scope.cancel()
+        resolver.close()
+    assert len(got) == 1 and isinstance(got[0], DnsUpstreamResponse) and got[0].query_id == 9
+    assert dns.message.from_wire(got[0].message).id == 0x1234  # the client's id is back
+    assert counters["ignored"] == 2 and counters["answered"] == 1

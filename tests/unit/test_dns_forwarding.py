@@ -19,14 +19,19 @@ from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Command
 from gateway_core.dns.forwarding import (
+    CLIENT_BURST,
+    CLIENT_RATE,
     MAX_IN_FLIGHT,
+    MAX_IN_FLIGHT_PER_CLIENT,
     UDP_RESPONSE_LIMIT,
     UPSTREAM_TIMEOUT,
     DnsForwarder,
+    DnsLimits,
     DnsQueryReceived,
     DnsUpstreamFailed,
     DnsUpstreamResponse,
     ForwardDnsQuery,
+    RateLimiter,
     SendDnsResponse,
     error_response,
     question_end,
@@ -39,8 +44,11 @@ from gateway_core.policy.client import ClientPolicy
 from gateway_core.policy.resources import CidrResource, DnsResource
 
 CLIENT = IPv4Address("100.64.0.1")
+CLIENT_B = IPv4Address("100.64.0.3")
 LOCAL = SocketAddr(IPv4Address("100.64.0.9"), 53535)
 REMOTE = SocketAddr(CLIENT, 40000)
+REMOTE_B = SocketAddr(CLIENT_B, 40000)
+NO_RATE = DnsLimits(client_rate=0)
 UDP, TCP = DnsTransport.UDP, DnsTransport.TCP
 
 
@@ -59,14 +67,14 @@ def policy() -> ClientPolicy:
     return p
 
 
-def forwarder() -> DnsForwarder:
-    clients = {CLIENT: policy()}
+def forwarder(limits: DnsLimits | None = None) -> DnsForwarder:
+    clients = {CLIENT: policy(), CLIENT_B: policy()}
 
     def may_query(ip: IPAddress, name: str) -> bool:
         c = clients.get(ip)  # type: ignore[call-overload]
         return c is not None and c.may_query(name)
 
-    return DnsForwarder(may_query)
+    return DnsForwarder(may_query, limits)
 
 
 def drain(f: DnsForwarder) -> list[Command]:
@@ -140,7 +148,7 @@ def test_failure_timeout_and_bad_upstream_answer_give_servfail() -> None:
 
 
 def test_too_many_in_flight_gives_servfail_at_once() -> None:
-    f = forwarder()
+    f = forwarder(DnsLimits(client_in_flight=MAX_IN_FLIGHT, client_rate=0))
     for _ in range(MAX_IN_FLIGHT):
         f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
     assert len(drain(f)) == MAX_IN_FLIGHT
@@ -220,3 +228,68 @@ def test_client_may_query_uses_dns_patterns_only() -> None:
     p = policy()
     assert p.may_query("app.example.com") and p.may_query("_s._tcp.x.app.example.com")
     assert not p.may_query("example.com") and not p.may_query("10.in-addr.arpa")
+
+
+def test_one_client_holds_at_most_its_share_of_the_slots() -> None:
+    f = forwarder(NO_RATE)
+    for _ in range(MAX_IN_FLIGHT_PER_CLIENT):
+        f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    mine = drain(f)
+    assert len(mine) == MAX_IN_FLIGHT_PER_CLIENT and all(isinstance(c, ForwardDnsQuery) for c in mine)
+    f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    [full] = drain(f)
+    assert isinstance(full, SendDnsResponse) and rcode_of(full.message) == dns.rcode.SERVFAIL
+    assert f.stats.drops[DropReason.QUEUE_FULL] == 1
+    f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE_B, UDP, query()))  # another client: fine
+    [other] = drain(f)
+    assert isinstance(other, ForwardDnsQuery)
+    # An answer (or a failure, or a timeout) frees the slot it held.
+    f.handle_upstream_failed(Instant(1), DnsUpstreamFailed(mine[0].query_id, "x"))  # type: ignore[attr-defined]
+    drain(f)
+    f.handle_query(Instant(1), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    assert isinstance(drain(f)[0], ForwardDnsQuery)
+    f.handle_timeout(Instant(UPSTREAM_TIMEOUT + 1))
+    assert len(drain(f)) == MAX_IN_FLIGHT_PER_CLIENT + 1 and f.in_flight == 0
+    for _ in range(MAX_IN_FLIGHT_PER_CLIENT):
+        f.handle_query(Instant(UPSTREAM_TIMEOUT + 1), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    assert all(isinstance(c, ForwardDnsQuery) for c in drain(f))
+
+
+def test_a_client_beyond_its_rate_gets_servfail_without_upstream_work() -> None:
+    f = forwarder(DnsLimits(client_in_flight=MAX_IN_FLIGHT))  # the rate alone
+    for _ in range(CLIENT_BURST):
+        f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    assert all(isinstance(c, ForwardDnsQuery) for c in drain(f))
+    f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE, UDP, query(qid=77)))
+    [limited] = drain(f)
+    assert isinstance(limited, SendDnsResponse) and rcode_of(limited.message) == dns.rcode.SERVFAIL
+    assert limited.message[:2] == b"\x00\x4d" and f.stats.drops[DropReason.DNS_RATE_LIMITED] == 1
+    f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE, UDP, query() + b"junk"))  # malformed:
+    assert drain(f) == [] and f.stats.drops[DropReason.DNS_MALFORMED] == 1  # dropped, no answer, no token
+    assert f.stats.drops[DropReason.DNS_RATE_LIMITED] == 1
+    # Another client is not affected; and the first gets one query per interval back.
+    f.handle_query(Instant(0), DnsQueryReceived(LOCAL, REMOTE_B, UDP, query()))
+    assert isinstance(drain(f)[0], ForwardDnsQuery)
+    interval = 1_000_000_000 // CLIENT_RATE
+    f.handle_query(Instant(interval), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    assert isinstance(drain(f)[0], ForwardDnsQuery)
+    f.handle_query(Instant(interval), DnsQueryReceived(LOCAL, REMOTE, UDP, query()))
+    assert isinstance(drain(f)[0], SendDnsResponse)
+
+
+def test_rate_limiter_is_a_token_bucket_and_bounded() -> None:
+    r = RateLimiter(rate=10, burst=3)  # one query per 100 ms, three at once
+    a = IPv4Address("100.64.0.7")
+    assert [r.admit(Instant(0), a) for _ in range(4)] == [True, True, True, False]
+    assert not r.admit(Instant(99_999_999), a)
+    assert r.admit(Instant(100_000_000), a)
+    assert [r.admit(Instant(10**9), a) for _ in range(4)] == [True, True, True, False]  # refilled, no more
+    assert all(RateLimiter(0, 1).admit(Instant(0), a) for _ in range(1000))  # rate 0: unlimited
+    many = RateLimiter(rate=1, burst=1)
+    for i in range(70_000):
+        many.admit(Instant(i), IPv4Address(i))
+    assert len(many) <= 65536
+    with pytest.raises(UsageError):
+        DnsLimits(client_burst=0)
+    with pytest.raises(UsageError):
+        DnsLimits(in_flight=0)
