@@ -265,7 +265,10 @@ async def _run(
         resolver=resolver,
         interface=interface,
         guard=FloodGuard(
-            [s.local.port for s in udp.sockets], gateway.node.relay_addresses, budget=budget_from_env()
+            [s.local.port for s in udp.sockets],
+            gateway.node.relay_addresses,
+            gateway.node.session_indices,
+            budget=budget_from_env(),
         ),
     )
     try:

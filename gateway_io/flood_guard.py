@@ -5,14 +5,20 @@ Why: one Python process reads every datagram from one socket queue. A flood that
 STUN or ChannelData passes the socket filter (:mod:`gateway_io.socket_filter`); faster than the daemon can
 read, it fills the queue and legit datagrams are dropped with it, in proportion. An nftables meter drops
 what one source address sends beyond :data:`SOURCE_BUDGET` packets per second before it reaches the queue,
-so a flood from one host costs the daemon at most that budget. Relays carry many clients from one address,
-so their addresses are exempt: the set is kept equal to the node's relays (``Node.relay_addresses``).
+so a flood from one host costs the daemon at most that budget. Two kinds of traffic are exempt, so the
+budget never meters a client's own tunnel: relays carry many clients from one address, so their addresses
+are exempt (the set is kept equal to the node's relays, ``Node.relay_addresses``); and a WireGuard data
+message whose receiver index names one of our live sessions is exempt whatever its source (the set of
+session indices is kept equal to the node's, ``Node.session_indices``; the kernel matches bytes 5-7 of
+the payload). What stays metered from a non-relay source: handshakes, STUN, and data for a session we do
+not have, which is all a flooder can send without seeing a session's traffic.
 
 Theory of operation: :meth:`FloodGuard.run` is a task of the daemon. It installs the table
 :data:`TABLE` (``inet``: an ``input`` chain at priority ``filter - 10``; replaced atomically if a previous
 run left it), then applies relay changes as they come; at the end it deletes the table. The driver calls
 :meth:`FloodGuard.tick` from its loop once a second (the core is only called from the driver's task, R1):
-it reads the relays through the callable it was given and queues an update when they changed. Every
+it reads the relays and the session indices through the callables it was given and queues an update
+when they changed. Every
 ``nft`` run happens in this task, never in the loop. Without ``nft`` or the permission to use it the
 guard logs one warning and does nothing else (the socket filter still works).
 
@@ -39,12 +45,11 @@ TABLE = "firezone-gateway-guard"
 """Our own nftables table (family ``inet``): nothing else is touched, deleting it undoes everything."""
 
 SOURCE_BUDGET = 10_000
-"""Datagrams per second one source address (IPv6: one /64) may send to our UDP port. The daemon
-handles at most about 8,500 full-size packets per second in total (about 87 Mbit/s through the tunnel,
-``docs/performance.md``), so the budget never limits one legit client below what the daemon can carry,
-while a flood from one host costs the daemon at most this much (about 7 % of a core for garbage, less
-for handshakes, which the core budgets per source further). ``FIREZONE_UDP_SOURCE_BUDGET`` overrides it;
-0 turns the guard off."""
+"""Datagrams per second one source address (IPv6: one /64) may send to our UDP port outside the exempt
+traffic (relays, data for a live session): far above what an honest client sends there (a handful of
+handshakes and STUN checks a second), while a flood from one host costs the daemon at most this much
+(about 7 % of a core for garbage, less for handshakes, which the core budgets per source further).
+``FIREZONE_UDP_SOURCE_BUDGET`` overrides it; 0 turns the guard off."""
 
 SOURCE_BURST = 5_000
 """Datagrams a source may send at once above its rate (a TCP window's burst through the tunnel)."""
@@ -88,12 +93,14 @@ delete table inet {TABLE}
 table inet {TABLE} {{
   set relays4 {{ type ipv4_addr; }}
   set relays6 {{ type ipv6_addr; }}
+  set sessions {{ typeof @th,104,24; }}
   set budget4 {{ type ipv4_addr; {dyn} }}
   set budget6 {{ type ipv6_addr; {dyn} }}
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     udp dport {{ {p} }} ip saddr @relays4 accept
     udp dport {{ {p} }} ip6 saddr @relays6 accept
+    udp dport {{ {p} }} @th,64,32 {WG_DATA_HEAD:#010x} @th,104,24 @sessions accept
     udp dport {{ {p} }} update @budget4 {{ ip saddr {meter} }} counter drop
     udp dport {{ {p} }} update @budget6 {{ ip6 saddr & ffff:ffff:ffff:ffff:: {meter} }} counter drop
   }}
@@ -101,14 +108,42 @@ table inet {TABLE} {{
 """
 
 
-def relay_update(relays: Collection[IPAddress]) -> str:
-    """``nft -f`` input that makes the relay sets exactly ``relays`` (one transaction)."""
-    lines = [f"flush set inet {TABLE} relays4", f"flush set inet {TABLE} relays6"]
+WG_DATA_HEAD = 0x04000000
+"""The first four payload bytes of a WireGuard data message (type 4, three reserved zero bytes), as the
+kernel reads them big-endian (``@th,64,32``: the payload starts after the 8-byte UDP header)."""
+
+
+def session_element(index: int) -> int:
+    """A node's 24-bit connection index as the kernel reads it from a data message (``@th,104,24``).
+
+    The receiver index is a little-endian u32 at payload bytes 4-7 whose upper 24 bits are the connection
+    index, so those are bytes 5-7 in little-endian order; the kernel reads the three bytes big-endian."""
+    return int.from_bytes(index.to_bytes(3, "little"), "big")
+
+
+def exempt_update(relays: Collection[IPAddress], sessions: Collection[int] = ()) -> str:
+    """``nft -f`` input that makes the relay sets exactly ``relays`` and the session set exactly
+    ``sessions`` (node connection indices), in one transaction."""
+    lines = [
+        f"flush set inet {TABLE} relays4",
+        f"flush set inet {TABLE} relays6",
+        f"flush set inet {TABLE} sessions",
+    ]
     for version, name in ((4, "relays4"), (6, "relays6")):
         ips = sorted(str(ip) for ip in relays if ip.version == version)
         if ips:
             lines.append(f"add element inet {TABLE} {name} {{ {', '.join(ips)} }}")
+    elems = sorted(session_element(i) for i in sessions)
+    for k in range(0, len(elems), SESSION_CHUNK):
+        chunk = ", ".join(f"{e:#08x}" for e in elems[k : k + SESSION_CHUNK])
+        lines.append(f"add element inet {TABLE} sessions {{ {chunk} }}")
     return "\n".join(lines) + "\n"
+
+
+SESSION_CHUNK = 512
+"""Session elements per ``add element`` line (one transaction either way; keeps each line short)."""
+
+Exempt = tuple[frozenset[IPAddress], frozenset[int]]
 
 
 class FloodGuard:
@@ -118,6 +153,7 @@ class FloodGuard:
         self,
         ports: Collection[int],
         relays: Callable[[], Collection[IPAddress]],
+        sessions: Callable[[], Collection[int]] = frozenset,
         *,
         budget: int = SOURCE_BUDGET,
         burst: int = SOURCE_BURST,
@@ -127,23 +163,24 @@ class FloodGuard:
         self.budget = budget
         self.burst = burst
         self._relays = relays
+        self._sessions = sessions
         self._nft_path = nft
-        self._applied: frozenset[IPAddress] | None = None
-        self._queued: frozenset[IPAddress] | None = None
+        self._applied: Exempt | None = None
+        self._queued: Exempt | None = None
         self._last_tick = -TICK_INTERVAL
-        send, recv = anyio.create_memory_object_stream[frozenset[IPAddress]](math.inf)
-        self._send: MemoryObjectSendStream[frozenset[IPAddress]] = send
-        self._recv: MemoryObjectReceiveStream[frozenset[IPAddress]] = recv
+        send, recv = anyio.create_memory_object_stream[Exempt](math.inf)
+        self._send: MemoryObjectSendStream[Exempt] = send
+        self._recv: MemoryObjectReceiveStream[Exempt] = recv
         self.installed = False
         self.failed: str | None = None
         """Why the guard is off (``nft`` missing or refused), once it is."""
 
     def tick(self, now: int) -> None:
-        """From the driver's loop: at most once a second, queue the relays if they changed."""
+        """From the driver's loop: at most once a second, queue the relays and sessions if they changed."""
         if now - self._last_tick < TICK_INTERVAL or self.failed is not None:
             return
         self._last_tick = now
-        current = frozenset(self._relays())
+        current = (frozenset(self._relays()), frozenset(self._sessions()))
         if current != (self._queued if self._queued is not None else self._applied):
             self._queued = current
             self._send.send_nowait(current)
@@ -173,17 +210,19 @@ class FloodGuard:
         self.installed = True
         log.info("UDP source budget: %d datagrams/s per source on port(s) %s", self.budget, self.ports)
         try:
-            async for relays in self._recv:
-                if relays != self._queued:
+            async for exempt in self._recv:
+                if exempt != self._queued:
                     continue  # a newer set is queued behind this one
-                err = await self._nft(relay_update(relays))
+                relays, sessions = exempt
+                err = await self._nft(exempt_update(relays, sessions))
                 if err is not None:
-                    log.warning("cannot update the relays' exemption: %s", err)
+                    log.warning("cannot update the budget's exemptions: %s", err)
                     continue
-                self._applied = relays
-                log.info(
-                    "UDP source budget: relays exempt: %s", ", ".join(sorted(map(str, relays))) or "none"
-                )
+                if self._applied is None or self._applied[0] != relays:
+                    log.info(
+                        "UDP source budget: relays exempt: %s", ", ".join(sorted(map(str, relays))) or "none"
+                    )
+                self._applied = exempt
         finally:
             with anyio.CancelScope(shield=True):
                 await self.remove()

@@ -461,6 +461,12 @@ class Node(NodeDataPath):
         per-source budget)."""
         return frozenset(a.ip for alloc in self.allocations.values() for a in alloc.server.addrs())
 
+    def session_indices(self) -> frozenset[int]:
+        """The 24-bit connection part of the receiver index of every live connection: a WireGuard data
+        message for us carries one of these in bytes 5-7 (the IO layer exempts such datagrams from its
+        per-source budget, so a client's own traffic is never metered)."""
+        return frozenset(c.index for c in self.connections.values() if c.state is not ConnState.FAILED)
+
     def remote_ip(self, cid: str) -> IPAddress | None:
         conn = self.connections.get(cid)
         return conn.peer_socket.dest.ip if conn and conn.peer_socket else None

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from gateway_core.addr import IPAddress
-from gateway_io.flood_guard import TABLE, FloodGuard, budget_from_env, relay_update, ruleset
+from gateway_io.flood_guard import TABLE, FloodGuard, budget_from_env, exempt_update, ruleset, session_element
 
 
 @pytest.fixture
@@ -29,18 +29,33 @@ def fake_nft(tmp_path: Path, fail: bool = False) -> tuple[str, Path]:
     return str(script), log
 
 
+def test_session_element_is_what_the_kernel_reads_from_a_data_message() -> None:
+    """The node keys a data message by ``LE32(payload[4:8]) >> 8``; the kernel reads payload bytes 5-7
+    big-endian: the element of a connection index must equal what the kernel reads from its messages."""
+    for index in (0, 1, 0x123456, 0xFFFFFF, 0x00AB00):
+        for counter in (0, 7, 255):
+            payload = bytes([4, 0, 0, 0]) + ((index << 8) | counter).to_bytes(4, "little") + bytes(24)
+            assert int.from_bytes(payload[4:8], "little") >> 8 == index
+            assert session_element(index) == int.from_bytes(payload[5:8], "big")
+
+
 def test_texts() -> None:
     text = ruleset([52625, 40000, 52625], 10_000)
     assert f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" in text  # replaces a leftover
     assert "udp dport { 40000, 52625 } ip saddr @relays4 accept" in text
     assert "limit rate over 10000/second burst 5000 packets" in text
     assert "ip6 saddr & ffff:ffff:ffff:ffff::" in text
-    upd = relay_update([ip_address("10.0.0.2"), ip_address("10.0.0.1"), ip_address("2001:db8::1")])
+    assert "@th,64,32 0x04000000 @th,104,24 @sessions accept" in text
+    upd = exempt_update(
+        [ip_address("10.0.0.2"), ip_address("10.0.0.1"), ip_address("2001:db8::1")], [0x123456, 0x000001]
+    )
     assert upd.splitlines() == [
         f"flush set inet {TABLE} relays4",
         f"flush set inet {TABLE} relays6",
+        f"flush set inet {TABLE} sessions",
         f"add element inet {TABLE} relays4 {{ 10.0.0.1, 10.0.0.2 }}",
         f"add element inet {TABLE} relays6 {{ 2001:db8::1 }}",
+        f"add element inet {TABLE} sessions {{ 0x010000, 0x563412 }}",
     ]
     assert budget_from_env({}) == 10_000
     assert budget_from_env({"FIREZONE_UDP_SOURCE_BUDGET": "0"}) == 0

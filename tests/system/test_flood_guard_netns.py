@@ -1,7 +1,7 @@
 """The per-source budget with the real ``nft`` (decision 0116), in two namespaces the test creates: a
 source that is not a relay gets its burst and its rate, no more; a relay's address, once the guard has
-been told about it, is not metered; an IPv6 source is metered per /64; the table is gone when the guard
-stops. Small budgets keep the counts exact enough to assert without timing: the sender sends far more
+been told about it, is not metered; a WireGuard data message naming a live session is not metered
+whatever its source; an IPv6 source is metered per /64; the table is gone when the guard stops. Small budgets keep the counts exact enough to assert without timing: the sender sends far more
 than burst + rate x (its sending time) and the bound allows a generous margin."""
 
 from __future__ import annotations
@@ -46,14 +46,22 @@ def pair() -> Iterator[tuple[str, str]]:
         yield gw, src
 
 
-def _send(src_ns: str, src_ip: str, dst_ip: str, n: int) -> float:
+SESSION = 0x00ABCD
+"""A connection index the guard is told is live: data messages naming it pass whatever their source."""
+
+
+def _data(index: int) -> bytes:
+    return b"\x04\x00\x00\x00" + ((index << 8) | 3).to_bytes(4, "little") + bytes(24)
+
+
+def _send(src_ns: str, src_ip: str, dst_ip: str, n: int, payload: bytes = _data(0)) -> float:
     family = socket.AF_INET6 if ":" in src_ip else socket.AF_INET
     with inside(src_ns):
         s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind((src_ip, 0))
     t0 = time.monotonic()
     for _ in range(n):
-        s.sendto(b"\x04\x00\x00\x00" + bytes(28), (dst_ip, PORT))
+        s.sendto(payload, (dst_ip, PORT))
     took = time.monotonic() - t0
     s.close()
     return took
@@ -83,7 +91,7 @@ async def test_one_source_gets_its_budget_and_relays_are_exempt(pair: tuple[str,
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
             s.bind((host, PORT))
             s.setblocking(False)
-        guard = FloodGuard([PORT], lambda: relays, budget=RATE, burst=BURST)
+        guard = FloodGuard([PORT], lambda: relays, lambda: {SESSION}, budget=RATE, burst=BURST)
         with inside(gw):  # nft runs in the namespace of the process that starts it: start it from here
             async with anyio.create_task_group() as tg:
                 tg.start_soon(guard.run)
@@ -107,10 +115,17 @@ async def test_one_source_gets_its_budget_and_relays_are_exempt(pair: tuple[str,
                     took[ip] = await anyio.to_thread.run_sync(_send, src, ip, dst, SENT)
                 await anyio.sleep(0.2)
                 got = {**_receive_all(v4), **_receive_all(v6)}
+                # The same metered source, now sending data for a live session: nothing is metered.
+                took_session = await anyio.to_thread.run_sync(
+                    _send, src, "10.77.0.2", "10.77.0.1", SENT, _data(SESSION)
+                )
+                await anyio.sleep(0.2)
+                got_session = _receive_all(v4)
                 tg.cancel_scope.cancel()
         assert "10.77.0.3" not in sh("nft", "list", "ruleset", ns=gw)  # the table is gone
         assert TABLE not in sh("nft", "list", "tables", ns=gw)
         assert got["10.77.0.3"] == SENT and got["fd77::3"] == SENT  # relays: everything
+        assert got_session.get("10.77.0.2") == SENT, (got_session, took_session)  # a live session: all
         for ip in ("10.77.0.2", "fd77::2", "fd78::2"):
             # A new source starts with its burst; then the rate. Generous margin (4x) for the kernel's
             # accounting; SENT is far above either.

@@ -187,6 +187,11 @@ def test_direct_path_and_data() -> None:
     w.deliver(GW, back)
     assert w.delivered[-1] == ("cl", ip_packet(b"hello client"))
     assert gconn.unexpected_transitions == 0
+    # The client's data messages name the gateway's session index (the IO layer's budget exempts them).
+    assert w.gw.session_indices() == {gconn.index}
+    assert int.from_bytes(t.payload[4:8], "little") >> 8 == gconn.index
+    w.gw.remove_connection("cl")
+    assert w.gw.session_indices() == frozenset()
 
 
 def test_relay_only_path() -> None:
