@@ -7,7 +7,7 @@ points), plus what the unit tests' builders make (ICMP errors, control packets, 
 two stateful targets operation sequences written with :class:`~fuzz.fdp_writer.FdpWriter` (checked by
 replaying them: each seed must run the operations it was written for). At most :data:`PER_TARGET` files
 per target, chosen evenly from what was recorded; file names are content hashes, so regenerating is
-idempotent.
+idempotent, and files named otherwise (crash inputs) are kept.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -26,6 +26,8 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 PER_TARGET = 40
 """Files per target: enough to cover each kind of input once, small enough to keep the corpus in the
 tens of kilobytes."""
+_GENERATED = re.compile(r"[0-9a-f]{40}")
+"""Names of generated seeds (content hashes); any other file in a corpus directory is a kept finding."""
 SIM_SEEDS = (3, 11)
 SIM_STEPS = 30
 
@@ -186,7 +188,7 @@ def _gateway_seeds(rec: Recorded) -> list[bytes]:
         seeds.append((time(w, 3).build(), [g.OP_TUNNEL_RAW, g.OP_TIME]))
     for pkt in _spread(rec.tun, 6):
         seeds.append((op(FdpWriter(), g.OP_TUN_RAW).sized(pkt, 1400).build(), [g.OP_TUN_RAW]))
-    for text in _spread([f.encode() for f in rec.frames], 6):
+    for text in _spread([f.encode() for f in [*_golden_frames(), *rec.frames]], 12):
         w = op(FdpWriter(), g.OP_PORTAL_RAW).sized(text, g.MAX_TEXT).bool(True)
         seeds.append((w.build(), [g.OP_PORTAL_RAW]))
     for i in range(len(g.TEMPLATE.portal_payloads)):
@@ -235,6 +237,24 @@ def _dns_queries() -> list[bytes]:
     return out
 
 
+def _golden_frames() -> list[str]:
+    """Firezone's own frames, as the portal tests pin them (``tests/unit/portal/spec_fixtures.py``)."""
+    from gateway_core.errors import DecodeError
+    from gateway_core.portal.phoenix import decode_frame
+    from tests.unit.portal import spec_fixtures as fx
+
+    out = []
+    for name in sorted(vars(fx)):
+        value = getattr(fx, name)
+        if name.isupper() and isinstance(value, str):
+            try:
+                decode_frame(value)
+            except DecodeError:
+                continue  # not a frame (the resources list)
+            out.append(value)
+    return out
+
+
 def corpora() -> dict[str, list[bytes]]:
     """Every target's seeds (see the module docstring)."""
     from gateway_core.policy.p2p_control import is_control_packet
@@ -258,8 +278,9 @@ def corpora() -> dict[str, list[bytes]]:
             wg.append(turn.parse_data_indication(msg)[1])
         except Exception:
             pass
+    frames = [*_golden_frames(), *rec.frames]
     messages = []
-    for text in rec.frames:
+    for text in frames:
         f = decode_frame(text)
         messages.append(f"{f.event}\n{json.dumps(f.payload, separators=(',', ':'))}".encode())
     icmp_errors = [p for p in [*built, *rec.tun] if len(p) > 9 and p[9 if p[0] >> 4 == 4 else 6] in (1, 58)]
@@ -274,7 +295,7 @@ def corpora() -> dict[str, list[bytes]]:
         "channel_data": _spread(channel),
         "wg_messages": _spread(wg),
         "wg_tunnel": _wg_tunnel_seeds(),
-        "phoenix": _spread(t.encode() for t in rec.frames),
+        "phoenix": _spread(t.encode() for t in frames),
         "portal_messages": _spread(messages),
         "dns": _spread(
             [
@@ -299,9 +320,10 @@ def write(directory: Path = CORPUS, log: Callable[[str], None] = print) -> None:
     assert set(seeds) == set(TARGETS), set(seeds) ^ set(TARGETS)
     for name, items in sorted(seeds.items()):
         d = directory / name
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():
+            if _GENERATED.fullmatch(old.name):  # crash inputs (crash-*, ...) are kept
+                old.unlink()
         for data in items:
             (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
         log(f"{name:16} {len(items):3} files {sum(len(x) for x in items):7} bytes")
