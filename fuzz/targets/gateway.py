@@ -81,6 +81,8 @@ class Run:
         self.gw: Gateway = fresh(TEMPLATE.gateway)
         self.now = TEMPLATE.now
         self.counter = TEMPLATE.first_counter
+        self.conn = TEMPLATE.conn
+        """The portal connection in use (a reconnection opens a new one)."""
         self.checker = ContractChecker("gateway", self.gw, purity_every=1)
         self.checker.last_now = self.now
         self.resolutions: list[int] = []
@@ -103,6 +105,7 @@ class Run:
             if c is None:
                 return
             if isinstance(c, ConnectPortal):
+                self.conn = c.conn
                 self._deliver(PortalConnected(c.conn))
             elif isinstance(c, SendPortalFrame):
                 f = phoenix.decode_frame(c.text)
@@ -110,7 +113,7 @@ class Run:
                     reply = phoenix.encode_frame(
                         f.topic, phoenix.PHX_REPLY, {"status": "ok", "response": {}}, f.ref
                     )
-                    self._deliver(PortalFrameReceived(TEMPLATE.conn, reply))
+                    self._deliver(PortalFrameReceived(self.conn, reply))
             elif isinstance(c, ResolveDomain):
                 self.resolutions.append(c.request_id)
             elif isinstance(c, ForwardDnsQuery):
@@ -156,7 +159,7 @@ class Run:
         self.network(lambda: self.gw.handle_input(self.now, inp))
 
     def portal(self, data: str | bytes) -> None:
-        self.network(lambda: self.gw.handle_input(self.now, PortalFrameReceived(TEMPLATE.conn, data)))
+        self.network(lambda: self.gw.handle_input(self.now, PortalFrameReceived(self.conn, data)))
 
 
 # --- building inputs ----------------------------------------------------------------------------------
