@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz
 
 venv: $(STAMP)
 
@@ -63,5 +63,14 @@ mutation: venv deps
 	$(BIN)/mutmut results --all true | tail -n +1 > mutation-results.txt || true
 	$(BIN)/python scripts/mutation_score.py
 
+# Coverage-guided fuzzing (fuzz/, atheris): every target for FUZZ_SECONDS each, FUZZ_JOBS at a time (nice'd),
+# new inputs kept in .fuzz/corpus, crashes in .fuzz/crashes; exits non-zero if a target failed. Not part of
+# `make test` (which runs every target briefly: tests/fuzz/test_fuzz.py). FUZZ_TARGETS='ip dns' for some.
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 1
+FUZZ_TARGETS ?=
+fuzz: venv
+	$(BIN)/python -m fuzz all --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --nice $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz

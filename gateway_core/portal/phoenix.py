@@ -13,6 +13,7 @@ plain :class:`DecodeError`: the frame is dropped and the connection kept.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from gateway_core.errors import DecodeError
@@ -77,10 +78,20 @@ def _reject_constant(name: str) -> Json:
     raise DecodeError(f"non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # 1e999 is valid JSON syntax but no finite number: serde_json refuses it ("number out of range"),
+        # and a decoded infinity could not be encoded again (json.dumps(allow_nan=False) raises).
+        raise DecodeError(f"number out of range: {text[:20]}")
+    return value
+
+
 def parse_json(text: str) -> Json:
-    """Strict JSON (no NaN/Infinity); :class:`TruncatedFrame` when the text ends too early."""
+    """Strict JSON (no NaN/Infinity, no number beyond a double's range); :class:`TruncatedFrame` when the
+    text ends too early."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as e:
         if e.pos >= len(text.rstrip(" \t\r\n")) or e.msg.startswith("Unterminated string"):
             raise TruncatedFrame(f"unexpected end of input: {e.msg}") from None

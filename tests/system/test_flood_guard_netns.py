@@ -1,8 +1,9 @@
 """The per-source budget with the real ``nft`` (decision 0116), in two namespaces the test creates: a
 source that is not a relay gets its burst and its rate, no more; a relay's address, once the guard has
 been told about it, is not metered; a WireGuard data message naming a live session is not metered
-whatever its source; an IPv6 source is metered per /64; the table is gone when the guard stops. Small budgets keep the counts exact enough to assert without timing: the sender sends far more
-than burst + rate x (its sending time) and the bound allows a generous margin."""
+whatever its source; an IPv6 source is metered per /64; the table is gone when the guard stops. Small
+budgets keep the counts exact enough to assert without timing: the sender sends far more than
+burst + rate x (its sending time) and the bound allows a generous margin."""
 
 from __future__ import annotations
 
