@@ -46,6 +46,7 @@ CORE_FORBIDDEN = frozenset(
         "devio",
         "bench",
         "tests",
+        "fuzz",
     }
 )
 
@@ -185,7 +186,7 @@ def test_adding_import_time_to_core_is_caught(tmp_path: Path) -> None:
 
 PROJECT_PACKAGES = ("gateway_core", "gateway_io", "sim", "e2e", "devpeers", "devportal", "devio")
 DEV_PACKAGES = frozenset({"sim", "e2e", "devpeers", "devportal", "devio"})
-IO_FORBIDDEN = DEV_PACKAGES
+IO_FORBIDDEN = DEV_PACKAGES | {"fuzz", "bench", "tests"}
 """What ``gateway_io`` may not import: every dev tool."""
 DEVPEERS_FORBIDDEN = (CORE_FORBIDDEN - {"devpeers"}) | {"devportal", "devio", "e2e"}
 """``devpeers`` is pure like the core (and needs nothing of the dev portal)."""
