@@ -24,6 +24,10 @@ of Firezone's client that matter to a gateway:
   re-sends ``assigned_ips`` (as Firezone's client does when an application resolves the name again).
 - **SRV/TXT** queries for names matching a DNS resource are sent through the tunnel to the gateway's
   tunnel address, port 53535, over UDP; the answer comes back the same way.
+- **Other names** go to the client's DNS server (:meth:`DevClient.set_dns_servers`, the first one):
+  through the tunnel, as an ordinary UDP packet to its port 53, when a resource routes its address (a
+  DNS server inside a CIDR resource, or any server with the Internet resource); else the client's own
+  resolver answers, which here knows nothing (NXDOMAIN, ``local``).
 - **Everything received** is appended to :attr:`DevClient.received` as typed records (echo replies, ICMP
   errors with type/code and the quoted flow, UDP and TCP payloads, DNS answers, ``domain_status``,
   goodbyes), with the time, for assertions. A client with a real TUN device (``write_tun=True``, the
@@ -71,7 +75,7 @@ from gateway_core.node.events import (
     NewIceCandidate,
 )
 from gateway_core.node.factory import wireguard_node
-from gateway_core.node.node import RelayConfig
+from gateway_core.node.node import Node, RelayConfig
 from gateway_core.policy.p2p_control import (
     EVENT_DOMAIN_STATUS,
     EVENT_GOODBYE,
@@ -135,14 +139,7 @@ class DevClient:
         self._now = now
         self._wall0 = wall_unix_ns - now
         self._entropy = entropy
-        self.node = wireguard_node(
-            private_key,
-            entropy,
-            SeededEntropy(entropy.random_bytes(16)),
-            now,
-            lambda t: self._wall0 + t,
-            controlling=True,
-        )
+        self.node = self._make_node(now)
         self.grants: dict[str, GatewayGrant] = {}
         self._relays: tuple[RelayConfig, ...] = ()
         self._early: dict[str, list[tuple[str, bool]]] = {}
@@ -151,6 +148,8 @@ class DevClient:
         self._pending: dict[str, deque[bytes]] = {}
         self._connected: set[str] = set()
         self._dns_pending: dict[int, tuple[str, str]] = {}
+        self.dns_servers: tuple[IPAddress, ...] = ()
+        """The client's DNS servers for names outside its DNS resources (the system's, in order)."""
         self._tcp = TcpProbes()
         self._next_port = FIRST_SPORT
         self._next_qid = 1
@@ -158,6 +157,16 @@ class DevClient:
         self.write_tun = write_tun
         """Decrypted IP packets (not control packets) leave as ``WriteTun`` commands instead of being
         parsed into :attr:`received` (a client with a real TUN device)."""
+
+    def _make_node(self, now: Instant) -> Node:
+        return wireguard_node(
+            self.private_key,
+            self._entropy,
+            SeededEntropy(self._entropy.random_bytes(16)),
+            now,
+            lambda t: self._wall0 + t,
+            controlling=True,
+        )
 
     # --- node plumbing --------------------------------------------------------------------------------------
 
@@ -288,9 +297,23 @@ class DevClient:
         for key in [k for k in self._nat if k[0] == gateway]:
             del self._nat[key]
 
-    def reset_connections(self, now: Instant) -> None:
+    def set_dns_servers(self, servers: Iterable[IPAddress]) -> None:
+        """The system's DNS servers changed (the first one is asked)."""
+        self.dns_servers = tuple(servers)
+
+    def discard_pending(self) -> int:
+        """Drop the packets waiting for a connection (the applications gave up); how many there were."""
+        n = sum(len(q) for q in self._pending.values())
+        self._pending.clear()
+        return n
+
+    def reset_connections(self, now: Instant, private_key: bytes | None = None) -> None:
         """Drop every connection, queued packet and DNS-resource NAT request, and re-announce the relays
-        (what Firezone's client does when its network changes); grants and routes are kept."""
+        (what Firezone's client does when its network changes); grants and routes are kept.
+
+        With ``private_key`` the client also takes that new WireGuard key, as snownet's ``Node::reset``
+        does (``rust/connlib/snownet/src/node.rs``): its next flows carry a new public key, so a gateway
+        replaces its side of each connection instead of keeping paths that died with the old network."""
         self._advance(now)
         relays = self._relays
         for gid in sorted(self.node.connections):
@@ -298,6 +321,11 @@ class DevClient:
         self._connected.clear()
         self._pending.clear()
         self._nat.clear()
+        if private_key is not None:
+            self.private_key = private_key
+            self.public_key = public_key(private_key)
+            self.node = self._make_node(now)
+            self._relays = ()
         self.set_relays(now, ())
         self.set_relays(now, relays)
 
@@ -346,6 +374,10 @@ class DevClient:
             self._forward_dns(now, via, name, rtype)
             return None
         if hit is None:
+            server = self.dns_servers[0] if self.dns_servers else None
+            if server is not None and self.routes.route(server) is not None:
+                self._query_server(now, server, name, rtype)
+                return None
             ans = DnsAnswer(now, name, rtype, "NXDOMAIN", (), "local")
             self._record(ans)
             return ans
@@ -378,6 +410,13 @@ class DevClient:
         packet = build_udp_packet(self.tunnel_v4, grant.tunnel_v4, sp, DNS_FORWARD_PORT, q.to_wire())
         self._encapsulate(now, gateway, packet)
         self._drain(now)
+
+    def _query_server(self, now: Instant, server: IPAddress, name: str, rtype: str) -> None:
+        q = dns.message.make_query(name, rtype)
+        q.id = self._next_qid
+        self._next_qid = self._next_qid % 0xFFFF + 1
+        self._dns_pending[q.id] = (name, rtype)
+        self._send_app(now, build_udp_packet(self._src_for(server), server, self._port(), 53, q.to_wire()))
 
     def send_packet(self, now: Instant, packet: bytes) -> bool:
         """Route any application IP packet (what a TUN device hands over) like the API's sends; False
@@ -496,16 +535,19 @@ class DevClient:
         ):
             self._dns_in(now, udp.payload)
             return
+        if udp.sport == 53 and src in self.dns_servers:
+            self._dns_in(now, udp.payload, "tunnel")
+            return
         self._record(UdpReceived(now, src, udp.sport, udp.dport, udp.payload))
 
-    def _dns_in(self, now: Instant, message: bytes) -> None:
+    def _dns_in(self, now: Instant, message: bytes, source: str = "gateway") -> None:
         try:
             qid = int.from_bytes(message[:2], "big") if len(message) >= 2 else -1
             asked = self._dns_pending.pop(qid, None)
             if asked is None:
                 self.stats.incr("dns.unexpected")
                 return
-            self._record(dns_record(now, message, *asked))
+            self._record(dns_record(now, message, *asked, source=source))
         except DecodeError:
             self.stats.incr("dns.malformed")
 

@@ -44,6 +44,7 @@ from sim.hosts.connectivity import RelayComponent, RelayHost
 from sim.hosts.dns_upstream import DNS_PORT, DnsZone, UpstreamDnsServer
 from sim.hosts.gateway import GatewayHost, SimResolver
 from sim.hosts.resources import ResourceServer
+from sim.nat import Nat
 from sim.net import LinkProfile
 from sim.portal import PORTAL_PORT, StubPortal, StubPortalHost
 from sim.world import World
@@ -53,8 +54,17 @@ GATEWAY_V4 = IPv4Address("203.0.113.50")
 GATEWAY_V6 = IPv6Address("2001:db8:1::50")
 CLIENT_V4_BASE = IPv4Address("198.51.100.50")
 RELAY_V4_BASE = IPv4Address("192.0.2.31")
+RELAY_V6_BASE = IPv6Address("2001:db8:2::31")
+CLIENT_V6_BASE = IPv6Address("2001:db8:50::50")
+NAT_PUBLIC_BASE = IPv4Address("198.51.100.150")
+"""The public address of client ``i``'s NAT is this plus ``i``."""
 UPSTREAM_V4 = IPv4Address("192.0.2.53")
 WEB_V4 = IPv4Address("172.20.0.10")
+WEB_V6 = IPv6Address("2001:db8:30::10")
+WEBDNS_V4 = IPv4Address("172.20.0.53")
+WEBDNS_V6 = IPv6Address("2001:db8:30::53")
+"""A DNS server inside the CIDR resource (a client whose DNS server is inside a resource sends its
+queries through the tunnel, as an ordinary packet to that resource)."""
 APP_V4 = IPv4Address("10.20.0.5")
 APP_V6 = IPv6Address("2001:db8:20::5")
 INET_V4 = IPv4Address("198.18.0.10")
@@ -105,6 +115,8 @@ class GatewayWorld:
     upstream: UpstreamDnsServer
     relay_names: list[str]
     zone: DnsZone
+    webdns: ResourceServer | None = None
+    """The DNS server inside the CIDR resource (``extended`` worlds only)."""
     restarts: int = 0
     """How many times :meth:`restart_gateway` ran."""
 
@@ -167,7 +179,9 @@ class GatewayWorld:
         self.world.drive(self.client_hosts[client], lambda now: call(c, now))
 
 
-def _config_text(clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | None, relays: int) -> str:
+def _config_text(
+    clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | None, relays: int, relay_v6: bool = False
+) -> str:
     import base64
 
     lines = [
@@ -212,7 +226,8 @@ def _config_text(clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | 
         lines += [
             "[[relays]]",
             f'id = "{rid}"',
-            f'addrs = ["{RELAY_V4_BASE + i}:{TURN_PORT}"]',
+            f'addrs = ["{RELAY_V4_BASE + i}:{TURN_PORT}"'
+            + (f', "[{RELAY_V6_BASE + i}]:{TURN_PORT}"]' if relay_v6 else "]"),
             f'secret = "{RELAY_SECRET}"',
             "",
         ]
@@ -228,8 +243,21 @@ def build_gateway_world(
     expires_in: int | None = None,
     world: World | None = None,
     link: LinkProfile = LINK,
+    client_link: LinkProfile | None = None,
+    client_stack: str = "v4",
+    relay_v6: bool = False,
+    extended: bool = False,
+    nat: str = "none",
 ) -> GatewayWorld:
-    """Build the world (see the module docstring); ``expires_in`` (seconds) limits every policy."""
+    """Build the world (see the module docstring); ``expires_in`` (seconds) limits every policy.
+
+    ``client_link`` is the clients' access link (default ``link``); ``client_stack`` their underlay
+    families (``v4``, ``v6`` or ``dual``: addresses from ``CLIENT_V4_BASE`` / ``CLIENT_V6_BASE``);
+    ``relay_v6`` gives the relays IPv6 addresses too (needed by IPv6-only clients); ``extended`` adds
+    an IPv6 address to ``web`` and the DNS server ``webdns`` inside the CIDR resource (the stateful
+    test's world); ``nat`` (``cone`` or ``symmetric``, :mod:`sim.nat`) puts every client with IPv4 behind
+    a NAT of its own (private address ``10.0.<i>.2``, public ``NAT_PUBLIC_BASE + i``). The defaults keep
+    the world of the scenarios."""
     w = world if world is not None else World(seed)
     keys = w.entropy.fork("gateway-world-keys")
     client_keys = []
@@ -237,7 +265,7 @@ def build_gateway_world(
         cid = uuid.UUID(bytes=keys.random_bytes(16), version=4)
         client_keys.append((cid, keys.random_bytes(32), i))
     gw_priv = keys.random_bytes(32)
-    text = _config_text([(c, public_key(k), i) for c, k, i in client_keys], expires_in, relays)
+    text = _config_text([(c, public_key(k), i) for c, k, i in client_keys], expires_in, relays, relay_v6)
     epoch = w.clock.unix_ns() // 1_000_000_000
     stub = StubPortal(DevPortal(load_config(text)), epoch_unix=epoch - w.now // 1_000_000_000)
     portal_host = StubPortalHost("portal", stub, ipv4=PORTAL_V4, link=link)
@@ -245,23 +273,19 @@ def build_gateway_world(
 
     relay_names = []
     for i in range(relays):
-        ip = RELAY_V4_BASE + i
-        server = DevRelay(
-            [SocketAddr(ip, TURN_PORT)],
-            [SocketAddr(ip, 0)],
-            RELAY_SECRET,
-            w.entropy_for(f"relay-{i}"),
-            wall_clock_secs=epoch,
-        )
         name = f"relay-{i}"
-        w.add_host(RelayHost(name, RelayComponent(server), ipv4=ip, udp_ports=(TURN_PORT,), link=link))
+        w.add_host(relay_host(w, name, i, RELAY_SECRET, epoch, link, relay_v6))
         relay_names.append(name)
 
     zone = DnsZone(ZONE)
     upstream = UpstreamDnsServer(zone)
     w.add_host(Host("dns", upstream, ipv4=UPSTREAM_V4, udp_ports=(DNS_PORT,), link=link))
-    web = ResourceServer([WEB_V4], udp_ports=(7,), tcp_ports=(80,))
-    w.add_host(Host("web", web, ipv4=WEB_V4, link=link))
+    web = ResourceServer([WEB_V4, WEB_V6] if extended else [WEB_V4], udp_ports=(7,), tcp_ports=(80,))
+    w.add_host(Host("web", web, ipv4=WEB_V4, ipv6=WEB_V6 if extended else None, link=link))
+    webdns = None
+    if extended:
+        webdns = ResourceServer([WEBDNS_V4, WEBDNS_V6], udp_ports=(), tcp_ports=(), dns=zone)
+        w.add_host(Host("webdns", webdns, ipv4=WEBDNS_V4, ipv6=WEBDNS_V6, link=link))
     app = ResourceServer([APP_V4, APP_V6], udp_ports=(7,), tcp_ports=(80, 443))
     w.add_host(Host("app", app, ipv4=APP_V4, ipv6=APP_V6, link=link))
     inet = ResourceServer([INET_V4], udp_ports=(7,), tcp_ports=(80, 443))
@@ -309,8 +333,14 @@ def build_gateway_world(
             w.clock.unix_ns(),
             echo_ident=0xC000 + i,
         )
-        host = signalling.host_for(cid, name, client, ipv4=CLIENT_V4_BASE + i, link=link)
+        v4: IPv4Address | None = CLIENT_V4_BASE + i if client_stack in ("v4", "dual") else None
+        if v4 is not None and nat != "none":
+            v4 = IPv4Address(f"10.0.{i}.2")
+        v6 = CLIENT_V6_BASE + i if client_stack in ("v6", "dual") else None
+        host = signalling.host_for(cid, name, client, ipv4=v4, ipv6=v6, link=client_link or link)
         w.add_host(host)
+        if v4 is not None and nat != "none":
+            w.add_nat(Nat(name, NAT_PUBLIC_BASE + i, nat))
         sim_clients.append(client)
         hosts.append(host)
         ids.append(cid)
@@ -331,4 +361,17 @@ def build_gateway_world(
         upstream,
         relay_names,
         zone,
+        webdns,
     )
+
+
+def relay_host(
+    world: World, name: str, n: int, secret: str, epoch: int, link: LinkProfile, v6: bool
+) -> RelayHost:
+    """The ``n``-th relay (addresses ``RELAY_V4_BASE + n`` and, with ``v6``, ``RELAY_V6_BASE + n``)."""
+    ip = RELAY_V4_BASE + n
+    ip6 = RELAY_V6_BASE + n if v6 else None
+    listen = [SocketAddr(ip, TURN_PORT)] + ([SocketAddr(ip6, TURN_PORT)] if ip6 is not None else [])
+    relayed = [SocketAddr(ip, 0)] + ([SocketAddr(ip6, 0)] if ip6 is not None else [])
+    server = DevRelay(listen, relayed, secret, world.entropy_for(name), wall_clock_secs=epoch)
+    return RelayHost(name, RelayComponent(server), ipv4=ip, ipv6=ip6, udp_ports=(TURN_PORT,), link=link)

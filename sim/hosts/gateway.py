@@ -63,7 +63,17 @@ from gateway_core.gateway_types import (
 from gateway_core.inputs import Input
 from gateway_core.interface import ConfigureInterface, InterfaceConfigured
 from gateway_core.portal.channel import ClosePortal, ConnectPortal, SendPortalFrame
-from gateway_core.wire.ip import build_udp_packet
+from gateway_core.wire.icmp import build_icmp_error
+from gateway_core.wire.ip import (
+    ICMPV4_ECHO_REQUEST,
+    ICMPV6_ECHO_REQUEST,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    build_icmp_echo,
+    build_udp_packet,
+    parse_icmp,
+    parse_ip,
+)
 from sim.host import Host
 from sim.net import LinkProfile, ip_endpoints, udp_in_ip
 from sim.portal import PORTAL_PORT, PortalClientHost, StubPortal, StubPortalHost
@@ -166,7 +176,8 @@ class GatewayHost(PortalClientHost):
         return True
 
     def _to_kernel(self, now: Instant, packet: bytes) -> None:
-        """A packet the gateway wrote to its TUN: for a local DNS server, or routed onwards."""
+        """A packet the gateway wrote to its TUN: for a local DNS server, for the host's own tunnel
+        address (the kernel answers), or routed onwards."""
         udp = udp_in_ip(packet)
         if udp is not None and self.dns_servers:
             ends = ip_endpoints(packet)
@@ -176,7 +187,33 @@ class GatewayHost(PortalClientHost):
                 query = DnsQueryReceived(dst, SocketAddr(ends[0], udp[0]), DnsTransport.UDP, udp[2])
                 self.gateway.handle_input(now, query)
                 return
+        ends = ip_endpoints(packet)
+        cfg = self.interface.config if self.interface is not None else None
+        if ends is not None and cfg is not None and ends[1] in (cfg.ipv4, cfg.ipv6):
+            self._local(now, packet, udp is not None)
+            return
         self.world.send_ip(self, packet)
+
+    def _local(self, now: Instant, packet: bytes, is_udp: bool) -> None:
+        """What Linux does with a packet for one of its own addresses and no socket behind it: an ICMP echo
+        request gets its reply, UDP an ICMP port unreachable; anything else is dropped. The answer goes
+        back into the TUN device, i.e. to the gateway."""
+        try:
+            ip = parse_ip(packet)
+            answer: bytes | None = None
+            if is_udp:
+                answer = build_icmp_error(packet, 3, 4)
+            elif ip.proto in (PROTO_ICMP, PROTO_ICMPV6):
+                icmp = parse_icmp(ip.payload)
+                if icmp.icmp_type == (ICMPV4_ECHO_REQUEST if ip.src.version == 4 else ICMPV6_ECHO_REQUEST):
+                    answer = build_icmp_echo(ip.dst, ip.src, icmp.ident, icmp.seq, icmp.payload, reply=True)
+        except ValueError:
+            return
+        if answer is None:
+            return
+        t = self.gateway.handle_tun_packet(now, answer)
+        if t is not None:
+            self.world.send_udp(self, t.src, t.dst, t.payload)
 
     # --- commands -----------------------------------------------------------------------------------
 
