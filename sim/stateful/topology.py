@@ -164,6 +164,7 @@ class Topology:
                 raise InvariantError("the gateway did not rejoin within 120 s after the portal came back")
             s.world.run_for(millis(100))
         s.coverage["event:reconnect_after_outage"] += 1
+        s.disturbed.update(range(s.spec.clients))  # fresh relay credentials in the init (see above)
         s.world.run_for(CONTROL_SETTLE)
 
     def _do_deauthorize_partitioned(self, step: Step, c: int) -> None:
@@ -192,6 +193,9 @@ class Topology:
                     raise InvariantError("the gateway did not rejoin within 120 s after a partition")
                 s.world.run_for(millis(10))
             s.model.told(inits[0], c, resource)
+            # The init brings the relays with fresh credentials: the gateway allocates again and its
+            # relayed paths break until ICE moves, so a goodbye sent meanwhile may be lost.
+            s.disturbed.update(range(s.spec.clients))
             if had:
                 s.coverage["event:reconciled_on_rejoin"] += 1
         finally:
