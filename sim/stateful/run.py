@@ -41,8 +41,12 @@ def world_flavour(x: int) -> tuple[str, str, str]:
 
 
 def initial_steps(spec: WorldSpec) -> list[Step]:
-    """Every example starts with client 0 holding both resources (so traffic steps have work to do)."""
-    return [Step(StepKind.GRANT, 0, 0), Step(StepKind.GRANT, 0, 1)]
+    """Every example starts with client 0 holding the CIDR and the DNS resource (so traffic steps have work
+    to do), one in three also the Internet resource."""
+    steps = [Step(StepKind.GRANT, 0, 0), Step(StepKind.GRANT, 0, 1)]
+    if spec.seed % 3 == 0:
+        steps.append(Step(StepKind.GRANT, 0, 2))
+    return steps
 
 
 def run_program(

@@ -292,8 +292,12 @@ class Traffic:
         self.run(Probe(c, proto, dst, port, pred, self.host_for(dst), raw=True))
 
     def _do_probe_internet(self, step: Step, c: int) -> None:
-        """A packet to a host on the Internet, through the client's routing (the Internet resource)."""
+        """A packet to a host on the Internet, through the client's routing (the Internet resource); half
+        the time from a client that holds it, if one does."""
         s = self.s
+        holders = [i for i in range(s.spec.clients) if s.model.live(i, "inet", s.world.now)]
+        if holders and c not in holders and step.b % 2 == 0:
+            c = holders[step.a % len(holders)]
         proto = ("icmp", "udp", "tcp")[step.a % 3]
         port = 0 if proto == "icmp" else OPEN_PORTS[proto][step.b % 2] if step.b % 5 else 9
         if proto == "udp" and port == 53:

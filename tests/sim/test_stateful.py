@@ -124,7 +124,8 @@ class GatewayMachine(RuleBasedStateMachine):
     def transition(self, data: st.DataObject) -> None:
         assert self.h is not None and self.program is not None
         choice = data.draw(st.integers(0, 2**64 - 1), label="transition")
-        kind = draw_kind(self.program.world.seed, choice)
+        index = len(self.program.steps) - len(initial_steps(self.program.world))
+        kind = draw_kind(self.program.world, index, choice)
         step = Step(
             kind,
             data.draw(st.integers(0, 2), label="client"),
@@ -282,10 +283,13 @@ def test_the_mix_check_and_the_summary_line() -> None:
 def test_draw_kind_follows_the_weights_even_for_hypothesis_favourites() -> None:
     """Uniform choices give each kind its share; the values Hypothesis favours (0, 1, all ones) do not
     all land on the first kind."""
-    drawn = Counter(draw_kind(7, x) for x in range(40 * TOTAL_WEIGHT))
+    world = WorldSpec(7)
+    drawn = Counter(draw_kind(world, i % 13, x) for i, x in enumerate(range(40 * TOTAL_WEIGHT)))
     assert mix_problems(Counter({str(k): n for k, n in drawn.items()})) == []
-    favourites = {draw_kind(seed, x) for seed in range(8) for x in (0, 1, 2**64 - 1)}
-    assert len(favourites) > 3
+    favourites = {
+        draw_kind(WorldSpec(seed), i, x) for seed in range(3) for i in range(3) for x in (0, 1, 2**64 - 1)
+    }
+    assert len(favourites) > 5
 
 
 def test_firezone_sim_replay_from_a_file_and_from_a_seed(

@@ -1,0 +1,123 @@
+"""``make mutation``: mutation testing of the gateway core, in two groups, each with its own test command.
+
+- ``policy``: ``gateway_core/policy`` mutated, killed by the stateful test alone
+  (``tests/sim/test_stateful.py``, profile ``mutation``); the configuration is ``setup.cfg`` [mutmut].
+- ``wire-dns``: ``gateway_core/wire`` and ``gateway_core/dns`` mutated, killed by the whole in-process suite
+  (``tests/unit``, ``tests/contract``, ``tests/io``, ``tests/sim``; the system tests run the daemon in
+  other processes, which mutmut's trampolines cannot see).
+
+mutmut (3.x) reads its configuration from the working directory, so each group runs in a copy of the tree
+under ``build/mutation/<group>`` with the group's ``setup.cfg``. mutmut records which tests reach which
+function and runs only those for each mutant (fastest-first), on ``--max-children`` workers. Each group
+writes ``mutation-<group>.txt`` (``mutmut results --all true``) at the top of the tree, and
+:mod:`scripts.mutation_score` prints its counts. Usage: ``python scripts/mutation.py [GROUP ...]
+[--children N] [--budget SECONDS]`` (every group by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = (
+    "gateway_core",
+    "gateway_io",
+    "sim",
+    "devportal",
+    "devpeers",
+    "devio",
+    "bench",
+    "e2e",
+    "tests",
+    "pyproject.toml",
+)
+"""What a group's copy of the tree holds (mutmut copies the sources and the tests into its ``mutants``)."""
+
+COMMON = """\
+[mutmut]
+source_paths = gateway_core
+also_copy =
+    sim
+    devportal
+    devpeers
+    devio
+    bench
+    e2e
+    gateway_io
+pytest_add_cli_args =
+    -p
+    no:cacheprovider
+    -x
+    -q
+"""
+GROUPS: dict[str, str] = {
+    "policy": COMMON
+    + """only_mutate =
+    gateway_core/policy/*
+pytest_add_cli_args_test_selection =
+    tests/sim/test_stateful.py
+""",
+    "wire-dns": COMMON
+    + """only_mutate =
+    gateway_core/wire/*
+    gateway_core/dns/*
+pytest_add_cli_args_test_selection =
+    tests/unit
+    tests/contract
+    tests/io
+    tests/sim
+""",
+}
+
+
+def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
+    work = ROOT / "build" / "mutation" / group
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, work / name)
+    (work / "setup.cfg").write_text(GROUPS[group], encoding="utf-8")
+    env = dict(os.environ, FZ_STATEFUL_PROFILE="mutation", PYTHONPATH=str(work))
+    started = time.monotonic()
+    print(f"mutation group {group}: mutmut run --max-children {children} (budget {budget} s)", flush=True)
+    try:
+        subprocess.run(
+            [mutmut, "run", "--max-children", str(children)], cwd=work, env=env, timeout=budget, check=False
+        )
+    except subprocess.TimeoutExpired:
+        print(f"mutation group {group}: stopped after the {budget} s budget", flush=True)
+    results = subprocess.run(
+        [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    out = ROOT / f"mutation-{group}.txt"
+    out.write_text(results.stdout, encoding="utf-8")
+    print(f"mutation group {group}: {time.monotonic() - started:.0f} s, results in {out.name}", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "mutation_score.py"), str(out)], check=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
+    ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--budget", type=int, default=1500, help="seconds per group before it is stopped")
+    args = ap.parse_args(argv)
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    for group in args.groups:
+        run_group(group, args.children, args.budget, mutmut)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
