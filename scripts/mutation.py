@@ -1,16 +1,18 @@
 """``make mutation``: mutation testing of the gateway core, in two groups, each with its own test command.
 
-- ``policy``: ``gateway_core/policy`` mutated, killed by the stateful test alone
-  (``tests/sim/test_stateful.py``, profile ``mutation``); the configuration is ``setup.cfg`` [mutmut].
+- ``policy``: ``gateway_core/policy`` mutated, killed by the stateful test alone (its main test with the
+  ``mutation`` profile: the regression programs, then fixed seeded programs; the same configuration is in
+  ``setup.cfg`` [mutmut], so ``mutmut`` run at the top of the tree does this group).
 - ``wire-dns``: ``gateway_core/wire`` and ``gateway_core/dns`` mutated, killed by the whole in-process suite
   (``tests/unit``, ``tests/contract``, ``tests/io``, ``tests/sim``; the system tests run the daemon in
   other processes, which mutmut's trampolines cannot see).
 
 mutmut (3.x) reads its configuration from the working directory, so each group runs in a copy of the tree
 under ``build/mutation/<group>`` with the group's ``setup.cfg``. mutmut records which tests reach which
-function and runs only those for each mutant (fastest-first), on ``--max-children`` workers. Each group
-writes ``mutation-<group>.txt`` (``mutmut results --all true``) at the top of the tree, and
-:mod:`scripts.mutation_score` prints its counts. Usage: ``python scripts/mutation.py [GROUP ...]
+function and runs only those for each mutant, on ``--max-children`` workers; only lines the tests cover are
+mutated (``mutate_only_covered_lines``), and logging calls are not (their text is no behaviour). Each group
+writes ``build/mutation/<group>.txt`` (``mutmut results --all true``) and :mod:`scripts.mutation_score`
+prints its counts. Usage: ``python scripts/mutation.py [GROUP ...]
 [--children N] [--budget SECONDS]`` (every group by default).
 """
 
@@ -39,8 +41,7 @@ COPY = (
 )
 """What a group's copy of the tree holds (mutmut copies the sources and the tests into its ``mutants``)."""
 
-COMMON = """\
-[mutmut]
+COMMON = r"""[mutmut]
 source_paths = gateway_core
 also_copy =
     sim
@@ -55,13 +56,17 @@ pytest_add_cli_args =
     no:cacheprovider
     -x
     -q
+mutate_only_covered_lines = true
+do_not_mutate_patterns =
+    ^\s*log\.(debug|info|warning|error|exception)\(
+    ^\s*logger\.(debug|info|warning|error|exception)\(
 """
 GROUPS: dict[str, str] = {
     "policy": COMMON
     + """only_mutate =
     gateway_core/policy/*
 pytest_add_cli_args_test_selection =
-    tests/sim/test_stateful.py
+    tests/sim/test_stateful.py::test_gateway_world_against_the_reference_model
 """,
     "wire-dns": COMMON
     + """only_mutate =
@@ -100,7 +105,7 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
     results = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
     )
-    out = ROOT / f"mutation-{group}.txt"
+    out = ROOT / "build" / "mutation" / f"{group}.txt"
     out.write_text(results.stdout, encoding="utf-8")
     print(f"mutation group {group}: {time.monotonic() - started:.0f} s, results in {out.name}", flush=True)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "mutation_score.py"), str(out)], check=False)

@@ -14,9 +14,13 @@ every step use it.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import ip_network
 from typing import TYPE_CHECKING
 
+from devpeers.client import DevClient
 from devpeers.client_types import ClientResource
 from gateway_core.clock import Instant, millis
 from gateway_core.portal.model import CidrResource, Filter, FilterProtocol
@@ -309,17 +313,13 @@ class Access:
                     s.lost_peer.append(i)  # a goodbye now; the grant of the new address comes after
         res = s.gw.portal.config.resource(CIDR_RESOURCE)
         assert isinstance(res, CidrResource)
-        new = replace(res, address=_network(address))
+        new = replace(res, address=ip_network(address))
         s.model.set_address(now, address)
         s.gw.signalling.update_resource(new)
         gid = s.gw.gateway_id()
         for i in range(s.spec.clients):
             if (i, "web") in s.model.routes:
-                cl = s.client(i)
-                s.world.drive(
-                    s.gw.client_hosts[i],
-                    lambda t, cl=cl: cl.add_resource(ClientResource(CIDR_RESOURCE, "cidr", address), gid),
-                )
+                s.world.drive(s.gw.client_hosts[i], _add_route(s.client(i), address, gid))
         s.world.run_for(CONTROL_SETTLE)
         for i in holders:
             self.grant(i, "web")
@@ -341,9 +341,22 @@ class Access:
         s.model.moved.add(resource)
         s.gw.signalling.act(lambda p: p.move_resource(RESOURCES[resource], "elsewhere"))
         for i in range(s.spec.clients):
-            cl = s.client(i)
-            s.world.drive(s.gw.client_hosts[i], lambda t, cl=cl: cl.remove_resource(RESOURCES[resource]))
+            s.world.drive(s.gw.client_hosts[i], _remove_route(s.client(i), RESOURCES[resource]))
         s.world.run_for(CONTROL_SETTLE)
+
+
+def _add_route(client: DevClient, address: str, gid: str) -> Callable[[Instant], None]:
+    def add(now: Instant) -> None:
+        client.add_resource(ClientResource(CIDR_RESOURCE, "cidr", address), gid)
+
+    return add
+
+
+def _remove_route(client: DevClient, rid: uuid.UUID) -> Callable[[Instant], None]:
+    def remove(now: Instant) -> None:
+        client.remove_resource(rid)
+
+    return remove
 
 
 def sessions_agree(client_tunnel: object, gateway_tunnel: object) -> bool:
@@ -357,12 +370,6 @@ def sessions_agree(client_tunnel: object, gateway_tunnel: object) -> bool:
     gw_local = {x.local_index for x in getattr(gateway_tunnel, "sessions", ()) if x is not None}
     cl_local = {x.local_index for x in getattr(client_tunnel, "sessions", ()) if x is not None}
     return bool(cs.peer_index in gw_local and (gs is None or gs.peer_index in cl_local))
-
-
-def _network(address: str) -> object:
-    from ipaddress import ip_network
-
-    return ip_network(address)
 
 
 def _filter(text: str) -> Filter:

@@ -54,8 +54,10 @@ def matches(
             and (got[0].inner_seq == seq if proto == "icmp" else got[0].inner_sport == sport)
         )
     if outcome is Outcome.RESET:
-        r = got[0] if len(got) == 1 else None
-        return isinstance(r, TcpReceived) and r.src == dst and r.dport == sport and bool(r.flags & TCP_RST)
+        rr = got[0] if len(got) == 1 else None
+        return (
+            isinstance(rr, TcpReceived) and rr.src == dst and rr.dport == sport and bool(rr.flags & TCP_RST)
+        )
     if proto == "icmp":
         r0 = got[0] if len(got) == 1 else None
         return isinstance(r0, EchoReply) and r0.src == dst and r0.seq == seq

@@ -12,7 +12,7 @@ such a probe the harness drops them (the application gave up), so a later grant 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 
 from devpeers.client_types import (
@@ -367,8 +367,8 @@ class Traffic:
                 raise InvariantError(f"client-{c} DNS queries: unexpected {others}, {arrived} at webdns")
         else:
             name, rtype, answer, pred = tunnel
-            mine = [r for r in answers if (r.name, r.rtype) == (name, rtype)]
-            self._check_tunnel_query(c, name, rtype, answer, pred, mine, others, arrived)
+            asked = [r for r in answers if (r.name, r.rtype) == (name, rtype)]
+            self._check_tunnel_query(c, name, rtype, answer, pred, asked, others, arrived)
         self.inv.nothing_for_others(c, got)
         self.inv.upstream(mark, upstream)
         if not s.model.has_peer(c, s.world.now):
@@ -382,7 +382,7 @@ class Traffic:
         answer: DnsPrediction,
         pred: Prediction,
         mine: list[DnsAnswer],
-        others: list[Received],
+        others: Sequence[Received],
         arrived: int,
     ) -> None:
         """A query sent through the tunnel to the client's DNS server: an ordinary UDP packet to port 53."""

@@ -176,9 +176,26 @@ def mix_problems(drawn: Counter[str]) -> list[str]:
     return out
 
 
+MUTATION_SEEDS = tuple(range(int(os.environ.get("FZ_STATEFUL_EXAMPLES", "12"))))
+"""The ``mutation`` profile's seeded programs (after the regressions): fixed, so a mutant is judged by
+the same programs every time and dies at the first that fails."""
+
+
+def run_mutation_programs() -> None:
+    """The ``mutation`` profile: the regression programs (short, each aimed at one behaviour), then
+    programs drawn from :data:`MUTATION_SEEDS` (every kind of world and step); stops at the first failure."""
+    for case in REGRESSIONS:
+        run_program(Program.loads(json.dumps(case["program"])))
+    for seed in MUTATION_SEEDS:
+        run_seeded(seed, MAX_STEPS + 3)
+
+
 @pytest.mark.timeout(7200)  # the ci profile takes ~1-2 min alone; a nightly shard ~5-10 min
 @pytest.mark.parametrize("shard", range(SHARDS))
 def test_gateway_world_against_the_reference_model(shard: int) -> None:
+    if PROFILE == "mutation":
+        run_mutation_programs()
+        return
     COVERAGE.clear()
     DRAWN.clear()
     EXAMPLES[0] = 0
