@@ -158,6 +158,12 @@ class Invariants:
         self.count += 1
         now = s.world.now
         self.security()
+        if s.spec.relay_only:  # the harness's own promise: no step opened the direct path
+            for h in s.gw.client_hosts:
+                if not s.world.network.is_partitioned(h.name, "gateway"):
+                    raise InvariantError(
+                        f"relay-only world: {h.name} reaches the gateway directly after {step}"
+                    )
         gid = s.gw.gateway_id()
         for c in range(s.spec.clients):
             peer = s.model.has_peer(c, now)

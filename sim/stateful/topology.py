@@ -127,7 +127,8 @@ class Topology:
         world = s.world
         name = s.gw.client_hosts[c].name
         s.disturbed.add(c)
-        others = ["gateway", *sorted(self.relays)] if s.spec.relay_only else ["gateway"]
+        # In a relay-only world the direct path stays cut (the world's own partition): cut the relays.
+        others = sorted(self.relays) if s.spec.relay_only else ["gateway"]
         world.partition([name], others)
         world.run_for(secs((5, 20, 40)[step.a % 3]))
         world.heal([name], others)
