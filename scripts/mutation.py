@@ -44,6 +44,7 @@ COPY = (
 COMMON = r"""[mutmut]
 source_paths = gateway_core
 also_copy =
+    conftest.py
     sim
     devportal
     devpeers
@@ -81,6 +82,26 @@ pytest_add_cli_args_test_selection =
 }
 
 
+CONFTEST = '''"""Written by scripts/mutation.py into a copy of the tree: fast tests first."""
+
+import os
+
+ORDER = ("tests/unit/", "tests/contract/", "tests/io/", "tests/sim/")
+
+
+def _rank(nodeid: str) -> tuple[int, bool]:
+    tier = next((i for i, p in enumerate(ORDER) if nodeid.startswith(p)), len(ORDER))
+    return tier, "test_stateful.py::test_gateway_world" in nodeid
+
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        items.sort(key=lambda item: _rank(item.nodeid))
+'''
+"""A mutant dies at its first failing test (``-x``): the unit tests kill most in milliseconds, so they go
+first, the simulator's scenarios and the stateful test last."""
+
+
 def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
     work = ROOT / "build" / "mutation" / group
     if work.exists():
@@ -93,6 +114,7 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
         elif src.exists():
             shutil.copy2(src, work / name)
     (work / "setup.cfg").write_text(GROUPS[group], encoding="utf-8")
+    (work / "conftest.py").write_text(CONFTEST, encoding="utf-8")
     env = dict(os.environ, FZ_STATEFUL_PROFILE="mutation", PYTHONPATH=str(work))
     started = time.monotonic()
     print(f"mutation group {group}: mutmut run --max-children {children} (budget {budget} s)", flush=True)

@@ -13,7 +13,8 @@ Theory of operation: :func:`build_gateway_world` puts into one :class:`~sim.worl
   gateway from the start, so only relayed paths work;
 - the resources: ``web`` (CIDR resource ``172.20.0.0/16`` with filters), ``app`` (the real address behind
   the DNS resource ``**.corp.test``), ``inet`` (a host reached through the Internet resource), and
-  ``dns`` (the upstream DNS server with A/AAAA/SRV/TXT records).
+  ``dns`` (the upstream DNS server with A/AAAA/SRV/TXT records); with ``extended`` (the stateful test's
+  world) also ``web``'s IPv6 address and ``webdns``, a DNS server inside the CIDR resource.
 
 Nothing is granted at build time: scenarios call :meth:`GatewayWorld.grant` and run the world. The
 gateway connects to the portal at once; :meth:`GatewayWorld.start` runs until it has joined.

@@ -10,6 +10,8 @@ kernel would:
   the gateway's own DNS-server addresses (tunnel address, port 53535), which the "kernel" delivers to the
   layer-4 DNS server: it becomes :class:`DnsQueryReceived`. ``SendDnsResponse`` becomes an IP/UDP packet
   from the server's address that goes back in through ``handle_tun_packet``, as the kernel routes it.
+  Any other packet for one of the gateway's own tunnel addresses is answered as Linux answers it without
+  a socket behind (ICMP echo reply, ICMP port unreachable for UDP), back through ``handle_tun_packet``.
 - Portal commands (``ConnectPortal`` / ``SendPortalFrame`` / ``ClosePortal``) map to simulated streams
   exactly as :class:`sim.portal.PortalClientHost` maps them (this host is one), and stream events come
   back as the channel's inputs, handed to the gateway.
