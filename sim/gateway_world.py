@@ -45,7 +45,7 @@ from sim.hosts.connectivity import RelayComponent, RelayHost
 from sim.hosts.dns_upstream import DNS_PORT, DnsZone, UpstreamDnsServer
 from sim.hosts.gateway import GatewayHost, SimResolver
 from sim.hosts.resources import ResourceServer
-from sim.nat import Nat
+from sim.nat import DEFAULT_TIMEOUT, Nat
 from sim.net import LinkProfile
 from sim.portal import PORTAL_PORT, StubPortal, StubPortalHost
 from sim.world import World
@@ -57,6 +57,11 @@ CLIENT_V4_BASE = IPv4Address("198.51.100.50")
 RELAY_V4_BASE = IPv4Address("192.0.2.31")
 RELAY_V6_BASE = IPv6Address("2001:db8:2::31")
 CLIENT_V6_BASE = IPv6Address("2001:db8:50::50")
+SYMMETRIC_NAT_TIMEOUT: Duration = secs(120)
+"""A symmetric NAT (an enterprise firewall here) keeps a mapping 2 minutes without outbound traffic (RFC
+4787's minimum); a cone NAT (a home router) 30 s (``sim.nat.DEFAULT_TIMEOUT``). With 30 s on per-destination
+mappings, a direct path the client stops refreshing dies while the gateway keeps it nominated (see the
+report in docs/testing.md, "Also seen")."""
 NAT_PUBLIC_BASE = IPv4Address("198.51.100.150")
 """The public address of client ``i``'s NAT is this plus ``i``."""
 UPSTREAM_V4 = IPv4Address("192.0.2.53")
@@ -90,6 +95,13 @@ ZONE: dict[str, dict[str, list[str]]] = {
     "outside.example": {"A": ["192.0.2.99"], "TXT": ['"not a resource"']},
 }
 """The upstream's records: the DNS resource's names, and one name outside every resource."""
+ZONE_EXTENDED: dict[str, dict[str, list[str]]] = {
+    **ZONE,
+    "v4only.corp.test": {"A": [str(APP_V4)]},
+    "v6only.corp.test": {"AAAA": [str(APP_V6)]},
+}
+"""The stateful test's zone: also names of the DNS resource with addresses of one family only (a proxy IP
+of the other family has nothing to map to; the gateway answers "unreachable", it does no NAT64)."""
 LINK = LinkProfile(latency=millis(10), jitter=millis(2))
 """Every access link: 10 ms one way with a little jitter (Firezone's minimum simulated latency)."""
 START_BUDGET: Duration = secs(5)
@@ -278,7 +290,7 @@ def build_gateway_world(
         w.add_host(relay_host(w, name, i, RELAY_SECRET, epoch, link, relay_v6))
         relay_names.append(name)
 
-    zone = DnsZone(ZONE)
+    zone = DnsZone(ZONE_EXTENDED if extended else ZONE)
     upstream = UpstreamDnsServer(zone)
     w.add_host(Host("dns", upstream, ipv4=UPSTREAM_V4, udp_ports=(DNS_PORT,), link=link))
     web = ResourceServer([WEB_V4, WEB_V6] if extended else [WEB_V4], udp_ports=(7,), tcp_ports=(80,))
@@ -341,7 +353,14 @@ def build_gateway_world(
         host = signalling.host_for(cid, name, client, ipv4=v4, ipv6=v6, link=client_link or link)
         w.add_host(host)
         if v4 is not None and nat != "none":
-            w.add_nat(Nat(name, NAT_PUBLIC_BASE + i, nat))
+            w.add_nat(
+                Nat(
+                    name,
+                    NAT_PUBLIC_BASE + i,
+                    nat,
+                    SYMMETRIC_NAT_TIMEOUT if nat == "symmetric" else DEFAULT_TIMEOUT,
+                )
+            )
         sim_clients.append(client)
         hosts.append(host)
         ids.append(cid)

@@ -82,6 +82,8 @@ PROXY_V6 = IPv6Network("fd00:2021:1111:8000::/107")
 class Outcome(StrEnum):
     REPLY = "reply"
     PORT_UNREACHABLE = "port_unreachable"
+    UNREACHABLE = "unreachable"
+    """The gateway's "no mapping" answer for a proxy IP: ICMPv4 3/0, ICMPv6 1/3."""
     RESET = "reset"
     PROHIBITED = "prohibited"
     NOTHING = "nothing"
@@ -249,11 +251,12 @@ class ReferenceModel:
     upstream_ok: bool = True
     moved: set[str] = field(default_factory=set)
     """Resources the portal moved to a site without a gateway of ours."""
-    nat: dict[int, str] = field(default_factory=dict)
-    """Each client's proxy-IP NAT request for the DNS resource, as the dev client holds it (its
-    ``DomainNatRequest``): ``none`` (none made, or started over), ``pending`` (asked, packets held),
-    ``nobuffer`` (asked again after a confirmation: packets go at once), ``confirmed`` (the gateway
-    answered Active), ``failed`` (it answered otherwise), ``unknown`` (an answer may have been lost)."""
+    nat: dict[tuple[int, str], str] = field(default_factory=dict)
+    """Each client's proxy-IP NAT request for each name of the DNS resource, as the dev client holds it
+    (its ``DomainNatRequest`` per (gateway, name)): ``none`` (none made, or started over), ``pending``
+    (asked, packets held), ``nobuffer`` (asked again after a confirmation: packets go at once),
+    ``confirmed`` (the gateway answered Active), ``failed`` (it answered otherwise), ``unknown`` (an
+    answer may have been lost)."""
     lossy: bool = False
     """Packets may be lost on the clients' links: any expected answer may be missing."""
 
@@ -391,53 +394,68 @@ class ReferenceModel:
             return "web" if filter_allows(self.filters, proto, port) else None
         return None
 
-    def predict_packet(self, client: int, dst: IPAddress, proto: str, port: int, now: int) -> Prediction:
-        """One probe from ``client`` to ``dst`` (``proto`` icmp/udp/tcp; ``port``: destination, 0 for ICMP),
-        sent now while no change is in flight (the harness makes sure)."""
-        pred = self._predict(client, dst, proto, port, now)
+    def predict_packet(
+        self, client: int, dst: IPAddress, proto: str, port: int, now: int, name: str = "app.corp.test"
+    ) -> Prediction:
+        """One probe from ``client`` to ``dst`` (``proto`` icmp/udp/tcp; ``port``: destination, 0 for ICMP;
+        ``name``: the DNS-resource name a proxy IP stands for), sent now while no change is in flight (the
+        harness makes sure)."""
+        pred = self._predict(client, dst, proto, port, now, name)
         return pred.lossy() if self.lossy else pred
 
-    def _predict(self, client: int, dst: IPAddress, proto: str, port: int, now: int) -> Prediction:
+    def _predict(
+        self, client: int, dst: IPAddress, proto: str, port: int, now: int, name: str = "app.corp.test"
+    ) -> Prediction:
         route = self.client_route(client, dst)
         if route is None or not self.has_peer(client, now):
             return Prediction.exact(Outcome.NOTHING, 0)
         allowed = self.gateway_allows(client, dst, proto, port, now)
         if allowed is None:
             if route == "app":
-                state = self.nat.get(client, "none")
+                state = self.nat.get((client, name), "none")
                 if state == "unknown":
                     return Prediction((Alternative(Outcome.NOTHING, 0), Alternative(Outcome.PROHIBITED, 0)))
                 if state in ("none", "pending"):
                     return Prediction.exact(Outcome.NOTHING, 0)  # held until a status that refuses it
             return Prediction.exact(Outcome.PROHIBITED, 0)
+        if allowed == "app" and not self.resolved(name, dst.version):
+            # No real address of the proxy IP's family: the gateway answers "unreachable" (no NAT64).
+            return Prediction.exact(Outcome.UNREACHABLE, 0)
         host = self.hosts["app"] if allowed == "app" else self.host_of(dst)
         a = self._answer(host, proto, port)
         return Prediction.exact(a.outcome, a.arrivals)
+
+    def resolved(self, name: str, version: int) -> tuple[IPAddress, ...]:
+        """The addresses of one family the upstream resolves ``name`` to (what the gateway maps to)."""
+        entry = self.zone.get(name, {})
+        return tuple(ip_address(a) for a in entry.get("A" if version == 4 else "AAAA", ()))
 
     # --- the client's proxy-IP NAT request (what the dev client does) ---------------------------------------
 
     def nat_reset(self, client: int) -> None:
         """The client starts its NAT requests over (a new flow of the DNS resource, a reset, a restart)."""
-        self.nat[client] = "none"
+        for key in [k for k in self.nat if k[0] == client]:
+            del self.nat[key]
 
-    def nat_query(self, client: int) -> None:
-        """The client answered A/AAAA for the DNS resource's name itself: a request it holds is asked
-        again (``recreate`` then ``update``: after a confirmation without holding packets, after a
+    def nat_query(self, client: int, name: str) -> None:
+        """The client answered A/AAAA for ``name`` (of the DNS resource) itself: a request it holds is
+        asked again (``recreate`` then ``update``: after a confirmation without holding packets, after a
         failure holding them); the answer comes with :meth:`nat_settle`."""
-        state = self.nat.get(client, "none")
+        state = self.nat.get((client, name), "none")
         if state == "confirmed":
-            self.nat[client] = "nobuffer"
+            self.nat[(client, name)] = "nobuffer"
         elif state == "failed":
-            self.nat[client] = "pending"
+            self.nat[(client, name)] = "pending"
 
-    def nat_probe(self, client: int) -> None:
-        """A packet to a proxy IP: without a request, the client makes one (and holds the packet)."""
-        if self.nat.get(client, "none") == "none":
-            self.nat[client] = "pending"
+    def nat_probe(self, client: int, name: str) -> None:
+        """A packet to a proxy IP of ``name``: without a request, the client makes one (holding it)."""
+        if self.nat.get((client, name), "none") == "none":
+            self.nat[(client, name)] = "pending"
 
-    def nat_settle(self, client: int, now: int) -> None:
+    def nat_settle(self, client: int, name: str, now: int) -> None:
         """The gateway answered the request (when the client had a connection to send it on)."""
-        self.nat[client] = self._nat_answer(client, self.nat.get(client, "none"), now)
+        key = (client, name)
+        self.nat[key] = self._nat_answer(client, self.nat.get(key, "none"), now)
 
     def _nat_answer(self, client: int, state: str, now: int) -> str:
         if state in ("none", "confirmed", "failed", "unknown"):

@@ -42,10 +42,12 @@ def matches(
     if lossy and proto == "tcp" and outcome is Outcome.REPLY and len(got) == 1:
         r = got[0]
         return isinstance(r, TcpReceived) and r.src == dst and r.flags == TCP_SYN | TCP_ACK
-    if outcome is Outcome.PROHIBITED or outcome is Outcome.PORT_UNREACHABLE:
+    if outcome in (Outcome.PROHIBITED, Outcome.PORT_UNREACHABLE, Outcome.UNREACHABLE):
         code = (1, 1) if v6 else (3, 13)
         if outcome is Outcome.PORT_UNREACHABLE:
             code = (1, 4) if v6 else (3, 3)
+        elif outcome is Outcome.UNREACHABLE:
+            code = (1, 3) if v6 else (3, 0)
         return (
             len(got) == 1
             and isinstance(got[0], IcmpErrorReceived)

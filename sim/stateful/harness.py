@@ -43,7 +43,7 @@ from sim.gateway_world import (
     WEB_V6,
     WEBDNS_V4,
     WEBDNS_V6,
-    ZONE,
+    ZONE_EXTENDED,
     GatewayWorld,
     build_gateway_world,
 )
@@ -131,7 +131,7 @@ class Harness:
             spec.clients,
             specs,
             hosts,
-            ZONE,
+            ZONE_EXTENDED,
             world.clock.epoch_unix_ns,
             bounds_of(gw, spec.relay_only),
             CIDR_FILTERS,

@@ -34,11 +34,16 @@ highest-priority pair the client ever nominated until its checks fail (15.25 s, 
 snownet), and a WireGuard handshake sent meanwhile is given up after 15 s and started again; 40 s covers
 both in turn (Firezone's behaviour: the gateway cannot know a roamed client's old relay candidate died)."""
 _NAT_LOGGER = "gateway_core.policy.nat"
+_POLICY_LOGGERS = "gateway_core.policy"
+"""The policy warns only of what these worlds never send (a filter range with start > end, a proxy IP
+outside the proxy ranges, a tunnel address moving between clients, an authorisation before ``init``):
+a WARNING from it fails the step like an ERROR from anywhere."""
 _PROTO_NAMES = {PROTO_ICMP: "icmp", PROTO_ICMPV6: "icmp", PROTO_UDP: "udp", PROTO_TCP: "tcp"}
 
 
 class ErrorLog(logging.Handler):
-    """Collects ERROR records of every component, and counts the NAT-expiry debug line.
+    """Collects ERROR records of every component and WARNING records of the policy, and counts the
+    NAT-expiry debug line.
 
     :meth:`install` hooks it to the root logger (at INFO at least) and the NAT logger (at DEBUG);
     :meth:`uninstall` puts the levels back."""
@@ -51,7 +56,9 @@ class ErrorLog(logging.Handler):
         self._nat_level = logging.NOTSET
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR:
+        if record.levelno >= logging.ERROR or (
+            record.levelno >= logging.WARNING and record.name.startswith(_POLICY_LOGGERS)
+        ):
             self.errors.append(f"{record.name}: {record.getMessage()}")
         elif record.msg == "NAT session expired: %r":
             self.nat_expired += 1

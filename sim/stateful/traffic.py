@@ -24,7 +24,7 @@ from devpeers.client_types import (
 )
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant, millis
-from sim.gateway_world import APP_V4, APP_V6, INET_V4, WEB_V4, WEB_V6, WEBDNS_V4, WEBDNS_V6
+from sim.gateway_world import INET_V4, WEB_V4, WEB_V6, WEBDNS_V4, WEBDNS_V6
 from sim.reference import DnsPrediction, Outcome, Prediction
 from sim.stateful.expect import expect_dns
 from sim.stateful.invariants import Invariants
@@ -46,6 +46,8 @@ DNS_QUERIES: tuple[tuple[str, str, bool], ...] = (
 )
 """(name, type, via the gateway whatever the name): forwarded SRV/TXT, NXDOMAIN, REFUSED, local answers,
 and names outside the DNS resources (the client's own DNS server)."""
+DNS_NAMES = ("app.corp.test", "app.corp.test", "app.corp.test", "v4only.corp.test", "v6only.corp.test")
+"""Names of the DNS resource a probe goes to (each gets its own proxy IPs and NAT request)."""
 NO_HOST_V4 = IPv4Address("172.20.0.99")
 """An address inside the CIDR resource where no host lives: allowed packets go nowhere."""
 FOREIGN_V4 = IPv4Address("203.0.113.199")
@@ -212,35 +214,37 @@ class Traffic:
         self.probe_web(c, "tcp", self.pick_port("tcp", step.a, step.b), step.b // 4)
 
     def _do_probe_dns_resource(self, step: Step, c: int) -> None:
-        """A packet to a proxy IP of ``app.corp.test``, after the client's own A or AAAA answer."""
+        """A packet to a proxy IP of a name of the DNS resource, after the client's own A or AAAA answer
+        (mostly ``app.corp.test``; sometimes a name with addresses of one family only)."""
         s = self.s
         if (c, "app") not in s.model.routes:
             s.coverage["probe_skipped_no_route"] += 1  # the client answers NXDOMAIN: no proxy IP
             return
+        name = DNS_NAMES[step.b // 8 % len(DNS_NAMES)]
         v6 = bool(step.b % 2)
         rtype = "AAAA" if v6 else "A"
         client = s.client(c)
         before = len(client.received)
-        s.gw.drive(c, lambda cc, t: cc.query_dns(t, "app.corp.test", rtype))
+        s.gw.drive(c, lambda cc, t: cc.query_dns(t, name, rtype))
         answers = [r for r in client.received[before:] if isinstance(r, DnsAnswer)]
         if len(answers) != 1 or answers[0].rcode != "NOERROR" or len(answers[0].records) != 4:
-            raise InvariantError(f"local {rtype} answer for app.corp.test: {answers}")
-        proxies = client.proxy_ips("app.corp.test")
+            raise InvariantError(f"local {rtype} answer for {name}: {answers}")
+        proxies = client.proxy_ips(name)
         dst = proxies[4 + step.b // 2 % 4] if v6 else proxies[step.b // 2 % 4]
         proto = ("icmp", "udp", "tcp")[step.a % 3]
         port = 0 if proto == "icmp" else OPEN_PORTS[proto][step.a // 3 % 2] if step.a % 7 else 9
         now = s.world.now
-        s.model.nat_query(c)
+        s.model.nat_query(c, name)
         if not s.model.live(c, "app", now):
             s.coverage["event:dns_resource_unauthorised"] += 1
-        pred = s.model.predict_packet(c, dst, proto, port, now)
-        s.model.nat_probe(c)
+        pred = s.model.predict_packet(c, dst, proto, port, now, name)
+        s.model.nat_probe(c, name)
         p = self.run(Probe(c, proto, dst, port, pred, "app"))
-        s.model.nat_settle(c, now)
-        real = {APP_V4, APP_V6}
+        s.model.nat_settle(c, name, now)
+        real = set(s.model.resolved(name, 4) + s.model.resolved(name, 6))
         for a in p.arrivals:
             if a.dst not in real:
-                raise InvariantError(f"{p.what}: reached {a.dst}, not an address app.corp.test resolves to")
+                raise InvariantError(f"{p.what}: reached {a.dst}, not an address {name} resolves to")
             seen = self.proxy_map.setdefault((c, dst), a.dst)
             if seen != a.dst:
                 raise InvariantError(f"{p.what}: proxy IP {dst} maps to {a.dst} now, to {seen} before")
@@ -341,8 +345,8 @@ class Traffic:
                 c, lambda cc, t, nm=name, rt=rtype, v=via: cc.query_dns(t, nm, rt, via=gid if v else None)
             )
             if mine and not via and rtype in ("A", "AAAA"):
-                s.model.nat_query(c)  # the client asks its NAT request again
-                s.model.nat_settle(c, now)
+                s.model.nat_query(c, name)  # the client asks its NAT request again
+                s.model.nat_settle(c, name, now)
         s.world.run_for(DNS_SETTLE if not s.model.upstream_ok else PROBE_SETTLE)
         got = self.inv.since(mark)
         answers = [r for r in got[c] if isinstance(r, DnsAnswer)]
