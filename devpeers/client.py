@@ -23,7 +23,8 @@ of Firezone's client that matter to a gateway:
   sent in-band, packets are buffered until ``domain_status`` says Active, then flushed; a repeated query
   re-sends ``assigned_ips`` (as Firezone's client does when an application resolves the name again).
 - **SRV/TXT** queries for names matching a DNS resource are sent through the tunnel to the gateway's
-  tunnel address, port 53535, over UDP; the answer comes back the same way.
+  tunnel address, port 53535, over UDP (or TCP, one connection per query, the message with its two-byte
+  length on the SYN/ACK); the answer comes back the same way.
 - **Other names** go to the client's DNS server (:meth:`DevClient.set_dns_servers`, the first one):
   through the tunnel, as an ordinary UDP packet to its port 53, when a resource routes its address (a
   DNS server inside a CIDR resource, or any server with the Internet resource); else the client's own
@@ -148,6 +149,8 @@ class DevClient:
         self._pending: dict[str, deque[bytes]] = {}
         self._connected: set[str] = set()
         self._dns_pending: dict[int, tuple[str, str]] = {}
+        self._dns_tcp: dict[int, str] = {}
+        """Source port of a DNS-over-TCP query -> the gateway it went to."""
         self.dns_servers: tuple[IPAddress, ...] = ()
         """The client's DNS servers for names outside its DNS resources (the system's, in order)."""
         self._tcp = TcpProbes()
@@ -362,7 +365,9 @@ class DevClient:
         ok = self._send_app(now, self._tcp.open(self._src_for(dst), dst, dport, sp, payload))
         return sp if ok else None
 
-    def query_dns(self, now: Instant, name: str, rtype: str, via: str | None = None) -> DnsAnswer | None:
+    def query_dns(
+        self, now: Instant, name: str, rtype: str, via: str | None = None, tcp: bool = False
+    ) -> DnsAnswer | None:
         """Resolve ``name``: A/AAAA of a DNS resource answered locally with proxy IPs (returned); SRV/TXT of
         a DNS resource forwarded to its gateway (the answer arrives in :attr:`received`, None returned);
         other names get a local NXDOMAIN (the simulated client has no system resolver). With ``via`` (a
@@ -371,7 +376,7 @@ class DevClient:
         name = name.lower().rstrip(".")
         hit = self.routes.dns_resource_for(name)
         if via is not None:
-            self._forward_dns(now, via, name, rtype)
+            self._forward_dns(now, via, name, rtype, tcp)
             return None
         if hit is None:
             server = self.dns_servers[0] if self.dns_servers else None
@@ -394,10 +399,10 @@ class DevClient:
                     self._encapsulate(now, gateway, req.packet)
             self._drain(now)
             return ans
-        self._forward_dns(now, gateway, name, rtype)
+        self._forward_dns(now, gateway, name, rtype, tcp)
         return None
 
-    def _forward_dns(self, now: Instant, gateway: str, name: str, rtype: str) -> None:
+    def _forward_dns(self, now: Instant, gateway: str, name: str, rtype: str, tcp: bool = False) -> None:
         grant = self.grants.get(gateway)
         if grant is None:
             self.stats.incr("dns.no_gateway")
@@ -407,7 +412,13 @@ class DevClient:
         self._next_qid = self._next_qid % 0xFFFF + 1
         self._dns_pending[q.id] = (name, rtype)
         sp = self._port()
-        packet = build_udp_packet(self.tunnel_v4, grant.tunnel_v4, sp, DNS_FORWARD_PORT, q.to_wire())
+        wire = q.to_wire()
+        if tcp:
+            # DNS over TCP (RFC 7766): the message with its two-byte length, on the SYN/ACK.
+            self._dns_tcp[sp] = gateway
+            packet = self._tcp.open(self.tunnel_v4, grant.tunnel_v4, DNS_FORWARD_PORT, sp, _tcp_dns(wire))
+        else:
+            packet = build_udp_packet(self.tunnel_v4, grant.tunnel_v4, sp, DNS_FORWARD_PORT, wire)
         self._encapsulate(now, gateway, packet)
         self._drain(now)
 
@@ -553,7 +564,21 @@ class DevClient:
 
     def _tcp_in(self, now: Instant, src: IPAddress, seg: bytes) -> None:
         tcp = parse_tcp(seg)
+        gateway = self._dns_tcp.get(tcp.dport) if tcp.sport == DNS_FORWARD_PORT else None
+        if gateway is not None:
+            request = self._tcp.on_segment(self._src_for(src), src, tcp)
+            if request is not None:
+                self._encapsulate(now, gateway, request)
+            if len(tcp.payload) >= 2:
+                del self._dns_tcp[tcp.dport]
+                size = int.from_bytes(tcp.payload[:2], "big")
+                self._dns_in(now, tcp.payload[2 : 2 + size])
+            return
         self._record(TcpReceived(now, src, tcp.sport, tcp.dport, tcp.flags, tcp.payload))
         request = self._tcp.on_segment(self._src_for(src), src, tcp)
         if request is not None:
             self._send_app(now, request)
+
+
+def _tcp_dns(message: bytes) -> bytes:
+    return len(message).to_bytes(2, "big") + message

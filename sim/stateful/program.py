@@ -156,6 +156,7 @@ KEY_EVENTS: dict[str, int] = {
     "gateway_tunnel_address": 10,
     "internet_resource": 20,
     "reconciled_on_rejoin": 5,
+    "dns_over_tcp": 20,
 }
 """Events the coverage gate wants to see, with the minimum count per ``ci`` run (counted as
 ``event:<name>`` in the coverage)."""

@@ -312,8 +312,9 @@ class Traffic:
         self.run(Probe(c, proto, INET_V4, port, pred, "inet"))
 
     def _do_dns_query(self, step: Step, c: int) -> None:
-        """One to three queries at once (distinct names and types), each checked against the model; at
-        most one goes through the tunnel to the client's own DNS server."""
+        """One to three queries at once (distinct names and types; those for the gateway over UDP or TCP),
+        each checked against the model; at most one goes through the tunnel to the client's own DNS
+        server."""
         s = self.s
         now = s.world.now
         n = 1 + step.b % 3
@@ -341,8 +342,14 @@ class Traffic:
                 direct.append((name, rtype, pred_dns))
                 if pred_dns.upstream:
                     upstream.append((name, rtype))
+            tcp = bool((step.b // 3 + i) % 2)  # half of the queries for the gateway go over TCP
+            if tcp and (via or mine):
+                s.coverage["event:dns_over_tcp"] += 1
             s.gw.drive(
-                c, lambda cc, t, nm=name, rt=rtype, v=via: cc.query_dns(t, nm, rt, via=gid if v else None)
+                c,
+                lambda cc, t, nm=name, rt=rtype, v=via, tc=tcp: cc.query_dns(
+                    t, nm, rt, via=gid if v else None, tcp=tc
+                ),
             )
             if mine and not via and rtype in ("A", "AAAA"):
                 s.model.nat_query(c, name)  # the client asks its NAT request again
