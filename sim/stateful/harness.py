@@ -2,28 +2,31 @@
 
 Theory of operation
 -------------------
-A :class:`Harness` owns a :class:`~sim.gateway_world.GatewayWorld` (portal, relays, the gateway, 1-3
-clients, resources, upstream DNS) and a :class:`~sim.reference.ReferenceModel`, shared with its parts
-through a :class:`~sim.stateful.scene.Scene`:
+A :class:`Harness` builds the world of a :class:`~sim.stateful.program.WorldSpec` (a
+:class:`~sim.gateway_world.GatewayWorld`: portal, relays, the gateway, 1-3 clients with their underlay
+families, links and NATs, the hosts behind the gateway, upstream DNS) and a
+:class:`~sim.reference.ReferenceModel` that knows the world's delay bounds (:func:`bounds_of`), shared with
+its parts through a :class:`~sim.stateful.scene.Scene`:
 
-- :class:`~sim.stateful.traffic.Traffic`: probes and DNS queries, checked exactly against the model;
-- :class:`~sim.stateful.access.Access`: grants, revocations, expiry and filter updates, reconnection;
-- :class:`~sim.stateful.topology.Topology`: partitions, gateway restart, portal outage, relays, roaming;
+- :class:`~sim.stateful.traffic.Traffic`: probes, DNS queries and trains of probes, checked exactly
+  against the model (:mod:`sim.stateful.probes`);
+- :class:`~sim.stateful.access.Access`: grants, revocations, expiries, filters, addresses, sites,
+  reconnection;
+- :class:`~sim.stateful.topology.Topology`: partitions, restarts, portal outage and partition, relays,
+  roaming, DNS servers;
 - :class:`~sim.stateful.invariants.Invariants`: the checks after every step.
 
 Each part contributes a handler per :class:`~sim.stateful.program.StepKind` it owns; the harness merges
-them into one table (every kind has exactly one handler, checked at construction) and the guards that say
-which kinds make sense now (:meth:`Harness.enabled`).
+them into one table (every kind has exactly one handler, checked at construction). Every kind can run in
+any state (:meth:`Harness.enabled` offers them all), so a run's mix follows the weights.
 
-:meth:`Harness.apply` runs one step: it first lets time pass until no authorisation expiry is close
-(:meth:`ReferenceModel.certain`), traces the step, runs its handler (which updates the model first, as
-Firezone's ``tunnel_test`` does, then acts on the world and runs it for the step's settle time), leaves
-uncertainty again and checks the invariants on everything that happened (:meth:`Invariants.after_step`).
-The driving contract is checked by the world itself on every call (a breach raises). A failed check raises
-:class:`~sim.stateful.scene.InvariantError` naming the step and what differed.
-
-Key events (relay fallback, rekey, NAT expiry, SERVFAIL, REFUSED, ICMP prohibited, reconnect after an
-outage) and step kinds are counted in :attr:`Harness.coverage` for the coverage gate.
+:meth:`Harness.apply` runs one step: it first lets time pass until no authorisation expiry is close enough
+to make a probe uncertain (:meth:`ReferenceModel.quiet`), traces the step, runs its handler (which updates
+the model first, as Firezone's ``tunnel_test`` does, then acts on the world and runs it for the step's
+settle time), leaves uncertainty again and checks the invariants on everything that happened
+(:meth:`Invariants.after_step`). The driving contract is checked by the world itself on every call (a
+breach raises). A failed check raises :class:`~sim.stateful.scene.InvariantError` naming the step and what
+differed. Step kinds and key events (``KEY_EVENTS``) are counted in :attr:`Harness.coverage`.
 """
 
 from __future__ import annotations
