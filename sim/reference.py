@@ -263,6 +263,8 @@ class ReferenceModel:
         if route is None or not self.has_peer(client, now):
             return Prediction.exact(Outcome.NOTHING, 0)
         allowed = self.gateway_allows(client, dst, proto, port, now)
+        if allowed == "app" and not self.resolved(name, 4) + self.resolved(name, 6):
+            allowed = None  # the name resolves to nothing: the gateway refuses the NAT (Inactive)
         if allowed is None:
             if route == "app":
                 state = self.nat.get((client, name), "none")
@@ -308,16 +310,17 @@ class ReferenceModel:
     def nat_settle(self, client: int, name: str, now: int) -> None:
         """The gateway answered the request (when the client had a connection to send it on)."""
         key = (client, name)
-        self.nat[key] = self._nat_answer(client, self.nat.get(key, "none"), now)
+        self.nat[key] = self._nat_answer(client, self.nat.get(key, "none"), now, name)
 
-    def _nat_answer(self, client: int, state: str, now: int) -> str:
+    def _nat_answer(self, client: int, state: str, now: int, name: str = "app.corp.test") -> str:
         if state in ("none", "confirmed", "failed", "unknown"):
             return state
         if not self.has_peer(client, now):
             return state  # the request waits for a connection (and is dropped with it)
         if self.lossy:
             return "unknown"
-        return "confirmed" if self.live(client, "app", now) and "app" not in self.moved else "failed"
+        live = self.live(client, "app", now) and "app" not in self.moved
+        return "confirmed" if live and self.resolved(name, 4) + self.resolved(name, 6) else "failed"
 
     def predict_raw(self, client: int, dst: IPAddress, proto: str, port: int, now: int) -> Prediction:
         """A packet put straight into the tunnel (no routing at the client): the gateway decides alone."""

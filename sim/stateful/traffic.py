@@ -46,8 +46,16 @@ DNS_QUERIES: tuple[tuple[str, str, bool], ...] = (
 )
 """(name, type, via the gateway whatever the name): forwarded SRV/TXT, NXDOMAIN, REFUSED, local answers,
 and names outside the DNS resources (the client's own DNS server)."""
-DNS_NAMES = ("app.corp.test", "app.corp.test", "app.corp.test", "v4only.corp.test", "v6only.corp.test")
-"""Names of the DNS resource a probe goes to (each gets its own proxy IPs and NAT request)."""
+DNS_NAMES = (
+    "app.corp.test",
+    "app.corp.test",
+    "app.corp.test",
+    "v4only.corp.test",
+    "v6only.corp.test",
+    "nxname.corp.test",
+)
+"""Names of the DNS resource a probe goes to (each gets its own proxy IPs and NAT request): one with
+addresses of both families, one with each family only, one the gateway cannot resolve."""
 NO_HOST_V4 = IPv4Address("172.20.0.99")
 """An address inside the CIDR resource where no host lives: allowed packets go nowhere."""
 FOREIGN_V4 = IPv4Address("203.0.113.199")
