@@ -142,7 +142,7 @@ KEY_EVENTS: dict[str, int] = {
     "relay_fallback": 20,
     "rekey": 5,
     "nat_expiry": 5,
-    "servfail": 10,
+    "servfail": 5,
     "refused": 10,
     "icmp_prohibited": 50,
     "reconnect_after_outage": 10,
