@@ -29,7 +29,8 @@ CONNECT_BOUND: Duration = secs(15)
 """A connection must be up this long after the step that (re)created it ends: ICE over relays converges
 in a few seconds of virtual time; 15 s also covers a TURN allocation retried once."""
 DISTURBED_CONNECT_BOUND: Duration = secs(40)
-"""After a step that cut the client's path (roam, partition, lost relay, restart): the gateway keeps the
+"""After a step that cut the client's path (roam, partition, lost relay, restart), and on lossy links
+(ICE checks and WireGuard handshakes lost and retried 5 s later): the gateway keeps the
 highest-priority pair the client ever nominated until its checks fail (15.25 s, str0m's timing in
 snownet), and a WireGuard handshake sent meanwhile is given up after 15 s and started again; 40 s covers
 both in turn (Firezone's behaviour: the gateway cannot know a roamed client's old relay candidate died)."""
@@ -188,7 +189,8 @@ class Invariants:
                     self._goodbyes_expected[c] += 1
             self._peer[c] = peer
             if peer and not self.access.connected(c, gid):
-                bound = DISTURBED_CONNECT_BOUND if c in s.disturbed else CONNECT_BOUND
+                slow = c in s.disturbed or s.model.lossy  # lost handshakes are retried after 5 s each
+                bound = DISTURBED_CONNECT_BOUND if slow else CONNECT_BOUND
                 end = now + bound
                 self.access.reconnect_all(only=c)
                 while not self.access.connected(c, gid) and s.world.now < end:
