@@ -36,8 +36,13 @@ COPY = (
     "devio",
     "bench",
     "e2e",
+    "scripts",
+    "docs",
+    "packaging",
     "tests",
     "pyproject.toml",
+    "README.md",
+    "Makefile",
 )
 """What a group's copy of the tree holds (mutmut copies the sources and the tests into its ``mutants``)."""
 
@@ -52,6 +57,11 @@ also_copy =
     bench
     e2e
     gateway_io
+    scripts
+    docs
+    packaging
+    README.md
+    Makefile
 pytest_add_cli_args =
     -p
     no:cacheprovider
