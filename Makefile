@@ -57,11 +57,8 @@ bench: venv deps
 # Mutation check of the policy's filters and NAT against the stateful test (setup.cfg [mutmut]); not part
 # of `make test`. Bounded: 20 derandomized examples per mutant, 2 workers, 60 minutes at most (~30 min).
 mutation: venv deps
-	$(BIN)/python -m pip install -q 'mutmut>=3.3'
-	rm -rf mutants
-	FZ_STATEFUL_PROFILE=mutation timeout 3600 $(BIN)/mutmut run --max-children 2 || true
-	$(BIN)/mutmut results --all true | tail -n +1 > mutation-results.txt || true
-	$(BIN)/python scripts/mutation_score.py
+	$(BIN)/python -m pip install -q 'mutmut>=3.8'
+	$(BIN)/python scripts/mutation.py --children 2 --budget 1500
 
 # Coverage-guided fuzzing (fuzz/, atheris): every target for FUZZ_SECONDS each, FUZZ_JOBS at a time (nice'd),
 # new inputs kept in .fuzz/corpus, crashes in .fuzz/crashes; exits non-zero if a target failed. Not part of

@@ -23,7 +23,12 @@ of Firezone's client that matter to a gateway:
   sent in-band, packets are buffered until ``domain_status`` says Active, then flushed; a repeated query
   re-sends ``assigned_ips`` (as Firezone's client does when an application resolves the name again).
 - **SRV/TXT** queries for names matching a DNS resource are sent through the tunnel to the gateway's
-  tunnel address, port 53535, over UDP; the answer comes back the same way.
+  tunnel address, port 53535, over UDP (or TCP, one connection per query, the message with its two-byte
+  length on the SYN/ACK); the answer comes back the same way.
+- **Other names** go to the client's DNS server (:meth:`DevClient.set_dns_servers`, the first one):
+  through the tunnel, as an ordinary UDP packet to its port 53, when a resource routes its address (a
+  DNS server inside a CIDR resource, or any server with the Internet resource); else the client's own
+  resolver answers, which here knows nothing (NXDOMAIN, ``local``).
 - **Everything received** is appended to :attr:`DevClient.received` as typed records (echo replies, ICMP
   errors with type/code and the quoted flow, UDP and TCP payloads, DNS answers, ``domain_status``,
   goodbyes), with the time, for assertions. A client with a real TUN device (``write_tun=True``, the
@@ -71,7 +76,7 @@ from gateway_core.node.events import (
     NewIceCandidate,
 )
 from gateway_core.node.factory import wireguard_node
-from gateway_core.node.node import RelayConfig
+from gateway_core.node.node import Node, RelayConfig
 from gateway_core.policy.p2p_control import (
     EVENT_DOMAIN_STATUS,
     EVENT_GOODBYE,
@@ -135,14 +140,7 @@ class DevClient:
         self._now = now
         self._wall0 = wall_unix_ns - now
         self._entropy = entropy
-        self.node = wireguard_node(
-            private_key,
-            entropy,
-            SeededEntropy(entropy.random_bytes(16)),
-            now,
-            lambda t: self._wall0 + t,
-            controlling=True,
-        )
+        self.node = self._make_node(now)
         self.grants: dict[str, GatewayGrant] = {}
         self._relays: tuple[RelayConfig, ...] = ()
         self._early: dict[str, list[tuple[str, bool]]] = {}
@@ -151,6 +149,10 @@ class DevClient:
         self._pending: dict[str, deque[bytes]] = {}
         self._connected: set[str] = set()
         self._dns_pending: dict[int, tuple[str, str]] = {}
+        self._dns_tcp: dict[int, str] = {}
+        """Source port of a DNS-over-TCP query -> the gateway it went to."""
+        self.dns_servers: tuple[IPAddress, ...] = ()
+        """The client's DNS servers for names outside its DNS resources (the system's, in order)."""
         self._tcp = TcpProbes()
         self._next_port = FIRST_SPORT
         self._next_qid = 1
@@ -158,6 +160,16 @@ class DevClient:
         self.write_tun = write_tun
         """Decrypted IP packets (not control packets) leave as ``WriteTun`` commands instead of being
         parsed into :attr:`received` (a client with a real TUN device)."""
+
+    def _make_node(self, now: Instant) -> Node:
+        return wireguard_node(
+            self.private_key,
+            self._entropy,
+            SeededEntropy(self._entropy.random_bytes(16)),
+            now,
+            lambda t: self._wall0 + t,
+            controlling=True,
+        )
 
     # --- node plumbing --------------------------------------------------------------------------------------
 
@@ -288,9 +300,23 @@ class DevClient:
         for key in [k for k in self._nat if k[0] == gateway]:
             del self._nat[key]
 
-    def reset_connections(self, now: Instant) -> None:
+    def set_dns_servers(self, servers: Iterable[IPAddress]) -> None:
+        """The system's DNS servers changed (the first one is asked)."""
+        self.dns_servers = tuple(servers)
+
+    def discard_pending(self) -> int:
+        """Drop the packets waiting for a connection (the applications gave up); how many there were."""
+        n = sum(len(q) for q in self._pending.values())
+        self._pending.clear()
+        return n
+
+    def reset_connections(self, now: Instant, private_key: bytes | None = None) -> None:
         """Drop every connection, queued packet and DNS-resource NAT request, and re-announce the relays
-        (what Firezone's client does when its network changes); grants and routes are kept."""
+        (what Firezone's client does when its network changes); grants and routes are kept.
+
+        With ``private_key`` the client also takes that new WireGuard key, as snownet's ``Node::reset``
+        does (``rust/connlib/snownet/src/node.rs``): its next flows carry a new public key, so a gateway
+        replaces its side of each connection instead of keeping paths that died with the old network."""
         self._advance(now)
         relays = self._relays
         for gid in sorted(self.node.connections):
@@ -298,6 +324,11 @@ class DevClient:
         self._connected.clear()
         self._pending.clear()
         self._nat.clear()
+        if private_key is not None:
+            self.private_key = private_key
+            self.public_key = public_key(private_key)
+            self.node = self._make_node(now)
+            self._relays = ()
         self.set_relays(now, ())
         self.set_relays(now, relays)
 
@@ -334,7 +365,9 @@ class DevClient:
         ok = self._send_app(now, self._tcp.open(self._src_for(dst), dst, dport, sp, payload))
         return sp if ok else None
 
-    def query_dns(self, now: Instant, name: str, rtype: str, via: str | None = None) -> DnsAnswer | None:
+    def query_dns(
+        self, now: Instant, name: str, rtype: str, via: str | None = None, tcp: bool = False
+    ) -> DnsAnswer | None:
         """Resolve ``name``: A/AAAA of a DNS resource answered locally with proxy IPs (returned); SRV/TXT of
         a DNS resource forwarded to its gateway (the answer arrives in :attr:`received`, None returned);
         other names get a local NXDOMAIN (the simulated client has no system resolver). With ``via`` (a
@@ -343,9 +376,13 @@ class DevClient:
         name = name.lower().rstrip(".")
         hit = self.routes.dns_resource_for(name)
         if via is not None:
-            self._forward_dns(now, via, name, rtype)
+            self._forward_dns(now, via, name, rtype, tcp)
             return None
         if hit is None:
+            server = self.dns_servers[0] if self.dns_servers else None
+            if server is not None and self.routes.route(server) is not None:
+                self._query_server(now, server, name, rtype)
+                return None
             ans = DnsAnswer(now, name, rtype, "NXDOMAIN", (), "local")
             self._record(ans)
             return ans
@@ -362,10 +399,10 @@ class DevClient:
                     self._encapsulate(now, gateway, req.packet)
             self._drain(now)
             return ans
-        self._forward_dns(now, gateway, name, rtype)
+        self._forward_dns(now, gateway, name, rtype, tcp)
         return None
 
-    def _forward_dns(self, now: Instant, gateway: str, name: str, rtype: str) -> None:
+    def _forward_dns(self, now: Instant, gateway: str, name: str, rtype: str, tcp: bool = False) -> None:
         grant = self.grants.get(gateway)
         if grant is None:
             self.stats.incr("dns.no_gateway")
@@ -375,9 +412,22 @@ class DevClient:
         self._next_qid = self._next_qid % 0xFFFF + 1
         self._dns_pending[q.id] = (name, rtype)
         sp = self._port()
-        packet = build_udp_packet(self.tunnel_v4, grant.tunnel_v4, sp, DNS_FORWARD_PORT, q.to_wire())
+        wire = q.to_wire()
+        if tcp:
+            # DNS over TCP (RFC 7766): the message with its two-byte length, on the SYN/ACK.
+            self._dns_tcp[sp] = gateway
+            packet = self._tcp.open(self.tunnel_v4, grant.tunnel_v4, DNS_FORWARD_PORT, sp, _tcp_dns(wire))
+        else:
+            packet = build_udp_packet(self.tunnel_v4, grant.tunnel_v4, sp, DNS_FORWARD_PORT, wire)
         self._encapsulate(now, gateway, packet)
         self._drain(now)
+
+    def _query_server(self, now: Instant, server: IPAddress, name: str, rtype: str) -> None:
+        q = dns.message.make_query(name, rtype)
+        q.id = self._next_qid
+        self._next_qid = self._next_qid % 0xFFFF + 1
+        self._dns_pending[q.id] = (name, rtype)
+        self._send_app(now, build_udp_packet(self._src_for(server), server, self._port(), 53, q.to_wire()))
 
     def send_packet(self, now: Instant, packet: bytes) -> bool:
         """Route any application IP packet (what a TUN device hands over) like the API's sends; False
@@ -496,22 +546,39 @@ class DevClient:
         ):
             self._dns_in(now, udp.payload)
             return
+        if udp.sport == 53 and src in self.dns_servers:
+            self._dns_in(now, udp.payload, "tunnel")
+            return
         self._record(UdpReceived(now, src, udp.sport, udp.dport, udp.payload))
 
-    def _dns_in(self, now: Instant, message: bytes) -> None:
+    def _dns_in(self, now: Instant, message: bytes, source: str = "gateway") -> None:
         try:
             qid = int.from_bytes(message[:2], "big") if len(message) >= 2 else -1
             asked = self._dns_pending.pop(qid, None)
             if asked is None:
                 self.stats.incr("dns.unexpected")
                 return
-            self._record(dns_record(now, message, *asked))
+            self._record(dns_record(now, message, *asked, source=source))
         except DecodeError:
             self.stats.incr("dns.malformed")
 
     def _tcp_in(self, now: Instant, src: IPAddress, seg: bytes) -> None:
         tcp = parse_tcp(seg)
+        gateway = self._dns_tcp.get(tcp.dport) if tcp.sport == DNS_FORWARD_PORT else None
+        if gateway is not None:
+            request = self._tcp.on_segment(self._src_for(src), src, tcp)
+            if request is not None:
+                self._encapsulate(now, gateway, request)
+            if len(tcp.payload) >= 2:
+                del self._dns_tcp[tcp.dport]
+                size = int.from_bytes(tcp.payload[:2], "big")
+                self._dns_in(now, tcp.payload[2 : 2 + size])
+            return
         self._record(TcpReceived(now, src, tcp.sport, tcp.dport, tcp.flags, tcp.payload))
         request = self._tcp.on_segment(self._src_for(src), src, tcp)
         if request is not None:
             self._send_app(now, request)
+
+
+def _tcp_dns(message: bytes) -> bytes:
+    return len(message).to_bytes(2, "big") + message

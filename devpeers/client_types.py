@@ -177,13 +177,14 @@ def icmp_record(now: Instant, packet: bytes, src: IPAddress) -> EchoReply | Icmp
     )
 
 
-def dns_record(now: Instant, message: bytes, name: str, rtype: str) -> DnsAnswer:
-    """The record of a DNS response to the query for ``name``/``rtype`` (DecodeError if unparsable)."""
+def dns_record(now: Instant, message: bytes, name: str, rtype: str, source: str = "gateway") -> DnsAnswer:
+    """The record of a DNS response to the query for ``name``/``rtype`` (DecodeError if unparsable);
+    ``source``: ``gateway`` (its forwarder) or ``tunnel`` (a DNS server reached through the tunnel)."""
     try:
         msg = dns.message.from_wire(message)
     except (dns.exception.DNSException, ValueError, IndexError):
         raise DecodeError("malformed DNS response") from None
     records = tuple(sorted(rd.to_text() for rrset in msg.answer for rd in rrset))
     return DnsAnswer(
-        now, name, rtype, dns.rcode.to_text(msg.rcode()), records, "gateway", bool(msg.flags & 0x0200)
+        now, name, rtype, dns.rcode.to_text(msg.rcode()), records, source, bool(msg.flags & 0x0200)
     )

@@ -35,11 +35,11 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from devportal.config import PortalConfig, RelayConfig
+from devportal.config import ClientConfig, PortalConfig, RelayConfig
 from devportal.phoenix_server import PhoenixSocket, Reply
 from gateway_core.errors import DecodeError
 from gateway_core.portal.messages import (
@@ -75,6 +75,8 @@ from gateway_core.turn.credentials import coturn_rest_password
 log = logging.getLogger("devportal")
 
 TOPIC = "gateway"
+GATEWAY_SITE = "default"
+"""The one site of the dev portal's gateways; a resource moved elsewhere has no gateway."""
 RELAY_CREDENTIAL_LIFETIME = 90 * 24 * 3600
 """Relay credentials in ``init`` / ``relays_presence`` are valid 90 days (``channel.ex:25``)."""
 NEVER = 10 * 365 * 24 * 3600
@@ -184,6 +186,11 @@ class DevPortal:
         self.listeners: list[Callable[[GatewayRecord, str, Json], None]] = []
         """Called with every valid ``broadcast_*ice_candidates`` push from a gateway (the simulator's
         client side of the portal relays them to clients)."""
+        self.init_listeners: list[Callable[[GatewayRecord, Init], None]] = []
+        """Called with every ``init`` pushed to a gateway that joined (the stateful test notes when a
+        rejoining gateway hears of what changed meanwhile)."""
+        self.sites: dict[uuid.UUID, str] = {}
+        """Resources moved away from the gateways' site (:meth:`move_resource`); absent = ours."""
 
     # ------------------------------------------------------------------ upgrade
 
@@ -377,6 +384,8 @@ class DevPortal:
             return {"ok": False, "error": "unknown client or resource"}
         if policy is None:
             return {"ok": False, "error": "no policy allows this"}
+        if self.sites.get(resource_id, GATEWAY_SITE) != GATEWAY_SITE:
+            return {"ok": False, "error": "no gateway online in the resource's site"}
         targets = self._pick(gateway)
         if not targets:
             return {"ok": False, "error": "no gateway online"}
@@ -480,6 +489,25 @@ class DevPortal:
         n = sum(s.push(TOPIC, msg.EVENT, msg.encode()) for _, s in self.joined_sockets())
         return {"ok": True, "pushed": n}
 
+    def move_resource(self, resource_id: uuid.UUID, site: str) -> dict[str, Any]:
+        """The resource moves to ``site``: away from ours, every flow of it is revoked (``reject_access``)
+        and no new flow is authorised until it comes back (our gateways' site is :data:`GATEWAY_SITE`)."""
+        if site == GATEWAY_SITE:
+            self.sites.pop(resource_id, None)
+            return {"ok": True, "pushed": 0}
+        self.sites[resource_id] = site
+        n = 0
+        for _gid, cid, rid in sorted(self._flows):
+            if rid == resource_id:
+                n += int(self.revoke(cid, rid)["pushed"])
+        return {"ok": True, "pushed": n}
+
+    def update_client(self, client: ClientConfig) -> dict[str, Any]:
+        """A client's record changed (a restarted client has a new public key): later flows use it."""
+        others = tuple(c for c in self.config.clients if c.id != client.id)
+        self.config = replace(self.config, clients=(*others, client))
+        return {"ok": True}
+
     def relays_presence(
         self, offline: list[uuid.UUID], online: list[RelayConfig] | None = None
     ) -> dict[str, Any]:
@@ -537,8 +565,6 @@ class DevPortal:
 
 
 def _replace_resource(cfg: PortalConfig, resource: Resource) -> PortalConfig:
-    from dataclasses import replace
-
     others = tuple(r for r in cfg.resources if r.id != resource.id)
     return replace(cfg, resources=(*others, resource))
 
@@ -561,6 +587,8 @@ class _Handler:
         if c is not None:
             init = self.portal.init_for(c.gateway)
             sock.push(TOPIC, init.EVENT, init.encode())
+            for listener in list(self.portal.init_listeners):
+                listener(c.gateway, init)
 
     def handle_in(self, sock: PhoenixSocket, topic: str, event: str, payload: Json) -> Reply | None:
         return self.portal._handle_in(self.conn, event, payload)

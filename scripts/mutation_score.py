@@ -1,7 +1,9 @@
-"""Summarise ``mutmut results --all true`` (saved by ``make mutation`` in mutation-results.txt).
+"""Summarise ``mutmut results --all true`` (saved by ``make mutation`` in ``build/mutation/<group>.txt``).
 
-Prints the count per status and the share of mutants killed among those the tests reach (mutants in
-code no selected test runs are reported apart: no test can kill them).
+Prints the count per status and the share of mutants detected among those the tests reach. Detected:
+``killed`` (a test failed), ``timeout`` (the tests ran far longer than without the mutant: an endless
+loop), ``segfault``. Not reached: ``no tests`` (no selected test runs the function), ``not checked`` (the
+run was stopped before it), ``skipped``. Usage: ``python scripts/mutation_score.py [FILE ...]``.
 """
 
 from __future__ import annotations
@@ -10,19 +12,38 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+DETECTED = ("killed", "timeout", "segfault")
+NOT_REACHED = ("no tests", "not checked", "skipped")
 
-def main(path: str = "mutation-results.txt") -> int:
-    counts: Counter[str] = Counter()
+
+def counts(path: str) -> Counter[str]:
+    out: Counter[str] = Counter()
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         name, sep, status = line.strip().rpartition(": ")
         if sep and name:
-            counts[status.strip()] += 1
-    reached = sum(n for s, n in counts.items() if s not in ("no tests", "not checked", "skipped"))
-    killed = counts["killed"]
-    for status, n in sorted(counts.items()):
-        print(f"{status:>12}: {n}")
-    if reached:
-        print(f"killed {killed} of {reached} reached mutants: {100 * killed / reached:.1f} %")
+            out[status.strip()] += 1
+    return out
+
+
+def report(path: str) -> float | None:
+    """Print the counts of one results file; returns the detected share of reached mutants (percent)."""
+    c = counts(path)
+    print(path)
+    for status, n in sorted(c.items()):
+        print(f"{status:>14}: {n}")
+    reached = sum(n for s, n in c.items() if s not in NOT_REACHED)
+    detected = sum(c[s] for s in DETECTED)
+    if not reached:
+        return None
+    share = 100 * detected / reached
+    print(f"detected {detected} of {reached} reached mutants: {share:.1f} % ({sum(c.values())} in all)")
+    return share
+
+
+def main(*paths: str) -> int:
+    for path in paths or ("build/mutation/policy.txt", "build/mutation/wire-dns.txt"):
+        if Path(path).exists():
+            report(path)
     return 0
 
 

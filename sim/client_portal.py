@@ -45,6 +45,7 @@ from devportal.portal import (
 )
 from gateway_core.clock import Duration, Instant, millis
 from gateway_core.commands import Command
+from gateway_core.contract import Component
 from gateway_core.node.node import RelayConfig
 from gateway_core.portal.messages import BroadcastInvalidatedIceCandidates
 from gateway_core.portal.model import CidrResource, DnsResource, InternetResource, Json, Resource, encode_key
@@ -79,6 +80,12 @@ class ClientHost(Host):
         super().__init__(name, client, ipv4=ipv4, ipv6=ipv6, link=link, udp_ports=(port,))
         self.client = client
         self.on_signal = on_signal
+
+    def swap_component(self, component: Component) -> None:
+        """A restarted client process (:meth:`World.replace_component`): signalling goes to the new one."""
+        assert isinstance(component, DevClient)
+        self.client = component
+        super().swap_component(component)
 
     def execute(self, now: Instant, command: Command) -> None:
         if isinstance(command, SignalIce):

@@ -13,7 +13,8 @@ Theory of operation: :func:`build_gateway_world` puts into one :class:`~sim.worl
   gateway from the start, so only relayed paths work;
 - the resources: ``web`` (CIDR resource ``172.20.0.0/16`` with filters), ``app`` (the real address behind
   the DNS resource ``**.corp.test``), ``inet`` (a host reached through the Internet resource), and
-  ``dns`` (the upstream DNS server with A/AAAA/SRV/TXT records).
+  ``dns`` (the upstream DNS server with A/AAAA/SRV/TXT records); with ``extended`` (the stateful test's
+  world) also ``web``'s IPv6 address and ``webdns``, a DNS server inside the CIDR resource.
 
 Nothing is granted at build time: scenarios call :meth:`GatewayWorld.grant` and run the world. The
 gateway connects to the portal at once; :meth:`GatewayWorld.start` runs until it has joined.
@@ -44,6 +45,7 @@ from sim.hosts.connectivity import RelayComponent, RelayHost
 from sim.hosts.dns_upstream import DNS_PORT, DnsZone, UpstreamDnsServer
 from sim.hosts.gateway import GatewayHost, SimResolver
 from sim.hosts.resources import ResourceServer
+from sim.nat import DEFAULT_TIMEOUT, Nat
 from sim.net import LinkProfile
 from sim.portal import PORTAL_PORT, StubPortal, StubPortalHost
 from sim.world import World
@@ -53,8 +55,22 @@ GATEWAY_V4 = IPv4Address("203.0.113.50")
 GATEWAY_V6 = IPv6Address("2001:db8:1::50")
 CLIENT_V4_BASE = IPv4Address("198.51.100.50")
 RELAY_V4_BASE = IPv4Address("192.0.2.31")
+RELAY_V6_BASE = IPv6Address("2001:db8:2::31")
+CLIENT_V6_BASE = IPv6Address("2001:db8:50::50")
+SYMMETRIC_NAT_TIMEOUT: Duration = secs(120)
+"""A symmetric NAT (an enterprise firewall here) keeps a mapping 2 minutes without outbound traffic (RFC
+4787's minimum); a cone NAT (a home router) 30 s (``sim.nat.DEFAULT_TIMEOUT``). With 30 s on per-destination
+mappings, a direct path the client stops refreshing dies while the gateway keeps it nominated (see the
+report in docs/testing.md, "Also seen")."""
+NAT_PUBLIC_BASE = IPv4Address("198.51.100.150")
+"""The public address of client ``i``'s NAT is this plus ``i``."""
 UPSTREAM_V4 = IPv4Address("192.0.2.53")
 WEB_V4 = IPv4Address("172.20.0.10")
+WEB_V6 = IPv6Address("2001:db8:30::10")
+WEBDNS_V4 = IPv4Address("172.20.0.53")
+WEBDNS_V6 = IPv6Address("2001:db8:30::53")
+"""A DNS server inside the CIDR resource (a client whose DNS server is inside a resource sends its
+queries through the tunnel, as an ordinary packet to that resource)."""
 APP_V4 = IPv4Address("10.20.0.5")
 APP_V6 = IPv6Address("2001:db8:20::5")
 INET_V4 = IPv4Address("198.18.0.10")
@@ -79,6 +95,13 @@ ZONE: dict[str, dict[str, list[str]]] = {
     "outside.example": {"A": ["192.0.2.99"], "TXT": ['"not a resource"']},
 }
 """The upstream's records: the DNS resource's names, and one name outside every resource."""
+ZONE_EXTENDED: dict[str, dict[str, list[str]]] = {
+    **ZONE,
+    "v4only.corp.test": {"A": [str(APP_V4)]},
+    "v6only.corp.test": {"AAAA": [str(APP_V6)]},
+}
+"""The stateful test's zone: also names of the DNS resource with addresses of one family only (a proxy IP
+of the other family has nothing to map to; the gateway answers "unreachable", it does no NAT64)."""
 LINK = LinkProfile(latency=millis(10), jitter=millis(2))
 """Every access link: 10 ms one way with a little jitter (Firezone's minimum simulated latency)."""
 START_BUDGET: Duration = secs(5)
@@ -105,6 +128,8 @@ class GatewayWorld:
     upstream: UpstreamDnsServer
     relay_names: list[str]
     zone: DnsZone
+    webdns: ResourceServer | None = None
+    """The DNS server inside the CIDR resource (``extended`` worlds only)."""
     restarts: int = 0
     """How many times :meth:`restart_gateway` ran."""
 
@@ -167,7 +192,9 @@ class GatewayWorld:
         self.world.drive(self.client_hosts[client], lambda now: call(c, now))
 
 
-def _config_text(clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | None, relays: int) -> str:
+def _config_text(
+    clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | None, relays: int, relay_v6: bool = False
+) -> str:
     import base64
 
     lines = [
@@ -212,7 +239,8 @@ def _config_text(clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | 
         lines += [
             "[[relays]]",
             f'id = "{rid}"',
-            f'addrs = ["{RELAY_V4_BASE + i}:{TURN_PORT}"]',
+            f'addrs = ["{RELAY_V4_BASE + i}:{TURN_PORT}"'
+            + (f', "[{RELAY_V6_BASE + i}]:{TURN_PORT}"]' if relay_v6 else "]"),
             f'secret = "{RELAY_SECRET}"',
             "",
         ]
@@ -228,8 +256,21 @@ def build_gateway_world(
     expires_in: int | None = None,
     world: World | None = None,
     link: LinkProfile = LINK,
+    client_link: LinkProfile | None = None,
+    client_stack: str = "v4",
+    relay_v6: bool = False,
+    extended: bool = False,
+    nat: str = "none",
 ) -> GatewayWorld:
-    """Build the world (see the module docstring); ``expires_in`` (seconds) limits every policy."""
+    """Build the world (see the module docstring); ``expires_in`` (seconds) limits every policy.
+
+    ``client_link`` is the clients' access link (default ``link``); ``client_stack`` their underlay
+    families (``v4``, ``v6`` or ``dual``: addresses from ``CLIENT_V4_BASE`` / ``CLIENT_V6_BASE``);
+    ``relay_v6`` gives the relays IPv6 addresses too (needed by IPv6-only clients); ``extended`` adds
+    an IPv6 address to ``web`` and the DNS server ``webdns`` inside the CIDR resource (the stateful
+    test's world); ``nat`` (``cone`` or ``symmetric``, :mod:`sim.nat`) puts every client with IPv4 behind
+    a NAT of its own (private address ``10.0.<i>.2``, public ``NAT_PUBLIC_BASE + i``). The defaults keep
+    the world of the scenarios."""
     w = world if world is not None else World(seed)
     keys = w.entropy.fork("gateway-world-keys")
     client_keys = []
@@ -237,7 +278,7 @@ def build_gateway_world(
         cid = uuid.UUID(bytes=keys.random_bytes(16), version=4)
         client_keys.append((cid, keys.random_bytes(32), i))
     gw_priv = keys.random_bytes(32)
-    text = _config_text([(c, public_key(k), i) for c, k, i in client_keys], expires_in, relays)
+    text = _config_text([(c, public_key(k), i) for c, k, i in client_keys], expires_in, relays, relay_v6)
     epoch = w.clock.unix_ns() // 1_000_000_000
     stub = StubPortal(DevPortal(load_config(text)), epoch_unix=epoch - w.now // 1_000_000_000)
     portal_host = StubPortalHost("portal", stub, ipv4=PORTAL_V4, link=link)
@@ -245,23 +286,19 @@ def build_gateway_world(
 
     relay_names = []
     for i in range(relays):
-        ip = RELAY_V4_BASE + i
-        server = DevRelay(
-            [SocketAddr(ip, TURN_PORT)],
-            [SocketAddr(ip, 0)],
-            RELAY_SECRET,
-            w.entropy_for(f"relay-{i}"),
-            wall_clock_secs=epoch,
-        )
         name = f"relay-{i}"
-        w.add_host(RelayHost(name, RelayComponent(server), ipv4=ip, udp_ports=(TURN_PORT,), link=link))
+        w.add_host(relay_host(w, name, i, RELAY_SECRET, epoch, link, relay_v6))
         relay_names.append(name)
 
-    zone = DnsZone(ZONE)
+    zone = DnsZone(ZONE_EXTENDED if extended else ZONE)
     upstream = UpstreamDnsServer(zone)
     w.add_host(Host("dns", upstream, ipv4=UPSTREAM_V4, udp_ports=(DNS_PORT,), link=link))
-    web = ResourceServer([WEB_V4], udp_ports=(7,), tcp_ports=(80,))
-    w.add_host(Host("web", web, ipv4=WEB_V4, link=link))
+    web = ResourceServer([WEB_V4, WEB_V6] if extended else [WEB_V4], udp_ports=(7,), tcp_ports=(80,))
+    w.add_host(Host("web", web, ipv4=WEB_V4, ipv6=WEB_V6 if extended else None, link=link))
+    webdns = None
+    if extended:
+        webdns = ResourceServer([WEBDNS_V4, WEBDNS_V6], udp_ports=(), tcp_ports=(), dns=zone)
+        w.add_host(Host("webdns", webdns, ipv4=WEBDNS_V4, ipv6=WEBDNS_V6, link=link))
     app = ResourceServer([APP_V4, APP_V6], udp_ports=(7,), tcp_ports=(80, 443))
     w.add_host(Host("app", app, ipv4=APP_V4, ipv6=APP_V6, link=link))
     inet = ResourceServer([INET_V4], udp_ports=(7,), tcp_ports=(80, 443))
@@ -309,8 +346,21 @@ def build_gateway_world(
             w.clock.unix_ns(),
             echo_ident=0xC000 + i,
         )
-        host = signalling.host_for(cid, name, client, ipv4=CLIENT_V4_BASE + i, link=link)
+        v4: IPv4Address | None = CLIENT_V4_BASE + i if client_stack in ("v4", "dual") else None
+        if v4 is not None and nat != "none":
+            v4 = IPv4Address(f"10.0.{i}.2")
+        v6 = CLIENT_V6_BASE + i if client_stack in ("v6", "dual") else None
+        host = signalling.host_for(cid, name, client, ipv4=v4, ipv6=v6, link=client_link or link)
         w.add_host(host)
+        if v4 is not None and nat != "none":
+            w.add_nat(
+                Nat(
+                    name,
+                    NAT_PUBLIC_BASE + i,
+                    nat,
+                    SYMMETRIC_NAT_TIMEOUT if nat == "symmetric" else DEFAULT_TIMEOUT,
+                )
+            )
         sim_clients.append(client)
         hosts.append(host)
         ids.append(cid)
@@ -331,4 +381,17 @@ def build_gateway_world(
         upstream,
         relay_names,
         zone,
+        webdns,
     )
+
+
+def relay_host(
+    world: World, name: str, n: int, secret: str, epoch: int, link: LinkProfile, v6: bool
+) -> RelayHost:
+    """The ``n``-th relay (addresses ``RELAY_V4_BASE + n`` and, with ``v6``, ``RELAY_V6_BASE + n``)."""
+    ip = RELAY_V4_BASE + n
+    ip6 = RELAY_V6_BASE + n if v6 else None
+    listen = [SocketAddr(ip, TURN_PORT)] + ([SocketAddr(ip6, TURN_PORT)] if ip6 is not None else [])
+    relayed = [SocketAddr(ip, 0)] + ([SocketAddr(ip6, 0)] if ip6 is not None else [])
+    server = DevRelay(listen, relayed, secret, world.entropy_for(name), wall_clock_secs=epoch)
+    return RelayHost(name, RelayComponent(server), ipv4=ip, ipv6=ip6, udp_ports=(TURN_PORT,), link=link)

@@ -46,6 +46,8 @@ class NetDrop(StrEnum):
     NO_HANDLER = "no_handler"
     HOST_DOWN = "host_down"
     MALFORMED_IP = "malformed_ip"
+    NAT_FILTERED = "nat_filtered"
+    """A datagram for a NAT's public address without a live mapping open to its sender."""
 
 
 @dataclass(frozen=True, slots=True)

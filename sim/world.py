@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
-from gateway_core.addr import SocketAddr
+from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Duration, Instant, fmt
 from gateway_core.commands import Exit
 from gateway_core.contract import Component, Deadline
@@ -43,6 +43,7 @@ from gateway_core.wire.ip import build_udp_packet
 from sim.clock import VirtualClock
 from sim.contract import PURITY_EVERY
 from sim.host import Host, StreamClosed, StreamEvent, StreamFrame, StreamOpened
+from sim.nat import Nat
 from sim.net import NetDrop, Network, ip_endpoints, udp_in_ip
 from sim.trace import Record, Trace
 
@@ -128,6 +129,9 @@ class World:
         self._wakes: dict[str, int] = {}
         self._instant_events = 0
         self._instant: int = -1
+        self.nats: dict[str, Nat] = {}
+        """NATs by the name of the host behind each (:meth:`add_nat`)."""
+        self._nat_public: dict[IPAddress, Nat] = {}
 
     # --- basics ---
 
@@ -310,12 +314,41 @@ class World:
         src_ip, dst_ip, l4 = ends
         self._send(host, "ip", SocketAddr(src_ip, 0), SocketAddr(dst_ip, 0), l4, bytes(packet))
 
+    def add_nat(self, nat: Nat) -> Nat:
+        """Put ``nat`` in front of its inside host: that host's outbound UDP over IPv4 leaves from the
+        NAT's public address (:mod:`sim.nat`), its private address is reachable by nobody else, and
+        datagrams to the public address come in only through a live, opened mapping."""
+        if nat.inside_host not in self.hosts or nat.public in self._nat_public:
+            raise UsageError(f"cannot put a NAT in front of {nat.inside_host!r} at {nat.public}")
+        if self.network.route(nat.public) != NetDrop.UNROUTABLE:
+            raise UsageError(f"address {nat.public} is already in use")
+        self.nats[nat.inside_host] = nat
+        self._nat_public[nat.public] = nat
+        return nat
+
     def _send(
         self, host: Host, proto: str, src: SocketAddr, dst: SocketAddr, l4: int, payload: bytes
     ) -> None:
         self._packet_ids += 1
+        nat = self.nats.get(host.name) if self.nats else None
+        if nat is not None and proto == "udp" and src.ip.version == 4 and dst.ip not in self._nat_public:
+            src = nat.outbound(src, dst, self.now)
+        inside = self._nat_public.get(dst.ip) if self.nats else None
+        if inside is not None:
+            inner = inside.inbound(dst, src, self.now) if proto == "udp" else None
+            pkt0 = Packet(
+                self._packet_ids, proto, host.name, inside.inside_host, src, dst, l4, payload, self.now
+            )
+            if inner is None:
+                self.stats.incr("sent")
+                self._drop(pkt0, NetDrop.NAT_FILTERED)
+                return
+            dst = inner
         route = self.network.route(dst.ip)
         dst_host = route if isinstance(route, str) else ""
+        if dst_host in self.nats and dst_host != host.name and inside is None and dst.ip.version == 4:
+            route = NetDrop.UNROUTABLE  # a private address behind a NAT: nobody outside reaches it
+            dst_host = ""
         pkt = Packet(self._packet_ids, proto, host.name, dst_host, src, dst, l4, payload, self.now)
         self.stats.incr("sent")
         self.stats.incr(f"{host.name}.sent")

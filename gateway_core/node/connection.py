@@ -43,6 +43,9 @@ IDLE_AFTER = secs(20)
 """snownet: 20 s without application packets in either direction makes a connection idle."""
 WG_TICK = secs(1)
 """snownet ticks the WireGuard timers once a second (``node.rs:1858-1868``)."""
+PROACTIVE_HANDSHAKE_GAP = secs(20)
+"""snownet ``initiate_wg_session``: no proactive handshake within 20 s of the last one (its re-key timeout
+is 15 s, so after 20 s a handshake in progress has given up or succeeded)."""
 WG_BUFFER = 128
 """snownet ``wg_buffer``: WireGuard datagrams kept while no path exists (oldest overwritten)."""
 HISTORY_LEN = 32
@@ -142,6 +145,8 @@ class Connection:
         self.wg_buffer: deque[bytes] = deque(maxlen=WG_BUFFER)
         self.next_wg_tick = now
         self.established_signalled = False
+        self.last_proactive_handshake: Instant | None = None
+        """When the controlling side last started a WireGuard handshake of its own (nomination, reuse)."""
         self.unexpected_transitions = 0
         self.history: deque[tuple[Instant, ConnState, ConnState]] = deque(maxlen=HISTORY_LEN)
         """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests."""
@@ -164,6 +169,24 @@ class Connection:
             self.agent.set_timing(DEFAULT_TIMING, now)
         elif self.state is ConnState.CONNECTED:
             self.last_activity = now
+
+    def reuse_handshake(self, now: Instant) -> bool:
+        """The controlling side reuses this connection (an upsert with the same credentials and key): start
+        a new WireGuard session, unless one started in the last :data:`PROACTIVE_HANDSHAKE_GAP` or is in
+        progress (snownet's ``upsert_connection`` -> ``initiate_wg_session``), so a peer that lost its side
+        of the connection and made a fresh one gets working keys again. True if a handshake was queued."""
+        init = getattr(self.tunnel, "initiate", None)
+        last = self.last_proactive_handshake
+        if self.peer_socket is None or not callable(init):
+            return False
+        if last is not None and now - last < PROACTIVE_HANDSHAKE_GAP:
+            return False
+        before = self.tunnel.stats.snapshot().get("initiations_sent", 0)
+        init(now)
+        if self.tunnel.stats.snapshot().get("initiations_sent", 0) == before:
+            return False  # one is in progress
+        self.last_proactive_handshake = now
+        return True
 
     def on_nominated(self, ev: NominatedSend, socket: PeerSocket, now: Instant) -> list[bytes]:
         """Apply a nomination; returns buffered WireGuard datagrams to flush on the new path."""

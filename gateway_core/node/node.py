@@ -180,6 +180,8 @@ class Node(NodeDataPath):
             if same and self._by_key.get(remote_public) == cid:
                 cur.stimulus(now)
                 self._seed(cur)
+                if self.controlling and cur.reuse_handshake(now):  # snownet: initiate_wg_session
+                    self._drain_tunnel(cur, now)
                 self.handle_timeout(now)
                 return True
             self._forget(cid)
@@ -401,6 +403,7 @@ class Node(NodeDataPath):
         init = getattr(conn.tunnel, "initiate", None)
         if self.controlling and callable(init):
             init(now)
+            conn.last_proactive_handshake = now
             self._drain_tunnel(conn, now)
 
     def _drain_agent(self, conn: Connection) -> None:

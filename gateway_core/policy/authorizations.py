@@ -17,10 +17,12 @@ Theory of operation (Firezone: ``ClientOnGateway`` and ``ResourceOnGateway`` in
   authorisations are removed from every client (:func:`sweep_expired`), then every client left without
   resources is removed and its connection closed with a goodbye (:func:`empty_clients`). The same
   "no resources left" rule decides after a ``reject_access`` (:meth:`ClientAuthorizations.is_empty`).
-- ``init`` carries the full list of authorisations: for every client listed, resources not listed are
-  revoked, then each listed expiry is applied (:func:`apply_init_authorizations`). Clients absent from
-  the list are left untouched, as in the reference (``retain_authorizations`` in ``gateway.rs``); they
-  are usually empty and go at the next sweep.
+- ``init`` carries the full list of authorisations: for every client, resources not listed are revoked,
+  then each listed expiry is applied (:func:`apply_init_authorizations`). A client the list does not name
+  at all loses every authorisation and goes at the next sweep: a deliberate fix, the reference's
+  ``retain_authorizations`` (``rust/connlib/tunnel/src/gateway.rs``) leaves such a client untouched, so a
+  client whose last resource was revoked while the gateway was away from the portal kept its access
+  (docs/decisions/0123-policy-init-revokes-unlisted-clients.md).
 
 Every method returns what changed so the owner knows when to rebuild the client's filter table.
 Iteration is always in resource-id (UUID byte) order, so results are deterministic.
@@ -287,7 +289,8 @@ class InitAuthorization:
 def apply_init_authorizations(
     clients: Mapping[uuid.UUID, ClientAuthorizations], entries: Iterable[InitAuthorization]
 ) -> dict[uuid.UUID, list[uuid.UUID]]:
-    """``init``: retain only the listed resources of each listed client, then apply the listed expiries.
+    """``init``: every client retains only its listed resources (none when it is not listed), then the
+    listed expiries apply.
 
     Returns ``{client: [revoked resources]}`` for the clients that lost any. Entries naming unknown
     clients or resources are no-ops (logged at debug), as in the reference.
@@ -297,11 +300,8 @@ def apply_init_authorizations(
     for e in entries:
         listed.setdefault(e.client_id, set()).add(e.resource_id)
     revoked: dict[uuid.UUID, list[uuid.UUID]] = {}
-    for cid in sorted(listed):
-        auths = clients.get(cid)
-        if auths is None:
-            continue
-        gone = auths.retain(listed[cid])
+    for cid in sorted(clients):
+        gone = clients[cid].retain(listed.get(cid, set()))
         if gone:
             revoked[cid] = gone
     for e in entries:

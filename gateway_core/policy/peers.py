@@ -226,16 +226,16 @@ class Peers:
         return client is not None and client.update_expiry(rid, expires_at)
 
     def apply_init(self, entries: Iterable[InitAuthorization]) -> dict[uuid.UUID, list[uuid.UUID]]:
-        """``init.authorizations``: per listed client keep only its listed resources, then apply the
-        expiries; ``{client: [revoked]}``. Clients left empty go at the next sweep."""
+        """``init.authorizations``: every client keeps only its listed resources (a client the list does
+        not name keeps none: decision 0123), then the expiries apply; ``{client: [revoked]}``. Clients
+        left empty go at the next sweep."""
         entries = list(entries)
         listed: dict[uuid.UUID, set[uuid.UUID]] = {}
         for e in entries:
             listed.setdefault(e.client_id, set()).add(e.resource_id)
         revoked: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for cid in sorted(listed):
-            client = self.clients.get(cid)
-            if client is not None and (gone := client.retain(listed[cid])):
+        for cid in sorted(self.clients):
+            if gone := self.clients[cid].retain(listed.get(cid, set())):
                 revoked[cid] = gone
         for e in entries:
             if not self.update_expiry(e.client_id, e.resource_id, e.expires_at):

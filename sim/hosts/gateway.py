@@ -10,6 +10,10 @@ kernel would:
   the gateway's own DNS-server addresses (tunnel address, port 53535), which the "kernel" delivers to the
   layer-4 DNS server: it becomes :class:`DnsQueryReceived`. ``SendDnsResponse`` becomes an IP/UDP packet
   from the server's address that goes back in through ``handle_tun_packet``, as the kernel routes it.
+  TCP for a DNS server address is the kernel's side of a connection (SYN/ACK, length-prefixed messages
+  reassembled into ``DnsQueryReceived`` over TCP, ``SendDnsResponse`` over TCP sent as one data segment).
+  Any other packet for one of the gateway's own tunnel addresses is answered as Linux answers it without
+  a socket behind (ICMP echo reply, ICMP port unreachable for UDP), back through ``handle_tun_packet``.
 - Portal commands (``ConnectPortal`` / ``SendPortalFrame`` / ``ClosePortal``) map to simulated streams
   exactly as :class:`sim.portal.PortalClientHost` maps them (this host is one), and stream events come
   back as the channel's inputs, handed to the gateway.
@@ -63,7 +67,23 @@ from gateway_core.gateway_types import (
 from gateway_core.inputs import Input
 from gateway_core.interface import ConfigureInterface, InterfaceConfigured
 from gateway_core.portal.channel import ClosePortal, ConnectPortal, SendPortalFrame
-from gateway_core.wire.ip import build_udp_packet
+from gateway_core.wire.icmp import build_icmp_error
+from gateway_core.wire.ip import (
+    ICMPV4_ECHO_REQUEST,
+    ICMPV6_ECHO_REQUEST,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    TCP_ACK,
+    TCP_PSH,
+    TCP_SYN,
+    build_icmp_echo,
+    build_tcp_packet,
+    build_udp_packet,
+    parse_icmp,
+    parse_ip,
+    parse_tcp,
+)
 from sim.host import Host
 from sim.net import LinkProfile, ip_endpoints, udp_in_ip
 from sim.portal import PORTAL_PORT, PortalClientHost, StubPortal, StubPortalHost
@@ -72,6 +92,16 @@ from sim.world import World
 RESOLVE_DELAY: Duration = millis(5)
 """How long the simulated system resolver takes (any small non-zero value)."""
 UPSTREAM_DNS_PORT = 53
+
+
+@dataclass(slots=True)
+class _TcpDns:
+    """One DNS-over-TCP connection the simulated kernel accepted: our next sequence number, the peer's
+    next expected one, and bytes of a message not complete yet."""
+
+    next_seq: int
+    peer_next: int
+    buffer: bytes = b""
 
 
 @dataclass(slots=True)
@@ -118,6 +148,7 @@ class GatewayHost(PortalClientHost):
         self.fail_binds: dict[int, int] = dict(fail_binds or {})
         """IP version -> how many more bind attempts of an address of that family fail."""
         self.dns_servers: set[SocketAddr] = set()
+        self._tcp_dns: dict[tuple[SocketAddr, SocketAddr], _TcpDns] = {}
         self._upstream: dict[int, int] = {}  # local port -> query id
         self.interface: ConfigureInterface | None = None
         self.log: list[tuple[Instant, Command]] = []
@@ -134,6 +165,7 @@ class GatewayHost(PortalClientHost):
         self._upgraded.clear()
         self._requests.clear()
         self._upstream.clear()
+        self._tcp_dns.clear()
         self.dns_servers = set()
         self.gateway = component
         self.channel = component.channel
@@ -166,7 +198,8 @@ class GatewayHost(PortalClientHost):
         return True
 
     def _to_kernel(self, now: Instant, packet: bytes) -> None:
-        """A packet the gateway wrote to its TUN: for a local DNS server, or routed onwards."""
+        """A packet the gateway wrote to its TUN: for a local DNS server, for the host's own tunnel
+        address (the kernel answers), or routed onwards."""
         udp = udp_in_ip(packet)
         if udp is not None and self.dns_servers:
             ends = ip_endpoints(packet)
@@ -176,7 +209,83 @@ class GatewayHost(PortalClientHost):
                 query = DnsQueryReceived(dst, SocketAddr(ends[0], udp[0]), DnsTransport.UDP, udp[2])
                 self.gateway.handle_input(now, query)
                 return
+        if udp is None and self.dns_servers and self._dns_tcp(now, packet):
+            return
+        ends = ip_endpoints(packet)
+        cfg = self.interface.config if self.interface is not None else None
+        if ends is not None and cfg is not None and ends[1] in (cfg.ipv4, cfg.ipv6):
+            self._local(now, packet, udp is not None)
+            return
         self.world.send_ip(self, packet)
+
+    def _dns_tcp(self, now: Instant, packet: bytes) -> bool:
+        """TCP for one of the DNS servers: the kernel's side of a connection (SYN -> SYN/ACK; data is
+        reassembled into length-prefixed messages, each a ``DnsQueryReceived`` over TCP). False when the
+        packet is not for a DNS server."""
+        try:
+            ip = parse_ip(packet)
+            if ip.proto != PROTO_TCP:
+                return False
+            tcp = parse_tcp(ip.payload)
+        except ValueError:
+            return False
+        local, remote = SocketAddr(ip.dst, tcp.dport), SocketAddr(ip.src, tcp.sport)
+        if local not in self.dns_servers:
+            return False
+        key = (local, remote)
+        if tcp.flags & TCP_SYN:
+            isn = (tcp.dport << 16) | tcp.sport
+            self._tcp_dns[key] = _TcpDns(
+                next_seq=(isn + 1) & 0xFFFFFFFF, peer_next=(tcp.seq + 1) & 0xFFFFFFFF
+            )
+            self._to_gateway(
+                now,
+                build_tcp_packet(
+                    ip.dst,
+                    ip.src,
+                    tcp.dport,
+                    tcp.sport,
+                    seq=isn,
+                    ack=(tcp.seq + 1) & 0xFFFFFFFF,
+                    flags=TCP_SYN | TCP_ACK,
+                ),
+            )
+            return True
+        conn = self._tcp_dns.get(key)
+        if conn is None or not tcp.payload:
+            return True
+        conn.peer_next = (tcp.seq + len(tcp.payload)) & 0xFFFFFFFF
+        conn.buffer += tcp.payload
+        while len(conn.buffer) >= 2 and len(conn.buffer) >= 2 + int.from_bytes(conn.buffer[:2], "big"):
+            size = int.from_bytes(conn.buffer[:2], "big")
+            message, conn.buffer = conn.buffer[2 : 2 + size], conn.buffer[2 + size :]
+            self.gateway.handle_input(now, DnsQueryReceived(local, remote, DnsTransport.TCP, message))
+        return True
+
+    def _to_gateway(self, now: Instant, packet: bytes) -> None:
+        """A packet the kernel writes into the TUN device: to the gateway, whose answer goes out."""
+        t = self.gateway.handle_tun_packet(now, packet)
+        if t is not None:
+            self.world.send_udp(self, t.src, t.dst, t.payload)
+
+    def _local(self, now: Instant, packet: bytes, is_udp: bool) -> None:
+        """What Linux does with a packet for one of its own addresses and no socket behind it: an ICMP echo
+        request gets its reply, UDP an ICMP port unreachable; anything else is dropped. The answer goes
+        back into the TUN device, i.e. to the gateway."""
+        try:
+            ip = parse_ip(packet)
+            answer: bytes | None = None
+            if is_udp:
+                answer = build_icmp_error(packet, 3, 4)
+            elif ip.proto in (PROTO_ICMP, PROTO_ICMPV6):
+                icmp = parse_icmp(ip.payload)
+                if icmp.icmp_type == (ICMPV4_ECHO_REQUEST if ip.src.version == 4 else ICMPV6_ECHO_REQUEST):
+                    answer = build_icmp_echo(ip.dst, ip.src, icmp.ident, icmp.seq, icmp.payload, reply=True)
+        except ValueError:
+            return
+        if answer is None:
+            return
+        self._to_gateway(now, answer)
 
     # --- commands -----------------------------------------------------------------------------------
 
@@ -205,11 +314,26 @@ class GatewayHost(PortalClientHost):
                 src = self.source_for(self.upstream_dns.ip)
                 if src is not None:
                     self.world.send_udp(self, SocketAddr(src, port), self.upstream_dns, message)
-            case SendDnsResponse(local=local, remote=remote, message=message):
-                packet = build_udp_packet(local.ip, remote.ip, local.port, remote.port, message)
-                t = self.gateway.handle_tun_packet(now, packet)
-                if t is not None:
-                    self.world.send_udp(self, t.src, t.dst, t.payload)
+            case SendDnsResponse(local=local, remote=remote, transport=transport, message=message):
+                if transport is DnsTransport.TCP:
+                    conn = self._tcp_dns.get((local, remote))
+                    if conn is None:
+                        return  # the connection is gone (the gateway restarted meanwhile)
+                    data = len(message).to_bytes(2, "big") + message
+                    packet = build_tcp_packet(
+                        local.ip,
+                        remote.ip,
+                        local.port,
+                        remote.port,
+                        data,
+                        seq=conn.next_seq,
+                        ack=conn.peer_next,
+                        flags=TCP_ACK | TCP_PSH,
+                    )
+                    conn.next_seq = (conn.next_seq + len(data)) & 0xFFFFFFFF
+                else:
+                    packet = build_udp_packet(local.ip, remote.ip, local.port, remote.port, message)
+                self._to_gateway(now, packet)
             case ConfigureInterface(config=cfg):
                 self.log.append((now, command))
                 self.interface = command

@@ -14,6 +14,7 @@ a client's tunnel address, routed by the world to the gateway:
   FIN/ACK. There is no retransmission, window or state beyond that: enough to see a request/response
   cross the gateway and its NAT;
 - TCP to any other port -> RST/ACK, as a host with a closed port does;
+- with a ``dns`` zone, UDP to port 53 -> the zone's answer (a DNS server inside a resource);
 - anything else, or anything malformed, or not for one of its addresses -> counted and dropped.
 
 Every packet that arrives is logged in :attr:`ResourceServer.received` (time, protocol, source,
@@ -54,10 +55,13 @@ from gateway_core.wire.ip import (
     parse_tcp,
     parse_udp,
 )
+from sim.hosts.dns_upstream import DnsZone
 
 ICMPV4_CODE_PORT_UNREACHABLE = 3
 ICMPV6_CODE_PORT_UNREACHABLE = 4
 """What a host with a closed UDP port answers (RFC 792, RFC 4443)."""
+DNS_SERVER_PORT = 53
+"""A resource with a DNS zone answers queries on this UDP port."""
 TCP_RESPONSE_PREFIX = b"re:"
 """The TCP "service" answers every request with this prefix followed by the request."""
 _ISN = struct.Struct("!HH")
@@ -65,7 +69,8 @@ _ISN = struct.Struct("!HH")
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """One packet that reached the resource (ports are the echo identifier for ICMP echo, else 0)."""
+    """One packet that reached the resource (for an ICMP echo request ``sport`` is its identifier and
+    ``dport`` its sequence number; 0 for other ICMP)."""
 
     at: Instant
     proto: int
@@ -85,8 +90,10 @@ class ResourceServer:
         *,
         udp_ports: Iterable[int] = (7,),
         tcp_ports: Iterable[int] = (80,),
+        dns: DnsZone | None = None,
     ) -> None:
         self.addresses = frozenset(addresses)
+        self.dns = dns
         self.udp_ports = frozenset(udp_ports)
         self.tcp_ports = frozenset(tcp_ports)
         self.stats = Stats()
@@ -153,7 +160,7 @@ class ResourceServer:
             PROTO_ICMP if src.version == 4 else PROTO_ICMPV6,
             src,
             dst,
-            *((icmp.ident, icmp.ident) if echo else (0, 0)),
+            *((icmp.ident, icmp.seq) if echo else (0, 0)),
             len(packet),
         )
         if not echo:
@@ -165,6 +172,11 @@ class ResourceServer:
     def _udp(self, now: Instant, packet: bytes, src: IPAddress, dst: IPAddress, seg: bytes) -> None:
         udp = parse_udp(seg)
         self._log(now, PROTO_UDP, src, dst, udp.sport, udp.dport, len(packet))
+        if udp.dport == DNS_SERVER_PORT and self.dns is not None:
+            self.stats.incr("dns.answered")
+            answer, _ = self.dns.answer(udp.payload)
+            self._out.append(WriteTun(build_udp_packet(dst, src, udp.dport, udp.sport, answer)))
+            return
         if udp.dport in self.udp_ports:
             self.stats.incr("udp.echo")
             self._out.append(WriteTun(build_udp_packet(dst, src, udp.dport, udp.sport, udp.payload)))

@@ -13,30 +13,40 @@ from typing import Any
 from gateway_core.entropy import SeededEntropy
 from sim.pcap import PcapWriter
 from sim.stateful.harness import Harness
-from sim.stateful.program import Program, Step, StepKind, WorldSpec
+from sim.stateful.program import NATS, NETS, STACKS, TOTAL_WEIGHT, Program, Step, StepKind, WorldSpec, kind_at
 from sim.trace import Trace
 
 
 def draw_step(entropy: SeededEntropy, harness: Harness) -> Step:
-    """One step drawn by weight from what is enabled (for seeded programs)."""
-    options = harness.enabled()
-    total = sum(w for _, w in options)
-    x = entropy.randbelow(total)
-    for kind, w in options:
-        if x < w:
-            return Step(kind, entropy.randbelow(3), entropy.randbelow(64), entropy.randbelow(64))
-        x -= w
-    raise AssertionError("unreachable")
+    """One step drawn by weight (for seeded programs): a uniform weighted index picks the kind."""
+    kind = kind_at(entropy.randbelow(TOTAL_WEIGHT))
+    return Step(kind, entropy.randbelow(3), entropy.randbelow(64), entropy.randbelow(64))
 
 
 def world_from_seed(seed: int) -> WorldSpec:
     e = SeededEntropy(seed).fork("stateful-world")
-    return WorldSpec(seed, 1 + e.randbelow(3), 1 + e.randbelow(2), e.randbelow(4) == 0)
+    clients, relays, relay_only = 1 + e.randbelow(3), 1 + e.randbelow(2), e.randbelow(4) == 0
+    stack, net, nat = world_flavour(e.randbelow(1 << 16))
+    return WorldSpec(seed, clients, relays, relay_only, stack, net, nat)
+
+
+def world_flavour(x: int) -> tuple[str, str, str]:
+    """Underlay families, links and NAT from one number: mostly IPv4 on plain links without NAT (the
+    strictest checks), the rest spread over IPv6-only and dual-stack clients, jittery and lossy links,
+    cone and symmetric NATs."""
+    stack = STACKS[0] if x % 2 == 0 else STACKS[(x >> 1) % 3]
+    net = NETS[0] if (x >> 3) % 2 == 0 else NETS[1 + (x >> 4) % 2]
+    nat = NATS[0] if (x >> 6) % 2 == 0 else NATS[1 + (x >> 7) % 2]
+    return stack, net, nat
 
 
 def initial_steps(spec: WorldSpec) -> list[Step]:
-    """Every example starts with client 0 holding both resources (so traffic steps have work to do)."""
-    return [Step(StepKind.GRANT, 0, 0), Step(StepKind.GRANT, 0, 1)]
+    """Every example starts with client 0 holding the CIDR and the DNS resource (so traffic steps have work
+    to do), one in three also the Internet resource."""
+    steps = [Step(StepKind.GRANT, 0, 0), Step(StepKind.GRANT, 0, 1)]
+    if spec.seed % 3 == 0:
+        steps.append(Step(StepKind.GRANT, 0, 2))
+    return steps
 
 
 def run_program(

@@ -22,8 +22,6 @@ CONTROL_SETTLE: Duration = secs(2)
 Handler = Callable[[Step, int], None]
 """Runs one step on the world: the step and the index of the client it concerns (``step.client`` modulo
 the number of clients)."""
-Guard = Callable[[], bool]
-"""Whether a kind of step makes sense now (asked of the model and the harness, never of the world)."""
 
 
 class InvariantError(AssertionError):
@@ -40,6 +38,12 @@ class Scene:
     model: ReferenceModel
     coverage: Counter[str] = field(default_factory=Counter)
     steps_done: int = 0
+    lost_peer: list[int] = field(default_factory=list)
+    """Clients that lost their last authorisation *and got one again* within the current step (the
+    gateway said goodbye in between; the check after the step sees only the end state)."""
+    disturbed: set[int] = field(default_factory=set)
+    """Clients whose path to the gateway was cut during the current step (a partition, a roam, a lost
+    relay): a goodbye the gateway sent them meanwhile may have been lost on the way."""
 
     def client(self, i: int) -> DevClient:
         return self.gw.clients[i]

@@ -1,12 +1,16 @@
 """Hypothesis stateful test of the whole gateway world against the reference model.
 
-The machine draws every transition from the harness's *model-side* view (:meth:`Harness.enabled`,
-weighted as :data:`sim.stateful.WEIGHTS`), applies it to the world and checks the invariants after each
-step (:mod:`sim.stateful`). Profiles (``FZ_STATEFUL_PROFILE``): ``ci`` (default; what ``make test``
-runs: derandomized, 256 examples of up to 15 steps), ``dev`` (fast, random), ``nightly`` (random,
-``FZ_STATEFUL_EXAMPLES`` examples, default 5000). A failure saves the failing program to
-``.stateful/failure.json``, writes its trace and pcap next to it and prints the ``firezone-sim replay``
-command. The coverage gate fails the run if a transition kind or key event never happened.
+The machine draws every transition by weight (:func:`sim.stateful.program.draw_kind`: a uniform weighted
+index, so the mix follows :data:`sim.stateful.WEIGHTS`), applies it to the world and checks the
+invariants after each step (:mod:`sim.stateful`). Profiles (``FZ_STATEFUL_PROFILE``): ``ci`` (default;
+what ``make test`` runs: derandomized, 256 examples of up to 15 steps), ``dev`` (fast, random),
+``nightly`` (random, ``FZ_STATEFUL_EXAMPLES`` examples, default 10 000, split into
+``FZ_STATEFUL_SHARDS`` test items so ``pytest -n 2`` fans them out), ``mutation`` (for ``make
+mutation``). A failure saves the failing program to ``.stateful/failure[-<shard>].json``, writes its trace
+and pcap next to it and prints the ``firezone-sim replay`` command. After a ``ci`` or ``nightly`` run the
+test prints ``stateful summary: examples=N steps=M <kind>=<count> ...``; a ``ci`` run fails if a kind's
+share of the drawn steps is not within a factor of two of its weight's share, or a kind or key event
+happened fewer times than its minimum.
 """
 
 from __future__ import annotations
@@ -35,13 +39,19 @@ from sim.stateful import (
     run_program,
     run_seeded,
 )
+from sim.stateful.program import TOTAL_WEIGHT, draw_kind
+from sim.stateful.run import world_flavour
 from sim.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".stateful"
-FAILURE = ARTIFACTS / "failure.json"
 MAX_STEPS = 13
 """Drawn steps per example; with the two initial grants an example has up to 15 transitions."""
+MIN_PER_KIND = 10
+"""Every kind must be drawn at least this often in a ``ci`` run (256 examples: ~3 300 drawn steps; a
+weight-1 kind's expectation is ~50)."""
+SHARE_FACTOR = 2
+"""Each kind's share of the drawn steps must lie within this factor of its weight's share."""
 
 _COMMON = {
     "deadline": None,
@@ -52,11 +62,14 @@ _COMMON = {
     # No explain phase: it re-runs the failing example under sys.settrace (very slow on Python 3.11).
     "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 }
+PROFILE = os.environ.get("FZ_STATEFUL_PROFILE", "ci")
+NIGHTLY_EXAMPLES = int(os.environ.get("FZ_STATEFUL_EXAMPLES", "10000"))
+SHARDS = int(os.environ.get("FZ_STATEFUL_SHARDS", "40")) if PROFILE == "nightly" else 1
 settings.register_profile("stateful-ci", max_examples=256, derandomize=True, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("stateful-dev", max_examples=25, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile(
     "stateful-nightly",
-    max_examples=int(os.environ.get("FZ_STATEFUL_EXAMPLES", "5000")),
+    max_examples=-(-NIGHTLY_EXAMPLES // SHARDS),
     **_COMMON,  # type: ignore[arg-type]
 )
 settings.register_profile(
@@ -65,13 +78,17 @@ settings.register_profile(
     derandomize=True,
     **{**_COMMON, "phases": [Phase.explicit, Phase.generate]},  # type: ignore[arg-type]
 )  # a killed mutant needs no shrinking
-PROFILE = os.environ.get("FZ_STATEFUL_PROFILE", "ci")
 
 COVERAGE: Counter[str] = Counter()
+DRAWN: Counter[str] = Counter()
+EXAMPLES = [0]
 
 
 class GatewayMachine(RuleBasedStateMachine):
-    """One example = one world (seed, 1-3 clients, 1-2 relays, maybe relay-only) and its transitions."""
+    """One example = one world (seed, 1-3 clients, 1-2 relays, maybe relay-only, the clients' address
+    families, links and NAT) and its transitions."""
+
+    failure = ARTIFACTS / "failure.json"
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,10 +100,12 @@ class GatewayMachine(RuleBasedStateMachine):
         clients=st.integers(1, 3),
         relays=st.integers(1, 2),
         relay_only=st.booleans(),
+        flavour=st.integers(0, (1 << 16) - 1),
     )
-    def start(self, seed: int, clients: int, relays: int, relay_only: bool) -> None:
-        spec = WorldSpec(seed, clients, relays, relay_only)
+    def start(self, seed: int, clients: int, relays: int, relay_only: bool, flavour: int) -> None:
+        spec = WorldSpec(seed, clients, relays, relay_only, *world_flavour(flavour))
         self.program = Program(spec)
+        EXAMPLES[0] += 1
         self.h = Harness(spec)
         for s in initial_steps(spec):
             self._apply(s)
@@ -98,21 +117,15 @@ class GatewayMachine(RuleBasedStateMachine):
             self.h.apply(s)
         except BaseException:
             ARTIFACTS.mkdir(exist_ok=True)
-            FAILURE.write_text(self.program.dumps() + "\n", encoding="ascii")
+            self.failure.write_text(self.program.dumps() + "\n", encoding="ascii")
             raise
 
     @rule(data=st.data())
     def transition(self, data: st.DataObject) -> None:
-        assert self.h is not None
-        options = self.h.enabled()
-        total = sum(w for _, w in options)
-        x = data.draw(st.integers(0, total - 1), label="transition")
-        kind = options[-1][0]
-        for k, w in options:
-            if x < w:
-                kind = k
-                break
-            x -= w
+        assert self.h is not None and self.program is not None
+        choice = data.draw(st.integers(0, 2**64 - 1), label="transition")
+        index = len(self.program.steps) - len(initial_steps(self.program.world))
+        kind = draw_kind(self.program.world, index, choice)
         step = Step(
             kind,
             data.draw(st.integers(0, 2), label="client"),
@@ -120,6 +133,7 @@ class GatewayMachine(RuleBasedStateMachine):
             data.draw(st.integers(0, 63), label="b"),
         )
         event(kind)
+        DRAWN[kind] += 1
         self._apply(step)
 
     def teardown(self) -> None:
@@ -128,36 +142,83 @@ class GatewayMachine(RuleBasedStateMachine):
             self.h.close()
 
 
-def _replay_hint(exc: BaseException) -> None:
-    if not FAILURE.exists():
+def _replay_hint(exc: BaseException, failure: Path) -> None:
+    if not failure.exists():
         return
-    program = Program.loads(FAILURE.read_text(encoding="ascii"))
-    trace_path, pcap_path = ARTIFACTS / "failure.jsonl", ARTIFACTS / "failure.pcap"
+    program = Program.loads(failure.read_text(encoding="ascii"))
+    trace_path, pcap_path = failure.with_suffix(".jsonl"), failure.with_suffix(".pcap")
     with open(trace_path, "w", encoding="ascii", newline="\n") as t, open(pcap_path, "wb") as p:
         try:
             run_program(program, trace=Trace(t), pcap=PcapWriter(p))
         except BaseException:
             pass
     print(
-        f"\nstateful failure: {exc}\n  replay: firezone-sim replay {FAILURE}\n"
+        f"\nstateful failure: {exc}\n  replay: firezone-sim replay {failure}\n"
         f"  trace:  {trace_path}\n  pcap:   {pcap_path}\n"
     )
 
 
-@pytest.mark.timeout(900)  # the ci profile takes ~2 min alone; room for a loaded machine and shrinking
-def test_gateway_world_against_the_reference_model() -> None:
+def summary_line(examples: int, drawn: Counter[str]) -> str:
+    """``stateful summary: examples=N steps=M <kind>=<count> ...`` (drawn steps, kinds in weight order)."""
+    kinds = " ".join(f"{k}={drawn[k]}" for k in KINDS)
+    return f"stateful summary: examples={examples} steps={sum(drawn.values())} {kinds}"
+
+
+def mix_problems(drawn: Counter[str]) -> list[str]:
+    """Kinds whose share of the drawn steps is not within :data:`SHARE_FACTOR` of their weight's share."""
+    total = sum(drawn.values())
+    out = []
+    for k in KINDS:
+        want = WEIGHTS[k] / TOTAL_WEIGHT
+        got = drawn[k] / total if total else 0.0
+        if not want / SHARE_FACTOR <= got <= want * SHARE_FACTOR:
+            out.append(f"{k}: {got:.2%} of the steps, weight share {want:.2%}")
+    return out
+
+
+MUTATION_SEEDS = tuple(range(int(os.environ.get("FZ_STATEFUL_EXAMPLES", "12"))))
+"""The ``mutation`` profile's seeded programs (after the regressions): fixed, so a mutant is judged by
+the same programs every time and dies at the first that fails."""
+
+
+def run_mutation_programs() -> None:
+    """The ``mutation`` profile: the regression programs (short, each aimed at one behaviour), then
+    programs drawn from :data:`MUTATION_SEEDS` (every kind of world and step); stops at the first failure."""
+    for case in REGRESSIONS:
+        run_program(Program.loads(json.dumps(case["program"])))
+    for seed in MUTATION_SEEDS:
+        run_seeded(seed, MAX_STEPS + 3)
+
+
+@pytest.mark.timeout(7200)  # the ci profile takes ~1-2 min alone; a nightly shard ~5-10 min
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_gateway_world_against_the_reference_model(shard: int) -> None:
+    if PROFILE == "mutation":
+        run_mutation_programs()
+        return
     COVERAGE.clear()
-    FAILURE.unlink(missing_ok=True)
+    DRAWN.clear()
+    EXAMPLES[0] = 0
+    name = "failure.json" if SHARDS == 1 else f"failure-{shard}.json"
+    GatewayMachine.failure = ARTIFACTS / name
+    GatewayMachine.failure.unlink(missing_ok=True)
     try:
         run_state_machine_as_test(GatewayMachine, settings=settings.get_profile(f"stateful-{PROFILE}"))
     except BaseException as exc:
-        _replay_hint(exc)
+        _replay_hint(exc, GatewayMachine.failure)
         raise
-    if PROFILE in ("dev", "mutation"):
-        return
-    missing = [f"transition {k}" for k in KINDS if not COVERAGE[f"transition:{k}"]]
-    missing += [f"event {k}" for k in KEY_EVENTS if not COVERAGE[f"event:{k}"]]
-    assert not missing, f"coverage gate: never exercised: {missing} (counts: {sorted(COVERAGE.items())})"
+    print("\n" + summary_line(EXAMPLES[0], DRAWN))
+    if PROFILE != "ci":
+        return  # the gates are the ci profile's (a nightly shard is a random sample of ~250 examples)
+    problems = mix_problems(DRAWN)
+    if PROFILE == "ci":
+        problems += [f"transition {k}: {DRAWN[k]} < {MIN_PER_KIND}" for k in KINDS if DRAWN[k] < MIN_PER_KIND]
+        problems += [
+            f"event {k}: {COVERAGE[f'event:{k}']} < {n}"
+            for k, n in KEY_EVENTS.items()
+            if COVERAGE[f"event:{k}"] < n
+        ]
+    assert not problems, f"coverage gate: {problems} (counts: {sorted(COVERAGE.items())})"
 
 
 # --- regressions found by the stateful test (kept as explicit programs) --------------------------------
@@ -182,6 +243,10 @@ def test_seeded_programs_pass(seed: int) -> None:
 def test_program_round_trips_through_json() -> None:
     p = Program(WorldSpec(9, 2, 1, True), [Step(StepKind.GRANT, 1, 2, 3), Step(StepKind.IDLE, 0, 1, 0)])
     assert Program.loads(p.dumps()) == p
+    q = Program(WorldSpec(9, 1, 1, False, "dual", "lossy", "symmetric"), [])
+    assert Program.loads(q.dumps()) == q
+    old = '{"world": {"seed": 1, "clients": 1, "relays": 1, "relay_only": false}, "steps": []}'
+    assert Program.loads(old).world == WorldSpec(1, 1, 1, False, "v4", "plain", "none")
     assert json.loads(p.dumps())["steps"][0] == {"kind": "grant", "client": 1, "a": 2, "b": 3}
     assert all(s.kind is StepKind(s.kind.value) for s in Program.loads(p.dumps()).steps)
 
@@ -198,8 +263,7 @@ def test_every_step_kind_has_a_weight_and_exactly_one_handler() -> None:
     h = Harness(WorldSpec(1))
     try:
         assert set(h.handlers) == set(StepKind) == set(WEIGHTS)
-        assert {k for k, _ in h.enabled()} <= set(KINDS)
-        assert set(h.guards) <= set(StepKind)
+        assert {k for k, _ in h.enabled()} == set(KINDS)  # no guards: every kind runs in any state
     finally:
         h.close()
 
@@ -210,11 +274,39 @@ def test_a_saved_program_with_an_unknown_kind_is_refused() -> None:
         Program.loads(text)
 
 
-def test_the_machine_replays_only_explicit_examples_quickly() -> None:
-    """The profiles exist and the CI one is derandomized (a fixed set of examples every run)."""
+def test_the_profiles() -> None:
+    """The CI profile is derandomized (a fixed set of examples every run); the nightly one is not."""
     ci = settings.get_profile("stateful-ci")
     assert ci.derandomize and ci.max_examples >= 256 and ci.stateful_step_count == MAX_STEPS + 1
     assert Phase.shrink in settings.get_profile("stateful-dev").phases
+    assert not settings.get_profile("stateful-nightly").derandomize
+
+
+def test_the_mix_check_and_the_summary_line() -> None:
+    """The mix check accepts the declared shares and flags a kind drawn twice too often or too rarely."""
+    exact = Counter({k: 100 * WEIGHTS[k] for k in KINDS})
+    assert mix_problems(exact) == []
+    skewed = exact.copy()
+    skewed[KINDS[0]] *= 5
+    assert any(p.startswith(str(KINDS[0])) for p in mix_problems(skewed))
+    rare = exact.copy()
+    rare[KINDS[-1]] = 0
+    assert any(p.startswith(str(KINDS[-1])) for p in mix_problems(rare))
+    line = summary_line(3, exact)
+    assert line.startswith(f"stateful summary: examples=3 steps={sum(exact.values())} ")
+    assert f" {KINDS[0]}={exact[KINDS[0]]}" in line
+
+
+def test_draw_kind_follows_the_weights_even_for_hypothesis_favourites() -> None:
+    """Uniform choices give each kind its share; the values Hypothesis favours (0, 1, all ones) do not
+    all land on the first kind."""
+    world = WorldSpec(7)
+    drawn = Counter(draw_kind(world, i % 13, x) for i, x in enumerate(range(40 * TOTAL_WEIGHT)))
+    assert mix_problems(Counter({str(k): n for k, n in drawn.items()})) == []
+    favourites = {
+        draw_kind(WorldSpec(seed), i, x) for seed in range(3) for i in range(3) for x in (0, 1, 2**64 - 1)
+    }
+    assert len(favourites) > 5
 
 
 def test_firezone_sim_replay_from_a_file_and_from_a_seed(

@@ -146,6 +146,12 @@ def test_init_retains_listed_authorizations_and_syncs_expiry() -> None:
     assert policy.authorizations.ids() == [CIDR_ID]
     auth = policy.authorizations.get(CIDR_ID)
     assert auth is not None and auth.expires_at == later
+    # An init that lists nothing of the client (its last resource was revoked while the gateway was away
+    # from the portal) revokes everything; the next sweep says goodbye (decision 0123).
+    h.init([])
+    assert policy.authorizations.ids() == []
+    h.advance(secs(2))
+    assert CLIENT_ID not in h.gw.peers.clients
 
 
 def test_relay_list_conversion_merges_adjacent_families_and_skips_stun() -> None:

@@ -132,14 +132,21 @@ def test_init_retention_and_expiry() -> None:
     p.allow_access(cid(1), v4(1), v6(1), DNS, None)
     p.allow_access(cid(2), v4(2), v6(2), CIDR, None)
     revoked = p.apply_init([InitAuthorization(cid(1), DNS.id, 500), InitAuthorization(cid(4), CIDR.id, 1)])
-    assert revoked == {cid(1): [CIDR.id]}
+    # Client 2 is not listed: the portal no longer authorises anything of it (decision 0123; the
+    # reference leaves it untouched, keeping the access of a client revoked while the gateway was away).
+    assert revoked == {cid(1): [CIDR.id], cid(2): [CIDR.id]}
     a = p.clients[cid(1)].authorizations.get(DNS.id)
     assert a is not None and a.expires_at == 500
-    assert p.clients[cid(2)].authorizations.ids() == [CIDR.id]  # not listed: untouched
-    # A listed client whose every listed resource is unknown ends up empty and goes at the sweep.
-    p.apply_init([InitAuthorization(cid(2), cid(999), 1)])
+    assert p.clients[cid(2)].authorizations.ids() == []
+    pkt = bytearray(build_udp_packet(v4(2), ip_address("10.1.1.1"), 1, 80, b""))
+    assert p.clients[cid(2)].outbound(pkt, Instant(0))[0] == REPLY  # ICMP prohibited from now on
+    # Emptied clients go at the sweep (a goodbye each).
     p.handle_timeout(Instant(0), 0)
     assert p.handle_timeout(Instant(secs(1)), 0) == [cid(2)]
+    # A listed client whose every listed resource is unknown ends up empty too.
+    p.allow_access(cid(3), v4(3), v6(3), CIDR, None)
+    p.apply_init([InitAuthorization(cid(3), cid(999), 1), InitAuthorization(cid(1), DNS.id, 500)])
+    assert p.handle_timeout(Instant(secs(2)), 0) == [cid(3)]
 
 
 def test_assigned_ips_flow() -> None:

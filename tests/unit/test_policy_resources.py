@@ -268,7 +268,7 @@ def test_networks_and_internet() -> None:
     assert i is not None and [str(n) for n in i.networks()] == ["0.0.0.0/0", "::/0"]
 
 
-def test_init_retains_listed_clients_only_and_applies_expiries() -> None:
+def test_init_retains_the_listed_resources_and_applies_expiries() -> None:
     a, b = ClientAuthorizations(u(1)), ClientAuthorizations(u(2))
     for n in (10, 11, 12):
         a.add(cidr(n), None)
@@ -283,9 +283,11 @@ def test_init_retains_listed_clients_only_and_applies_expiries() -> None:
             InitAuthorization(u(8), u(10), 5),
         ],
     )
-    assert revoked == {u(1): [u(10)]}
+    assert revoked == {u(1): [u(10)], u(2): [u(10)]}
     assert [x.expires_at for x in a.values()] == [1000, 2000]
-    assert b.ids() == [u(10)]  # not listed: untouched (reference behaviour)
+    # Not listed at all: every authorisation goes (decision 0123; the reference leaves it untouched, so a
+    # revocation of a client's last resource while the gateway was away from the portal was lost).
+    assert b.ids() == [] and b.is_empty()
 
 
 def test_expiry_timer() -> None:

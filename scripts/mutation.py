@@ -1,0 +1,160 @@
+"""``make mutation``: mutation testing of the gateway core, in two groups, each with its own test command.
+
+- ``policy``: ``gateway_core/policy`` mutated, killed by the stateful test alone (its main test with the
+  ``mutation`` profile: the regression programs, then fixed seeded programs; the same configuration is in
+  ``setup.cfg`` [mutmut], so ``mutmut`` run at the top of the tree does this group).
+- ``wire-dns``: ``gateway_core/wire`` and ``gateway_core/dns`` mutated, killed by the whole in-process suite
+  (``tests/unit``, ``tests/contract``, ``tests/io``, ``tests/sim``; the system tests run the daemon in
+  other processes, which mutmut's trampolines cannot see).
+
+mutmut (3.x) reads its configuration from the working directory, so each group runs in a copy of the tree
+under ``build/mutation/<group>`` with the group's ``setup.cfg``. mutmut records which tests reach which
+function and runs only those for each mutant, on ``--max-children`` workers; only lines the tests cover are
+mutated (``mutate_only_covered_lines``), and logging calls are not (their text is no behaviour). Each group
+writes ``build/mutation/<group>.txt`` (``mutmut results --all true``) and :mod:`scripts.mutation_score`
+prints its counts. Usage: ``python scripts/mutation.py [GROUP ...]
+[--children N] [--budget SECONDS]`` (every group by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = (
+    "gateway_core",
+    "gateway_io",
+    "sim",
+    "devportal",
+    "devpeers",
+    "devio",
+    "bench",
+    "e2e",
+    "scripts",
+    "docs",
+    "packaging",
+    "tests",
+    "pyproject.toml",
+    "README.md",
+    "Makefile",
+)
+"""What a group's copy of the tree holds (mutmut copies the sources and the tests into its ``mutants``)."""
+
+COMMON = r"""[mutmut]
+source_paths = gateway_core
+also_copy =
+    conftest.py
+    sim
+    devportal
+    devpeers
+    devio
+    bench
+    e2e
+    gateway_io
+    scripts
+    docs
+    packaging
+    README.md
+    Makefile
+pytest_add_cli_args =
+    -p
+    no:cacheprovider
+    -x
+    -q
+mutate_only_covered_lines = true
+do_not_mutate_patterns =
+    ^\s*log\.(debug|info|warning|error|exception)\(
+    ^\s*logger\.(debug|info|warning|error|exception)\(
+"""
+GROUPS: dict[str, str] = {
+    "policy": COMMON
+    + """only_mutate =
+    gateway_core/policy/*
+pytest_add_cli_args_test_selection =
+    tests/sim/test_stateful.py::test_gateway_world_against_the_reference_model
+""",
+    "wire-dns": COMMON
+    + """only_mutate =
+    gateway_core/wire/*
+    gateway_core/dns/*
+pytest_add_cli_args_test_selection =
+    tests/unit
+    tests/contract
+    tests/io
+    tests/sim
+""",
+}
+
+
+CONFTEST = '''"""Written by scripts/mutation.py into a copy of the tree: fast tests first."""
+
+import os
+
+ORDER = ("tests/unit/", "tests/contract/", "tests/io/", "tests/sim/")
+
+
+def _rank(nodeid: str) -> tuple[int, bool]:
+    tier = next((i for i, p in enumerate(ORDER) if nodeid.startswith(p)), len(ORDER))
+    return tier, "test_stateful.py::test_gateway_world" in nodeid
+
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        items.sort(key=lambda item: _rank(item.nodeid))
+'''
+"""A mutant dies at its first failing test (``-x``): the unit tests kill most in milliseconds, so they go
+first, the simulator's scenarios and the stateful test last."""
+
+
+def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
+    work = ROOT / "build" / "mutation" / group
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, work / name)
+    (work / "setup.cfg").write_text(GROUPS[group], encoding="utf-8")
+    (work / "conftest.py").write_text(CONFTEST, encoding="utf-8")
+    env = dict(os.environ, FZ_STATEFUL_PROFILE="mutation", PYTHONPATH=str(work))
+    started = time.monotonic()
+    print(f"mutation group {group}: mutmut run --max-children {children} (budget {budget} s)", flush=True)
+    try:
+        subprocess.run(
+            [mutmut, "run", "--max-children", str(children)], cwd=work, env=env, timeout=budget, check=False
+        )
+    except subprocess.TimeoutExpired:
+        print(f"mutation group {group}: stopped after the {budget} s budget", flush=True)
+    results = subprocess.run(
+        [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    out = ROOT / "build" / "mutation" / f"{group}.txt"
+    out.write_text(results.stdout, encoding="utf-8")
+    print(f"mutation group {group}: {time.monotonic() - started:.0f} s, results in {out.name}", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "mutation_score.py"), str(out)], check=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
+    ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--budget", type=int, default=1500, help="seconds per group before it is stopped")
+    args = ap.parse_args(argv)
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    for group in args.groups:
+        run_group(group, args.children, args.budget, mutmut)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
