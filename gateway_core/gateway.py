@@ -229,7 +229,11 @@ class Gateway:
         if type(policy) is ClientPolicy and not tracking:
             fast = forward(policy.flow_cache.inbound, packet, now)
             if fast is not None:
-                return self._encapsulate(now, policy.cid, fast)
+                node = self._node
+                t = node.encapsulate(policy.cid, fast, now)
+                if node.queued_events:
+                    self._control.drain_node_events(now)
+                return t
         reason = validate(packet)
         if reason is not None:
             self._counters.drop(reason)

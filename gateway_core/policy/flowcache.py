@@ -44,11 +44,28 @@ V4_KEY = slice(12, 24)
 V6_KEY = slice(8, 44)
 """IPv6 without extension headers: the same."""
 _M = 0xFFFF
-_V4_FIXED = struct.Struct("!H2xHxB")  # total length, flags + fragment offset, protocol (from byte 2)
+_V4_FIXED = struct.Struct("!H2xHxBH")  # total length, flags + fragment offset, protocol, header checksum
+_U16X2 = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
 
-FlowEntry = tuple[int, bytes | None, int, int, int, NatSession | None, NatTable | None]
-"""``(protocol, replacement bytes or None, IPv4 header checksum constant, transport checksum constant,
-transport checksum offset, NAT session or None, its table)``; a constant of 0 means "leave it"."""
+# How a cached flow's packets are rewritten (``FlowEntry[0]``), each with the struct that packs the
+# rewritten head of the packet (everything up to and including the transport checksum).
+KEEP = 0
+"""Forwarded unchanged."""
+V4_UDP = 1
+V4_TCP = 2
+V6_UDP = 3
+V6_TCP = 4
+_V4_UDP_HEAD = struct.Struct("!10sH12sHH")  # bytes 0-9, header checksum, key, UDP length, UDP checksum
+_V4_TCP_HEAD = struct.Struct("!10sH12s12sH")  # ..., key, sequence to urgent flags/window, TCP checksum
+_V6_UDP_HEAD = struct.Struct("!8s36sHH")  # bytes 0-7, key, UDP length, UDP checksum
+_V6_TCP_HEAD = struct.Struct("!8s36s12sH")
+
+FlowEntry = tuple[int, int, bytes, int, int, NatSession | None, NatTable | None]
+"""``(rewrite kind, protocol, replacement key bytes, IPv4 header checksum constant, transport checksum
+constant, NAT session or None, its table)``. A checksum constant ``k`` gives the adjusted checksum of
+``c`` as ``0xFFFE - (k - c) % 0xFFFF``, which is RFC 1624's ``~(~c + ~m + m')`` with end-around carry
+(``checksum_adjust_int``) with the flow's fixed part folded into ``k``."""
 
 
 class FlowCache:
@@ -87,8 +104,8 @@ def fast_key(packet: bytes | bytearray) -> bytes | None:
 
 
 def _adjust_constant(old: int, new: int) -> int:
-    """The part of RFC 1624's ``~HC + ~m + m'`` fixed by the flow (``0``: no change to make)."""
-    return 0 if old == new else (_M - old % _M) + new % _M
+    """The checksum constant of a change of the field sum ``old`` to ``new`` (see :data:`FlowEntry`)."""
+    return (_M - old % _M) + new % _M - 1 + _M
 
 
 def _field_sums(block: bytes, v6: bool) -> tuple[int, int]:
@@ -109,19 +126,20 @@ def remember(
     """Cache the full path's outcome for ``key`` (from :func:`fast_key` of the packet before the path):
     ``out`` is the packet it forwarded, ``session`` the NAT session it went through (``None``: none)."""
     v6 = len(key) == 36
-    l4 = 40 if v6 else 20
     proto = out[6] if v6 else out[9]
     new = bytes(out[V6_KEY] if v6 else out[V4_KEY])
     if len(table) >= MAX_FLOWS:
         table.clear()
     if new == key:
-        table[key] = (proto, None, 0, 0, 0, None, None)
+        table[key] = (KEEP, proto, new, 0, 0, None, None)
         return
     old_a, old_all = _field_sums(key, v6)
     new_a, new_all = _field_sums(new, v6)
+    if old_all == new_all or (not v6 and old_a == new_a):
+        return  # a rewrite that leaves a checksum as it is (never seen in practice): always the full path
+    kind = (V6_UDP if proto == PROTO_UDP else V6_TCP) if v6 else (V4_UDP if proto == PROTO_UDP else V4_TCP)
     hdr = 0 if v6 else _adjust_constant(old_a, new_a)
-    csum_at = l4 + (6 if proto == PROTO_UDP else 16)
-    table[key] = (proto, new, hdr, _adjust_constant(old_all, new_all), csum_at, session, nat)
+    table[key] = (kind, proto, new, hdr, _adjust_constant(old_all, new_all), session, nat)
 
 
 def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes | None:
@@ -130,62 +148,55 @@ def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes
     n = len(packet)
     if n > MAX_IP_SIZE:
         return None
-    b0 = packet[0]
-    if b0 == 0x45:
+    if packet[0] == 0x45:
         if n < 28:
             return None
         e = table.get(packet[12:24])
         if e is None:
             return None
-        total, ff, proto = _V4_FIXED.unpack_from(packet, 2)
-        if total != n or ff & 0x3FFF or proto != e[0]:
+        total, ff, proto, hc = _V4_FIXED.unpack_from(packet, 2)
+        if total != n or ff & 0x3FFF or proto != e[1]:
             return None
         l4 = 20
-    elif b0 >> 4 == 6:
+    elif packet[0] >> 4 == 6:
         if n < 48:
             return None
         e = table.get(packet[8:44])
-        if e is None or packet[6] != e[0] or (packet[4] << 8) | packet[5] != n - 40:
+        if e is None or packet[6] != e[1] or (packet[4] << 8) | packet[5] != n - 40:
             return None
-        proto, l4 = e[0], 40
+        proto = e[1]
+        hc = l4 = 40
     else:
         return None
-    avail = n - l4
     if proto == PROTO_UDP:
-        ulen = (packet[l4 + 4] << 8) | packet[l4 + 5]
-        if ulen < 8 or ulen > avail:
+        ulen, c = _U16X2.unpack_from(packet, l4 + 4)
+        if ulen < 8 or ulen > n - l4:
             return None
-    elif avail < 20 or not 20 <= (packet[l4 + 12] >> 4) * 4 <= avail or packet[l4 + 13] & TCP_RST:
+    elif n - l4 < 20 or not 20 <= (packet[l4 + 12] >> 4) * 4 <= n - l4 or packet[l4 + 13] & TCP_RST:
         return None
-    repl = e[1]
-    if repl is None:
+    kind = e[0]
+    if kind == KEEP:
         return packet
     s = e[5]
     if s is not None:
         s.last_seen = now
-        e[6]._now = now  # type: ignore[union-attr]  # NatTable's tick, as translate_*_key does
-    buf = bytearray(packet)
-    if l4 == 20:
-        buf[12:24] = repl
-        k = e[2]
-        if k:
-            t = (~((packet[10] << 8) | packet[11]) & _M) + k
-            t = (t & _M) + (t >> 16)
-            t = ~((t & _M) + (t >> 16)) & _M
-            buf[10] = t >> 8
-            buf[11] = t & 0xFF
-    else:
-        buf[8:44] = repl
-    k = e[3]
-    if k:
-        at = e[4]
-        c = (packet[at] << 8) | packet[at + 1]
-        if c or proto != PROTO_UDP:
-            t = (~c & _M) + k
-            t = (t & _M) + (t >> 16)
-            t = ~((t & _M) + (t >> 16)) & _M
-            if t == 0 and proto == PROTO_UDP:
-                t = _M
-            buf[at] = t >> 8
-            buf[at + 1] = t & 0xFF
-    return bytes(buf)
+        e[6]._now = now  # type: ignore[union-attr]  # the table's tick, as translate_*_key does
+    if kind == V4_UDP:
+        return (
+            _V4_UDP_HEAD.pack(
+                packet[:10], 0xFFFE - (e[3] - hc) % _M, e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)
+            )
+            + packet[28:]
+        )
+    if kind == V4_TCP:
+        c = _U16.unpack_from(packet, 36)[0]
+        return (
+            _V4_TCP_HEAD.pack(
+                packet[:10], 0xFFFE - (e[3] - hc) % _M, e[2], packet[24:36], 0xFFFE - (e[4] - c) % _M
+            )
+            + packet[38:]
+        )
+    if kind == V6_UDP:
+        return _V6_UDP_HEAD.pack(packet[:8], e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)) + packet[48:]
+    c = _U16.unpack_from(packet, 56)[0]
+    return _V6_TCP_HEAD.pack(packet[:8], e[2], packet[44:56], 0xFFFE - (e[4] - c) % _M) + packet[58:]
