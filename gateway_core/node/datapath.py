@@ -89,8 +89,10 @@ class NodeDataPath:
             # The hot path: a data message straight from a peer (what ``_wireguard`` does first, inline).
             conn = self.connections.get(self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8, ""))
             if conn is not None and conn.state is not _FAILED:
-                packet = conn.tunnel.decapsulate(now, data, from_.ip)
-                self._drain_tunnel(conn, now)
+                tunnel = conn.tunnel
+                packet = tunnel.decapsulate(now, data, from_.ip)
+                if tunnel.queued:
+                    self._drain_tunnel(conn, now)
                 if packet:
                     if conn.state is _CONNECTED:
                         conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)

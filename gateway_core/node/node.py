@@ -340,8 +340,10 @@ class Node(NodeDataPath):
             conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)
         else:
             conn.stimulus(now)
-        wg = conn.tunnel.encapsulate(now, packet)
-        self._drain_tunnel(conn, now)
+        tunnel = conn.tunnel
+        wg = tunnel.encapsulate(now, packet)
+        if tunnel.queued:
+            self._drain_tunnel(conn, now)
         if wg is not None:
             ps = conn.peer_socket
             if ps is not None and ps.kind in _DIRECT:  # the hot path: no relay framing

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Sized
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidTag
@@ -103,6 +104,7 @@ class WireGuardPeer:
         "cfg",
         "handshake",
         "is_initiator",
+        "queued",
         "rate_limiter",
         "send_handshake_at",
         "sessions",
@@ -151,6 +153,9 @@ class WireGuardPeer:
         self._current = 0
         self._queue: deque[bytes] = deque()
         self._transmits: deque[bytes] = deque()
+        self.queued: Sized = self._transmits
+        """The datagrams :meth:`poll_transmit` will give, read-only: truthy when there is one (the node
+        peeks after every packet, so this is an attribute, not a method call)."""
         self._events: deque[WgEvent] = deque()
         self._last_now = now
         self.stats = Stats()
