@@ -102,6 +102,7 @@ class Peers:
         "_retired",
         "_stats_of",
         "by_cid",
+        "by_tunnel_address",
         "clients",
         "expiry",
         "gateway_v4",
@@ -115,6 +116,9 @@ class Peers:
         """The same policies by ``str(client id)``, the node's name of the client's connection: the data
         path's key (a ``str`` caches its hash; a ``UUID`` hashes in Python, about 0.2 us a lookup)."""
         self._by_ip: dict[int, ClientPolicy] = {}  # addr_key(tunnel IP) -> its client's policy
+        self.by_tunnel_address: dict[bytes, ClientPolicy] = {}
+        """The same for the addresses inside the tunnel ranges, keyed by the packed address: the data path
+        looks a TUN packet's destination up with one slice (what :meth:`route_tun` finds for it)."""
         self.gateway_v4: IPv4Address | None = None
         self.gateway_v6: IPv6Address | None = None
         self.expiry = ExpiryTimer()
@@ -141,6 +145,8 @@ class Peers:
                 "tunnel address %s moves from client %s to client %s", ip, other.client_id, client.client_id
             )
         self._by_ip[key] = client
+        if (ip in IPV4_TUNNEL) if isinstance(ip, IPv4Address) else (ip in IPV6_TUNNEL):
+            self.by_tunnel_address[ip.packed] = client
 
     def client_by_ip(self, ip: IPAddress) -> ClientPolicy | None:
         return self._by_ip.get(addr_key(ip))
@@ -255,6 +261,8 @@ class Peers:
         del self.by_cid[client.cid]
         for key in [k for k, c in self._by_ip.items() if c is client]:
             del self._by_ip[key]
+        for packed in [k for k, c in self.by_tunnel_address.items() if c is client]:
+            del self.by_tunnel_address[packed]
         return True
 
     def shutdown(self) -> list[uuid.UUID]:
@@ -263,6 +271,7 @@ class Peers:
         self.clients.clear()
         self.by_cid.clear()
         self._by_ip.clear()
+        self.by_tunnel_address.clear()
         return gone
 
     # --- time -----------------------------------------------------------------------------------
@@ -337,5 +346,9 @@ class Peers:
         for key, client in self._by_ip.items():
             if self.clients.get(client.client_id) is not client:
                 raise UsageError(f"address key {key} indexes unknown client {client.client_id}")
+        for packed, client in self.by_tunnel_address.items():
+            header = b"\x45" + bytes(15) + packed if len(packed) == 4 else b"\x60" + bytes(23) + packed
+            if self.route_tun(header) is not client:
+                raise UsageError(f"tunnel address {packed.hex()} is not routed to its client")
         if {c.cid: c for c in self.clients.values()} != self.by_cid:
             raise UsageError("the index by connection name does not match the clients")
