@@ -309,11 +309,15 @@ class Driver:
             busy = True
             now = self.now()
             handle_tun = core.handle_tun_packet
-            transmit = self._transmit
+            udp_for = self._udp_for
             for packet in packets:
                 t = handle_tun(now, packet)
                 if t is not None:
-                    transmit(t)
+                    sock = udp_for.get(type(t.dst.ip))
+                    if sock is None:
+                        self._transmit(t)  # the first of its family: finds and caches the socket
+                    elif (failed := sock.send(t)) is not None:
+                        self._send_failed(failed)
                 while (cmd := poll()) is not None:
                     execute(cmd)
         for src in self._udp_srcs:
@@ -460,8 +464,11 @@ class Driver:
             self._udp_for[type(t.dst.ip)] = sock
         failed = sock.send(t)
         if failed is not None:
-            self.stats.counters.incr("driver.send_failed")
-            self.report(failed)
+            self._send_failed(failed)
+
+    def _send_failed(self, failed: SendFailed) -> None:
+        self.stats.counters.incr("driver.send_failed")
+        self.report(failed)
 
     def _write_tun(self, packet: bytes) -> None:
         tun = self._t.tun
