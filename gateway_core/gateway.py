@@ -108,6 +108,8 @@ class Gateway:
         self._forwarder = DnsForwarder(self._peers.may_query, config.dns_limits)
         self._bind_retry = DnsBindRetry(ent.fork("dns-bind"))
         self._flows = FlowTracker(now, utc_ns, enabled=config.flow_logs)
+        self._fast = not config.flow_logs
+        """Whether the data path may take the flow cache (flow logs must see every packet)."""
         url = login_url(config.api_url, config.token, config.firezone_id, config.name, self._public_key)
         ua = config.user_agent or user_agent("Linux", "unknown", None, None, config.version)
         self._channel = PortalChannel(url, ua, ent.fork("portal"), config.channel)
@@ -181,12 +183,12 @@ class Gateway:
             return None
         cid, packet = got
         policy = self._by_cid.get(cid)
-        flows = self._flows
-        tracking = flows.enabled
-        if policy is not None and not tracking:
+        if policy is not None and self._fast:
             fast = forward(policy.flow_cache.outbound, packet, now)
             if fast is not None:
                 return fast
+        flows = self._flows
+        tracking = flows.enabled
         reason = validate(packet)
         if reason is not None:
             self._counters.drop(reason)
@@ -226,8 +228,7 @@ class Gateway:
         if now < self._now:
             raise UsageError(f"time went backwards: {now} < {self._now}")
         self._now = now
-        tracking = self._flows.enabled
-        if not tracking and packet:
+        if self._fast and packet:
             # The fast path (``policy.flowcache``): the client by the packed destination, the flow's cached
             # decision; anything it does not know takes the full path below.
             b0 = packet[0]
@@ -255,7 +256,7 @@ class Gateway:
             self._counters.drop(policy)
             return None
         buf = bytearray(packet)
-        if tracking:
+        if self._flows.enabled:
             self._flows.record_inbound_packet(now, policy, buf)
         action, out, _, _ = policy.inbound(buf, now)
         if action is not FORWARD:

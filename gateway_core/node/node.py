@@ -52,6 +52,8 @@ from gateway_core.turn.allocation import Allocation, RelaySocket
 
 log = logging.getLogger(__name__)
 
+_CONNECTED = ConnState.CONNECTED
+_FAILED = ConnState.FAILED
 _DIRECT = (PathKind.PEER_TO_PEER, PathKind.PEER_TO_RELAY)
 """Path kinds whose datagrams go straight to the peer (no ChannelData framing)."""
 MAX_OPTIMISTIC = 2
@@ -332,12 +334,12 @@ class Node(NodeDataPath):
         if now > self._now:
             self._now = now
         conn = self.connections.get(cid)
-        if conn is None or conn.peer_socket is None or conn.state is ConnState.FAILED:
+        if conn is not None and conn.state is _CONNECTED and conn.peer_socket is not None:
+            conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)
+        elif conn is None or conn.peer_socket is None or conn.state is _FAILED:
             self.stats.drop(DropReason.NO_CONNECTION)
             self.handle_timeout(now)
             return None
-        if conn.state is ConnState.CONNECTED:
-            conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)
         else:
             conn.stimulus(now)
         tunnel = conn.tunnel
@@ -346,11 +348,12 @@ class Node(NodeDataPath):
             self._drain_tunnel(conn, now)
         if wg is not None:
             ps = conn.peer_socket
-            if ps is not None and ps.kind in _DIRECT:  # the hot path: no relay framing
-                return transmit(ps.source, ps.dest, wg)
-            t = self._frame(conn, wg, now)
-            if t is not None:
-                return t
+            if ps is not None:
+                if ps.kind in _DIRECT:  # the hot path: no relay framing
+                    return transmit(ps.source, ps.dest, wg)
+                t = self._frame(conn, wg, now)
+                if t is not None:
+                    return t
         self.handle_timeout(now)
         return None
 
