@@ -5,7 +5,9 @@ against one bare ``ChaCha20Poly1305`` call on the same number of bytes, measured
 
 Packet: the largest the data path accepts, 1280 bytes (the TUN MTU, ``MAX_IP_SIZE``; a 1400-byte inner
 packet is dropped as ``IP_TOO_LARGE``, as in Firezone), IPv4/UDP to a DNS resource's proxy IP, so every
-packet goes through the NAT. The measured client is fully connected (ICE, WireGuard) through
+packet goes through the NAT; then the same to an address of a CIDR resource (no NAT) with the same number
+of clients. Every packet after a flow's first takes the per-flow cache (``gateway_core.policy.flowcache``),
+as the packets of a real flow do. The measured client is fully connected (ICE, WireGuard) through
 the test harness's in-memory network; the other clients are authorised (a CIDR resource each, their own
 tunnel addresses) and have a node connection (ICE agent + WireGuard tunnel, no handshake yet): they
 populate every table the data path looks into. ``python -m bench bench_gateway``.
@@ -27,11 +29,13 @@ from gateway_core.policy.p2p_control import build_assigned_ips
 from gateway_core.policy.resources import CidrResource
 from gateway_core.wire.ipbuild import build_udp_packet
 from tests.unit.gateway_harness import (
+    CIDR_ID,
     CL_TUN4,
     DNS_ID,
     GW,
     GW_CREDS,
     Harness,
+    cidr_resource,
     dns_resource,
 )
 
@@ -44,11 +48,14 @@ CLIENT_COUNTS = (1, 100, 10_000)
 MEMORY_CLIENTS = 1000
 PROXY = ip_address("100.96.0.1")
 REAL = ip_address("10.0.0.7")
+CIDR_HOST = ip_address("172.20.0.5")
+"""An address of the measured client's CIDR resource (``tests.unit.gateway_harness.cidr_resource``)."""
 
 
 def _setup() -> Harness:
     h = Harness()
     h.setup(dns_resource())
+    h.authorize(cidr_resource(rid=CIDR_ID), ref="cidr")
     proxies = [ip_address(f"100.96.0.{i}") for i in range(1, 5)]
     h.send(build_assigned_ips(DNS_ID, "app.example.com", proxies))  # type: ignore[arg-type]
     req = next(c for c in h.commands if isinstance(c, ResolveDomain))
@@ -83,11 +90,12 @@ def _best(fn: Callable[[], None]) -> float:
     return (time.perf_counter() - t0) / BATCH
 
 
-def _measure(h: Harness) -> tuple[float, float, float, float]:
+def _measure(h: Harness, nat: bool) -> tuple[float, float, float, float]:
     """(handle_datagram, handle_tun_packet, aead encrypt, aead decrypt) in microseconds."""
     gw, now = h.gw, h.now
-    pkt = build_udp_packet(CL_TUN4, PROXY, 5401, 53, bytes(SIZE - 28))
-    reply = build_udp_packet(REAL, CL_TUN4, 53, 5401, bytes(SIZE - 28))  # type: ignore[arg-type]
+    dst, real = (PROXY, REAL) if nat else (CIDR_HOST, CIDR_HOST)
+    pkt = build_udp_packet(CL_TUN4, dst, 5401, 53, bytes(SIZE - 28))
+    reply = build_udp_packet(real, CL_TUN4, 53, 5401, bytes(SIZE - 28))  # type: ignore[arg-type]
     conn = h.client.connections["gateway"]
     assert conn.peer_socket is not None
     src = conn.peer_socket.source
@@ -97,7 +105,8 @@ def _measure(h: Harness) -> tuple[float, float, float, float]:
         assert t is not None
         stream.append(t.payload)
     out = gw.handle_datagram(now, GW, src, stream[0])
-    assert out is not None and len(out) == SIZE, "the packet must pass the policy and the NAT"
+    assert out is not None and len(out) == SIZE, "the packet must pass the policy (and the NAT)"
+    assert (out[16:20] == REAL.packed) is nat
     assert gw.handle_tun_packet(now, reply) is not None
     aead = ChaCha20Poly1305(bytes(range(32)))
     nonce = bytes(12)
@@ -143,17 +152,19 @@ def main() -> None:
     h = _setup()
     have = 1
     rounds = f"min of {ROUNDS - 1} rounds x {BATCH}"
-    print(f"packet {SIZE} bytes, IPv4/UDP to a DNS resource (NAT both ways); {rounds}")
+    print(f"packet {SIZE} bytes, IPv4/UDP; {rounds}")
     for n in CLIENT_COUNTS:
         if n > have:
             _add_clients(h, n - have, have)
             have = n
-        dg, tun, enc, dec = _measure(h)
-        print(
-            f"{n:6d} clients: handle_datagram {dg:6.2f} us ({dg / dec:4.2f}x decrypt)   "
-            f"handle_tun_packet {tun:6.2f} us ({tun / enc:4.2f}x encrypt)   "
-            f"[bare AEAD encrypt {enc:5.2f} us, decrypt {dec:5.2f} us]"
-        )
+        for nat in (True, False):
+            dg, tun, enc, dec = _measure(h, nat)
+            what = "DNS resource (NAT)" if nat else "CIDR resource    "
+            print(
+                f"{n:6d} clients, {what}: handle_datagram {dg:6.2f} us ({dg / dec:4.2f}x decrypt)   "
+                f"handle_tun_packet {tun:6.2f} us ({tun / enc:4.2f}x encrypt)   "
+                f"[bare AEAD encrypt {enc:5.2f} us, decrypt {dec:5.2f} us]"
+            )
     mem = _memory_per_client(_setup())
     print(f"memory per idle connected client (policy + node connection): {mem / 1024:.1f} KiB")
 

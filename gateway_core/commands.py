@@ -7,6 +7,7 @@ live beside their component and subclass :class:`Command`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway_core.addr import SocketAddr
@@ -39,3 +40,20 @@ class Exit(Command):
 
     reason: str
     code: int = 0
+
+
+_new_object = object.__new__
+_set_src: Callable[[object, object], None] = Transmit.__dict__["src"].__set__  # the slots' descriptors
+_set_dst: Callable[[object, object], None] = Transmit.__dict__["dst"].__set__
+_set_payload: Callable[[object, object], None] = Transmit.__dict__["payload"].__set__
+
+
+def transmit(src: SocketAddr | None, dst: SocketAddr, payload: bytes) -> Transmit:
+    """``Transmit(src, dst, payload)`` at half the cost, for the per-packet path: the same frozen object,
+    its three slots set through their descriptors instead of the frozen ``__init__``'s three
+    ``object.__setattr__`` calls (0.2 instead of 0.4 us here)."""
+    t: Transmit = _new_object(Transmit)
+    _set_src(t, src)
+    _set_dst(t, dst)
+    _set_payload(t, payload)
+    return t

@@ -60,6 +60,7 @@ from gateway_core.interface import InterfaceConfigFailed, InterfaceConfigured
 from gateway_core.node.factory import wireguard_node
 from gateway_core.node.node import Node
 from gateway_core.policy.client import DROP, FORWARD, ClientPolicy
+from gateway_core.policy.flowcache import forward
 from gateway_core.policy.flows import CompletedFlow, FlowTracker
 from gateway_core.policy.p2p_control import is_control_packet
 from gateway_core.policy.peers import Peers
@@ -101,10 +102,14 @@ class Gateway:
 
         self._node = wireguard_node(private_key, ent, ent.fork("node"), now, self.utc_ns, controlling=False)
         self._peers = Peers(config.max_nat_sessions)
+        self._by_cid = self._peers.by_cid  # the data path's two lookups (dicts owned by the peers)
+        self._by_address = self._peers.by_tunnel_address
         self._peers.handle_timeout(now, utc_ns)  # schedules the first expiry sweep (reference: first tick)
         self._forwarder = DnsForwarder(self._peers.may_query, config.dns_limits)
         self._bind_retry = DnsBindRetry(ent.fork("dns-bind"))
         self._flows = FlowTracker(now, utc_ns, enabled=config.flow_logs)
+        self._fast = not config.flow_logs
+        """Whether the data path may take the flow cache (flow logs must see every packet)."""
         url = login_url(config.api_url, config.token, config.firezone_id, config.name, self._public_key)
         ua = config.user_agent or user_agent("Linux", "unknown", None, None, config.version)
         self._channel = PortalChannel(url, ua, ent.fork("portal"), config.channel)
@@ -177,6 +182,13 @@ class Gateway:
         if got is None:
             return None
         cid, packet = got
+        policy = self._by_cid.get(cid)
+        if policy is not None and self._fast:
+            fast = forward(policy.flow_cache.outbound, packet, now)
+            if fast is not None:
+                return fast
+        flows = self._flows
+        tracking = flows.enabled
         reason = validate(packet)
         if reason is not None:
             self._counters.drop(reason)
@@ -184,8 +196,6 @@ class Gateway:
         if packet[0] >> 4 == 6 and packet[6] == 0xFF and is_control_packet(packet):
             self._control.p2p_control(now, cid, packet)
             return None
-        client = self._ids[cid]
-        policy = self._peers.clients.get(client)
         if policy is None:
             self._counters.drop(DropReason.UNKNOWN_CLIENT)
             return None
@@ -195,11 +205,9 @@ class Gateway:
             or (version == 6 and packet[24] == 0xFD and packet[25] == 0)
         ) and policy.to_another_client(packet):
             self._counters.drop(DropReason.NOT_AUTHORIZED)
-            self._control.send_control(now, client, build_icmp_prohibited(packet))
+            self._control.send_control(now, policy.client_id, build_icmp_prohibited(packet))
             return None
         buf = bytearray(packet)
-        flows = self._flows
-        tracking = flows.enabled
         pre = buf[:] if tracking else None
         action, out, rid, _ = policy.outbound(buf, now)
         if action is FORWARD:
@@ -220,6 +228,25 @@ class Gateway:
         if now < self._now:
             raise UsageError(f"time went backwards: {now} < {self._now}")
         self._now = now
+        if self._fast and packet:
+            # The fast path (``policy.flowcache``): the client by the packed destination, the flow's cached
+            # decision; anything it does not know takes the full path below.
+            b0 = packet[0]
+            fast_policy = (
+                self._by_address.get(packet[16:20])
+                if b0 == 0x45
+                else self._by_address.get(packet[24:40])
+                if b0 >> 4 == 6
+                else None
+            )
+            if fast_policy is not None:
+                fast = forward(fast_policy.flow_cache.inbound, packet, now)
+                if fast is not None:
+                    node = self._node
+                    t = node.encapsulate(fast_policy.cid, fast, now)
+                    if node.queued_events:
+                        self._control.drain_node_events(now)
+                    return t
         reason = validate(packet)
         if reason is not None:
             self._counters.drop(reason)
@@ -234,8 +261,11 @@ class Gateway:
         action, out, _, _ = policy.inbound(buf, now)
         if action is not FORWARD:
             return None
+        return self._encapsulate(now, policy.cid, bytes(out))
+
+    def _encapsulate(self, now: Instant, cid: str, packet: bytes) -> Transmit | None:
         node = self._node
-        t = node.encapsulate(self._ids.cid(policy.client_id), bytes(out), now)
+        t = node.encapsulate(cid, packet, now)
         if node.queued_events:
             self._control.drain_node_events(now)
         return t

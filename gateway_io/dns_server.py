@@ -99,6 +99,9 @@ CLOSE_GRACE = 1.0
 """Seconds allowed for closing one connection's socket during shutdown."""
 
 _LEN = struct.Struct("!H")
+_RECV_SIZE = MAX_QUERY_LEN + 1
+"""One byte more than a query may have: a longer datagram is seen to be too long, not cut."""
+_new_tuple = tuple.__new__
 
 
 class DnsQuery(NamedTuple):
@@ -208,37 +211,41 @@ class UdpDnsServer:
             await anyio.wait_readable(self._sock)
 
     def read_nowait(self, limit: int = UDP_BATCH) -> list[DnsQuery]:
-        """Up to ``limit`` queries that passed the check, from what the socket holds now (maybe none).
-        Reads at most ``4 * limit`` datagrams, so a flood of rejected ones cannot keep it going."""
+        """Up to ``limit`` queries that passed the check, read until the socket is empty (maybe none).
+        Reads at most ``4 * limit`` datagrams, so a flood of rejected ones cannot keep it going. Per
+        query: one ``recvfrom``, the check and the :class:`DnsQuery` (built with ``tuple.__new__``, the
+        socket's own ``(host, port)`` tuple kept for IPv4); nothing else is allocated."""
         if self._closed:
             return []
-        sock = self._sock
-        stats = self.stats
-        recvfrom = sock.recvfrom
+        recvfrom = self._sock.recvfrom
         local = self.local_address
         udp = DnsTransport.UDP
+        check = query_drop_reason
+        new = _new_tuple
         out: list[DnsQuery] = []
+        append = out.append
         for _ in range(4 * limit):
             try:
-                data, remote = recvfrom(MAX_QUERY_LEN + 1)
+                data, remote = recvfrom(_RECV_SIZE)
             except BlockingIOError:
                 self._since_yield = 0
                 break
             except OSError as e:  # e.g. a queued ICMP error; never fatal
-                stats.incr("udp.receive_errors")
+                self.stats.incr("udp.receive_errors")
                 log.debug("udp dns server %s: receive error %s", local, e)
                 continue
             if len(data) > MAX_QUERY_LEN:
-                stats.drop(DropReason.DNS_TOO_LARGE)
+                self.stats.drop(DropReason.DNS_TOO_LARGE)
                 continue
-            reason = query_drop_reason(data)
+            reason = check(data)
             if reason is not None:
-                stats.drop(reason)
+                self.stats.drop(reason)
                 continue
-            out.append(DnsQuery(local, (remote[0], remote[1]), data, udp))
+            append(new(DnsQuery, (local, remote if len(remote) == 2 else remote[:2], data, udp)))
             if len(out) >= limit:
                 break
-        stats.counters["udp.queries"] += len(out)
+        if out:
+            self.stats.counters["udp.queries"] += len(out)
         return out
 
     def fileno(self) -> int:
@@ -262,7 +269,7 @@ class UdpDnsServer:
         if self._closed:
             return False
         try:
-            self._sock.sendto(message, (str(remote[0]), remote[1]))
+            self._sock.sendto(message, remote if type(remote[0]) is str else (str(remote[0]), remote[1]))
         except OSError as e:  # BlockingIOError (buffer full), EMSGSIZE, EHOSTUNREACH, EPERM (netfilter)...
             self.stats.incr("udp.send_failed")
             log.debug("udp dns server %s: send to %s failed: %s", self.local_address, remote, e)

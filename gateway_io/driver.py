@@ -166,6 +166,8 @@ class Driver:
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
+        self._udp_for: dict[type, Any] = {}
+        """The UDP socket for each address type (``IPv4Address``, ``IPv6Address``), found on first use."""
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
         self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
@@ -244,6 +246,7 @@ class Driver:
     ) -> int:
         """Run until the core's ``Exit`` is flushed (or the grace period ends); the exit code."""
         self._t = transports
+        self._udp_for.clear()
         now = self.now()
         self._anchor_checked = now
         if self.utc_clock is not None:
@@ -298,23 +301,37 @@ class Driver:
         self.stats.turns += 1
         busy = False
         core = self.core
+        # The per-packet loops: R3's drain inline (one poll per packet, as a plain loop does), the bound
+        # methods looked up once per batch.
+        poll = core.poll_command
+        execute = self._execute
         for packets in self._tun_src.take():
             busy = True
             now = self.now()
+            handle_tun = core.handle_tun_packet
+            udp_for = self._udp_for
             for packet in packets:
-                transmit = core.handle_tun_packet(now, packet)
-                if transmit is not None:
-                    self._transmit(transmit)
-                self._drain()
+                t = handle_tun(now, packet)
+                if t is not None:
+                    sock = udp_for.get(type(t.dst.ip))
+                    if sock is None:
+                        self._transmit(t)  # the first of its family: finds and caches the socket
+                    elif (failed := sock.send(t)) is not None:
+                        self._send_failed(failed)
+                while (cmd := poll()) is not None:
+                    execute(cmd)
         for src in self._udp_srcs:
             for datagrams in src.take():
                 busy = True
                 now = self.now()
+                handle_datagram = core.handle_datagram
+                write_tun = self._write_tun
                 for local, remote, payload in datagrams:
-                    ip = core.handle_datagram(now, local, remote, payload)
+                    ip = handle_datagram(now, local, remote, payload)
                     if ip is not None:
-                        self._write_tun(ip)
-                    self._drain()
+                        write_tun(ip)
+                    while (cmd := poll()) is not None:
+                        execute(cmd)
         for queries in self._dns.take() + self._dns_q.take():
             busy = True
             now = self.now()
@@ -438,14 +455,20 @@ class Driver:
                 assert_never(cmd)
 
     def _transmit(self, t: Transmit) -> None:
-        for sock in self._t.udp:
-            if sock.local.ip.version == t.dst.ip.version:
-                failed = sock.send(t)
-                if failed is not None:
-                    self.stats.counters.incr("driver.send_failed")
-                    self.report(failed)
+        sock = self._udp_for.get(type(t.dst.ip))
+        if sock is None:
+            sock = next((u for u in self._t.udp if u.local.ip.version == t.dst.ip.version), None)
+            if sock is None:
+                self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
                 return
-        self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
+            self._udp_for[type(t.dst.ip)] = sock
+        failed = sock.send(t)
+        if failed is not None:
+            self._send_failed(failed)
+
+    def _send_failed(self, failed: SendFailed) -> None:
+        self.stats.counters.incr("driver.send_failed")
+        self.report(failed)
 
     def _write_tun(self, packet: bytes) -> None:
         tun = self._t.tun

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sized
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -58,6 +59,8 @@ class Tunnel(Protocol):
 
     stats: Stats
     """Drops counted here tell the node whether a handshake message was accepted."""
+    queued: Sized
+    """Truthy when :meth:`poll_transmit` has a datagram (the node peeks after every packet)."""
 
     def encapsulate(self, now: Instant, packet: bytes) -> bytes | None: ...
 

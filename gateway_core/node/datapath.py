@@ -35,7 +35,10 @@ _WG_TYPE_LEN = {1: 148, 2: 92, 3: 64}
 """Exact sizes of WireGuard handshake messages (boringtun ``noise/mod.rs:133-168``); data is >= 32 bytes."""
 _U32LE = struct.Struct("<I")
 _ZERO3 = b"\x00\x00\x00"
+_DATA_TYPE = b"\x04\x00\x00\x00"
+"""The first four bytes of a WireGuard data message (type 4, three reserved zero bytes)."""
 _FAILED = ConnState.FAILED
+_CONNECTED = ConnState.CONNECTED
 InitiatorLookup = Callable[[bytes], Initiator | None]
 """Handshake Initiation -> its initiator (``wireguard.noise.InitiatorIdentifier``): one X25519 exchange."""
 _DROPPED: tuple[str, bytes] = ("", b"")
@@ -82,6 +85,22 @@ class NodeDataPath:
         back."""
         if now > self._now:
             self._now = now
+        if from_.port != TURN_PORT and data[:4] == _DATA_TYPE and len(data) >= 32:
+            # The hot path: a data message straight from a peer (what ``_wireguard`` does first, inline).
+            conn = self.connections.get(self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8, ""))
+            if conn is not None and conn.state is not _FAILED:
+                tunnel = conn.tunnel
+                packet = tunnel.decapsulate(now, data, from_.ip)
+                if tunnel.queued:
+                    self._drain_tunnel(conn, now)
+                if packet:
+                    if conn.state is _CONNECTED:
+                        conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)
+                    else:
+                        conn.stimulus(now)
+                    return conn.cid, packet
+                self.handle_timeout(now)
+                return None
         out = self._route(now, local, from_, data)
         if out is None:
             self.handle_timeout(now)

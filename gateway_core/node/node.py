@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
-from gateway_core.commands import Transmit
+from gateway_core.commands import Transmit, transmit
 from gateway_core.contract import Deadline
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
@@ -52,6 +52,10 @@ from gateway_core.turn.allocation import Allocation, RelaySocket
 
 log = logging.getLogger(__name__)
 
+_CONNECTED = ConnState.CONNECTED
+_FAILED = ConnState.FAILED
+_DIRECT = (PathKind.PEER_TO_PEER, PathKind.PEER_TO_RELAY)
+"""Path kinds whose datagrams go straight to the peer (no ChannelData framing)."""
 MAX_OPTIMISTIC = 2
 """snownet synthesises at most 2 optimistic srflx candidates per ``add_remote_candidate`` call
 (``generate_optimistic_candidates`` in ``rust/connlib/snownet/src/node.rs``)."""
@@ -327,19 +331,31 @@ class Node(NodeDataPath):
 
     def encapsulate(self, cid: str, packet: bytes, now: Instant) -> Transmit | None:
         """Encrypt ``packet`` for ``cid`` and frame it for the nominated path (``Node::encapsulate``)."""
-        self._now = max(self._now, now)
+        if now > self._now:
+            self._now = now
         conn = self.connections.get(cid)
-        if conn is None or conn.peer_socket is None or conn.state is ConnState.FAILED:
+        if conn is not None and conn.state is _CONNECTED and conn.peer_socket is not None:
+            conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)
+        elif conn is None or conn.peer_socket is None or conn.state is _FAILED:
             self.stats.drop(DropReason.NO_CONNECTION)
             self.handle_timeout(now)
             return None
-        conn.stimulus(now)
-        wg = conn.tunnel.encapsulate(now, packet)
-        self._drain_tunnel(conn, now)
-        t = self._frame(conn, wg, now) if wg is not None else None
-        if t is None:
-            self.handle_timeout(now)
-        return t
+        else:
+            conn.stimulus(now)
+        tunnel = conn.tunnel
+        wg = tunnel.encapsulate(now, packet)
+        if tunnel.queued:
+            self._drain_tunnel(conn, now)
+        if wg is not None:
+            ps = conn.peer_socket
+            if ps is not None:
+                if ps.kind in _DIRECT:  # the hot path: no relay framing
+                    return transmit(ps.source, ps.dest, wg)
+                t = self._frame(conn, wg, now)
+                if t is not None:
+                    return t
+        self.handle_timeout(now)
+        return None
 
     def _frame(self, conn: Connection, payload: bytes, now: Instant) -> Transmit | None:
         ps = conn.peer_socket

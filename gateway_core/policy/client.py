@@ -48,7 +48,8 @@ from gateway_core.policy.filters import (
     build_filter_table,
     is_proxy_int,
 )
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG
+from gateway_core.policy.flowcache import FlowCache, fast_key, remember
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, NatSession
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource, ResourceDescription
 from gateway_core.stats import Stats
@@ -140,10 +141,12 @@ class ClientPolicy:
         "_gv4",
         "_gv6",
         "authorizations",
+        "cid",
         "client_id",
         "client_v4",
         "client_v6",
         "filters",
+        "flow_cache",
         "gateway_v4",
         "gateway_v6",
         "nat",
@@ -162,13 +165,18 @@ class ClientPolicy:
         max_nat_sessions: int = MAX_NAT_SESSIONS,
     ) -> None:
         self.client_id = client_id
+        self.cid = str(client_id)
+        """The node's name of the client's connection (the data path's key)."""
         self.client_v4, self.client_v6 = client_v4, client_v6
         self.gateway_v4, self.gateway_v6 = gateway_v4, gateway_v6
         self._cv4, self._cv6 = int(client_v4), int(client_v6)
         self._gv4, self._gv6 = int(gateway_v4), int(gateway_v6)
         self.properties = properties or ClientProperties()
         self.authorizations = ClientAuthorizations(client_id)
-        self.nat = DnsResourceNat(max_nat_sessions)
+        self.flow_cache = FlowCache()
+        """Forwarding decisions by flow (:mod:`gateway_core.policy.flowcache`): cleared on every change of
+        the filters or the NAT."""
+        self.nat = DnsResourceNat(max_nat_sessions, self.flow_cache.clear)
         self.filters = FilterTable()
         self.stats = Stats()
 
@@ -177,6 +185,7 @@ class ClientPolicy:
     def rebuild_filters(self) -> None:
         """Recompute the filter table from the authorisations and proxy translations
         (the reference's ``recalculate_filters``)."""
+        self.flow_cache.clear()
         self.filters = build_filter_table(self.authorizations.values(), self.nat.proxy_translations())
 
     def allow(self, resource: ResourceDescription, expires_at: int | None) -> AddOutcome:
@@ -281,15 +290,22 @@ class ClientPolicy:
             self.stats.drop(DropReason.SPOOFED_SOURCE)
             return REPLY, build_icmp_prohibited(buf), None, None
         if dst == (self._gv6 if v6 else self._gv4):
+            if (key := fast_key(buf)) is not None:
+                remember(self.flow_cache.outbound, key, buf, None, None)
             return FORWARD, buf, None, None
         rid = self.filters.classify_int(v6, dst, kind, dport)
         if rid is None:
             self.stats.drop(self.filters.deny_reason_int(v6, dst))
             return REPLY, build_icmp_prohibited(buf), None, None
+        key = fast_key(buf)
         if not is_proxy_int(v6, dst):
+            if key is not None:
+                remember(self.flow_cache.outbound, key, buf, None, None)
             return FORWARD, buf, rid, None
         verdict = self.nat.translate_outbound_parsed(buf, now, dst | V6_FLAG if v6 else dst, proto, off, end)
-        if verdict is NatVerdict.SEND:
+        if isinstance(verdict, NatSession):
+            if key is not None:  # (after the translation: a new session clears the cache)
+                remember(self.flow_cache.outbound, key, buf, verdict, self.nat.table)
             return FORWARD, buf, rid, None
         if verdict is NatVerdict.UNREACHABLE:
             self.stats.incr("icmp_unreachable")
@@ -306,6 +322,8 @@ class ClientPolicy:
             self.stats.drop(DropReason.MALFORMED_IP)
             return _DROP_MALFORMED
         if src == (self._gv6 if v6 else self._gv4):
+            if (key := fast_key(buf)) is not None and dst == (self._cv6 if v6 else self._cv4):
+                remember(self.flow_cache.inbound, key, buf, None, None)
             return FORWARD, buf, None, None
         if kind == L4_ICMP and is_icmp_error(buf, 6 if v6 else 4, proto, off, end):
             out = self.nat.translate_icmp_error_packet(buf, self.client_v4, self.client_v6)
@@ -316,6 +334,7 @@ class ClientPolicy:
                 self.stats.drop(DropReason.UNKNOWN_CLIENT)
                 return _DROP_UNKNOWN_CLIENT
             return FORWARD, out, None, None  # an ICMP error for the client passes whatever the filters say
+        key = fast_key(buf)
         s = self.nat.translate_inbound_parsed(buf, now, src | V6_FLAG if v6 else src, proto, off, end)
         if s is not None:
             if isinstance(s, DropReason):
@@ -330,4 +349,6 @@ class ClientPolicy:
             reason = self.filters.deny_reason_int(v6, src)
             self.stats.drop(reason)
             return DROPS[reason]
+        if key is not None:
+            remember(self.flow_cache.inbound, key, buf, s, None if s is None else self.nat.table)
         return FORWARD, buf, rid, None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -114,12 +114,16 @@ class DnsResourceNat:
 
     __slots__ = ("_by_key", "table", "translations")
 
-    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS) -> None:
+    def __init__(
+        self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] | None = None
+    ) -> None:
         self.translations: dict[IPAddress, TranslationState] = {}
         self._by_key: dict[int, TranslationState] = {}  # the same, by addr_key(proxy IP)
-        self.table = NatTable(max_sessions)
+        self.table = NatTable(max_sessions) if changed is None else NatTable(max_sessions, changed)
+        """``changed`` is called whenever a translation or a session changes (the flow cache's clear)."""
 
     def _set(self, proxy: IPAddress, state: TranslationState) -> None:
+        self.table.changed()
         state.proxy_ip = proxy
         state.real_key = -1 if state.resolved_ip is None else addr_key(state.resolved_ip)
         self.translations[proxy] = state
@@ -208,13 +212,15 @@ class DnsResourceNat:
             return DropReason.MALFORMED_L4
         v6 = buf[0] >> 4 == 6
         dst = int.from_bytes(buf[24:40], "big") | V6_FLAG if v6 else int.from_bytes(buf[16:20], "big")
-        return self.translate_outbound_parsed(buf, now, dst, proto, off, end)
+        out = self.translate_outbound_parsed(buf, now, dst, proto, off, end)
+        return NatVerdict.SEND if isinstance(out, NatSession) else out
 
     def translate_outbound_parsed(
         self, buf: bytearray, now: Instant, dst_key: int, proto: int, off: int, end: int
-    ) -> NatVerdict | DropReason:
+    ) -> NatSession | NatVerdict | DropReason:
         """:meth:`translate_outbound_packet` for a packet already located: ``dst_key`` is
-        ``addr_key(destination)``, ``proto``/``off``/``end`` as :func:`gateway_core.wire.ip.l4_info`."""
+        ``addr_key(destination)``, ``proto``/``off``/``end`` as :func:`gateway_core.wire.ip.l4_info`.
+        Translated and sent: the session it went through."""
         st = self._by_key.get(dst_key)
         if st is None or st.resolved_ip is None or (st.real_key >= V6_FLAG) != (dst_key >= V6_FLAG):
             return NatVerdict.UNREACHABLE
@@ -231,7 +237,7 @@ class DnsResourceNat:
             nat_rewrite(buf, dst=s.real_ip, sport=s.outside_value)
         except DecodeError:
             return DropReason.MALFORMED_L4
-        return NatVerdict.SEND
+        return s
 
     def translate_inbound_packet(
         self, buf: bytearray, now: Instant, client_v4: IPAddress, client_v6: IPAddress

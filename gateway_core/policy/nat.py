@@ -25,6 +25,7 @@ Which real IP a proxy IP stands for, and the packet rewriting, live in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from itertools import chain
 
 from gateway_core.addr import IPAddress
@@ -50,6 +51,10 @@ and 8192 sessions cost about 2 MiB, so 10,000 busy clients stay within reach of 
 _TTL = {L4_TCP: TCP_TTL, L4_UDP: UDP_TTL, L4_ICMP: ICMP_TTL}
 
 V6_FLAG = 1 << 128
+
+
+def _nothing() -> None:
+    pass
 
 
 def addr_key(ip: IPAddress) -> int:
@@ -128,13 +133,17 @@ class NatTable:
         "_next_due",
         "_now",
         "_tombstones",
+        "changed",
         "max_sessions",
     )
 
-    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS) -> None:
+    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] = _nothing) -> None:
         if max_sessions <= 0:
             raise UsageError("max_sessions must be positive")
         self.max_sessions = max_sessions
+        self.changed = changed
+        """Called whenever a session is created or ends, or the table is cleared (the owner's flow cache
+        of :mod:`gateway_core.policy.flowcache` is cleared)."""
         self._by_inside: dict[NatKey, NatSession] = {}
         self._by_outside: dict[NatKey, NatSession] = {}
         self._inside_ips: dict[int, int] = {}  # addr_key(proxy IP) -> number of sessions
@@ -155,6 +164,7 @@ class NatTable:
             self._next_due = t
 
     def _unlink(self, s: NatSession, now: Instant, tombstone: bool) -> None:
+        self.changed()
         del self._by_inside[s.inside_key]
         del self._by_outside[s.outside_key]
         n = self._inside_ips[s.proxy_key] - 1
@@ -224,6 +234,7 @@ class NatTable:
         if s is not None:
             self._unlink(s, now, tombstone=False)  # the translation changed: replaced silently
         new = NatSession(proto, value, proxy_ip, outside_value, real_ip, now)
+        self.changed()
         self._by_inside[inside] = new
         self._by_outside[new.outside_key] = new
         self._inside_ips[proxy_key] = self._inside_ips.get(proxy_key, 0) + 1
@@ -272,6 +283,7 @@ class NatTable:
 
     def clear(self) -> None:
         """Forget every session and tombstone (proxy-IP re-assignment, peer removal)."""
+        self.changed()
         self._by_inside.clear()
         self._by_outside.clear()
         self._inside_ips.clear()
