@@ -252,7 +252,7 @@ class DevClient:
             if invalid:
                 self.node.remove_remote_candidate(grant.gateway, c, now)
             else:
-                self.node.add_remote_candidate(grant.gateway, c, now)
+                self.node.add_remote_candidates(grant.gateway, (c,), now)
         self._drain(now)
 
     def set_relays(self, now: Instant, relays: tuple[RelayConfig, ...]) -> None:
@@ -283,11 +283,12 @@ class DevClient:
             # Candidates can overtake the grant through the portal: keep them for the connection.
             self._early.setdefault(gateway, []).extend((c, invalidate) for c in candidates)
             return
-        for c in candidates:
-            if invalidate:
+        if invalidate:
+            for c in candidates:
                 self.node.remove_remote_candidate(gateway, c, now)
-            else:
-                self.node.add_remote_candidate(gateway, c, now)
+        else:
+            # One message at a time, as Firezone's client adds a whole ``ice_candidates`` message.
+            self.node.add_remote_candidates(gateway, tuple(candidates), now)
         self._drain(now)
 
     def is_connected(self, gateway: str) -> bool:
