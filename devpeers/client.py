@@ -262,7 +262,11 @@ class DevClient:
         self._drain(now)
 
     def _set_relays(self, now: Instant, relays: tuple[RelayConfig, ...]) -> None:
-        if relays != self._relays:
+        # Also when the list is the same but the node gave an allocation up (it failed while the client
+        # was offline): Firezone's client hands every relay list it gets to its node, which allocates
+        # again where it holds nothing and leaves live allocations alone.
+        lost = any(r.id not in self.node.allocations for r in relays)
+        if relays != self._relays or lost:
             gone = sorted({r.id for r in self._relays} - {r.id for r in relays})
             self.node.update_relays(gone, list(relays), now)
             self._relays = relays

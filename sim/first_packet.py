@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from devpeers.client_types import ClientResource, GatewayGrant
 from gateway_core.clock import Duration, Instant, millis, secs
 from sim.client_portal import SIGNAL_DELAY
 from sim.gateway_world import CIDR_RESOURCE, WEB_V4, build_gateway_world
@@ -91,8 +92,8 @@ def measure(latency_ms: int, relayed: bool, seed: int = 0) -> FirstPacket:
     client = gw.clients[0]
     real_grant = client.grant
 
-    def grant_then_send(now: Instant, *args: object) -> None:
-        real_grant(now, *args)  # type: ignore[arg-type]
+    def grant_then_send(now: Instant, grant: GatewayGrant, resource: ClientResource) -> None:
+        real_grant(now, grant, resource)
         client.send_icmp(now, WEB_V4, 1)
 
     client.grant = grant_then_send  # type: ignore[method-assign]

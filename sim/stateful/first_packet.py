@@ -48,9 +48,7 @@ def bound(scene: Scene, c: int) -> Duration | None:
         return None
     if not s.gw.gateway.node.allocations:
         return None
-    direct_ok = (
-        not s.spec.relay_only and s.spec.nat == "none" and not net.is_partitioned(client, "gateway")
-    )
+    direct_ok = not s.spec.relay_only and s.spec.nat == "none" and not net.is_partitioned(client, "gateway")
     jitter = any(
         s.world.network.path(a, b).jitter
         for a in (client, "gateway", "portal")

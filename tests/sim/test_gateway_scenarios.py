@@ -11,7 +11,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
