@@ -10,8 +10,9 @@ holds a relay allocation), its first arrival must come within :func:`bound` of t
 ``authorize_flow``.
 
 The bound is :data:`sim.first_packet.DIRECT_BOUND` round trips of the direct path (worlds where it
-works: no NAT, no relay-only, no partition between the client and the gateway) or
-:data:`sim.first_packet.RELAYED_BOUND` round trips through a relay otherwise, each round trip taken at
+works and wins the race: plain links, no NAT, no relay-only, no partition between the client and the
+gateway) or :data:`sim.first_packet.RELAYED_BOUND` round trips through a relay otherwise (with 40 ms of
+jitter a relayed pair can answer first and carry the handshake), each round trip taken at
 the *largest* delay the links can draw (latency plus jitter, both ways), plus the client's portal hop.
 Where any link has jitter (every world: the plain links have 2 ms), packets sent together can arrive in
 either order, which costs one side a wait: a handshake initiation that overtakes the nomination check
@@ -48,7 +49,12 @@ def bound(scene: Scene, c: int) -> Duration | None:
         return None
     if not s.gw.gateway.node.allocations:
         return None
-    direct_ok = not s.spec.relay_only and s.spec.nat == "none" and not net.is_partitioned(client, "gateway")
+    direct_ok = (
+        s.spec.net == "plain"
+        and not s.spec.relay_only
+        and s.spec.nat == "none"
+        and not net.is_partitioned(client, "gateway")
+    )
     jitter = any(
         s.world.network.path(a, b).jitter
         for a in (client, "gateway", "portal")
