@@ -252,7 +252,7 @@ class DevClient:
             if invalid:
                 self.node.remove_remote_candidate(grant.gateway, c, now)
             else:
-                self.node.add_remote_candidate(grant.gateway, c, now)
+                self.node.add_remote_candidates(grant.gateway, (c,), now)
         self._drain(now)
 
     def set_relays(self, now: Instant, relays: tuple[RelayConfig, ...]) -> None:
@@ -262,7 +262,11 @@ class DevClient:
         self._drain(now)
 
     def _set_relays(self, now: Instant, relays: tuple[RelayConfig, ...]) -> None:
-        if relays != self._relays:
+        # Also when the list is the same but the node gave an allocation up (it failed while the client
+        # was offline): Firezone's client hands every relay list it gets to its node, which allocates
+        # again where it holds nothing and leaves live allocations alone.
+        lost = any(r.id not in self.node.allocations for r in relays)
+        if relays != self._relays or lost:
             gone = sorted({r.id for r in self._relays} - {r.id for r in relays})
             self.node.update_relays(gone, list(relays), now)
             self._relays = relays
@@ -283,11 +287,12 @@ class DevClient:
             # Candidates can overtake the grant through the portal: keep them for the connection.
             self._early.setdefault(gateway, []).extend((c, invalidate) for c in candidates)
             return
-        for c in candidates:
-            if invalidate:
+        if invalidate:
+            for c in candidates:
                 self.node.remove_remote_candidate(gateway, c, now)
-            else:
-                self.node.add_remote_candidate(gateway, c, now)
+        else:
+            # One message at a time, as Firezone's client adds a whole ``ice_candidates`` message.
+            self.node.add_remote_candidates(gateway, tuple(candidates), now)
         self._drain(now)
 
     def is_connected(self, gateway: str) -> bool:

@@ -268,8 +268,7 @@ class ControlPlane:
                 gone = [str(i) for i in msg.disconnected_ids]
                 node.update_relays(gone, relay_configs(msg.connected), now)
             case m.IceCandidates():
-                for c in msg.candidates:
-                    node.add_remote_candidate(str(msg.client_id), c, now)
+                node.add_remote_candidates(str(msg.client_id), msg.candidates, now)
             case m.InvalidateIceCandidates():
                 for c in msg.candidates:
                     node.remove_remote_candidate(str(msg.client_id), c, now)

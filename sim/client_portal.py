@@ -114,6 +114,10 @@ class ClientSignalling:
         self.delay = delay
         self.clients: dict[uuid.UUID, ClientHost] = {}
         self.log: list[tuple[Instant, str]] = []
+        self._relay_creds: dict[tuple[str, str, str], tuple[str, str]] = {}
+        """(client key, relay id, relay secret) -> the TURN credentials handed out: the client keeps them
+        while the relay is online with that secret (a new username for the same relay would make its node
+        allocate again, which Firezone's client does not do on every flow)."""
         self.portal.listeners.append(self._from_gateway)
 
     # --- wiring
@@ -192,12 +196,36 @@ class ClientSignalling:
         self._later(f"flow_created {host.name} -> {gw.name} for {resource_id}", deliver)
         return result
 
+    def client_init(self, client_id: uuid.UUID) -> None:
+        """The client joins its portal channel: its ``init`` carries the relays (with the client's TURN
+        credentials), so the client allocates on every relay before it asks for any flow, as Firezone's
+        client does; its candidates are then ready the moment a flow is granted."""
+        cfg = self.portal.config.client(client_id)
+        host = self.clients.get(client_id)
+        if cfg is None or host is None:
+            return
+        key = encode_key(cfg.public_key)
+
+        def deliver() -> None:
+            # Credentials are derived when the init leaves (the portal's clock runs from its first step).
+            _deliver_relays(self.world, host, self.act(lambda p: self.client_relays(key)))()
+
+        self._later(f"init {host.name}", deliver)
+
     def client_relays(self, client_key: str) -> tuple[RelayConfig, ...]:
         """The online relays with TURN credentials for the client's key (as the client channel's init)."""
         expires = self.portal.unix_now + RELAY_CREDENTIAL_LIFETIME
         out: list[RelayConfig] = []
-        for r in self.portal.online_relays():
-            user, pwd = turn_credentials(r.secret, client_key, expires)
+        online = self.portal.online_relays()
+        ids = {(str(r.id), r.secret) for r in online}
+        for k in [k for k in self._relay_creds if k[0] == client_key and k[1:] not in ids]:
+            del self._relay_creds[k]  # the relay left or has a new secret: fresh credentials
+        for r in online:
+            creds = self._relay_creds.get((client_key, str(r.id), r.secret))
+            if creds is None:
+                creds = turn_credentials(r.secret, client_key, expires)
+                self._relay_creds[(client_key, str(r.id), r.secret)] = creds
+            user, pwd = creds
             v4 = next((a for a in r.addrs if a.ip.version == 4), None)
             v6 = next((a for a in r.addrs if a.ip.version == 6), None)
             out.append(RelayConfig(str(r.id), RelaySocket(v4, v6), user, pwd))

@@ -364,6 +364,7 @@ def build_gateway_world(
         sim_clients.append(client)
         hosts.append(host)
         ids.append(cid)
+        signalling.client_init(cid)
     if relay_only:
         w.partition([h.name for h in hosts], ["gateway"])
     return GatewayWorld(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 
 from gateway_core.addr import IPAddress, SocketAddr
@@ -240,22 +240,31 @@ class Node(NodeDataPath):
             self._events.append(InvalidateIceCandidate(cid, c.to_sdp()))
 
     def add_remote_candidate(self, cid: str, sdp: str, now: Instant) -> None:
+        self.add_remote_candidates(cid, (sdp,), now)
+
+    def add_remote_candidates(self, cid: str, sdps: Iterable[str], now: Instant) -> None:
+        """Every candidate of one signalling message, then one :meth:`handle_timeout`: the first checks
+        of the new pairs leave after every channel the message asked for is in flight (Firezone's event
+        loops add a whole ``ice_candidates`` message before they drive the node again). Taking them one
+        by one would check a relayed pair towards a host candidate before the channel its srflx twin
+        binds exists, drop that check and wait 250 ms for its retransmission (decision 0130)."""
         self._now = max(self._now, now)
         conn = self.connections.get(cid)
         if conn is None:
             return
-        try:
-            c = cand.parse(sdp)
-        except DecodeError:
-            self.stats.incr("node.bad_candidate")
-            return
-        conn.agent.add_remote_candidate(c)
-        self._optimistic(conn)
-        if c.kind is not cand.Kind.HOST:
-            alloc = self.allocations.get(conn.relay or "")
-            if alloc is not None:
-                alloc.bind_channel(c.addr, now)
-                conn.stimulus(now)
+        for sdp in sdps:
+            try:
+                c = cand.parse(sdp)
+            except DecodeError:
+                self.stats.incr("node.bad_candidate")
+                continue
+            conn.agent.add_remote_candidate(c)
+            self._optimistic(conn)
+            if c.kind is not cand.Kind.HOST:
+                alloc = self.allocations.get(conn.relay or "")
+                if alloc is not None:
+                    alloc.bind_channel(c.addr, now)
+                    conn.stimulus(now)
         self.handle_timeout(now)
 
     def _optimistic(self, conn: Connection) -> None:

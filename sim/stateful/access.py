@@ -24,6 +24,7 @@ from devpeers.client import DevClient
 from devpeers.client_types import ClientResource
 from gateway_core.clock import Instant, millis
 from gateway_core.portal.model import CidrResource, Filter, FilterProtocol
+from sim.client_portal import SIGNAL_DELAY
 from sim.gateway_world import CIDR_FILTERS, CIDR_RESOURCE, DNS_RESOURCE, INTERNET_RESOURCE
 from sim.reference import NS, SWEEP
 from sim.stateful.program import Step, StepKind, mix64
@@ -167,7 +168,15 @@ class Access:
     # --- steps --------------------------------------------------------------------------------------------
 
     def _do_grant(self, step: Step, c: int) -> None:
-        self.grant(c, NAMES[step.a % 3])
+        resource = NAMES[step.a % 3]
+        if resource != "web" or self.traffic is None or resource in self.s.model.moved:
+            self.grant(c, resource)
+            # The model routes the resource from now on; the client learns of it one portal hop later.
+            self.s.world.run_for(SIGNAL_DELAY)
+            return
+        from sim.stateful.first_packet import grant_with_first_packet
+
+        grant_with_first_packet(self.s, self.traffic, c, lambda: self.grant(c, resource))
         self.s.world.run_for(CONTROL_SETTLE)
 
     def _do_revoke(self, step: Step, c: int) -> None:

@@ -157,6 +157,7 @@ KEY_EVENTS: dict[str, int] = {
     "internet_resource": 20,
     "reconciled_on_rejoin": 5,
     "dns_over_tcp": 20,
+    "first_packet_checked": 100,
 }
 """Events the coverage gate wants to see, with the minimum count per ``ci`` run (counted as
 ``event:<name>`` in the coverage)."""

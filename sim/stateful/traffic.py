@@ -116,6 +116,10 @@ class Traffic:
         self._finish([p], mark, [])
         return p
 
+    def finish(self, probes: list[Probe], mark: object) -> None:
+        """Check ``probes`` (sent since ``mark``, the world run) and everything else since ``mark``."""
+        self._finish(probes, mark, [])
+
     def _finish(self, probes: list[Probe], mark: object, upstream: list[tuple[str, str]]) -> None:
         from sim.stateful.invariants import Mark
 

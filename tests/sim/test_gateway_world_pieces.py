@@ -330,6 +330,22 @@ def test_client_reset_drops_connections_and_keeps_grants_and_routes() -> None:
     assert client.send_icmp(w.now, R4, 2)  # still routed (queued until a connection comes back)
 
 
+def test_client_allocates_again_on_the_same_relay_list_after_losing_an_allocation() -> None:
+    # The same relays with the same credentials (the portal's init, every grant) leave live allocations
+    # alone; one the node gave up (it failed while the client was offline) is made again, as Firezone's
+    # client hands every relay list to its node (decision 0130).
+    w, client, _, _ = _bare_world(11)
+    w.run_until(Instant(secs(3)))
+    relays = tuple(client.grants["gw"].relays)
+    (rid,) = client.node.allocations
+    live = client.node.allocations[rid]
+    w.drive("client", lambda now: client.set_relays(now, relays))
+    assert client.node.allocations[rid] is live
+    del client.node.allocations[rid]
+    w.drive("client", lambda now: client.set_relays(now, relays))
+    assert rid in client.node.allocations and client.node.allocations[rid] is not live
+
+
 def test_client_forgets_the_domain_nat_of_one_gateway() -> None:
     w = World(3)
     client = DevClient("c", bytes(range(32)), C4, C6, w.entropy_for("c"), w.now, w.clock.unix_ns())

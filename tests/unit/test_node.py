@@ -360,3 +360,34 @@ def test_handshake_limiter_is_reset_while_active() -> None:
     rl.count = 50
     w.run_until(w.now + secs(2))
     assert rl.count == 0  # a connection is active: reset once per second
+
+
+def _checks_through_the_relay(batch: bool) -> int:
+    """A client node with a live allocation gets the gateway's host and srflx candidate (same address,
+    as a gateway without NAT signals them) in one message, or one call each; how many connectivity
+    checks leave through the relay at once (ChannelData from the client's relayed candidate)."""
+    w = World()
+    gw_pub = crypto.public_key(w.gw_priv)
+    assert w.cl.upsert_connection("gw", gw_pub, bytes(32), ("cluf", "c" * 22), ("gwuf", "g" * 22), w.now)
+    while w.cl.poll_command() is not None:
+        pass
+    host = cand.host(GW).to_sdp() + " ufrag gwuf"
+    srflx = cand.server_reflexive(GW, GW).to_sdp()
+    if batch:
+        w.cl.add_remote_candidates("gw", (host, srflx), w.now)
+    else:
+        w.cl.add_remote_candidate("gw", host, w.now)
+        w.cl.add_remote_candidate("gw", srflx, w.now)
+    out = []
+    while (c := w.cl.poll_command()) is not None:
+        assert isinstance(c, Transmit)
+        out.append(c)
+    return sum(1 for t in out if t.dst == RELAY and 0x40 <= t.payload[0] <= 0x4F)
+
+
+def test_candidates_of_one_message_are_added_before_the_first_checks() -> None:
+    # One by one, the relayed candidate's check towards the host candidate finds no channel (its srflx
+    # twin, which binds one, is not there yet) and is dropped until its 250 ms retransmission; added as
+    # one message, the check rides the channel the srflx candidate started binding (decision 0130).
+    assert _checks_through_the_relay(batch=False) == 0
+    assert _checks_through_the_relay(batch=True) == 1
