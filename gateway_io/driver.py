@@ -75,6 +75,7 @@ from gateway_core.portal.channel import (
 )
 from gateway_core.stats import Stats
 from gateway_io.dns_path import DnsPath
+from gateway_io.io_counters import V4, V6, IoCounters
 from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ checks with second resolution."""
 
 ANCHOR_TOLERANCE = 500_000_000
 """A wall-clock step above this (ns) re-anchors the core's UTC (NTP slews far less; a step is a jump)."""
+
+Observer = Callable[[Instant], None]
+"""Called from the loop (R1) at most once per its interval: reads the core (statistics, completed flows)."""
 
 
 __all__ = ["SHUTDOWN_GRACE", "Core", "Driver", "DriverStats", "Report", "Transports"]
@@ -136,6 +140,8 @@ class DriverStats:
     counters: Stats = field(default_factory=Stats)
     turns: int = 0
     timeouts: int = 0
+    io: IoCounters = field(default_factory=IoCounters)
+    """Packets and bytes through the TUN device and the UDP sockets (for the metrics)."""
 
 
 class Driver:
@@ -188,6 +194,28 @@ class Driver:
         self._anchor_mono = 0
         self._anchor_utc = 0
         self._anchor_checked = 0
+        self._observers: list[tuple[int, Observer]] = []
+        self._observe_at: int | None = None
+        self._udp_fams: list[int] = []
+
+    def add_observer(self, interval: int, observe: Observer) -> None:
+        """Call ``observe(now)`` from the loop every ``interval`` ns (first: one interval after start)."""
+        self._observers.append((interval, observe))
+        self._observe_at = None
+
+    def _observe(self, now: Instant) -> None:
+        if self._observe_at is None:
+            self._observe_at = now + min(i for i, _ in self._observers)
+            return
+        if now < self._observe_at:
+            return
+        for _, observe in self._observers:
+            try:
+                observe(now)
+            except Exception:  # a bug in an observer must not stop the gateway
+                log.exception("observer %r raised", observe)
+                self.stats.counters.incr("driver.observer_failed")
+        self._observe_at = now + min(i for i, _ in self._observers)
 
     # --- reporting (any task) ----------------------------------------------------------------------
 
@@ -277,6 +305,7 @@ class Driver:
         for sock in t.udp:
             src: _Source[Any] = _source(f"udp {sock.local}", 1, 1)
             self._udp_srcs.append(src)
+            self._udp_fams.append(V6 if sock.local.ip.version == 6 else V4)
             tg.start_soon(self._read_source, sock.receive_batch, src, src.name)
         if t.portal is not None:
             self._portal = t.portal(tg, self.reporter(self.portal_src))
@@ -298,17 +327,20 @@ class Driver:
         self.stats.turns += 1
         busy = False
         core = self.core
+        io = self.stats.io
         for packets in self._tun_src.take():
             busy = True
+            io.tun_read(packets)
             now = self.now()
             for packet in packets:
                 transmit = core.handle_tun_packet(now, packet)
                 if transmit is not None:
                     self._transmit(transmit)
                 self._drain()
-        for src in self._udp_srcs:
+        for src, fam in zip(self._udp_srcs, self._udp_fams, strict=True):
             for datagrams in src.take():
                 busy = True
+                io.udp_received(fam, datagrams)
                 now = self.now()
                 for local, remote, payload in datagrams:
                     ip = core.handle_datagram(now, local, remote, payload)
@@ -341,6 +373,9 @@ class Driver:
             core.handle_timeout(now)
             self._drain()
             deadline = core.poll_timeout()
+        if self._observers:
+            self._observe(now)
+            deadline = core.poll_timeout()
         # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).
         self._deadline, self._deadline_valid = deadline, True
         self._check_done(now)
@@ -355,6 +390,8 @@ class Driver:
         ats: list[int] = [deadline.at] if deadline is not None else []
         if self._grace_at is not None:
             ats.append(self._grace_at)
+        if self._observe_at is not None:
+            ats.append(self._observe_at)
         if not ats:
             return None
         return max(0, min(ats) - self.clock())
@@ -444,13 +481,17 @@ class Driver:
                 if failed is not None:
                     self.stats.counters.incr("driver.send_failed")
                     self.report(failed)
+                else:
+                    self.stats.io.udp_sent(V6 if t.dst.ip.version == 6 else V4, t.payload)
                 return
         self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
 
     def _write_tun(self, packet: bytes) -> None:
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
-        if err is not None:
+        if err is None:
+            self.stats.io.tun_written(packet)
+        else:
             self.stats.counters.incr("driver.tun_write_failed")
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("TUN write failed: %s", err)
