@@ -152,6 +152,12 @@ class Instrument:
     reference: bool = False
     """Firezone's gateway has this instrument (same name and attributes)."""
 
+    @property
+    def prometheus_name(self) -> str:
+        """The family's name on ``/metrics`` (the SDK's Prometheus reader: dots to underscores, the unit
+        ``By`` as ``_bytes``; counters' samples add ``_total``)."""
+        return self.name.replace(".", "_") + ("_bytes" if self.unit == "By" else "")
+
 
 INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument(
