@@ -23,8 +23,9 @@ separate step here):
     that the instruments can read the gateway; :mod:`gateway_io.metrics`);
 15. the driver runs the core with every transport until ``Exit``; SIGINT/SIGTERM are shutdown requests.
 
-The driver's observers (every second, in its loop) snapshot the counters for the metrics and, with flow
-logs on, write the completed flows (:mod:`gateway_io.flowlog`); both are flushed once more at exit.
+The driver's loop also serves the metrics (a snapshot of the counters whenever a scrape or a push asks,
+``Driver.call_soon``) and, with flow logs on, writes the completed flows every second (an observer,
+:mod:`gateway_io.flowlog`); both are flushed once more at exit.
 
 Two additions to the reference (decision 0110): the DNS listeners are bound to the TUN device, and each
 interface configuration also installs the underlay guard (:mod:`gateway_io.firewall`), which is deleted
@@ -67,7 +68,7 @@ from gateway_io.flood_guard import FloodGuard, budget_from_env
 from gateway_io.flowlog import FlowLog
 from gateway_io.health import serve_health_check
 from gateway_io.logging import Redactor
-from gateway_io.metrics import SNAPSHOT_INTERVAL, Metrics, Snapshot, make_exporter, snapshot_of
+from gateway_io.metrics import FLOW_LOG_INTERVAL, Metrics, Snapshot, make_exporter, snapshot_of
 from gateway_io.portal import PortalIO
 from gateway_io.resolver import RESOLV_CONF, Resolver, read_nameservers
 from gateway_io.signals import EXIT_FAILURE, shutdown_requests
@@ -288,7 +289,7 @@ async def _run(
     )
     flow_log = FlowLog(gateway.poll_flow)
     if config.flow_logs:
-        driver.add_observer(SNAPSHOT_INTERVAL, flow_log.drain)
+        driver.add_observer(FLOW_LOG_INTERVAL, flow_log.drain)
         log.info("flow logs on (logger flow_logs, one record per TCP/UDP flow)")
 
     def read_counters() -> Snapshot:
@@ -303,11 +304,11 @@ async def _run(
         firezone_id=config.firezone_id,
         version=VERSION,
         exporter=make_exporter(config.metrics, config.otlp_grpc_endpoint),
+        request=driver.call_soon,
     )
     if config.metrics is not None:
         where = config.otlp_grpc_endpoint if config.metrics == "otel-collector" else "stdout"
         log.info("metrics exported to %s", where or "nowhere (no OTLP_GRPC_ENDPOINT)")
-    driver.add_observer(SNAPSHOT_INTERVAL, metrics.observe)
 
     def ready() -> bool:
         return gateway.channel.state is ChannelState.JOINED and interface.configured
@@ -319,11 +320,12 @@ async def _run(
             transports.dns = dns
             await tg.start(_signals, driver)
             health = await tg.start(
-                serve_health_check, config.health_check_addr, lambda: True, ready, metrics.render
+                serve_health_check, config.health_check_addr, lambda: True, ready, metrics.scrape
             )
             if health is not None:
                 log.info("health check on http://%s:%d/healthz (and /readyz, /metrics)", *health)
             tg.start_soon(resolver.run_evaluation)
+            tg.start_soon(metrics.run_exports)
             code = await driver.run(transports)
             tg.cancel_scope.cancel()
     finally:

@@ -196,6 +196,7 @@ class Driver:
         self._anchor_checked = 0
         self._observers: list[tuple[int, Observer]] = []
         self._observe_at: int | None = None
+        self._soon: list[Observer] = []
         self._udp_fams: list[int] = []
 
     def add_observer(self, interval: int, observe: Observer) -> None:
@@ -203,19 +204,32 @@ class Driver:
         self._observers.append((interval, observe))
         self._observe_at = None
 
+    def call_soon(self, observe: Observer) -> None:
+        """Call ``observe(now)`` once, from the loop, at the end of its next turn (any task may ask)."""
+        self._soon.append(observe)
+        self._wake.set()
+
     def _observe(self, now: Instant) -> None:
+        if self._soon:
+            soon, self._soon = self._soon, []
+            self._call(soon, now)
+        if not self._observers:
+            return
         if self._observe_at is None:
             self._observe_at = now + min(i for i, _ in self._observers)
             return
         if now < self._observe_at:
             return
-        for _, observe in self._observers:
+        self._call([o for _, o in self._observers], now)
+        self._observe_at = now + min(i for i, _ in self._observers)
+
+    def _call(self, observers: list[Observer], now: Instant) -> None:
+        for observe in observers:
             try:
                 observe(now)
             except Exception:  # a bug in an observer must not stop the gateway
                 log.exception("observer %r raised", observe)
                 self.stats.counters.incr("driver.observer_failed")
-        self._observe_at = now + min(i for i, _ in self._observers)
 
     # --- reporting (any task) ----------------------------------------------------------------------
 
@@ -373,7 +387,7 @@ class Driver:
             core.handle_timeout(now)
             self._drain()
             deadline = core.poll_timeout()
-        if self._observers:
+        if self._observers or self._soon:
             self._observe(now)
             deadline = core.poll_timeout()
         # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).

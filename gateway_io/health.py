@@ -16,7 +16,7 @@ cannot hold it; connections are served one request at a time, keep-alive honoure
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -92,7 +92,7 @@ async def _serve_connection(stream: anyio.abc.SocketStream, server: HealthServer
                     conn.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):
-                    await _send(stream, conn, server.respond(event.method, event.target))
+                    await _send(stream, conn, await server.respond(event.method, event.target))
                     continue
                 if isinstance(event, h11.ConnectionClosed):
                     return
@@ -121,21 +121,21 @@ class HealthServer:
         listener: anyio.abc.Listener[anyio.abc.SocketStream],
         healthy: Callable[[], bool],
         ready: Callable[[], bool] | None = None,
-        metrics: Callable[[], bytes] | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.listener = listener
         self.healthy = healthy
         self.ready = ready
         self.metrics = metrics
 
-    def respond(self, method: bytes, target: bytes) -> list[h11.Event]:
+    async def respond(self, method: bytes, target: bytes) -> list[h11.Event]:
         ready = None if self.ready is None else self.ready()
         status, reason = route(method, target, self.healthy(), ready, self.metrics is not None)
         head = method == b"HEAD"
         if status == 200 and self.metrics is not None and target.split(b"?", 1)[0] == METRICS_PATH:
             from gateway_io.metrics import PROMETHEUS_CONTENT_TYPE
 
-            return _response(status, reason, self.metrics(), PROMETHEUS_CONTENT_TYPE, head)
+            return _response(status, reason, await self.metrics(), PROMETHEUS_CONTENT_TYPE, head)
         return _response(status, reason, head=head)
 
     @classmethod
@@ -144,7 +144,7 @@ class HealthServer:
         address: tuple[str, int],
         healthy: Callable[[], bool] = lambda: True,
         ready: Callable[[], bool] | None = None,
-        metrics: Callable[[], bytes] | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> HealthServer | None:
         """Listen on ``address``; ``None`` (logged) if that fails, as Firezone silently runs without."""
         host, port = address
@@ -174,7 +174,7 @@ async def serve_health_check(
     address: tuple[str, int],
     healthy: Callable[[], bool] = lambda: True,
     ready: Callable[[], bool] | None = None,
-    metrics: Callable[[], bytes] | None = None,
+    metrics: Callable[[], Awaitable[bytes]] | None = None,
     *,
     task_status: anyio.abc.TaskStatus[tuple[str, int] | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -10,17 +10,22 @@ Nothing is counted for the metrics on the data path: the core keeps its :class:`
 Every instrument here is *observable*: its callback reads the last :class:`Snapshot` when a reader
 collects.
 
-- **Snapshots are taken in the driver's loop** (R1 of docs/design/driving-contract.md: one task calls the
-  core): :meth:`Metrics.observe` is a driver observer, called every :data:`SNAPSHOT_INTERVAL`; it merges
-  ``Gateway.stats()`` with the driver's and the UDP sockets' counters into one immutable mapping and swaps
-  it in. Readers run elsewhere (the SDK's periodic exporter in its own thread, the Prometheus scrape in
-  the health server's task) and only ever read a whole snapshot, never the core.
+- **Snapshots are taken in the driver's loop, on demand** (R1 of docs/design/driving-contract.md: one
+  task calls the core). ``Gateway.stats()`` walks every client and connection (about 10 us per client:
+  0.1 s at 10,000 clients), so it runs only when a reader is about to read: :meth:`Metrics.fresh` asks the
+  driver (``Driver.call_soon``) to run :meth:`Metrics.observe` at the end of its next turn and waits for
+  it (concurrent requests share one snapshot). ``observe`` merges ``Gateway.stats()`` with the driver's
+  and the UDP sockets' counters into one immutable mapping and swaps it in; readers only ever read a
+  whole snapshot, never the core.
 - **Readers.** A :class:`~opentelemetry.exporter.prometheus.PrometheusMetricReader` on a registry of our
-  own, always (``GET /metrics`` renders it with ``prometheus_client.generate_latest``); with ``--metrics
-  stdout`` a periodic reader with the SDK's console exporter, with ``--metrics otel-collector`` one with
-  the OTLP gRPC exporter to ``http://OTLP_GRPC_ENDPOINT`` (without an endpoint the reference exports
-  nothing: a no-op exporter waiting for a hosted collector; so does this one, and says so). The export
-  interval is the SDK's (60 s, ``OTEL_METRIC_EXPORT_INTERVAL``), as the reference's periodic reader.
+  own, always: ``GET /metrics`` takes a fresh snapshot and renders it with
+  ``prometheus_client.generate_latest``. With ``--metrics stdout`` a push reader with the SDK's console
+  exporter, with ``--metrics otel-collector`` one with the OTLP gRPC exporter to
+  ``http://OTLP_GRPC_ENDPOINT`` (without an endpoint the reference exports nothing: a no-op exporter
+  waiting for a hosted collector; so does this one, and says so). The push reader has no thread of its
+  own: :meth:`Metrics.run_exports` takes a fresh snapshot every interval (the SDK's 60 s or
+  ``OTEL_METRIC_EXPORT_INTERVAL``, as the reference's periodic reader) and collects and exports in a
+  worker thread, so a slow collector never holds the loop.
 - **Instruments** (:data:`INSTRUMENTS`): the reference's names and attributes where it has them
   (``system.network.packets``, ``network.packet.dropped``, ``system.network.errors``), ours under
   ``firezone.gateway.*`` for the rest. docs/operations.md lists them; a test checks that it lists all.
@@ -33,12 +38,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+import anyio
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -50,10 +58,16 @@ from gateway_io.io_counters import V4, V6, IoCounters
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_INTERVAL = 1_000_000_000
-"""Nanoseconds between snapshots of the core's counters: a scrape or an export sees data at most this old
-(Prometheus scrapes every 15-60 s, the reference exports every 60 s); ``Gateway.stats()`` costs
-microseconds per client, so once a second is free."""
+FLOW_LOG_INTERVAL = 1_000_000_000
+"""Nanoseconds between drains of the completed flows (a record appears within a second of the flow's end;
+an empty drain is one call)."""
+
+FRESH_TIMEOUT = 2.0
+"""Seconds a reader waits for the loop's snapshot before it reads the previous one (a loop that does not
+turn for that long is stuck or stopped; the scrape still answers)."""
+
+DEFAULT_EXPORT_INTERVAL_MS = 60_000.0
+"""The push interval without ``OTEL_METRIC_EXPORT_INTERVAL`` (the SDK's and the reference's 60 s)."""
 
 SHUTDOWN_TIMEOUT_MS = 1000
 """Milliseconds the last export may take at exit (the reference's whole shutdown flush is 1 s)."""
@@ -303,6 +317,22 @@ def make_exporter(backend: str | None, endpoint: str | None) -> Any | None:
             raise ValueError(f"unknown metrics backend {backend!r}")
 
 
+def export_interval(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between pushes: ``OTEL_METRIC_EXPORT_INTERVAL`` (ms, as the SDK reads it), else 60."""
+    raw = (os.environ if env is None else env).get("OTEL_METRIC_EXPORT_INTERVAL", "")
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = DEFAULT_EXPORT_INTERVAL_MS
+    if not 0 < ms < math.inf:
+        ms = DEFAULT_EXPORT_INTERVAL_MS
+    return ms / 1000
+
+
+Request = Callable[[Callable[[int], None]], None]
+"""``Driver.call_soon``: run a function in the driver's loop at the end of its next turn."""
+
+
 class Metrics:
     """The meter provider, its readers and the snapshot its instruments read."""
 
@@ -313,15 +343,23 @@ class Metrics:
         firezone_id: str,
         version: str,
         exporter: Any | None = None,
+        request: Request | None = None,
+        interval: float | None = None,
     ) -> None:
         self._read = read
+        self._request = request
+        self._pending: anyio.Event | None = None
         self._snapshot = EMPTY
+        self.interval = export_interval() if interval is None else interval
         self.registry = CollectorRegistry(auto_describe=True)
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        self._push: PeriodicExportingMetricReader | None = None
         if exporter is not None:
-            readers.append(PeriodicExportingMetricReader(exporter))
+            # No thread of its own (interval inf): run_exports drives it after a fresh snapshot.
+            self._push = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
+            readers.append(self._push)
         resource = Resource.create(
             {
                 "service.name": SERVICE_NAME,
@@ -355,16 +393,56 @@ class Metrics:
         return self._snapshot
 
     def observe(self, _now: int = 0) -> None:
-        """Take a new snapshot (a driver observer: called from the loop only)."""
+        """Take a new snapshot (in the driver's loop only, or once it has stopped)."""
         self._snapshot = self._read()
 
+    async def fresh(self) -> None:
+        """Have the loop take a snapshot and wait for it (at most :data:`FRESH_TIMEOUT`)."""
+        if self._request is None:
+            self.observe()
+            return
+        event = self._pending
+        if event is None:
+            event = self._pending = anyio.Event()
+
+            def take(now: int) -> None:
+                self._pending = None
+                try:
+                    self.observe(now)
+                finally:
+                    event.set()
+
+            self._request(take)
+        with anyio.move_on_after(FRESH_TIMEOUT):
+            await event.wait()
+
     def render(self) -> bytes:
-        """The Prometheus text exposition of the last snapshot (``GET /metrics``)."""
+        """The Prometheus text exposition of the last snapshot."""
         return generate_latest(self.registry)
 
+    async def scrape(self) -> bytes:
+        """``GET /metrics``: a fresh snapshot, rendered."""
+        await self.fresh()
+        return self.render()
+
+    async def run_exports(self) -> None:
+        """Push every :attr:`interval` seconds until cancelled (nothing to do without an exporter)."""
+        if self._push is None:
+            return
+        push = self._push
+        while True:
+            await anyio.sleep(self.interval)
+            await self.fresh()
+            try:
+                await anyio.to_thread.run_sync(push.collect, abandon_on_cancel=True)
+            except Exception as e:  # the SDK logs exporter failures itself; this is anything else
+                log.warning("metrics export failed: %s", e)
+
     def shutdown(self) -> None:
-        """Push the last snapshot and stop the exporters (blocks for at most ~:data:`SHUTDOWN_TIMEOUT_MS`)."""
+        """Push the last snapshot and stop the exporters (blocking: run it in a thread)."""
         try:
+            if self._push is not None:
+                self._push.collect(timeout_millis=SHUTDOWN_TIMEOUT_MS)
             self.provider.shutdown(timeout_millis=SHUTDOWN_TIMEOUT_MS)
         except Exception as e:  # an exporter failing at exit must not change the exit code
             log.warning("metrics exporter shutdown failed: %s", e)

@@ -26,6 +26,7 @@ from gateway_io.logging import setup_logging
 from gateway_io.metrics import (
     INSTRUMENTS,
     Metrics,
+    export_interval,
     make_exporter,
     service_instance_id,
     snapshot_of,
@@ -134,6 +135,37 @@ def test_render_reads_only_the_last_snapshot_and_every_instrument_has_a_family()
     m.shutdown()
 
 
+async def test_fresh_asks_the_loop_once_for_concurrent_readers() -> None:
+    reads: list[int] = []
+    requests: list[object] = []
+
+    def read() -> object:
+        reads.append(1)
+        return snapshot_of([{"gateway.clients": len(reads)}], IoCounters(), {})
+
+    m = Metrics(read, firezone_id="gw", version="0", request=requests.append)  # type: ignore[arg-type]
+    bodies: list[bytes] = []
+
+    async def scrape() -> None:
+        bodies.append(await m.scrape())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scrape)
+        tg.start_soon(scrape)
+        await anyio.wait_all_tasks_blocked()
+        assert len(requests) == 1 and bodies == []  # both wait for the one snapshot the loop will take
+        requests[0](5)  # type: ignore[operator]
+    assert reads == [1] and len(bodies) == 2
+    assert all(b"firezone_gateway_clients{" in b and b"} 1.0" in b for b in bodies)
+
+
+def test_export_interval_is_the_sdk_variable() -> None:
+    assert export_interval({}) == 60.0
+    assert export_interval({"OTEL_METRIC_EXPORT_INTERVAL": "500"}) == 0.5
+    assert export_interval({"OTEL_METRIC_EXPORT_INTERVAL": "soon"}) == 60.0
+    assert export_interval({"OTEL_METRIC_EXPORT_INTERVAL": "-1"}) == 60.0
+
+
 def test_service_instance_id_hashes_legacy_uuids_as_the_reference() -> None:
     legacy = str(uuid.UUID(int=7))
     assert service_instance_id(legacy) == hashlib.sha256(legacy.encode()).hexdigest()
@@ -177,6 +209,8 @@ async def test_driver_counts_packets_and_calls_observers_on_its_loop() -> None:
         rig.driver.nudge()
         await until(lambda: rig.driver.stats.turns > turns)
         assert seen == [2 * SEC]  # at most once per interval
+        rig.driver.call_soon(seen.append)  # once, at the end of the next turn, without waiting
+        await until(lambda: seen == [2 * SEC, 2 * SEC + SEC // 2])
         tg.cancel_scope.cancel()
     io_ = rig.driver.stats.io
     assert (io_.udp_rx_packets[V4], io_.udp_rx_bytes[V4]) == (1, 10)
@@ -324,7 +358,10 @@ def test_routes_for_readyz_and_metrics() -> None:
 
 
 async def test_metrics_served_with_the_prometheus_content_type() -> None:
-    server = await HealthServer.bind(("127.0.0.1", 0), ready=lambda: False, metrics=lambda: b"x_total 1\n")
+    async def metrics() -> bytes:
+        return b"x_total 1\n"
+
+    server = await HealthServer.bind(("127.0.0.1", 0), ready=lambda: False, metrics=metrics)
     assert server is not None
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
