@@ -160,6 +160,8 @@ class Driver:
         self.utc_clock = utc_clock
         self.grace = grace
         self.stats = DriverStats()
+        self._udp_sent = self.stats.io.udp_sent
+        self._tun_written = self.stats.io.tun_written
         self._dns = DnsPath(self.nudge, self.stats.counters)
         self.exit: Exit | None = None
         """The core's ``Exit`` once it came."""
@@ -489,14 +491,15 @@ class Driver:
                 assert_never(cmd)
 
     def _transmit(self, t: Transmit) -> None:
+        version = t.dst.ip.version
         for sock in self._t.udp:
-            if sock.local.ip.version == t.dst.ip.version:
+            if sock.local.ip.version == version:
                 failed = sock.send(t)
                 if failed is not None:
                     self.stats.counters.incr("driver.send_failed")
                     self.report(failed)
                 else:
-                    self.stats.io.udp_sent(V6 if t.dst.ip.version == 6 else V4, t.payload)
+                    self._udp_sent(version == 6, t.payload)  # (a bool indexes as 0/1: V4/V6)
                 return
         self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
 
@@ -504,7 +507,7 @@ class Driver:
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
         if err is None:
-            self.stats.io.tun_written(packet)
+            self._tun_written(packet)
         else:
             self.stats.counters.incr("driver.tun_write_failed")
             if log.isEnabledFor(logging.DEBUG):

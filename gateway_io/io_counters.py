@@ -42,7 +42,9 @@ class IoCounters:
         self.udp_tx_bytes = [0, 0]
 
     def tun_read(self, packets: Sequence[bytes]) -> None:
-        """A batch read from the TUN device (IPv6 is told by the version nibble, 0x6_)."""
+        """A batch read from the TUN device. IPv6 is told by the first byte (0x60 and above: the version
+        nibble 6; anything above is not IP and dropped by the core, counted here as IPv6). A comprehension
+        measured faster than ``bytes(map(itemgetter(0), ...)).translate(...)`` on 64-packet batches."""
         v6 = [p for p in packets if p and p[0] >= 0x60]
         n6 = len(v6)
         total = sum(map(len, packets))
