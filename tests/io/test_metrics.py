@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -318,31 +319,48 @@ def test_record_fields_are_the_reference_fields_in_order() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00.000000000Z"
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger and the loggers our filters touch back as they were (other tests count on
+    their levels, e.g. the stateful test's DEBUG records)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    touched = ["flow_logs", "asyncio", "websockets", "pyroute2"]
+    levels = {name: logging.getLogger(name).level for name in touched}
+    try:
+        yield
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_drain_writes_json_records_on_the_reference_targets() -> None:
     out = io.StringIO()
     setup_logging("json", "info,flow_logs=trace", stream=out)
-    try:
-        queue = [_flow("udp"), _flow("tcp")]
-        log = FlowLog(lambda: queue.pop() if queue else None)
-        log.drain()
-        assert log.records == 2
-        records = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [(r["target"], r["level"], r["message"]) for r in records] == [
-            ("flow_logs.tcp", "TRACE", "TCP flow completed"),
-            ("flow_logs.udp", "TRACE", "UDP flow completed"),
-        ]
-        assert records[0]["rx_bytes"] == 300 and records[0]["inner_dst_port"] == 80
-        out.truncate(0)
-        out.seek(0)
-        setup_logging("human", "info,flow_logs=trace", stream=out)
-        queue.append(_flow("tcp"))
-        log.drain()
-        assert re.search(
-            r"TRACE flow_logs\.tcp: TCP flow completed client_id=\S+ .* tx_bytes=77$", out.getvalue().strip()
-        )
-    finally:
-        setup_logging("human", "info", stream=io.StringIO())
-        logging.getLogger("flow_logs").setLevel(logging.NOTSET)  # directives set levels; undo ours
+    queue = [_flow("udp"), _flow("tcp")]
+    log = FlowLog(lambda: queue.pop() if queue else None)
+    log.drain()
+    assert log.records == 2
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["target"], r["level"], r["message"]) for r in records] == [
+        ("flow_logs.tcp", "TRACE", "TCP flow completed"),
+        ("flow_logs.udp", "TRACE", "UDP flow completed"),
+    ]
+    assert records[0]["rx_bytes"] == 300 and records[0]["inner_dst_port"] == 80
+    out.truncate(0)
+    out.seek(0)
+    setup_logging("human", "info,flow_logs=trace", stream=out)
+    queue.append(_flow("tcp"))
+    log.drain()
+    assert re.search(
+        r"TRACE flow_logs\.tcp: TCP flow completed client_id=\S+ .* tx_bytes=77$", out.getvalue().strip()
+    )
 
 
 # --- health server: /readyz and /metrics --------------------------------------------------------------
