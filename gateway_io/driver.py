@@ -211,19 +211,23 @@ class Driver:
         self._soon.append(observe)
         self._wake.set()
 
-    def _observe(self, now: Instant) -> None:
+    def _observe(self, now: Instant) -> bool:
+        """Run what is due; whether anything ran (it may have changed the core's deadline)."""
+        ran = False
         if self._soon:
             soon, self._soon = self._soon, []
             self._call(soon, now)
+            ran = True
         if not self._observers:
-            return
+            return ran
         if self._observe_at is None:
             self._observe_at = now + min(i for i, _ in self._observers)
-            return
+            return ran
         if now < self._observe_at:
-            return
+            return ran
         self._call([o for _, o in self._observers], now)
         self._observe_at = now + min(i for i, _ in self._observers)
+        return True
 
     def _call(self, observers: list[Observer], now: Instant) -> None:
         for observe in observers:
@@ -389,8 +393,7 @@ class Driver:
             core.handle_timeout(now)
             self._drain()
             deadline = core.poll_timeout()
-        if self._observers or self._soon:
-            self._observe(now)
+        if (self._observers or self._soon) and self._observe(now):
             deadline = core.poll_timeout()
         # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).
         self._deadline, self._deadline_valid = deadline, True
