@@ -160,6 +160,27 @@ async def test_fresh_asks_the_loop_once_for_concurrent_readers() -> None:
     assert all(b"firezone_gateway_clients{" in b and b"} 1.0" in b for b in bodies)
 
 
+async def test_a_flood_of_scrapes_walks_the_core_at_most_once_a_second() -> None:
+    """The health port faces the network: 200 scrapes within one (fake) second cost one snapshot."""
+    reads: list[int] = []
+    now = [100.0]
+
+    def read() -> object:
+        reads.append(1)
+        return snapshot_of([], IoCounters(), {})
+
+    def request(take: object) -> None:
+        take(0)  # type: ignore[operator]  # the loop at once
+
+    m = Metrics(read, firezone_id="gw", version="0", request=request, clock=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(200):
+        await m.scrape()
+    assert len(reads) == 1
+    now[0] += 1.0
+    await m.scrape()
+    assert len(reads) == 2
+
+
 def test_export_interval_is_the_sdk_variable() -> None:
     assert export_interval({}) == 60.0
     assert export_interval({"OTEL_METRIC_EXPORT_INTERVAL": "500"}) == 0.5
