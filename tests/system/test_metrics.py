@@ -231,6 +231,31 @@ def test_flow_record_of_a_curl_has_the_reference_fields_and_exact_bytes(topo: To
     assert "inner_domain" not in rec  # a CIDR resource: no domain (the reference leaves it out)
 
 
+def test_a_scrape_flood_does_not_stop_the_data_path(topo: Topology) -> None:
+    """Attack: 300 scrapes, 20 at a time, on the health port while a client pings through the tunnel
+    (bounded: 300 requests, 20 pings over ~1 s). Every scrape is answered and no echo is lost. (With one
+    client a walk of the core is cheap; that a flood walks it at most once a second, which bounds the
+    cost at 10,000 clients, is tested in tests/io/test_metrics.py.)"""
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", topo.client_ns(0), "ping", "-c", "20", "-i", "0.05", "-W", "2", WEB_V4],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        flood = run(
+            "curl", "-s", "--parallel", "--parallel-max", "20", "--max-time", "10", "-o", "/dev/null",
+            "-w", "%{http_code}\n", f"http://{HEALTH}/metrics?n=[1-300]", ns=topo.ns["gw"], timeout=60,
+        )  # fmt: skip
+        out, _ = pinger.communicate(timeout=30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+    codes = flood.stdout.split()
+    assert len(codes) == 300 and set(codes) == {"200"}, flood.stdout[-500:]
+    assert " 20 received" in out, out
+
+
 def _http(ns: str, path: str) -> int:
     code = (
         "import http.client; "
