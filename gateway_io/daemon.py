@@ -292,9 +292,16 @@ async def _run(
         driver.add_observer(FLOW_LOG_INTERVAL, flow_log.drain)
         log.info("flow logs on (logger flow_logs, one record per TCP/UDP flow)")
 
+    dns_servers = DnsServerSet(driver.report_dns, device=tun.name)
+
     def read_counters() -> Snapshot:
         return snapshot_of(
-            [gateway.stats(), driver.stats.counters.snapshot(), *(s.stats.snapshot() for s in udp.sockets)],
+            [
+                gateway.stats(),
+                driver.stats.counters.snapshot(),
+                *(s.stats.snapshot() for s in udp.sockets),
+                *(s.snapshot() for s in dns_servers.stats()),
+            ],
             driver.stats.io,
             {"flowlog.records": flow_log.records},
         )
@@ -315,7 +322,6 @@ async def _run(
 
     code = 1
     try:
-        dns_servers = DnsServerSet(driver.report_dns, device=tun.name)
         async with dns_servers as dns, anyio.create_task_group() as tg:
             transports.dns = dns
             await tg.start(_signals, driver)
