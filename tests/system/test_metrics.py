@@ -11,7 +11,7 @@
   carry the client, the resource, both tuples and exactly the bytes curl counted each way.
 - **Readiness**: a daemon started before its portal answers ``/readyz`` 503 (``/healthz`` 200), 200 once
   joined and configured, 503 again when the portal goes away; with ``FIREZONE_METRICS=stdout`` it runs and
-  prints the SDK's export.
+  prints the SDK's export; ``FIREZONE_FLOW_LOGS=true`` turns the flow tracker on.
 
 Every wait polls a condition with a bounded timeout; namespaces and processes are removed by the fixtures.
 """
@@ -274,6 +274,7 @@ def test_readyz_follows_the_portal_and_stdout_metrics_run(tmp_path: Path) -> Non
         "FIREZONE_ID": f"metrics-test-{os.getpid()}",
         "FIREZONE_NO_INC_BUF": "true",
         "FIREZONE_METRICS": "stdout",
+        "FIREZONE_FLOW_LOGS": "true",  # our switch (the e2e test above uses the reference's RUST_LOG one)
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "PYTHONUNBUFFERED": "1",
     }
@@ -308,6 +309,7 @@ def test_readyz_follows_the_portal_and_stdout_metrics_run(tmp_path: Path) -> Non
         wait_for("not ready while the portal is gone", lambda: _http(ns, "/readyz") == 503)
         assert _http(ns, "/healthz") == 200  # still alive: health is the reference's constant
         wait_for("the stdout exporter", lambda: '"system.network.packets"' in glog.read_text())
+        assert "flow logs on" in glog.read_text()
         assert gateway.poll() is None
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=30)
