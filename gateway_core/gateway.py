@@ -376,6 +376,7 @@ class Gateway:
         """Every part's counters (prefixed with the part's name) and all drops by reason, merged."""
         node = self._node
         tunnels = Stats()
+        tunnels.merge(node.retired_tunnels)
         for cid in sorted(node.connections):
             tunnels.merge(node.connections[cid].tunnel.stats)
         binds = Stats()
@@ -394,4 +395,10 @@ class Gateway:
         out["gateway.clients"] = len(self._peers)
         out["gateway.connections"] = len(node.connections)
         out["gateway.flows_active"] = len(self._flows.tcp) + len(self._flows.udp)
+        clients = self._peers.clients.values()
+        out["gateway.authorizations"] = sum(len(p.authorizations) for p in clients)
+        out["gateway.nat_sessions"] = sum(len(p.nat.table) for p in clients)
+        for rid in node.allocations:
+            key = f"gateway.relay_allocations.{node.allocations[rid].phase.value}"
+            out[key] = out.get(key, 0) + 1
         return out

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from gateway_io import daemon
-from gateway_io.config import ConfigError, load
+from gateway_io.config import FLOW_LOGS_DIRECTIVE, ConfigError, load
 from gateway_io.logging import setup_logging
 from gateway_io.signals import EXIT_FAILURE, EXIT_USAGE
 
@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILURE
     try:
-        redactor = setup_logging(config.log_format, config.log_filter, secrets=[config.token])
+        log_filter = config.log_filter
+        if config.flow_logs and FLOW_LOGS_DIRECTIVE not in log_filter:
+            log_filter += "," + FLOW_LOGS_DIRECTIVE  # --flow-logs: the reference's directive, appended
+        redactor = setup_logging(config.log_format, log_filter, secrets=[config.token])
     except ValueError as e:
         print(f"firezone-gateway: FIREZONE_LOG_FORMAT: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -45,6 +45,15 @@ class Config:
     dns_client_qps: int = CLIENT_RATE
     """SRV/TXT queries per second one client may forward (``FIREZONE_DNS_CLIENT_QPS``; 0: no limit;
     not a Firezone setting: decision 0111)."""
+    # --- metrics and flow logs (docs/operations.md "Metrics and flow logs"; decision 0160) ---
+    metrics: str | None = None
+    """Where metrics are exported (``--metrics``/``FIREZONE_METRICS``): ``stdout``, ``otel-collector``
+    or ``None`` (only ``GET /metrics`` on the health-check listener)."""
+    otlp_grpc_endpoint: str | None = None
+    """``HOST:PORT`` of the OTLP gRPC collector (``--otlp-grpc-endpoint``/``OTLP_GRPC_ENDPOINT``)."""
+    flow_logs: bool = False
+    """One record per TCP/UDP flow on the ``flow_logs`` logger (``--flow-logs``/``FIREZONE_FLOW_LOGS``,
+    or ``RUST_LOG`` containing ``flow_logs=trace`` as Firezone takes it)."""
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -82,6 +91,36 @@ def _host_port(setting: str, value: str) -> tuple[str, int]:
     if not 0 <= p <= 65535:
         raise ConfigError(f"{setting}: port {p} is out of range 0-65535")
     return host, p
+
+
+METRICS_EXPORTERS = ("stdout", "otel-collector")
+"""``FIREZONE_METRICS`` values (Firezone's ``MetricsExporter`` enum, kebab-case as clap spells it)."""
+
+FLOW_LOGS_DIRECTIVE = "flow_logs=trace"
+"""The ``RUST_LOG`` text that turns flow logs on in Firezone (``flow_tracker.rs``: ``IS_ENABLED``)."""
+
+
+def _metrics(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    v = value.strip().lower()
+    if v not in METRICS_EXPORTERS:
+        raise ConfigError(f"FIREZONE_METRICS: expected one of {', '.join(METRICS_EXPORTERS)}, got {value!r}")
+    return v
+
+
+def _otlp_endpoint(value: str | None) -> str | None:
+    """``HOST:PORT`` (Firezone prefixes ``http://``); an ``http://`` prefix given here is accepted too."""
+    if value is None or not value.strip():
+        return None
+    v = value.strip()
+    bare = v.removeprefix("http://")
+    if "/" in bare:
+        raise ConfigError(f"OTLP_GRPC_ENDPOINT: expected HOST:PORT, got {value!r}")
+    host, port = _host_port("OTLP_GRPC_ENDPOINT", bare)
+    if port == 0:
+        raise ConfigError(f"OTLP_GRPC_ENDPOINT: port 0 is not a collector's port, got {value!r}")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _api_url(value: str) -> str:
@@ -158,6 +197,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-inc-buf", action="store_true", help="don't raise net.core buffer limits (FIREZONE_NO_INC_BUF)"
     )
+    # Metrics and flow logs (one block; docs/operations.md "Metrics and flow logs").
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="{stdout,otel-collector}",
+        help="export metrics to stdout or an OTLP collector (FIREZONE_METRICS)",
+    )
+    p.add_argument(
+        "--otlp-grpc-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="OTLP gRPC collector for --metrics otel-collector (OTLP_GRPC_ENDPOINT)",
+    )
+    p.add_argument(
+        "--flow-logs",
+        action="store_true",
+        help=f"log one record per TCP/UDP flow (FIREZONE_FLOW_LOGS; or RUST_LOG with {FLOW_LOGS_DIRECTIVE})",
+    )
     p.add_argument("-V", "--version", action="version", version="firezone-gateway-py 0.1.0")
     return p
 
@@ -180,6 +237,16 @@ def load(
     )
     _bool("FIREZONE_NO_TELEMETRY", env.get("FIREZONE_NO_TELEMETRY", "false"))
     no_inc_buf = args.no_inc_buf or _bool("FIREZONE_NO_INC_BUF", env.get("FIREZONE_NO_INC_BUF", "false"))
+    log_filter = env.get("RUST_LOG", "info")
+    metrics = _metrics(args.metrics if args.metrics is not None else env.get("FIREZONE_METRICS"))
+    otlp = _otlp_endpoint(
+        args.otlp_grpc_endpoint if args.otlp_grpc_endpoint is not None else env.get("OTLP_GRPC_ENDPOINT")
+    )
+    flow_logs = (
+        args.flow_logs
+        or _bool("FIREZONE_FLOW_LOGS", env.get("FIREZONE_FLOW_LOGS", "false"))
+        or FLOW_LOGS_DIRECTIVE in log_filter
+    )
     return Config(
         token=_read_token(args.token, env),
         firezone_id=_read_id(args.firezone_id, env, id_file),
@@ -187,11 +254,14 @@ def load(
         name=args.firezone_name or env.get("FIREZONE_NAME") or socket.gethostname(),
         health_check_addr=_host_port("HEALTH_CHECK_ADDR", health),
         log_format=log_format,
-        log_filter=env.get("RUST_LOG", "info"),
+        log_filter=log_filter,
         no_check=args.no_check,
         validate_checksums=validate,
         no_inc_buf=no_inc_buf,
         dns_client_qps=_count(
             "FIREZONE_DNS_CLIENT_QPS", env.get("FIREZONE_DNS_CLIENT_QPS", str(CLIENT_RATE)), MAX_QPS
         ),
+        metrics=metrics,
+        otlp_grpc_endpoint=otlp,
+        flow_logs=flow_logs,
     )

@@ -18,8 +18,14 @@ separate step here):
 10. the UDP sockets (52625 per family with fallback; a family that fails is only logged);
 11. the portal's host is resolved (failure: exit 1);
 12. the Firezone routing tables are flushed and ``tun-firezone`` is created (failure: exit 1);
-13. the health check is served (a busy port is only logged);
+13. the health check is served (a busy port is only logged), with ``/readyz`` and ``/metrics`` beside
+    ``/healthz`` (ours); with ``--metrics`` the exporter pushes too (the reference's step 7, done here so
+    that the instruments can read the gateway; :mod:`gateway_io.metrics`);
 15. the driver runs the core with every transport until ``Exit``; SIGINT/SIGTERM are shutdown requests.
+
+The driver's loop also serves the metrics (a snapshot of the counters whenever a scrape or a push asks,
+``Driver.call_soon``) and, with flow logs on, writes the completed flows every second (an observer,
+:mod:`gateway_io.flowlog`); both are flushed once more at exit.
 
 Two additions to the reference (decision 0110): the DNS listeners are bound to the TUN device, and each
 interface configuration also installs the underlay guard (:mod:`gateway_io.firewall`), which is deleted
@@ -51,6 +57,7 @@ from gateway_core.dns.forwarding import DnsLimits
 from gateway_core.gateway import Gateway
 from gateway_core.gateway_types import GatewayConfig
 from gateway_core.interface import ConfigureInterface, InterfaceConfigFailed, InterfaceConfigured
+from gateway_core.portal.channel import ChannelState
 from gateway_core.portal.login import LoginUrlError, user_agent
 from gateway_io import firewall, netlink
 from gateway_io.config import Config
@@ -58,8 +65,10 @@ from gateway_io.dns_servers import DnsServerSet
 from gateway_io.driver import Driver, Report, Transports
 from gateway_io.entropy import SystemEntropy
 from gateway_io.flood_guard import FloodGuard, budget_from_env
+from gateway_io.flowlog import FlowLog
 from gateway_io.health import serve_health_check
 from gateway_io.logging import Redactor
+from gateway_io.metrics import FLOW_LOG_INTERVAL, Metrics, Snapshot, make_exporter, snapshot_of
 from gateway_io.portal import PortalIO
 from gateway_io.resolver import RESOLV_CONF, Resolver, read_nameservers
 from gateway_io.signals import EXIT_FAILURE, shutdown_requests
@@ -67,6 +76,9 @@ from gateway_io.tun import DEFAULT_NAME, TunDevice
 from gateway_io.udp import UdpSockets, raise_buffer_limits
 
 log = logging.getLogger("gateway_io.daemon")
+
+VERSION = "0.1.0"
+"""This gateway's version (``service.version`` of the metrics; ``--version`` says the same)."""
 
 OS_RELEASE = Path("/etc/os-release")
 """Where the User-Agent's OS name and version come from (Firezone uses ``os_info``, which reads it too)."""
@@ -129,9 +141,12 @@ class NetlinkInterface:
         self.netns = netns
         self.guard_installed = False
         """Whether our nftables table may exist (so :meth:`aclose` deletes it)."""
+        self.configured = False
+        """The last configuration was applied (``/readyz``)."""
 
     async def configure(self, command: ConfigureInterface) -> InterfaceConfigured | InterfaceConfigFailed:
         result = await netlink.configure_interface(command, ifname=self.ifname, netns=self.netns)
+        self.configured = isinstance(result, InterfaceConfigured)
         if not self.guard or not isinstance(result, InterfaceConfigured):
             return result
         spec = firewall.spec_for(command.config, self.ifname, ipv4=result.ipv4, ipv6=result.ipv6)
@@ -229,6 +244,7 @@ async def _run(
                 dns_limits=DnsLimits(
                     client_rate=config.dns_client_qps, client_burst=max(1, 2 * config.dns_client_qps)
                 ),
+                flow_logs=config.flow_logs,
             ),
             private_key=private_key,
             entropy=SystemEntropy(),
@@ -271,21 +287,61 @@ async def _run(
             budget=budget_from_env(),
         ),
     )
+    flow_log = FlowLog(gateway.poll_flow)
+    if config.flow_logs:
+        driver.add_observer(FLOW_LOG_INTERVAL, flow_log.drain)
+        log.info("flow logs on (logger flow_logs, one record per TCP/UDP flow)")
+
+    dns_servers = DnsServerSet(driver.report_dns, device=tun.name)
+
+    def read_counters() -> Snapshot:
+        return snapshot_of(
+            [
+                gateway.stats(),
+                driver.stats.counters.snapshot(),
+                *(s.stats.snapshot() for s in udp.sockets),
+                *(s.snapshot() for s in dns_servers.stats()),
+            ],
+            driver.stats.io,
+            {"flowlog.records": flow_log.records},
+        )
+
+    metrics = Metrics(
+        read_counters,
+        firezone_id=config.firezone_id,
+        version=VERSION,
+        exporter=make_exporter(config.metrics, config.otlp_grpc_endpoint),
+        request=driver.call_soon,
+    )
+    if config.metrics is not None:
+        where = config.otlp_grpc_endpoint if config.metrics == "otel-collector" else "stdout"
+        log.info("metrics exported to %s", where or "nowhere (no OTLP_GRPC_ENDPOINT)")
+
+    def ready() -> bool:
+        return gateway.channel.state is ChannelState.JOINED and interface.configured
+
+    code = 1
     try:
-        dns_servers = DnsServerSet(driver.report_dns, device=tun.name)
         async with dns_servers as dns, anyio.create_task_group() as tg:
             transports.dns = dns
             await tg.start(_signals, driver)
-            health = await tg.start(serve_health_check, config.health_check_addr)
+            health = await tg.start(
+                serve_health_check, config.health_check_addr, lambda: True, ready, metrics.scrape
+            )
             if health is not None:
-                log.info("health check on http://%s:%d/healthz", *health)
+                log.info("health check on http://%s:%d/healthz (and /readyz, /metrics)", *health)
             tg.start_soon(resolver.run_evaluation)
+            tg.start_soon(metrics.run_exports)
             code = await driver.run(transports)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await tun.aclose()  # first: with the device gone nothing is routed into the tunnel
             await interface.aclose()
+            # The loop has stopped: this task is the core's only caller now (R1).
+            flow_log.drain()
+            metrics.observe()
+            await anyio.to_thread.run_sync(metrics.shutdown)
         resolver.close()
         udp.close()
     log.info("firezone-gateway stopped (exit code %d)", code)

@@ -51,6 +51,7 @@ from gateway_core.dns.servers import (
     RetryDnsServerBind,
 )
 from gateway_core.inputs import Input
+from gateway_core.stats import Stats
 from gateway_io.dns_server import DnsQuery, HostPort, TcpDnsServer, TcpLimits, UdpDnsServer, parse_address
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,15 @@ class DnsServerSet:
         self._sink: Callable[[list[DnsQuery]], bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
+        self.retired = Stats()
+        """The counters and drops of servers since closed (the metrics' totals never fall)."""
+
+    def stats(self) -> list[Stats]:
+        """The counters of every server, closed ones included (for the metrics)."""
+        out = [self.retired]
+        for pair in self._pairs.values():
+            out += [pair.udp.stats, pair.tcp.stats]
+        return out
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -214,6 +224,8 @@ class DnsServerSet:
 
     async def _remove(self, address: SocketAddr) -> None:
         pair = self._pairs.pop(address)
+        self.retired.merge(pair.udp.stats)
+        self.retired.merge(pair.tcp.stats)
         pair.scope.cancel()
         if self._loop is not None and not self._paused:
             self._loop.remove_reader(pair.udp.fileno())

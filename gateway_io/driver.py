@@ -75,6 +75,7 @@ from gateway_core.portal.channel import (
 )
 from gateway_core.stats import Stats
 from gateway_io.dns_path import DnsPath
+from gateway_io.io_counters import V4, V6, IoCounters
 from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ checks with second resolution."""
 
 ANCHOR_TOLERANCE = 500_000_000
 """A wall-clock step above this (ns) re-anchors the core's UTC (NTP slews far less; a step is a jump)."""
+
+Observer = Callable[[Instant], None]
+"""Called from the loop (R1) at most once per its interval: reads the core (statistics, completed flows)."""
 
 
 __all__ = ["SHUTDOWN_GRACE", "Core", "Driver", "DriverStats", "Report", "Transports"]
@@ -136,6 +140,8 @@ class DriverStats:
     counters: Stats = field(default_factory=Stats)
     turns: int = 0
     timeouts: int = 0
+    io: IoCounters = field(default_factory=IoCounters)
+    """Packets and bytes through the TUN device and the UDP sockets (for the metrics)."""
 
 
 class Driver:
@@ -154,6 +160,8 @@ class Driver:
         self.utc_clock = utc_clock
         self.grace = grace
         self.stats = DriverStats()
+        self._udp_sent = self.stats.io.udp_sent
+        self._tun_written = self.stats.io.tun_written
         self._dns = DnsPath(self.nudge, self.stats.counters)
         self.exit: Exit | None = None
         """The core's ``Exit`` once it came."""
@@ -190,6 +198,46 @@ class Driver:
         self._anchor_mono = 0
         self._anchor_utc = 0
         self._anchor_checked = 0
+        self._observers: list[tuple[int, Observer]] = []
+        self._observe_at: int | None = None
+        self._soon: list[Observer] = []
+        self._udp_fams: list[int] = []
+
+    def add_observer(self, interval: int, observe: Observer) -> None:
+        """Call ``observe(now)`` from the loop every ``interval`` ns (first: one interval after start)."""
+        self._observers.append((interval, observe))
+        self._observe_at = None
+
+    def call_soon(self, observe: Observer) -> None:
+        """Call ``observe(now)`` once, from the loop, at the end of its next turn (any task may ask)."""
+        self._soon.append(observe)
+        self._wake.set()
+
+    def _observe(self, now: Instant) -> bool:
+        """Run what is due; whether anything ran (it may have changed the core's deadline)."""
+        ran = False
+        if self._soon:
+            soon, self._soon = self._soon, []
+            self._call(soon, now)
+            ran = True
+        if not self._observers:
+            return ran
+        if self._observe_at is None:
+            self._observe_at = now + min(i for i, _ in self._observers)
+            return ran
+        if now < self._observe_at:
+            return ran
+        self._call([o for _, o in self._observers], now)
+        self._observe_at = now + min(i for i, _ in self._observers)
+        return True
+
+    def _call(self, observers: list[Observer], now: Instant) -> None:
+        for observe in observers:
+            try:
+                observe(now)
+            except Exception:  # a bug in an observer must not stop the gateway
+                log.exception("observer %r raised", observe)
+                self.stats.counters.incr("driver.observer_failed")
 
     # --- reporting (any task) ----------------------------------------------------------------------
 
@@ -280,6 +328,7 @@ class Driver:
         for sock in t.udp:
             src: _Source[Any] = _source(f"udp {sock.local}", 1, 1)
             self._udp_srcs.append(src)
+            self._udp_fams.append(V6 if sock.local.ip.version == 6 else V4)
             tg.start_soon(self._read_source, sock.receive_batch, src, src.name)
         if t.portal is not None:
             self._portal = t.portal(tg, self.reporter(self.portal_src))
@@ -305,11 +354,14 @@ class Driver:
         # methods looked up once per batch.
         poll = core.poll_command
         execute = self._execute
+        io = self.stats.io
         for packets in self._tun_src.take():
             busy = True
+            io.tun_read(packets)
             now = self.now()
             handle_tun = core.handle_tun_packet
             udp_for = self._udp_for
+            udp_sent = self._udp_sent
             for packet in packets:
                 t = handle_tun(now, packet)
                 if t is not None:
@@ -318,11 +370,14 @@ class Driver:
                         self._transmit(t)  # the first of its family: finds and caches the socket
                     elif (failed := sock.send(t)) is not None:
                         self._send_failed(failed)
+                    else:
+                        udp_sent(t.dst.ip.version == 6, t.payload)  # (a bool indexes as 0/1: V4/V6)
                 while (cmd := poll()) is not None:
                     execute(cmd)
-        for src in self._udp_srcs:
+        for src, fam in zip(self._udp_srcs, self._udp_fams, strict=True):
             for datagrams in src.take():
                 busy = True
+                io.udp_received(fam, datagrams)
                 now = self.now()
                 handle_datagram = core.handle_datagram
                 write_tun = self._write_tun
@@ -358,6 +413,8 @@ class Driver:
             core.handle_timeout(now)
             self._drain()
             deadline = core.poll_timeout()
+        if (self._observers or self._soon) and self._observe(now):
+            deadline = core.poll_timeout()
         # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).
         self._deadline, self._deadline_valid = deadline, True
         self._check_done(now)
@@ -372,6 +429,8 @@ class Driver:
         ats: list[int] = [deadline.at] if deadline is not None else []
         if self._grace_at is not None:
             ats.append(self._grace_at)
+        if self._observe_at is not None:
+            ats.append(self._observe_at)
         if not ats:
             return None
         return max(0, min(ats) - self.clock())
@@ -465,6 +524,8 @@ class Driver:
         failed = sock.send(t)
         if failed is not None:
             self._send_failed(failed)
+        else:
+            self._udp_sent(t.dst.ip.version == 6, t.payload)  # (a bool indexes as 0/1: V4/V6)
 
     def _send_failed(self, failed: SendFailed) -> None:
         self.stats.counters.incr("driver.send_failed")
@@ -473,7 +534,9 @@ class Driver:
     def _write_tun(self, packet: bytes) -> None:
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
-        if err is not None:
+        if err is None:
+            self._tun_written(packet)
+        else:
             self.stats.counters.incr("driver.tun_write_failed")
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("TUN write failed: %s", err)

@@ -3,8 +3,12 @@
 
 ``/healthz`` answers **200** with an empty body while the gateway is healthy and **400** when the
 ``healthy`` callable says otherwise (Firezone always passes a constant "healthy", so in practice it is
-always 200, independent of portal or tunnel state). Any other path is **404**, any other method on
-``/healthz`` **405**. A bind failure (port in use) is logged and the gateway runs on without a health
+always 200, independent of portal or tunnel state). Two paths beyond the reference, served when the
+daemon passes them: ``/readyz`` is **200** while ``ready()`` holds (the portal channel joined and the
+interface configured) and **503** otherwise, for load balancers and orchestrators that must not send
+clients to a gateway that cannot serve them yet; ``/metrics`` is **200** with the Prometheus text
+exposition (:mod:`gateway_io.metrics`). Any other path is **404**, any other method than GET or HEAD
+**405**. A bind failure (port in use) is logged and the gateway runs on without a health
 endpoint, as Firezone does. Each connection is bounded in time and size so a slow or hostile client
 cannot hold it; connections are served one request at a time, keep-alive honoured.
 """
@@ -12,7 +16,7 @@ cannot hold it; connections are served one request at a time, keep-alive honoure
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -21,7 +25,11 @@ import h11
 log = logging.getLogger(__name__)
 
 PATH = b"/healthz"
-"""The only path served (``http_health_check.rs:36``)."""
+"""The reference's only path (``http_health_check.rs:36``)."""
+READY_PATH = b"/readyz"
+"""Readiness (ours): 200 while ``ready()``, else 503."""
+METRICS_PATH = b"/metrics"
+"""The Prometheus scrape path (ours; Prometheus' default ``metrics_path``)."""
 
 CONNECTION_TIMEOUT = 10.0
 """Seconds a connection may stay open in total; a health probe needs milliseconds."""
@@ -33,22 +41,39 @@ READ_SIZE = 4096
 """Bytes read per ``receive`` call."""
 
 
-def _response(status: int, reason: bytes) -> list[h11.Event]:
-    headers = [("content-length", "0"), ("server", "firezone-gateway-py")]
-    return [h11.Response(status_code=status, headers=headers, reason=reason), h11.EndOfMessage()]
+def _response(
+    status: int, reason: bytes, body: bytes = b"", content_type: str | None = None, head: bool = False
+) -> list[h11.Event]:
+    headers = [("content-length", str(len(body))), ("server", "firezone-gateway-py")]
+    if content_type is not None:
+        headers.append(("content-type", content_type))
+    events: list[h11.Event] = [h11.Response(status_code=status, headers=headers, reason=reason)]
+    if body and not head:
+        events.append(h11.Data(data=body))
+    events.append(h11.EndOfMessage())
+    return events
 
 
-def route(method: bytes, target: bytes, healthy: bool) -> tuple[int, bytes]:
-    """``(status, reason)`` for a request (pure, for the tests)."""
+def route(
+    method: bytes, target: bytes, healthy: bool, ready: bool | None = None, metrics: bool = False
+) -> tuple[int, bytes]:
+    """``(status, reason)`` for a request (pure, for the tests). ``ready`` is ``None`` and ``metrics``
+    false when the daemon serves no ``/readyz`` or ``/metrics`` (then they are 404 as any unknown path)."""
     path = target.split(b"?", 1)[0]
-    if path != PATH:
+    if path == PATH:
+        ok = (200, b"OK") if healthy else (400, b"Bad Request")
+    elif path == READY_PATH and ready is not None:
+        ok = (200, b"OK") if ready else (503, b"Service Unavailable")
+    elif path == METRICS_PATH and metrics:
+        ok = (200, b"OK")
+    else:
         return 404, b"Not Found"
     if method not in (b"GET", b"HEAD"):
         return 405, b"Method Not Allowed"
-    return (200, b"OK") if healthy else (400, b"Bad Request")
+    return ok
 
 
-async def _serve_connection(stream: anyio.abc.SocketStream, healthy: Callable[[], bool]) -> None:
+async def _serve_connection(stream: anyio.abc.SocketStream, server: HealthServer) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     with anyio.move_on_after(CONNECTION_TIMEOUT):
         async with stream:
@@ -67,8 +92,7 @@ async def _serve_connection(stream: anyio.abc.SocketStream, healthy: Callable[[]
                     conn.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):
-                    status, reason = route(event.method, event.target, healthy())
-                    await _send(stream, conn, _response(status, reason))
+                    await _send(stream, conn, await server.respond(event.method, event.target))
                     continue
                 if isinstance(event, h11.ConnectionClosed):
                     return
@@ -93,14 +117,34 @@ class HealthServer:
     """A bound health-check listener; :meth:`serve` runs it until cancelled."""
 
     def __init__(
-        self, listener: anyio.abc.Listener[anyio.abc.SocketStream], healthy: Callable[[], bool]
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool] | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.listener = listener
         self.healthy = healthy
+        self.ready = ready
+        self.metrics = metrics
+
+    async def respond(self, method: bytes, target: bytes) -> list[h11.Event]:
+        ready = None if self.ready is None else self.ready()
+        status, reason = route(method, target, self.healthy(), ready, self.metrics is not None)
+        head = method == b"HEAD"
+        if status == 200 and self.metrics is not None and target.split(b"?", 1)[0] == METRICS_PATH:
+            from gateway_io.metrics import PROMETHEUS_CONTENT_TYPE
+
+            return _response(status, reason, await self.metrics(), PROMETHEUS_CONTENT_TYPE, head)
+        return _response(status, reason, head=head)
 
     @classmethod
     async def bind(
-        cls, address: tuple[str, int], healthy: Callable[[], bool] = lambda: True
+        cls,
+        address: tuple[str, int],
+        healthy: Callable[[], bool] = lambda: True,
+        ready: Callable[[], bool] | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> HealthServer | None:
         """Listen on ``address``; ``None`` (logged) if that fails, as Firezone silently runs without."""
         host, port = address
@@ -109,7 +153,7 @@ class HealthServer:
         except OSError as e:
             log.warning("health check not available on %s:%d: %s", host, port, e)
             return None
-        return cls(listener, healthy)
+        return cls(listener, healthy, ready, metrics)
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -120,7 +164,7 @@ class HealthServer:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             task_status.started()
-            await self.listener.serve(lambda stream: _serve_connection(stream, self.healthy), tg)
+            await self.listener.serve(lambda stream: _serve_connection(stream, self), tg)
 
     async def aclose(self) -> None:
         await self.listener.aclose()
@@ -129,11 +173,13 @@ class HealthServer:
 async def serve_health_check(
     address: tuple[str, int],
     healthy: Callable[[], bool] = lambda: True,
+    ready: Callable[[], bool] | None = None,
+    metrics: Callable[[], Awaitable[bytes]] | None = None,
     *,
     task_status: anyio.abc.TaskStatus[tuple[str, int] | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind and serve until cancelled; ``task_status`` gets the bound address (``None``: not bound)."""
-    server = await HealthServer.bind(address, healthy)
+    server = await HealthServer.bind(address, healthy, ready, metrics)
     if server is None:
         task_status.started(None)
         return

@@ -165,11 +165,19 @@ def _level_name(record: logging.LogRecord) -> str:
     return _LEVEL_NAMES.get(record.levelno, record.levelname)
 
 
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    """Fields passed with ``extra=`` (structured records such as the flow log's)."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
 class HumanFormatter(logging.Formatter):
-    """``2024-05-01T12:00:00.000000Z  INFO gateway_io.portal: message`` (like tracing's default)."""
+    """``2024-05-01T12:00:00.000000Z  INFO gateway_io.portal: message key=value ...`` (like tracing's
+    default: fields passed with ``extra=`` follow the message)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {_level_name(record):>5} {record.name}: {record.getMessage()}"
+        for key, value in _extras(record).items():
+            line += f" {key}={value}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -187,9 +195,8 @@ class JsonFormatter(logging.Formatter):
             "target": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        for key, value in _extras(record).items():
+            doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

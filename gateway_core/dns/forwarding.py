@@ -75,6 +75,12 @@ TCP_RESPONSE_LIMIT = 65535
 
 RCODE_SERVFAIL = 2
 RCODE_REFUSED = 5
+RCODE_NAMES = (
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+    "NXRRSET", "NOTAUTH", "NOTZONE", "DSOTYPENI", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
+)  # fmt: skip
+"""The 4-bit header RCODEs by value (RFC 1035, 2136, 8490; IANA "DNS RCODEs")."""
+_RESPONSE_COUNTERS = tuple(f"responses.{n}" for n in RCODE_NAMES)
 
 _HEADER = struct.Struct("!HHHHHH")
 _QR, _TC = 0x8000, 0x0200
@@ -285,6 +291,8 @@ class DnsForwarder:
             out = error_response(q.message, RCODE_SERVFAIL)
         if len(out) > limit:  # pragma: no cover - a question alone always fits
             out = error_response(q.message, RCODE_SERVFAIL)
+        if len(out) > 3:  # always (a response has a 12-byte header); the guard keeps R6 obvious
+            self.stats.counters[_RESPONSE_COUNTERS[out[3] & 0xF]] += 1
         self._commands.append(SendDnsResponse(q.local, q.remote, q.transport, out))
 
     def handle_query(self, now: Instant, query: DnsQueryReceived) -> None:

@@ -113,6 +113,8 @@ class Node(NodeDataPath):
         every packet, so this is an attribute (a plain truth test), not a method call."""
         self._now = now
         self.stats = Stats()
+        self.retired_tunnels = Stats()
+        """The counters of the WireGuard tunnels of connections since removed (kept for the metrics)."""
 
     # --- relays -----------------------------------------------------------------------------------------
 
@@ -325,6 +327,7 @@ class Node(NodeDataPath):
         conn = self.connections.pop(cid, None)
         if conn is None:
             return
+        self.retired_tunnels.merge(conn.tunnel.stats)
         self._by_index.pop(conn.index, None)
         for k in [k for k, v in self._by_key.items() if v == cid]:
             del self._by_key[k]

@@ -83,3 +83,66 @@ def test_daemon_exits_with_one_line_error() -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "FIREZONE_API_URL" in lines[0]
+
+
+# --- metrics and flow logs ------------------------------------------------------------------------
+
+
+def test_metrics_settings_take_the_reference_values(tmp_path: Path) -> None:
+    idf = tmp_path / "id"
+    c = load([], env(), id_file=idf)
+    assert (c.metrics, c.otlp_grpc_endpoint, c.flow_logs) == (None, None, False)
+    c = load([], env(FIREZONE_METRICS="otel-collector", OTLP_GRPC_ENDPOINT="collector:4317"), id_file=idf)
+    assert (c.metrics, c.otlp_grpc_endpoint) == ("otel-collector", "collector:4317")
+    c = load(["--metrics", "stdout", "--otlp-grpc-endpoint", "http://[::1]:4317"], env(), id_file=idf)
+    assert (c.metrics, c.otlp_grpc_endpoint) == ("stdout", "[::1]:4317")
+    assert load([], env(FIREZONE_METRICS=""), id_file=idf).metrics is None  # empty: unset
+
+
+def test_flow_logs_by_flag_env_or_the_reference_directive(tmp_path: Path) -> None:
+    idf = tmp_path / "id"
+    assert load(["--flow-logs"], env(), id_file=idf).flow_logs
+    assert load([], env(FIREZONE_FLOW_LOGS="true"), id_file=idf).flow_logs
+    assert load([], env(RUST_LOG="info,flow_logs=trace"), id_file=idf).flow_logs
+    assert not load([], env(RUST_LOG="info,flow_logs=debug"), id_file=idf).flow_logs
+
+
+@pytest.mark.parametrize(
+    ("extra", "setting"),
+    [
+        ({"FIREZONE_METRICS": "prometheus"}, "FIREZONE_METRICS"),
+        ({"FIREZONE_METRICS": "otel_collector"}, "FIREZONE_METRICS"),
+        ({"OTLP_GRPC_ENDPOINT": "collector"}, "OTLP_GRPC_ENDPOINT"),
+        ({"OTLP_GRPC_ENDPOINT": "collector:0"}, "OTLP_GRPC_ENDPOINT"),
+        ({"OTLP_GRPC_ENDPOINT": "https://collector:4317/v1"}, "OTLP_GRPC_ENDPOINT"),
+        ({"FIREZONE_FLOW_LOGS": "sometimes"}, "FIREZONE_FLOW_LOGS"),
+    ],
+)
+def test_bad_metrics_setting_names_itself(tmp_path: Path, extra: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load([], env(**extra), id_file=tmp_path / "id")
+    assert str(e.value).startswith(setting + ":") and "\n" not in str(e.value)
+
+
+def test_help_lists_the_metrics_flags_and_a_bad_value_stops_the_daemon() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway_io", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0
+    for flag in ("--metrics", "--otlp-grpc-endpoint", "--flow-logs"):
+        assert flag in r.stdout, r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway_io", "--no-check"],
+        env={
+            "FIREZONE_ID": "x",
+            "FIREZONE_TOKEN": "t",
+            "FIREZONE_METRICS": "graphite",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("firezone-gateway: FIREZONE_METRICS:"), r.stderr

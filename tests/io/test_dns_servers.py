@@ -273,3 +273,19 @@ async def test_attached_sink_gets_udp_batches_pauses_when_full_and_resumes() -> 
             tg.start_soon(respond, servers)
             assert (await ask("127.0.0.1", port, DnsTransport.TCP)).startswith("tcp 127.0.0.1 ")
             tg.cancel_scope.cancel()
+
+
+async def test_counters_of_closed_servers_are_kept_for_the_metrics() -> None:
+    async with DnsServerSet(Inputs()) as servers, anyio.create_task_group() as tg:
+        tg.start_soon(respond, servers)
+        await servers.execute(BindDnsServers((sa("127.0.0.1"),)))
+        host, port = servers.servers[sa("127.0.0.1")].udp.local_address
+        assert await ask(host, port, DnsTransport.UDP) == f"udp {host} {port}"
+
+        def queries() -> int:
+            return sum(s.counters["udp.queries"] for s in servers.stats())
+
+        assert queries() == 1
+        await servers.execute(BindDnsServers(()))  # closes the server
+        assert servers.servers == {} and queries() == 1  # its count stays in the totals
+        tg.cancel_scope.cancel()
