@@ -40,8 +40,19 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Two sessions (tests/scheduling.py, docs/testing.md): everything but the `serial` modules on PYTEST_WORKERS
+# cores (pytest-xdist), then the `serial` ones (full-rate floods with thresholds) alone. The drop-reason
+# coverage check (tests/drop_coverage.py) adds up both through DROPS and runs after the second when the
+# whole suite ran (no PYTEST_ARGS). A session that selects nothing (exit 5) is not a failure.
+PYTEST_WORKERS ?= 2
+DROPS := .pytest-drop-reasons
 pytest: venv deps interop-deps
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	rm -f $(DROPS)
+	FZ_DROP_REASONS_FILE=$(DROPS) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not serial" \
+		$(PYTEST_ARGS) || test $$? -eq 5
+	FZ_DROP_REASONS_FILE=$(DROPS) $(if $(PYTEST_ARGS),,FZ_DROP_COVERAGE_CHECK=1) $(BIN)/pytest -q -m serial \
+		$(PYTEST_ARGS) || test $$? -eq 5
+	rm -f $(DROPS)
 
 test: venv deps lint typecheck pytest
 
@@ -70,4 +81,4 @@ fuzz: venv
 	$(BIN)/python -m fuzz all --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --nice $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz $(DROPS)
