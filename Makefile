@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz nightly
 
 venv: $(STAMP)
 
@@ -55,6 +55,12 @@ pytest: venv deps interop-deps
 	rm -f $(DROPS)
 
 test: venv deps lint typecheck pytest
+
+# The nightly run: the stateful test's nightly profile (FZ_STATEFUL_EXAMPLES random examples in shards) and
+# the full-size soak (1,000 clients, 6 simulated hours), fanned out over the cores. Not part of `make test`.
+nightly: venv deps
+	FZ_STATEFUL_PROFILE=nightly nice $(BIN)/pytest -q -n $(PYTEST_WORKERS) tests/sim/test_stateful.py \
+		tests/sim/test_soak.py -k "reference_model or memory_stays_flat"
 
 # The simulated demo first, then the real one in network namespaces (needs root: without it the real
 # part says so and exits non-zero).

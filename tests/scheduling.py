@@ -12,8 +12,9 @@ This plugin marks those modules ``serial`` and, for the parallel session, keeps 
 an expensive module-scoped fixture (a whole namespace topology, built wheels, the npm peer) in one
 ``xdist_group`` so one worker builds it once, instead of each worker building its own. It also moves the
 longest items first (:data:`LONG_FIRST`), so a worker does not pick one up at the end while the other
-idles. Nothing here changes what a test does or asserts; without xdist, ``-n``, or ``-m``, the groups and
-the order are harmless and ``pytest -q`` still runs everything in one process.
+idles, and turns Hypothesis' per-example deadline off (below). Nothing here changes what a test
+asserts; without xdist, ``-n`` or ``-m``, the groups and the order are harmless and ``pytest -q`` still
+runs everything in one process.
 
 The namespace tests are safe side by side: every namespace, veth and TUN name carries the process id
 and a random suffix (``tests/system/io_netns.py``, ``wg_harness.py``, ``e2e/topology.py``), every
@@ -24,6 +25,14 @@ directories.
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("fz-no-deadline", deadline=None)
+settings.load_profile("fz-no-deadline")
+"""Hypothesis' per-example deadline (200 ms by default) is a timing assertion in a pass/fail test: with two
+workers on a shared machine an example can wait that long for a core (seen: ``DeadlineExceeded`` in a
+policy property test at load 15). Timings belong in ``bench/``; tests that set their own settings keep
+them."""
 
 SERIAL = frozenset({"tests/system/test_floods.py", "tests/system/test_dns_fairness.py"})
 """Modules that run alone (session 2): full-rate floods with measured thresholds."""
