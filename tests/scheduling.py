@@ -52,6 +52,7 @@ the wheels): each runs wholly on one worker."""
 LONG_FIRST = (
     "tests/sim/test_stateful.py::test_gateway_world_against_the_reference_model",
     "tests/fuzz/test_fuzz.py::test_short_atheris_run_of_every_target",
+    "tests/sim/test_soak.py",
     "tests/system/test_e2e.py",
     "tests/unit/test_node_fuzz.py",
     "tests/system/test_underlay_guard.py",
