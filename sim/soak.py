@@ -19,14 +19,16 @@ CYCLE/10     revoked, so the client is gone from the gateway until its next cycl
 ===========  ============================================================================================
 
 Memory: :mod:`tracemalloc` traces allocations; after the warm-up (:data:`WARMUP`, at least one cycle:
-every client has been through every phase, and every state that is bounded by time or count has
+every client has been through every phase, and every state that is bounded by time has
 reached its bound) a sample is taken every cycle, counting the bytes still held that were allocated by
 ``gateway_core`` code (the gateway, and the clients' nodes, which are the core's ``Node``) and, apart,
 by everything. Two parts of the gateway fill up slowly by design and set the warm-up: the TURN channel
 bindings of its allocations (a roamed client's new address takes a new channel, which lives
 ``CHANNEL_LIFETIME`` = 10 min and is then quarantined ``CHANNEL_REBIND_QUARANTINE`` = 5 min,
-``gateway_core/turn/channels.py``, as RFC 8656 and snownet do), and the portal channel's pushes still
-awaiting a reply (at most ``max_in_flight`` = 256 are remembered, ``gateway_core/portal/outbox.py``).
+``gateway_core/turn/channels.py``; its record is not pruned after that but kept until the number comes
+round again, so the table keeps growing slowly towards 4,096 records per allocation), and the portal
+channel's pushes still awaiting a reply (at most ``max_in_flight`` = 256 are remembered,
+``gateway_core/portal/outbox.py``).
 :class:`SoakResult` keeps the samples; a flat run is one whose
 later samples stay within a bound of the first (:func:`growth_ok`). Whatever grows without bound (a
 ring that is not one, a table never pruned) grows by the same amount every cycle and fails it.
