@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz nightly
 
 venv: $(STAMP)
 
@@ -40,10 +40,27 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Two sessions (tests/scheduling.py, docs/testing.md): everything but the `serial` modules on PYTEST_WORKERS
+# cores (pytest-xdist), then the `serial` ones (full-rate floods with thresholds) alone. The drop-reason
+# coverage check (tests/drop_coverage.py) adds up both through DROPS and runs after the second when the
+# whole suite ran (no PYTEST_ARGS). A session that selects nothing (exit 5) is not a failure.
+PYTEST_WORKERS ?= 2
+DROPS := .pytest-drop-reasons
 pytest: venv deps interop-deps
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	rm -f $(DROPS)
+	FZ_DROP_REASONS_FILE=$(DROPS) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not serial" \
+		$(PYTEST_ARGS) || test $$? -eq 5
+	FZ_DROP_REASONS_FILE=$(DROPS) $(if $(PYTEST_ARGS),,FZ_DROP_COVERAGE_CHECK=1) $(BIN)/pytest -q -m serial \
+		$(PYTEST_ARGS) || test $$? -eq 5
+	rm -f $(DROPS)
 
 test: venv deps lint typecheck pytest
+
+# The nightly run: the stateful test's nightly profile (FZ_STATEFUL_EXAMPLES random examples in shards) and
+# the full-size soak (1,000 clients, 6 simulated hours), fanned out over the cores. Not part of `make test`.
+nightly: venv deps
+	FZ_STATEFUL_PROFILE=nightly nice $(BIN)/pytest -q -n $(PYTEST_WORKERS) tests/sim/test_stateful.py \
+		tests/sim/test_soak.py -k "reference_model or memory_stays_flat"
 
 # The simulated demo first, then the real one in network namespaces (needs root: without it the real
 # part says so and exits non-zero).
@@ -70,4 +87,4 @@ fuzz: venv
 	$(BIN)/python -m fuzz all --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --nice $(FUZZ_TARGETS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz $(DROPS)

@@ -25,6 +25,7 @@ nonces from an injected ``Entropy``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import KeysView
 from dataclasses import dataclass, field
 
@@ -37,6 +38,10 @@ from gateway_core.turn.credentials import coturn_rest_password, firezone_passwor
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
 from gateway_core.wire.stun import Attr, Class, Method, StunMessage
+
+LOG_KEPT = 256
+"""Requests kept in :attr:`DevRelay.log` (enough to read the last seconds of a run)."""
+_METHODS = frozenset(Method)
 
 NONCE_USES = 10_000
 """Firezone relay: a nonce is valid for 10 000 requests."""
@@ -88,7 +93,9 @@ class DevRelay:
         self._releasing: dict[SocketAddr, int] = {}
         """coturn flavour: 5-tuples of deleted allocations and when they become free."""
         self.drop_all = False
-        self.log: list[tuple[str, str]] = []
+        self.log: deque[tuple[str, str]] = deque(maxlen=LOG_KEPT)
+        """The latest requests (method, source), for reading a run by hand; a ring, so a relay that runs
+        for simulated hours holds no more than a run of seconds."""
 
     def relayed_addresses(self) -> KeysView[SocketAddr]:
         """The relayed addresses of the live allocations (a host binds a socket for each)."""
@@ -133,9 +140,7 @@ class DevRelay:
             return self._send_indication(now, remote, msg)
         if msg.cls != Class.REQUEST:
             return []
-        self.log.append(
-            (Method(msg.method).name if msg.method in set(Method) else str(msg.method), str(remote))
-        )
+        self.log.append((Method(msg.method).name if msg.method in _METHODS else str(msg.method), str(remote)))
         if msg.method == Method.BINDING:
             r = StunMessage(Method.BINDING, Class.SUCCESS, msg.transaction_id)
             r.add_xor_address(Attr.XOR_MAPPED_ADDRESS, remote)

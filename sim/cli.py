@@ -6,6 +6,12 @@
   ``credentials``: gateway and client nodes with TURN relays; or ``gateway``: a simulated client using a
   CIDR and a DNS resource through the whole gateway, see :mod:`sim.gateway_scenario`), write the trace
   (JSON lines) and a pcap if asked, and print a short summary.
+- ``firezone-sim run --scenario gateway --clients N [--relays R] [--duration SECONDS]``: the scale
+  scenario (:mod:`sim.scale`): N clients, each pinging the CIDR resource once a second and using the DNS
+  resource; prints the simulated time per real second of the measured stretch (default 60 s).
+- ``firezone-sim sweep --seeds A..B [-n WORKERS] [--steps K]``: run the stateful test's seeded programs
+  ``A`` to ``B`` over the cores (pytest-xdist) and print each failing seed with its replay command
+  (:mod:`sim.sweep`).
 - ``firezone-sim replay FILE | --seed N [--steps K] [--trace F] [--pcap F] [--progress]``: replay a program
   of the stateful test (a saved failure, or one drawn from a seed) and print its summary table.
 - ``firezone-sim demo [--seed N]``: run the echo scenario, then the gateway scenario, and print a
@@ -58,6 +64,29 @@ def parse_duration(text: str) -> int:
     return int(ns)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def parse_seeds(text: str) -> range:
+    """``"A..B"`` (inclusive) or a single seed ``"A"`` as a range of seeds."""
+    first, sep, last = text.partition("..")
+    try:
+        a = int(first)
+        b = int(last) if sep else a
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a seed range A..B: {text!r}") from exc
+    if a < 0 or b < a:
+        raise argparse.ArgumentTypeError(f"not a seed range A..B with 0 <= A <= B: {text!r}")
+    return range(a, b + 1)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="firezone-sim", description="Deterministic simulator of the Firezone gateway world."
@@ -78,7 +107,25 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_duration,
         default=None,
         metavar="SECONDS",
-        help="simulated seconds (default 10)",
+        help="simulated seconds (default 10; with --clients, the measured stretch, default 60)",
+    )
+    run.add_argument(
+        "--clients",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="with --scenario gateway: the scale scenario with N clients (sim.scale)",
+    )
+    run.add_argument(
+        "--relays", type=_positive, default=2, metavar="R", help="relays of the scale scenario (default 2)"
+    )
+    sweep = sub.add_parser(
+        "sweep", help="run seeded stateful programs over the cores and print the failing seeds"
+    )
+    sweep.add_argument("--seeds", type=parse_seeds, required=True, metavar="A..B", help="inclusive range")
+    sweep.add_argument("--steps", type=_positive, default=15, help="steps per program (default 15)")
+    sweep.add_argument(
+        "-n", "--workers", default="auto", help="pytest-xdist workers (default auto: one per core)"
     )
     rep = sub.add_parser(
         "replay", help="replay a stateful-test program (a saved failure, or one drawn from a seed)"
@@ -162,6 +209,32 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_scale(args: argparse.Namespace) -> int:
+    """``firezone-sim run --scenario gateway --clients N``: the scale scenario and its speed."""
+    from sim.scale import run_scale, scale_summary
+
+    if args.scenario != "gateway":
+        print("run: --clients needs --scenario gateway", file=sys.stderr)
+        return 2
+    duration = secs(60) if args.duration is None else args.duration
+    with ExitStack() as stack:
+        sink: IO[str] | None = None
+        if args.trace:
+            sink = stack.enter_context(open(args.trace, "w", encoding="ascii", newline="\n"))
+        pcap = None
+        if args.pcap:
+            pcap = PcapWriter(stack.enter_context(open(args.pcap, "wb")))
+        world = World(args.seed, trace=Trace(sink), pcap=pcap)
+        _, result = run_scale(args.seed, args.clients, duration, args.relays, world)
+    st = world.stats.counters
+    print(
+        f"seed {args.seed}: {int(world.now) // 1_000_000} ms simulated; network: sent {st['sent']},"
+        f" delivered {st['delivered']}, dropped {sum(v for k, v in st.items() if k.startswith('drop.'))}"
+    )
+    print(scale_summary(result))
+    return 0
+
+
 def summary_table(rows: dict[str, int]) -> str:
     """A two-column table (steps, packets, drops by reason, invariants checked)."""
     width = max((len(k) for k in rows), default=0)
@@ -173,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return _replay(args)
+        if args.command == "sweep":
+            from sim.sweep import sweep
+
+            return sweep(args.seeds, args.steps, args.workers)
+        if args.command == "run" and args.clients is not None:
+            return _run_scale(args)
         if args.command == "run":
             cfg = EchoScenario() if args.duration is None else EchoScenario(duration=args.duration)
             with ExitStack() as stack:

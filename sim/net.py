@@ -86,7 +86,16 @@ PERFECT = LinkProfile(latency=0)
 class Network:
     """Routing table, link profiles, partitions and per-packet fate; see the module docstring."""
 
-    __slots__ = ("_addresses", "_entropy", "_links", "_partitions", "_paths", "_routes", "_stale")
+    __slots__ = (
+        "_addresses",
+        "_combined",
+        "_entropy",
+        "_links",
+        "_partitions",
+        "_paths",
+        "_routes",
+        "_stale",
+    )
 
     def __init__(self, entropy: Entropy) -> None:
         self._entropy = entropy
@@ -95,6 +104,9 @@ class Network:
         self._routes: list[tuple[IPNetwork, str]] = []
         self._links: dict[str, LinkProfile] = {}
         self._paths: dict[tuple[str, str], LinkProfile] = {}
+        self._combined: dict[tuple[str, str], LinkProfile] = {}
+        """Memo of :meth:`path` per ordered pair (a profile per packet was a measurable share of the
+        simulator's own time); cleared whenever a link or an explicit path changes."""
         self._partitions: set[tuple[str, str]] = set()
 
     # --- topology ---
@@ -109,10 +121,12 @@ class Network:
         for a in addresses:
             self._addresses[a] = name
         self._links[name] = link
+        self._combined.clear()
 
     def detach(self, name: str) -> None:
         """Remove host ``name``; its addresses become stale (never reused) and its routes go."""
         self._links.pop(name)
+        self._combined.clear()
         for a in [a for a, n in self._addresses.items() if n == name]:
             del self._addresses[a]
             self._stale.add(a)
@@ -162,6 +176,7 @@ class Network:
     def set_path(self, a: str, b: str, profile: LinkProfile | None) -> None:
         """Use ``profile`` for the path between ``a`` and ``b`` (both directions); ``None`` clears it."""
         key = (a, b) if a <= b else (b, a)
+        self._combined.clear()
         if profile is None:
             self._paths.pop(key, None)
         else:
@@ -169,11 +184,14 @@ class Network:
 
     def path(self, src: str, dst: str) -> LinkProfile:
         """The profile a packet from ``src`` to ``dst`` experiences."""
+        found = self._combined.get((src, dst))
+        if found is not None:
+            return found
         key = (src, dst) if src <= dst else (dst, src)
         explicit = self._paths.get(key)
-        if explicit is not None:
-            return explicit
-        return self._links[src].then(self._links[dst])
+        profile = explicit if explicit is not None else self._links[src].then(self._links[dst])
+        self._combined[(src, dst)] = profile
+        return profile
 
     def partition(self, group_a: list[str], group_b: list[str]) -> None:
         """Cut every path between a host of ``group_a`` and a host of ``group_b``."""

@@ -31,6 +31,7 @@ draining the gateway's commands.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_network
@@ -92,6 +93,9 @@ from sim.world import World
 RESOLVE_DELAY: Duration = millis(5)
 """How long the simulated system resolver takes (any small non-zero value)."""
 UPSTREAM_DNS_PORT = 53
+LOG_KEPT = 4096
+"""Control-plane commands kept in :attr:`GatewayHost.log`: every scenario of the tests fits many times;
+a soak of hours keeps only the latest."""
 
 
 @dataclass(slots=True)
@@ -151,8 +155,9 @@ class GatewayHost(PortalClientHost):
         self._tcp_dns: dict[tuple[SocketAddr, SocketAddr], _TcpDns] = {}
         self._upstream: dict[int, int] = {}  # local port -> query id
         self.interface: ConfigureInterface | None = None
-        self.log: list[tuple[Instant, Command]] = []
-        """Control-plane commands executed (not Transmit / WriteTun), for tests."""
+        self.log: deque[tuple[Instant, Command]] = deque(maxlen=LOG_KEPT)
+        """The latest control-plane commands executed (not Transmit / WriteTun), for tests; a ring, so a
+        soak of simulated hours holds no more than a scenario of seconds."""
 
     def swap_component(self, component: Component) -> None:
         """A restarted gateway (:meth:`World.replace_component`): the old process's portal streams close
