@@ -40,6 +40,7 @@ SERIAL = frozenset({"tests/system/test_floods.py", "tests/system/test_dns_fairne
 GROUPED = frozenset(
     {
         "tests/system/test_e2e.py",
+        "tests/system/test_metrics.py",
         "tests/system/test_underlay_guard.py",
         "tests/system/test_turn_coturn.py",
         "tests/interop/test_phoenix_js.py",
