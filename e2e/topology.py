@@ -6,7 +6,7 @@ Theory of operation
 per-run tag, so parallel runs never collide) and wires them; on exit, also after a failure, Ctrl-C or
 SIGTERM (``firezone-e2e`` turns SIGTERM into an exception), it stops every process it started by PID
 (SIGTERM, then SIGKILL), deletes the namespaces (which removes their veths, TUN devices, routes and
-firewall rules) and the ``/etc/netns/<ns>`` resolver files. The root namespace is never touched.
+firewall rules) and the ``/etc/netns/<ns>`` resolver and hosts files. The root namespace is never touched.
 
 Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
 
@@ -22,7 +22,11 @@ Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
 
     behind the gateway (its eth1/eth2, so the ``-o e+`` masquerade rules apply):
     web     172.20.1.10 / fd20:1::10   HTTP :80 and :8080 (python -m http.server), iperf3 :5201
-    dns     172.20.2.53 / fd20:2::53   unbound serving fz.test (A, AAAA, SRV, TXT) and firezone.dev
+    dns     172.20.2.53 / fd20:2::53   unbound serving fz.test (A, AAAA, SRV, TXT) and firezone.dev,
+                                       logging every query (what the gateway asks upstream)
+
+The gateway's ``/etc/netns`` hosts file names ``intranet.fz.test`` (the web host), which unbound does
+not know: the gateway resolves DNS-resource names like the system (``getaddrinfo``).
 
 Resources in the portal: ``lan`` = CIDR 172.20.1.0/24 with filters tcp/80, tcp/5201, udp/5201, icmp
 (so 8080 is blocked and answers ICMP prohibited); ``fz`` = DNS ``*.fz.test`` (no filters). Both clients
@@ -70,6 +74,9 @@ RELAY_IDS = (
     uuid.UUID("1b244467-8b0f-4cab-8524-1ea6b6831fe9"),
 )
 WEB_V4, WEB_V6 = "172.20.1.10", "fd20:1::10"
+HOSTS_ONLY_NAME = "intranet.fz.test"
+"""A name only the gateway's hosts file knows (``/etc/netns/<gw>/hosts``; unbound answers NXDOMAIN):
+reachable as a DNS resource because the gateway resolves with ``getaddrinfo``."""
 DNS_V4 = "172.20.2.53"
 BLOCKED_PORT = 8080
 """Served by the web host but not in the CIDR resource's filters: the gateway answers ICMP prohibited."""
@@ -88,6 +95,7 @@ server:
     pidfile: "{dir}/unbound.pid"
     use-syslog: no
     logfile: ""
+    log-queries: yes
     module-config: "iterator"
     auto-trust-anchor-file: ""
     do-not-query-localhost: yes
@@ -97,6 +105,7 @@ server:
     local-zone: "fz.test." static
     local-data: "web.fz.test. 60 IN A {web4}"
     local-data: "web.fz.test. 60 IN AAAA {web6}"
+    local-data: "fresh.fz.test. 60 IN A {web4}"
     local-data: "_http._tcp.fz.test. 60 IN SRV 10 5 80 web.fz.test."
     local-data: 'txt.fz.test. 60 IN TXT "v=spf1 -all" "firezone e2e"'
     local-zone: "firezone.dev." static
@@ -275,6 +284,18 @@ class Topology:
         d.mkdir(parents=True, exist_ok=True)
         (d / "resolv.conf").write_text(f"nameserver {nameserver}\n")
 
+    def _hosts(self, role: str, entries: dict[str, str]) -> None:
+        d = Path(f"/etc/netns/{self.ns[role]}")
+        d.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+        lines += [f"{ip} {name}" for ip, name in entries.items()]
+        (d / "hosts").write_text("\n".join(lines) + "\n")
+
+    def upstream_queries(self, name: str, rtype: str = "A") -> int:
+        """How many ``rtype`` queries for ``name`` unbound (the gateway's upstream) has logged."""
+        text = self.procs["unbound"].text() if "unbound" in self.procs else ""
+        return text.count(f" {name}. {rtype} IN")
+
     def ip(self, role: str) -> str:
         return f"10.201.{UNDERLAY[role]}.2"
 
@@ -301,6 +322,7 @@ class Topology:
         # client2 may only use the relays: its direct path to the gateway is dropped in the router.
         self.cut_direct_path("client2")
         self._resolv("gw", DNS_V4)
+        self._hosts("gw", {WEB_V4: HOSTS_ONLY_NAME, WEB_V6: HOSTS_ONLY_NAME})
         self._resolv("client", "100.100.111.1")
         self._resolv("client2", "100.100.111.1")
         self._start_resources()

@@ -547,11 +547,12 @@ class Driver:
 
     async def _resolve(self, cmd: ResolveDomain) -> None:
         report = self.reporter(self.resolver_src)
-        if self._t.resolver is None:
+        resolver = self._t.domains if self._t.domains is not None else self._t.resolver
+        if resolver is None:
             report(DomainResolveFailed(cmd.request_id, "no resolver"))
             return
         try:
-            found = await self._t.resolver.resolve_domain(cmd.domain)
+            found = await resolver.resolve_domain(cmd.domain)
         except Exception as e:
             log.exception("resolving %s raised", cmd.domain)
             report(DomainResolveFailed(cmd.request_id, f"{type(e).__name__}: {e}"))

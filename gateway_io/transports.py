@@ -83,6 +83,10 @@ class Resolver(Protocol):
     async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
 
 
+class DomainResolver(Protocol):
+    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
+
+
 class Guard(Protocol):
     """A kernel-side defence kept in step with the core (``gateway_io.flood_guard.FloodGuard``)."""
 
@@ -116,6 +120,9 @@ class Transports:
     """Built inside the driver's task group with the portal source's report function (``PortalIO``)."""
     dns: DnsServers | None = None
     resolver: Resolver | None = None
+    domains: DomainResolver | None = None
+    """Resolves DNS-resource names (``gateway_io.system_resolver.SystemResolver``); without it the
+    resolver's own ``resolve_domain`` does."""
     interface: Interface | None = None
     guard: Guard | None = None
     """Started in the driver's task group; :meth:`Guard.tick` is called from the loop (R1)."""
