@@ -75,6 +75,7 @@ from gateway_core.portal.login import login_url, user_agent
 from gateway_core.stats import Stats
 from gateway_core.wire.icmp import build_icmp_prohibited
 from gateway_core.wire.ip import validate
+from gateway_core.wire.verify import checksums_valid
 from gateway_core.wireguard.crypto import public_key
 
 log = logging.getLogger("gateway_core.gateway")
@@ -98,6 +99,7 @@ class Gateway:
         self._out: deque[GatewayCommand] = deque()
         self._exit_sent = False
         self._ids = ClientIds()
+        self._validate_checksums = config.validate_checksums
 
         self._node = wireguard_node(private_key, ent, ent.fork("node"), now, self.utc_ns, controlling=False)
         self._peers = Peers(config.max_nat_sessions)
@@ -203,6 +205,9 @@ class Gateway:
         pre = buf[:] if tracking else None
         action, out, rid, _ = policy.outbound(buf, now)
         if action is FORWARD:
+            if self._validate_checksums and not checksums_valid(out):
+                self._bad_checksum("from a client", out)
+                return None
             if tracking and rid is not None and pre is not None:
                 flows.record_outbound_packet(now, policy, rid, pre, buf, local, remote)
             return bytes(out)
@@ -224,6 +229,9 @@ class Gateway:
         if reason is not None:
             self._counters.drop(reason)
             return None
+        if self._validate_checksums and not checksums_valid(packet):
+            self._bad_checksum("from the TUN", packet)
+            return None
         policy = self._peers.route_tun(packet)
         if not isinstance(policy, ClientPolicy):  # (isinstance on an Enum class is five times slower)
             self._counters.drop(policy)
@@ -239,6 +247,13 @@ class Gateway:
         if node.queued_events:
             self._control.drain_node_events(now)
         return t
+
+    def _bad_checksum(self, where: str, packet: bytes | bytearray) -> None:
+        """Count a packet dropped by ``--validate-checksums``; warn at the 1st, 2nd, 4th, 8th... one."""
+        self._counters.drop(DropReason.BAD_CHECKSUM)
+        n = self._counters.drops[DropReason.BAD_CHECKSUM]
+        if n & (n - 1) == 0:
+            log.warning("invalid checksum in a packet %s (%d so far): %s", where, n, bytes(packet[:40]).hex())
 
     # --- control plane --------------------------------------------------------------------------
 

@@ -231,6 +231,7 @@ async def _run(
                 dns_limits=DnsLimits(
                     client_rate=config.dns_client_qps, client_burst=max(1, 2 * config.dns_client_qps)
                 ),
+                validate_checksums=config.validate_checksums,
             ),
             private_key=private_key,
             entropy=SystemEntropy(),
