@@ -216,7 +216,7 @@ class ClientProcess:
             if got is None:
                 break
             self.counters["udp_in"] += 1
-            local, remote, payload = got
+            local, remote, payload, _ecn = got
             self.client.handle_datagram(self.now(), local, remote, payload)
         self._flush()
 

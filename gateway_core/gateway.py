@@ -9,7 +9,8 @@ it builds its parts, keeps the data plane (the per-packet path) itself, and hand
 - **Data plane, direct returns (R3).** :meth:`Gateway.handle_datagram` hands a UDP datagram to the node;
   a decrypted IP packet is validated, p2p control packets go to the control plane, a packet for another
   client's tunnel address is refused (decision 0054), everything else goes through the client's policy
-  (anti-spoofing, filters, DNS-resource NAT) and comes back as the IP packet to write to the TUN, or
+  (anti-spoofing, filters, DNS-resource NAT; an outer ECN CE mark is merged into an ECN-capable packet,
+  as the reference's ``with_ecn_from_transport``) and comes back as the IP packet to write to the TUN, or
   ``None`` (an ICMP error for the client is queued as a ``Transmit``). :meth:`Gateway.handle_tun_packet`
   routes a TUN packet to its client by destination, applies reverse NAT and the inbound filters, and
   returns the encrypted ``Transmit`` or ``None``. Every drop is counted under a :class:`DropReason`. With
@@ -75,6 +76,7 @@ from gateway_core.portal.login import login_url, user_agent
 from gateway_core.stats import Stats
 from gateway_core.wire.icmp import build_icmp_prohibited
 from gateway_core.wire.ip import validate
+from gateway_core.wire.rewrite import ECN_CE, merge_ecn
 from gateway_core.wire.verify import checksums_valid
 from gateway_core.wireguard.crypto import public_key
 
@@ -166,9 +168,10 @@ class Gateway:
     # --- data plane -----------------------------------------------------------------------------
 
     def handle_datagram(
-        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
     ) -> bytes | None:
-        """A UDP datagram from the network; the IP packet to write to the TUN, if any."""
+        """A UDP datagram from the network (``ecn``: the ECN bits of its IP header); the IP packet to write
+        to the TUN, if any. An outer CE mark is merged into an ECN-capable inner packet."""
         if now < self._now:
             raise UsageError(f"time went backwards: {now} < {self._now}")
         self._now = now
@@ -208,6 +211,9 @@ class Gateway:
             if self._validate_checksums and not checksums_valid(out):
                 self._bad_checksum("from a client", out)
                 return None
+            if ecn == ECN_CE:
+                out = bytearray(out)
+                merge_ecn(out, ECN_CE)
             if tracking and rid is not None and pre is not None:
                 flows.record_outbound_packet(now, policy, rid, pre, buf, local, remote)
             return bytes(out)

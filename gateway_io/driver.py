@@ -165,7 +165,7 @@ class Driver:
         call into the core)."""
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
-        self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
+        self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes, int]]]] = []
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
         self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
@@ -310,8 +310,8 @@ class Driver:
             for datagrams in src.take():
                 busy = True
                 now = self.now()
-                for local, remote, payload in datagrams:
-                    ip = core.handle_datagram(now, local, remote, payload)
+                for local, remote, payload, ecn in datagrams:
+                    ip = core.handle_datagram(now, local, remote, payload, ecn)
                     if ip is not None:
                         self._write_tun(ip)
                     self._drain()
