@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz deb
 
 venv: $(STAMP)
 
@@ -69,5 +69,10 @@ FUZZ_TARGETS ?=
 fuzz: venv
 	$(BIN)/python -m fuzz all --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --nice $(FUZZ_TARGETS)
 
+# The Debian package (dist/firezone-gateway-py_<version>_<arch>.deb): the daemon in its own environment
+# under /usr/lib/firezone-gateway, the unit, sysusers and tmpfiles (scripts/build-deb.sh, docs/operations.md).
+deb: venv deps
+	scripts/build-deb.sh dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz
+	rm -rf $(VENV) dist build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz
