@@ -256,13 +256,11 @@ class UdpSocket:
             else:
                 local = self.local
             remote = self._remotes.get(addr) or self._remote_of(addr)
-            ecn = 0
-            if len(anc) > 1:  # the kernel puts the TOS / traffic class after the packet info
-                level, kind, data = anc[1]
-                if kind == socket.IP_TOS and level == socket.IPPROTO_IP:
-                    ecn = data[0] & 3
-                elif kind == socket.IPV6_TCLASS and level == socket.IPPROTO_IPV6:
-                    ecn = int.from_bytes(data, sys.byteorder) & 3
+            if len(anc) > 1:  # after the packet info: the TOS byte, or the traffic class (an int)
+                data = anc[1][2]
+                ecn = (data[0] if len(data) == 1 else int.from_bytes(data, sys.byteorder)) & 3
+            else:
+                ecn = 0
             return local, remote, self._view[:n].tobytes(), ecn
 
     async def receive_batch(self, max_datagrams: int = MAX_BATCH) -> list[Datagram]:
