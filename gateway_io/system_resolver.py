@@ -137,6 +137,8 @@ class SystemResolver:
                 results[family] = list(got)
             except OSError as e:
                 results[family] = ResolveError(f"{name}: {e.strerror or e}")
+            except (UnicodeError, ValueError) as e:  # a name IDNA cannot encode (too long, bad labels)
+                results[family] = ResolveError(f"{name[:80]!r}: {type(e).__name__}: {e}")
 
         with anyio.move_on_after(self.timeout):
             async with anyio.create_task_group() as tg:

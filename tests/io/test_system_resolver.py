@@ -1,7 +1,8 @@
 """The DNS-resource resolver: ``getaddrinfo`` per family and the 30 s cache (``gateway_io.system_resolver``).
 
-A fake lookup function counts the calls (the "upstream") and a fake clock moves time; one test asks the
-real ``getaddrinfo`` for ``localhost`` (``/etc/hosts``).
+A fake lookup function counts the calls (the "upstream") and a fake clock moves time. The real
+``getaddrinfo`` is exercised in namespaces only (``tests/system/test_e2e.py``: a name from the gateway's
+``/etc/netns`` hosts file), so that no test here sends a query to the host's nameservers.
 """
 
 from __future__ import annotations
@@ -145,8 +146,20 @@ async def test_a_slow_lookup_is_bounded_by_the_timeout() -> None:
     assert "timeout" in str(got)
 
 
-async def test_the_real_getaddrinfo_reads_the_hosts_file() -> None:
+async def test_a_name_idna_cannot_encode_is_a_failure_never_an_exception() -> None:
+    """(The real ``getaddrinfo`` path; IDNA refuses the name before anything is sent.)"""
     r = SystemResolver()
-    got = await r.resolve_domain("localhost")
-    assert isinstance(got, tuple)
-    assert ip_address("127.0.0.1") in got
+    got = await r.resolve_domain("\u00e4" * 300)
+    assert isinstance(got, ResolveError)
+    assert r.stats.counters["failures"] == 1 and len(r) == 0
+
+
+@pytest.mark.parametrize("error", [UnicodeError("bad label"), ValueError("embedded null"), OSError(5, "I/O")])
+async def test_lookup_errors_are_failures_never_exceptions(error: Exception) -> None:
+    async def lookup(name: str, family: int) -> Sequence[IPAddress]:
+        raise error
+
+    r = SystemResolver(lookup=lookup)
+    got = await r.resolve_domain("a.test")
+    assert isinstance(got, ResolveError)
+    assert r.stats.counters["failures"] == 1
