@@ -23,8 +23,8 @@ Firezone's ``quinn-udp`` receive path hands them to ``with_ecn_from_transport``)
 looked up in small caches keyed by the kernel's raw values, so a datagram costs the system call, one
 copy of its payload and two dictionary probes. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still
 arrive (no filter) are discarded and counted, as Firezone does before decryption. Sending never waits
-and never raises: a
-datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed` (R7).
+and never raises: a datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed`
+(R7).
 """
 
 from __future__ import annotations
