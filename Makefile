@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz nightly
+.PHONY: test demo bench lint typecheck pytest deps venv clean interop-deps mutation fuzz nightly deb
 
 venv: $(STAMP)
 
@@ -86,5 +86,10 @@ FUZZ_TARGETS ?=
 fuzz: venv
 	$(BIN)/python -m fuzz all --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --nice $(FUZZ_TARGETS)
 
+# The Debian package (dist/firezone-gateway-py_<version>_<arch>.deb): the daemon in its own environment
+# under /usr/lib/firezone-gateway, the unit, sysusers and tmpfiles (scripts/build-deb.sh, docs/operations.md).
+deb: venv deps
+	scripts/build-deb.sh dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz $(DROPS)
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis .fuzz dist $(DROPS)

@@ -39,7 +39,7 @@ class Core:
         return Transmit(None, DST, packet)
 
     def handle_datagram(
-        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
     ) -> bytes | None:
         return None
 
@@ -62,7 +62,7 @@ class Udp:
     def __init__(self) -> None:
         self.sent = 0
 
-    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]:
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes, int]]:
         await anyio.sleep(math.inf)
         return []
 

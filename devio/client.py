@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.parse
@@ -68,7 +67,7 @@ from gateway_core.turn.types import RelaySocket
 from gateway_core.wire.ip import PROTO_UDP, parse_ip, parse_udp
 from gateway_core.wire.ipbuild import build_udp_packet
 from gateway_io.tun import TunDevice
-from gateway_io.udp import UdpSocket
+from gateway_io.udp import UdpSocket, UdpSockets
 
 log = logging.getLogger("devio.client")
 
@@ -152,7 +151,7 @@ class ClientProcess:
             write_tun=True,
         )
         self.tun: TunDevice | None = None
-        self.udp: UdpSocket | None = None
+        self.udp: UdpSockets | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
@@ -202,21 +201,22 @@ class ClientProcess:
         await self._ip("link", "set", "dev", name, "up")
         for cidr in (*PROXY_RANGES, f"{SENTINEL_V4}/32"):
             await self._route(cidr)
-        self.udp = UdpSocket.bind(socket.AF_INET, CLIENT_PORT, mark=None)
+        self.udp = UdpSockets.bind(CLIENT_PORT, mark=None)  # each family the host has
         self.loop.add_reader(self.tun.fileno(), self._on_tun)
-        self.loop.add_reader(self.udp.fileno(), self._on_udp)
-        log.info("client %s: TUN %s, UDP %s", self.client_id, name, self.udp.local)
+        for sock in self.udp.sockets:
+            self.loop.add_reader(sock.fileno(), self._on_udp, sock)
+        udp = ", ".join(str(s.local) for s in self.udp.sockets)
+        log.info("client %s: TUN %s, UDP %s", self.client_id, name, udp)
 
     # --- data plane ---------------------------------------------------------------------------------------
 
-    def _on_udp(self) -> None:
-        assert self.udp is not None
+    def _on_udp(self, sock: UdpSocket) -> None:
         for _ in range(BATCH):
-            got = self.udp.try_receive()
+            got = sock.try_receive()
             if got is None:
                 break
             self.counters["udp_in"] += 1
-            local, remote, payload = got
+            local, remote, payload, _ecn = got
             self.client.handle_datagram(self.now(), local, remote, payload)
         self._flush()
 
@@ -453,16 +453,19 @@ class ClientProcess:
         elif kind == "relays":
             self.client.set_relays(now, relays_from_json(event["relays"]))
 
-    def paths(self) -> dict[str, dict[str, str | None]]:
+    def paths(self) -> dict[str, dict[str, Any]]:
         """Per gateway: the nominated path's kind (``peer_to_peer``, ``relay_to_peer`` ...), where it
-        sends to, and the connection's selected relay."""
-        out: dict[str, dict[str, str | None]] = {}
+        sends to, the connection's selected relay, and the ICE candidates on both sides (``"host
+        [fd01::2]:52625"``: the gateway's in ``remote``, ours in ``local``)."""
+        out: dict[str, dict[str, Any]] = {}
         for gid, conn in sorted(self.client.node.connections.items()):
             ps = conn.peer_socket
             out[gid] = {
                 "kind": None if ps is None else ps.kind.value,
                 "dest": None if ps is None else str(ps.dest),
                 "relay": conn.relay,
+                "remote": [f"{c.kind.value} {c.addr}" for c in conn.agent.remote_candidates()],
+                "local": [f"{c.kind.value} {c.addr}" for c in conn.agent.local_candidates()],
             }
         return out
 
@@ -486,7 +489,7 @@ class ClientProcess:
 
     def close(self) -> None:
         if self.loop is not None:
-            for obj in (self.tun, self.udp):
+            for obj in (self.tun, *(self.udp.sockets if self.udp is not None else ())):
                 if obj is not None:
                     with contextlib.suppress(Exception):
                         self.loop.remove_reader(obj.fileno())

@@ -259,7 +259,8 @@ def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    host = host.strip("[]")
+    return ("" if host == "*" else host or "127.0.0.1"), int(port)
 
 
 async def _amain(args: argparse.Namespace) -> int:
@@ -274,7 +275,7 @@ async def _amain(args: argparse.Namespace) -> int:
         ctx.load_cert_chain(args.tls_cert, args.tls_key)
     server = DevPortalServer(DevPortal(cfg, int(time.time())))
     host, port = args.listen
-    bound = await server.start(host, port, ctx)
+    bound = await server.start(host or None, port, ctx)  # type: ignore[arg-type]  # None: every address
     scheme = "wss" if ctx else "ws"
     print(f"firezone-dev-portal: listening on {scheme}://{host}:{bound}", flush=True)
     try:
@@ -288,7 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="firezone-dev-portal", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="TOML configuration (see devportal/config.py)")
     ap.add_argument(
-        "--listen", type=_listen, default=("127.0.0.1", 8081), help="HOST:PORT (default 127.0.0.1:8081)"
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8081),
+        help="HOST:PORT (default 127.0.0.1:8081; *:PORT: every address of both families)",
     )
     ap.add_argument("--tls-cert", help="serve wss:// with this certificate (PEM)")
     ap.add_argument("--tls-key", help="private key for --tls-cert (PEM)")

@@ -96,10 +96,22 @@ def path(topo: Topology, client: int, relayed: bool) -> Check:
     return Check("tunnel path " + ("over a relay" if relayed else "direct"), ok, got)
 
 
+def underlay(topo: Topology, client: int) -> Check:
+    """The families of the client's own ICE candidates (its underlay) and those of the gateway's it got."""
+    paths = list(topo.client_status(client).get("paths", {}).values())
+    local = sorted({c.split()[0] + ("6" if "[" in c else "4") for p in paths for c in p.get("local", [])})
+    remote = sorted({c.split()[0] + ("6" if "[" in c else "4") for p in paths for c in p.get("remote", [])})
+    family = {"client3": "6"}.get("client" if client == 0 else f"client{client + 1}", "4")
+    ok = bool(local) and all(c.endswith(family) for c in local if c.startswith("host"))
+    ok = ok and {"host6", "srflx6"} <= set(remote) and any(c.startswith("relay") for c in remote)
+    return Check(f"underlay IPv{family} only", ok, f"ours {' '.join(local)}; gateway's {' '.join(remote)}")
+
+
 def all_checks(topo: Topology, client: int) -> list[Check]:
-    """What the demo shows for one client (client 1 has its direct path cut)."""
+    """What the demo shows for one client (clients 1 and 2 have their direct paths cut)."""
     return [
-        path(topo, client, relayed=client == 1),
+        underlay(topo, client),
+        path(topo, client, relayed=client in (1, 2)),
         ping(topo, client),
         curl_name(topo, client),
         curl_name(topo, client, family=6),

@@ -1,14 +1,15 @@
 """``firezone-e2e demo`` (``make demo``'s real part): the whole system on real kernels, one readable report.
 
-Builds the :class:`~e2e.topology.Topology` (portal, our relay and coturn, the real ``firezone-gateway``,
-two client hosts, web and DNS hosts), grants both clients access through the dev portal's admin API,
-then runs the checks of :mod:`e2e.checks` from ``client`` (which may reach the gateway directly) and from
-``client2`` (whose direct path is cut in the router, so its tunnel runs over a relay), prints what each
-showed, and tears everything down, also on failure, Ctrl-C or SIGTERM. Exit code 0 when every check
-passed, 1 otherwise, 2 when not run as root.
+Builds the :class:`~e2e.topology.Topology` (portal, our relay and coturn, the real ``firezone-gateway``, three
+client hosts, web and DNS hosts; a dual-stack underlay), grants the clients access through the dev portal's
+admin API, then runs the checks of :mod:`e2e.checks` from ``client`` (IPv4 only, may reach the gateway
+directly), from ``client2`` (IPv4 only, direct path cut in the router, so its tunnel runs over a relay) and
+from ``client3`` (IPv6 only, reaching the gateway through relay2's IPv6 side while the others stay connected
+over IPv4), prints what each showed, and tears everything down, also on failure, Ctrl-C or SIGTERM. Exit code
+0 when every check passed, 1 otherwise, 2 when not run as root.
 
-``firezone-e2e up`` builds the same topology and waits (Ctrl-C tears it down) for exploring by hand:
-it prints the namespace names, e.g. ``ip netns exec <client> curl http://web.fz.test/``.
+``firezone-e2e up`` builds the same topology and waits (Ctrl-C tears it down) for exploring by hand: it prints
+the namespace names, e.g. ``ip netns exec <client> curl http://web.fz.test/``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def connect(topo: Topology, client: int) -> float:
 def demo(topo: Topology) -> int:
     results: list[checks.Check] = []
     for client, label in (
-        (0, "client (direct path allowed)"),
-        (1, "client2 (direct path cut: over a relay)"),
+        (0, "client (IPv4-only underlay, direct path allowed)"),
+        (1, "client2 (IPv4-only underlay, direct path cut: over a relay)"),
+        (2, "client3 (IPv6-only underlay, direct path and relay1 cut: over relay2's IPv6 side)"),
     ):
         took = connect(topo, client)
         _say(f"\n{label}: access granted through the dev portal, tunnel up in {took:.2f} s")
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         topo = Topology(keep_workdir=args.keep_logs, coturn=not args.no_coturn)
         try:
             relays = "relay1 (ours), relay2 (" + ("ours" if args.no_coturn else "coturn") + ")"
-            _say(f"building the topology: portal, {relays}, gateway, client, client2, web, dns")
+            _say(f"building the topology: portal, {relays}, gateway, client, client2, client3, web, dns")
             t0 = time.monotonic()
             with topo:
                 _say(
@@ -76,14 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.command == "up":
                     for role, ns in sorted(topo.ns.items()):
                         _say(f"  {role:<8} {ns}")
-                    for client in (0, 1):
+                    for client in (0, 1, 2):
                         connect(topo, client)
-                    _say("both clients granted and connected; Ctrl-C tears everything down")
+                    _say("the three clients granted and connected; Ctrl-C tears everything down")
                     while True:
                         time.sleep(3600)
                 code = demo(topo)
                 if code != 0:
-                    for name in ("gateway", "client", "client2"):
+                    for name in ("gateway", "client", "client2", "client3"):
                         _say(f"--- last lines of the {name} log ---\n{topo.procs[name].text()[-1500:]}")
             _say("torn down: processes stopped, namespaces deleted")
             return code

@@ -6,7 +6,7 @@ Theory of operation
 per-run tag, so parallel runs never collide) and wires them; on exit, also after a failure, Ctrl-C or
 SIGTERM (``firezone-e2e`` turns SIGTERM into an exception), it stops every process it started by PID
 (SIGTERM, then SIGKILL), deletes the namespaces (which removes their veths, TUN devices, routes and
-firewall rules) and the ``/etc/netns/<ns>`` resolver files. The root namespace is never touched.
+firewall rules) and the ``/etc/netns/<ns>`` resolver and hosts files. The root namespace is never touched.
 
 Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
 
@@ -18,11 +18,21 @@ Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
     client  10.201.5.2  devio.client (TUN tun-fzclient): may reach the gateway directly
     client2 10.201.6.2  devio.client: its direct path to the gateway is cut in the router (nftables via
                         iptables-nft), so it can only use the relays
-    inet    router between them (ip_forward)
+    client3 fd01:201:7::2  devio.client on an IPv6-only underlay: its direct path to the gateway and its
+                        path to relay1 are cut, so it reaches the gateway through relay2 over IPv6
+    inet    router between them (ip_forward, IPv6 forwarding)
+
+The underlay is dual-stack beside that: every host but ``client`` and ``client2`` (IPv4 only) also has
+``fd01:201:<i>::2/64`` (router ``::1``), ``client3`` has nothing but that; the portal listens on both
+families, the relays (ours and coturn) on both addresses and the portal hands out both.
 
     behind the gateway (its eth1/eth2, so the ``-o e+`` masquerade rules apply):
     web     172.20.1.10 / fd20:1::10   HTTP :80 and :8080 (python -m http.server), iperf3 :5201
-    dns     172.20.2.53 / fd20:2::53   unbound serving fz.test (A, AAAA, SRV, TXT) and firezone.dev
+    dns     172.20.2.53 / fd20:2::53   unbound serving fz.test (A, AAAA, SRV, TXT) and firezone.dev,
+                                       logging every query (what the gateway asks upstream)
+
+The gateway's ``/etc/netns`` hosts file names ``intranet.fz.test`` (the web host), which unbound does
+not know: the gateway resolves DNS-resource names like the system (``getaddrinfo``).
 
 Resources in the portal: ``lan`` = CIDR 172.20.1.0/24 with filters tcp/80, tcp/5201, udp/5201, icmp
 (so 8080 is blocked and answers ICMP prohibited); ``fz`` = DNS ``*.fz.test`` (no filters). Both clients
@@ -63,17 +73,29 @@ DNS_ID = uuid.UUID("619fbe83-bc95-4635-9a08-68da9a944c88")
 CLIENT_IDS = (
     uuid.UUID("3abd725a-733b-4801-ac16-72f26cd98a24"),
     uuid.UUID("5c1f2d3e-7a8b-4c9d-8e0f-1a2b3c4d5e6f"),
+    uuid.UUID("8e3a4b5c-6d7e-4f80-9a1b-2c3d4e5f6a7b"),
 )
-CLIENT_TUNNEL = (("100.93.74.51", "fd00:2021:1111::f:853b"), ("100.93.74.52", "fd00:2021:1111::f:853c"))
+CLIENT_TUNNEL = (
+    ("100.93.74.51", "fd00:2021:1111::f:853b"),
+    ("100.93.74.52", "fd00:2021:1111::f:853c"),
+    ("100.93.74.53", "fd00:2021:1111::f:853d"),
+)
 RELAY_IDS = (
     uuid.UUID("0a133356-7a9e-4b9a-b413-0d95a5720fd8"),
     uuid.UUID("1b244467-8b0f-4cab-8524-1ea6b6831fe9"),
 )
 WEB_V4, WEB_V6 = "172.20.1.10", "fd20:1::10"
+HOSTS_ONLY_NAME = "intranet.fz.test"
+"""A name only the gateway's hosts file knows (``/etc/netns/<gw>/hosts``; unbound answers NXDOMAIN):
+reachable as a DNS resource because the gateway resolves with ``getaddrinfo``."""
 DNS_V4 = "172.20.2.53"
 BLOCKED_PORT = 8080
 """Served by the web host but not in the CIDR resource's filters: the gateway answers ICMP prohibited."""
-UNDERLAY = {"portal": 1, "relay1": 2, "relay2": 3, "gw": 4, "client": 5, "client2": 6}
+UNDERLAY = {"portal": 1, "relay1": 2, "relay2": 3, "gw": 4, "client": 5, "client2": 6, "client3": 7}
+V4_ONLY = frozenset({"client", "client2"})
+"""Hosts with no IPv6 underlay address (they reach everything over IPv4)."""
+V6_ONLY = frozenset({"client3"})
+"""Hosts with no IPv4 underlay address (they reach everything over IPv6, the portal included)."""
 
 ZONE = """\
 server:
@@ -88,6 +110,7 @@ server:
     pidfile: "{dir}/unbound.pid"
     use-syslog: no
     logfile: ""
+    log-queries: yes
     module-config: "iterator"
     auto-trust-anchor-file: ""
     do-not-query-localhost: yes
@@ -97,6 +120,7 @@ server:
     local-zone: "fz.test." static
     local-data: "web.fz.test. 60 IN A {web4}"
     local-data: "web.fz.test. 60 IN AAAA {web6}"
+    local-data: "fresh.fz.test. 60 IN A {web4}"
     local-data: "_http._tcp.fz.test. 60 IN SRV 10 5 80 web.fz.test."
     local-data: 'txt.fz.test. 60 IN TXT "v=spf1 -all" "firezone e2e"'
     local-zone: "firezone.dev." static
@@ -108,8 +132,10 @@ remote-control:
 
 COTURN = """\
 listening-ip={ip}
+listening-ip={ip6}
 listening-port=3478
 relay-ip={ip}
+relay-ip={ip6}
 min-port=49152
 max-port=65535
 realm=firezone
@@ -275,18 +301,53 @@ class Topology:
         d.mkdir(parents=True, exist_ok=True)
         (d / "resolv.conf").write_text(f"nameserver {nameserver}\n")
 
+    def _hosts(self, role: str, entries: dict[str, str]) -> None:
+        d = Path(f"/etc/netns/{self.ns[role]}")
+        d.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+        lines += [f"{ip} {name}" for ip, name in entries.items()]
+        (d / "hosts").write_text("\n".join(lines) + "\n")
+
+    def upstream_queries(self, name: str, rtype: str = "A") -> int:
+        """How many ``rtype`` queries for ``name`` unbound (the gateway's upstream) has logged."""
+        text = self.procs["unbound"].text() if "unbound" in self.procs else ""
+        return text.count(f" {name}. {rtype} IN")
+
     def ip(self, role: str) -> str:
         return f"10.201.{UNDERLAY[role]}.2"
+
+    def ip6(self, role: str) -> str:
+        return f"fd01:201:{UNDERLAY[role]}::2"
 
     def build(self) -> None:
         for role in ("inet", *UNDERLAY, "web", "dns"):
             self._netns(role)
         sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=self.ns["inet"])
+        sh("sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1", ns=self.ns["inet"])
         for role, i in UNDERLAY.items():
             self._veth(role, "eth0", "inet", f"r-{role}")
-            sh("ip", "-n", self.ns[role], "addr", "add", f"10.201.{i}.2/24", "dev", "eth0")
+            ns = self.ns[role]
             sh("ip", "-n", self.ns["inet"], "addr", "add", f"10.201.{i}.1/24", "dev", f"r-{role}")
-            sh("ip", "-n", self.ns[role], "route", "add", "default", "via", f"10.201.{i}.1")
+            sh(
+                "ip",
+                "-6",
+                "-n",
+                self.ns["inet"],
+                "addr",
+                "add",
+                f"fd01:201:{i}::1/64",
+                "dev",
+                f"r-{role}",
+                "nodad",
+            )
+            if role not in V6_ONLY:
+                sh("ip", "-n", ns, "addr", "add", f"10.201.{i}.2/24", "dev", "eth0")
+                sh("ip", "-n", ns, "route", "add", "default", "via", f"10.201.{i}.1")
+            if role not in V4_ONLY:
+                sh("ip", "-6", "-n", ns, "addr", "add", f"fd01:201:{i}::2/64", "dev", "eth0", "nodad")
+                sh("ip", "-6", "-n", ns, "route", "add", "default", "via", f"fd01:201:{i}::1")
+            else:
+                sh("sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1", ns=ns)  # no link-local either
         # The LAN behind the gateway: web on eth1, dns on eth2 (names starting with "e": masqueraded).
         for gw_if, role, n, host in (("eth1", "web", 1, "10"), ("eth2", "dns", 2, "53")):
             self._veth("gw", gw_if, role, "eth0")
@@ -298,11 +359,18 @@ class Topology:
             sh("ip", "-6", "-n", self.ns[role], "route", "add", "default", "via", f"fd20:{n}::1")
         for i in (1, 2):  # count what reaches each relay host (relay_stats)
             sh("iptables", "-w", "-A", "INPUT", "-p", "udp", ns=self.ns[f"relay{i}"])
+            sh("ip6tables", "-w", "-A", "INPUT", "-p", "udp", ns=self.ns[f"relay{i}"])
         # client2 may only use the relays: its direct path to the gateway is dropped in the router.
         self.cut_direct_path("client2")
+        # client3 (IPv6 only) may only use relay2 (coturn with --coturn): its direct path to the gateway and
+        # its path to relay1 are dropped, so its tunnel runs over relay2's IPv6 side.
+        self.cut_direct_path("client3")
+        self.cut_path("client3", "relay1")
         self._resolv("gw", DNS_V4)
+        self._hosts("gw", {WEB_V4: HOSTS_ONLY_NAME, WEB_V6: HOSTS_ONLY_NAME})
         self._resolv("client", "100.100.111.1")
         self._resolv("client2", "100.100.111.1")
+        self._resolv("client3", "100.100.111.1")
         self._start_resources()
         self._start_portal()
         for i in (1, 2):
@@ -312,10 +380,17 @@ class Topology:
             self.start_client(i)
 
     def cut_direct_path(self, client: str) -> None:
-        """Drop UDP between ``client`` and the gateway in the router (both directions)."""
+        """Drop UDP between ``client`` and the gateway in the router (both directions, both families)."""
+        self.cut_path(client, "gw")
+
+    def cut_path(self, a: str, b: str) -> None:
+        """Drop UDP between hosts ``a`` and ``b`` in the router (both directions, each family they have)."""
         ns = self.ns["inet"]
-        for src, dst in ((self.ip(client), self.ip("gw")), (self.ip("gw"), self.ip(client))):
-            sh("iptables", "-w", "-I", "FORWARD", "-p", "udp", "-s", src, "-d", dst, "-j", "DROP", ns=ns)
+        for tool, ip in (("iptables", self.ip), ("ip6tables", self.ip6)):
+            if {a, b} & (V6_ONLY if tool == "iptables" else V4_ONLY):
+                continue
+            for src, dst in ((ip(a), ip(b)), (ip(b), ip(a))):
+                sh(tool, "-w", "-I", "FORWARD", "-p", "udp", "-s", src, "-d", dst, "-j", "DROP", ns=ns)
 
     def _proc(self, name: str, role: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         proc = Proc(name, self.ns[role], argv, {**self.env, **(env or {})}, self.workdir / f"{name}.log")
@@ -386,7 +461,7 @@ class Topology:
                 "",
                 "[[relays]]",
                 f'id = "{rid}"',
-                f'addrs = ["{ip}:3478"]',
+                f'addrs = ["{ip}:3478", "[{self.ip6(f"relay{i}")}]:3478"]',
                 f'secret = "relay-secret-{i}"',
                 f'kind = "{"coturn" if self.coturn and i == 2 else "firezone"}"',
             ]
@@ -399,7 +474,7 @@ class Topology:
 
     def start_portal(self) -> None:
         argv = [str(BIN / "firezone-dev-portal"), "--config", str(self.workdir / "portal.toml")]
-        proc = self._proc("portal", "portal", [*argv, "--listen", f"{self.ip('portal')}:{PORTAL_PORT}"])
+        proc = self._proc("portal", "portal", [*argv, "--listen", f"*:{PORTAL_PORT}"])  # both families
         wait_for("the dev portal", lambda: "listening on" in proc.text() or not proc.alive())
         if not proc.alive():
             raise RuntimeError(f"the dev portal did not start:\n{proc.text()[-2000:]}")
@@ -408,26 +483,34 @@ class Topology:
         name = f"relay{i}"
         if self.coturn and i == 2:
             return self.start_coturn(i)
-        argv = [str(BIN / "firezone-dev-relay"), "--listen", self.ip(name), "--secret", f"relay-secret-{i}"]
+        argv = [str(BIN / "firezone-dev-relay"), "--listen", self.ip(name), "--listen", self.ip6(name)]
+        argv += ["--secret", f"relay-secret-{i}"]
         proc = self._proc(name, name, [*argv, "--stats", str(self.workdir / f"{name}.json")])
         wait_for(f"{name} to listen", lambda: "listening on" in proc.text() or not proc.alive())
         return proc
 
     def relay_stats(self, i: int) -> dict[str, int]:
-        """``{"in": UDP datagrams received}`` by relay ``i``'s host (an iptables counting rule, so it is
-        the same measure for our relay and coturn)."""
-        out = sh("iptables", "-w", "-L", "INPUT", "-v", "-x", "-n", ns=self.ns[f"relay{i}"], check=False)
-        for line in out.splitlines():
-            cols = line.split()
-            if len(cols) > 3 and cols[0].isdigit() and cols[2] in ("udp", "17"):
-                return {"in": int(cols[0])}
-        return {}
+        """``{"in": UDP datagrams received, "in4": over IPv4, "in6": over IPv6}`` by relay ``i``'s host
+        (iptables/ip6tables counting rules, so it is the same measure for our relay and coturn)."""
+        got: dict[str, int] = {}
+        for tool, key in (("iptables", "in4"), ("ip6tables", "in6")):
+            out = sh(tool, "-w", "-L", "INPUT", "-v", "-x", "-n", ns=self.ns[f"relay{i}"], check=False)
+            for line in out.splitlines():
+                cols = line.split()
+                if len(cols) > 3 and cols[0].isdigit() and cols[2] in ("udp", "17"):
+                    got[key] = int(cols[0])
+                    break
+        if got:
+            got["in"] = got.get("in4", 0) + got.get("in6", 0)
+        return got
 
     def start_coturn(self, i: int) -> Proc:
         name = f"relay{i}"
         ip = self.ip(name)
         conf = self.workdir / f"{name}-turnserver.conf"
-        conf.write_text(COTURN.format(ip=ip, secret=f"relay-secret-{i}", dir=self.workdir, name=name))
+        conf.write_text(
+            COTURN.format(ip=ip, ip6=self.ip6(name), secret=f"relay-secret-{i}", dir=self.workdir, name=name)
+        )
         proc = self._proc(name, name, ["turnserver", "-c", str(conf)])
         wait_for(
             f"coturn ({name}) to listen",
@@ -466,12 +549,13 @@ class Topology:
     def start_client(self, i: int) -> Proc:
         role = "client" if i == 0 else f"client{i + 1}"
         v4, v6 = CLIENT_TUNNEL[i]
+        portal = f"[{self.ip6('portal')}]" if role in V6_ONLY else self.ip("portal")
         argv = [
             sys.executable,
             "-m",
             "devio.client",
             "--portal",
-            f"http://{self.ip('portal')}:{PORTAL_PORT}",
+            f"http://{portal}:{PORTAL_PORT}",
             "--client-id",
             str(CLIENT_IDS[i]),
             "--private-key",
@@ -524,6 +608,7 @@ class Topology:
         our allocation on relayN) or ``to relayN`` (we send to the gateway's allocation on relayN; ICE may
         call such a path peer-to-peer when it learned the address as a peer-reflexive candidate)."""
         relay_ips = {self.ip(f"relay{i}"): f"relay{i}" for i in (1, 2)}
+        relay_ips.update({self.ip6(f"relay{i}"): f"relay{i}" for i in (1, 2)})
         for p in self.client_status(client).get("paths", {}).values():
             kind, dest = p.get("kind"), p.get("dest")
             if kind is None:

@@ -55,11 +55,11 @@ def record_simulation() -> Recorded:
     orig_validate = gwmod.__dict__["validate"]
     in_datagram = [False]
 
-    def handle_datagram(self: Any, now: Any, local: Any, remote: Any, payload: bytes) -> Any:
+    def handle_datagram(self: Any, now: Any, local: Any, remote: Any, payload: bytes, ecn: int = 0) -> Any:
         rec.datagrams.append(bytes(payload))
         in_datagram[0] = True
         try:
-            return orig_dg(self, now, local, remote, payload)
+            return orig_dg(self, now, local, remote, payload, ecn)
         finally:
             in_datagram[0] = False
 

@@ -9,7 +9,8 @@ it builds its parts, keeps the data plane (the per-packet path) itself, and hand
 - **Data plane, direct returns (R3).** :meth:`Gateway.handle_datagram` hands a UDP datagram to the node;
   a decrypted IP packet is validated, p2p control packets go to the control plane, a packet for another
   client's tunnel address is refused (decision 0054), everything else goes through the client's policy
-  (anti-spoofing, filters, DNS-resource NAT) and comes back as the IP packet to write to the TUN, or
+  (anti-spoofing, filters, DNS-resource NAT; an outer ECN CE mark is merged into an ECN-capable packet,
+  as the reference's ``with_ecn_from_transport``) and comes back as the IP packet to write to the TUN, or
   ``None`` (an ICMP error for the client is queued as a ``Transmit``). :meth:`Gateway.handle_tun_packet`
   routes a TUN packet to its client by destination, applies reverse NAT and the inbound filters, and
   returns the encrypted ``Transmit`` or ``None``. Every drop is counted under a :class:`DropReason`. With
@@ -76,6 +77,8 @@ from gateway_core.portal.login import login_url, user_agent
 from gateway_core.stats import Stats
 from gateway_core.wire.icmp import build_icmp_prohibited
 from gateway_core.wire.ip import validate
+from gateway_core.wire.rewrite import ECN_CE, merge_ecn
+from gateway_core.wire.verify import checksums_valid
 from gateway_core.wireguard.crypto import public_key
 
 log = logging.getLogger("gateway_core.gateway")
@@ -99,6 +102,7 @@ class Gateway:
         self._out: deque[GatewayCommand] = deque()
         self._exit_sent = False
         self._ids = ClientIds()
+        self._validate_checksums = config.validate_checksums
 
         self._node = wireguard_node(private_key, ent, ent.fork("node"), now, self.utc_ns, controlling=False)
         self._peers = Peers(config.max_nat_sessions)
@@ -169,9 +173,10 @@ class Gateway:
     # --- data plane -----------------------------------------------------------------------------
 
     def handle_datagram(
-        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
     ) -> bytes | None:
-        """A UDP datagram from the network; the IP packet to write to the TUN, if any."""
+        """A UDP datagram from the network (``ecn``: the ECN bits of its IP header); the IP packet to write
+        to the TUN, if any. An outer CE mark is merged into an ECN-capable inner packet."""
         if now < self._now:
             raise UsageError(f"time went backwards: {now} < {self._now}")
         self._now = now
@@ -211,6 +216,12 @@ class Gateway:
         pre = buf[:] if tracking else None
         action, out, rid, _ = policy.outbound(buf, now)
         if action is FORWARD:
+            if self._validate_checksums and not checksums_valid(out):
+                self._bad_checksum("from a client", out)
+                return None
+            if ecn == ECN_CE:
+                out = bytearray(out)
+                merge_ecn(out, ECN_CE)
             if tracking and rid is not None and pre is not None:
                 flows.record_outbound_packet(now, policy, rid, pre, buf, local, remote)
             return bytes(out)
@@ -251,6 +262,9 @@ class Gateway:
         if reason is not None:
             self._counters.drop(reason)
             return None
+        if self._validate_checksums and not checksums_valid(packet):
+            self._bad_checksum("from the TUN", packet)
+            return None
         policy = self._peers.route_tun(packet)
         if not isinstance(policy, ClientPolicy):  # (isinstance on an Enum class is five times slower)
             self._counters.drop(policy)
@@ -269,6 +283,13 @@ class Gateway:
         if node.queued_events:
             self._control.drain_node_events(now)
         return t
+
+    def _bad_checksum(self, where: str, packet: bytes | bytearray) -> None:
+        """Count a packet dropped by ``--validate-checksums``; warn at the 1st, 2nd, 4th, 8th... one."""
+        self._counters.drop(DropReason.BAD_CHECKSUM)
+        n = self._counters.drops[DropReason.BAD_CHECKSUM]
+        if n & (n - 1) == 0:
+            log.warning("invalid checksum in a packet %s (%d so far): %s", where, n, bytes(packet[:40]).hex())
 
     # --- control plane --------------------------------------------------------------------------
 

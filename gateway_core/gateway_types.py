@@ -60,6 +60,10 @@ class GatewayConfig:
     """Track TCP/UDP flows for flow logs (Firezone: only with ``RUST_LOG`` containing ``flow_logs=trace``)."""
     dns_limits: DnsLimits = field(default_factory=DnsLimits)
     """The SRV/TXT forwarder's limits: in flight, in all and per client, and the per-client rate."""
+    validate_checksums: bool = False
+    """Drop (and count as ``bad_checksum``) packets whose IPv4 header, TCP or UDP checksum is wrong, in
+    both directions (``--validate-checksums``; Firezone only warns, and only towards the TUN: decision
+    0166)."""
 
 
 # --------------------------------------------------------------------------------------------------

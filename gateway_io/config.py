@@ -193,7 +193,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--health-check-addr", default=None, help="HOST:PORT (HEALTH_CHECK_ADDR)")
     p.add_argument("--log-format", default=None, help="human or json (FIREZONE_LOG_FORMAT)")
     p.add_argument("--no-telemetry", action="store_true", help="accepted for compatibility; no telemetry")
-    p.add_argument("--validate-checksums", action="store_true", help="FIREZONE_VALIDATE_CHECKSUMS")
+    p.add_argument(
+        "--validate-checksums",
+        action="store_true",
+        help="drop and count packets with a bad IPv4/TCP/UDP checksum (FIREZONE_VALIDATE_CHECKSUMS)",
+    )
     p.add_argument(
         "--no-inc-buf", action="store_true", help="don't raise net.core buffer limits (FIREZONE_NO_INC_BUF)"
     )

@@ -13,8 +13,9 @@ separate step here):
    only, as Firezone's gateway (``Tunnel::new`` draws a fresh key at each start; the portal learns the
    public key from the login URL on every connection);
 8. the login URL (built by the core; a bad URL stops the start);
-9. ``/etc/resolv.conf`` (must be readable) -> the upstream resolver, whose nameserver evaluation runs in
-   the background;
+9. ``/etc/resolv.conf`` (must be readable) -> the upstream resolver of forwarded SRV/TXT queries, whose
+   nameserver evaluation runs in the background; DNS-resource names are resolved with ``getaddrinfo``
+   and a 30 s cache (:mod:`gateway_io.system_resolver`, as the reference's event loop);
 10. the UDP sockets (52625 per family with fallback; a family that fails is only logged);
 11. the portal's host is resolved (failure: exit 1);
 12. the Firezone routing tables are flushed and ``tun-firezone`` is created (failure: exit 1);
@@ -72,6 +73,7 @@ from gateway_io.metrics import FLOW_LOG_INTERVAL, Metrics, Snapshot, make_export
 from gateway_io.portal import PortalIO
 from gateway_io.resolver import RESOLV_CONF, Resolver, read_nameservers
 from gateway_io.signals import EXIT_FAILURE, shutdown_requests
+from gateway_io.system_resolver import SystemResolver
 from gateway_io.tun import DEFAULT_NAME, TunDevice
 from gateway_io.udp import UdpSockets, raise_buffer_limits
 
@@ -245,6 +247,7 @@ async def _run(
                     client_rate=config.dns_client_qps, client_burst=max(1, 2 * config.dns_client_qps)
                 ),
                 flow_logs=config.flow_logs,
+                validate_checksums=config.validate_checksums,
             ),
             private_key=private_key,
             entropy=SystemEntropy(),
@@ -279,6 +282,7 @@ async def _run(
         udp=udp.sockets,
         portal=portal_factory or (lambda tg, report: PortalIO(tg, report)),
         resolver=resolver,
+        domains=SystemResolver(),
         interface=interface,
         guard=FloodGuard(
             [s.local.port for s in udp.sockets],

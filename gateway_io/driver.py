@@ -173,7 +173,7 @@ class Driver:
         call into the core)."""
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
-        self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
+        self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes, int]]]] = []
         self._udp_for: dict[type, Any] = {}
         """The UDP socket for each address type (``IPv4Address``, ``IPv6Address``), found on first use."""
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
@@ -381,8 +381,8 @@ class Driver:
                 now = self.now()
                 handle_datagram = core.handle_datagram
                 write_tun = self._write_tun
-                for local, remote, payload in datagrams:
-                    ip = handle_datagram(now, local, remote, payload)
+                for local, remote, payload, ecn in datagrams:
+                    ip = handle_datagram(now, local, remote, payload, ecn)
                     if ip is not None:
                         write_tun(ip)
                     while (cmd := poll()) is not None:
@@ -633,11 +633,12 @@ class Driver:
 
     async def _resolve(self, cmd: ResolveDomain) -> None:
         report = self.reporter(self.resolver_src)
-        if self._t.resolver is None:
+        resolver = self._t.domains if self._t.domains is not None else self._t.resolver
+        if resolver is None:
             report(DomainResolveFailed(cmd.request_id, "no resolver"))
             return
         try:
-            found = await self._t.resolver.resolve_domain(cmd.domain)
+            found = await resolver.resolve_domain(cmd.domain)
         except Exception as e:
             log.exception("resolving %s raised", cmd.domain)
             report(DomainResolveFailed(cmd.request_id, f"{type(e).__name__}: {e}"))

@@ -60,8 +60,8 @@ class IoCounters:
         self.tun_tx_packets[fam] += 1
         self.tun_tx_bytes[fam] += len(packet)
 
-    def udp_received(self, fam: int, datagrams: Sequence[tuple[object, object, bytes]]) -> None:
-        """A batch from one socket of family ``fam`` (``(local, remote, payload)`` triples)."""
+    def udp_received(self, fam: int, datagrams: Sequence[tuple[object, object, bytes, int]]) -> None:
+        """A batch from one socket of family ``fam`` (``(local, remote, payload, ecn)`` tuples)."""
         self.udp_rx_packets[fam] += len(datagrams)
         self.udp_rx_bytes[fam] += sum(len(d[2]) for d in datagrams)
 

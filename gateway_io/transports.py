@@ -26,7 +26,7 @@ class Core(Protocol):
     """The gateway facade as the driver sees it (``gateway_core.gateway.Gateway``)."""
 
     def handle_datagram(
-        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
     ) -> bytes | None: ...
     def handle_tun_packet(self, now: Instant, packet: bytes) -> Transmit | None: ...
     def handle_input(self, now: Instant, inp: Input) -> None: ...
@@ -48,7 +48,10 @@ class Tun(Protocol):
 class UdpSocket(Protocol):
     @property
     def local(self) -> SocketAddr: ...
-    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]: ...
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes, int]]:
+        """Datagrams ``(local, remote, payload, ecn)``: ``ecn`` the ECN bits of the outer IP header."""
+        ...
+
     def send(self, transmit: Transmit) -> SendFailed | None: ...
 
 
@@ -80,6 +83,10 @@ class BatchDnsServers(Protocol):
 
 class Resolver(Protocol):
     async def forward_command(self, command: ForwardDnsQuery) -> DnsUpstreamResponse | DnsUpstreamFailed: ...
+    async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
+
+
+class DomainResolver(Protocol):
     async def resolve_domain(self, domain: str) -> tuple[IPAddress, ...] | Any: ...
 
 
@@ -116,6 +123,9 @@ class Transports:
     """Built inside the driver's task group with the portal source's report function (``PortalIO``)."""
     dns: DnsServers | None = None
     resolver: Resolver | None = None
+    domains: DomainResolver | None = None
+    """Resolves DNS-resource names (``gateway_io.system_resolver.SystemResolver``); without it the
+    resolver's own ``resolve_domain`` does."""
     interface: Interface | None = None
     guard: Guard | None = None
     """Started in the driver's task group; :meth:`Guard.tick` is called from the loop (R1)."""

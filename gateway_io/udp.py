@@ -17,11 +17,14 @@ that cannot be STUN, ChannelData or WireGuard by their shape (or are longer than
 Receiving reads datagrams until the socket is empty (``EAGAIN``) or a batch is full, after one
 readiness wait and without awaiting between datagrams (R9: the driver serves one batch per source per
 turn); each datagram comes with the address it was sent to (``IP_PKTINFO`` / ``IPV6_PKTINFO``), because
-the ICE agent matches datagrams to its host candidates by that address. Both addresses are looked up in
-small caches keyed by the kernel's raw values, so a datagram costs the system call, one copy of its
-payload and two dictionary probes. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still arrive (no
-filter) are discarded and counted, as Firezone does before decryption. Sending never waits and never raises: a
-datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed` (R7).
+the ICE agent matches datagrams to its host candidates by that address, and with the ECN bits of its IP
+header (``IP_RECVTOS`` / ``IPV6_RECVTCLASS``; the core merges a CE mark into the inner packet, as
+Firezone's ``quinn-udp`` receive path hands them to ``with_ecn_from_transport``). Both addresses are
+looked up in small caches keyed by the kernel's raw values, so a datagram costs the system call, one
+copy of its payload and two dictionary probes. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still
+arrive (no filter) are discarded and counted, as Firezone does before decryption. Sending never waits
+and never raises: a datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed`
+(R7).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +74,11 @@ _RECV_BUFFER = 65536
 """Receive buffer: the largest UDP payload, so an oversized datagram is seen whole and then discarded."""
 
 _ANC_SIZE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(20)
-"""Ancillary buffer: one ``in6_pktinfo`` (20 bytes) or ``in_pktinfo`` (12), with room to spare."""
+"""Ancillary buffer: one ``in6_pktinfo`` (20 bytes) or ``in_pktinfo`` (12), then the TOS byte or the
+traffic class (an ``int``), with room to spare."""
+
+Datagram = tuple[SocketAddr, SocketAddr, bytes, int]
+"""``(local, remote, payload, ecn)``: a received datagram and the ECN bits of its IP header."""
 
 IP_PKTINFO = 8
 """``IP_PKTINFO`` (``linux/in.h``; not exported by Python's ``socket`` module)."""
@@ -177,8 +185,10 @@ class UdpSocket:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)  # after PKTINFO in anc
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)  # after PKTINFO in anc
             if mark is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
             host = "::" if family == socket.AF_INET6 else "0.0.0.0"
@@ -225,8 +235,8 @@ class UdpSocket:
         remote = self._remotes[addr] = SocketAddr(ipaddress.ip_address(addr[0].partition("%")[0]), addr[1])
         return remote
 
-    def try_receive(self) -> tuple[SocketAddr, SocketAddr, bytes] | None:
-        """``(local, remote, payload)`` of one queued datagram, or ``None`` if none is queued now."""
+    def try_receive(self) -> Datagram | None:
+        """``(local, remote, payload, ecn)`` of one queued datagram, or ``None`` if none is queued now."""
         while True:
             try:
                 n, anc, _flags, addr = self.sock.recvmsg_into(self._bufs, self._anc)
@@ -246,13 +256,16 @@ class UdpSocket:
             else:
                 local = self.local
             remote = self._remotes.get(addr) or self._remote_of(addr)
-            return local, remote, self._view[:n].tobytes()
+            if len(anc) > 1:  # after the packet info: the TOS byte, or the traffic class (an int)
+                data = anc[1][2]
+                ecn = (data[0] if len(data) == 1 else int.from_bytes(data, sys.byteorder)) & 3
+            else:
+                ecn = 0
+            return local, remote, self._view[:n].tobytes(), ecn
 
-    async def receive_batch(
-        self, max_datagrams: int = MAX_BATCH
-    ) -> list[tuple[SocketAddr, SocketAddr, bytes]]:
-        """Between 1 and ``max_datagrams`` datagrams ``(local, remote, payload)``; waits for the first."""
-        batch: list[tuple[SocketAddr, SocketAddr, bytes]] = []
+    async def receive_batch(self, max_datagrams: int = MAX_BATCH) -> list[Datagram]:
+        """Between 1 and ``max_datagrams`` datagrams ``(local, remote, payload, ecn)``; waits for one."""
+        batch: list[Datagram] = []
         while not batch:
             while len(batch) < max_datagrams:
                 item = self.try_receive()

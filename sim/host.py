@@ -204,12 +204,18 @@ class Host:
 
     # --- hooks called by the world (override to adapt other components) ---
 
-    def on_datagram(self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes) -> bool:
-        """A datagram for a bound port arrived; returns ``False`` if nothing here takes datagrams."""
+    def on_datagram(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
+    ) -> bool:
+        """A datagram for a bound port arrived (``ecn``: the ECN bits of its IP header, handed on only when
+        set); returns ``False`` if nothing here takes datagrams."""
         comp = self._datagram_handler
         if comp is None:
             return False
-        packet = comp.handle_datagram(now, local, remote, payload)
+        if ecn:
+            packet = comp.handle_datagram(now, local, remote, payload, ecn)  # type: ignore[call-arg]
+        else:
+            packet = comp.handle_datagram(now, local, remote, payload)
         if packet is not None:
             self.world.send_ip(self, packet)
         return True

@@ -83,6 +83,8 @@ class Packet:
     payload: bytes
     sent_at: Instant
     fields: dict[str, int | str | None] | None = None
+    ecn: int = 0
+    """The ECN bits of the datagram's IP header (set by :meth:`World.mark_ecn`; senders send Not-ECT)."""
 
 
 @dataclass(slots=True)
@@ -132,6 +134,7 @@ class World:
         self.nats: dict[str, Nat] = {}
         """NATs by the name of the host behind each (:meth:`add_nat`)."""
         self._nat_public: dict[IPAddress, Nat] = {}
+        self._ecn_marks: dict[tuple[str, str], int] = {}
 
     # --- basics ---
 
@@ -267,6 +270,16 @@ class World:
     def after(self, delay: Duration, action: Callable[[], None], label: str | None = None) -> None:
         self.at(Instant(self.now + delay), action, label)
 
+    def mark_ecn(self, src_host: str, dst_host: str, ecn: int | None) -> None:
+        """Every UDP datagram ``src_host`` sends to ``dst_host`` from now on carries the ECN bits ``ecn``
+        in its IP header (a router re-marking them, e.g. CE = 3 under congestion); ``None`` stops it."""
+        if ecn is None:
+            self._ecn_marks.pop((src_host, dst_host), None)
+        elif 0 <= ecn <= 3:
+            self._ecn_marks[(src_host, dst_host)] = ecn
+        else:
+            raise UsageError(f"ECN bits are 0-3, not {ecn}")
+
     def partition(self, group_a: list[str], group_b: list[str]) -> None:
         """Cut the paths between two groups of hosts now (traced)."""
         self.network.partition(group_a, group_b)
@@ -350,6 +363,8 @@ class World:
             route = NetDrop.UNROUTABLE  # a private address behind a NAT: nobody outside reaches it
             dst_host = ""
         pkt = Packet(self._packet_ids, proto, host.name, dst_host, src, dst, l4, payload, self.now)
+        if self._ecn_marks and proto == "udp":
+            pkt.ecn = self._ecn_marks.get((host.name, dst_host), 0)
         self.stats.incr("sent")
         self.stats.incr(f"{host.name}.sent")
         if self._tracing():
@@ -471,7 +486,11 @@ class World:
             self.pcap.write(self.clock.unix_ns(now), self._as_ip(pkt))
         if as_datagram is not None:
             local, remote, payload = as_datagram
-            host.checker.network_input(now, lambda: host.on_datagram(now, local, remote, payload))
+            if pkt.ecn:
+                ecn = pkt.ecn
+                host.checker.network_input(now, lambda: host.on_datagram(now, local, remote, payload, ecn))
+            else:
+                host.checker.network_input(now, lambda: host.on_datagram(now, local, remote, payload))
         else:
             raw = self._as_ip(pkt)
             host.checker.network_input(now, lambda: host.on_ip_packet(now, raw))

@@ -79,8 +79,10 @@ class RelayComponent:
 class RelayHost(Host):
     """Binds every relayed port its server allocates."""
 
-    def on_datagram(self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes) -> bool:
-        handled = super().on_datagram(now, local, remote, payload)
+    def on_datagram(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
+    ) -> bool:
+        handled = super().on_datagram(now, local, remote, payload)  # (relays ignore the ECN bits)
         comp = self.component
         assert isinstance(comp, RelayComponent)
         # Only the addresses whose port is not bound yet are sorted (the same binds in the same order as

@@ -191,13 +191,15 @@ class GatewayHost(PortalClientHost):
 
         world.after(delay, deliver)
 
-    def on_datagram(self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes) -> bool:
+    def on_datagram(
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
+    ) -> bool:
         qid = self._upstream.pop(local.port, None)
         if qid is not None:
             self.unbind(local.port)
             self.gateway.handle_input(now, DnsUpstreamResponse(qid, payload))
             return True
-        packet = self.gateway.handle_datagram(now, local, remote, payload)
+        packet = self.gateway.handle_datagram(now, local, remote, payload, ecn)
         if packet is not None:
             self._to_kernel(now, packet)
         return True

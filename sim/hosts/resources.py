@@ -25,7 +25,7 @@ resource outside a live authorisation and its filters", :mod:`sim.stateful.invar
 from __future__ import annotations
 
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -98,6 +98,8 @@ class ResourceServer:
         self.tcp_ports = frozenset(tcp_ports)
         self.stats = Stats()
         self.received: list[Arrival] = []
+        self.ecn_marks: Counter[int] = Counter()
+        """Accepted packets by the ECN bits of their IP header (0 Not-ECT, 1 ECT(1), 2 ECT(0), 3 CE)."""
         self.listeners: list[Callable[[Arrival], None]] = []
         """Called with every arrival as it is logged (the demo prints them)."""
         self._out: deque[Command] = deque()
@@ -130,6 +132,7 @@ class ResourceServer:
         if not ok:
             self.stats.incr("dropped.bad_checksum")
             return
+        self.ecn_marks[packet[1] & 3 if ip.version == 4 else (packet[1] >> 4) & 3] += 1
         try:
             if ip.proto in (PROTO_ICMP, PROTO_ICMPV6):
                 self._icmp(now, packet, ip.src, ip.dst, ip.payload)

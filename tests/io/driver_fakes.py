@@ -61,7 +61,7 @@ class FakeCore:
         return self.on_tun(packet)
 
     def handle_datagram(
-        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes
+        self, now: Instant, local: SocketAddr, remote: SocketAddr, payload: bytes, ecn: int = 0
     ) -> bytes | None:
         self._enter("udp", now, (local, remote, payload))
         return self.on_datagram(payload)
@@ -128,16 +128,16 @@ class FakeUdp:
         self.log = log
         self._local = local
         self.batch = batch
-        self.inject, self._recv = anyio.create_memory_object_stream[tuple[SocketAddr, SocketAddr, bytes]](
-            math.inf
-        )
+        self.inject, self._recv = anyio.create_memory_object_stream[
+            tuple[SocketAddr, SocketAddr, bytes, int]
+        ](math.inf)
         self.fail_sends = False
 
     @property
     def local(self) -> SocketAddr:
         return self._local
 
-    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes]]:
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes, int]]:
         out = [await self._recv.receive()]
         while len(out) < self.batch:
             try:

@@ -130,7 +130,7 @@ async def test_datagram_to_tun_and_tun_to_udp_in_order() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
         for i in range(3):
-            rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"d%d" % i))
+            rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"d%d" % i, 0))
         await until(lambda: len(rig.log.entries) == 3)
         rig.tun.inject.send_nowait(b"p0")
         await until(lambda: len(rig.log.entries) == 4)
@@ -185,7 +185,7 @@ async def test_a_flood_on_the_tun_does_not_starve_udp_portal_or_timer() -> None:
     flood = 2000
     for i in range(flood):
         rig.tun.inject.send_nowait(b"t%d" % i)
-    rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"lonely"))
+    rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"lonely", 0))
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
         await until(lambda: rig.portal is not None)
@@ -207,8 +207,8 @@ async def test_a_flood_on_one_udp_socket_does_not_starve_the_other() -> None:
     core = FakeCore()
     rig = Rig(core)
     for i in range(1000):
-        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"v4-%d" % i))
-    rig.udp6.inject.send_nowait((LOCAL6, sa("[2001:db8::2]:1"), b"v6"))
+        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"v4-%d" % i, 0))
+    rig.udp6.inject.send_nowait((LOCAL6, sa("[2001:db8::2]:1"), b"v6", 0))
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
         await until(lambda: len(core.calls) == 1001)
@@ -264,10 +264,10 @@ async def test_now_never_goes_backwards_even_if_the_clock_does() -> None:
     rig = Rig(core, clock=clock, utc_clock=None)
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
-        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"a"))
+        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"a", 0))
         await until(lambda: len(core.calls) == 1)
         clock.t = 4 * SEC
-        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"b"))
+        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"b", 0))
         await until(lambda: len(core.calls) == 2)
         tg.cancel_scope.cancel()
     assert [c[1] for c in core.calls] == [5 * SEC, 5 * SEC]
@@ -480,7 +480,7 @@ async def test_a_tun_write_failure_is_counted_not_raised() -> None:
     rig.tun.fail_writes = True
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
-        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"x"))
+        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, b"x", 0))
         await until(lambda: rig.driver.stats.counters.counters.get("driver.tun_write_failed", 0) == 1)
         tg.cancel_scope.cancel()
 

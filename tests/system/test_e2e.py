@@ -22,7 +22,17 @@ import pytest
 
 from e2e import checks
 from e2e.demo import connect
-from e2e.topology import CIDR_ID, CLIENT_IDS, DNS_ID, RELAY_IDS, WEB_V4, Topology, run, wait_for
+from e2e.topology import (
+    CIDR_ID,
+    CLIENT_IDS,
+    DNS_ID,
+    HOSTS_ONLY_NAME,
+    RELAY_IDS,
+    WEB_V4,
+    Topology,
+    run,
+    wait_for,
+)
 
 pytestmark = pytest.mark.system
 
@@ -34,7 +44,7 @@ REVOCATION_BUDGET = 1.0
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    with Topology() as t:
+    with Topology(gateway_log="info,gateway_io.system_resolver=debug") as t:
         for client in (0, 1):
             connect(t, client)
         try:
@@ -67,6 +77,33 @@ def test_direct_client_reaches_cidr_and_dns_resources_and_is_blocked_outside_the
     topo: Topology,
 ) -> None:
     _assert_all(checks.all_checks(topo, 0))
+
+
+def test_dns_resource_names_resolve_like_the_system_with_a_30s_cache(topo: Topology) -> None:
+    """The gateway resolves DNS-resource names with ``getaddrinfo``: a name only its hosts file knows is
+    reachable; a name unbound knows is asked upstream once, and asked again within 30 s (the client
+    re-sends ``assigned_ips`` when the name is queried again) it comes from the cache: unbound, which logs
+    every query, sees no second one."""
+    got = checks.curl_name(topo, 0, f"http://{HOSTS_ONLY_NAME}/")
+    assert got.ok, got.line()
+    assert topo.upstream_queries(HOSTS_ONLY_NAME) == 0
+    assert topo.upstream_queries(HOSTS_ONLY_NAME, "AAAA") == 0
+
+    name = "fresh.fz.test"
+    assert topo.upstream_queries(name) == 0
+    got = checks.curl_name(topo, 0, f"http://{name}/")
+    assert got.ok, got.line()
+    wait_for("unbound to log the gateway's query", lambda: topo.upstream_queries(name) == 1, timeout=5)
+    gateway = topo.procs["gateway"]
+    hits_before = gateway.text().count(f"resolved {name} from the cache")
+    got = checks.curl_name(topo, 0, f"http://{name}/")
+    assert got.ok, got.line()
+    wait_for(
+        "the gateway to answer the second assigned_ips from its cache",
+        lambda: gateway.text().count(f"resolved {name} from the cache") > hits_before,
+        timeout=5,
+    )
+    assert topo.upstream_queries(name) == 1, "the second resolution went upstream"
 
 
 def test_relay_only_client_does_the_same_over_a_relay(topo: Topology) -> None:

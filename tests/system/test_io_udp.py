@@ -110,8 +110,9 @@ async def test_batch_receive_with_destination_and_oversized_drop(ns: str, socket
         got += first
         while len(got) < 10:
             got += await sockets.v4.receive_batch(max_datagrams=4)
-    assert [p for _, _, p in got] == [_wg_data(b"d%d" % i) for i in range(10)]
-    local, remote, _ = got[0]
+    assert [p for _, _, p, _ in got] == [_wg_data(b"d%d" % i) for i in range(10)]
+    local, remote, _, ecn = got[0]
+    assert ecn == 0  # Not-ECT: the peer set no ECN bits
     assert local == SocketAddr(ip_address("127.0.0.2"), DEFAULT_PORT)  # the address it was sent to
     assert remote == SocketAddr(ip_address("127.0.0.1"), peer.getsockname()[1])
     assert sockets.v4.stats.total_drops == 0  # the oversized one never left the kernel (the filter)
@@ -125,7 +126,7 @@ async def test_batch_receive_with_destination_and_oversized_drop(ns: str, socket
         peer.sendto(b"x" * (MAX_DATAGRAM_SIZE + 1), ("127.0.0.1", port))
         peer.sendto(b"small", ("127.0.0.1", port))
         with anyio.fail_after(10):
-            [(_, _, payload)] = await bare.receive_batch()
+            [(_, _, payload, _)] = await bare.receive_batch()
         assert payload == b"small"
         assert bare.stats.snapshot().get(f"drop.{DropReason.UDP_OVERSIZED}") == 1
     finally:
@@ -135,10 +136,32 @@ async def test_batch_receive_with_destination_and_oversized_drop(ns: str, socket
     peer6 = peer_socket(ns, socket.AF_INET6, "::1")
     peer6.sendto(_wg_data(b"six"), ("::1", DEFAULT_PORT))
     with anyio.fail_after(10):
-        [(local6, remote6, payload)] = await sockets.v6.receive_batch()
+        [(local6, remote6, payload, _)] = await sockets.v6.receive_batch()
     assert payload == _wg_data(b"six") and local6 == SocketAddr(ip_address("::1"), DEFAULT_PORT)
     assert remote6.ip == ip_address("::1")
     peer6.close()
+
+
+@pytest.mark.anyio
+async def test_the_ecn_bits_of_each_datagram_come_with_it(ns: str, sockets: UdpSockets) -> None:
+    """``IP_RECVTOS`` / ``IPV6_RECVTCLASS``: the ECN bits the sender's kernel put in the IP header."""
+    assert sockets.v4 is not None and sockets.v6 is not None
+    for family, host, level, opt, sock in (
+        (socket.AF_INET, "127.0.0.1", socket.IPPROTO_IP, socket.IP_TOS, sockets.v4),
+        (socket.AF_INET6, "::1", socket.IPPROTO_IPV6, socket.IPV6_TCLASS, sockets.v6),
+    ):
+        peer = peer_socket(ns, family, host)
+        try:
+            got = []
+            for ecn in (3, 1, 2, 0):
+                peer.setsockopt(level, opt, 0xB8 | ecn)  # DSCP EF plus the ECN bits
+                peer.sendto(_wg_data(b"ecn%d" % ecn), (host, DEFAULT_PORT))
+            with anyio.fail_after(10):
+                while len(got) < 4:
+                    got += await sock.receive_batch()
+            assert [(p, e) for _, _, p, e in got] == [(_wg_data(b"ecn%d" % e), e) for e in (3, 1, 2, 0)]
+        finally:
+            peer.close()
 
 
 def test_send_chooses_family_and_source(ns: str, sockets: UdpSockets) -> None:

@@ -91,7 +91,7 @@ async def test_the_kernel_keeps_only_what_the_node_could_use(ns: str, family: in
         got = []
         with anyio.fail_after(10):
             while len(got) < len(expected):
-                got += [(remote.port, payload) for _, remote, payload in await sock.receive_batch()]
+                got += [(remote.port, payload) for _, remote, payload, _ in await sock.receive_batch()]
         assert got == expected
         assert sock.try_receive() is None  # nothing else was queued
         assert _drops(ns, family) == 2 * len(BAD) + len(CHANNEL)

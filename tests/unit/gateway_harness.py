@@ -112,7 +112,12 @@ def make_client_node(priv: bytes = CL_PRIV) -> Node:
 
 class Harness:
     def __init__(
-        self, *, flow_logs: bool = False, join: bool = True, max_nat_sessions: int = MAX_NAT_SESSIONS
+        self,
+        *,
+        flow_logs: bool = False,
+        join: bool = True,
+        max_nat_sessions: int = MAX_NAT_SESSIONS,
+        validate_checksums: bool = False,
     ) -> None:
         self.now = Instant(0)
         cfg = GatewayConfig(
@@ -121,6 +126,7 @@ class Harness:
             firezone_id="gw-1",
             flow_logs=flow_logs,
             max_nat_sessions=max_nat_sessions,
+            validate_checksums=validate_checksums,
         )
         self.gw = Gateway(
             config=cfg,
