@@ -112,8 +112,9 @@ class Gateway:
         self._forwarder = DnsForwarder(self._peers.may_query, config.dns_limits)
         self._bind_retry = DnsBindRetry(ent.fork("dns-bind"))
         self._flows = FlowTracker(now, utc_ns, enabled=config.flow_logs)
-        self._fast = not config.flow_logs
-        """Whether the data path may take the flow cache (flow logs must see every packet)."""
+        self._fast = not config.flow_logs and not config.validate_checksums
+        """Whether the data path may take the flow cache (flow logs must see every packet, and checksum
+        validation checks every packet on the full path)."""
         url = login_url(config.api_url, config.token, config.firezone_id, config.name, self._public_key)
         ua = config.user_agent or user_agent("Linux", "unknown", None, None, config.version)
         self._channel = PortalChannel(url, ua, ent.fork("portal"), config.channel)

@@ -70,7 +70,7 @@ def test_io_counters_split_families_and_add_bytes() -> None:
     c = IoCounters()
     c.tun_read([b"\x45" + bytes(83), b"\x60" + bytes(99), b"\x45" + bytes(19)])
     c.tun_written(b"\x60" + bytes(59))
-    c.udp_received(V6, [(None, None, b"x" * 148), (None, None, b"y" * 32)])
+    c.udp_received(V6, [(None, None, b"x" * 148, 0), (None, None, b"y" * 32, 0)])
     c.udp_sent(V4, b"z" * 10)
     assert (c.tun_rx_packets, c.tun_rx_bytes) == ([2, 1], [104, 100])
     assert (c.tun_tx_packets, c.tun_tx_bytes) == ([0, 1], [0, 60])
@@ -219,7 +219,7 @@ async def test_driver_counts_packets_and_calls_observers_on_its_loop() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
         await until(lambda: rig.driver.stats.turns >= 1)
-        rig.udp4.inject.send_nowait((sa("0.0.0.0:52625"), CLIENT, bytes(10)))
+        rig.udp4.inject.send_nowait((sa("0.0.0.0:52625"), CLIENT, bytes(10), 0))
         rig.tun.inject.send_nowait(b"\x45" + bytes(19))
         await until(lambda: len(rig.log.entries) == 2)
         assert seen == []  # not before one interval
