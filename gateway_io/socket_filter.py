@@ -30,6 +30,8 @@ from dataclasses import dataclass
 MAX_PAYLOAD = 1316
 """Largest payload kept: ``gateway_io.udp.MAX_DATAGRAM_SIZE`` (1280-byte IP packet + 32 WireGuard + 4
 ChannelData; Firezone discards bigger ones before decryption)."""
+MAX_GRO_PAYLOAD = 65507
+"""Largest UDP payload over IPv4 (65535 - 20 - 8): the bound of a coalesced (``UDP_GRO``) run."""
 TURN_PORT = 3478
 """Relays send from this port (``gateway_core.node.node.TURN_PORT``)."""
 STUN_MAGIC = 0x2112A442
@@ -59,11 +61,15 @@ class Insn:
     label: str | None = None
 
 
-def _program() -> list[Insn]:
+def _program(gro: bool = False) -> list[Insn]:
+    """The filter; with ``gro`` (the socket has ``UDP_GRO`` on) the kernel runs it once on a coalesced
+    run of WireGuard data datagrams, so type 4 may be up to 64 KiB long (userspace splits the run and
+    checks every datagram's size); the other shapes keep the :data:`MAX_PAYLOAD` bound."""
     p = UDP_HEADER  # payload offset
+    limit = [Insn(TXA), Insn(JGT_K, p + MAX_PAYLOAD, "drop", None)] if gro else []
     return [
         Insn(LD_W_LEN),  # A = 8 + payload length
-        Insn(JGT_K, p + MAX_PAYLOAD, "drop", None),
+        Insn(JGT_K, p + (MAX_GRO_PAYLOAD if gro else MAX_PAYLOAD), "drop", None),
         Insn(JGE_K, p + 4, None, "drop"),  # every kept shape has at least 4 bytes
         Insn(TAX),  # X = length (kept for the exact-length checks)
         Insn(LD_B_ABS, p),  # A = byte 0
@@ -89,6 +95,7 @@ def _program() -> list[Insn]:
         Insn(JEQ_K, p + 64, "keep", "stun"),
         # STUN: 20-byte header, magic cookie, length field = the rest, a multiple of 4
         Insn(TXA, label="stun"),
+        *limit,
         Insn(JGE_K, p + 20, None, "drop"),
         Insn(LD_W_ABS, p + 4),
         Insn(JEQ_K, STUN_MAGIC, None, "drop"),
@@ -100,6 +107,7 @@ def _program() -> list[Insn]:
         Insn(JGT_K, 0x4F, "drop", None, label="channel"),
         Insn(LD_H_ABS, 0),  # UDP source port
         Insn(JEQ_K, TURN_PORT, None, "drop"),
+        *limit,
         Insn(LD_H_ABS, p + 2),
         Insn(ADD_K, p + 4),
         Insn(JGT_X, 0, "drop", "keep"),
@@ -123,6 +131,9 @@ def assemble(program: list[Insn]) -> list[tuple[int, int, int, int]]:
 
 PROGRAM = assemble(_program())
 """The filter, assembled."""
+
+PROGRAM_GRO = assemble(_program(gro=True))
+"""The filter for a socket with ``UDP_GRO`` (see :func:`_program`)."""
 
 
 class _SockFprog(ctypes.Structure):
