@@ -248,9 +248,9 @@ class ClientProcess:
         if len(self.client.events) > 1000:  # unroutable sends (IPv6 router solicitations ...) are logged
             del self.client.events[:500]
 
-    def _to_tun(self, packet: bytes) -> None:
-        """A decrypted packet for the TUN; a forwarded DNS answer goes back as coming from the stub."""
-        assert self.tun is not None
+    def _to_tun(self, packet: bytes) -> bytes | None:
+        """A decrypted packet for the TUN (``None``: drop it); a forwarded DNS answer goes back as coming
+        from the stub."""
         try:
             ip = parse_ip(packet)
             if ip.proto == PROTO_UDP:
@@ -259,9 +259,9 @@ class ClientProcess:
                     app_ip, app_port = self._dns.pop(udp.dport)
                     packet = build_udp_packet(SENTINEL_V4, app_ip, 53, app_port, udp.payload)
         except DecodeError:
-            return
+            return None
         self.counters["tun_out"] += 1
-        self.tun.write(packet)
+        return packet
 
     def _dns_query(self, src: IPAddress, sport: int, payload: bytes) -> None:
         assert self.tun is not None
@@ -308,15 +308,24 @@ class ClientProcess:
         self.tun.write(build_udp_packet(SENTINEL_V4, src, 53, sport, resp.to_wire()))
 
     def _flush(self) -> None:
-        assert self.udp is not None and self.loop is not None
+        """Execute the client's commands: datagrams and TUN packets in batches (one ``sendmsg`` with
+        ``UDP_SEGMENT`` per run to the gateway, one TUN write per coalesced run), as the gateway's driver."""
+        assert self.udp is not None and self.loop is not None and self.tun is not None
+        sends: list[Transmit] = []
+        writes: list[bytes] = []
         while (cmd := self.client.poll_command()) is not None:
             if isinstance(cmd, Transmit):
-                if self.udp.send(cmd) is None:
-                    self.counters["udp_out"] += 1
+                sends.append(cmd)
             elif isinstance(cmd, WriteTun):
-                self._to_tun(cmd.packet)
+                packet = self._to_tun(cmd.packet)
+                if packet is not None:
+                    writes.append(packet)
             elif isinstance(cmd, SignalIce):
                 self._signals.put_nowait(cmd)
+        if sends:
+            self.counters["udp_out"] += len(sends) - len(self.udp.send_batch(sends))
+        if writes:
+            self.tun.write_batch(writes)
         self._check_connections()
         deadline = self.client.poll_timeout()
         at = None if deadline is None else int(deadline.at)

@@ -240,6 +240,31 @@ class Gateway:
             self._control.drain_node_events(now)
         return t
 
+    def handle_tun_packets(self, now: Instant, packets: list[bytes]) -> list[Transmit]:
+        """A batch of TUN packets, each as :meth:`handle_tun_packet` in order; their datagrams, in order.
+
+        Commands queued meanwhile wait for the caller's ``poll_command`` after the batch (R3 per batch)."""
+        out: list[Transmit] = []
+        handle = self.handle_tun_packet
+        for packet in packets:
+            t = handle(now, packet)
+            if t is not None:
+                out.append(t)
+        return out
+
+    def handle_datagrams(
+        self, now: Instant, datagrams: list[tuple[SocketAddr, SocketAddr, bytes]]
+    ) -> list[bytes]:
+        """A batch of datagrams ``(local, remote, payload)``, each as :meth:`handle_datagram` in order;
+        the IP packets for the TUN, in order."""
+        out: list[bytes] = []
+        handle = self.handle_datagram
+        for local, remote, payload in datagrams:
+            packet = handle(now, local, remote, payload)
+            if packet is not None:
+                out.append(packet)
+        return out
+
     # --- control plane --------------------------------------------------------------------------
 
     def handle_input(self, now: Instant, inp: Input) -> None:

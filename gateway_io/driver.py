@@ -18,14 +18,21 @@ the core is a *source* with a small queue; the loop takes turns:
 3. **One timer (R4/R5).** After the sources, the loop reads the clock; if ``poll_timeout()`` is due it
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
    a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
-4. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
+4. **Batches through the core (decision 0150).** A batch of TUN packets goes to the core's
+   ``handle_tun_packets`` and a batch of datagrams to ``handle_datagrams`` (each loops over the
+   per-packet entry point; a core without them is driven packet by packet). The data plane's results of
+   one batch, datagrams and TUN packets, are collected and written at the end of the batch, in order:
+   datagrams with :meth:`gateway_io.udp.UdpSocket.send_batch` (one ``sendmsg`` with ``UDP_SEGMENT`` per
+   run to one peer), TUN packets with :meth:`gateway_io.tun.TunDevice.write_batch` (consecutive segments
+   of one flow coalesced into one super-packet). Batches are bounded per source and turn (R9).
+5. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
    commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
    server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
    upstream sockets when it can (``submit``; decision 0112); slow work (DNS server binds, interface
    configuration) goes to ordered worker tasks, and each domain resolution runs in its own task. Every
    outcome that the core must know about, failures included, comes back as an input on a source (R7);
    the driver never retries anything.
-5. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
+6. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
    From then on a grace period runs (:data:`SHUTDOWN_GRACE`, Firezone's 1 s flush): the core queues its
    goodbyes, a graceful portal close and ``Exit``; the loop keeps executing until ``Exit`` has come *and*
    the portal connection has closed, or until the grace period ends. The exit code is ``Exit.code``, or 1
@@ -165,6 +172,12 @@ class Driver:
         call into the core)."""
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
+        self._batching = False
+        """Inside a data-plane batch: datagrams and TUN packets are collected, then written together."""
+        self._tx: list[Transmit] = []
+        self._tun_out: list[bytes] = []
+        self._tun_batch = getattr(core, "handle_tun_packets", None)
+        self._udp_batch = getattr(core, "handle_datagrams", None)
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes]]]] = []
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
@@ -301,20 +314,32 @@ class Driver:
         for packets in self._tun_src.take():
             busy = True
             now = self.now()
-            for packet in packets:
-                transmit = core.handle_tun_packet(now, packet)
-                if transmit is not None:
-                    self._transmit(transmit)
+            self._batching = True
+            if self._tun_batch is not None:
+                self._tx.extend(self._tun_batch(now, packets))
                 self._drain()
+            else:
+                for packet in packets:
+                    transmit = core.handle_tun_packet(now, packet)
+                    if transmit is not None:
+                        self._tx.append(transmit)
+                    self._drain()
+            self._flush()
         for src in self._udp_srcs:
             for datagrams in src.take():
                 busy = True
                 now = self.now()
-                for local, remote, payload in datagrams:
-                    ip = core.handle_datagram(now, local, remote, payload)
-                    if ip is not None:
-                        self._write_tun(ip)
+                self._batching = True
+                if self._udp_batch is not None:
+                    self._tun_out.extend(self._udp_batch(now, datagrams))
                     self._drain()
+                else:
+                    for local, remote, payload in datagrams:
+                        ip = core.handle_datagram(now, local, remote, payload)
+                        if ip is not None:
+                            self._tun_out.append(ip)
+                        self._drain()
+                self._flush()
         for queries in self._dns.take() + self._dns_q.take():
             busy = True
             now = self.now()
@@ -437,7 +462,49 @@ class Driver:
             case _:
                 assert_never(cmd)
 
+    def _flush(self) -> None:
+        """End of a data-plane batch: write what it produced (datagrams first, then TUN packets)."""
+        self._batching = False
+        if self._tx:
+            tx, self._tx = self._tx, []
+            self._send_batch(tx)
+        if self._tun_out:
+            out, self._tun_out = self._tun_out, []
+            tun = self._t.tun
+            write_batch = getattr(tun, "write_batch", None)
+            if write_batch is None:
+                for packet in out:
+                    self._write_tun(packet)
+                return
+            errors = write_batch(out)
+            if errors:
+                self.stats.counters.incr("driver.tun_write_failed", len(errors))
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("TUN write failed: %s", errors[0])
+
+    def _send_batch(self, tx: list[Transmit]) -> None:
+        """Each socket sends its family's datagrams in one batch (order kept per socket)."""
+        for sock in self._t.udp:
+            send_batch = getattr(sock, "send_batch", None)
+            if send_batch is None:
+                break
+            version = sock.local.ip.version
+            mine = [t for t in tx if t.dst.ip.version == version]
+            if not mine:
+                continue
+            for failed in send_batch(mine):
+                self.stats.counters.incr("driver.send_failed")
+                self.report(failed)
+            if len(mine) == len(tx):
+                return
+            tx = [t for t in tx if t.dst.ip.version != version]
+        for t in tx:
+            self._transmit(t)
+
     def _transmit(self, t: Transmit) -> None:
+        if self._batching:
+            self._tx.append(t)
+            return
         for sock in self._t.udp:
             if sock.local.ip.version == t.dst.ip.version:
                 failed = sock.send(t)
@@ -448,6 +515,9 @@ class Driver:
         self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
 
     def _write_tun(self, packet: bytes) -> None:
+        if self._batching:
+            self._tun_out.append(packet)
+            return
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
         if err is not None:
