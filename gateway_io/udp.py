@@ -103,6 +103,16 @@ _ADDR_CACHE_LIMIT = 4096
 parse each time; a cache that fills up is cleared (a flood from random sources only costs the parse)."""
 
 
+OFFLOAD_ENV = "FIREZONE_UDP_OFFLOAD"
+"""``0``/``false``/``off``/``no`` turns ``UDP_GRO`` and ``UDP_SEGMENT`` off (one datagram per system call)."""
+
+
+def offload_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Whether :data:`OFFLOAD_ENV` allows the UDP offloads (anything but ``0``/``false``/``off``/``no``)."""
+    value = (os.environ if env is None else env).get(OFFLOAD_ENV, "1").strip().lower()
+    return value not in ("0", "false", "off", "no")
+
+
 def raise_buffer_limits(rmem: int = RECV_BUFFER_SIZE, wmem: int = SEND_BUFFER_SIZE) -> list[str]:
     """Write ``net.core.rmem_max``/``wmem_max`` (start-up step 5, unless ``--no-inc-buf``); the errors.
 
@@ -196,12 +206,15 @@ class UdpSocket:
         recv_buffer: int | None = RECV_BUFFER_SIZE,
         fallback: bool = True,
         shape_filter: bool = True,
-        offload: bool = True,
+        offload: bool | None = None,
     ) -> UdpSocket:
         """Bind ``family``'s wildcard address on ``port``, else (``fallback``) on a free port; OSError.
 
         With ``offload`` the socket receives with ``UDP_GRO`` and sends runs with ``UDP_SEGMENT`` where the
-        kernel allows it (refusal is logged once and the socket works one datagram at a time)."""
+        kernel allows it (refusal is logged once and the socket works one datagram at a time); default:
+        :func:`offload_from_env`."""
+        if offload is None:
+            offload = offload_from_env()
         sock = socket.socket(family, socket.SOCK_DGRAM)
         filtered = False
         gro = gso = False
@@ -218,6 +231,8 @@ class UdpSocket:
                     gso = True
                 except OSError as e:
                     log.info("UDP_SEGMENT not available (one datagram per send): %s", e)
+            else:
+                log.info("UDP offloads off (%s): one datagram per system call", OFFLOAD_ENV)
             if shape_filter:
                 # Before bind: nothing unfiltered is ever queued.
                 try:
@@ -451,7 +466,7 @@ class UdpSockets:
         env: Mapping[str, str] | None = None,
         fallback: bool = True,
         shape_filter: bool = True,
-        offload: bool = True,
+        offload: bool | None = None,
     ) -> UdpSockets:
         """Bind both families (each falling back to a free port); a family that fails is recorded."""
         send_size, recv_size = buffer_sizes_from_env(env)

@@ -192,14 +192,25 @@ def split_tcp(packet: bytes, mss: int, version: int | None = None) -> list[bytes
     seq0 = _I.unpack_from(packet, off + 4)[0]
     flags = packet[off + 13]
     ident0 = _H.unpack_from(packet, 4)[0] if v == 4 else 0
-    addr = _addr_sum(packet, v, 6)
     template = bytearray(packet[:hlen])
+    # Partial sums of what stays the same in every segment: the IP header without its length,
+    # identification and checksum; the TCP header without sequence number, flags and checksum, plus the
+    # pseudo-header without its length. Per segment only the changed words are added.
+    if v == 4:
+        template[2:6] = b"\0\0\0\0"
+        template[10:12] = b"\0\0"
+    template[off + 4 : off + 8] = b"\0\0\0\0"
+    template[off + 13] = 0
     template[off + 16 : off + 18] = b"\0\0"
+    tcp_base = _addr_sum(packet, v, 6) + thl + _sum(memoryview(template)[off:])
+    ip_base = _sum(memoryview(template)[:off]) if v == 4 else 0
     mv = memoryview(packet)
     out: list[bytes] = []
-    last = total - 1
     first_flags = flags & ~(_TCP_FIN | _TCP_PSH)
     mid_flags = first_flags & ~_TCP_CWR
+    last_flags = flags & ~_TCP_CWR
+    pack = _H.pack_into
+    pack_i = _I.pack_into
     o = 0
     i = 0
     while o < total:
@@ -207,19 +218,23 @@ def split_tcp(packet: bytes, mss: int, version: int | None = None) -> list[bytes
         n = len(chunk)
         h = bytearray(template)
         if v == 4:
-            _H.pack_into(h, 2, hlen + n)
-            _H.pack_into(h, 4, (ident0 + i) & 0xFFFF)
-            _ipv4_header_checksum(h)
+            ident = (ident0 + i) & 0xFFFF
+            pack(h, 2, hlen + n)
+            pack(h, 4, ident)
+            pack(h, 10, ~_fold(ip_base + hlen + n + ident) & 0xFFFF)
         else:
-            _H.pack_into(h, 4, thl + n)
-        _I.pack_into(h, off + 4, (seq0 + o) & 0xFFFFFFFF)
-        if o + n > last:
-            h[off + 13] = flags if i == 0 else flags & ~_TCP_CWR
+            pack(h, 4, thl + n)
+        seq = (seq0 + o) & 0xFFFFFFFF
+        pack_i(h, off + 4, seq)
+        if o + n >= total:
+            f = flags if i == 0 else last_flags
         else:
-            h[off + 13] = first_flags if i == 0 else mid_flags
-        c = ~_fold(addr + thl + n + _sum(memoryview(h)[off:]) + _sum(chunk)) & 0xFFFF
-        _H.pack_into(h, off + 16, c)
-        out.append(bytes(h) + chunk)
+            f = first_flags if i == 0 else mid_flags
+        h[off + 13] = f
+        c = ~_fold(tcp_base + n + (seq >> 16) + (seq & 0xFFFF) + f + _sum(chunk)) & 0xFFFF
+        pack(h, off + 16, c)
+        h += chunk
+        out.append(bytes(h))
         o += n
         i += 1
     return out
