@@ -27,9 +27,11 @@ import errno
 import fcntl
 import logging
 import os
+import queue
 import socket
 import stat
 import struct
+import threading
 
 import anyio
 
@@ -73,6 +75,16 @@ OFFLOAD_ENV = "FIREZONE_TUN_OFFLOAD"
 OFFLOAD_READ_SIZE = VNET_HDR_LEN + 65535
 """Read buffer with offloads: the header and the largest super-packet."""
 
+WRITER_ENV = "FIREZONE_TUN_WRITER_THREAD"
+"""``0``/``false``/``off``/``no``: write to the TUN on the event loop's thread (no writer thread)."""
+
+WRITER_QUEUE = 1024
+"""Frames waiting for the writer thread at most (a frame is up to 64 KiB: 64 MiB at worst, reached only
+when the kernel stalls); beyond, frames are dropped and counted as a full transmit queue would."""
+
+WRITER_JOIN = 1.0
+"""Seconds :meth:`TunDevice.close` waits for the writer thread to finish what is queued."""
+
 SIOCSIFTXQLEN = 0x8943
 """Set an interface's transmit queue length (``linux/sockios.h``)."""
 
@@ -111,10 +123,15 @@ def _set_tx_queue_len(name: str, length: int) -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFTXQLEN, _IFREQ_INT.pack(name.encode(), length))
 
 
+def _env_flag(name: str, env: dict[str, str] | None = None) -> bool:
+    """A switch that is on unless ``name`` is ``0``/``false``/``off``/``no``."""
+    value = (os.environ if env is None else env).get(name, "1").strip().lower()
+    return value not in ("0", "false", "off", "no")
+
+
 def offload_from_env(env: dict[str, str] | None = None) -> bool:
     """Whether :data:`OFFLOAD_ENV` allows the offloads (anything but ``0``/``false``/``off``/``no``)."""
-    value = (os.environ if env is None else env).get(OFFLOAD_ENV, "1").strip().lower()
-    return value not in ("0", "false", "off", "no")
+    return _env_flag(OFFLOAD_ENV, env)
 
 
 def _open_fd(encoded: bytes, flags: int) -> tuple[int, str]:
@@ -143,9 +160,21 @@ def _negotiate(fd: int) -> int:
 class TunDevice:
     """One TUN queue: an open, non-blocking descriptor attached to interface :attr:`name`."""
 
-    __slots__ = ("_buf", "_closed", "_fd", "_pending", "name", "offloads", "stats", "vnet")
+    __slots__ = (
+        "_buf",
+        "_closed",
+        "_fd",
+        "_pending",
+        "_wq",
+        "_writer",
+        "name",
+        "offloads",
+        "stats",
+        "vnet",
+        "write_errors",
+    )
 
-    def __init__(self, fd: int, name: str, offloads: int = 0) -> None:
+    def __init__(self, fd: int, name: str, offloads: int = 0, *, writer_thread: bool = False) -> None:
         self._fd = fd
         self.name = name
         self._closed = False
@@ -156,6 +185,14 @@ class TunDevice:
         self._buf = bytearray(OFFLOAD_READ_SIZE if self.vnet else READ_SIZE)
         self._pending: list[bytes] = []
         """Segments of a super-packet not handed out yet (:meth:`try_read` returns one at a time)."""
+        self.write_errors = 0
+        """Frames the writer thread could not write (the kernel refused them) or dropped (queue full)."""
+        self._wq: queue.SimpleQueue[bytes | None] | None = None
+        self._writer: threading.Thread | None = None
+        if writer_thread:
+            self._wq = queue.SimpleQueue()
+            self._writer = threading.Thread(target=self._write_loop, name=f"tun-writer-{name}", daemon=True)
+            self._writer.start()
 
     @property
     def uso(self) -> bool:
@@ -168,6 +205,7 @@ class TunDevice:
         *,
         tx_queue_len: int | None = TX_QUEUE_LEN,
         offload: bool | None = None,
+        writer_thread: bool | None = None,
     ) -> TunDevice:
         """Create (or attach to) the TUN interface ``name``; raises ``OSError`` when that fails.
 
@@ -211,7 +249,9 @@ class TunDevice:
                 _set_tx_queue_len(actual, tx_queue_len)
             except OSError as e:
                 log.warning("cannot set txqueuelen of %s to %d: %s", actual, tx_queue_len, e)
-        return cls(fd, actual, offloads)
+        if writer_thread is None:
+            writer_thread = _env_flag(WRITER_ENV)
+        return cls(fd, actual, offloads, writer_thread=writer_thread)
 
     def fileno(self) -> int:
         return self._fd
@@ -289,10 +329,33 @@ class TunDevice:
             if self._closed:
                 raise TunClosed(self.name)
 
+    def _write_loop(self) -> None:
+        """The writer thread: writes queued frames in order; ``os.write`` releases the GIL, so the kernel's
+        work behind a TUN write (forwarding, the receiver's stack) runs beside the event loop."""
+        wq = self._wq
+        assert wq is not None
+        fd = self._fd
+        while (frame := wq.get()) is not None:
+            try:
+                os.write(fd, frame)
+            except OSError:
+                self.write_errors += 1
+
+    def _enqueue(self, frame: bytes) -> OSError | None:
+        wq = self._wq
+        assert wq is not None
+        if wq.qsize() >= WRITER_QUEUE:
+            self.write_errors += 1
+            return OSError(errno.ENOBUFS, "TUN writer queue full")
+        wq.put(frame)
+        return None
+
     def write(self, packet: bytes) -> OSError | None:
         """Write one IP packet without waiting; the error (packet dropped) is returned, never raised."""
         if self._closed:
             return OSError(errno.EBADF, "TUN device closed")
+        if self._wq is not None:
+            return self._enqueue(ZERO_HDR + packet if self.vnet else packet)
         try:
             if self.vnet:
                 os.writev(self._fd, (ZERO_HDR, packet))
@@ -309,6 +372,13 @@ class TunDevice:
             return [OSError(errno.EBADF, "TUN device closed")]
         errors: list[OSError] = []
         fd = self._fd
+        if self._wq is not None:
+            frames = coalesce(packets, udp=self.uso) if self.vnet else packets
+            for frame in frames:
+                err = self._enqueue(frame)
+                if err is not None:
+                    errors.append(err)
+            return errors
         if not self.vnet or len(packets) == 1:
             for p in packets:
                 err = self.write(p)
@@ -335,6 +405,9 @@ class TunDevice:
         if self._closed:
             return
         self._closed = True
+        if self._wq is not None and self._writer is not None:
+            self._wq.put(None)  # the writer finishes what is queued, then stops
+            self._writer.join(timeout=WRITER_JOIN)
         try:
             anyio.notify_closing(self._fd)
         except RuntimeError:
