@@ -14,6 +14,10 @@ UDP header plus the payload. A datagram is kept when its payload is at most :dat
   only (the node recognises relay traffic by that port alone), first byte 0x40-0x4F, a length field no
   larger than the rest.
 
+A socket with ``UDP_GRO`` gets :data:`PROGRAM_GRO`: the kernel runs the filter once on a coalesced run of
+datagrams, so WireGuard data (type 4) is kept up to 64 KiB and the daemon checks each datagram's length
+after splitting the run (decision 0150); the other shapes keep the bound.
+
 These are the node's own classification rules (``gateway_core.node.node.Node._route``) or looser, never
 stricter: whatever the node could use still reaches it (``tests/unit/test_socket_filter.py`` checks this
 against the real node, and ``tests/system/test_udp_filter_netns.py`` in the kernel). What the kernel drops

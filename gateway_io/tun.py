@@ -78,9 +78,10 @@ OFFLOAD_READ_SIZE = VNET_HDR_LEN + 65535
 WRITER_ENV = "FIREZONE_TUN_WRITER_THREAD"
 """``0``/``false``/``off``/``no``: write to the TUN on the event loop's thread (no writer thread)."""
 
-WRITER_QUEUE = 1024
-"""Frames waiting for the writer thread at most (a frame is up to 64 KiB: 64 MiB at worst, reached only
-when the kernel stalls); beyond, frames are dropped and counted as a full transmit queue would."""
+WRITER_QUEUE = 256
+"""Batches waiting for the writer thread at most (a batch is what one driver turn produced: at most a few
+64 KiB frames; some MiB at worst, reached only when the kernel stalls); beyond, batches are dropped and
+counted, as a full transmit queue would drop them."""
 
 WRITER_JOIN = 1.0
 """Seconds :meth:`TunDevice.close` waits for the writer thread to finish what is queued."""
@@ -187,7 +188,7 @@ class TunDevice:
         """Segments of a super-packet not handed out yet (:meth:`try_read` returns one at a time)."""
         self.write_errors = 0
         """Frames the writer thread could not write (the kernel refused them) or dropped (queue full)."""
-        self._wq: queue.SimpleQueue[bytes | None] | None = None
+        self._wq: queue.SimpleQueue[list[bytes] | None] | None = None
         self._writer: threading.Thread | None = None
         if writer_thread:
             self._wq = queue.SimpleQueue()
@@ -335,19 +336,21 @@ class TunDevice:
         wq = self._wq
         assert wq is not None
         fd = self._fd
-        while (frame := wq.get()) is not None:
-            try:
-                os.write(fd, frame)
-            except OSError:
-                self.write_errors += 1
+        while (frames := wq.get()) is not None:
+            for frame in frames:
+                try:
+                    os.write(fd, frame)
+                except OSError:
+                    self.write_errors += 1
 
-    def _enqueue(self, frame: bytes) -> OSError | None:
+    def _enqueue(self, frames: list[bytes]) -> OSError | None:
+        """Hand ``frames`` to the writer thread (one wake-up per batch)."""
         wq = self._wq
         assert wq is not None
         if wq.qsize() >= WRITER_QUEUE:
-            self.write_errors += 1
+            self.write_errors += len(frames)
             return OSError(errno.ENOBUFS, "TUN writer queue full")
-        wq.put(frame)
+        wq.put(frames)
         return None
 
     def write(self, packet: bytes) -> OSError | None:
@@ -355,7 +358,7 @@ class TunDevice:
         if self._closed:
             return OSError(errno.EBADF, "TUN device closed")
         if self._wq is not None:
-            return self._enqueue(ZERO_HDR + packet if self.vnet else packet)
+            return self._enqueue([ZERO_HDR + packet if self.vnet else packet])
         try:
             if self.vnet:
                 os.writev(self._fd, (ZERO_HDR, packet))
@@ -373,12 +376,8 @@ class TunDevice:
         errors: list[OSError] = []
         fd = self._fd
         if self._wq is not None:
-            frames = coalesce(packets, udp=self.uso) if self.vnet else packets
-            for frame in frames:
-                err = self._enqueue(frame)
-                if err is not None:
-                    errors.append(err)
-            return errors
+            err = self._enqueue(coalesce(packets, udp=self.uso) if self.vnet else list(packets))
+            return [] if err is None else [err]
         if not self.vnet or len(packets) == 1:
             for p in packets:
                 err = self.write(p)

@@ -327,7 +327,7 @@ class UdpSocket:
                 self.stats.drop(DropReason.UDP_OVERSIZED, -(-n // size))
                 continue
             remote = self._remotes.get(addr) or self._remote_of(addr)
-            view = self._view
+            view = self._view[:n]
             if size >= n:
                 out.append((local, remote, view[:n].tobytes()))
             else:
