@@ -15,7 +15,8 @@ a TCP (or UDP) super-packet of up to 64 KiB, which :func:`gateway_core.wire.offl
 MTU-sized packets, and :meth:`TunDevice.write_batch` hands the kernel consecutive segments of one flow as
 one super-packet (:func:`gateway_core.wire.offload.coalesce`). If the kernel refuses ``IFF_VNET_HDR`` or
 the TCP offloads, or ``FIREZONE_TUN_OFFLOAD=0`` is set, the device works one plain packet per system call
-as before, and says so once in the log.
+as before, and says so once in the log. Writes go to a writer thread by default (decision 0151), so that
+the kernel's forwarding work behind a TUN write runs beside the event loop.
 
 Addresses, MTU, link state and routes are not set here but by :mod:`gateway_io.netlink` when ``init``
 arrives. The device lives in the network namespace of the thread that opens it.

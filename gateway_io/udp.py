@@ -19,7 +19,11 @@ readiness wait and without awaiting between datagrams (R9: the driver serves one
 turn); each datagram comes with the address it was sent to (``IP_PKTINFO`` / ``IPV6_PKTINFO``), because
 the ICE agent matches datagrams to its host candidates by that address. Both addresses are looked up in
 small caches keyed by the kernel's raw values, so a datagram costs the system call, one copy of its
-payload and two dictionary probes. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still arrive (no
+payload and two dictionary probes. With ``UDP_GRO`` (decision 0150) one receive may bring a run of
+datagrams of one flow; it is split by the segment size the kernel reports in a control message.
+:meth:`UdpSocket.send_batch` sends each run of datagrams to one destination with one ``sendmsg`` and
+``UDP_SEGMENT``, falling back to one datagram per call for a destination where the kernel refuses it.
+Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still arrive (no
 filter) are discarded and counted, as Firezone does before decryption. Sending never waits and never raises: a
 datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed` (R7).
 """
