@@ -18,13 +18,9 @@ the core is a *source* with a small queue; the loop takes turns:
 3. **One timer (R4/R5).** After the sources, the loop reads the clock; if ``poll_timeout()`` is due it
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
    a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
-4. **Batches through the core (decision 0150).** A batch of TUN packets goes to the core's
-   ``handle_tun_packets`` and a batch of datagrams to ``handle_datagrams`` (each loops over the
-   per-packet entry point; a core without them is driven packet by packet). The data plane's results of
-   one batch, datagrams and TUN packets, are collected and written at the end of the batch, in order:
-   datagrams with :meth:`gateway_io.udp.UdpSocket.send_batch` (one ``sendmsg`` with ``UDP_SEGMENT`` per
-   run to one peer), TUN packets with :meth:`gateway_io.tun.TunDevice.write_batch` (consecutive segments
-   of one flow coalesced into one super-packet). Batches are bounded per source and turn (R9).
+4. **Batches through the core (decision 0150).** A TUN batch goes to the core's ``handle_tun_packets``, a
+   UDP batch to ``handle_datagrams`` (a core without them gets packet by packet); the datagrams and TUN
+   packets a batch produced are written together at its end (:mod:`gateway_io.batch_out`).
 5. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
    commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
    server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
@@ -81,6 +77,7 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
+from gateway_io import batch_out
 from gateway_io.dns_path import DnsPath
 from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
 
@@ -463,43 +460,11 @@ class Driver:
                 assert_never(cmd)
 
     def _flush(self) -> None:
-        """End of a data-plane batch: write what it produced (datagrams first, then TUN packets)."""
+        """End of a data-plane batch: write what it produced (:mod:`gateway_io.batch_out`)."""
         self._batching = False
-        if self._tx:
-            tx, self._tx = self._tx, []
-            self._send_batch(tx)
-        if self._tun_out:
-            out, self._tun_out = self._tun_out, []
-            tun = self._t.tun
-            write_batch = getattr(tun, "write_batch", None)
-            if write_batch is None:
-                for packet in out:
-                    self._write_tun(packet)
-                return
-            errors = write_batch(out)
-            if errors:
-                self.stats.counters.incr("driver.tun_write_failed", len(errors))
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("TUN write failed: %s", errors[0])
-
-    def _send_batch(self, tx: list[Transmit]) -> None:
-        """Each socket sends its family's datagrams in one batch (order kept per socket)."""
-        for sock in self._t.udp:
-            send_batch = getattr(sock, "send_batch", None)
-            if send_batch is None:
-                break
-            version = sock.local.ip.version
-            mine = [t for t in tx if t.dst.ip.version == version]
-            if not mine:
-                continue
-            for failed in send_batch(mine):
-                self.stats.counters.incr("driver.send_failed")
-                self.report(failed)
-            if len(mine) == len(tx):
-                return
-            tx = [t for t in tx if t.dst.ip.version != version]
-        for t in tx:
-            self._transmit(t)
+        tx, self._tx = self._tx, []
+        out, self._tun_out = self._tun_out, []
+        batch_out.flush(self._t, tx, out, self.stats.counters, self.report, self._transmit, self._write_tun)
 
     def _transmit(self, t: Transmit) -> None:
         if self._batching:

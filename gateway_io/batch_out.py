@@ -1,0 +1,68 @@
+"""Writing one data-plane batch's results (decision 0150): the datagrams with each socket's
+``send_batch`` (one ``sendmsg`` with ``UDP_SEGMENT`` per run to one peer), the TUN packets with
+``write_batch`` (consecutive segments of one flow coalesced). Transports without the batch methods (test
+fakes) get one call per item through the driver's own ``transmit`` and ``write_tun``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gateway_core.commands import Transmit
+from gateway_core.inputs import Input
+from gateway_core.stats import Stats
+from gateway_io.transports import Transports
+
+log = logging.getLogger(__name__)
+
+
+def flush(
+    t: Transports,
+    tx: list[Transmit],
+    tun_out: list[bytes],
+    counters: Stats,
+    report: Callable[[Input], None],
+    transmit: Callable[[Transmit], None],
+    write_tun: Callable[[bytes], None],
+) -> None:
+    """Send ``tx`` (datagrams first), then write ``tun_out``; failures are counted and reported (R7)."""
+    if tx:
+        send_batch(t, tx, counters, report, transmit)
+    if not tun_out:
+        return
+    write_batch = getattr(t.tun, "write_batch", None)
+    if write_batch is None:
+        for packet in tun_out:
+            write_tun(packet)
+        return
+    errors = write_batch(tun_out)
+    if errors:
+        counters.incr("driver.tun_write_failed", len(errors))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("TUN write failed: %s", errors[0])
+
+
+def send_batch(
+    t: Transports,
+    tx: list[Transmit],
+    counters: Stats,
+    report: Callable[[Input], None],
+    transmit: Callable[[Transmit], None],
+) -> None:
+    """Each socket sends its family's datagrams in one batch (order kept per socket)."""
+    for sock in t.udp:
+        send = getattr(sock, "send_batch", None)
+        if send is None:
+            break
+        version = sock.local.ip.version
+        mine = [x for x in tx if x.dst.ip.version == version]
+        if not mine:
+            continue
+        for failed in send(mine):
+            counters.incr("driver.send_failed")
+            report(failed)
+        if len(mine) == len(tx):
+            return
+        tx = [x for x in tx if x.dst.ip.version != version]
+    for x in tx:
+        transmit(x)
