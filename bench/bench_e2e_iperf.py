@@ -10,9 +10,16 @@ tunnel -> ``gw`` (forwarding) -> ``web`` (iperf3 -s on 172.20.1.10:5201), over t
    client namespace through wireguard-go for the time of the run; the gateway namespace forwards it to
    the web host like tunnel traffic.
 
-Each is ``iperf3 -c 172.20.1.10 -t SECONDS -J`` (TCP, one stream); the receiver's bits per second are
-compared (ratio ours / wireguard-go). With ``--profile`` py-spy samples the gateway and the client during
-our run and writes two flame graphs (SVG) plus a top-functions summary next to them.
+Each setup runs the same cases, ``iperf3 -t SECONDS -J`` each: TCP client to resource (one stream, the
+headline), TCP resource to client (``-R``), 2 parallel TCP streams (``-P 2``), UDP at a fixed rate
+(:data:`UDP_RATE`, 1200-byte datagrams; loss reported) and, for ours, TCP through the DNS resource (the
+gateway's NAT path, to the proxy address the client's stub resolver gives; wireguard-go has no NAT, so
+that row is set against its plain TCP run). Next to each figure: the CPU seconds per GB moved of each side
+(client process, gateway process; user + system, from ``/proc/<pid>/stat``; for wireguard-go its two
+daemons; the kernel's softirq work on behalf of either is not in these figures). The receiver's bits per
+second are compared; the last line stays the headline ratio (one TCP stream, client to resource). With
+``--profile`` py-spy samples the gateway and the client during a second run of ours and prints the
+functions with the most self time.
 
 Needs root (namespaces); without it, prints that and returns.
 """
@@ -26,23 +33,72 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SECONDS = 10
 """iperf3 duration per run (the issue's 10 s)."""
+UDP_RATE = "300M"
+"""iperf3 UDP offered rate: below what either side carries on a quiet machine, so loss means trouble."""
+CASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("TCP", ()),
+    ("TCP -R", ("-R",)),
+    ("TCP -P 2", ("-P", "2")),
+    (f"UDP {UDP_RATE}", ("-u", "-b", UDP_RATE, "-l", "1200")),
+)
+"""(label, extra iperf3 arguments) of the cases run on both setups."""
 WG_PORT = 51900
 """wireguard-go's listening port in the gateway namespace (any free port)."""
 
 
-def iperf(ns: str, seconds: int) -> float:
-    """Receiver-side Mbit/s of one TCP iperf3 run from ``ns`` to the web host."""
+@dataclass
+class Result:
+    """One iperf3 run: receiver Mbit/s, bytes moved, UDP loss (%), CPU seconds of each side."""
+
+    mbps: float
+    nbytes: int
+    lost: float | None
+    cpu: dict[str, float]
+
+    def cpu_per_gb(self, side: str) -> float:
+        return self.cpu[side] / max(self.nbytes / 1e9, 1e-9)
+
+
+def iperf(
+    ns: str, seconds: int, extra: Sequence[str] = (), host: str | None = None
+) -> tuple[float, int, float | None]:
+    """(receiver Mbit/s, bytes, UDP loss % or None) of one iperf3 run from ``ns`` to the web host."""
     from e2e.topology import WEB_V4, run
 
-    r = run("iperf3", "-c", WEB_V4, "-p", "5201", "-t", str(seconds), "-J", ns=ns, timeout=seconds + 30)
-    data = json.loads(r.stdout)
+    argv = ["iperf3", "-c", host or WEB_V4, "-p", "5201", "-t", str(seconds), "-J", *extra]
+    for attempt in range(3):
+        # iperf3 3.12's server resets a control connection that arrives while it is still ending the
+        # previous test: that error (only) is retried.
+        r = run(*argv, ns=ns, timeout=seconds + 30)
+        data = json.loads(r.stdout)
+        if "control message" not in str(data.get("error", "")) or attempt == 2:
+            break
+        time.sleep(0.5)
     if "error" in data:
         raise RuntimeError(f"iperf3: {data['error']}")
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
+    end = data["end"]
+    if "-u" in extra:
+        s = end["sum"]
+        return (
+            float(s["bits_per_second"]) / 1e6 * (1 - s["lost_percent"] / 100),
+            int(s["bytes"]),
+            float(s["lost_percent"]),
+        )
+    return float(end["sum_received"]["bits_per_second"]) / 1e6, int(end["sum_received"]["bytes"]), None
+
+
+def measured(
+    pids: dict[str, int], ns: str, seconds: int, extra: Sequence[str] = (), host: str | None = None
+) -> Result:
+    """One iperf3 run with the CPU seconds (user + system) each of ``pids`` used meanwhile."""
+    cpu0 = {n: sum(cpu_seconds(p)) for n, p in pids.items()}
+    mbps, nbytes, lost = iperf(ns, seconds, extra, host)
+    return Result(mbps, nbytes, lost, {n: sum(cpu_seconds(p)) - cpu0[n] for n, p in pids.items()})
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -60,8 +116,8 @@ def _wg_key() -> tuple[str, str]:
     return priv, pub
 
 
-def wireguard_go(topo: object, seconds: int) -> float:
-    """The reference run: wireguard-go on both ends over the same topology."""
+def wireguard_go(topo: object, seconds: int) -> dict[str, Result]:
+    """The reference runs: wireguard-go on both ends over the same topology, every case of :data:`CASES`."""
     from e2e.topology import WEB_V4, Proc, Topology, sh, wait_for
 
     assert isinstance(topo, Topology)
@@ -124,7 +180,8 @@ def wireguard_go(topo: object, seconds: int) -> float:
                 == 0
             ),
         )
-        return iperf(cns, seconds)
+        pids = {"client": procs[0].popen.pid, "gateway": procs[1].popen.pid}  # type: ignore[union-attr]
+        return {label: measured(pids, cns, seconds, extra) for label, extra in CASES}
     finally:
         sh("ip", "route", "del", f"{WEB_V4}/32", ns=cns, check=False)
         for p in procs:
@@ -162,7 +219,7 @@ def profile(topo: object, seconds: int, out: Path) -> tuple[float, list[str]]:
                     stderr=subprocess.DEVNULL,
                 )
             )
-    mbps = iperf(topo.ns["client"], seconds)
+    mbps = iperf(topo.ns["client"], seconds)[0]
     for r in recs:
         r.wait(timeout=60)
     lines = []
@@ -200,27 +257,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("bench_e2e_iperf: needs root (network namespaces); not run")
         return
     from e2e.demo import connect
-    from e2e.topology import Topology
+    from e2e.topology import Topology, run
 
     with Topology() as topo:
         connect(topo, 0)
-        pids = {n: topo.procs[n].popen.pid for n in ("gateway", "client")}  # type: ignore[union-attr]
-        cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
-        t0 = time.monotonic()
-        ours = iperf(topo.ns["client"], args.seconds)
-        wall = time.monotonic() - t0
-        cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()}
+        cns = topo.ns["client"]
+        pids = {n: topo.procs[n].popen.pid for n in ("client", "gateway")}  # type: ignore[union-attr]
+        ours = {label: measured(pids, cns, args.seconds, extra) for label, extra in CASES}
+        proxy = run("dig", "+short", "+time=3", "+tries=2", "web.fz.test", "A", ns=cns).stdout.split()
+        nat = measured(pids, cns, args.seconds, (), proxy[0]) if proxy else None
         ref = wireguard_go(topo, args.seconds)
         print(
-            f"iperf3 TCP {args.seconds} s, client host -> tunnel -> gateway -> resource host (receiver side)"
+            f"iperf3 {args.seconds} s per case, client host <-> tunnel <-> gateway <-> resource host"
+            " (receiver side);"
         )
-        print(f"  ours (devio.client + firezone-gateway, Python): {ours:9.1f} Mbit/s")
-        print(f"  wireguard-go on both ends:                    {ref:9.1f} Mbit/s")
-        print(f"  ratio ours / wireguard-go: {ours / ref:.3f}x")
-        for n in pids:
-            user, system = (cpu1[n][k] - cpu0[n][k] for k in (0, 1))
-            u, sy = 100 * user / wall, 100 * system / wall
-            print(f"  {n} CPU during our run: user {u:.0f}%, system {sy:.0f}% of a core")
+        print("CPU s/GB: CPU seconds (user + system) of the client / gateway process per GB moved")
+        print(
+            f"  {'case':<12} {'ours Mbit/s':>12} {'wg-go Mbit/s':>13} {'ratio':>6}"
+            f"  {'ours CPU s/GB c/g':>18}  {'wg-go CPU s/GB c/g':>18}"
+        )
+        rows = [(label, ours[label], ref[label]) for label, _ in CASES]
+        if nat is not None:
+            rows.append(("TCP DNS/NAT", nat, ref["TCP"]))
+        for label, o, w in rows:
+            loss = (
+                f"  loss {o.lost:.1f}% / {w.lost:.1f}%" if o.lost is not None and w.lost is not None else ""
+            )
+            print(
+                f"  {label:<12} {o.mbps:12.1f} {w.mbps:13.1f} {o.mbps / w.mbps:5.2f}x"
+                f"  {o.cpu_per_gb('client'):8.1f} / {o.cpu_per_gb('gateway'):6.1f}"
+                f"  {w.cpu_per_gb('client'):10.1f} / {w.cpu_per_gb('gateway'):6.1f}{loss}"
+            )
+        if nat is None:
+            print("  TCP DNS/NAT: no proxy address from the stub resolver; not run")
         if args.profile:
             out = Path(args.profile)
             out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"profiled run (py-spy, 200 Hz): {mbps:.1f} Mbit/s; most self time (samples incl. idle):")
             for line in lines:
                 print(line)
+        head_o, head_w = ours["TCP"].mbps, ref["TCP"].mbps
+        print(
+            f"  single TCP stream, client to resource: ours {head_o:.1f} Mbit/s,"
+            f" wireguard-go {head_w:.1f} Mbit/s"
+        )
+        print(f"ratio ours / wireguard-go: {head_o / head_w:.2f}x")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ log = logging.getLogger("devio.client")
 
 SENTINEL_V4 = ipaddress.IPv4Address("100.100.111.1")
 """The client's stub resolver (Firezone's first IPv4 DNS sentinel, ``client.rs``)."""
+SENTINEL_RAW = SENTINEL_V4.packed
+"""The same, as it appears in a packet (the hot path compares bytes)."""
 CLIENT_PORT = 52625
 """snownet's preferred UDP port."""
 PROXY_RANGES = ("100.96.0.0/11", "fd00:2021:1111:8000::/107")
@@ -87,8 +89,9 @@ PORTAL_RETRY = 0.5
 """Seconds between two attempts while the portal is unreachable."""
 REAUTHORIZE_DELAY = 1.0
 """Seconds after a failed connection or a goodbye before the client asks for its resources again."""
-BATCH = 64
-"""Packets taken from one descriptor per wake-up (the other descriptor and the timer get their turn)."""
+BATCH = 128
+"""Packets taken from one descriptor per wake-up (the other descriptor and the timer get their turn); a
+TUN super-packet (up to ~52 segments of a 64 KiB TSO packet) is never cut."""
 STATUS_INTERVAL = 0.25
 """Seconds between two writes of the status file (tests poll it for "connected")."""
 HTTP_TIMEOUT = 2.0
@@ -221,7 +224,10 @@ class ClientProcess:
         self._flush()
 
     def _on_tun(self) -> None:
+        """What the TUN has (at most :data:`BATCH` packets; a super-packet's segments all at once) goes to
+        the client as one batch; DNS queries to the stub are answered here."""
         assert self.tun is not None
+        batch: list[bytes] = []
         for _ in range(BATCH):
             try:
                 packet = self.tun.try_read()
@@ -230,27 +236,33 @@ class ClientProcess:
                 return
             if packet is None:
                 break
-            self.counters["tun_in"] += 1
-            self._from_app(packet)
+            if self._is_stub_query(packet):
+                continue
+            batch.append(packet)
+        self.counters["tun_in"] += len(batch)
+        if batch:
+            self.client.send_packets(self.now(), batch)
+            if len(self.client.events) > 1000:  # unroutable sends (IPv6 router solicitations ...) are logged
+                del self.client.events[:500]
         self._flush()
 
-    def _from_app(self, packet: bytes) -> None:
+    def _is_stub_query(self, packet: bytes) -> bool:
+        """A DNS query to the stub resolver's sentinel address: answered (or forwarded) here; True."""
+        if len(packet) < 28 or packet[0] != 0x45 or packet[9] != PROTO_UDP or packet[16:20] != SENTINEL_RAW:
+            return False
         try:
             ip = parse_ip(packet)
-            if ip.dst == SENTINEL_V4 and ip.proto == PROTO_UDP:
-                udp = parse_udp(ip.payload)
-                if udp.dport == 53:
-                    self._dns_query(ip.src, udp.sport, udp.payload)
-                    return
+            udp = parse_udp(ip.payload)
         except DecodeError:
-            return
-        self.client.send_packet(self.now(), packet)
-        if len(self.client.events) > 1000:  # unroutable sends (IPv6 router solicitations ...) are logged
-            del self.client.events[:500]
+            return True
+        if udp.dport != 53:
+            return False
+        self._dns_query(ip.src, udp.sport, udp.payload)
+        return True
 
-    def _to_tun(self, packet: bytes) -> None:
-        """A decrypted packet for the TUN; a forwarded DNS answer goes back as coming from the stub."""
-        assert self.tun is not None
+    def _to_tun(self, packet: bytes) -> bytes | None:
+        """A decrypted packet for the TUN (``None``: drop it); a forwarded DNS answer goes back as coming
+        from the stub."""
         try:
             ip = parse_ip(packet)
             if ip.proto == PROTO_UDP:
@@ -259,9 +271,9 @@ class ClientProcess:
                     app_ip, app_port = self._dns.pop(udp.dport)
                     packet = build_udp_packet(SENTINEL_V4, app_ip, 53, app_port, udp.payload)
         except DecodeError:
-            return
+            return None
         self.counters["tun_out"] += 1
-        self.tun.write(packet)
+        return packet
 
     def _dns_query(self, src: IPAddress, sport: int, payload: bytes) -> None:
         assert self.tun is not None
@@ -308,15 +320,24 @@ class ClientProcess:
         self.tun.write(build_udp_packet(SENTINEL_V4, src, 53, sport, resp.to_wire()))
 
     def _flush(self) -> None:
-        assert self.udp is not None and self.loop is not None
+        """Execute the client's commands: datagrams and TUN packets in batches (one ``sendmsg`` with
+        ``UDP_SEGMENT`` per run to the gateway, one TUN write per coalesced run), as the gateway's driver."""
+        assert self.udp is not None and self.loop is not None and self.tun is not None
+        sends: list[Transmit] = []
+        writes: list[bytes] = []
         while (cmd := self.client.poll_command()) is not None:
             if isinstance(cmd, Transmit):
-                if self.udp.send(cmd) is None:
-                    self.counters["udp_out"] += 1
+                sends.append(cmd)
             elif isinstance(cmd, WriteTun):
-                self._to_tun(cmd.packet)
+                packet = self._to_tun(cmd.packet)
+                if packet is not None:
+                    writes.append(packet)
             elif isinstance(cmd, SignalIce):
                 self._signals.put_nowait(cmd)
+        if sends:
+            self.counters["udp_out"] += len(sends) - len(self.udp.send_batch(sends))
+        if writes:
+            self.tun.write_batch(writes)
         self._check_connections()
         deadline = self.client.poll_timeout()
         at = None if deadline is None else int(deadline.at)

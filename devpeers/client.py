@@ -444,6 +444,19 @@ class DevClient:
             self.stats.incr("dropped.malformed")
             return False
 
+    def send_packets(self, now: Instant, packets: list[bytes]) -> int:
+        """A batch of application packets, each as :meth:`send_packet`; how many were routed. The node's
+        commands are collected once, after the batch."""
+        self._advance(now)
+        sent = 0
+        for packet in packets:
+            try:
+                sent += self._send_app(now, packet, drain=False)
+            except DecodeError:
+                self.stats.incr("dropped.malformed")
+        self._drain(now)
+        return sent
+
     def send_raw(self, now: Instant, gateway: str, packet: bytes) -> None:
         """Any IP packet to ``gateway`` through the tunnel, unrouted and unchecked (spoofing, foreign
         destinations, control packets: what a misbehaving client could send)."""
@@ -461,12 +474,11 @@ class DevClient:
 
     # --- internals: sending ---------------------------------------------------------------------------------
 
-    def _send_app(self, now: Instant, packet: bytes) -> bool:
-        dst = parse_ip(packet).dst
-        route = self.routes.route(dst)
+    def _send_app(self, now: Instant, packet: bytes, drain: bool = True) -> bool:
+        route = self.routes.route_raw(packet)
         if route is None:
             self.stats.incr("dropped.unroutable")
-            self.events.append((now, "", f"unroutable {dst}"))
+            self.events.append((now, "", f"unroutable {parse_ip(packet).dst}"))
             return False
         gateway, proxied = route
         if proxied is None:
@@ -486,7 +498,8 @@ class DevClient:
                 self._encapsulate(now, gateway, req.packet)
             if out is not None:
                 self._encapsulate(now, gateway, out)
-        self._drain(now)
+        if drain:
+            self._drain(now)
         return True
 
     # --- internals: receiving -------------------------------------------------------------------------------

@@ -26,10 +26,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_net
 from devpeers.client_types import ClientResource
 from gateway_core.addr import IPAddress, IPNetwork
 from gateway_core.dns.patterns import is_subdomain
+from gateway_core.wire.ip import parse_ip
 
 PROXY_V4 = IPv4Network("100.96.0.0/11")
 PROXY_V6 = IPv6Network("fd00:2021:1111:8000::/107")
 """Firezone's DNS-resource proxy ranges (``rust/connlib/tunnel/src/client.rs``)."""
+ROUTE_CACHE = 4096
+"""Destinations :meth:`ResourceTable.route_raw` remembers at most (then it starts over)."""
 PROXY_IPS_PER_FAMILY = 4
 """Firezone's client assigns 4 proxy IPs per family to every name of a DNS resource it resolves."""
 
@@ -55,10 +58,13 @@ class ResourceTable:
         self._proxy: dict[IPAddress, tuple[uuid.UUID, str]] = {}
         self._next_v4 = int(PROXY_V4.network_address) + 1
         self._next_v6 = int(PROXY_V6.network_address) + 1
+        self._routes: dict[bytes, tuple[str, tuple[uuid.UUID, str] | None] | None] = {}
+        """:meth:`route_raw`'s answers by raw destination address; cleared by every change."""
 
     def add(self, resource: ClientResource, gateway: str) -> None:
         """Route ``resource`` through ``gateway`` (replacing an earlier grant of the same resource)."""
         self.resources[resource.id] = (resource, gateway)
+        self._routes.clear()
         if resource.kind == "cidr":
             net = ip_network(resource.address)
             self._cidrs = [(n, r) for n, r in self._cidrs if r != resource.id] + [(net, resource.id)]
@@ -67,6 +73,7 @@ class ResourceTable:
     def remove(self, resource_id: uuid.UUID) -> None:
         """Stop routing the resource (its proxy IPs are kept)."""
         self.resources.pop(resource_id, None)
+        self._routes.clear()
         self._cidrs = [(n, r) for n, r in self._cidrs if r != resource_id]
 
     def dns_resource_for(self, name: str) -> tuple[ClientResource, str] | None:
@@ -89,6 +96,7 @@ class ResourceTable:
             self._next_v6 += PROXY_IPS_PER_FAMILY
             d = DomainProxy(resource, gateway, v4, v6)
             self._domains[(resource, name)] = d
+            self._routes.clear()
             for a in v4:
                 self._proxy[a] = (resource, name)
             for b in v6:
@@ -105,6 +113,26 @@ class ResourceTable:
             if domain == name.lower().rstrip("."):
                 return (*d.proxy_v4, *d.proxy_v6)
         return ()
+
+    def route_raw(self, packet: bytes) -> tuple[str, tuple[uuid.UUID, str] | None] | None:
+        """:meth:`route` of an IP packet's destination, remembered by the raw address (a flow's packets
+        cost one dictionary probe); raises ``DecodeError`` for what does not parse."""
+        version = packet[0] >> 4 if packet else 0
+        if version == 4 and len(packet) >= 20:
+            key = packet[16:20]
+        elif version == 6 and len(packet) >= 40:
+            key = packet[24:40]
+        else:
+            key = b""  # never stored: parse_ip raises for it
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        found = self.route(parse_ip(packet).dst)
+        if len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[key] = found
+        return found
 
     def route(self, dst: IPAddress) -> tuple[str, tuple[uuid.UUID, str] | None] | None:
         """(gateway, (resource, name) for a proxy IP) or None when nothing routes ``dst``."""

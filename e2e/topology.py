@@ -239,6 +239,8 @@ class Topology:
     """relay2 is coturn (``turnserver``, TURN REST credentials) instead of a second ``devio.relay``."""
     gateway_env: dict[str, str] = field(default_factory=dict)
     """More environment for the gateway daemon (e.g. ``FIREZONE_DNS_CLIENT_QPS`` for a benchmark)."""
+    client_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the dev clients (e.g. ``FIREZONE_TUN_OFFLOAD=0``)."""
     workdir: Path = field(init=False)
     ns: dict[str, str] = field(init=False, default_factory=dict)
     procs: dict[str, Proc] = field(init=False, default_factory=dict)
@@ -568,7 +570,7 @@ class Topology:
             str(self.workdir / f"{role}.json"),
         ]
         self.procs.pop(role, None)
-        proc = self._proc(role, role, argv)
+        proc = self._proc(role, role, argv, self.client_env)
         wait_for(f"{role} to start", lambda: "dev-client: up" in proc.text() or not proc.alive())
         if not proc.alive():
             raise RuntimeError(f"{role} stopped:\n{proc.text()[-3000:]}")

@@ -84,6 +84,7 @@ class DropReason(StrEnum):
     # --- IO layer (gateway_io: UDP sockets, TUN) ---
     UDP_OVERSIZED = "udp_oversized"
     UDP_RECEIVE_ERROR = "udp_receive_error"
+    TUN_OFFLOAD_MALFORMED = "tun_offload_malformed"
 
     # --- Simulator / generic ---
     UNROUTABLE = "unroutable"

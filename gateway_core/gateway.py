@@ -192,6 +192,10 @@ class Gateway:
         if policy is not None and self._fast:
             fast = forward(policy.flow_cache.outbound, packet, now)
             if fast is not None:
+                if ecn == ECN_CE:  # (rare: a congested path; the cached rewrite keeps the inner bits)
+                    marked = bytearray(fast)
+                    merge_ecn(marked, ECN_CE)
+                    return bytes(marked)
                 return fast
         flows = self._flows
         tracking = flows.enabled
@@ -291,6 +295,31 @@ class Gateway:
         n = self._counters.drops[DropReason.BAD_CHECKSUM]
         if n & (n - 1) == 0:
             log.warning("invalid checksum in a packet %s (%d so far): %s", where, n, bytes(packet[:40]).hex())
+
+    def handle_tun_packets(self, now: Instant, packets: list[bytes]) -> list[Transmit]:
+        """A batch of TUN packets, each as :meth:`handle_tun_packet` in order; their datagrams, in order.
+
+        Commands queued meanwhile wait for the caller's ``poll_command`` after the batch (R3 per batch)."""
+        out: list[Transmit] = []
+        handle = self.handle_tun_packet
+        for packet in packets:
+            t = handle(now, packet)
+            if t is not None:
+                out.append(t)
+        return out
+
+    def handle_datagrams(
+        self, now: Instant, datagrams: list[tuple[SocketAddr, SocketAddr, bytes, int]]
+    ) -> list[bytes]:
+        """A batch of datagrams ``(local, remote, payload, ecn)``, each as :meth:`handle_datagram` in
+        order; the IP packets for the TUN, in order."""
+        out: list[bytes] = []
+        handle = self.handle_datagram
+        for local, remote, payload, ecn in datagrams:
+            packet = handle(now, local, remote, payload, ecn)
+            if packet is not None:
+                out.append(packet)
+        return out
 
     # --- control plane --------------------------------------------------------------------------
 

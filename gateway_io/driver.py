@@ -18,14 +18,17 @@ the core is a *source* with a small queue; the loop takes turns:
 3. **One timer (R4/R5).** After the sources, the loop reads the clock; if ``poll_timeout()`` is due it
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
    a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
-4. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
+4. **Batches through the core (decision 0150).** A TUN batch goes to the core's ``handle_tun_packets``, a
+   UDP batch to ``handle_datagrams`` (a core without them gets packet by packet); the datagrams and TUN
+   packets a batch produced are written together at its end (:mod:`gateway_io.batch_out`).
+5. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
    commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
    server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
    upstream sockets when it can (``submit``; decision 0112); slow work (DNS server binds, interface
    configuration) goes to ordered worker tasks, and each domain resolution runs in its own task. Every
    outcome that the core must know about, failures included, comes back as an input on a source (R7);
    the driver never retries anything.
-5. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
+6. **Shutdown (R10).** :meth:`Driver.request_shutdown` (SIGINT/SIGTERM) reports ``ShutdownRequested``.
    From then on a grace period runs (:data:`SHUTDOWN_GRACE`, Firezone's 1 s flush): the core queues its
    goodbyes, a graceful portal close and ``Exit``; the loop keeps executing until ``Exit`` has come *and*
    the portal connection has closed, or until the grace period ends. The exit code is ``Exit.code``, or 1
@@ -74,6 +77,7 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
+from gateway_io import batch_out
 from gateway_io.dns_path import DnsPath
 from gateway_io.io_counters import V4, V6, IoCounters
 from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
@@ -173,6 +177,12 @@ class Driver:
         call into the core)."""
         self._wake = anyio.Event()
         self._tun_src: _Source[list[bytes]] = _source("tun", 1, 1)
+        self._batching = False
+        """Inside a data-plane batch: datagrams and TUN packets are collected, then written together."""
+        self._tx: list[Transmit] = []
+        self._tun_out: list[bytes] = []
+        self._tun_batch = getattr(core, "handle_tun_packets", None)
+        self._udp_batch = getattr(core, "handle_datagrams", None)
         self._udp_srcs: list[_Source[list[tuple[SocketAddr, SocketAddr, bytes, int]]]] = []
         self._udp_for: dict[type, Any] = {}
         """The UDP socket for each address type (``IPv4Address``, ``IPv6Address``), found on first use."""
@@ -350,43 +360,38 @@ class Driver:
         self.stats.turns += 1
         busy = False
         core = self.core
-        # The per-packet loops: R3's drain inline (one poll per packet, as a plain loop does), the bound
-        # methods looked up once per batch.
-        poll = core.poll_command
-        execute = self._execute
         io = self.stats.io
         for packets in self._tun_src.take():
             busy = True
             io.tun_read(packets)
             now = self.now()
-            handle_tun = core.handle_tun_packet
-            udp_for = self._udp_for
-            udp_sent = self._udp_sent
-            for packet in packets:
-                t = handle_tun(now, packet)
-                if t is not None:
-                    sock = udp_for.get(type(t.dst.ip))
-                    if sock is None:
-                        self._transmit(t)  # the first of its family: finds and caches the socket
-                    elif (failed := sock.send(t)) is not None:
-                        self._send_failed(failed)
-                    else:
-                        udp_sent(t.dst.ip.version == 6, t.payload)  # (a bool indexes as 0/1: V4/V6)
-                while (cmd := poll()) is not None:
-                    execute(cmd)
+            self._batching = True
+            if self._tun_batch is not None:
+                self._tx.extend(self._tun_batch(now, packets))
+                self._drain()
+            else:
+                for packet in packets:
+                    transmit = core.handle_tun_packet(now, packet)
+                    if transmit is not None:
+                        self._tx.append(transmit)
+                    self._drain()
+            self._flush()
         for src, fam in zip(self._udp_srcs, self._udp_fams, strict=True):
             for datagrams in src.take():
                 busy = True
                 io.udp_received(fam, datagrams)
                 now = self.now()
-                handle_datagram = core.handle_datagram
-                write_tun = self._write_tun
-                for local, remote, payload, ecn in datagrams:
-                    ip = handle_datagram(now, local, remote, payload, ecn)
-                    if ip is not None:
-                        write_tun(ip)
-                    while (cmd := poll()) is not None:
-                        execute(cmd)
+                self._batching = True
+                if self._udp_batch is not None:
+                    self._tun_out.extend(self._udp_batch(now, datagrams))
+                    self._drain()
+                else:
+                    for local, remote, payload, ecn in datagrams:
+                        ip = core.handle_datagram(now, local, remote, payload, ecn)
+                        if ip is not None:
+                            self._tun_out.append(ip)
+                        self._drain()
+                self._flush()
         for queries in self._dns.take() + self._dns_q.take():
             busy = True
             now = self.now()
@@ -513,7 +518,19 @@ class Driver:
             case _:
                 assert_never(cmd)
 
+    def _flush(self) -> None:
+        """End of a data-plane batch: write what it produced (:mod:`gateway_io.batch_out`)."""
+        self._batching = False
+        tx, self._tx = self._tx, []
+        out, self._tun_out = self._tun_out, []
+        batch_out.flush(
+            self._t, tx, out, self.stats.counters, self.stats.io, self.report, self._transmit, self._write_tun
+        )
+
     def _transmit(self, t: Transmit) -> None:
+        if self._batching:
+            self._tx.append(t)
+            return
         sock = self._udp_for.get(type(t.dst.ip))
         if sock is None:
             sock = next((u for u in self._t.udp if u.local.ip.version == t.dst.ip.version), None)
@@ -532,6 +549,9 @@ class Driver:
         self.report(failed)
 
     def _write_tun(self, packet: bytes) -> None:
+        if self._batching:
+            self._tun_out.append(packet)
+            return
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
         if err is None:

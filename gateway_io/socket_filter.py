@@ -14,6 +14,10 @@ UDP header plus the payload. A datagram is kept when its payload is at most :dat
   only (the node recognises relay traffic by that port alone), first byte 0x40-0x4F, a length field no
   larger than the rest.
 
+A socket with ``UDP_GRO`` gets :data:`PROGRAM_GRO`: the kernel runs the filter once on a coalesced run of
+datagrams, so WireGuard data (type 4) is kept up to 64 KiB and the daemon checks each datagram's length
+after splitting the run (decision 0150); the other shapes keep the bound.
+
 These are the node's own classification rules (``gateway_core.node.node.Node._route``) or looser, never
 stricter: whatever the node could use still reaches it (``tests/unit/test_socket_filter.py`` checks this
 against the real node, and ``tests/system/test_udp_filter_netns.py`` in the kernel). What the kernel drops
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 MAX_PAYLOAD = 1316
 """Largest payload kept: ``gateway_io.udp.MAX_DATAGRAM_SIZE`` (1280-byte IP packet + 32 WireGuard + 4
 ChannelData; Firezone discards bigger ones before decryption)."""
+MAX_GRO_PAYLOAD = 65507
+"""Largest UDP payload over IPv4 (65535 - 20 - 8): the bound of a coalesced (``UDP_GRO``) run."""
 TURN_PORT = 3478
 """Relays send from this port (``gateway_core.node.node.TURN_PORT``)."""
 STUN_MAGIC = 0x2112A442
@@ -59,11 +65,15 @@ class Insn:
     label: str | None = None
 
 
-def _program() -> list[Insn]:
+def _program(gro: bool = False) -> list[Insn]:
+    """The filter; with ``gro`` (the socket has ``UDP_GRO`` on) the kernel runs it once on a coalesced
+    run of WireGuard data datagrams, so type 4 may be up to 64 KiB long (userspace splits the run and
+    checks every datagram's size); the other shapes keep the :data:`MAX_PAYLOAD` bound."""
     p = UDP_HEADER  # payload offset
+    limit = [Insn(TXA), Insn(JGT_K, p + MAX_PAYLOAD, "drop", None)] if gro else []
     return [
         Insn(LD_W_LEN),  # A = 8 + payload length
-        Insn(JGT_K, p + MAX_PAYLOAD, "drop", None),
+        Insn(JGT_K, p + (MAX_GRO_PAYLOAD if gro else MAX_PAYLOAD), "drop", None),
         Insn(JGE_K, p + 4, None, "drop"),  # every kept shape has at least 4 bytes
         Insn(TAX),  # X = length (kept for the exact-length checks)
         Insn(LD_B_ABS, p),  # A = byte 0
@@ -89,6 +99,7 @@ def _program() -> list[Insn]:
         Insn(JEQ_K, p + 64, "keep", "stun"),
         # STUN: 20-byte header, magic cookie, length field = the rest, a multiple of 4
         Insn(TXA, label="stun"),
+        *limit,
         Insn(JGE_K, p + 20, None, "drop"),
         Insn(LD_W_ABS, p + 4),
         Insn(JEQ_K, STUN_MAGIC, None, "drop"),
@@ -100,6 +111,7 @@ def _program() -> list[Insn]:
         Insn(JGT_K, 0x4F, "drop", None, label="channel"),
         Insn(LD_H_ABS, 0),  # UDP source port
         Insn(JEQ_K, TURN_PORT, None, "drop"),
+        *limit,
         Insn(LD_H_ABS, p + 2),
         Insn(ADD_K, p + 4),
         Insn(JGT_X, 0, "drop", "keep"),
@@ -123,6 +135,9 @@ def assemble(program: list[Insn]) -> list[tuple[int, int, int, int]]:
 
 PROGRAM = assemble(_program())
 """The filter, assembled."""
+
+PROGRAM_GRO = assemble(_program(gro=True))
+"""The filter for a socket with ``UDP_GRO`` (see :func:`_program`)."""
 
 
 class _SockFprog(ctypes.Structure):

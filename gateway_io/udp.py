@@ -21,10 +21,13 @@ the ICE agent matches datagrams to its host candidates by that address, and with
 header (``IP_RECVTOS`` / ``IPV6_RECVTCLASS``; the core merges a CE mark into the inner packet, as
 Firezone's ``quinn-udp`` receive path hands them to ``with_ecn_from_transport``). Both addresses are
 looked up in small caches keyed by the kernel's raw values, so a datagram costs the system call, one
-copy of its payload and two dictionary probes. Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still
-arrive (no filter) are discarded and counted, as Firezone does before decryption. Sending never waits
-and never raises: a datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed`
-(R7).
+copy of its payload and two dictionary probes. With ``UDP_GRO`` (decision 0150) one receive may bring a run of
+datagrams of one flow; it is split by the segment size the kernel reports in a control message.
+:meth:`UdpSocket.send_batch` sends each run of datagrams to one destination with one ``sendmsg`` and
+``UDP_SEGMENT``, falling back to one datagram per call for a destination where the kernel refuses it.
+Datagrams longer than :data:`MAX_DATAGRAM_SIZE` that still arrive (no
+filter) are discarded and counted, as Firezone does before decryption. Sending never waits and never raises: a
+datagram the kernel refuses comes back as a :class:`gateway_core.inputs.SendFailed` (R7).
 """
 
 from __future__ import annotations
@@ -73,12 +76,27 @@ small next to the TUN's 100 so that the timer is checked often)."""
 _RECV_BUFFER = 65536
 """Receive buffer: the largest UDP payload, so an oversized datagram is seen whole and then discarded."""
 
-_ANC_SIZE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(20)
-"""Ancillary buffer: one ``in6_pktinfo`` (20 bytes) or ``in_pktinfo`` (12), then the TOS byte or the
-traffic class (an ``int``), with room to spare."""
+_ANC_SIZE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4) + socket.CMSG_SPACE(4)
+"""Ancillary buffer: one ``in6_pktinfo`` (20 bytes) or ``in_pktinfo`` (12), with room to spare, the TOS
+byte or the traffic class (an ``int``), and the ``UDP_GRO`` segment size (an ``int``)."""
 
 Datagram = tuple[SocketAddr, SocketAddr, bytes, int]
 """``(local, remote, payload, ecn)``: a received datagram and the ECN bits of its IP header."""
+
+SOL_UDP = 17
+"""Socket option level of UDP (``IPPROTO_UDP``)."""
+UDP_SEGMENT = 103
+"""``UDP_SEGMENT`` (``linux/udp.h``): a ``sendmsg`` control message (``u16``) asking the kernel to cut the
+buffer into datagrams of that size (UDP GSO, Linux 4.18)."""
+UDP_GRO = 104
+"""``UDP_GRO`` (``linux/udp.h``): the kernel may hand one receive a run of same-sized datagrams of one
+flow, with their size in a control message (Linux 5.0)."""
+
+GSO_MAX_SEGMENTS = 64
+"""Datagrams per ``UDP_SEGMENT`` send at most (the kernel's ``UDP_MAX_SEGMENTS`` before Linux 6.9; 128 after;
+wireguard-go's ``conn/bind_std.go`` uses 64)."""
+GSO_MAX_BYTES = 65507
+"""Payload bytes per ``UDP_SEGMENT`` send at most: the largest UDP payload over IPv4."""
 
 IP_PKTINFO = 8
 """``IP_PKTINFO`` (``linux/in.h``; not exported by Python's ``socket`` module)."""
@@ -92,6 +110,16 @@ _IN6_PKTINFO = struct.Struct("=16sI")
 _ADDR_CACHE_LIMIT = 4096
 """Parsed addresses kept per cache (raw kernel value -> ``SocketAddr``) so that the hot path does not
 parse each time; a cache that fills up is cleared (a flood from random sources only costs the parse)."""
+
+
+OFFLOAD_ENV = "FIREZONE_UDP_OFFLOAD"
+"""``0``/``false``/``off``/``no`` turns ``UDP_GRO`` and ``UDP_SEGMENT`` off (one datagram per system call)."""
+
+
+def offload_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Whether :data:`OFFLOAD_ENV` allows the UDP offloads (anything but ``0``/``false``/``off``/``no``)."""
+    value = (os.environ if env is None else env).get(OFFLOAD_ENV, "1").strip().lower()
+    return value not in ("0", "false", "off", "no")
 
 
 def raise_buffer_limits(rmem: int = RECV_BUFFER_SIZE, wmem: int = SEND_BUFFER_SIZE) -> list[str]:
@@ -133,17 +161,25 @@ class UdpSocket:
         "_anc",
         "_bufs",
         "_closed",
+        "_dsts",
         "_locals",
+        "_no_gso",
+        "_pending",
+        "_pending_at",
         "_remotes",
         "_view",
         "family",
         "filtered",
+        "gro",
+        "gso",
         "local",
         "sock",
         "stats",
     )
 
-    def __init__(self, sock: socket.socket, *, filtered: bool = False) -> None:
+    def __init__(
+        self, sock: socket.socket, *, filtered: bool = False, gro: bool = False, gso: bool = False
+    ) -> None:
         self.sock = sock
         self.family = sock.family
         host, port = sock.getsockname()[:2]
@@ -157,6 +193,16 @@ class UdpSocket:
         self._locals: dict[bytes, SocketAddr] = {}
         self._remotes: dict[tuple[Any, ...], SocketAddr] = {}
         self._closed = False
+        self.gro = gro
+        """``UDP_GRO`` is on: one receive may hold a run of datagrams (split here)."""
+        self.gso = gso
+        """Runs to one destination go out with one ``sendmsg`` and ``UDP_SEGMENT``."""
+        self._pending: list[Datagram] = []
+        self._pending_at = 0
+        self._dsts: dict[SocketAddr, tuple[str, int]] = {}
+        """Destination tuples for ``sendto``, built once per peer (cleared at :data:`_ADDR_CACHE_LIMIT`)."""
+        self._no_gso: set[SocketAddr] = set()
+        """Destinations where the kernel refused ``UDP_SEGMENT``: sent one by one from then on."""
 
     @classmethod
     def bind(
@@ -169,26 +215,47 @@ class UdpSocket:
         recv_buffer: int | None = RECV_BUFFER_SIZE,
         fallback: bool = True,
         shape_filter: bool = True,
+        offload: bool | None = None,
     ) -> UdpSocket:
-        """Bind ``family``'s wildcard address on ``port``, else (``fallback``) on a free port; OSError."""
+        """Bind ``family``'s wildcard address on ``port``, else (``fallback``) on a free port; OSError.
+
+        With ``offload`` the socket receives with ``UDP_GRO`` and sends runs with ``UDP_SEGMENT`` where the
+        kernel allows it (refusal is logged once and the socket works one datagram at a time); default:
+        :func:`offload_from_env`."""
+        if offload is None:
+            offload = offload_from_env()
         sock = socket.socket(family, socket.SOCK_DGRAM)
         filtered = False
+        gro = gso = False
         try:
             sock.setblocking(False)
+            if offload:
+                try:
+                    sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                    gro = True
+                except OSError as e:
+                    log.info("UDP_GRO refused (one datagram per receive): %s", e)
+                try:
+                    sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+                    gso = True
+                except OSError as e:
+                    log.info("UDP_SEGMENT not available (one datagram per send): %s", e)
+            else:
+                log.info("UDP offloads off (%s): one datagram per system call", OFFLOAD_ENV)
             if shape_filter:
                 # Before bind: nothing unfiltered is ever queued.
                 try:
-                    socket_filter.attach(sock)
+                    socket_filter.attach(sock, socket_filter.PROGRAM_GRO if gro else socket_filter.PROGRAM)
                     filtered = True
                 except OSError as e:
                     log.warning("cannot attach the UDP socket filter (garbage reaches the daemon): %s", e)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)  # after PKTINFO in anc
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)  # after PKTINFO in anc
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
             if mark is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", mark))
             host = "::" if family == socket.AF_INET6 else "0.0.0.0"
@@ -208,7 +275,7 @@ class UdpSocket:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, filtered=filtered)
+        return cls(sock, filtered=filtered, gro=gro, gso=gso)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -237,70 +304,151 @@ class UdpSocket:
 
     def try_receive(self) -> Datagram | None:
         """``(local, remote, payload, ecn)`` of one queued datagram, or ``None`` if none is queued now."""
+        if self._pending_at >= len(self._pending):
+            self._pending.clear()
+            self._pending_at = 0
+            if not self._receive_into(self._pending):
+                return None
+        item = self._pending[self._pending_at]
+        self._pending_at += 1
+        return item
+
+    def _receive_into(self, out: list[Datagram]) -> bool:
+        """One receive: its datagram(s) (a ``UDP_GRO`` run is split) appended to ``out``; False: empty."""
         while True:
             try:
                 n, anc, _flags, addr = self.sock.recvmsg_into(self._bufs, self._anc)
             except (BlockingIOError, InterruptedError):
-                return None
+                return False
             except OSError as e:
                 # e.g. ECONNREFUSED from an ICMP error for an earlier send: not a datagram, read on.
                 self.stats.drop(DropReason.UDP_RECEIVE_ERROR)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("UDP receive error on %s: %s", self.local, e)
                 continue
-            if n > MAX_DATAGRAM_SIZE:
-                self.stats.drop(DropReason.UDP_OVERSIZED)
+            size = n
+            local = self.local
+            ecn = 0
+            for level, kind, data in anc:
+                if level == SOL_UDP:
+                    if kind == UDP_GRO and len(data) >= 2:
+                        size = int.from_bytes(data[:4] if len(data) >= 4 else data, sys.byteorder) or n
+                elif kind == IP_PKTINFO or kind == socket.IPV6_PKTINFO:
+                    local = self._locals.get(data) or self._local_of(anc)
+                else:  # the TOS byte (IPv4) or the traffic class (IPv6, an int)
+                    ecn = (data[0] if len(data) == 1 else int.from_bytes(data, sys.byteorder)) & 3
+            if size > MAX_DATAGRAM_SIZE:
+                self.stats.drop(DropReason.UDP_OVERSIZED, -(-n // size))
                 continue
-            if anc:
-                local = self._locals.get(anc[0][2]) or self._local_of(anc)
-            else:
-                local = self.local
             remote = self._remotes.get(addr) or self._remote_of(addr)
-            if len(anc) > 1:  # after the packet info: the TOS byte, or the traffic class (an int)
-                data = anc[1][2]
-                ecn = (data[0] if len(data) == 1 else int.from_bytes(data, sys.byteorder)) & 3
+            view = self._view[:n]
+            if size >= n:
+                out.append((local, remote, view[:n].tobytes(), ecn))
             else:
-                ecn = 0
-            return local, remote, self._view[:n].tobytes(), ecn
+                for at in range(0, n, size):
+                    out.append((local, remote, view[at : at + size].tobytes(), ecn))
+            return True
 
     async def receive_batch(self, max_datagrams: int = MAX_BATCH) -> list[Datagram]:
-        """Between 1 and ``max_datagrams`` datagrams ``(local, remote, payload, ecn)``; waits for one."""
+        """At least 1 datagram ``(local, remote, payload, ecn)``, waiting for the first; then what is queued,
+        until ``max_datagrams`` are in (a ``UDP_GRO`` run is never cut: a batch may exceed it by one run)."""
         batch: list[Datagram] = []
-        while not batch:
-            while len(batch) < max_datagrams:
-                item = self.try_receive()
-                if item is None:
-                    break
-                batch.append(item)
-            if not batch:
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                await anyio.wait_readable(self.sock)
-        return batch
+        if self._pending_at < len(self._pending):
+            batch.extend(self._pending[self._pending_at :])
+            self._pending.clear()
+            self._pending_at = 0
+        while True:
+            while len(batch) < max_datagrams and self._receive_into(batch):
+                pass
+            if batch:
+                return batch
+            if self._closed:
+                raise anyio.ClosedResourceError
+            await anyio.wait_readable(self.sock)
+
+    def _dst(self, dst: SocketAddr) -> tuple[str, int]:
+        addr = self._dsts.get(dst)
+        if addr is None:
+            if len(self._dsts) >= _ADDR_CACHE_LIMIT:
+                self._dsts.clear()
+            addr = self._dsts[dst] = (str(dst.ip), dst.port)
+        return addr
+
+    def _pktinfo(self, src: SocketAddr | None, dst: SocketAddr) -> list[tuple[int, int, bytes]]:
+        if src is None or src.ip.is_unspecified or src.ip.version != dst.ip.version:
+            return []
+        if dst.ip.version == 4:
+            return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.ip.packed, b"\0\0\0\0"))]
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(src.ip.packed, 0))]
 
     def send(self, transmit: Transmit) -> SendFailed | None:
         """Send one datagram now (from ``transmit.src``'s IP if given); a failure comes back as a value."""
         dst = transmit.dst
         try:
             src = transmit.src
-            if src is None or src.ip.is_unspecified or src.ip.version != dst.ip.version:
-                self.sock.sendto(transmit.payload, (str(dst.ip), dst.port))
-            elif dst.ip.version == 4:
-                info = _IN_PKTINFO.pack(0, src.ip.packed, b"\0\0\0\0")
-                self.sock.sendmsg(
-                    [transmit.payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, (str(dst.ip), dst.port)
-                )
+            if src is None:
+                self.sock.sendto(transmit.payload, self._dst(dst))
             else:
-                info = _IN6_PKTINFO.pack(src.ip.packed, 0)
-                self.sock.sendmsg(
-                    [transmit.payload],
-                    [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)],
-                    0,
-                    (str(dst.ip), dst.port),
-                )
+                self.sock.sendmsg([transmit.payload], self._pktinfo(src, dst), 0, self._dst(dst))
         except OSError as e:
             return SendFailed(dst, f"{type(e).__name__}: {e.strerror or e}")
         return None
+
+    def send_batch(self, transmits: list[Transmit]) -> list[SendFailed]:
+        """Send ``transmits`` in order; each run to one destination (same source, same size but a
+        shorter last) goes out with one ``sendmsg`` and ``UDP_SEGMENT``. The failures, as values."""
+        failed: list[SendFailed] = []
+        if not self.gso:
+            for t in transmits:
+                f = self.send(t)
+                if f is not None:
+                    failed.append(f)
+            return failed
+        i, n = 0, len(transmits)
+        while i < n:
+            first = transmits[i]
+            size = len(first.payload)
+            j = i + 1
+            if first.dst not in self._no_gso:
+                total = size
+                while (
+                    j < n
+                    and j - i < GSO_MAX_SEGMENTS
+                    and (t := transmits[j]).dst == first.dst
+                    and t.src == first.src
+                    and len(t.payload) <= size
+                    and total + len(t.payload) <= GSO_MAX_BYTES
+                ):
+                    total += len(t.payload)
+                    j += 1
+                    if len(t.payload) < size:
+                        break
+            if j - i == 1:
+                f = self.send(first)
+                if f is not None:
+                    failed.append(f)
+            else:
+                failed.extend(self._send_run(transmits[i:j], size))
+            i = j
+        return failed
+
+    def _send_run(self, run: list[Transmit], size: int) -> list[SendFailed]:
+        first = run[0]
+        anc = self._pktinfo(first.src, first.dst)
+        anc.append((SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder)))
+        try:
+            self.sock.sendmsg([b"".join(t.payload for t in run)], anc, 0, self._dst(first.dst))
+        except OSError as e:
+            if e.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.EMSGSIZE):
+                # The route's device cannot segment (e.g. no checksum offload): one by one, from now on.
+                if not self._no_gso:
+                    log.info("UDP GSO refused towards %s (%s): sending datagrams one by one", first.dst, e)
+                self._no_gso.add(first.dst)
+                self.stats.incr("udp.gso_refused")
+                return [f for t in run if (f := self.send(t)) is not None]
+            return [SendFailed(first.dst, f"{type(e).__name__}: {e.strerror or e}")]
+        self.stats.incr("udp.gso_sends")
+        return []
 
     def close(self) -> None:
         if self._closed:
@@ -330,6 +478,7 @@ class UdpSockets:
         env: Mapping[str, str] | None = None,
         fallback: bool = True,
         shape_filter: bool = True,
+        offload: bool | None = None,
     ) -> UdpSockets:
         """Bind both families (each falling back to a free port); a family that fails is recorded."""
         send_size, recv_size = buffer_sizes_from_env(env)
@@ -345,6 +494,7 @@ class UdpSockets:
                     recv_buffer=recv_size,
                     fallback=fallback,
                     shape_filter=shape_filter,
+                    offload=offload,
                 )
             except OSError as e:
                 log.info("cannot bind the IPv%d UDP socket: %s", version, e)
@@ -360,6 +510,20 @@ class UdpSockets:
         if sock is None:
             return SendFailed(transmit.dst, f"no IPv{transmit.dst.ip.version} socket")
         return sock.send(transmit)
+
+    def send_batch(self, transmits: list[Transmit]) -> list[SendFailed]:
+        """:meth:`UdpSocket.send_batch` per family (order kept within each); a missing family's datagrams
+        come back as failures."""
+        failed: list[SendFailed] = []
+        for version, sock in ((4, self.v4), (6, self.v6)):
+            mine = [t for t in transmits if t.dst.ip.version == version]
+            if not mine:
+                continue
+            if sock is None:
+                failed.extend(SendFailed(t.dst, f"no IPv{version} socket") for t in mine)
+            else:
+                failed.extend(sock.send_batch(mine))
+        return failed
 
     @property
     def sockets(self) -> list[UdpSocket]:

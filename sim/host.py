@@ -212,12 +212,19 @@ class Host:
         comp = self._datagram_handler
         if comp is None:
             return False
+        batch = getattr(comp, "handle_datagrams", None)
+        if batch is not None:
+            # The gateway's batch entry point, with the one datagram this event delivers (the driver hands
+            # it whole batches; a batch of one gives exactly what handle_datagram gives).
+            for packet in batch(now, [(local, remote, payload, ecn)]):
+                self.world.send_ip(self, packet)
+            return True
         if ecn:
-            packet = comp.handle_datagram(now, local, remote, payload, ecn)  # type: ignore[call-arg]
+            got = comp.handle_datagram(now, local, remote, payload, ecn)  # type: ignore[call-arg]
         else:
-            packet = comp.handle_datagram(now, local, remote, payload)
-        if packet is not None:
-            self.world.send_ip(self, packet)
+            got = comp.handle_datagram(now, local, remote, payload)
+        if got is not None:
+            self.world.send_ip(self, got)
         return True
 
     def on_ip_packet(self, now: Instant, packet: bytes) -> bool:
@@ -225,6 +232,11 @@ class Host:
         comp = self._packet_handler
         if comp is None:
             return False
+        batch = getattr(comp, "handle_tun_packets", None)
+        if batch is not None:  # as for datagrams: the batch entry point, one packet per event
+            for t in batch(now, [packet]):
+                self.world.send_udp(self, t.src, t.dst, t.payload)
+            return True
         transmit = comp.handle_tun_packet(now, packet)
         if transmit is not None:
             self.world.send_udp(self, transmit.src, transmit.dst, transmit.payload)

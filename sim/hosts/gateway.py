@@ -199,8 +199,8 @@ class GatewayHost(PortalClientHost):
             self.unbind(local.port)
             self.gateway.handle_input(now, DnsUpstreamResponse(qid, payload))
             return True
-        packet = self.gateway.handle_datagram(now, local, remote, payload, ecn)
-        if packet is not None:
+        # The batch entry point the driver uses, with the one datagram this event delivers.
+        for packet in self.gateway.handle_datagrams(now, [(local, remote, payload, ecn)]):
             self._to_kernel(now, packet)
         return True
 
@@ -271,8 +271,7 @@ class GatewayHost(PortalClientHost):
 
     def _to_gateway(self, now: Instant, packet: bytes) -> None:
         """A packet the kernel writes into the TUN device: to the gateway, whose answer goes out."""
-        t = self.gateway.handle_tun_packet(now, packet)
-        if t is not None:
+        for t in self.gateway.handle_tun_packets(now, [packet]):
             self.world.send_udp(self, t.src, t.dst, t.payload)
 
     def _local(self, now: Instant, packet: bytes, is_udp: bool) -> None:

@@ -115,7 +115,10 @@ async def test_batch_receive_with_destination_and_oversized_drop(ns: str, socket
     assert ecn == 0  # Not-ECT: the peer set no ECN bits
     assert local == SocketAddr(ip_address("127.0.0.2"), DEFAULT_PORT)  # the address it was sent to
     assert remote == SocketAddr(ip_address("127.0.0.1"), peer.getsockname()[1])
-    assert sockets.v4.stats.total_drops == 0  # the oversized one never left the kernel (the filter)
+    # The oversized one never left the kernel (the filter), unless the socket has UDP_GRO: then the filter
+    # lets WireGuard-data-shaped datagrams of any length through (a coalesced run is filtered whole) and
+    # the daemon drops it by its length, counted (decision 0150).
+    assert sockets.v4.stats.total_drops == (1 if sockets.v4.gro else 0)
 
     # Without the filter the daemon itself discards an oversized datagram, counted.
     with inside(ns):

@@ -152,3 +152,19 @@ def _world() -> World:
         w.run_until(secs(3))
         _WORLD.append(w)
     return _WORLD[0]
+
+
+def test_the_gro_program_keeps_coalesced_wireguard_data_and_bounds_the_rest() -> None:
+    """With ``UDP_GRO`` the kernel filters a whole run of WireGuard data datagrams at once."""
+    run = b"\x04\0\0\0" + bytes(1308) + b"\x04\0\0\0" + bytes(1308) * 3
+    assert sf.run(sf.PROGRAM_GRO, udp(5000, run)) != 0
+    assert sf.run(sf.PROGRAM, udp(5000, run)) == 0
+    stun = bytes([0, 1]) + (1400).to_bytes(2, "big") + (0x2112A442).to_bytes(4, "big") + bytes(12 + 1400)
+    assert sf.run(sf.PROGRAM_GRO, udp(5000, stun)) == 0  # longer than MAX_PAYLOAD: still dropped
+    channel = bytes([0x40, 0, 0x05, 0x78]) + bytes(1400)
+    assert sf.run(sf.PROGRAM_GRO, udp(3478, channel)) == 0
+    assert sf.run(sf.PROGRAM_GRO, udp(3478, bytes([0x40, 0, 0x03, 0xE4]) + bytes(996))) != 0
+    for payload in (b"\x04\0\0\0" + bytes(40), stun[:20] + bytes(0)):
+        assert (sf.run(sf.PROGRAM_GRO, udp(5000, payload)) != 0) == (
+            sf.run(sf.PROGRAM, udp(5000, payload)) != 0
+        )
