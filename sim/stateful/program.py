@@ -48,6 +48,8 @@ class StepKind(StrEnum):
     ROAM = "roam"
     PARTITION_DIRECT = "partition_direct"
     IDLE = "idle"
+    CONTROL_EDGE = "control_edge"
+    NAT_COLLISION = "nat_collision"
     UPSTREAM_DOWN = "upstream_down"
     UPSTREAM_UP = "upstream_up"
 
@@ -81,6 +83,8 @@ WEIGHTS: dict[StepKind, int] = {
     StepKind.ROAM: 1,
     StepKind.PARTITION_DIRECT: 1,
     StepKind.IDLE: 1,
+    StepKind.CONTROL_EDGE: 2,
+    StepKind.NAT_COLLISION: 2,
     StepKind.UPSTREAM_DOWN: 0,
     StepKind.UPSTREAM_UP: 0,
 }
@@ -157,6 +161,8 @@ KEY_EVENTS: dict[str, int] = {
     "internet_resource": 20,
     "reconciled_on_rejoin": 5,
     "dns_over_tcp": 20,
+    "control_edge": 40,
+    "nat_collision": 10,
 }
 """Events the coverage gate wants to see, with the minimum count per ``ci`` run (counted as
 ``event:<name>`` in the coverage)."""
