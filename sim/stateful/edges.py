@@ -21,6 +21,9 @@ without running the gateway's code:
   (the answer comes from the proxy IP it was sent to, with its own payload) and, when both reach the
   host, they arrive from two different source ports.
 
+Besides the steps, :class:`DropReasonCheck` checks the counter a refused probe to the CIDR resource's
+network goes to (see there).
+
 A ``control_edge`` step sends :data:`CASES_PER_STEP` consecutive cases from index ``a``;
 :func:`edge_programs` gives one program per kind that walks its whole table (run by ``make test`` and by
 ``make mutation``).
@@ -310,6 +313,49 @@ class Edges:
                 f"client-{c} control packets {[x.what for x in cases]}: expected Inactive for {dict(want)} "
                 f"and {malformed} counted malformed, got {dict(got)} {bad} and {counted}"
             )
+
+
+DROP_KEYS = ("drop.filtered", "drop.not_authorized")
+
+
+class DropReasonCheck:
+    """Why the gateway refused a probe, not only that it did: a packet the model predicts ``prohibited``
+    towards the CIDR resource's network counts ``drop.filtered`` when a resource the gateway holds for the
+    client covers the destination (its filters refuse the packet) and ``drop.not_authorized`` when none
+    does (expired, revoked, moved, never granted). Checked for single probes in worlds without loss
+    (:meth:`Traffic.run <sim.stateful.traffic.Traffic.run>`); a train or a lossy world is not counted."""
+
+    def __init__(self, scene: Scene) -> None:
+        self.s = scene
+
+    def before(self, p: object) -> dict[str, int] | None:
+        from sim.stateful.probes import Probe
+
+        s, m = self.s, self.s.model
+        if not isinstance(p, Probe) or p.raw or m.lossy or len(p.pred.alternatives) != 1:
+            return None
+        if p.pred.alternatives[0].outcome.value != "prohibited" or m.client_route(p.c, p.dst) != "web":
+            return None
+        stats = s.gw.gateway.stats()
+        return {k: stats.get(k, 0) for k in DROP_KEYS}
+
+    def after(self, p: object, before: dict[str, int] | None) -> None:
+        from sim.stateful.probes import Probe
+
+        if before is None or not isinstance(p, Probe):
+            return
+        s, m = self.s, self.s.model
+        net = m.web_network()
+        now = s.world.now
+        covered = (
+            m.live(p.c, "web", now) and "web" not in m.moved and p.dst.version == net.version and p.dst in net
+        ) or (m.live(p.c, "inet", now) and "inet" not in m.moved)
+        want = "drop.filtered" if covered else "drop.not_authorized"
+        stats = s.gw.gateway.stats()
+        got = {k: stats.get(k, 0) - before[k] for k in DROP_KEYS}
+        if got != {k: int(k == want) for k in DROP_KEYS}:
+            raise InvariantError(f"{p.what}: refused, expected one {want}, got {got}")
+        s.coverage[f"event:{want.removeprefix('drop.')}_counted"] += 1
 
 
 def _answers(r: object, dst: IPAddress, sport: int) -> bool:

@@ -84,7 +84,7 @@ WEIGHTS: dict[StepKind, int] = {
     StepKind.PARTITION_DIRECT: 1,
     StepKind.IDLE: 1,
     StepKind.CONTROL_EDGE: 2,
-    StepKind.NAT_COLLISION: 2,
+    StepKind.NAT_COLLISION: 1,
     StepKind.UPSTREAM_DOWN: 0,
     StepKind.UPSTREAM_UP: 0,
 }
