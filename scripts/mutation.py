@@ -168,12 +168,12 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
+    ap.add_argument("groups", nargs="*", choices=list(GROUPS), help="default: every group")
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--budget", type=int, default=1500, help="seconds per group before it is stopped")
     args = ap.parse_args(argv)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
-    for group in args.groups:
+    for group in args.groups or list(GROUPS):
         run_group(group, args.children, args.budget, mutmut)
     return 0
 

@@ -147,7 +147,7 @@ class Harness:
         self.traffic = Traffic(self.scene, self.invariants)
         self.access.traffic = self.traffic
         self.topology = Topology(self.scene, self.access, self.invariants.restarted)
-        self.edges = Edges(self.scene, self.invariants, self.traffic.prober)
+        self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
