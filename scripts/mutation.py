@@ -168,11 +168,15 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("groups", nargs="*", choices=list(GROUPS), help="default: every group")
+    # No ``choices``: Python 3.11's argparse rejects an empty list against them (checked below instead).
+    ap.add_argument("groups", nargs="*", help=f"of {', '.join(GROUPS)} (default: every group)")
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--budget", type=int, default=1500, help="seconds per group before it is stopped")
     args = ap.parse_args(argv)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown group(s) {unknown}: choose from {list(GROUPS)}")
     for group in args.groups or list(GROUPS):
         run_group(group, args.children, args.budget, mutmut)
     return 0
