@@ -39,7 +39,7 @@ from sim.stateful import (
     run_program,
     run_seeded,
 )
-from sim.stateful.edges import edge_programs
+from sim.stateful.edges import CONTROL_CASES, edge_programs
 from sim.stateful.program import TOTAL_WEIGHT, draw_kind
 from sim.stateful.run import world_flavour
 from sim.trace import Trace
@@ -260,6 +260,8 @@ def test_edge_program(name: str) -> None:
     h = run_program(program)
     assert h.steps_done == len(program.steps) and h.checks == len(program.steps)
     assert not any(k.endswith("_skipped") for k in h.coverage), h.coverage
+    event = {"control_edge": "control_edge", "filter_edges": "filtered_counted"}.get(name, name)
+    assert h.coverage[f"event:{event}"] >= (len(CONTROL_CASES) if name == "control_edge" else 4)
 
 
 @pytest.mark.parametrize("seed", [3, 44])
