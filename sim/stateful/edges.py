@@ -133,6 +133,7 @@ CONTROL_CASES: tuple[ControlCase, ...] = (
     _ok("a trailing dot", '"edge.corp.test."', "edge.corp.test"),
     _ok("the root", '"."', "."),
     _ok("one label", '"localhost"', "localhost"),
+    _ok("one-byte labels", '"x.y.corp.test"', "x.y.corp.test"),
     _ok("a 63-byte label", f'"{_L63}.test"', f"{_L63}.test"),
     _bad("a 64-byte label", _assigned(f'"{_L63}a.test"')),
     _ok("a 253-byte name", f'"{_N253}"', _N253),
