@@ -54,6 +54,7 @@ from sim.net import LinkProfile
 from sim.pcap import PcapWriter
 from sim.reference import SWEEP, Bounds, HostSpec, ReferenceModel, ResourceSpec
 from sim.stateful.access import Access
+from sim.stateful.edges import Edges
 from sim.stateful.invariants import ErrorLog, Invariants
 from sim.stateful.probes import PROBE_SETTLE
 from sim.stateful.program import WEIGHTS, Step, StepKind, WorldSpec
@@ -146,8 +147,14 @@ class Harness:
         self.traffic = Traffic(self.scene, self.invariants)
         self.access.traffic = self.traffic
         self.topology = Topology(self.scene, self.access, self.invariants.restarted)
+        self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
-        for part in (self.traffic.handlers(), self.access.handlers(), self.topology.handlers()):
+        for part in (
+            self.traffic.handlers(),
+            self.access.handlers(),
+            self.topology.handlers(),
+            self.edges.handlers(),
+        ):
             for kind, handler in part.items():
                 if kind in self.handlers:
                     raise AssertionError(f"two handlers for the step kind {kind}")

@@ -48,6 +48,8 @@ class StepKind(StrEnum):
     ROAM = "roam"
     PARTITION_DIRECT = "partition_direct"
     IDLE = "idle"
+    CONTROL_EDGE = "control_edge"
+    NAT_COLLISION = "nat_collision"
     UPSTREAM_DOWN = "upstream_down"
     UPSTREAM_UP = "upstream_up"
 
@@ -81,6 +83,8 @@ WEIGHTS: dict[StepKind, int] = {
     StepKind.ROAM: 1,
     StepKind.PARTITION_DIRECT: 1,
     StepKind.IDLE: 1,
+    StepKind.CONTROL_EDGE: 0,  # see EDGE_KINDS
+    StepKind.NAT_COLLISION: 0,
     StepKind.UPSTREAM_DOWN: 0,
     StepKind.UPSTREAM_UP: 0,
 }
@@ -90,6 +94,12 @@ run follows these weights: each kind's share of the drawn steps is its weight ov
 (``tests/sim/test_stateful.py`` checks it within a factor of two). A weight of 0 keeps a kind replayable
 from program files (the two upstream kinds, replaced by ``upstream_toggle``) but never drawn. The order is
 the order of the weighted index: changing it changes every drawn program."""
+EDGE_KINDS = (StepKind.CONTROL_EDGE, StepKind.NAT_COLLISION)
+"""The edge-case kinds (``sim/stateful/edges.py``) run from their edge programs (``make test``, ``make
+mutation``) and are not drawn yet: any weight changes the derandomized ``ci`` sample, and with weights
+2 and 1 the sample the whole suite draws (276 examples; a run of the test alone draws 275 others) missed
+the factor-of-two gate for ``portal_outage`` by two steps. Give them a weight together with the next change
+of the ``ci`` profile's settings."""
 KINDS = tuple(k for k, w in WEIGHTS.items() if w)
 """The kinds that can be drawn (a weight of 0 keeps a kind replayable from files but never drawn)."""
 TOTAL_WEIGHT = sum(WEIGHTS.values())

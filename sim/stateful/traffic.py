@@ -26,6 +26,7 @@ from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant, millis
 from sim.gateway_world import INET_V4, WEB_V4, WEB_V6, WEBDNS_V4, WEBDNS_V6
 from sim.reference import DnsPrediction, Outcome, Prediction
+from sim.stateful.edges import DropReasonCheck
 from sim.stateful.expect import expect_dns
 from sim.stateful.invariants import Invariants
 from sim.stateful.probes import PROBE_SETTLE, Probe, Prober
@@ -90,6 +91,7 @@ class Traffic:
         self.s = scene
         self.inv = invariants
         self.prober = Prober(scene)
+        self.drops = DropReasonCheck(scene)
         self.proxy_map: dict[tuple[int, IPAddress], IPAddress] = {}
         """(client, proxy IP) -> the real address its packets reached: must never change."""
 
@@ -111,9 +113,11 @@ class Traffic:
         s = self.s
         self.prober.prepare(p)
         mark = self.inv.mark()
+        counted = self.drops.before(p)
         self.prober.send(p)
         s.world.run_for(PROBE_SETTLE)
         self._finish([p], mark, [])
+        self.drops.after(p, counted)
         return p
 
     def finish(self, probes: list[Probe], mark: object) -> None:

@@ -40,6 +40,7 @@ from sim.stateful import (
     run_program,
     run_seeded,
 )
+from sim.stateful.edges import CONTROL_CASES, edge_programs
 from sim.stateful.program import TOTAL_WEIGHT, draw_kind
 from sim.stateful.run import world_flavour
 from sim.trace import Trace
@@ -93,6 +94,11 @@ settings.register_profile(
     derandomize=True,
     **{**_COMMON, "phases": [Phase.explicit, Phase.generate]},  # type: ignore[arg-type]
 )  # a killed mutant needs no shrinking
+
+REGRESSIONS = json.loads((Path(__file__).parent / "stateful_regressions.json").read_text(encoding="ascii"))
+EDGE_PROGRAMS = edge_programs()
+"""Programs that walk every edge case of the step kinds that have a fixed table of them (see
+:func:`sim.stateful.edges.edge_programs`)."""
 
 COVERAGE: Counter[str] = Counter()
 DRAWN: Counter[str] = Counter()
@@ -192,24 +198,39 @@ def mix_problems(drawn: Counter[str]) -> list[str]:
 
 
 MUTATION_SEEDS = tuple(range(int(os.environ.get("FZ_STATEFUL_EXAMPLES", "12"))))
-"""The ``mutation`` profile's seeded programs (after the regressions): fixed, so a mutant is judged by
-the same programs every time and dies at the first that fails."""
+"""The ``mutation`` profile's seeded programs (after the regressions and the edge programs): fixed, so a
+mutant is judged by the same programs every time."""
 
 
-def run_mutation_programs() -> None:
-    """The ``mutation`` profile: the regression programs (short, each aimed at one behaviour), then
-    programs drawn from :data:`MUTATION_SEEDS` (every kind of world and step); stops at the first failure."""
-    for case in REGRESSIONS:
+def mutation_programs() -> list[str]:
+    """The ``mutation`` profile's programs, each its own test item (``regression:<name>``,
+    ``edge:<name>``, ``seed:<n>``): mutmut records which items reach which function and runs only those
+    for a mutant (a mutant of a function only some programs reach skips the others), and a killed mutant
+    stops at its first failing item (``-x``)."""
+    return (
+        [f"regression:{case['name']}" for case in REGRESSIONS]
+        + [f"edge:{name}" for name in EDGE_PROGRAMS]
+        + [f"seed:{seed}" for seed in MUTATION_SEEDS]
+    )
+
+
+def run_mutation_program(name: str) -> None:
+    """One program of the ``mutation`` profile (see :func:`mutation_programs`)."""
+    kind, _, arg = name.partition(":")
+    if kind == "regression":
+        case = next(c for c in REGRESSIONS if c["name"] == arg)
         run_program(Program.loads(json.dumps(case["program"])))
-    for seed in MUTATION_SEEDS:
-        run_seeded(seed, MAX_STEPS + 3)
+    elif kind == "edge":
+        run_program(EDGE_PROGRAMS[arg])
+    else:
+        run_seeded(int(arg), MAX_STEPS + 3)
 
 
 @pytest.mark.timeout(7200)  # the ci profile takes ~1-2 min alone; a nightly shard ~5-10 min
-@pytest.mark.parametrize("shard", range(SHARDS))
-def test_gateway_world_against_the_reference_model(shard: int) -> None:
-    if PROFILE == "mutation":
-        run_mutation_programs()
+@pytest.mark.parametrize("shard", mutation_programs() if PROFILE == "mutation" else range(SHARDS))
+def test_gateway_world_against_the_reference_model(shard: int | str) -> None:
+    if isinstance(shard, str):
+        run_mutation_program(shard)
         return
     COVERAGE.clear()
     DRAWN.clear()
@@ -242,8 +263,6 @@ def test_gateway_world_against_the_reference_model(shard: int) -> None:
 
 # --- regressions found by the stateful test (kept as explicit programs) --------------------------------
 
-REGRESSIONS = json.loads((Path(__file__).parent / "stateful_regressions.json").read_text(encoding="ascii"))
-
 
 @pytest.mark.parametrize("case", REGRESSIONS, ids=[r["name"] for r in REGRESSIONS])
 def test_regression(case: dict[str, object]) -> None:
@@ -251,6 +270,17 @@ def test_regression(case: dict[str, object]) -> None:
     program = Program.loads(json.dumps(case["program"]))
     h = run_program(program)
     assert h.steps_done == len(program.steps) and h.checks == len(program.steps)
+
+
+@pytest.mark.parametrize("name", list(EDGE_PROGRAMS))
+def test_edge_program(name: str) -> None:
+    """Each edge kind's whole table of cases, checked exactly (also part of the ``mutation`` profile)."""
+    program = EDGE_PROGRAMS[name]
+    h = run_program(program)
+    assert h.steps_done == len(program.steps) and h.checks == len(program.steps)
+    assert not any(k.endswith("_skipped") for k in h.coverage), h.coverage
+    event = {"control_edge": "control_edge", "filter_edges": "filtered_counted"}.get(name, name)
+    assert h.coverage[f"event:{event}"] >= (len(CONTROL_CASES) if name == "control_edge" else 4)
 
 
 @pytest.mark.parametrize("seed", [3, 44])

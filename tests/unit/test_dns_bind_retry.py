@@ -117,3 +117,20 @@ def test_time_must_not_go_backwards() -> None:
     c.set_addresses(Instant(10), (V4,))
     with pytest.raises(UsageError):
         c.handle_timeout(Instant(9))
+
+
+def test_a_schedule_that_runs_out_keeps_retrying_at_the_cap() -> None:
+    """A custom schedule whose ``max_elapsed`` has passed gives no delay: the address is retried every
+    ``max_interval`` instead of being given up (a DNS server address must come back eventually)."""
+    from gateway_core.backoff import BackoffConfig
+
+    cfg = BackoffConfig(initial=millis(100), max_interval=secs(2), max_elapsed=secs(1))
+    c = DnsBindRetry(SeededEntropy(3), cfg)
+    c.set_addresses(Instant(0), (V4,))
+    drain(c)
+    c.handle_bind_failed(Instant(0), DnsServerBindFailed(V4, "x"))
+    first = c.retry_at(V4)
+    assert first is not None and first < secs(1)
+    late = Instant(secs(5))  # past max_elapsed since the first failure
+    c.handle_bind_failed(late, DnsServerBindFailed(V4, "x"))
+    assert c.retry_at(V4) == late + cfg.max_interval

@@ -132,7 +132,8 @@ def test_failure_timeout_and_bad_upstream_answer_give_servfail() -> None:
     assert (
         isinstance(a, ForwardDnsQuery) and isinstance(b, ForwardDnsQuery) and isinstance(c, ForwardDnsQuery)
     )
-    f.handle_upstream_failed(Instant(1), DnsUpstreamFailed(a.query_id, "connection refused"))
+    assert f.handle_input(Instant(1), DnsUpstreamFailed(a.query_id, "connection refused")) is True
+    assert f.stats.counters["dns_servfail"] == 1
     f.handle_upstream_response(Instant(1), DnsUpstreamResponse(b.query_id, query()))  # QR=0: not a response
     assert [rcode_of(x.message) for x in drain(f)] == [dns.rcode.SERVFAIL] * 2  # type: ignore[attr-defined]
     f.handle_timeout(Instant(UPSTREAM_TIMEOUT - 1))
@@ -140,6 +141,7 @@ def test_failure_timeout_and_bad_upstream_answer_give_servfail() -> None:
     f.handle_timeout(Instant(UPSTREAM_TIMEOUT))
     [late] = drain(f)
     assert rcode_of(late.message) == dns.rcode.SERVFAIL  # type: ignore[attr-defined]
+    assert f.stats.counters["dns_servfail"] == 3 and f.stats.counters["dns_upstream_timeout"] == 1
     # A response after the timeout is ignored.
     f.handle_upstream_response(Instant(UPSTREAM_TIMEOUT + 1), DnsUpstreamResponse(c.query_id, b""))
     assert drain(f) == [] and f.stats.counters["dns_upstream_unmatched"] == 1

@@ -145,3 +145,17 @@ def test_turn_attributes_against_aioice(tid: bytes, ch: int, life: int, data: by
     assert d.channel_number() == ch
     assert d.address(Attr.XOR_PEER_ADDRESS) == peer == d.address(Attr.XOR_RELAYED_ADDRESS)
     assert d.u32(Attr.LIFETIME) == life
+
+
+def test_data_indication_needs_the_right_class_method_and_both_attributes() -> None:
+    """Each of the four conditions alone makes a message no Data indication: a Data *request*, an
+    indication of another method, one without XOR-PEER-ADDRESS, one without DATA."""
+    from gateway_core.wire.stun import StunMessage
+
+    request = StunMessage(Method.DATA, Class.REQUEST, TID).add_xor_address(Attr.XOR_PEER_ADDRESS, PEER4)
+    binding = StunMessage(Method.BINDING, Class.INDICATION, TID).add_xor_address(Attr.XOR_PEER_ADDRESS, PEER4)
+    no_peer = StunMessage(Method.DATA, Class.INDICATION, TID).add(Attr.DATA, b"x")
+    no_data = StunMessage(Method.DATA, Class.INDICATION, TID).add_xor_address(Attr.XOR_PEER_ADDRESS, PEER4)
+    for m in (request.add(Attr.DATA, b"x"), binding.add(Attr.DATA, b"x"), no_peer, no_data):
+        with pytest.raises(DecodeError):
+            parse_data_indication(decode(m.encode()))

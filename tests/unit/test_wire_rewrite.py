@@ -198,6 +198,22 @@ def test_merge_ecn(inner: int, outer: int) -> None:
     assert p6[0] >> 4 == 6 and p6[1] & 0xF == 0
 
 
+def test_merge_ecn_needs_only_the_fixed_header_and_refuses_non_ip() -> None:
+    """A bare 20-byte IPv4 header and a bare 40-byte IPv6 header are enough; a buffer of another IP
+    version is refused whatever its length, and shorter ones too."""
+    p4 = bytearray(build_ipv4(CLIENT, REAL, 17, b"", tos=0xB8 | 2))
+    assert len(p4) == 20
+    merge_ecn(p4, 3)
+    assert p4[1] == 0xB8 | 3 and internet_checksum(p4) == 0
+    p6 = bytearray(build_ipv6(IPv6Address("::1"), IPv6Address("::2"), 59, b"", traffic_class=1))
+    assert len(p6) == 40
+    merge_ecn(p6, 3)
+    assert p6[1] >> 4 == 3
+    for bad in (b"\x55" + bytes(59), b"\x45" + bytes(18), b"\x60" + bytes(38)):
+        with pytest.raises(DecodeError):
+            merge_ecn(bytearray(bad), 3)
+
+
 @given(packets(), st.data())
 @settings(max_examples=300, deadline=None)
 def test_corrupted_packets_rewrite_or_decode_error_and_stay_unchanged(
