@@ -56,6 +56,12 @@ install -m 0644 "$repo/packaging/firezone-gateway.sysusers" "$stage/usr/lib/sysu
 install -m 0644 "$repo/packaging/firezone-gateway.tmpfiles" "$stage/usr/lib/tmpfiles.d/firezone-gateway.conf"
 install -m 0644 "$repo/packaging/gateway-env.example" "$stage/usr/share/firezone-gateway/gateway-env.example"
 install -m 0644 "$repo/packaging/debian/copyright" "$stage/usr/share/doc/$pkg/copyright"
+# The bundled environment holds wheels built elsewhere (grpcio links its own zlib): lintian's
+# embedded-library check is about Debian's own builds, not a self-contained venv under /usr/lib.
+mkdir -p "$stage/usr/share/lintian/overrides"
+printf '%s: embedded-library zlib [usr/lib/firezone-gateway/*]\n' "$pkg" \
+    >"$stage/usr/share/lintian/overrides/$pkg"
+chmod 0644 "$stage/usr/share/lintian/overrides/$pkg"
 date=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
 printf '%s (%s) unstable; urgency=medium\n\n  * Built from the repository (scripts/build-deb.sh).\n\n -- %s  %s\n' \
     "$pkg" "$version" "$maintainer" "$date" \

@@ -158,8 +158,19 @@ def _scrape(topo: Topology) -> dict[str, Any]:
 
 
 def test_metrics_endpoint_speaks_prometheus_and_matches(topo: Topology) -> None:
-    families = _scrape(topo)
-    # After the traffic of the test before, every instrument has data points, each of its kind.
+    # Traffic of its own (the tests of this module may run in any order, or on other workers): pings, a
+    # forwarded TXT query, a connection to a port the filter blocks.
+    r = run("ping", "-c", str(PINGS), "-i", "0.05", "-W", "2", WEB_V4, ns=topo.client_ns(0))
+    assert f" {PINGS} received" in r.stdout, r.stdout
+    assert checks.dig(topo, 0, "txt.fz.test", "TXT", "firezone e2e").ok
+    assert checks.blocked_port(topo, 0).ok
+
+    def complete() -> dict[str, Any] | None:  # a snapshot is reused for up to a second (decision 0160)
+        got = _scrape(topo)
+        return got if all(inst.prometheus_name in got for inst in INSTRUMENTS) else None
+
+    families = wait_for("every instrument in /metrics", complete, timeout=10, interval=0.5)
+    # Every instrument has data points, each of its kind.
     for inst in INSTRUMENTS:
         family = families.get(inst.prometheus_name)
         assert family is not None, (inst.name, sorted(families))
