@@ -60,6 +60,10 @@ class GatewayConfig:
     """Track TCP/UDP flows for flow logs (Firezone: only with ``RUST_LOG`` containing ``flow_logs=trace``)."""
     dns_limits: DnsLimits = field(default_factory=DnsLimits)
     """The SRV/TXT forwarder's limits: in flight, in all and per client, and the per-client rate."""
+    check_deadlines: bool = False
+    """Debug mode: :meth:`Gateway.poll_timeout` compares its kept deadline with one recomputed from every
+    connection and client and raises ``AssertionError`` when they differ (O(clients) per call; the daemon's
+    ``FIREZONE_CHECK_DEADLINES``; decision 0140)."""
 
 
 # --------------------------------------------------------------------------------------------------

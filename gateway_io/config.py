@@ -45,6 +45,10 @@ class Config:
     dns_client_qps: int = CLIENT_RATE
     """SRV/TXT queries per second one client may forward (``FIREZONE_DNS_CLIENT_QPS``; 0: no limit;
     not a Firezone setting: decision 0111)."""
+    check_deadlines: bool = False
+    """Debug mode (``FIREZONE_CHECK_DEADLINES``): every ``poll_timeout`` of the core is compared with the
+    deadline recomputed from every connection and client; a stale kept deadline stops the daemon
+    (decision 0140). Costs O(clients) per loop turn: for tests and diagnosis only."""
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -191,6 +195,7 @@ def load(
         no_check=args.no_check,
         validate_checksums=validate,
         no_inc_buf=no_inc_buf,
+        check_deadlines=_bool("FIREZONE_CHECK_DEADLINES", env.get("FIREZONE_CHECK_DEADLINES", "false")),
         dns_client_qps=_count(
             "FIREZONE_DNS_CLIENT_QPS", env.get("FIREZONE_DNS_CLIENT_QPS", str(CLIENT_RATE)), MAX_QPS
         ),

@@ -229,6 +229,7 @@ async def _run(
                 dns_limits=DnsLimits(
                     client_rate=config.dns_client_qps, client_burst=max(1, 2 * config.dns_client_qps)
                 ),
+                check_deadlines=config.check_deadlines,
             ),
             private_key=private_key,
             entropy=SystemEntropy(),

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant, secs
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, TimerHeap, earliest
 from gateway_core.ice.agent import IceAgent, IceState, IceStateChanged, NominatedSend
 from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING
 from gateway_core.stats import Stats
@@ -126,12 +126,55 @@ class PeerSocket:
         return self.kind in (PathKind.RELAY_TO_PEER, PathKind.RELAY_TO_RELAY)
 
 
+class ConnTimers:
+    """The node's kept deadlines of its connections (one :class:`TimerHeap` keyed by connection id) and
+    how many connections are not idle (the handshake limiter is reset only while one is). Every connection
+    holds a reference, so the data path can tell the node about the one change it makes to a deadline
+    that is not later than before (an idle connection woken by a packet)."""
+
+    __slots__ = ("heap", "nonidle")
+
+    def __init__(self) -> None:
+        self.heap: TimerHeap[str] = TimerHeap()
+        self.nonidle = 0
+
+
 class Connection:
     """State of one client connection; the node owns sending and routing."""
 
+    __slots__ = (
+        "agent",
+        "cid",
+        "created_at",
+        "disconnected_at",
+        "established_signalled",
+        "history",
+        "index",
+        "last_activity",
+        "last_proactive_handshake",
+        "next_wg_tick",
+        "peer_socket",
+        "relay",
+        "state",
+        "timers",
+        "tunnel",
+        "unexpected_transitions",
+        "wg_buffer",
+    )
+
     def __init__(
-        self, cid: str, agent: IceAgent, tunnel: Tunnel, index: int, relay: str | None, now: Instant
+        self,
+        cid: str,
+        agent: IceAgent,
+        tunnel: Tunnel,
+        index: int,
+        relay: str | None,
+        now: Instant,
+        timers: ConnTimers | None = None,
     ) -> None:
+        self.timers = timers
+        if timers is not None:
+            timers.nonidle += 1
         self.cid = cid
         self.agent = agent
         self.tunnel = tunnel
@@ -142,7 +185,8 @@ class Connection:
         self.last_activity = now
         self.created_at = now
         self.disconnected_at: Instant | None = None
-        self.wg_buffer: deque[bytes] = deque(maxlen=WG_BUFFER)
+        self.wg_buffer: deque[bytes] | None = None
+        """Created on the first datagram buffered (most connections never buffer one)."""
         self.next_wg_tick = now
         self.established_signalled = False
         self.last_proactive_handshake: Instant | None = None
@@ -150,6 +194,12 @@ class Connection:
         self.unexpected_transitions = 0
         self.history: deque[tuple[Instant, ConnState, ConnState]] = deque(maxlen=HISTORY_LEN)
         """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests."""
+
+    def buffer(self, wg: bytes) -> None:
+        """Keep a WireGuard datagram until a path exists (ring of :data:`WG_BUFFER`)."""
+        if self.wg_buffer is None:
+            self.wg_buffer = deque(maxlen=WG_BUFFER)
+        self.wg_buffer.append(wg)
 
     def transition(self, new: ConnState, now: Instant) -> None:
         old = self.state
@@ -160,6 +210,12 @@ class Connection:
             log.warning("connection %s: unexpected %s -> %s", self.cid, old, new)
         self.state = new
         self.history.append((now, old, new))
+        t = self.timers
+        if t is not None:
+            if old is ConnState.IDLE:
+                t.nonidle += 1
+            elif new is ConnState.IDLE:
+                t.nonidle -= 1
 
     def stimulus(self, now: Instant) -> None:
         """Upsert, non-host candidate, packet in or out: Idle -> Connected, else refresh activity."""
@@ -167,6 +223,9 @@ class Connection:
             self.transition(ConnState.CONNECTED, now)
             self.last_activity = now
             self.agent.set_timing(DEFAULT_TIMING, now)
+            if self.timers is not None:  # faster ICE timings: the one deadline a packet moves earlier
+                d = self.poll_timeout()
+                self.timers.heap.schedule(self.cid, None if d is None else d.at)
         elif self.state is ConnState.CONNECTED:
             self.last_activity = now
 
@@ -196,8 +255,8 @@ class Connection:
         if self.state is ConnState.CONNECTING:
             self.transition(ConnState.CONNECTED, now)
             self.last_activity = now
-            out = list(self.wg_buffer)
-            self.wg_buffer.clear()
+            out = list(self.wg_buffer or ())
+            self.wg_buffer = None
             return out
         return []
 
@@ -235,19 +294,17 @@ class Connection:
         return nominations
 
     def poll_timeout(self) -> Deadline | None:
-        cands: list[tuple[int, str]] = []
         a = self.agent.poll_timeout()
-        if a is not None:
-            cands.append((a, "ice"))
-        if self.peer_socket is not None:
-            cands.append((self.next_wg_tick, "wg timers"))
-        if not self.agent.remote:
-            cands.append((self.created_at + CANDIDATE_TIMEOUT, "candidate timeout"))
-        if self.disconnected_at is not None:
-            cands.append((self.disconnected_at + DISCONNECT_TIMEOUT, "disconnect timeout"))
-        if self.state is ConnState.CONNECTED and self.agent.state is IceState.CONNECTED:
-            cands.append((self.last_activity + IDLE_AFTER, "idle"))
-        if not cands:
-            return None
-        at, why = min(cands)
-        return Deadline(Instant(at), why)
+        return earliest(
+            None if a is None else Deadline(a.at, "ice"),
+            None if self.peer_socket is None else Deadline(self.next_wg_tick, "wg timers"),
+            None
+            if self.agent.remote
+            else Deadline(Instant(self.created_at + CANDIDATE_TIMEOUT), "candidate timeout"),
+            None
+            if self.disconnected_at is None
+            else Deadline(Instant(self.disconnected_at + DISCONNECT_TIMEOUT), "disconnect timeout"),
+            Deadline(Instant(self.last_activity + IDLE_AFTER), "idle")
+            if self.state is ConnState.CONNECTED and self.agent.state is IceState.CONNECTED
+            else None,
+        )

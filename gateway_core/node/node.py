@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Transmit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance, earliest
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.ice.agent import IceAgent, NominatedSend
-from gateway_core.node.connection import Connection, ConnState, PathKind, PeerSocket, Tunnel
+from gateway_core.node.connection import Connection, ConnState, ConnTimers, PathKind, PeerSocket, Tunnel
 from gateway_core.node.datapath import HandshakeLimiter, InitiatorLookup, NodeDataPath
 from gateway_core.node.events import (
     ConnectionClosed,
@@ -109,11 +109,20 @@ class Node(NodeDataPath):
         every packet, so this is an attribute (a plain truth test), not a method call."""
         self._now = now
         self.stats = Stats()
+        self._timers = ConnTimers()
+        """Kept deadlines of the connections (decision 0140): :meth:`handle_timeout` ticks only the
+        connections whose kept time has come and those an input touched; :meth:`poll_timeout` reads the
+        heap instead of asking every connection."""
+        self._touched: set[str] = set()
+        """Connections an input changed since the last :meth:`handle_timeout` (which ticks them)."""
+        self._by_ufrag: dict[str, set[str]] = {}
+        """Local ICE username fragment -> connections: a binding request names its agent by it."""
+        self._rehome_due = False
 
     # --- relays -----------------------------------------------------------------------------------------
 
     def update_relays(self, to_remove: list[str], to_add: list[RelayConfig], now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         departed: dict[str, Allocation] = {}
         for rid in sorted(to_remove):
             old = self.allocations.pop(rid, None)
@@ -153,6 +162,7 @@ class Node(NodeDataPath):
         self.handle_timeout(now)
 
     def _invalidate_relayed(self, alloc: Allocation) -> None:
+        self._rehome_due = True
         for c in alloc.relay_candidates():
             for cid in sorted(self.connections):
                 self._remove_local(cid, c)
@@ -169,7 +179,7 @@ class Node(NodeDataPath):
         now: Instant,
     ) -> bool:
         """Create or reuse the connection; ``False`` when there is no relay at all (snownet NoTurnServers)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         cur = self.connections.get(cid)
         if cur is not None:
             a = cur.agent
@@ -178,6 +188,7 @@ class Node(NodeDataPath):
                 a.remote_pwd,
             ) == remote_creds
             if same and self._by_key.get(remote_public) == cid:
+                self._touched.add(cid)
                 cur.stimulus(now)
                 self._seed(cur)
                 if self.controlling and cur.reuse_handshake(now):  # snownet: initiate_wg_session
@@ -190,13 +201,27 @@ class Node(NodeDataPath):
         relays = sorted(self.allocations)
         relay = relays[self._entropy.randbelow(len(relays))]
         index = self._new_index()
-        agent = IceAgent(*local_creds, *remote_creds, self._entropy, controlling=self.controlling)
+        agent = IceAgent(
+            *local_creds,
+            *remote_creds,
+            self._entropy,
+            controlling=self.controlling,
+            tid_prefix=index.to_bytes(3, "big"),
+        )
         conn = Connection(
-            cid, agent, self._make_tunnel(cid, remote_public, psk, index, now), index, relay, now
+            cid,
+            agent,
+            self._make_tunnel(cid, remote_public, psk, index, now),
+            index,
+            relay,
+            now,
+            self._timers,
         )
         self.connections[cid] = conn
         self._by_index[index] = cid
         self._by_key[remote_public] = cid
+        self._by_ufrag.setdefault(agent.local_ufrag, set()).add(cid)
+        self._touched.add(cid)
         self._seed(conn)
         agent.handle_timeout(now)
         self.handle_timeout(now)
@@ -221,6 +246,7 @@ class Node(NodeDataPath):
             self._add_local(conn, c)
 
     def _add_local(self, conn: Connection, c: cand.Candidate) -> None:
+        self._touched.add(conn.cid)
         if c.kind is cand.Kind.SRFLX:
             self._events.append(NewIceCandidate(conn.cid, c.to_sdp()))
             return
@@ -232,11 +258,12 @@ class Node(NodeDataPath):
         conn = self.connections.get(cid)
         if conn is None:
             return
+        self._touched.add(cid)
         if c.kind is cand.Kind.SRFLX or conn.agent.invalidate_candidate(c):
             self._events.append(InvalidateIceCandidate(cid, c.to_sdp()))
 
     def add_remote_candidate(self, cid: str, sdp: str, now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         conn = self.connections.get(cid)
         if conn is None:
             return
@@ -245,6 +272,7 @@ class Node(NodeDataPath):
         except DecodeError:
             self.stats.incr("node.bad_candidate")
             return
+        self._touched.add(cid)
         conn.agent.add_remote_candidate(c)
         self._optimistic(conn)
         if c.kind is not cand.Kind.HOST:
@@ -268,7 +296,7 @@ class Node(NodeDataPath):
                     added += 1
 
     def remove_remote_candidate(self, cid: str, sdp: str, now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         conn = self.connections.get(cid)
         if conn is None:
             return
@@ -276,6 +304,7 @@ class Node(NodeDataPath):
             conn.agent.invalidate_candidate(cand.parse(sdp))
         except DecodeError:
             return
+        self._touched.add(cid)
         self.handle_timeout(now)
 
     def close_connection(self, cid: str, goodbye: bytes, now: Instant) -> None:
@@ -315,19 +344,30 @@ class Node(NodeDataPath):
         self._by_index.pop(conn.index, None)
         for k in [k for k, v in self._by_key.items() if v == cid]:
             del self._by_key[k]
+        ufrag = conn.agent.local_ufrag
+        same = self._by_ufrag.get(ufrag)
+        if same is not None:
+            same.discard(cid)
+            if not same:
+                del self._by_ufrag[ufrag]
+        self._timers.heap.discard(cid)
+        self._touched.discard(cid)
+        if conn.state is not ConnState.IDLE:
+            self._timers.nonidle -= 1
+        conn.timers = None
 
     # --- data plane -------------------------------------------------------------------------------------
 
     def _drain_tunnel(self, conn: Connection, now: Instant) -> None:
         while (wg := conn.tunnel.poll_transmit()) is not None:
             if conn.peer_socket is None:
-                conn.wg_buffer.append(wg)
+                conn.buffer(wg)
             else:
                 self._send(conn, wg, now)
 
     def encapsulate(self, cid: str, packet: bytes, now: Instant) -> Transmit | None:
         """Encrypt ``packet`` for ``cid`` and frame it for the nominated path (``Node::encapsulate``)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         conn = self.connections.get(cid)
         if conn is None or conn.peer_socket is None or conn.state is ConnState.FAILED:
             self.stats.drop(DropReason.NO_CONNECTION)
@@ -358,7 +398,10 @@ class Node(NodeDataPath):
     # --- time -------------------------------------------------------------------------------------------
 
     def handle_timeout(self, now: Instant) -> None:
-        self._now = max(self._now, now)
+        """Serve what is due: every allocation (there are few), then only the connections whose kept
+        deadline has come or that an input touched, in id order (snownet's order: allocations, their
+        candidate events, connections, freeing dead allocations, re-homing, removing failed ones)."""
+        self._now = advance(self._now, now)
         for rid in sorted(self.allocations):
             self.allocations[rid].handle_timeout(now)
         for rid in sorted(self.allocations):
@@ -370,22 +413,39 @@ class Node(NodeDataPath):
                         self._add_local(conn, ev.candidate)
                     elif not ev.new:
                         self._remove_local(cid, ev.candidate)
-        for cid in sorted(self.connections):
-            conn = self.connections[cid]
-            for nom in conn.tick(now):
-                self._nominated(conn, nom, now)
-            self._drain_agent(conn)
-            self._drain_tunnel(conn, now)
-        if not self._all_idle():
+        timers = self._timers
+        work = self._touched
+        work.update(timers.heap.pop_due(now))
+        self._touched = set()
+        for cid in sorted(work):
+            c = self.connections.get(cid)
+            if c is not None:
+                for nom in c.tick(now):
+                    self._nominated(c, nom, now)
+                self._drain_agent(c)
+                self._drain_tunnel(c, now)
+        if timers.nonidle:
             self.rate_limiter.reset_count(now)  # snownet's quirk kept: no reset while everything is idle
         for rid in sorted(self.allocations):
             if self.allocations[rid].can_be_freed() is not None:
                 del self.allocations[rid]
-        self._rehome(now)
-        for cid in sorted(self.connections):
-            if self.connections[cid].state is ConnState.FAILED:
+                self._rehome_due = True
+        if self._rehome_due:
+            self._rehome_due = False
+            self._rehome(now)
+        work |= self._touched  # (none in practice: only allocation events and re-homing touch, above)
+        self._touched = set()
+        for cid in sorted(work):
+            c = self.connections.get(cid)
+            if c is None:
+                continue
+            if c.state is ConnState.FAILED:
                 self._forget(cid)
                 self._events.append(ConnectionFailed(cid))
+                continue
+            d = c.poll_timeout()
+            timers.heap.discard(cid)
+            timers.heap.schedule(cid, None if d is None else d.at)
 
     def _nominated(self, conn: Connection, nom: NominatedSend, now: Instant) -> None:
         src_relay = any(a.has_socket(nom.source) for a in self.allocations.values())
@@ -435,19 +495,44 @@ class Node(NodeDataPath):
                 self._add_local(conn, c)
 
     def _all_idle(self) -> bool:
-        return all(c.state is ConnState.IDLE for c in self.connections.values())
+        return self._timers.nonidle == 0
 
-    def poll_timeout(self) -> Deadline | None:
-        ds = [d for a in self.allocations.values() if (d := a.poll_timeout()) is not None]
-        if not self._all_idle():
+    def _own_deadlines(self) -> Deadline | None:
+        best = earliest(*(a.poll_timeout() for a in self.allocations.values()))
+        if self._timers.nonidle:
             at = self.rate_limiter.next_reset()
             if at is not None:
-                ds.append(Deadline(at, "handshake limiter reset"))
-        ds.extend(d for c in self.connections.values() if (d := c.poll_timeout()) is not None)
-        if not ds:
-            return None
-        best = min(ds, key=lambda d: (d.at, d.reason))
-        return Deadline(Instant(max(best.at, self._now)), best.reason)
+                best = earliest(best, Deadline(at, "handshake limiter reset"))
+        return best
+
+    def _finish(self, best: Deadline | None) -> Deadline | None:
+        return None if best is None else Deadline(Instant(max(best.at, self._now)), best.reason)
+
+    def poll_timeout(self) -> Deadline | None:
+        """The allocations' deadlines, the limiter's, and the connections' from their kept deadlines
+        (:meth:`TimerHeap.earliest_exact`: O(1) for an idle connection, whatever the number)."""
+        conns = self.connections
+        kept = self._timers.heap.earliest_exact(lambda cid: conns[cid].poll_timeout())
+        return self._finish(earliest(self._own_deadlines(), kept))
+
+    def stale_kept_deadlines(self) -> list[str]:
+        """Connections whose kept deadline is not a lower bound of their real one (O(n), for the contract
+        checker): each would be served late. Empty when the heap is sound."""
+        heap = self._timers.heap
+        out = []
+        for cid in sorted(self.connections):
+            d = self.connections[cid].poll_timeout()
+            kept = heap.kept(cid)
+            if d is not None and (kept is None or kept > d.at):
+                out.append(f"connection {cid}: kept {kept}, due {d.at} ({d.reason})")
+        return out
+
+    def poll_timeout_recomputed(self) -> Deadline | None:
+        """:meth:`poll_timeout` the slow way, asking every connection (O(n)): the contract checker compares
+        the two, so a kept deadline that went stale is a contract violation (R4/R5), not a slow drift."""
+        return self._finish(
+            earliest(self._own_deadlines(), *(c.poll_timeout() for c in self.connections.values()))
+        )
 
     def poll_command(self) -> Transmit | None:
         for rid in sorted(self.allocations):

@@ -39,7 +39,7 @@ from collections import deque
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, secs
 from gateway_core.commands import Transmit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
@@ -276,7 +276,7 @@ class Allocation(DataPath):
 
     def handle_input(self, from_: SocketAddr, local: SocketAddr, msg: StunMessage, now: Instant) -> bool:
         """A STUN response from the relay; ``True`` if it belonged to this allocation."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if not self.server.matches(from_):
             return False
         p = self._pending.get(msg.transaction_id)
@@ -449,7 +449,7 @@ class Allocation(DataPath):
     def bind_channel(self, peer: SocketAddr, now: Instant) -> None:
         """Bind a channel to ``peer`` unless one is connected or in flight (snownet's
         ``Allocation::bind_channel``)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self._derive_phase() is Phase.SUSPENDED:
             return
         if self.channels.connected(peer, now) is not None or self._bind_in_flight(peer):
@@ -469,7 +469,7 @@ class Allocation(DataPath):
 
     def create_permission(self, peers: list[SocketAddr], now: Instant) -> None:
         """Install permissions for ``peers``' IPs (standard servers; refreshed every 4 min)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self.has_allocation() and peers:
             self._authenticated(tw.create_permission(self._tid(), peers, software=self.software), now)
 
@@ -489,7 +489,7 @@ class Allocation(DataPath):
 
     def refresh(self, now: Instant) -> None:
         """The portal re-announced this relay: re-probe if suspended, else one quick REFRESH."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         allocating = any(p.template.method == Method.ALLOCATE for p in self._pending.values())
         if not self.has_allocation() and allocating:
             return
@@ -502,7 +502,7 @@ class Allocation(DataPath):
         self._transition()
 
     def handle_timeout(self, now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self._explicit_failure is not None:
             return
         if self._lifetime is not None and now >= self._lifetime[0] + self._lifetime[1]:

@@ -47,9 +47,9 @@ from cryptography.exceptions import InvalidTag
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance
 from gateway_core.entropy import Entropy
-from gateway_core.errors import DecodeError, DropReason, UsageError
+from gateway_core.errors import DecodeError, DropReason
 from gateway_core.stats import Stats
 from gateway_core.wireguard.messages import (
     DATA_HEADER,
@@ -170,9 +170,7 @@ class WireGuardPeer:
         self.want_passive_keepalive_at: int | None = None
 
     def _advance(self, now: Instant) -> None:
-        if now < self._last_now:
-            raise UsageError(f"time went backwards: {now} < {self._last_now}")
-        self._last_now = now
+        self._last_now = advance(self._last_now, now)
 
     # --- queries -------------------------------------------------------------------------------------
 
@@ -195,9 +193,7 @@ class WireGuardPeer:
 
     def encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
         """The datagram to send for ``packet`` (an IP packet; empty = keepalive); see the module doc."""
-        if now < self._last_now:
-            raise UsageError(f"time went backwards: {now} < {self._last_now}")
-        self._last_now = now
+        self._last_now = advance(self._last_now, now)
         return self._encapsulate(now, packet)
 
     def _encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
@@ -229,9 +225,7 @@ class WireGuardPeer:
 
         ``src`` is the sender's IP address; it keys the cookie under load (without it, handshakes under
         load are dropped, as in boringtun)."""
-        if now < self._last_now:
-            raise UsageError(f"time went backwards: {now} < {self._last_now}")
-        self._last_now = now
+        self._last_now = advance(self._last_now, now)
         if len(datagram) < DATA_MIN_LEN:
             self._handle_control(now, datagram, src)
             return None
