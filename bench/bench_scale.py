@@ -1,6 +1,7 @@
 """Timer cost against the number of connected clients: ``Gateway.poll_timeout()``,
-``Gateway.handle_timeout(now)`` with one client's timer due, and ``Gateway.handle_datagram`` on an established session, with 1, 100, 1,000
-and 10,000 connected clients; each figure is compared with the same figure at 1 client in the same run.
+``Gateway.handle_timeout(now)`` with one client's timer due, and ``Gateway.handle_datagram`` on an
+established session, with 1, 100, 1,000 and 10,000 connected clients; each figure is compared with the
+same figure at 1 client in the same run.
 
 Every client is connected the way a real one is, with every timer of the gateway running while they are
 added (nothing is switched off): the gateway's node gets the connection (``upsert_connection``, the
@@ -231,8 +232,8 @@ def main() -> None:
     results: dict[int, tuple[float, float, float]] = {}
     print(
         "connected clients (ICE + WireGuard + NAT session each, every timer running); "
-        f"poll_timeout: min of 5 x {POLL_CALLS} calls; handle_timeout: median of {TIMEOUTS} consecutive deadlines; handle_datagram: "
-        f"min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT)"
+        f"poll_timeout: min of 5 x {POLL_CALLS} calls; handle_timeout: median of {TIMEOUTS} consecutive "
+        f"deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT)"
     )
     for n in CLIENT_COUNTS:
         t0 = time.perf_counter()

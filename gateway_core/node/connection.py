@@ -5,7 +5,8 @@ Theory of operation
 -------------------
 States: ``CONNECTING`` (no path yet; WireGuard datagrams the tunnel produces are buffered, ring of 128),
 ``CONNECTED`` (a nominated :class:`PeerSocket`, ``last_activity``), ``IDLE`` (same path, agent on idle
-STUN timings) and ``FAILED`` (removed by the node at the end of its tick). Moves (:data:`TRANSITIONS`):
+STUN timings; its WireGuard timers are ticked only when one is due, on the same one-second grid) and
+``FAILED`` (removed by the node at the end of its tick). Moves (:data:`TRANSITIONS`):
 
 - CONNECTING -> CONNECTED when the agent announces a nominated pair (the buffer is flushed on it);
 - CONNECTED -> IDLE after 20 s without application packets while the agent is exactly ``connected``;
@@ -192,8 +193,9 @@ class Connection:
         self.last_proactive_handshake: Instant | None = None
         """When the controlling side last started a WireGuard handshake of its own (nomination, reuse)."""
         self.unexpected_transitions = 0
-        self.history: deque[tuple[Instant, ConnState, ConnState]] = deque(maxlen=HISTORY_LEN)
-        """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests."""
+        self.history: list[tuple[Instant, ConnState, ConnState]] = []
+        """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests (a list
+        trimmed by hand: an empty deque costs 760 bytes, a list 56)."""
 
     def buffer(self, wg: bytes) -> None:
         """Keep a WireGuard datagram until a path exists (ring of :data:`WG_BUFFER`)."""
@@ -210,6 +212,8 @@ class Connection:
             log.warning("connection %s: unexpected %s -> %s", self.cid, old, new)
         self.state = new
         self.history.append((now, old, new))
+        if len(self.history) > HISTORY_LEN:
+            del self.history[0]
         t = self.timers
         if t is not None:
             if old is ConnState.IDLE:
@@ -223,6 +227,8 @@ class Connection:
             self.transition(ConnState.CONNECTED, now)
             self.last_activity = now
             self.agent.set_timing(DEFAULT_TIMING, now)
+            if self.next_wg_tick < now:  # the skipped idle ticks: back on the grid, as if each had run
+                self.next_wg_tick = self._grid_after(Instant(now - 1))
             if self.timers is not None:  # faster ICE timings: the one deadline a packet moves earlier
                 d = self.poll_timeout()
                 self.timers.heap.schedule(self.cid, None if d is None else d.at)
@@ -278,7 +284,10 @@ class Connection:
             return []
         if self.peer_socket is not None and now >= self.next_wg_tick:
             self.tunnel.handle_timeout(now)
-            self.next_wg_tick = Instant(now + WG_TICK)
+            if self.state is ConnState.IDLE:  # ticks were skipped: stay on the grid
+                self.next_wg_tick = self._grid_after(now)
+            else:
+                self.next_wg_tick = Instant(now + WG_TICK)
             if self.tunnel.is_expired:
                 self.transition(ConnState.FAILED, now)
                 return []
@@ -293,11 +302,31 @@ class Connection:
                 nominations.append(e)
         return nominations
 
+    def _grid_after(self, now: Instant) -> Instant:
+        """The first tick of the WireGuard grid (``next_wg_tick`` + k s) strictly after ``now``."""
+        return Instant(self.next_wg_tick + ((now - self.next_wg_tick) // WG_TICK + 1) * WG_TICK)
+
+    def _wg_deadline(self) -> Deadline | None:
+        """The WireGuard tick: once a second (snownet's cadence) while the connection is in use; while it
+        is idle, the first tick of that one-second grid at or after the tunnel's own next deadline (the
+        ticks before it would change nothing: the tunnel's deadlines are exact, decision 0011), so an idle
+        client wakes the gateway only for what WireGuard needs (decision 0140)."""
+        if self.peer_socket is None:
+            return None
+        at = self.next_wg_tick
+        if self.state is ConnState.IDLE:
+            t = self.tunnel.poll_timeout()
+            if t is None:
+                return None
+            if t.at > at:
+                at = Instant(at - ((at - t.at) // WG_TICK) * WG_TICK)
+        return Deadline(at, "wg timers")
+
     def poll_timeout(self) -> Deadline | None:
         a = self.agent.poll_timeout()
         return earliest(
             None if a is None else Deadline(a.at, "ice"),
-            None if self.peer_socket is None else Deadline(self.next_wg_tick, "wg timers"),
+            self._wg_deadline(),
             None
             if self.agent.remote
             else Deadline(Instant(self.created_at + CANDIDATE_TIMEOUT), "candidate timeout"),

@@ -40,7 +40,6 @@ out 10 s after received data that was not answered. Every required handshake is 
 from __future__ import annotations
 
 import struct
-from collections import deque
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidTag
@@ -149,9 +148,11 @@ class WireGuardPeer:
         self.rate_limiter = rate_limiter
         self.sessions: list[Session | None] = [None] * N_SESSIONS
         self._current = 0
-        self._queue: deque[bytes] = deque()
-        self._transmits: deque[bytes] = deque()
-        self._events: deque[WgEvent] = deque()
+        # Lists, not deques: they hold a handful of items for a moment, and an empty deque costs 760 bytes
+        # (a 64-slot block) against 56 for a list: three per tunnel were a third of an idle client's memory.
+        self._queue: list[bytes] = []
+        self._transmits: list[bytes] = []
+        self._events: list[WgEvent] = []
         self._last_now = now
         self.stats = Stats()
         self._clear_timers(now)
@@ -184,10 +185,10 @@ class WireGuardPeer:
 
     def poll_transmit(self) -> bytes | None:
         """The next queued datagram for the peer (handshake, cookie reply, keepalive, flushed data)."""
-        return self._transmits.popleft() if self._transmits else None
+        return self._transmits.pop(0) if self._transmits else None
 
     def poll_event(self) -> WgEvent | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     # --- data plane ----------------------------------------------------------------------------------
 
@@ -301,7 +302,7 @@ class WireGuardPeer:
             s = self.sessions[self._current]
             if s is None:
                 return
-            packet = self._queue.popleft()
+            packet = self._queue.pop(0)
             out = self._encapsulate(now, packet)
             if out is not None:
                 self._transmits.append(out)

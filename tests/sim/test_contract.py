@@ -277,7 +277,7 @@ def test_gateway_debug_mode_raises_on_a_stale_kept_deadline() -> None:
     itself compares on every ``poll_timeout``."""
     import dataclasses
 
-    world, gw = _connected_gateway()
+    _, gw = _connected_gateway()
     gateway = gw.gateway  # type: ignore[attr-defined]
     gateway._config = dataclasses.replace(gateway.config, check_deadlines=True)
     assert gateway.poll_timeout() == gateway.poll_timeout_recomputed()
