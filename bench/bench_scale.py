@@ -17,15 +17,17 @@ client node). ``python -m bench bench_scale``; the last line is the ``scale:`` s
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import statistics
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 
 from gateway_core.addr import SocketAddr
-from gateway_core.clock import NANOS_PER_SEC, Instant, millis
+from gateway_core.clock import NANOS_PER_SEC, Instant, millis, secs
 from gateway_core.commands import Transmit
 from gateway_core.entropy import SeededEntropy
 from gateway_core.errors import DecodeError
@@ -51,6 +53,9 @@ TIMEOUTS = 200
 BATCH = 300
 ROUNDS = 7
 """``handle_datagram``: rounds of ``BATCH`` datagrams; the minimum per datagram is reported."""
+MEMORY_CLIENTS = 200
+"""Clients added under ``tracemalloc`` for the memory figure."""
+MEMORY_TARGET_KIB = 8
 PROXY = ip_address("100.96.0.1")
 REAL = ip_address("10.0.0.7")
 DOMAIN = "app.example.com"
@@ -226,6 +231,31 @@ def measure(h: ScaleHarness) -> tuple[float, float, float]:
     return poll, timeout, best * 1e6
 
 
+def memory_per_client() -> float:
+    """Bytes the gateway's core allocates per connected client that then goes idle: ``MEMORY_CLIENTS``
+    clients added to a gateway that already has some, counting only allocations made by ``gateway_core``
+    code, after 25 s without traffic (idle), once the simulated clients themselves are gone."""
+    h = setup()
+    for i in range(1, 21):
+        add_client(h, i)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(21, 21 + MEMORY_CLIENTS):
+        add_client(h, i)
+    h.run_until(h.now + secs(25))
+    h.extra.clear()  # the simulated clients' own state (their agents and tunnels are gateway_core classes)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    only = [tracemalloc.Filter(True, "*/gateway_core/*")]
+    grown = sum(
+        s.size_diff for s in after.filter_traces(only).compare_to(before.filter_traces(only), "filename")
+    )
+    idle = sum(1 for c in h.gw.node.connections.values() if c.state is ConnState.IDLE)
+    assert idle >= MEMORY_CLIENTS, f"only {idle} idle connections"
+    return grown / MEMORY_CLIENTS
+
+
 def main() -> None:
     h = setup()
     have = 0
@@ -249,6 +279,11 @@ def main() -> None:
             f"{n:6d} clients: poll_timeout {p:9.2f} us   handle_timeout {t:9.2f} us   "
             f"handle_datagram {d:7.2f} us   (built in {built:.1f} s)"
         )
+    mem = memory_per_client() / 1024
+    print(
+        f"memory per idle connected client (gateway_core allocations, {MEMORY_CLIENTS} clients): "
+        f"{mem:.1f} KiB (target <= {MEMORY_TARGET_KIB} KiB)"
+    )
     top, one = results[CLIENT_COUNTS[-1]], results[1]
     print(
         f"scale: poll_timeout {CLIENT_COUNTS[-1]}/1 = {top[0] / one[0]:.2f}x, "
