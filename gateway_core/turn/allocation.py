@@ -557,9 +557,9 @@ class Allocation(DataPath):
         if self.has_allocation() and self._next_binding is not None:
             cands.append((self._next_binding, "turn keepalive"))
         cands.extend((p.next_at, "turn retransmit") for p in self._pending.values())
-        for number, at in self.channels.refresh_deadlines():
-            if not self._bind_in_flight_number(number):
-                cands.append((at, "turn channel refresh"))
+        ch = self.channels.refresh_deadline(self._bind_in_flight_number)
+        if ch is not None:
+            cands.append((ch.at, ch.reason))
         cands.extend(
             (at + PERMISSION_REFRESH, "turn permission refresh") for _, at in self._permissions.values()
         )

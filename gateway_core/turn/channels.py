@@ -8,14 +8,21 @@ its age. A channel is *connected* while bound and younger than 10 min, *in fligh
 reused for a new bind to the same peer). A number is reused for another peer only after 15 min without
 any data received since it was bound (RFC 8656's 5 min quarantine). Channels with data received since
 their last bind are refreshed at 5 min. Iteration is in channel-number order (deterministic traces).
+
+The refresh deadlines are kept in a :class:`~gateway_core.contract.TimerHeap` (decision 0140): a channel
+enters it when it first receives data after a bind (one check per received datagram, no rescheduling)
+and leaves it when it is bound again or forgotten, so the allocation's ``poll_timeout`` does not walk its
+(up to 4096) channels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, secs
+from gateway_core.contract import Deadline, TimerHeap, earliest
 from gateway_core.wire.turn import CHANNEL_MAX, CHANNEL_MIN
 
 CHANNEL_LIFETIME = secs(600)
@@ -43,11 +50,12 @@ class _Channel:
 class Channels:
     """Channel numbers of one allocation; see the module docstring."""
 
-    __slots__ = ("_by_number", "_next")
+    __slots__ = ("_by_number", "_due", "_next")
 
     def __init__(self) -> None:
         self._by_number: dict[int, _Channel] = {}
         self._next = CHANNEL_MIN
+        self._due: TimerHeap[int] = TimerHeap()
 
     def __len__(self) -> int:
         return len(self._by_number)
@@ -84,6 +92,7 @@ class Channels:
             if c is None or (c.no_activity() and c.age(now) >= CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE):
                 self._next = CHANNEL_MIN if n == CHANNEL_MAX else n + 1
                 self._by_number[n] = _Channel(peer, False, now, now)
+                self._due.discard(n)
                 return n
         return None
 
@@ -94,33 +103,52 @@ class Channels:
         c.bound = True
         c.bound_at = now
         c.last_received = now
+        self._due.discard(number)  # no data since this bind: nothing to refresh until some arrives
         return True
 
     def forget(self, number: int) -> None:
         self._by_number.pop(number, None)
+        self._due.discard(number)
 
     def clear(self) -> None:
         self._by_number.clear()
+        self._due = TimerHeap()
 
     def receive(self, number: int, now: Instant) -> SocketAddr | None:
         """ChannelData arrived on ``number``: its peer if the channel is bound (records the receipt)."""
         c = self._by_number.get(number)
         if c is None or not c.bound:
             return None
+        idle = c.last_received == c.bound_at
         c.last_received = now
+        if idle and now != c.bound_at:  # the first data since the bind: the refresh deadline appears
+            self._due.schedule(number, c.bound_at + CHANNEL_REFRESH_AFTER)
         return c.peer
 
     def due_for_refresh(self, now: Instant) -> list[tuple[int, SocketAddr]]:
-        return [
-            (n, c.peer)
-            for n, c in sorted(self._by_number.items())
-            if c.age(now) >= CHANNEL_REFRESH_AFTER and not c.no_activity()
-        ]
+        """The channels that received data and are 5 min old, in number order. They stay due (kept in the
+        heap) until a new bind confirms them."""
+        out = []
+        for n in sorted(self._due.pop_due(now)):
+            c = self._by_number.get(n)
+            if c is None or c.no_activity():
+                continue
+            self._due.schedule(n, c.bound_at + CHANNEL_REFRESH_AFTER)
+            if c.age(now) >= CHANNEL_REFRESH_AFTER:
+                out.append((n, c.peer))
+        return out
 
-    def refresh_deadlines(self) -> list[tuple[int, Instant]]:
-        """When each channel that received data becomes due for refresh (a deadline snownet lacks)."""
-        return [
-            (n, Instant(c.bound_at + CHANNEL_REFRESH_AFTER))
-            for n, c in sorted(self._by_number.items())
-            if not c.no_activity()
-        ]
+    def _refresh_deadline(self, n: int, skip: Callable[[int], bool]) -> Deadline | None:
+        c = self._by_number.get(n)
+        if c is None or c.no_activity() or skip(n):
+            return None
+        return Deadline(Instant(c.bound_at + CHANNEL_REFRESH_AFTER), "turn channel refresh")
+
+    def refresh_deadline(self, skip: Callable[[int], bool]) -> Deadline | None:
+        """The earliest refresh deadline of a channel that received data (a deadline snownet lacks), not
+        counting the channels ``skip`` names (their bind is in flight); from the kept deadlines (pure)."""
+        return self._due.earliest_exact(lambda n: self._refresh_deadline(n, skip))
+
+    def refresh_deadline_recomputed(self, skip: Callable[[int], bool]) -> Deadline | None:
+        """:meth:`refresh_deadline` asking every channel (for tests)."""
+        return earliest(*(self._refresh_deadline(n, skip) for n in self._by_number))
