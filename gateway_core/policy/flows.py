@@ -185,7 +185,8 @@ class FlowTracker:
         """Completed flows dropped because nobody polled them."""
 
     def _tick(self, now: Instant) -> None:
-        self._now = advance(self._now, now)
+        if now != self._now:  # (per packet: the call to the R2 helper only when time moved)
+            self._now = advance(self._now, now)
 
     def _wall(self, t: Instant) -> int:
         return self._created_utc + (t - self._created)

@@ -161,7 +161,8 @@ class NatTable:
         return len(self._by_inside)
 
     def _tick(self, now: Instant) -> None:
-        self._now = advance(self._now, now)
+        if now != self._now:  # (per packet: the call to the R2 helper only when time moved)
+            self._now = advance(self._now, now)
 
     def _due_at(self, t: Instant) -> None:
         if self._next_due is None or t < self._next_due:

@@ -47,6 +47,7 @@ from gateway_core.stats import Stats
 from gateway_core.turn.auth import LongTermAuth
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
 from gateway_core.turn.datapath import DataPath
+from gateway_core.turn.permissions import Permissions
 from gateway_core.turn.types import (
     TRANSITIONS,
     CandidateEvent,
@@ -72,8 +73,6 @@ RETRY_MAX_ELAPSED = secs(8)
 """A request is abandoned 8 s after its first send: sends at 0, 1, 2.5, 4.75 s (snownet)."""
 PROBE_MAX_ELAPSED = secs(1)
 """The REFRESH sent when the portal re-announces a relay gets a single 1 s try (snownet ``refresh``)."""
-PERMISSION_REFRESH = secs(240)
-"""RFC 8656 permissions last 300 s; explicitly requested ones are refreshed after 240 s."""
 MAX_MISMATCH_RECOVERIES = 2
 """437 to ALLOCATE: delete the existing allocation and allocate again at most twice (once with the stale
 credentials, once with ours) until an ALLOCATE succeeds; snownet retries without bound."""
@@ -124,7 +123,7 @@ class Allocation(DataPath):
         self._events: deque[CandidateEvent] = deque()
         self.channels = Channels()
         self._buffered: deque[SocketAddr] = deque(maxlen=MAX_BUFFERED_BINDINGS)
-        self._permissions: dict[str, tuple[SocketAddr, Instant]] = {}
+        self._permissions = Permissions()
         self._explicit_failure: FreeReason | None = None
         self._refresh_not_before = now
         self._now = now
@@ -424,7 +423,7 @@ class Allocation(DataPath):
                 self.channels.set_confirmed(number, now)
         elif method == Method.CREATE_PERMISSION:
             for peer in p.template.addresses(Attr.XOR_PEER_ADDRESS):
-                self._permissions[str(peer.ip)] = (peer, now)
+                self._permissions.installed(peer, now)
 
     def _update(self, slot: dict[int, cand.Candidate], v: int, new: cand.Candidate | None) -> None:
         old = slot.get(v)
@@ -532,11 +531,8 @@ class Allocation(DataPath):
         for number, peer in self.channels.due_for_refresh(now):
             if not self._bind_in_flight_number(number):
                 self._authenticated(tw.channel_bind(self._tid(), peer, number, software=self.software), now)
-        for key in sorted(self._permissions):
-            peer, at = self._permissions[key]
-            if now >= at + PERMISSION_REFRESH:
-                self._permissions[key] = (peer, Instant(now + secs(3600)))  # until the answer re-arms it
-                self._authenticated(tw.create_permission(self._tid(), [peer], software=self.software), now)
+        for peer in self._permissions.due(now):
+            self._authenticated(tw.create_permission(self._tid(), [peer], software=self.software), now)
         self._transition()
 
     def _refresh_at(self) -> Instant | None:
@@ -560,9 +556,9 @@ class Allocation(DataPath):
         ch = self.channels.refresh_deadline(self._bind_in_flight_number)
         if ch is not None:
             cands.append((ch.at, ch.reason))
-        cands.extend(
-            (at + PERMISSION_REFRESH, "turn permission refresh") for _, at in self._permissions.values()
-        )
+        perm = self._permissions.deadline()
+        if perm is not None:
+            cands.append((perm.at, perm.reason))
         if not cands:
             return None
         when, reason = min(cands)
