@@ -93,6 +93,14 @@ class TimerHeap(Generic[K]):
         if len(self._heap) > 2 * len(self._live) + 64:
             self._compact()
 
+    def set(self, key: K, at: int | None) -> None:
+        """Keep exactly ``at`` for ``key`` (``None``: forget it); nothing changes if that is already kept."""
+        cur = self._live.get(key)
+        if cur is not None and cur[0] == at:
+            return
+        self._live.pop(key, None)
+        self.schedule(key, at)
+
     def discard(self, key: K) -> None:
         """Forget ``key`` (its heap entries become stale)."""
         self._live.pop(key, None)

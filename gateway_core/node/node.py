@@ -444,8 +444,7 @@ class Node(NodeDataPath):
                 self._events.append(ConnectionFailed(cid))
                 continue
             d = c.poll_timeout()
-            timers.heap.discard(cid)
-            timers.heap.schedule(cid, None if d is None else d.at)
+            timers.heap.set(cid, None if d is None else d.at)
 
     def _nominated(self, conn: Connection, nom: NominatedSend, now: Instant) -> None:
         src_relay = any(a.has_socket(nom.source) for a in self.allocations.values())

@@ -141,17 +141,14 @@ class Peers:
 
     def _schedule(self, cid: uuid.UUID) -> None:
         """Keep ``cid``'s deadlines exactly (control plane: after any change to the client)."""
-        self._mono.discard(cid)
-        self._utc.discard(cid)
         client = self.clients.get(cid)
-        if client is None:
-            return
-        if client.is_empty():
-            self._mono.schedule(cid, self._now)
+        if client is None or client.is_empty():
+            self._mono.set(cid, None if client is None else self._now)
+            self._utc.discard(cid)
             return
         d = client.poll_timeout()
-        self._mono.schedule(cid, None if d is None else d.at)
-        self._utc.schedule(cid, client.earliest_expiry())
+        self._mono.set(cid, None if d is None else d.at)
+        self._utc.set(cid, client.earliest_expiry())
 
     def _want(self, cid: uuid.UUID) -> Deadline | None:
         """When ``cid`` next needs a sweep, from scratch (monotonic; before the grid)."""

@@ -35,8 +35,7 @@ class Permissions:
 
     def _set(self, key: str, peer: SocketAddr, at: Instant) -> None:
         self._by_ip[key] = (peer, at)
-        self._due.discard(key)
-        self._due.schedule(key, at + PERMISSION_REFRESH)
+        self._due.set(key, at + PERMISSION_REFRESH)
 
     def installed(self, peer: SocketAddr, now: Instant) -> None:
         """The relay confirmed a permission for ``peer``'s IP at ``now``."""

@@ -38,8 +38,9 @@ def test_schedule_only_lowers_and_pop_due_hands_out_due_keys_once() -> None:
     assert h.peek() is None and h.pop_due(100) == []
 
 
-# (op, key, time): 0 schedule, 1 discard, 2 pop_due, 3 set the child's real deadline (what it would say)
-ops = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 7), st.integers(0, 50)), max_size=80)
+# (op, key, time): 0 schedule, 1 discard, 2 pop_due, 3 set the child's real deadline (what it would say),
+# 4 set the kept time exactly
+ops = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 7), st.integers(0, 50)), max_size=80)
 
 
 @settings(max_examples=300)
@@ -63,8 +64,11 @@ def test_against_a_model(seq: list[tuple[int, int, int]]) -> None:
             assert sorted(due) == sorted(k for _, k in want)
             for k in due:
                 del kept[k]
-        else:
+        elif op == 3:
             real[key] = t
+        else:
+            h.set(key, t)
+            kept[key] = t
         assert {k: h.kept(k) for k in kept} == kept and len(h) == len(kept)
         assert h.peek() == (min(kept.values()) if kept else None)
         # earliest_exact over the children whose kept time is a lower bound of their real deadline
