@@ -50,10 +50,12 @@ class _Channel:
 class Channels:
     """Channel numbers of one allocation; see the module docstring."""
 
-    __slots__ = ("_by_number", "_due", "_next")
+    __slots__ = ("_by_number", "_by_peer", "_due", "_next")
 
     def __init__(self) -> None:
         self._by_number: dict[int, _Channel] = {}
+        self._by_peer: dict[SocketAddr, set[int]] = {}
+        """Peer -> its channel numbers: finding a peer's channel (every relayed send) walks only those."""
         self._next = CHANNEL_MIN
         self._due: TimerHeap[int] = TimerHeap()
 
@@ -61,11 +63,19 @@ class Channels:
         return len(self._by_number)
 
     def _find(self, peer: SocketAddr, now: Instant, max_age: int, need_bound: bool) -> int | None:
-        for n in sorted(self._by_number):
+        for n in sorted(self._by_peer.get(peer, ())):
             c = self._by_number[n]
-            if c.peer == peer and c.age(now) < max_age and (c.bound or not need_bound):
+            if c.age(now) < max_age and (c.bound or not need_bound):
                 return n
         return None
+
+    def _unindex(self, n: int) -> None:
+        c = self._by_number.get(n)
+        if c is not None:
+            same = self._by_peer[c.peer]
+            same.discard(n)
+            if not same:
+                del self._by_peer[c.peer]
 
     def connected(self, peer: SocketAddr, now: Instant) -> int | None:
         return self._find(peer, now, CHANNEL_LIFETIME, True)
@@ -91,7 +101,9 @@ class Channels:
             c = self._by_number.get(n)
             if c is None or (c.no_activity() and c.age(now) >= CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE):
                 self._next = CHANNEL_MIN if n == CHANNEL_MAX else n + 1
+                self._unindex(n)
                 self._by_number[n] = _Channel(peer, False, now, now)
+                self._by_peer.setdefault(peer, set()).add(n)
                 self._due.discard(n)
                 return n
         return None
@@ -107,11 +119,13 @@ class Channels:
         return True
 
     def forget(self, number: int) -> None:
+        self._unindex(number)
         self._by_number.pop(number, None)
         self._due.discard(number)
 
     def clear(self) -> None:
         self._by_number.clear()
+        self._by_peer.clear()
         self._due = TimerHeap()
 
     def receive(self, number: int, now: Instant) -> SocketAddr | None:
