@@ -1,7 +1,8 @@
 """Timer cost against the number of connected clients: ``Gateway.poll_timeout()``,
 ``Gateway.handle_timeout(now)`` with one client's timer due, and ``Gateway.handle_datagram`` on an
 established session, with 1, 100, 1,000 and 10,000 connected clients; each figure is compared with the
-same figure at 1 client in the same run.
+same figure of a
+1-client gateway measured in alternating rounds (both see the same load on a shared machine).
 
 Every client is connected the way a real one is, with every timer of the gateway running while they are
 added (nothing is switched off): the gateway's node gets the connection (``upsert_connection``, the
@@ -193,42 +194,74 @@ def _per_call(fn: Callable[[], object], n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def measure(h: ScaleHarness) -> tuple[float, float, float]:
-    """(poll_timeout, handle_timeout with one timer due, handle_datagram) in microseconds."""
-    gw = h.gw
-    poll = min(_per_call(gw.poll_timeout, POLL_CALLS) for _ in range(5)) * 1e6
-    served: list[float] = []
-    for _ in range(TIMEOUTS):
-        d = gw.poll_timeout()
-        assert d is not None
-        h.now = Instant(max(h.now, d.at))
-        t0 = time.perf_counter()
-        gw.handle_timeout(h.now)
-        served.append(time.perf_counter() - t0)
-        h.pump()
-        h.client.handle_timeout(h.now)
-        h.pump()
-    timeout = statistics.median(served) * 1e6
-    pkt = build_udp_packet(CL_TUN4, PROXY, 5401, 53, bytes(100))
-    conn = h.client.connections["gateway"]
-    assert conn.peer_socket is not None
-    src = conn.peer_socket.source
-    stream = []
-    for _ in range(BATCH * ROUNDS):
-        t = h.client.encapsulate("gateway", pkt, h.now)
-        assert t is not None
-        stream.append(t.payload)
-    now = h.now
-    assert gw.handle_datagram(now, GW, src, stream[0]) is not None, "the packet must pass"
-    best = 1e9
-    for r in range(1, ROUNDS):
-        batch = stream[r * BATCH : (r + 1) * BATCH]
+class Probe:
+    """The three measurements on one harness, a round at a time (so two harnesses can alternate)."""
+
+    def __init__(self, h: ScaleHarness) -> None:
+        self.h = h
+        self.poll: list[float] = []
+        self.served: list[float] = []
+        self.datagram: list[float] = []
+        pkt = build_udp_packet(CL_TUN4, PROXY, 5401, 53, bytes(100))
+        conn = h.client.connections["gateway"]
+        assert conn.peer_socket is not None
+        self.src = conn.peer_socket.source
+        self.stream = []
+        for _ in range(BATCH * ROUNDS):
+            t = h.client.encapsulate("gateway", pkt, h.now)
+            assert t is not None
+            self.stream.append(t.payload)
+        self.sent_at = h.now
+        assert h.gw.handle_datagram(h.now, GW, self.src, self.stream[0]) is not None, "the packet must pass"
+        self.pos = 1
+
+    def poll_round(self) -> None:
+        self.poll.append(_per_call(self.h.gw.poll_timeout, POLL_CALLS))
+
+    def timeout_round(self, n: int) -> None:
+        h, gw = self.h, self.h.gw
+        for _ in range(n):
+            d = gw.poll_timeout()
+            assert d is not None
+            h.now = Instant(max(h.now, d.at))
+            t0 = time.perf_counter()
+            gw.handle_timeout(h.now)
+            self.served.append(time.perf_counter() - t0)
+            h.pump()
+            h.client.handle_timeout(h.now)
+            h.pump()
+
+    def datagram_round(self) -> None:
+        gw, src, now = self.h.gw, self.src, self.h.now
+        batch = self.stream[self.pos : self.pos + BATCH]
+        self.pos += BATCH
         t0 = time.perf_counter()
         for dgram in batch:
             gw.handle_datagram(now, GW, src, dgram)
-        best = min(best, (time.perf_counter() - t0) / BATCH)
-    h.pump()
-    return poll, timeout, best * 1e6
+        self.datagram.append((time.perf_counter() - t0) / BATCH)
+        self.h.pump()
+
+    def result(self) -> tuple[float, float, float]:
+        """(poll_timeout, handle_timeout with one timer due, handle_datagram) in microseconds."""
+        return min(self.poll) * 1e6, statistics.median(self.served) * 1e6, min(self.datagram) * 1e6
+
+
+def measure(
+    h: ScaleHarness, ref: ScaleHarness
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The figures of ``h`` and of the 1-client reference ``ref``, measured in alternating rounds (the
+    machine is shared: both see the same load)."""
+    big, one = Probe(h), Probe(ref)
+    for _ in range(5):
+        for p in (big, one):
+            p.poll_round()
+    for _ in range(10):
+        for p in (big, one):
+            p.timeout_round(TIMEOUTS // 10)
+    for _ in range(ROUNDS - 1):
+        for p in (big, one):
+            p.datagram_round()
+    return big.result(), one.result()
 
 
 def memory_per_client() -> float:
@@ -258,37 +291,40 @@ def memory_per_client() -> float:
 
 def main() -> None:
     h = setup()
-    have = 0
+    ref = setup()
+    have = 1
     results: dict[int, tuple[float, float, float]] = {}
     print(
         "connected clients (ICE + WireGuard + NAT session each, every timer running); "
         f"poll_timeout: min of 5 x {POLL_CALLS} calls; handle_timeout: median of {TIMEOUTS} consecutive "
-        f"deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT)"
+        f"deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT); "
+        "each against a 1-client gateway measured in alternating rounds"
     )
     for n in CLIENT_COUNTS:
         t0 = time.perf_counter()
-        while have < n - 1:  # the harness's own client is one of them
-            add_client(h, have + 1)
+        while have < n:  # the harness's own client is one of them
+            add_client(h, have)
             have += 1
         built = time.perf_counter() - t0
         live = sum(1 for c in h.gw.node.connections.values() if c.state is not ConnState.FAILED)
         assert live == n, f"{live} live connections, expected {n}"
-        results[n] = measure(h)
-        p, t, d = results[n]
+        (p, t, d), (p1, t1, d1) = measure(h, ref)
+        results[n] = (p / p1, t / t1, d / d1)
         print(
-            f"{n:6d} clients: poll_timeout {p:9.2f} us   handle_timeout {t:9.2f} us   "
-            f"handle_datagram {d:7.2f} us   (built in {built:.1f} s)"
+            f"{n:6d} clients: poll_timeout {p:8.2f} us ({p / p1:4.2f}x)   handle_timeout {t:8.2f} us "
+            f"({t / t1:4.2f}x)   handle_datagram {d:6.2f} us ({d / d1:4.2f}x)   "
+            f"[1 client: {p1:.2f} / {t1:.2f} / {d1:.2f} us; built in {built:.1f} s]"
         )
     mem = memory_per_client() / 1024
     print(
         f"memory per idle connected client (gateway_core allocations, {MEMORY_CLIENTS} clients): "
         f"{mem:.1f} KiB (target <= {MEMORY_TARGET_KIB} KiB)"
     )
-    top, one = results[CLIENT_COUNTS[-1]], results[1]
+    top = results[CLIENT_COUNTS[-1]]
     print(
-        f"scale: poll_timeout {CLIENT_COUNTS[-1]}/1 = {top[0] / one[0]:.2f}x, "
-        f"handle_timeout {CLIENT_COUNTS[-1]}/1 = {top[1] / one[1]:.2f}x, "
-        f"handle_datagram {CLIENT_COUNTS[-1]}/1 = {top[2] / one[2]:.2f}x"
+        f"scale: poll_timeout {CLIENT_COUNTS[-1]}/1 = {top[0]:.2f}x, "
+        f"handle_timeout {CLIENT_COUNTS[-1]}/1 = {top[1]:.2f}x, "
+        f"handle_datagram {CLIENT_COUNTS[-1]}/1 = {top[2]:.2f}x"
     )
 
 

@@ -171,7 +171,8 @@ class WireGuardPeer:
         self.want_passive_keepalive_at: int | None = None
 
     def _advance(self, now: Instant) -> None:
-        self._last_now = advance(self._last_now, now)
+        if now != self._last_now:  # (per packet: the R2 helper is called only when time moved)
+            self._last_now = advance(self._last_now, now)
 
     # --- queries -------------------------------------------------------------------------------------
 
@@ -194,7 +195,8 @@ class WireGuardPeer:
 
     def encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
         """The datagram to send for ``packet`` (an IP packet; empty = keepalive); see the module doc."""
-        self._last_now = advance(self._last_now, now)
+        if now != self._last_now:  # (per packet: the R2 helper is called only when time moved)
+            self._last_now = advance(self._last_now, now)
         return self._encapsulate(now, packet)
 
     def _encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
@@ -226,7 +228,8 @@ class WireGuardPeer:
 
         ``src`` is the sender's IP address; it keys the cookie under load (without it, handshakes under
         load are dropped, as in boringtun)."""
-        self._last_now = advance(self._last_now, now)
+        if now != self._last_now:  # (per packet: the R2 helper is called only when time moved)
+            self._last_now = advance(self._last_now, now)
         if len(datagram) < DATA_MIN_LEN:
             self._handle_control(now, datagram, src)
             return None
