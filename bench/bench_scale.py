@@ -299,8 +299,8 @@ def main() -> None:
     results: dict[int, tuple[float, float, float]] = {}
     print(
         "connected clients (ICE + WireGuard + NAT session each, every timer running); "
-        f"poll_timeout: min of {POLL_ROUNDS} x {POLL_CALLS} calls; handle_timeout: median of {TIMEOUTS} consecutive "
-        f"deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT); "
+        f"poll_timeout: min of {POLL_ROUNDS} x {POLL_CALLS} calls; handle_timeout: median of {TIMEOUTS} "
+        f"consecutive deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT); "
         "each against a 1-client gateway measured in alternating rounds"
     )
     for n in CLIENT_COUNTS:
