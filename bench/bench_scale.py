@@ -300,8 +300,8 @@ def main() -> None:
     print(
         "connected clients (ICE + WireGuard + NAT session each, every timer running); "
         f"poll_timeout: min of {POLL_ROUNDS} x {POLL_CALLS} calls; handle_timeout: median of {TIMEOUTS} "
-        f"consecutive deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through the NAT); "
-        "each against a 1-client gateway measured in alternating rounds"
+        f"consecutive deadlines; handle_datagram: min of {ROUNDS - 1} x {BATCH} (128-byte packets through "
+        "the NAT); each against a 1-client gateway measured in alternating rounds"
     )
     for n in CLIENT_COUNTS:
         t0 = time.perf_counter()
