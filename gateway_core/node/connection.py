@@ -14,8 +14,9 @@ STUN timings; its WireGuard timers are ticked only when one is due, on the same 
 - any -> FAILED: no remote candidate 10 s after creation, ICE ``disconnected`` for 2 s, or an expired tunnel.
 
 The tunnel is anything with the :class:`Tunnel` shape (the project's ``WireGuardPeer`` fits); the node
-joins them. Timers run inside :meth:`Connection.handle_timeout`; the WireGuard timers are ticked at least
-once a second while a path exists (snownet's fixed cadence).
+joins them. Timers run inside :meth:`Connection.tick`; the WireGuard timers are ticked once a second while
+a path exists and the connection is in use (snownet's fixed cadence), and while it is idle only at the
+first tick of that grid at or after the tunnel's own next deadline (decision 0140).
 """
 
 from __future__ import annotations

@@ -13,14 +13,16 @@ control messages of every allocation first, then the node's own queue) and :meth
 A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`, in ``datapath.py``): from
 port 3478, first byte 0-3 is a STUN message for the allocation of that relay (Data indications are
 unwrapped), 0x40-0x4F is ChannelData unwrapped by that allocation into ``(peer, payload, our relayed
-address)``; then a STUN message is offered to the agents in client-id order; anything else is WireGuard,
+address)``; then a STUN binding message goes to the agent it names (a request by our username fragment, a
+response by the connection index in its transaction id); anything else is WireGuard,
 routed by the receiver index (types 2-4) or, after the node-wide rate limiter passed it, by the
 initiator's static key (type 1; decision 0115). Inputs that were consumed run :meth:`Node.handle_timeout`
 at once (snownet's drain rule: Firezone's tunnel loop in ``rust/connlib/tunnel/src/lib.rs`` does so), so
 TURN responses and nominations take effect within the same call; a datagram dropped without any change
 runs nothing more. ``handle_timeout`` works in the order of snownet's ``Node::handle_timeout``:
 allocations, their candidate events, connections, freeing dead allocations, re-homing connections,
-removing failed ones.
+removing failed ones; but of the connections it ticks only those whose kept deadline has come or that an
+input touched since (decision 0140), and :meth:`Node.poll_timeout` reads their kept deadlines.
 """
 
 from __future__ import annotations
