@@ -50,7 +50,7 @@ class _Channel:
 class Channels:
     """Channel numbers of one allocation; see the module docstring."""
 
-    __slots__ = ("_by_number", "_by_peer", "_due", "_next")
+    __slots__ = ("_by_number", "_by_peer", "_due", "_full_until", "_next")
 
     def __init__(self) -> None:
         self._by_number: dict[int, _Channel] = {}
@@ -58,6 +58,7 @@ class Channels:
         """Peer -> its channel numbers: finding a peer's channel (every relayed send) walks only those."""
         self._next = CHANNEL_MIN
         self._due: TimerHeap[int] = TimerHeap()
+        self._full_until = Instant(0)
 
     def __len__(self) -> int:
         return len(self._by_number)
@@ -96,6 +97,9 @@ class Channels:
         if existing is not None:
             return existing
         span = CHANNEL_MAX - CHANNEL_MIN + 1
+        if len(self._by_number) == span and now < self._full_until:
+            return None  # every number taken, none reusable yet: no scan (thousands of peers on one relay)
+        reusable_at: int | None = None
         for i in range(span):
             n = CHANNEL_MIN + (self._next - CHANNEL_MIN + i) % span
             c = self._by_number.get(n)
@@ -106,6 +110,13 @@ class Channels:
                 self._by_peer.setdefault(peer, set()).add(n)
                 self._due.discard(n)
                 return n
+            if c.no_activity():
+                at = c.bound_at + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+                reusable_at = at if reusable_at is None or at < reusable_at else reusable_at
+        # No number is reusable before this: an idle record at its age, a busy one re-bound from now on
+        # 15 min after that; a forgotten number shrinks the table, which ends the shortcut.
+        soonest = now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+        self._full_until = Instant(soonest if reusable_at is None else min(reusable_at, soonest))
         return None
 
     def set_confirmed(self, number: int, now: Instant) -> bool:
