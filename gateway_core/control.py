@@ -45,7 +45,7 @@ from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.client_ids import ClientIds
 from gateway_core.clock import Instant
 from gateway_core.commands import Exit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, earliest
 from gateway_core.dns.servers import DnsBindRetry, DnsServerBindFailed, DnsServerBound
 from gateway_core.errors import DropReason
 from gateway_core.gateway_types import GatewayCommand, GatewayConfig, ResolveDomain
@@ -533,17 +533,23 @@ class ControlPlane:
                 break
             self._counters.incr("resolve_timeout")
             self._finish_resolve(now, rid, None)
-        for client in self._peers.handle_timeout(now, self._utc_ns(now)):
+        self._peers.handle_timeout(now)
+        while (client := self._peers.poll_removed()) is not None:
             self.goodbye(now, client)
 
-    def poll_timeout(self) -> list[Deadline]:
-        """The deadlines of the control plane: the portal's, the expiry sweep's, the first resolution's."""
-        out = [] if (d := self._channel.poll_timeout()) is None else [d]
-        if not self._shutting_down and (d := self._peers.poll_timeout()) is not None:
-            out.append(d)
-        if self._pending:
-            out.append(Deadline(next(iter(self._pending.values())).deadline, "domain resolution timeout"))
-        return out
+    def poll_timeout(self, *, recomputed: bool = False) -> Deadline | None:
+        """The earliest deadline of the control plane: the portal's, the expiry sweep's, the first
+        resolution's (``recomputed``: the sweep's the slow way, for the contract checker)."""
+        peers = self._peers
+        sweep = None
+        if not self._shutting_down:
+            sweep = peers.poll_timeout_recomputed() if recomputed else peers.poll_timeout()
+        first = next(iter(self._pending.values()), None)
+        return earliest(
+            self._channel.poll_timeout(),
+            sweep,
+            None if first is None else Deadline(first.deadline, "domain resolution timeout"),
+        )
 
     def shutdown(self, now: Instant, reason: str, code: int) -> None:
         """Close the portal, say goodbye to every client, drop pending work; then :attr:`exit` is set."""

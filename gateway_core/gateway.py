@@ -42,7 +42,7 @@ from gateway_core.addr import SocketAddr
 from gateway_core.client_ids import ClientIds
 from gateway_core.clock import Instant
 from gateway_core.commands import Transmit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance, earliest
 from gateway_core.control import ControlPlane
 from gateway_core.dns.forwarding import DnsForwarder, DnsQueryReceived, DnsUpstreamFailed, DnsUpstreamResponse
 from gateway_core.dns.servers import DnsBindRetry, DnsServerBindFailed, DnsServerBound
@@ -105,10 +105,10 @@ class Gateway:
         self._validate_checksums = config.validate_checksums
 
         self._node = wireguard_node(private_key, ent, ent.fork("node"), now, self.utc_ns, controlling=False)
-        self._peers = Peers(config.max_nat_sessions)
+        self._peers = Peers(config.max_nat_sessions, self.utc_ns)
         self._by_cid = self._peers.by_cid  # the data path's two lookups (dicts owned by the peers)
         self._by_address = self._peers.by_tunnel_address
-        self._peers.handle_timeout(now, utc_ns)  # schedules the first expiry sweep (reference: first tick)
+        self._peers.handle_timeout(now)  # starts the expiry sweep's grid (reference: first tick)
         self._forwarder = DnsForwarder(self._peers.may_query, config.dns_limits)
         self._bind_retry = DnsBindRetry(ent.fork("dns-bind"))
         self._flows = FlowTracker(now, utc_ns, enabled=config.flow_logs)
@@ -163,9 +163,7 @@ class Gateway:
     # --- clocks ---------------------------------------------------------------------------------
 
     def _tick(self, now: Instant) -> None:
-        if now < self._now:
-            raise UsageError(f"time went backwards: {now} < {self._now}")
-        self._now = now
+        self._now = advance(self._now, now)
 
     def utc_ns(self, now: Instant) -> int:
         """Wall-clock UTC (ns since the epoch) at ``now``, from the last anchor."""
@@ -382,23 +380,46 @@ class Gateway:
             self._control.drain_node_events(now)
 
     def poll_timeout(self) -> Deadline | None:
-        ds = [
-            d
-            for d in (
+        """The earliest deadline of every part, each from its kept deadlines (decision 0140): the cost does
+        not grow with the number of clients. With ``GatewayConfig.check_deadlines`` it is compared with
+        :meth:`poll_timeout_recomputed` (a stale kept deadline is a bug: ``AssertionError``)."""
+        kept = self._at_least_now(
+            earliest(
                 self._node.poll_timeout(),
                 self._forwarder.poll_timeout(),
                 self._bind_retry.poll_timeout(),
+                self._control.poll_timeout(),
+                self._flows.poll_timeout(),
             )
-            if d is not None
-        ]
-        ds += self._control.poll_timeout()
-        f = self._flows.poll_timeout()
-        if f is not None:
-            ds.append(Deadline(f, "flow timeout"))
-        if not ds:
-            return None
-        best = min(ds, key=lambda d: (d.at, d.reason))
-        return best if best.at >= self._now else Deadline(self._now, best.reason)
+        )
+        if self._config.check_deadlines:
+            exact = self.poll_timeout_recomputed()
+            stale = self.stale_kept_deadlines()
+            if kept != exact or stale:
+                raise AssertionError(f"kept deadline {kept!r} is stale: recomputed {exact!r}; {stale}")
+        return kept
+
+    def poll_timeout_recomputed(self) -> Deadline | None:
+        """:meth:`poll_timeout` the slow way, every connection and client asked (O(n)). The contract
+        checker of the simulator (and the daemon's debug mode) compares the two: a kept deadline that went
+        stale is a contract violation (R4/R5)."""
+        return self._at_least_now(
+            earliest(
+                self._node.poll_timeout_recomputed(),
+                self._forwarder.poll_timeout(),
+                self._bind_retry.poll_timeout(),
+                self._control.poll_timeout(recomputed=True),
+                self._flows.poll_timeout(),
+            )
+        )
+
+    def stale_kept_deadlines(self) -> list[str]:
+        """The children (connections, clients) whose kept deadline would be served late, for the contract
+        checker; empty when every kept deadline is a lower bound of the real one."""
+        return self._node.stale_kept_deadlines() + self._peers.stale_kept_deadlines()
+
+    def _at_least_now(self, best: Deadline | None) -> Deadline | None:
+        return best if best is None or best.at >= self._now else Deadline(self._now, best.reason)
 
     def poll_command(self) -> GatewayCommand | None:
         if self._out:

@@ -64,6 +64,10 @@ class GatewayConfig:
     """Drop (and count as ``bad_checksum``) packets whose IPv4 header, TCP or UDP checksum is wrong, in
     both directions (``--validate-checksums``; Firezone only warns, and only towards the TUN: decision
     0166)."""
+    check_deadlines: bool = False
+    """Debug mode: :meth:`Gateway.poll_timeout` compares its kept deadline with one recomputed from every
+    connection and client and raises ``AssertionError`` when they differ (O(clients) per call; the daemon's
+    ``FIREZONE_CHECK_DEADLINES``; decision 0140)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ class Config:
     flow_logs: bool = False
     """One record per TCP/UDP flow on the ``flow_logs`` logger (``--flow-logs``/``FIREZONE_FLOW_LOGS``,
     or ``RUST_LOG`` containing ``flow_logs=trace`` as Firezone takes it)."""
+    check_deadlines: bool = False
+    """Debug mode (``FIREZONE_CHECK_DEADLINES``): every ``poll_timeout`` of the core is compared with the
+    deadline recomputed from every connection and client; a stale kept deadline stops the daemon
+    (decision 0140). Costs O(clients) per loop turn: for tests and diagnosis only."""
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -262,6 +266,7 @@ def load(
         no_check=args.no_check,
         validate_checksums=validate,
         no_inc_buf=no_inc_buf,
+        check_deadlines=_bool("FIREZONE_CHECK_DEADLINES", env.get("FIREZONE_CHECK_DEADLINES", "false")),
         dns_client_qps=_count(
             "FIREZONE_DNS_CLIENT_QPS", env.get("FIREZONE_DNS_CLIENT_QPS", str(CLIENT_RATE)), MAX_QPS
         ),

@@ -248,6 +248,7 @@ async def _run(
                 ),
                 flow_logs=config.flow_logs,
                 validate_checksums=config.validate_checksums,
+                check_deadlines=config.check_deadlines,
             ),
             private_key=private_key,
             entropy=SystemEntropy(),

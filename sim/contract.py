@@ -12,6 +12,15 @@ every mutating call:
   ``handle_timeout(now)`` the deadline that was served is gone (R5); and the number of
   wake-ups at one instant is bounded, so a component that keeps asking for ``now`` is caught as a busy
   loop (R5).
+- Kept deadlines (decision 0140): a component that keeps its children's deadlines instead of asking every
+  child (the gateway, the node) also offers ``poll_timeout_recomputed()``, the same answer the slow way,
+  and ``stale_kept_deadlines()``, the children whose kept time is later than their real deadline. The
+  answers must be equal and no child stale: a kept deadline that went stale (too late: a timer would be
+  missed; too early in the answer: a wake-up for nothing, and R4 says the deadline is exact) is an R4
+  violation, not a slow drift. (A child's kept time may be *earlier* than its real deadline: that is the
+  lazy kind, rechecked when it comes.) The
+  comparison runs with the purity check (first settle, then every ``purity_every``-th), and on every
+  settle when ``FIREZONE_CHECK_DEADLINES=1`` is in the environment (the debug mode).
 
 The double ``poll_timeout()`` and the two fingerprints are the expensive part of R4 (on a gateway with
 many connections, ``poll_timeout`` walks every ICE pair and TURN allocation): they run on the first settle
@@ -24,6 +33,7 @@ A violation raises :class:`ContractViolation` naming the component, the virtual 
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
@@ -43,6 +53,10 @@ PURITY_EVERY = 16
 """Full R4 purity check (double poll + fingerprints) on one settle in this many, per component. An impure
 ``poll_timeout`` is impure on most steps, so sampling still catches it; checking every step made the
 checker most of the simulator's cost (docs/performance.md, "Simulator speed")."""
+
+
+CHECK_DEADLINES_ALWAYS = os.environ.get("FIREZONE_CHECK_DEADLINES", "") in ("1", "true", "yes", "on")
+"""Debug mode: compare kept deadlines with recomputed ones on every settle, not only on sampled ones."""
 
 
 class Rule(StrEnum):
@@ -152,6 +166,26 @@ class ContractChecker:
         except Exception as exc:
             raise self.violation(now, Rule.R6, f"network input raised {type(exc).__name__}: {exc}") from exc
 
+    def check_kept(self, now: Instant, kept: Deadline | None) -> None:
+        """R4 for kept deadlines: ``kept`` (what ``poll_timeout()`` said) equals the component's
+        ``poll_timeout_recomputed()``, when it has one."""
+        recompute: Callable[[], Deadline | None] | None = getattr(
+            self.component, "poll_timeout_recomputed", None
+        )
+        if recompute is None:
+            return
+        exact = recompute()
+        if exact != kept:
+            raise self.violation(
+                now, Rule.R4, f"stale kept deadline: poll_timeout() gave {kept!r}, recomputed {exact!r}"
+            )
+        stale: Callable[[], list[str]] | None = getattr(self.component, "stale_kept_deadlines", None)
+        late = [] if stale is None else stale()
+        if late:
+            raise self.violation(
+                now, Rule.R4, f"stale kept deadline (would be served late): {'; '.join(late)}"
+            )
+
     def settle(self, now: Instant, served: Deadline | None) -> Deadline | None:
         """R4/R5 after a step whose commands were all drained; returns the component's next deadline.
 
@@ -175,6 +209,8 @@ class ContractChecker:
                 )
         else:
             first = comp.poll_timeout()
+        if full or CHECK_DEADLINES_ALWAYS:
+            self.check_kept(now, first)
         leaked = comp.poll_command()
         if leaked is not None:
             raise self.violation(now, Rule.R4, f"poll_timeout queued a command: {leaked!r}")

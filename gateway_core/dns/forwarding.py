@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant, secs
 from gateway_core.commands import Command
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance
 from gateway_core.dns.servers import DnsTransport
 from gateway_core.dns.wire import check_message
 from gateway_core.errors import DecodeError, DropReason, UsageError
@@ -279,9 +279,7 @@ class DnsForwarder:
         self.stats = Stats()
 
     def _tick(self, now: Instant) -> None:
-        if now < self._now:
-            raise UsageError("time went backwards")
-        self._now = now
+        self._now = advance(self._now, now)
 
     def _respond(self, q: DnsQueryReceived, message: bytes) -> None:
         limit = UDP_RESPONSE_LIMIT if q.transport is DnsTransport.UDP else TCP_RESPONSE_LIMIT

@@ -29,9 +29,8 @@ from gateway_core.addr import SocketAddr
 from gateway_core.backoff import Backoff, BackoffConfig
 from gateway_core.clock import Instant, millis, secs
 from gateway_core.commands import Command
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance
 from gateway_core.entropy import Entropy
-from gateway_core.errors import UsageError
 from gateway_core.inputs import Input
 
 TUN_DNS_PORT = 53535
@@ -120,9 +119,7 @@ class DnsBindRetry:
         return self._failures
 
     def _advance(self, now: Instant) -> None:
-        if self._now is not None and now < self._now:
-            raise UsageError(f"time went backwards: {now} < {self._now}")
-        self._now = now
+        self._now = now if self._now is None else advance(self._now, now)
 
     def set_addresses(self, now: Instant, addresses: tuple[SocketAddr, ...]) -> None:
         """The core wants servers on exactly ``addresses``: queue :class:`BindDnsServers`, forget the rest."""

@@ -5,7 +5,8 @@ Theory of operation
 -------------------
 States: ``CONNECTING`` (no path yet; WireGuard datagrams the tunnel produces are buffered, ring of 128),
 ``CONNECTED`` (a nominated :class:`PeerSocket`, ``last_activity``), ``IDLE`` (same path, agent on idle
-STUN timings) and ``FAILED`` (removed by the node at the end of its tick). Moves (:data:`TRANSITIONS`):
+STUN timings; its WireGuard timers are ticked only when one is due, on the same one-second grid) and
+``FAILED`` (removed by the node at the end of its tick). Moves (:data:`TRANSITIONS`):
 
 - CONNECTING -> CONNECTED when the agent announces a nominated pair (the buffer is flushed on it);
 - CONNECTED -> IDLE after 20 s without application packets while the agent is exactly ``connected``;
@@ -13,8 +14,9 @@ STUN timings) and ``FAILED`` (removed by the node at the end of its tick). Moves
 - any -> FAILED: no remote candidate 10 s after creation, ICE ``disconnected`` for 2 s, or an expired tunnel.
 
 The tunnel is anything with the :class:`Tunnel` shape (the project's ``WireGuardPeer`` fits); the node
-joins them. Timers run inside :meth:`Connection.handle_timeout`; the WireGuard timers are ticked at least
-once a second while a path exists (snownet's fixed cadence).
+joins them. Timers run inside :meth:`Connection.tick`; the WireGuard timers are ticked once a second while
+a path exists and the connection is in use (snownet's fixed cadence), and while it is idle only at the
+first tick of that grid at or after the tunnel's own next deadline (decision 0140).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Protocol
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant, secs
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, TimerHeap, earliest
 from gateway_core.ice.agent import IceAgent, IceState, IceStateChanged, NominatedSend
 from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING
 from gateway_core.stats import Stats
@@ -129,12 +131,55 @@ class PeerSocket:
         return self.kind in (PathKind.RELAY_TO_PEER, PathKind.RELAY_TO_RELAY)
 
 
+class ConnTimers:
+    """The node's kept deadlines of its connections (one :class:`TimerHeap` keyed by connection id) and
+    how many connections are not idle (the handshake limiter is reset only while one is). Every connection
+    holds a reference, so the data path can tell the node about the one change it makes to a deadline
+    that is not later than before (an idle connection woken by a packet)."""
+
+    __slots__ = ("heap", "nonidle")
+
+    def __init__(self) -> None:
+        self.heap: TimerHeap[str] = TimerHeap()
+        self.nonidle = 0
+
+
 class Connection:
     """State of one client connection; the node owns sending and routing."""
 
+    __slots__ = (
+        "agent",
+        "cid",
+        "created_at",
+        "disconnected_at",
+        "established_signalled",
+        "history",
+        "index",
+        "last_activity",
+        "last_proactive_handshake",
+        "next_wg_tick",
+        "peer_socket",
+        "relay",
+        "state",
+        "timers",
+        "tunnel",
+        "unexpected_transitions",
+        "wg_buffer",
+    )
+
     def __init__(
-        self, cid: str, agent: IceAgent, tunnel: Tunnel, index: int, relay: str | None, now: Instant
+        self,
+        cid: str,
+        agent: IceAgent,
+        tunnel: Tunnel,
+        index: int,
+        relay: str | None,
+        now: Instant,
+        timers: ConnTimers | None = None,
     ) -> None:
+        self.timers = timers
+        if timers is not None:
+            timers.nonidle += 1
         self.cid = cid
         self.agent = agent
         self.tunnel = tunnel
@@ -145,14 +190,22 @@ class Connection:
         self.last_activity = now
         self.created_at = now
         self.disconnected_at: Instant | None = None
-        self.wg_buffer: deque[bytes] = deque(maxlen=WG_BUFFER)
+        self.wg_buffer: deque[bytes] | None = None
+        """Created on the first datagram buffered (most connections never buffer one)."""
         self.next_wg_tick = now
         self.established_signalled = False
         self.last_proactive_handshake: Instant | None = None
         """When the controlling side last started a WireGuard handshake of its own (nomination, reuse)."""
         self.unexpected_transitions = 0
-        self.history: deque[tuple[Instant, ConnState, ConnState]] = deque(maxlen=HISTORY_LEN)
-        """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests."""
+        self.history: list[tuple[Instant, ConnState, ConnState]] = []
+        """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests (a list
+        trimmed by hand: an empty deque costs 760 bytes, a list 56)."""
+
+    def buffer(self, wg: bytes) -> None:
+        """Keep a WireGuard datagram until a path exists (ring of :data:`WG_BUFFER`)."""
+        if self.wg_buffer is None:
+            self.wg_buffer = deque(maxlen=WG_BUFFER)
+        self.wg_buffer.append(wg)
 
     def transition(self, new: ConnState, now: Instant) -> None:
         old = self.state
@@ -163,6 +216,14 @@ class Connection:
             log.warning("connection %s: unexpected %s -> %s", self.cid, old, new)
         self.state = new
         self.history.append((now, old, new))
+        if len(self.history) > HISTORY_LEN:
+            del self.history[0]
+        t = self.timers
+        if t is not None:
+            if old is ConnState.IDLE:
+                t.nonidle += 1
+            elif new is ConnState.IDLE:
+                t.nonidle -= 1
 
     def stimulus(self, now: Instant) -> None:
         """Upsert, non-host candidate, packet in or out: Idle -> Connected, else refresh activity."""
@@ -170,6 +231,11 @@ class Connection:
             self.transition(ConnState.CONNECTED, now)
             self.last_activity = now
             self.agent.set_timing(DEFAULT_TIMING, now)
+            if self.next_wg_tick < now:  # the skipped idle ticks: back on the grid, as if each had run
+                self.next_wg_tick = self._grid_after(Instant(now - 1))
+            if self.timers is not None:  # faster ICE timings: the one deadline a packet moves earlier
+                d = self.poll_timeout()
+                self.timers.heap.schedule(self.cid, None if d is None else d.at)
         elif self.state is ConnState.CONNECTED:
             self.last_activity = now
 
@@ -199,8 +265,8 @@ class Connection:
         if self.state is ConnState.CONNECTING:
             self.transition(ConnState.CONNECTED, now)
             self.last_activity = now
-            out = list(self.wg_buffer)
-            self.wg_buffer.clear()
+            out = list(self.wg_buffer or ())
+            self.wg_buffer = None
             return out
         return []
 
@@ -222,7 +288,10 @@ class Connection:
             return []
         if self.peer_socket is not None and now >= self.next_wg_tick:
             self.tunnel.handle_timeout(now)
-            self.next_wg_tick = Instant(now + WG_TICK)
+            if self.state is ConnState.IDLE:  # ticks were skipped: stay on the grid
+                self.next_wg_tick = self._grid_after(now)
+            else:
+                self.next_wg_tick = Instant(now + WG_TICK)
             if self.tunnel.is_expired:
                 self.transition(ConnState.FAILED, now)
                 return []
@@ -237,20 +306,38 @@ class Connection:
                 nominations.append(e)
         return nominations
 
-    def poll_timeout(self) -> Deadline | None:
-        cands: list[tuple[int, str]] = []
-        a = self.agent.poll_timeout()
-        if a is not None:
-            cands.append((a, "ice"))
-        if self.peer_socket is not None:
-            cands.append((self.next_wg_tick, "wg timers"))
-        if not self.agent.remote:
-            cands.append((self.created_at + CANDIDATE_TIMEOUT, "candidate timeout"))
-        if self.disconnected_at is not None:
-            cands.append((self.disconnected_at + DISCONNECT_TIMEOUT, "disconnect timeout"))
-        if self.state is ConnState.CONNECTED and self.agent.state is IceState.CONNECTED:
-            cands.append((self.last_activity + IDLE_AFTER, "idle"))
-        if not cands:
+    def _grid_after(self, now: Instant) -> Instant:
+        """The first tick of the WireGuard grid (``next_wg_tick`` + k s) strictly after ``now``."""
+        return Instant(self.next_wg_tick + ((now - self.next_wg_tick) // WG_TICK + 1) * WG_TICK)
+
+    def _wg_deadline(self) -> Deadline | None:
+        """The WireGuard tick: once a second (snownet's cadence) while the connection is in use; while it
+        is idle, the first tick of that one-second grid at or after the tunnel's own next deadline (the
+        ticks before it would change nothing: the tunnel's deadlines are exact, decision 0011), so an idle
+        client wakes the gateway only for what WireGuard needs (decision 0140)."""
+        if self.peer_socket is None:
             return None
-        at, why = min(cands)
-        return Deadline(Instant(at), why)
+        at = self.next_wg_tick
+        if self.state is ConnState.IDLE:
+            t = self.tunnel.poll_timeout()
+            if t is None:
+                return None
+            if t.at > at:
+                at = Instant(at - ((at - t.at) // WG_TICK) * WG_TICK)
+        return Deadline(at, "wg timers")
+
+    def poll_timeout(self) -> Deadline | None:
+        a = self.agent.poll_timeout()
+        return earliest(
+            None if a is None else Deadline(a.at, "ice"),
+            self._wg_deadline(),
+            None
+            if self.agent.remote
+            else Deadline(Instant(self.created_at + CANDIDATE_TIMEOUT), "candidate timeout"),
+            None
+            if self.disconnected_at is None
+            else Deadline(Instant(self.disconnected_at + DISCONNECT_TIMEOUT), "disconnect timeout"),
+            Deadline(Instant(self.last_activity + IDLE_AFTER), "idle")
+            if self.state is ConnState.CONNECTED and self.agent.state is IceState.CONNECTED
+            else None,
+        )

@@ -18,6 +18,7 @@ from typing import Protocol
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Transmit
+from gateway_core.contract import advance
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.node.connection import Connection, ConnState
 from gateway_core.node.events import ConnectionEstablished, NodeEvent
@@ -71,6 +72,8 @@ class NodeDataPath:
     _transmits: deque[Transmit]
     _events: deque[NodeEvent]
     _now: Instant
+    _touched: set[str]
+    _by_ufrag: dict[str, set[str]]
 
     def handle_timeout(self, now: Instant) -> None:
         raise NotImplementedError
@@ -83,8 +86,8 @@ class NodeDataPath:
     ) -> tuple[str, bytes] | None:
         """Classify and route one datagram (snownet's ``Node::decapsulate``); an IP packet for the TUN comes
         back."""
-        if now > self._now:
-            self._now = now
+        if now != self._now:
+            self._now = advance(self._now, now)
         if from_.port != TURN_PORT and data[:4] == _DATA_TYPE and len(data) >= 32:
             # The hot path: a data message straight from a peer (what ``_wireguard`` does first, inline).
             conn = self.connections.get(self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8, ""))
@@ -158,14 +161,27 @@ class NodeDataPath:
                 msg = None
             if msg is not None:
                 if msg.method == Method.BINDING:
-                    for cid in sorted(self.connections):
+                    for cid in self._stun_owners(msg):
                         agent = self.connections[cid].agent
                         if agent.accepts(msg):
                             agent.handle_stun(now, from_, destination, msg)
+                            self._touched.add(cid)
                             return None
                 self.stats.drop(DropReason.STUN_UNMATCHED)
                 return _DROPPED
         return self._wireguard(now, from_, data, destination, via)
+
+    def _stun_owners(self, msg: stun.StunMessage) -> list[str]:
+        """The connections that may own a binding message, in id order, without asking every agent: a
+        request names its agent by our username fragment; a response carries the connection's index in
+        the first three bytes of its transaction id (``IceAgent(tid_prefix=...)``)."""
+        if msg.cls == Class.REQUEST:
+            user = msg.text(stun.Attr.USERNAME)
+            if user is None:
+                return []
+            return sorted(self._by_ufrag.get(user.partition(":")[0], ()))
+        cid = self._by_index.get(int.from_bytes(msg.transaction_id[:3], "big"))
+        return [] if cid is None else [cid]
 
     def _alloc_for(self, relay: SocketAddr) -> Allocation | None:
         for rid in sorted(self.allocations):
@@ -223,6 +239,7 @@ class NodeDataPath:
             tunnel.handle_handshake(now, data, initiator)
             if tunnel.stats.total_drops != drops_before:
                 return _DROPPED  # rejected: a tunnel changes no state for a message it rejects
+            self._touched.add(conn.cid)
             if not conn.established_signalled:
                 conn.established_signalled = True
                 self._events.append(ConnectionEstablished(conn.cid))

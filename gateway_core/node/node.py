@@ -13,14 +13,16 @@ control messages of every allocation first, then the node's own queue) and :meth
 A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`, in ``datapath.py``): from
 port 3478, first byte 0-3 is a STUN message for the allocation of that relay (Data indications are
 unwrapped), 0x40-0x4F is ChannelData unwrapped by that allocation into ``(peer, payload, our relayed
-address)``; then a STUN message is offered to the agents in client-id order; anything else is WireGuard,
+address)``; then a STUN binding message goes to the agent it names (a request by our username fragment, a
+response by the connection index in its transaction id); anything else is WireGuard,
 routed by the receiver index (types 2-4) or, after the node-wide rate limiter passed it, by the
 initiator's static key (type 1; decision 0115). Inputs that were consumed run :meth:`Node.handle_timeout`
 at once (snownet's drain rule: Firezone's tunnel loop in ``rust/connlib/tunnel/src/lib.rs`` does so), so
 TURN responses and nominations take effect within the same call; a datagram dropped without any change
 runs nothing more. ``handle_timeout`` works in the order of snownet's ``Node::handle_timeout``:
 allocations, their candidate events, connections, freeing dead allocations, re-homing connections,
-removing failed ones.
+removing failed ones; but of the connections it ticks only those whose kept deadline has come or that an
+input touched since (decision 0140), and :meth:`Node.poll_timeout` reads their kept deadlines.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from dataclasses import dataclass
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Transmit, transmit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance, earliest
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.ice.agent import IceAgent, NominatedSend
-from gateway_core.node.connection import Connection, ConnState, PathKind, PeerSocket, Tunnel
+from gateway_core.node.connection import Connection, ConnState, ConnTimers, PathKind, PeerSocket, Tunnel
 from gateway_core.node.datapath import HandshakeLimiter, InitiatorLookup, NodeDataPath
 from gateway_core.node.events import (
     ConnectionClosed,
@@ -115,11 +117,20 @@ class Node(NodeDataPath):
         self.stats = Stats()
         self.retired_tunnels = Stats()
         """The counters of the WireGuard tunnels of connections since removed (kept for the metrics)."""
+        self._timers = ConnTimers()
+        """Kept deadlines of the connections (decision 0140): :meth:`handle_timeout` ticks only the
+        connections whose kept time has come and those an input touched; :meth:`poll_timeout` reads the
+        heap instead of asking every connection."""
+        self._touched: set[str] = set()
+        """Connections an input changed since the last :meth:`handle_timeout` (which ticks them)."""
+        self._by_ufrag: dict[str, set[str]] = {}
+        """Local ICE username fragment -> connections: a binding request names its agent by it."""
+        self._rehome_due = False
 
     # --- relays -----------------------------------------------------------------------------------------
 
     def update_relays(self, to_remove: list[str], to_add: list[RelayConfig], now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         departed: dict[str, Allocation] = {}
         for rid in sorted(to_remove):
             old = self.allocations.pop(rid, None)
@@ -159,6 +170,7 @@ class Node(NodeDataPath):
         self.handle_timeout(now)
 
     def _invalidate_relayed(self, alloc: Allocation) -> None:
+        self._rehome_due = True
         for c in alloc.relay_candidates():
             for cid in sorted(self.connections):
                 self._remove_local(cid, c)
@@ -175,7 +187,7 @@ class Node(NodeDataPath):
         now: Instant,
     ) -> bool:
         """Create or reuse the connection; ``False`` when there is no relay at all (snownet NoTurnServers)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         cur = self.connections.get(cid)
         if cur is not None:
             a = cur.agent
@@ -184,6 +196,7 @@ class Node(NodeDataPath):
                 a.remote_pwd,
             ) == remote_creds
             if same and self._by_key.get(remote_public) == cid:
+                self._touched.add(cid)
                 cur.stimulus(now)
                 self._seed(cur)
                 if self.controlling and cur.reuse_handshake(now):  # snownet: initiate_wg_session
@@ -196,13 +209,27 @@ class Node(NodeDataPath):
         relays = sorted(self.allocations)
         relay = relays[self._entropy.randbelow(len(relays))]
         index = self._new_index()
-        agent = IceAgent(*local_creds, *remote_creds, self._entropy, controlling=self.controlling)
+        agent = IceAgent(
+            *local_creds,
+            *remote_creds,
+            self._entropy,
+            controlling=self.controlling,
+            tid_prefix=index.to_bytes(3, "big"),
+        )
         conn = Connection(
-            cid, agent, self._make_tunnel(cid, remote_public, psk, index, now), index, relay, now
+            cid,
+            agent,
+            self._make_tunnel(cid, remote_public, psk, index, now),
+            index,
+            relay,
+            now,
+            self._timers,
         )
         self.connections[cid] = conn
         self._by_index[index] = cid
         self._by_key[remote_public] = cid
+        self._by_ufrag.setdefault(agent.local_ufrag, set()).add(cid)
+        self._touched.add(cid)
         self._seed(conn)
         agent.handle_timeout(now)
         self.handle_timeout(now)
@@ -227,6 +254,7 @@ class Node(NodeDataPath):
             self._add_local(conn, c)
 
     def _add_local(self, conn: Connection, c: cand.Candidate) -> None:
+        self._touched.add(conn.cid)
         if c.kind is cand.Kind.SRFLX:
             self._events.append(NewIceCandidate(conn.cid, c.to_sdp()))
             return
@@ -238,6 +266,7 @@ class Node(NodeDataPath):
         conn = self.connections.get(cid)
         if conn is None:
             return
+        self._touched.add(cid)
         if c.kind is cand.Kind.SRFLX or conn.agent.invalidate_candidate(c):
             self._events.append(InvalidateIceCandidate(cid, c.to_sdp()))
 
@@ -250,10 +279,11 @@ class Node(NodeDataPath):
         loops add a whole ``ice_candidates`` message before they drive the node again). Taking them one
         by one would check a relayed pair towards a host candidate before the channel its srflx twin
         binds exists, drop that check and wait 250 ms for its retransmission (decision 0130)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         conn = self.connections.get(cid)
         if conn is None:
             return
+        self._touched.add(cid)
         for sdp in sdps:
             try:
                 c = cand.parse(sdp)
@@ -283,7 +313,7 @@ class Node(NodeDataPath):
                     added += 1
 
     def remove_remote_candidate(self, cid: str, sdp: str, now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         conn = self.connections.get(cid)
         if conn is None:
             return
@@ -291,6 +321,7 @@ class Node(NodeDataPath):
             conn.agent.invalidate_candidate(cand.parse(sdp))
         except DecodeError:
             return
+        self._touched.add(cid)
         self.handle_timeout(now)
 
     def close_connection(self, cid: str, goodbye: bytes, now: Instant) -> None:
@@ -331,20 +362,31 @@ class Node(NodeDataPath):
         self._by_index.pop(conn.index, None)
         for k in [k for k, v in self._by_key.items() if v == cid]:
             del self._by_key[k]
+        ufrag = conn.agent.local_ufrag
+        same = self._by_ufrag.get(ufrag)
+        if same is not None:
+            same.discard(cid)
+            if not same:
+                del self._by_ufrag[ufrag]
+        self._timers.heap.discard(cid)
+        self._touched.discard(cid)
+        if conn.state is not ConnState.IDLE:
+            self._timers.nonidle -= 1
+        conn.timers = None
 
     # --- data plane -------------------------------------------------------------------------------------
 
     def _drain_tunnel(self, conn: Connection, now: Instant) -> None:
         while (wg := conn.tunnel.poll_transmit()) is not None:
             if conn.peer_socket is None:
-                conn.wg_buffer.append(wg)
+                conn.buffer(wg)
             else:
                 self._send(conn, wg, now)
 
     def encapsulate(self, cid: str, packet: bytes, now: Instant) -> Transmit | None:
         """Encrypt ``packet`` for ``cid`` and frame it for the nominated path (``Node::encapsulate``)."""
-        if now > self._now:
-            self._now = now
+        if now != self._now:  # (per packet: the R2 helper only when time moved)
+            self._now = advance(self._now, now)
         conn = self.connections.get(cid)
         if conn is not None and conn.state is _CONNECTED and conn.peer_socket is not None:
             conn.last_activity = now  # (``Connection.stimulus`` of a connected connection)
@@ -386,7 +428,10 @@ class Node(NodeDataPath):
     # --- time -------------------------------------------------------------------------------------------
 
     def handle_timeout(self, now: Instant) -> None:
-        self._now = max(self._now, now)
+        """Serve what is due: every allocation (there are few), then only the connections whose kept
+        deadline has come or that an input touched, in id order (snownet's order: allocations, their
+        candidate events, connections, freeing dead allocations, re-homing, removing failed ones)."""
+        self._now = advance(self._now, now)
         for rid in sorted(self.allocations):
             self.allocations[rid].handle_timeout(now)
         for rid in sorted(self.allocations):
@@ -398,22 +443,38 @@ class Node(NodeDataPath):
                         self._add_local(conn, ev.candidate)
                     elif not ev.new:
                         self._remove_local(cid, ev.candidate)
-        for cid in sorted(self.connections):
-            conn = self.connections[cid]
-            for nom in conn.tick(now):
-                self._nominated(conn, nom, now)
-            self._drain_agent(conn)
-            self._drain_tunnel(conn, now)
-        if not self._all_idle():
+        timers = self._timers
+        work = self._touched
+        work.update(timers.heap.pop_due(now))
+        self._touched = set()
+        for cid in sorted(work):
+            c = self.connections.get(cid)
+            if c is not None:
+                for nom in c.tick(now):
+                    self._nominated(c, nom, now)
+                self._drain_agent(c)
+                self._drain_tunnel(c, now)
+        if timers.nonidle:
             self.rate_limiter.reset_count(now)  # snownet's quirk kept: no reset while everything is idle
         for rid in sorted(self.allocations):
             if self.allocations[rid].can_be_freed() is not None:
                 del self.allocations[rid]
-        self._rehome(now)
-        for cid in sorted(self.connections):
-            if self.connections[cid].state is ConnState.FAILED:
+                self._rehome_due = True
+        if self._rehome_due:
+            self._rehome_due = False
+            self._rehome(now)
+        work |= self._touched  # (none in practice: only allocation events and re-homing touch, above)
+        self._touched = set()
+        for cid in sorted(work):
+            c = self.connections.get(cid)
+            if c is None:
+                continue
+            if c.state is ConnState.FAILED:
                 self._forget(cid)
                 self._events.append(ConnectionFailed(cid))
+                continue
+            d = c.poll_timeout()
+            timers.heap.set(cid, None if d is None else d.at)
 
     def _nominated(self, conn: Connection, nom: NominatedSend, now: Instant) -> None:
         src_relay = any(a.has_socket(nom.source) for a in self.allocations.values())
@@ -463,19 +524,44 @@ class Node(NodeDataPath):
                 self._add_local(conn, c)
 
     def _all_idle(self) -> bool:
-        return all(c.state is ConnState.IDLE for c in self.connections.values())
+        return self._timers.nonidle == 0
 
-    def poll_timeout(self) -> Deadline | None:
-        ds = [d for a in self.allocations.values() if (d := a.poll_timeout()) is not None]
-        if not self._all_idle():
+    def _own_deadlines(self) -> Deadline | None:
+        best = earliest(*(a.poll_timeout() for a in self.allocations.values()))
+        if self._timers.nonidle:
             at = self.rate_limiter.next_reset()
             if at is not None:
-                ds.append(Deadline(at, "handshake limiter reset"))
-        ds.extend(d for c in self.connections.values() if (d := c.poll_timeout()) is not None)
-        if not ds:
-            return None
-        best = min(ds, key=lambda d: (d.at, d.reason))
-        return Deadline(Instant(max(best.at, self._now)), best.reason)
+                best = earliest(best, Deadline(at, "handshake limiter reset"))
+        return best
+
+    def _finish(self, best: Deadline | None) -> Deadline | None:
+        return None if best is None else Deadline(Instant(max(best.at, self._now)), best.reason)
+
+    def poll_timeout(self) -> Deadline | None:
+        """The allocations' deadlines, the limiter's, and the connections' from their kept deadlines
+        (:meth:`TimerHeap.earliest_exact`: O(1) for an idle connection, whatever the number)."""
+        conns = self.connections
+        kept = self._timers.heap.earliest_exact(lambda cid: conns[cid].poll_timeout())
+        return self._finish(earliest(self._own_deadlines(), kept))
+
+    def stale_kept_deadlines(self) -> list[str]:
+        """Connections whose kept deadline is not a lower bound of their real one (O(n), for the contract
+        checker): each would be served late. Empty when the heap is sound."""
+        heap = self._timers.heap
+        out = []
+        for cid in sorted(self.connections):
+            d = self.connections[cid].poll_timeout()
+            kept = heap.kept(cid)
+            if d is not None and (kept is None or kept > d.at):
+                out.append(f"connection {cid}: kept {kept}, due {d.at} ({d.reason})")
+        return out
+
+    def poll_timeout_recomputed(self) -> Deadline | None:
+        """:meth:`poll_timeout` the slow way, asking every connection (O(n)): the contract checker compares
+        the two, so a kept deadline that went stale is a contract violation (R4/R5), not a slow drift."""
+        return self._finish(
+            earliest(self._own_deadlines(), *(c.poll_timeout() for c in self.connections.values()))
+        )
 
     def poll_command(self) -> Transmit | None:
         for rid in sorted(self.allocations):

@@ -39,6 +39,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 from gateway_core.addr import IPAddress, IPNetwork
 from gateway_core.clock import NANOS_PER_SEC, Instant, secs
+from gateway_core.contract import Deadline
 from gateway_core.errors import UsageError
 from gateway_core.policy.filters import Filters
 from gateway_core.policy.resources import (
@@ -135,6 +136,11 @@ class ClientAuthorizations:
     def is_empty(self) -> bool:
         """No resource left: the client's peer and connection should be removed."""
         return not self._by_id
+
+    def earliest_expiry(self) -> int | None:
+        """The earliest ``expires_at`` in wall-clock nanoseconds, or ``None`` when nothing expires."""
+        ats = [a.expires_at for a in self._by_id.values() if a.expires_at is not None]
+        return min(ats) * NANOS_PER_SEC if ats else None
 
     def get(self, rid: uuid.UUID) -> Authorization | None:
         return self._by_id.get(rid)
@@ -234,30 +240,54 @@ class ClientAuthorizations:
 
 
 class ExpiryTimer:
-    """The periodic expiry check: first scheduled one interval after the first timeout
-    (``GatewayState::handle_timeout`` in ``rust/connlib/tunnel/src/gateway.rs``)."""
+    """The grid of the periodic expiry check: ticks one interval apart, the first one interval after the
+    first timeout (``GatewayState::handle_timeout`` in ``rust/connlib/tunnel/src/gateway.rs``).
 
-    __slots__ = ("interval", "next_check")
+    The reference sweeps at every tick; here a tick at which nothing is due is skipped (its sweep would
+    change nothing), so the owner asks for :meth:`tick_at_or_after` the earliest time something is due and
+    sleeps until then: the same ticks do the same work, and an idle gateway does not wake every second.
+    :meth:`handle_timeout` moves the grid past ``now``; :meth:`poll_sweep` says (once) whether a tick was
+    reached."""
+
+    __slots__ = ("_swept", "interval", "next_check")
 
     def __init__(self, interval: int = EXPIRE_RESOURCES_INTERVAL) -> None:
         if interval <= 0:
             raise UsageError("expiry interval must be positive")
         self.interval = interval
         self.next_check: Instant | None = None
+        self._swept = False
 
-    def poll_timeout(self) -> Instant | None:
-        """When the next sweep is due (``None`` until the first :meth:`handle_timeout`)."""
-        return self.next_check
+    def poll_timeout(self) -> Deadline | None:
+        """The next tick (``None`` until the first :meth:`handle_timeout`); the owner asks
+        :meth:`tick_at_or_after` instead, to skip ticks with nothing due."""
+        return None if self.next_check is None else Deadline(self.next_check, "resource expiry")
 
-    def handle_timeout(self, now: Instant) -> bool:
-        """True if a sweep is due now (the caller then sweeps); reschedules one interval later."""
-        if self.next_check is None:
+    def tick_at_or_after(self, t: int) -> Instant | None:
+        """The first tick at or after ``t`` (``None`` before the first :meth:`handle_timeout`)."""
+        nxt = self.next_check
+        if nxt is None:
+            return None
+        if t <= nxt:
+            return nxt
+        return Instant(nxt + -((nxt - t) // self.interval) * self.interval)
+
+    def handle_timeout(self, now: Instant) -> None:
+        """Reach ``now``: the first call only starts the grid; a call at or after a tick makes
+        :meth:`poll_sweep` true once and moves the grid to its first tick after ``now``."""
+        nxt = self.next_check
+        if nxt is None:
             self.next_check = Instant(now + self.interval)
-            return False
-        if now < self.next_check:
-            return False
-        self.next_check = Instant(now + self.interval)
-        return True
+            return
+        if now < nxt:
+            return
+        self._swept = True
+        self.next_check = Instant(nxt + ((now - nxt) // self.interval + 1) * self.interval)
+
+    def poll_sweep(self) -> bool:
+        """True once after :meth:`handle_timeout` reached a tick: the owner sweeps what is due."""
+        swept, self._swept = self._swept, False
+        return swept
 
 
 def sweep_expired(

@@ -36,6 +36,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
+from gateway_core.contract import Deadline
 from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.interface import IPV4_TUNNEL, IPV6_TUNNEL
@@ -262,8 +263,13 @@ class ClientPolicy:
     def handle_timeout(self, now: Instant) -> None:
         self.nat.handle_timeout(now)
 
-    def poll_timeout(self) -> Instant | None:
+    def poll_timeout(self) -> Deadline | None:
+        """The NAT's next deadline (authorisation expiry is in wall-clock time: :meth:`earliest_expiry`)."""
         return self.nat.poll_timeout()
+
+    def earliest_expiry(self) -> int | None:
+        """The earliest authorisation expiry, in wall-clock nanoseconds, or ``None``."""
+        return self.authorizations.earliest_expiry()
 
     # --- data path ------------------------------------------------------------------------------
 

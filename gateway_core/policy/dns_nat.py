@@ -25,6 +25,7 @@ from enum import StrEnum
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
+from gateway_core.contract import Deadline
 from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.policy.authorizations import Authorization
@@ -305,10 +306,10 @@ class DnsResourceNat:
             return DropReason.NAT_SESSION_EXPIRED
         return buf
 
-    def handle_timeout(self, now: Instant) -> int:
-        return self.table.handle_timeout(now)
+    def handle_timeout(self, now: Instant) -> None:
+        self.table.handle_timeout(now)
 
-    def poll_timeout(self) -> Instant | None:
+    def poll_timeout(self) -> Deadline | None:
         return self.table.poll_timeout()
 
 

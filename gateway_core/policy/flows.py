@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant, secs
-from gateway_core.errors import DecodeError, UsageError
+from gateway_core.contract import Deadline, advance
+from gateway_core.errors import DecodeError
 from gateway_core.policy.client import ClientPolicy, ClientProperties
 from gateway_core.policy.filters import L4_TCP, L4_UDP
 from gateway_core.wire.ip import PROTO_TCP, PROTO_UDP, five_tuple, l4_info
@@ -184,9 +185,8 @@ class FlowTracker:
         """Completed flows dropped because nobody polled them."""
 
     def _tick(self, now: Instant) -> None:
-        if now < self._now:
-            raise UsageError("time went backwards")
-        self._now = now
+        if now != self._now:  # (per packet: the call to the R2 helper only when time moved)
+            self._now = advance(self._now, now)
 
     def _wall(self, t: Instant) -> int:
         return self._created_utc + (t - self._created)
@@ -399,11 +399,11 @@ class FlowTracker:
                     nxt = due if nxt is None or due < nxt else nxt
         self._next_due = nxt
 
-    def poll_timeout(self) -> Instant | None:
+    def poll_timeout(self) -> Deadline | None:
         """When a flow may next complete (a lower bound, never before the last ``now``)."""
         if self._next_due is None:
             return None
-        return max(self._next_due, self._now)
+        return Deadline(max(self._next_due, self._now), "flow timeout")
 
     def poll_completed(self) -> CompletedFlow | None:
         return self.completed.popleft() if self.completed else None

@@ -27,9 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from itertools import chain
+from typing import Any
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant, secs
+from gateway_core.contract import Deadline, TimerHeap, advance
 from gateway_core.errors import DropReason, UsageError
 from gateway_core.policy.filters import L4_ICMP, L4_TCP, L4_UDP
 
@@ -132,8 +134,11 @@ class NatTable:
         "_inside_ips",
         "_next_due",
         "_now",
+        "_owner",
         "_tombstones",
+        "_watch",
         "changed",
+        "ended",
         "max_sessions",
     )
 
@@ -150,18 +155,29 @@ class NatTable:
         self._tombstones: dict[NatKey, Instant] = {}  # outside key -> when it ended (in time order)
         self._next_due: Instant | None = None
         self._now = Instant(0)
+        self._watch: TimerHeap[Any] | None = None
+        self._owner: object = None
+        self.ended = 0
+        """Sessions ended by timeouts so far (``handle_timeout`` returns nothing: the count is here)."""
+
+    def watch(self, heap: TimerHeap[Any], owner: object) -> None:
+        """Schedule ``owner`` in ``heap`` whenever this table's next deadline moves earlier (a new session
+        or tombstone; a refresh only moves it later and costs nothing): the owner's kept deadline stays a
+        lower bound without the per-packet path paying for it."""
+        self._watch, self._owner = heap, owner
 
     def __len__(self) -> int:
         return len(self._by_inside)
 
     def _tick(self, now: Instant) -> None:
-        if now < self._now:
-            raise UsageError("time went backwards")
-        self._now = now
+        if now != self._now:  # (per packet: the call to the R2 helper only when time moved)
+            self._now = advance(self._now, now)
 
     def _due_at(self, t: Instant) -> None:
         if self._next_due is None or t < self._next_due:
             self._next_due = t
+            if self._watch is not None:
+                self._watch.schedule(self._owner, t)
 
     def _unlink(self, s: NatSession, now: Instant, tombstone: bool) -> None:
         self.changed()
@@ -308,15 +324,16 @@ class NatTable:
         self._next_due = min(nxt) if nxt else None
         return len(expired)
 
-    def handle_timeout(self, now: Instant) -> int:
-        """End the sessions idle for their TTL and forget old tombstones; the number of sessions ended."""
+    def handle_timeout(self, now: Instant) -> None:
+        """End the sessions idle for their TTL and forget old tombstones (counted in :attr:`ended`)."""
         self._tick(now)
         if self._next_due is None or now < self._next_due:
-            return 0
-        return self._sweep(now)
+            return
+        self.ended += self._sweep(now)
 
-    def poll_timeout(self) -> Instant | None:
-        """When something may next expire (never before the last ``now``); ``None`` when empty."""
+    def poll_timeout(self) -> Deadline | None:
+        """When something may next expire (a lower bound, never before the last ``now``); ``None`` when
+        empty."""
         if self._next_due is None:
             return None
-        return max(self._next_due, self._now)
+        return Deadline(max(self._next_due, self._now), "nat expiry")

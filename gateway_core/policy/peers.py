@@ -12,9 +12,15 @@ warning). It knows nothing of connections: each operation returns what the owner
   authorisations are not recorded (the reference only asserts in debug builds and drops them).
 - Authorisations come and go per (client, resource); a client left without resources is removed and
   must be sent a ``goodbye`` (:meth:`Peers.remove_access`, and the periodic sweep).
-- Every :data:`~gateway_core.policy.authorizations.EXPIRE_RESOURCES_INTERVAL` (:meth:`Peers.handle_timeout`
-  with the wall clock) expired authorisations are removed, each client's NAT sessions are aged, and
-  empty clients are removed. Expiry is therefore enforced within a second, as in the reference.
+- On the ticks of a one-second grid (:data:`~gateway_core.policy.authorizations.EXPIRE_RESOURCES_INTERVAL`,
+  :meth:`Peers.handle_timeout`) expired authorisations are removed, NAT sessions are aged, and empty
+  clients are removed (each goes out through :meth:`Peers.poll_removed`: say goodbye). Expiry is therefore
+  enforced within a second, as in the reference. Only the clients with something due are visited: each
+  client's next deadline is kept in one of two :class:`~gateway_core.contract.TimerHeap` (NAT sessions and
+  "empty, remove me" in monotonic time; authorisation expiry in wall-clock time, so a new wall-clock
+  anchor moves them all at once without rescheduling), and the grid ticks at which nothing is due are
+  skipped (decision 0140). A NAT table tells its heap when a new session makes its deadline earlier; a
+  refresh by a packet only makes it later, so the kept one is rechecked when it comes, never missed.
 - A p2p control packet from a client (:meth:`Peers.handle_control`): ``assigned_ips`` for a resource
   the client has becomes a :class:`ResolveRequest` (the owner resolves the domain and calls
   :meth:`Peers.domain_resolved`, which returns the ``domain_status`` packet); for any other resource the
@@ -30,13 +36,14 @@ from __future__ import annotations
 import logging
 import struct
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, TimerHeap, advance, earliest
 from gateway_core.errors import DecodeError, DropReason, UsageError
 from gateway_core.policy.authorizations import AddOutcome, ExpiryTimer, InitAuthorization
 from gateway_core.policy.client import ClientPolicy, ClientProperties
@@ -99,8 +106,13 @@ class Peers:
 
     __slots__ = (
         "_by_ip",
+        "_mono",
+        "_now",
+        "_removed",
         "_retired",
         "_stats_of",
+        "_utc",
+        "_wall",
         "by_cid",
         "by_tunnel_address",
         "clients",
@@ -110,7 +122,11 @@ class Peers:
         "max_nat_sessions",
     )
 
-    def __init__(self, max_nat_sessions: int = MAX_NAT_SESSIONS) -> None:
+    def __init__(
+        self, max_nat_sessions: int = MAX_NAT_SESSIONS, wall_clock: Callable[[Instant], int] | None = None
+    ) -> None:
+        """``wall_clock(now)``: wall-clock UTC nanoseconds at ``now`` (the gateway's anchor); the default
+        is ``now`` itself (tests)."""
         self.clients: dict[uuid.UUID, ClientPolicy] = {}
         self.by_cid: dict[str, ClientPolicy] = {}
         """The same policies by ``str(client id)``, the node's name of the client's connection: the data
@@ -125,6 +141,37 @@ class Peers:
         self.max_nat_sessions = max_nat_sessions
         self._stats_of: dict[uuid.UUID, Stats] = {}  # the counters of each client's latest policy
         self._retired = Stats()  # the counters of policies since removed or replaced
+        self._wall: Callable[[Instant], int] = wall_clock or (lambda now: now)
+        self._now = Instant(0)
+        self._mono: TimerHeap[uuid.UUID] = TimerHeap()  # NAT deadlines, "empty: remove" (monotonic)
+        self._utc: TimerHeap[uuid.UUID] = TimerHeap()  # earliest authorisation expiry (wall clock)
+        self._removed: deque[uuid.UUID] = deque()
+
+    def _schedule(self, cid: uuid.UUID) -> None:
+        """Keep ``cid``'s deadlines exactly (control plane: after any change to the client)."""
+        client = self.clients.get(cid)
+        if client is None or client.is_empty():
+            self._mono.set(cid, None if client is None else self._now)
+            self._utc.discard(cid)
+            return
+        d = client.poll_timeout()
+        self._mono.set(cid, None if d is None else d.at)
+        self._utc.set(cid, client.earliest_expiry())
+
+    def _want(self, cid: uuid.UUID) -> Deadline | None:
+        """When ``cid`` next needs a sweep, from scratch (monotonic; before the grid)."""
+        client = self.clients[cid]
+        if client.is_empty():
+            return Deadline(self._now, "resource expiry")
+        nat = client.poll_timeout()
+        exp = client.earliest_expiry()
+        return earliest(
+            None if nat is None else Deadline(nat.at, "resource expiry"),
+            None if exp is None else Deadline(Instant(exp - self._offset()), "resource expiry"),
+        )
+
+    def _offset(self) -> int:
+        return self._wall(self._now) - self._now
 
     # --- addresses ------------------------------------------------------------------------------
 
@@ -206,7 +253,9 @@ class Peers:
             )
             self.clients[client_id] = client
             self.by_cid[client.cid] = client
+            client.nat.table.watch(self._mono, client_id)
         outcome = client.allow(resource, expires_at)
+        self._schedule(client_id)
         self._index(client, client_v4)
         self._index(client, client_v6)
         old = self._stats_of.get(client_id)
@@ -225,6 +274,7 @@ class Peers:
         if client.is_empty():
             self.remove_client(client_id)
             return True
+        self._schedule(client_id)
         return False
 
     def update_resource(self, resource: ResourceDescription) -> list[uuid.UUID]:
@@ -234,7 +284,10 @@ class Peers:
     def update_expiry(self, client_id: uuid.UUID, rid: uuid.UUID, expires_at: int | None) -> bool:
         """``access_authorization_expiry_updated``; False for an unknown client or resource."""
         client = self.clients.get(client_id)
-        return client is not None and client.update_expiry(rid, expires_at)
+        if client is None or not client.update_expiry(rid, expires_at):
+            return False
+        self._schedule(client_id)
+        return True
 
     def apply_init(self, entries: Iterable[InitAuthorization]) -> dict[uuid.UUID, list[uuid.UUID]]:
         """``init.authorizations``: every client keeps only its listed resources (a client the list does
@@ -251,6 +304,8 @@ class Peers:
         for e in entries:
             if not self.update_expiry(e.client_id, e.resource_id, e.expires_at):
                 log.debug("init: no authorisation %s for client %s", e.resource_id, e.client_id)
+        for cid in revoked:
+            self._schedule(cid)
         return revoked
 
     def remove_client(self, client_id: uuid.UUID) -> bool:
@@ -258,6 +313,8 @@ class Peers:
         client = self.clients.pop(client_id, None)
         if client is None:
             return False
+        self._mono.discard(client_id)
+        self._utc.discard(client_id)
         del self.by_cid[client.cid]
         for key in [k for k, c in self._by_ip.items() if c is client]:
             del self._by_ip[key]
@@ -272,27 +329,82 @@ class Peers:
         self.by_cid.clear()
         self._by_ip.clear()
         self.by_tunnel_address.clear()
+        self._mono = TimerHeap()
+        self._utc = TimerHeap()
         return gone
 
     # --- time -----------------------------------------------------------------------------------
 
-    def handle_timeout(self, now: Instant, utc_ns: int) -> list[uuid.UUID]:
-        """The periodic sweep when due; the clients removed for having no resource left (say goodbye)."""
-        if not self.expiry.handle_timeout(now):
-            return []
-        for cid in sorted(self.clients):
-            client = self.clients[cid]
+    def handle_timeout(self, now: Instant) -> None:
+        """At a tick of the expiry grid, sweep the clients with something due: expired authorisations go,
+        NAT sessions age, and clients left without resources are removed (drain :meth:`poll_removed`)."""
+        self._now = advance(self._now, now)
+        self.expiry.handle_timeout(now)
+        if not self.expiry.poll_sweep():
+            return
+        utc_ns = self._wall(now)
+        due = set(self._mono.pop_due(now))
+        due.update(self._utc.pop_due(utc_ns))
+        for cid in sorted(due):
+            client = self.clients.get(cid)
+            if client is None:
+                continue
             client.expire(utc_ns)
             client.handle_timeout(now)
-        empty = [cid for cid in sorted(self.clients) if self.clients[cid].is_empty()]
-        for cid in empty:
-            log.info("client %s has no resources left; removing it", cid)
-            self.remove_client(cid)
-        return empty
+        for cid in sorted(due):
+            client = self.clients.get(cid)
+            if client is None:
+                continue
+            if client.is_empty():
+                log.info("client %s has no resources left; removing it", cid)
+                self.remove_client(cid)
+                self._removed.append(cid)
+            else:
+                self._schedule(cid)
+
+    def poll_removed(self) -> uuid.UUID | None:
+        """The next client the sweep removed for having no resource left (say goodbye to it)."""
+        return self._removed.popleft() if self._removed else None
+
+    def _grid(self, want: Deadline | None) -> Deadline | None:
+        if want is None:
+            return None
+        tick = self.expiry.tick_at_or_after(want.at)
+        return None if tick is None else Deadline(Instant(max(tick, self._now)), "resource expiry")
 
     def poll_timeout(self) -> Deadline | None:
-        at = self.expiry.poll_timeout()
-        return None if at is None else Deadline(at, "resource expiry")
+        """The first tick of the grid at or after the earliest kept deadline (nothing when no client has
+        anything to expire: an idle gateway does not wake for the sweep)."""
+        off = self._offset()
+        mono = self._mono.earliest_exact(self._want)
+        exp = self._utc.earliest_exact(self._want_utc)
+        return self._grid(
+            earliest(mono, None if exp is None else Deadline(Instant(exp.at - off), exp.reason))
+        )
+
+    def _want_utc(self, cid: uuid.UUID) -> Deadline | None:
+        d = self._want(cid)
+        return None if d is None else Deadline(Instant(d.at + self._offset()), d.reason)
+
+    def stale_kept_deadlines(self) -> list[str]:
+        """Clients whose kept deadline is not a lower bound of their real one (O(n), for the contract
+        checker)."""
+        off = self._offset()
+        out = []
+        for cid in sorted(self.clients):
+            want = self._want(cid)
+            mono, utc = self._mono.kept(cid), self._utc.kept(cid)
+            kept = earliest(
+                None if mono is None else Deadline(mono, ""),
+                None if utc is None else Deadline(Instant(utc - off), ""),
+            )
+            if want is not None and (kept is None or kept.at > want.at):
+                out.append(f"client {cid}: kept {None if kept is None else kept.at}, due {want.at}")
+        return out
+
+    def poll_timeout_recomputed(self) -> Deadline | None:
+        """:meth:`poll_timeout` the slow way, asking every client (for the contract checker)."""
+        return self._grid(earliest(*(self._want(cid) for cid in self.clients)))
 
     # --- DNS resources --------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from typing import assert_never
 
 from gateway_core.backoff import Backoff
 from gateway_core.clock import Instant, fmt
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason, UsageError
 from gateway_core.inputs import Input, ShutdownRequested
@@ -201,9 +201,7 @@ class PortalChannel:
     # ---------------------------------------------------------------- driving contract
 
     def _advance(self, now: Instant) -> None:
-        if now < self._now:
-            raise UsageError(f"time went backwards: {now} < {self._now}")
-        self._now = now
+        self._now = advance(self._now, now)
 
     def poll_command(self) -> PortalCommand | None:
         return self._commands.popleft() if self._commands else None

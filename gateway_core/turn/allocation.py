@@ -39,7 +39,7 @@ from collections import deque
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, secs
 from gateway_core.commands import Transmit
-from gateway_core.contract import Deadline
+from gateway_core.contract import Deadline, advance
 from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
@@ -47,6 +47,7 @@ from gateway_core.stats import Stats
 from gateway_core.turn.auth import LongTermAuth
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
 from gateway_core.turn.datapath import DataPath
+from gateway_core.turn.permissions import Permissions
 from gateway_core.turn.types import (
     TRANSITIONS,
     CandidateEvent,
@@ -72,8 +73,6 @@ RETRY_MAX_ELAPSED = secs(8)
 """A request is abandoned 8 s after its first send: sends at 0, 1, 2.5, 4.75 s (snownet)."""
 PROBE_MAX_ELAPSED = secs(1)
 """The REFRESH sent when the portal re-announces a relay gets a single 1 s try (snownet ``refresh``)."""
-PERMISSION_REFRESH = secs(240)
-"""RFC 8656 permissions last 300 s; explicitly requested ones are refreshed after 240 s."""
 MAX_MISMATCH_RECOVERIES = 2
 """437 to ALLOCATE: delete the existing allocation and allocate again at most twice (once with the stale
 credentials, once with ours) until an ALLOCATE succeeds; snownet retries without bound."""
@@ -124,7 +123,7 @@ class Allocation(DataPath):
         self._events: deque[CandidateEvent] = deque()
         self.channels = Channels()
         self._buffered: deque[SocketAddr] = deque(maxlen=MAX_BUFFERED_BINDINGS)
-        self._permissions: dict[str, tuple[SocketAddr, Instant]] = {}
+        self._permissions = Permissions()
         self._explicit_failure: FreeReason | None = None
         self._refresh_not_before = now
         self._now = now
@@ -276,7 +275,7 @@ class Allocation(DataPath):
 
     def handle_input(self, from_: SocketAddr, local: SocketAddr, msg: StunMessage, now: Instant) -> bool:
         """A STUN response from the relay; ``True`` if it belonged to this allocation."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if not self.server.matches(from_):
             return False
         p = self._pending.get(msg.transaction_id)
@@ -424,7 +423,7 @@ class Allocation(DataPath):
                 self.channels.set_confirmed(number, now)
         elif method == Method.CREATE_PERMISSION:
             for peer in p.template.addresses(Attr.XOR_PEER_ADDRESS):
-                self._permissions[str(peer.ip)] = (peer, now)
+                self._permissions.installed(peer, now)
 
     def _update(self, slot: dict[int, cand.Candidate], v: int, new: cand.Candidate | None) -> None:
         old = slot.get(v)
@@ -449,7 +448,7 @@ class Allocation(DataPath):
     def bind_channel(self, peer: SocketAddr, now: Instant) -> None:
         """Bind a channel to ``peer`` unless one is connected or in flight (snownet's
         ``Allocation::bind_channel``)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self._derive_phase() is Phase.SUSPENDED:
             return
         if self.channels.connected(peer, now) is not None or self._bind_in_flight(peer):
@@ -469,7 +468,7 @@ class Allocation(DataPath):
 
     def create_permission(self, peers: list[SocketAddr], now: Instant) -> None:
         """Install permissions for ``peers``' IPs (standard servers; refreshed every 4 min)."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self.has_allocation() and peers:
             self._authenticated(tw.create_permission(self._tid(), peers, software=self.software), now)
 
@@ -489,7 +488,7 @@ class Allocation(DataPath):
 
     def refresh(self, now: Instant) -> None:
         """The portal re-announced this relay: re-probe if suspended, else one quick REFRESH."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         allocating = any(p.template.method == Method.ALLOCATE for p in self._pending.values())
         if not self.has_allocation() and allocating:
             return
@@ -502,7 +501,7 @@ class Allocation(DataPath):
         self._transition()
 
     def handle_timeout(self, now: Instant) -> None:
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self._explicit_failure is not None:
             return
         if self._lifetime is not None and now >= self._lifetime[0] + self._lifetime[1]:
@@ -532,11 +531,8 @@ class Allocation(DataPath):
         for number, peer in self.channels.due_for_refresh(now):
             if not self._bind_in_flight_number(number):
                 self._authenticated(tw.channel_bind(self._tid(), peer, number, software=self.software), now)
-        for key in sorted(self._permissions):
-            peer, at = self._permissions[key]
-            if now >= at + PERMISSION_REFRESH:
-                self._permissions[key] = (peer, Instant(now + secs(3600)))  # until the answer re-arms it
-                self._authenticated(tw.create_permission(self._tid(), [peer], software=self.software), now)
+        for peer in self._permissions.due(now):
+            self._authenticated(tw.create_permission(self._tid(), [peer], software=self.software), now)
         self._transition()
 
     def _refresh_at(self) -> Instant | None:
@@ -557,12 +553,12 @@ class Allocation(DataPath):
         if self.has_allocation() and self._next_binding is not None:
             cands.append((self._next_binding, "turn keepalive"))
         cands.extend((p.next_at, "turn retransmit") for p in self._pending.values())
-        for number, at in self.channels.refresh_deadlines():
-            if not self._bind_in_flight_number(number):
-                cands.append((at, "turn channel refresh"))
-        cands.extend(
-            (at + PERMISSION_REFRESH, "turn permission refresh") for _, at in self._permissions.values()
-        )
+        ch = self.channels.refresh_deadline(self._bind_in_flight_number)
+        if ch is not None:
+            cands.append((ch.at, ch.reason))
+        perm = self._permissions.deadline()
+        if perm is not None:
+            cands.append((perm.at, perm.reason))
         if not cands:
             return None
         when, reason = min(cands)

@@ -8,14 +8,21 @@ its age. A channel is *connected* while bound and younger than 10 min, *in fligh
 reused for a new bind to the same peer). A number is reused for another peer only after 15 min without
 any data received since it was bound (RFC 8656's 5 min quarantine). Channels with data received since
 their last bind are refreshed at 5 min. Iteration is in channel-number order (deterministic traces).
+
+The refresh deadlines are kept in a :class:`~gateway_core.contract.TimerHeap` (decision 0140): a channel
+enters it when it first receives data after a bind (one check per received datagram, no rescheduling)
+and leaves it when it is bound again or forgotten, so the allocation's ``poll_timeout`` does not walk its
+(up to 4096) channels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, secs
+from gateway_core.contract import Deadline, TimerHeap, earliest
 from gateway_core.wire.turn import CHANNEL_MAX, CHANNEL_MIN
 
 CHANNEL_LIFETIME = secs(600)
@@ -43,21 +50,33 @@ class _Channel:
 class Channels:
     """Channel numbers of one allocation; see the module docstring."""
 
-    __slots__ = ("_by_number", "_next")
+    __slots__ = ("_by_number", "_by_peer", "_due", "_full_until", "_next")
 
     def __init__(self) -> None:
         self._by_number: dict[int, _Channel] = {}
+        self._by_peer: dict[SocketAddr, set[int]] = {}
+        """Peer -> its channel numbers: finding a peer's channel (every relayed send) walks only those."""
         self._next = CHANNEL_MIN
+        self._due: TimerHeap[int] = TimerHeap()
+        self._full_until = Instant(0)
 
     def __len__(self) -> int:
         return len(self._by_number)
 
     def _find(self, peer: SocketAddr, now: Instant, max_age: int, need_bound: bool) -> int | None:
-        for n in sorted(self._by_number):
+        for n in sorted(self._by_peer.get(peer, ())):
             c = self._by_number[n]
-            if c.peer == peer and c.age(now) < max_age and (c.bound or not need_bound):
+            if c.age(now) < max_age and (c.bound or not need_bound):
                 return n
         return None
+
+    def _unindex(self, n: int) -> None:
+        c = self._by_number.get(n)
+        if c is not None:
+            same = self._by_peer[c.peer]
+            same.discard(n)
+            if not same:
+                del self._by_peer[c.peer]
 
     def connected(self, peer: SocketAddr, now: Instant) -> int | None:
         return self._find(peer, now, CHANNEL_LIFETIME, True)
@@ -78,13 +97,26 @@ class Channels:
         if existing is not None:
             return existing
         span = CHANNEL_MAX - CHANNEL_MIN + 1
+        if len(self._by_number) == span and now < self._full_until:
+            return None  # every number taken, none reusable yet: no scan (thousands of peers on one relay)
+        reusable_at: int | None = None
         for i in range(span):
             n = CHANNEL_MIN + (self._next - CHANNEL_MIN + i) % span
             c = self._by_number.get(n)
             if c is None or (c.no_activity() and c.age(now) >= CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE):
                 self._next = CHANNEL_MIN if n == CHANNEL_MAX else n + 1
+                self._unindex(n)
                 self._by_number[n] = _Channel(peer, False, now, now)
+                self._by_peer.setdefault(peer, set()).add(n)
+                self._due.discard(n)
                 return n
+            if c.no_activity():
+                at = c.bound_at + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+                reusable_at = at if reusable_at is None or at < reusable_at else reusable_at
+        # No number is reusable before this: an idle record at its age, a busy one re-bound from now on
+        # 15 min after that; a forgotten number shrinks the table, which ends the shortcut.
+        soonest = now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+        self._full_until = Instant(soonest if reusable_at is None else min(reusable_at, soonest))
         return None
 
     def set_confirmed(self, number: int, now: Instant) -> bool:
@@ -94,33 +126,54 @@ class Channels:
         c.bound = True
         c.bound_at = now
         c.last_received = now
+        self._due.discard(number)  # no data since this bind: nothing to refresh until some arrives
         return True
 
     def forget(self, number: int) -> None:
+        self._unindex(number)
         self._by_number.pop(number, None)
+        self._due.discard(number)
 
     def clear(self) -> None:
         self._by_number.clear()
+        self._by_peer.clear()
+        self._due = TimerHeap()
 
     def receive(self, number: int, now: Instant) -> SocketAddr | None:
         """ChannelData arrived on ``number``: its peer if the channel is bound (records the receipt)."""
         c = self._by_number.get(number)
         if c is None or not c.bound:
             return None
+        idle = c.last_received == c.bound_at
         c.last_received = now
+        if idle and now != c.bound_at:  # the first data since the bind: the refresh deadline appears
+            self._due.schedule(number, c.bound_at + CHANNEL_REFRESH_AFTER)
         return c.peer
 
     def due_for_refresh(self, now: Instant) -> list[tuple[int, SocketAddr]]:
-        return [
-            (n, c.peer)
-            for n, c in sorted(self._by_number.items())
-            if c.age(now) >= CHANNEL_REFRESH_AFTER and not c.no_activity()
-        ]
+        """The channels that received data and are 5 min old, in number order. They stay due (kept in the
+        heap) until a new bind confirms them."""
+        out = []
+        for n in sorted(self._due.pop_due(now)):
+            c = self._by_number.get(n)
+            if c is None or c.no_activity():
+                continue
+            self._due.schedule(n, c.bound_at + CHANNEL_REFRESH_AFTER)
+            if c.age(now) >= CHANNEL_REFRESH_AFTER:
+                out.append((n, c.peer))
+        return out
 
-    def refresh_deadlines(self) -> list[tuple[int, Instant]]:
-        """When each channel that received data becomes due for refresh (a deadline snownet lacks)."""
-        return [
-            (n, Instant(c.bound_at + CHANNEL_REFRESH_AFTER))
-            for n, c in sorted(self._by_number.items())
-            if not c.no_activity()
-        ]
+    def _refresh_deadline(self, n: int, skip: Callable[[int], bool]) -> Deadline | None:
+        c = self._by_number.get(n)
+        if c is None or c.no_activity() or skip(n):
+            return None
+        return Deadline(Instant(c.bound_at + CHANNEL_REFRESH_AFTER), "turn channel refresh")
+
+    def refresh_deadline(self, skip: Callable[[int], bool]) -> Deadline | None:
+        """The earliest refresh deadline of a channel that received data (a deadline snownet lacks), not
+        counting the channels ``skip`` names (their bind is in flight); from the kept deadlines (pure)."""
+        return self._due.earliest_exact(lambda n: self._refresh_deadline(n, skip))
+
+    def refresh_deadline_recomputed(self, skip: Callable[[int], bool]) -> Deadline | None:
+        """:meth:`refresh_deadline` asking every channel (for tests)."""
+        return earliest(*(self._refresh_deadline(n, skip) for n in self._by_number))

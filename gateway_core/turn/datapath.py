@@ -9,6 +9,7 @@ from __future__ import annotations
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Transmit
+from gateway_core.contract import advance
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.stats import Stats
 from gateway_core.turn.channels import Channels
@@ -66,7 +67,7 @@ class DataPath:
 
     def encapsulate(self, peer: SocketAddr, payload: bytes, now: Instant) -> Transmit | None:
         """ChannelData to ``peer`` via the relay; without a channel, start binding one and drop."""
-        self._now = max(self._now, now)
+        self._now = advance(self._now, now)
         if self._active is None:
             return None
         number = self.channels.connected(peer, now)

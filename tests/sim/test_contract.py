@@ -208,3 +208,81 @@ def test_world_hands_its_purity_period_to_every_host() -> None:
     assert host.checker.purity_every == 3
     with pytest.raises(ValueError):
         ContractChecker("bad", Ticker(0, 1, 0), purity_every=0)
+
+
+# --- kept deadlines (decision 0140) ------------------------------------------------------------------
+
+
+def _connected_gateway(seed: int = 3) -> tuple[World, object]:
+    from sim.gateway_world import CIDR_RESOURCE, build_gateway_world
+
+    world = World(seed, purity_every=1)
+    gw = build_gateway_world(seed, world=world)
+    assert gw.start()
+    gw.grant(0, CIDR_RESOURCE)
+    assert gw.run_until_connected(0)
+    return world, gw
+
+
+def test_kept_deadlines_equal_the_recomputed_ones_in_a_running_gateway_world() -> None:
+    world, gw = _connected_gateway()
+    gateway = gw.gateway  # type: ignore[attr-defined]
+    world.run_until(Instant(world.now + secs(30)))  # every settle compared them (purity_every=1)
+    assert gateway.poll_timeout() == gateway.poll_timeout_recomputed()
+    assert gateway.node.connections  # the client is still connected: the check saw a live connection
+
+
+@pytest.mark.parametrize("how", ["too late", "missing"])
+def test_stale_kept_deadline_of_a_connection_is_an_r4_violation(how: str) -> None:
+    """The node keeps each connection's deadline in a heap; make the client's kept entry stale on purpose
+    (as a bug in the scheduling would: kept an hour late, or lost) and the checker fails the step instead
+    of letting a timer drift. (A kept time that is too *early* is the allowed lazy kind: it is a lower
+    bound, rechecked when it comes, and ``poll_timeout()`` still reports the exact deadline.)"""
+    world, gw = _connected_gateway()
+    gateway = gw.gateway  # type: ignore[attr-defined]
+    checker = gw.gateway_host.checker  # type: ignore[attr-defined]
+    node = gateway.node
+    (cid,) = node.connections
+    heap = node._timers.heap
+    true = node.connections[cid].poll_timeout()
+    assert true is not None and heap.kept(cid) is not None
+    checker.settle(world.now, None)  # consistent so far
+    heap.discard(cid)
+    if how == "too late":
+        heap.schedule(cid, true.at + secs(3600))  # the connection's timers would be missed for an hour
+    with pytest.raises(ContractViolation) as info:
+        checker.settle(world.now, None)
+    assert info.value.rule is Rule.R4 and "stale kept deadline" in info.value.detail
+
+
+def test_stale_kept_deadline_of_a_client_policy_is_an_r4_violation() -> None:
+    """The same for the policy side: a client's NAT deadline moved earlier without the sweep's heap
+    hearing of it (the table's watch is cut, as a forgotten notification would)."""
+    world, gw = _connected_gateway()
+    gateway = gw.gateway  # type: ignore[attr-defined]
+    checker = gw.gateway_host.checker  # type: ignore[attr-defined]
+    peers = gateway.peers
+    (client,) = peers.clients
+    table = peers.clients[client].nat.table
+    checker.settle(world.now, None)
+    table._watch = None
+    table._due_at(Instant(world.now + secs(2)))  # as a new NAT session does, unseen by the heap
+    with pytest.raises(ContractViolation) as info:
+        checker.settle(world.now, None)
+    assert info.value.rule is Rule.R4 and "stale kept deadline" in info.value.detail
+
+
+def test_gateway_debug_mode_raises_on_a_stale_kept_deadline() -> None:
+    """``GatewayConfig(check_deadlines=True)`` (the daemon's ``FIREZONE_CHECK_DEADLINES``): the gateway
+    itself compares on every ``poll_timeout``."""
+    import dataclasses
+
+    _, gw = _connected_gateway()
+    gateway = gw.gateway  # type: ignore[attr-defined]
+    gateway._config = dataclasses.replace(gateway.config, check_deadlines=True)
+    assert gateway.poll_timeout() == gateway.poll_timeout_recomputed()
+    node = gateway.node
+    (cid,) = node.connections
+    node._timers.heap.discard(cid)
+    with pytest.raises(AssertionError, match="stale"):
+        gateway.poll_timeout()

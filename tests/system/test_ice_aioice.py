@@ -124,7 +124,8 @@ class OurSide(asyncio.DatagramProtocol):
                 self.alloc.handle_timeout(self.now())
             self.flush()
             self.wake.clear()
-            ats = [self.agent.poll_timeout()]
+            ad = self.agent.poll_timeout()
+            ats = [None if ad is None else ad.at]
             if self.alloc is not None and (d := self.alloc.poll_timeout()) is not None:
                 ats.append(d.at)
             at = min((a for a in ats if a is not None), default=None)

@@ -101,7 +101,7 @@ def test_agent_random_schedule(actions: list[tuple[str, object]]) -> None:
             link.run_until(link.now + millis(arg))
             for a in (gw, cl):
                 d = a.poll_timeout()
-                assert d is None or d >= link.now
+                assert d is None or d.at >= link.now
         elif what == "block":
             link.blocked = bool(arg)
         elif what == "add_remote":

@@ -68,7 +68,7 @@ class Link:
 
     def run_until(self, t: int) -> None:
         for _ in range(100_000):
-            ds = [d for d in (self.gw.poll_timeout(), self.cl.poll_timeout()) if d is not None]
+            ds = [d.at for d in (self.gw.poll_timeout(), self.cl.poll_timeout()) if d is not None]
             if not ds or min(ds) > t:
                 break
             self.now = Instant(max(self.now, min(ds)))

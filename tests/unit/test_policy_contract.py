@@ -43,10 +43,10 @@ def test_nat_table_deadlines(seq: list[tuple[int, int, int, bool]]) -> None:
         else:
             t.handle_timeout(Instant(now))
             due = t.poll_timeout()
-            assert due is None or due > now  # R5: nothing due is left pending
+            assert due is None or due.at > now  # R5: nothing due is left pending
             assert all(now - s.last_seen < s.ttl for s in t.sessions())
         due = t.poll_timeout()
-        assert due is None or due >= now  # R4
+        assert due is None or due.at >= now  # R4
 
 
 @settings(max_examples=150)
@@ -94,10 +94,10 @@ def test_flow_tracker_deadlines(seq: list[tuple[int, int, int, bool]]) -> None:
         else:
             ft.handle_timeout(Instant(now))
             due = ft.poll_timeout()
-            assert due is None or due > now
+            assert due is None or due.at > now
             assert all(now - f.last <= secs(120) and not (f.fin_rx and f.fin_tx) for f in ft.tcp.values())
         due = ft.poll_timeout()
-        assert due is None or due >= now
+        assert due is None or due.at >= now
 
 
 @settings(max_examples=60)
@@ -134,12 +134,21 @@ def test_peers_sweep_deadline_and_time_going_backwards() -> None:
         IPv4Address("100.64.0.1"),
         IPv6Address("fd00:2021:1111::1"),
         CidrResource(uuid.UUID(int=2), "n", ip_network("10.0.0.0/8")),
-        None,
+        4,  # expires at 4 s on the wall clock (here the same as ``now``)
     )
-    for k in range(5):
-        p.handle_timeout(Instant(k * secs(1)), 0)
+    p.handle_timeout(Instant(0))  # starts the grid: ticks at 1 s, 2 s, ...
+    for k in range(1, 4):
+        # nothing is due before 4 s: the ticks at 1-3 s are skipped, the deadline is the tick at 4 s
         d = p.poll_timeout()
-        assert d is not None and d.at == (k + 1) * secs(1) and d.reason == "resource expiry"
+        assert d is not None and d.at == secs(4) and d.reason == "resource expiry"
+        assert d == p.poll_timeout_recomputed()
+        p.handle_timeout(Instant(k * secs(1)))
+        assert p.poll_removed() is None
+    p.handle_timeout(Instant(secs(4)))
+    assert p.poll_removed() == uuid.UUID(int=1) and p.poll_removed() is None
+    assert p.poll_timeout() is None  # nothing left to expire: no more wake-ups
+    with pytest.raises(UsageError):
+        p.handle_timeout(Instant(secs(3)))
     t = NatTable()
     t.handle_timeout(Instant(10))
     with pytest.raises(UsageError):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
+from gateway_core.contract import Deadline
 from gateway_core.errors import DropReason, UsageError
 from gateway_core.policy.authorizations import Authorization
 from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError, pair_proxy_ips
@@ -22,6 +23,18 @@ from gateway_core.policy.resources import CidrResource, DnsResource
 from gateway_core.wire.icmp import build_icmp_error, parse_icmp_error
 from gateway_core.wire.ip import TCP_RST, TCP_SYN, five_tuple, l4_checksum_ok, parse_ip
 from gateway_core.wire.ipbuild import build_icmp_echo, build_ip, build_tcp_packet, build_udp_packet
+
+
+def _ended(t: NatTable | DnsResourceNat, now: Instant) -> int:
+    """``handle_timeout(now)``; the number of sessions it ended (counted in the table)."""
+    table = t if isinstance(t, NatTable) else t.table
+    before = table.ended
+    t.handle_timeout(now)
+    return table.ended - before
+
+
+def _at(d: Deadline | None) -> int | None:
+    return None if d is None else d.at
 
 
 def ip(s: str) -> IPAddress:
@@ -85,13 +98,13 @@ def test_udp_session_refreshed_by_inbound_traffic_too() -> None:
     t = NatTable()
     t.translate_outgoing(L4_UDP, 53, P1, REAL, T(0))
     for k in range(1, 10):  # replies every 100 s, never an outbound packet again
-        assert t.handle_timeout(T(100 * k)) == 0
+        assert _ended(t, T(100 * k)) == 0
         assert t.translate_incoming(L4_UDP, 53, REAL, T(100 * k)) is not None
-    due = t.poll_timeout()  # a lower bound: sweeping then finds nothing due yet and moves it on
+    due = _at(t.poll_timeout())  # a lower bound: sweeping then finds nothing due yet and moves it on
     assert due is not None and T(900) < due <= T(900) + UDP_TTL
-    assert t.handle_timeout(due) == 0 and t.poll_timeout() == T(900) + UDP_TTL
-    assert t.handle_timeout(Instant(T(900) + UDP_TTL - 1)) == 0
-    assert t.handle_timeout(Instant(T(900) + UDP_TTL)) == 1
+    assert _ended(t, Instant(due)) == 0 and _at(t.poll_timeout()) == T(900) + UDP_TTL
+    assert _ended(t, Instant(T(900) + UDP_TTL - 1)) == 0
+    assert _ended(t, Instant(T(900) + UDP_TTL)) == 1
     assert t.translate_incoming(L4_UDP, 53, REAL, Instant(T(900) + UDP_TTL)) is None
     assert t.is_expired(L4_UDP, 53, REAL)
     # The tombstone goes after TOMBSTONE_TTL; then the table is empty and has no deadline.
@@ -103,7 +116,7 @@ def test_udp_session_refreshed_by_inbound_traffic_too() -> None:
 def test_tcp_ttl_and_inbound_rst() -> None:
     t = NatTable()
     t.translate_outgoing(L4_TCP, 40000, P1, REAL, T(0))
-    assert t.handle_timeout(Instant(TCP_TTL - 1)) == 0 and len(t) == 1
+    assert _ended(t, Instant(TCP_TTL - 1)) == 0 and len(t) == 1
     assert t.translate_incoming(L4_TCP, 40000, REAL, Instant(TCP_TTL - 1), rst=True) is not None
     assert len(t) == 0 and t.is_expired(L4_TCP, 40000, REAL)
     # A new session on the same outside key removes the tombstone.
@@ -139,7 +152,7 @@ def test_time_must_not_go_backwards() -> None:
     t.translate_outgoing(L4_UDP, 1, P1, REAL, T(5))
     with pytest.raises(UsageError):
         t.translate_outgoing(L4_UDP, 1, P1, REAL, T(4))
-    assert t.poll_timeout() == T(5) + UDP_TTL
+    assert _at(t.poll_timeout()) == T(5) + UDP_TTL
 
 
 ops = st.lists(
@@ -180,7 +193,7 @@ def test_table_stays_a_bijection(seq: list[tuple[str, int, int, IPAddress, IPAdd
             assert now - s.last_seen < s.ttl or t.poll_timeout() is not None
             assert t.has_inside_ip(s.proxy_ip)
         pt = t.poll_timeout()
-        assert pt is None or pt >= now
+        assert pt is None or pt.at >= now
 
 
 # --- pairing (decision 0044) ---------------------------------------------------------------------
@@ -332,7 +345,7 @@ def test_nat_table_full_on_packets() -> None:
     )
     pkt = bytearray(build_udp_packet(CLIENT4, P1, 2, 53, b""))
     assert nat.translate_outbound_packet(pkt, T(1)) is DropReason.NAT_TABLE_FULL
-    assert nat.poll_timeout() == T(0) + UDP_TTL and nat.handle_timeout(Instant(T(0) + UDP_TTL)) == 1
+    assert _at(nat.poll_timeout()) == T(0) + UDP_TTL and _ended(nat, Instant(T(0) + UDP_TTL)) == 1
 
 
 def test_inbound_without_session_passes_and_other_protocols_pass() -> None:

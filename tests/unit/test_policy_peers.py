@@ -48,8 +48,8 @@ DNS = DnsResource(cid(101), "app", "*.example.com", (Filter(FilterProtocol.TCP, 
 PROXIES = [ip_address(f"100.96.0.{i}") for i in range(1, 5)]
 
 
-def peers() -> Peers:
-    p = Peers()
+def peers(utc_at_zero: int = 0) -> Peers:
+    p = Peers(wall_clock=lambda now: utc_at_zero + now)
     assert p.set_tunnel_ips(GV4, GV6) and not p.set_tunnel_ips(GV4, GV6)
     return p
 
@@ -103,15 +103,19 @@ def test_address_takeover_and_stale_index() -> None:
 
 
 def test_sweep_expires_and_removes_empty_clients() -> None:
-    p = peers()
+    p = peers(utc_at_zero=200 * NS)
     p.allow_access(cid(1), v4(1), v6(1), CIDR, 100)
     p.allow_access(cid(2), v4(2), v6(2), CIDR, None)
     assert p.poll_timeout() is None
-    assert p.handle_timeout(Instant(0), 200 * NS) == []  # the first call only schedules
+    p.handle_timeout(Instant(0))  # the first call only starts the grid
+    assert p.poll_removed() is None
     assert p.poll_timeout() is not None and p.poll_timeout().at == secs(1)  # type: ignore[union-attr]
-    assert p.handle_timeout(Instant(secs(1) - 1), 200 * NS) == []
-    assert p.handle_timeout(Instant(secs(1)), 200 * NS) == [cid(1)]
+    p.handle_timeout(Instant(secs(1) - 1))
+    assert p.poll_removed() is None
+    p.handle_timeout(Instant(secs(1)))
+    assert p.poll_removed() == cid(1) and p.poll_removed() is None
     assert list(p.clients) == [cid(2)]
+    assert p.poll_timeout() is None  # client 2 never expires: the sweep has nothing to wake for
 
 
 def test_resource_updated_and_expiry_updates() -> None:
@@ -141,12 +145,14 @@ def test_init_retention_and_expiry() -> None:
     pkt = bytearray(build_udp_packet(v4(2), ip_address("10.1.1.1"), 1, 80, b""))
     assert p.clients[cid(2)].outbound(pkt, Instant(0))[0] == REPLY  # ICMP prohibited from now on
     # Emptied clients go at the sweep (a goodbye each).
-    p.handle_timeout(Instant(0), 0)
-    assert p.handle_timeout(Instant(secs(1)), 0) == [cid(2)]
+    p.handle_timeout(Instant(0))
+    p.handle_timeout(Instant(secs(1)))
+    assert p.poll_removed() == cid(2) and p.poll_removed() is None
     # A listed client whose every listed resource is unknown ends up empty too.
     p.allow_access(cid(3), v4(3), v6(3), CIDR, None)
     p.apply_init([InitAuthorization(cid(3), cid(999), 1), InitAuthorization(cid(1), DNS.id, 500)])
-    assert p.handle_timeout(Instant(secs(2)), 0) == [cid(3)]
+    p.handle_timeout(Instant(secs(2)))
+    assert p.poll_removed() == cid(3) and p.poll_removed() is None
 
 
 def test_assigned_ips_flow() -> None:
@@ -218,6 +224,7 @@ def test_index_stays_consistent(ops: list[tuple[str, int, CidrResource | DnsReso
             p.handle_control(cid(n), GOODBYE_PACKET)
         else:
             t += 1
-            p.handle_timeout(Instant(t * secs(1)), t * NS)
+            p.handle_timeout(Instant(t * secs(1)))
+            assert p.poll_timeout() == p.poll_timeout_recomputed()
         p.check()
         assert all(p.client_by_ip(v6(c.client_id.int)) is c for c in p.clients.values())

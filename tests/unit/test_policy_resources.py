@@ -292,12 +292,22 @@ def test_init_retains_the_listed_resources_and_applies_expiries() -> None:
 
 def test_expiry_timer() -> None:
     t = ExpiryTimer()
-    assert t.poll_timeout() is None
-    assert not t.handle_timeout(Instant(5))
-    assert t.poll_timeout() == 5 + secs(1)
-    assert not t.handle_timeout(Instant(secs(1)))
-    assert t.handle_timeout(Instant(5 + secs(1)))
-    assert t.poll_timeout() == 5 + secs(2)
+    assert t.poll_timeout() is None and t.tick_at_or_after(0) is None
+
+    def sweeps(now: int) -> bool:
+        t.handle_timeout(Instant(now))
+        return t.poll_sweep()
+
+    assert not sweeps(5)  # starts the grid: ticks at 5 + k s
+    assert t.poll_timeout() is not None and t.poll_timeout().at == 5 + secs(1)  # type: ignore[union-attr]
+    assert not sweeps(secs(1))
+    assert sweeps(5 + secs(1)) and not t.poll_sweep()  # true once
+    assert t.next_check == 5 + secs(2)
+    # the first tick at or after a time; skipped ticks keep the grid
+    assert t.tick_at_or_after(0) == 5 + secs(2)
+    assert t.tick_at_or_after(5 + secs(2)) == 5 + secs(2)
+    assert t.tick_at_or_after(6 + secs(2)) == 5 + secs(3)
+    assert sweeps(7 + secs(9)) and t.next_check == 5 + secs(10)
     with pytest.raises(UsageError):
         ExpiryTimer(0)
 

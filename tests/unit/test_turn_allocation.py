@@ -395,3 +395,22 @@ def test_ipv6_peer_channel_through_retransmitted_tids() -> None:
     assert t is not None
     h.deliver(h.server.handle(h.now, RELAY4, CLIENT4, t.payload))
     assert h.to_peers[-1] == Transmit(h.alloc.relayed_address(6), peer6, b"hello6")
+
+
+def test_channel_numbers_exhausted_then_reused_after_the_quarantine() -> None:
+    """4,096 peers take every channel number; the next peer gets none (and the table remembers until when
+    no number can be free, so thousands of such tries cost no scan each); 15 min after the last bind of
+    an idle channel its number is reused."""
+    from gateway_core.turn.channels import CHANNEL_LIFETIME, CHANNEL_REBIND_QUARANTINE, Channels
+    from gateway_core.wire.turn import CHANNEL_MAX, CHANNEL_MIN
+
+    ch = Channels()
+    peers = [SocketAddr(IPv4Address(0x0A000000 + i), 5000) for i in range(CHANNEL_MAX - CHANNEL_MIN + 2)]
+    for i, p in enumerate(peers[:-1]):
+        assert ch.new_channel(p, Instant(i)) is not None
+    late = peers[-1]
+    assert ch.new_channel(late, Instant(secs(60))) is None
+    assert ch.new_channel(late, Instant(secs(61))) is None  # the shortcut: same answer, no scan
+    free_at = CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE  # the first peer's channel, bound at 0, never used
+    assert ch.new_channel(late, Instant(free_at - 1)) is None
+    assert ch.new_channel(late, Instant(free_at)) == CHANNEL_MIN
