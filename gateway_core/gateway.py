@@ -413,6 +413,11 @@ class Gateway:
             )
         )
 
+    def kept_deadline_count(self) -> int:
+        """How many kept deadlines :meth:`poll_timeout_recomputed` and :meth:`stale_kept_deadlines` walk
+        (connections and clients): the contract checker spaces those O(n) checks by it."""
+        return len(self._node.connections) + len(self._peers.clients)
+
     def stale_kept_deadlines(self) -> list[str]:
         """The children (connections, clients) whose kept deadline would be served late, for the contract
         checker; empty when every kept deadline is a lower bound of the real one."""
