@@ -48,7 +48,7 @@ PYTEST_WORKERS ?= 2
 DROPS := .pytest-drop-reasons
 pytest: venv deps interop-deps
 	rm -f $(DROPS)
-	FZ_DROP_REASONS_FILE=$(DROPS) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not serial" \
+	FZ_DROP_REASONS_FILE=$(DROPS) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" \
 		$(PYTEST_ARGS) || test $$? -eq 5
 	FZ_DROP_REASONS_FILE=$(DROPS) $(if $(PYTEST_ARGS),,FZ_DROP_COVERAGE_CHECK=1) $(BIN)/pytest -q -m serial \
 		$(PYTEST_ARGS) || test $$? -eq 5

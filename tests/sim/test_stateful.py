@@ -72,7 +72,7 @@ CI_EXAMPLES_PER_SHARD = 256
 CI_SHARDS = int(os.environ.get("FZ_STATEFUL_CI_SHARDS", "1"))
 """``ci`` shards, each ``CI_EXAMPLES_PER_SHARD`` derandomized examples: shard 0 is the historic run, shard
 ``k`` draws its examples from Hypothesis seed ``k`` (also derandomized: the same examples every run), so the
-shards differ and ``pytest -n 2`` runs them side by side. 4 shards give 1,024 examples."""
+shards differ and ``pytest -n 2`` (``--dist load``) runs them side by side. 4 shards give 1,024 examples."""
 SHARDS = int(os.environ.get("FZ_STATEFUL_SHARDS", "40")) if PROFILE == "nightly" else 1
 if PROFILE == "ci":
     SHARDS = CI_SHARDS
