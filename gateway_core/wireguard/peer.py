@@ -202,7 +202,7 @@ class WireGuardPeer:
         """The datagram to send for ``packet`` (an IP packet; empty = keepalive); see the module doc."""
         if now != self._last_now:  # (per packet: the R2 helper is called only when time moved)
             self._last_now = advance(self._last_now, now)
-        # The hot path of :meth:`_encapsulate`, inline (one call less per packet); anything else goes there.
+        # Hot path: cached config values, no allocation beyond the output; anything else queues.
         s = self.sessions[self._current]
         if s is not None:
             ctr = s.send_counter
@@ -219,26 +219,10 @@ class WireGuardPeer:
                 if ctr >= self._rekey_msgs_minus_one:
                     self._want_rekey = True
                 return out
-        return self._encapsulate(now, packet)
+        return self._queue_and_initiate(now, packet)
 
-    def _encapsulate(self, now: Instant, packet: bytes) -> bytes | None:
-        # Hot path: cached config values, no allocation beyond the output.
-        s = self.sessions[self._current]
-        if s is not None:
-            ctr = s.send_counter
-            if (not self.is_initiator or now <= s.established_at + self._should_not_use) and (
-                ctr < self._reject_msgs
-            ):
-                s.send_counter = ctr + 1
-                out = _HDR.pack(MSG_DATA, s.peer_index, ctr) + s.encrypt(_NONCE.pack(0, ctr), packet, None)
-                self.want_passive_keepalive_at = None
-                if packet:
-                    self.t_data_sent = now
-                    if self.want_handshake_at is None:
-                        self.want_handshake_at = now + self._no_reply_rekey
-                if ctr >= self._rekey_msgs_minus_one:
-                    self._want_rekey = True
-                return out
+    def _queue_and_initiate(self, now: Instant, packet: bytes) -> bytes | None:
+        """No session may carry ``packet``: queue it and start a handshake (its initiation, or ``None``)."""
         if len(self._queue) < self.cfg.max_queue_depth:
             self._queue.append(bytes(packet))
         else:
@@ -328,7 +312,7 @@ class WireGuardPeer:
             if s is None:
                 return
             packet = self._queue.pop(0)
-            out = self._encapsulate(now, packet)
+            out = self.encapsulate(now, packet)
             if out is not None:
                 self._transmits.append(out)
             if self.sessions[self._current] is not s or self.handshake.in_progress:
@@ -509,7 +493,7 @@ class WireGuardPeer:
             self.send_handshake_at = Instant(now + jitter)
             return
         if keepalive:
-            out = self._encapsulate(now, b"")
+            out = self.encapsulate(now, b"")
             if out is not None:
                 self._transmits.append(out)
             self.stats.incr("keepalives_sent")

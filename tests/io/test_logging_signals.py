@@ -24,6 +24,7 @@ from gateway_io.logging import (
     setup_logging,
 )
 from gateway_io.signals import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from tests.io.logging_state import restored_logging
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "SFMyNTY.g2gDaAJtAAAAJDUxYWI0ZTYwLTVmNTAtNDFkOC1iZjg5.secret-part-xyz"
@@ -32,28 +33,10 @@ PRIVATE_KEY = "kEVsqSFiQ1gAxwhH7S8GB6YKsWkuIbeJnAmQ9e6D2HM="
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    touched = [
-        "gateway_io",
-        "gateway_core",
-        "gateway_core.portal",
-        "asyncio",
-        "websockets",
-        "pyroute2",
-        "a.b",
-    ]
-    levels = {name: logging.getLogger(name).level for name in touched}
-    try:
+    with restored_logging(
+        "gateway_io", "gateway_core", "gateway_core.portal", "asyncio", "websockets", "pyroute2", "a.b"
+    ):
         yield
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-        for name, lvl in levels.items():
-            logging.getLogger(name).setLevel(lvl)
 
 
 def test_parse_filter() -> None:

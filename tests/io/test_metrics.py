@@ -7,7 +7,6 @@ import hashlib
 import io
 import ipaddress
 import json
-import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from gateway_io.metrics import (
     snapshot_of,
 )
 from tests.io.driver_fakes import CLIENT, FakeCore, sa
+from tests.io.logging_state import restored_logging
 from tests.io.test_driver import SEC, FakeClock, Rig, until
 
 pytestmark = pytest.mark.anyio
@@ -344,20 +344,8 @@ def test_record_fields_are_the_reference_fields_in_order() -> None:
 def restore_logging() -> Iterator[None]:
     """Put the root logger and the loggers our filters touch back as they were (other tests count on
     their levels, e.g. the stateful test's DEBUG records)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    touched = ["flow_logs", "asyncio", "websockets", "pyroute2"]
-    levels = {name: logging.getLogger(name).level for name in touched}
-    try:
+    with restored_logging("flow_logs", "asyncio", "websockets", "pyroute2"):
         yield
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-        for name, lvl in levels.items():
-            logging.getLogger(name).setLevel(lvl)
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from e2e import checks
-from e2e.demo import connect
 from e2e.topology import Topology, run
-from tests.system.underlay import attacker_routes, gateway_tunnel_addresses, nft_counters
+from tests.system.underlay import attacked_topology, gateway_tunnel_addresses, nft_counters
 
 pytestmark = pytest.mark.system
 
@@ -42,15 +41,8 @@ FLOOD_SECONDS = 6
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    with Topology() as t:
-        for client in (0, 1):
-            connect(t, client)
-        attacker_routes(t)
-        try:
-            yield t
-        finally:
-            if "gateway" in t.procs:
-                print(f"--- gateway log (tail) ---\n{t.procs['gateway'].text()[-2500:]}")
+    with attacked_topology() as t:
+        yield t
 
 
 def lookups_during(

@@ -22,13 +22,12 @@ import dns.message
 import pytest
 
 from e2e import checks
-from e2e.demo import connect
 from e2e.topology import CLIENT_TUNNEL, WEB_V4, Topology, run, sh, wait_for
 from gateway_core.addr import IPAddress
 from gateway_core.wire.ipbuild import build_icmp_echo, build_udp_packet
 from tests.system.io_netns import inside
 from tests.system.underlay import (
-    attacker_routes,
+    attacked_topology,
     capture,
     gateway_tunnel_addresses,
     nft_counters,
@@ -51,15 +50,8 @@ SRV = dns.message.make_query("_http._tcp.fz.test", "SRV").to_wire()
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    with Topology() as t:
-        for client in (0, 1):
-            connect(t, client)
-        attacker_routes(t)
-        try:
-            yield t
-        finally:
-            if "gateway" in t.procs:
-                print(f"--- gateway log (tail) ---\n{t.procs['gateway'].text()[-2500:]}")
+    with attacked_topology() as t:
+        yield t
 
 
 @pytest.fixture(scope="module")

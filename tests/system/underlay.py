@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from e2e.demo import connect
 from e2e.topology import Topology, sh
 from gateway_core.addr import IPAddress
 from tests.system.io_netns import inside
 
 ROUTER_V6, GW_UNDERLAY_V6 = "fd10:201:4::1", "fd10:201:4::2"
-"""IPv6 on the router-gateway link (the topology's underlay is IPv4 only; the attacks need both)."""
+"""The attacker's own IPv6 addresses on the router-gateway link (the attacks need both families there)."""
 CAPTURE_WAIT = 10.0
 """Seconds a capture may take to arm or to stop (reached only when something is broken)."""
 
@@ -38,6 +39,21 @@ def attacker_routes(t: Topology) -> None:
         sh("ip", "-n", inet, "route", "replace", net, "via", gw4)
     for net in ("fd00:2021:1111::/107", "fd20:1::/64"):
         sh("ip", "-6", "-n", inet, "route", "replace", net, "via", GW_UNDERLAY_V6)
+
+
+@contextlib.contextmanager
+def attacked_topology() -> Iterator[Topology]:
+    """A topology with both clients connected and :func:`attacker_routes` in place; the gateway's log
+    tail is printed when it is torn down (the module fixture of the underlay attack tests)."""
+    with Topology() as t:
+        for client in (0, 1):
+            connect(t, client)
+        attacker_routes(t)
+        try:
+            yield t
+        finally:
+            if "gateway" in t.procs:
+                print(f"--- gateway log (tail) ---\n{t.procs['gateway'].text()[-2500:]}")
 
 
 def gateway_tunnel_addresses(t: Topology) -> dict[int, IPAddress]:
