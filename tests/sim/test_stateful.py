@@ -82,10 +82,13 @@ settings.register_profile(
     derandomize=True,
     **_COMMON,  # type: ignore[arg-type]
 )
-settings.register_profile("stateful-dev", max_examples=25, **_COMMON)  # type: ignore[arg-type]
+# derandomize is explicit in every profile: a profile inherits the loaded default, and Hypothesis loads its
+# derandomized ``ci`` profile by itself when the environment says CI (``CI=true``).
+settings.register_profile("stateful-dev", max_examples=25, derandomize=False, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile(
     "stateful-nightly",
     max_examples=-(-NIGHTLY_EXAMPLES // SHARDS),
+    derandomize=False,
     **_COMMON,  # type: ignore[arg-type]
 )
 settings.register_profile(
