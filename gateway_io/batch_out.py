@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
+from operator import attrgetter
 
 from gateway_core.commands import Transmit
 from gateway_core.inputs import Input
@@ -47,6 +49,10 @@ def flush(
             log.debug("TUN write failed: %s", errors[0])
 
 
+_DST_IP = attrgetter("dst.ip")
+_PAYLOAD = attrgetter("payload")
+
+
 def send_batch(
     t: Transports,
     tx: list[Transmit],
@@ -55,24 +61,29 @@ def send_batch(
     report: Callable[[Input], None],
     transmit: Callable[[Transmit], None],
 ) -> None:
-    """Each socket sends its family's datagrams in one batch (order kept per socket)."""
+    """Each socket sends its family's datagrams in one batch (order kept per socket).
+
+    The families are told apart once per batch (the set of address types, in C); a batch of one family,
+    the usual case, goes to its socket whole, with no per-packet filtering, and is counted in one update."""
+    families = set(map(type, map(_DST_IP, tx)))
     for sock in t.udp:
         send = getattr(sock, "send_batch", None)
         if send is None:
             break
-        version = sock.local.ip.version
-        mine = [x for x in tx if x.dst.ip.version == version]
-        if not mine:
+        v6 = sock.local.ip.version == 6
+        want = IPv6Address if v6 else IPv4Address
+        if want not in families:
             continue
+        mine = tx if len(families) == 1 else [x for x in tx if type(x.dst.ip) is want]
         failures = send(mine)
         for failed in failures:
             counters.incr("driver.send_failed")
             report(failed)
-        v6 = version == 6
-        for x in mine[: len(mine) - len(failures)]:  # (a close count when some failed)
-            io.udp_sent(v6, x.payload)
-        if len(mine) == len(tx):
+        ok = mine[: len(mine) - len(failures)] if failures else mine  # (a close count when some failed)
+        io.udp_sent_batch(v6, len(ok), sum(map(len, map(_PAYLOAD, ok))))
+        families.discard(want)
+        if not families:
             return
-        tx = [x for x in tx if x.dst.ip.version != version]
+        tx = [x for x in tx if type(x.dst.ip) is not want]
     for x in tx:
         transmit(x)

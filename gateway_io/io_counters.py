@@ -13,8 +13,10 @@ sockets (the datagram as the kernel hands it over, without IP and UDP headers).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 
 V4, V6 = 0, 1
+_FIRST = itemgetter(0)
 
 
 class IoCounters:
@@ -43,17 +45,27 @@ class IoCounters:
 
     def tun_read(self, packets: Sequence[bytes]) -> None:
         """A batch read from the TUN device. IPv6 is told by the first byte (0x60 and above: the version
-        nibble 6; anything above is not IP and dropped by the core, counted here as IPv6). A comprehension
-        measured faster than ``bytes(map(itemgetter(0), ...)).translate(...)`` on 64-packet batches."""
+        nibble 6; anything above is not IP and dropped by the core, counted here as IPv6). A batch of IPv4
+        only (the highest first byte below 0x60, found in C) is counted without a per-packet loop; a mixed
+        one by a comprehension (measured faster than ``bytes(map(itemgetter(0), ...)).translate(...)``)."""
+        if not packets:
+            return
+        total = sum(map(len, packets))
+        try:
+            top = max(map(_FIRST, packets))
+        except IndexError:  # an empty packet: the careful way
+            top = 0x60
+        if top < 0x60:
+            self.tun_rx_packets[V4] += len(packets)
+            self.tun_rx_bytes[V4] += total
+            return
         v6 = [p for p in packets if p and p[0] >= 0x60]
         n6 = len(v6)
-        total = sum(map(len, packets))
-        b6 = sum(map(len, v6)) if n6 else 0
+        b6 = sum(map(len, v6))
         self.tun_rx_packets[V4] += len(packets) - n6
         self.tun_rx_bytes[V4] += total - b6
-        if n6:
-            self.tun_rx_packets[V6] += n6
-            self.tun_rx_bytes[V6] += b6
+        self.tun_rx_packets[V6] += n6
+        self.tun_rx_bytes[V6] += b6
 
     def tun_written(self, packet: bytes) -> None:
         fam = V6 if packet and packet[0] >= 0x60 else V4
@@ -68,3 +80,8 @@ class IoCounters:
     def udp_sent(self, fam: int, payload: bytes) -> None:
         self.udp_tx_packets[fam] += 1
         self.udp_tx_bytes[fam] += len(payload)
+
+    def udp_sent_batch(self, fam: int, packets: int, nbytes: int) -> None:
+        """``packets`` datagrams of ``nbytes`` payload bytes in all, sent on a socket of family ``fam``."""
+        self.udp_tx_packets[fam] += packets
+        self.udp_tx_bytes[fam] += nbytes
