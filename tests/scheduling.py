@@ -76,6 +76,28 @@ def _rank(item: pytest.Item) -> int:
     return len(LONG_FIRST)
 
 
+OWN_SCOPE = ("tests/sim/test_stateful.py::test_gateway_world_against_the_reference_model[",)
+"""Items that are their own work unit under ``--dist loadfile`` (not their file's): the ``ci`` shards of
+the stateful test are independent CPU-bound runs of about a minute each, so the two workers share them."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` with :data:`OWN_SCOPE` items split off (xdist's own file scheduler, one rule
+    changed); any other mode is xdist's."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileSplitScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(OWN_SCOPE):
+                return nodeid
+            return nodeid.split("::", 1)[0]
+
+    return LoadFileSplitScheduling(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "serial: runs alone in make test's second session (tests/scheduling.py)"

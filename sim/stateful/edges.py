@@ -241,7 +241,13 @@ class Edges:
             probes.append(
                 (name, dst, Prediction.exact(Outcome.NOTHING, 0), f"nat-{s.steps_done}-{i}".encode())
             )
+        # A port the app has seen as a source may still be an outside port of a live mapping: the NAT
+        # gives a flow whose client port is taken the next free one (the second flow of an earlier
+        # collision, a warm-up probe after it, ...), so the colliding pair takes a port never seen there.
+        seen = self._app_ports()
         sport = self.traffic.prober.next_sport(c)
+        while sport in seen:
+            sport = self.traffic.prober.next_sport(c)
         for i, (name, dst, _, payload) in enumerate(probes):
             pred = s.model.predict_packet(c, dst, proto, port, s.world.now, name)
             s.model.nat_probe(c, name)
@@ -298,6 +304,10 @@ class Edges:
             )
         if len(sports) == 2:
             s.coverage["event:nat_collision"] += 1
+
+    def _app_ports(self) -> set[int]:
+        app = self.inv.servers().get("app")
+        return set() if app is None else {a.sport for a in app.received}
 
     def _do_control_edge(self, step: Step, c: int) -> None:
         s = self.s

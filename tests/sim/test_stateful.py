@@ -69,7 +69,8 @@ NIGHTLY_EXAMPLES = int(os.environ.get("FZ_STATEFUL_EXAMPLES", "10000"))
 CI_EXAMPLES_PER_SHARD = 256
 """A ``ci`` shard is the historic ``ci`` run's size: its coverage gate (every kind at least
 ``MIN_PER_KIND`` times, the mix, the key events) is calibrated for that many examples and holds per shard."""
-CI_SHARDS = int(os.environ.get("FZ_STATEFUL_CI_SHARDS", "1"))
+CI_SHARDS_DEFAULT = 4
+CI_SHARDS = int(os.environ.get("FZ_STATEFUL_CI_SHARDS", str(CI_SHARDS_DEFAULT)))
 """``ci`` shards, each ``CI_EXAMPLES_PER_SHARD`` derandomized examples: shard 0 is the historic run, shard
 ``k`` draws its examples from Hypothesis seed ``k`` (also derandomized: the same examples every run), so the
 shards differ and ``pytest -n 2`` (``--dist load``) runs them side by side. 4 shards give 1,024 examples."""
@@ -253,9 +254,12 @@ def test_gateway_world_against_the_reference_model(shard: int | str) -> None:
     print("\n" + summary_line(EXAMPLES[0], DRAWN))
     if PROFILE != "ci":
         return  # the gates are the ci profile's (a nightly shard is a random sample of ~250 examples)
-    problems = mix_problems(DRAWN)
+    # The mix gate (each kind's share within SHARE_FACTOR of its weight's) is checked on the draws of all
+    # the ci shards together (tests/sim/test_stateful_shards.py, without running the worlds): one shard's
+    # ~3,600 steps are too few for kinds of weight 1, whose counts vary more than a binomial draw's because
+    # Hypothesis reuses worlds and choices across examples (seen: 21 against an expected 56 in one shard).
+    problems = [f"transition {k}: {DRAWN[k]} < {MIN_PER_KIND}" for k in KINDS if DRAWN[k] < MIN_PER_KIND]
     if PROFILE == "ci":
-        problems += [f"transition {k}: {DRAWN[k]} < {MIN_PER_KIND}" for k in KINDS if DRAWN[k] < MIN_PER_KIND]
         problems += [
             f"event {k}: {COVERAGE[f'event:{k}']} < {n}"
             for k, n in KEY_EVENTS.items()
