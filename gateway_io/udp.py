@@ -107,6 +107,9 @@ _IN_PKTINFO = struct.Struct("=I4s4s")
 _IN6_PKTINFO = struct.Struct("=16sI")
 """``struct in6_pktinfo``: addr, ifindex."""
 
+_INT = struct.Struct("=i")
+"""An ``int`` control message value (``IP_TOS`` and ``IPV6_TCLASS`` on ``sendmsg``)."""
+
 _ADDR_CACHE_LIMIT = 4096
 """Parsed addresses kept per cache (raw kernel value -> ``SocketAddr``) so that the hot path does not
 parse each time; a cache that fills up is cleared (a flood from random sources only costs the parse)."""
@@ -381,12 +384,25 @@ class UdpSocket:
             return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.ip.packed, b"\0\0\0\0"))]
         return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(src.ip.packed, 0))]
 
+    @staticmethod
+    def _ecn(ecn: int, dst: SocketAddr) -> tuple[int, int, bytes]:
+        """The control message that gives one ``sendmsg`` the ECN bits ``ecn`` (the low two bits of the
+        IPv4 TOS byte or the IPv6 traffic class; the DSCP bits stay 0, as snownet sends them)."""
+        if dst.ip.version == 4:
+            return (socket.IPPROTO_IP, socket.IP_TOS, _INT.pack(ecn & 3))
+        return (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, _INT.pack(ecn & 3))
+
     def send(self, transmit: Transmit) -> SendFailed | None:
-        """Send one datagram now (from ``transmit.src``'s IP if given); a failure comes back as a value."""
+        """Send one datagram now (from ``transmit.src``'s IP if given, with its ECN bits); a failure comes
+        back as a value."""
         dst = transmit.dst
         try:
             src = transmit.src
-            if src is None:
+            if transmit.ecn:
+                anc = self._pktinfo(src, dst)
+                anc.append(self._ecn(transmit.ecn, dst))
+                self.sock.sendmsg([transmit.payload], anc, 0, self._dst(dst))
+            elif src is None:
                 self.sock.sendto(transmit.payload, self._dst(dst))
             else:
                 self.sock.sendmsg([transmit.payload], self._pktinfo(src, dst), 0, self._dst(dst))
@@ -395,8 +411,8 @@ class UdpSocket:
         return None
 
     def send_batch(self, transmits: list[Transmit]) -> list[SendFailed]:
-        """Send ``transmits`` in order; each run to one destination (same source, same size but a
-        shorter last) goes out with one ``sendmsg`` and ``UDP_SEGMENT``. The failures, as values."""
+        """Send ``transmits`` in order; each run to one destination (same source, same ECN bits, same size
+        but a shorter last) goes out with one ``sendmsg`` and ``UDP_SEGMENT``. The failures, as values."""
         failed: list[SendFailed] = []
         if not self.gso:
             for t in transmits:
@@ -416,6 +432,7 @@ class UdpSocket:
                     and j - i < GSO_MAX_SEGMENTS
                     and (t := transmits[j]).dst == first.dst
                     and t.src == first.src
+                    and t.ecn == first.ecn
                     and len(t.payload) <= size
                     and total + len(t.payload) <= GSO_MAX_BYTES
                 ):
@@ -436,6 +453,8 @@ class UdpSocket:
         first = run[0]
         anc = self._pktinfo(first.src, first.dst)
         anc.append((SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder)))
+        if first.ecn:
+            anc.append(self._ecn(first.ecn, first.dst))
         try:
             self.sock.sendmsg([b"".join(t.payload for t in run)], anc, 0, self._dst(first.dst))
         except OSError as e:

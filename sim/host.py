@@ -235,11 +235,11 @@ class Host:
         batch = getattr(comp, "handle_tun_packets", None)
         if batch is not None:  # as for datagrams: the batch entry point, one packet per event
             for t in batch(now, [packet]):
-                self.world.send_udp(self, t.src, t.dst, t.payload)
+                self.world.send_udp(self, t.src, t.dst, t.payload, t.ecn)
             return True
         transmit = comp.handle_tun_packet(now, packet)
         if transmit is not None:
-            self.world.send_udp(self, transmit.src, transmit.dst, transmit.payload)
+            self.world.send_udp(self, transmit.src, transmit.dst, transmit.payload, transmit.ecn)
         return True
 
     def on_stream_event(self, now: Instant, event: StreamEvent) -> bool:
@@ -261,8 +261,8 @@ class Host:
     def execute(self, now: Instant, command: Command) -> None:
         """Carry out one command the component queued."""
         match command:
-            case Transmit(src=src, dst=dst, payload=payload):
-                self.world.send_udp(self, src, dst, payload)
+            case Transmit(src=src, dst=dst, payload=payload, ecn=ecn):
+                self.world.send_udp(self, src, dst, payload, ecn)
             case WriteTun(packet=packet):
                 self.world.send_ip(self, packet)
             case Exit():

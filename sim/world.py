@@ -84,7 +84,8 @@ class Packet:
     sent_at: Instant
     fields: dict[str, int | str | None] | None = None
     ecn: int = 0
-    """The ECN bits of the datagram's IP header (set by :meth:`World.mark_ecn`; senders send Not-ECT)."""
+    """The ECN bits of the datagram's IP header: the sender's (``Transmit.ecn``), or a marking router's
+    (:meth:`World.mark_ecn`)."""
 
 
 @dataclass(slots=True)
@@ -305,8 +306,11 @@ class World:
                 fields.update(_packet_fields(pkt))
         self._emit("drop", reason=reason.value, **fields)
 
-    def send_udp(self, host: Host, src: SocketAddr | None, dst: SocketAddr, payload: bytes) -> None:
-        """Send one UDP datagram from ``host``; ``src=None`` picks the host's address and sending port."""
+    def send_udp(
+        self, host: Host, src: SocketAddr | None, dst: SocketAddr, payload: bytes, ecn: int = 0
+    ) -> None:
+        """Send one UDP datagram from ``host`` with the ECN bits ``ecn`` in its IP header; ``src=None``
+        picks the host's address and sending port."""
         if src is None:
             ip = host.source_for(dst.ip)
             if ip is None:
@@ -316,7 +320,7 @@ class World:
         elif not host.owns(src.ip):
             self._drop(None, NetDrop.NOT_OWN_ADDRESS, host=host.name, src=str(src), dst=str(dst))
             return
-        self._send(host, "udp", src, dst, UDP, bytes(payload))
+        self._send(host, "udp", src, dst, UDP, bytes(payload), ecn)
 
     def send_ip(self, host: Host, packet: bytes) -> None:
         """Send one raw IP packet from ``host`` (routed by its destination address)."""
@@ -340,7 +344,7 @@ class World:
         return nat
 
     def _send(
-        self, host: Host, proto: str, src: SocketAddr, dst: SocketAddr, l4: int, payload: bytes
+        self, host: Host, proto: str, src: SocketAddr, dst: SocketAddr, l4: int, payload: bytes, ecn: int = 0
     ) -> None:
         self._packet_ids += 1
         nat = self.nats.get(host.name) if self.nats else None
@@ -363,8 +367,9 @@ class World:
             route = NetDrop.UNROUTABLE  # a private address behind a NAT: nobody outside reaches it
             dst_host = ""
         pkt = Packet(self._packet_ids, proto, host.name, dst_host, src, dst, l4, payload, self.now)
+        pkt.ecn = ecn  # the sender's bits; a marking router (mark_ecn) rewrites them
         if self._ecn_marks and proto == "udp":
-            pkt.ecn = self._ecn_marks.get((host.name, dst_host), 0)
+            pkt.ecn = self._ecn_marks.get((host.name, dst_host), ecn)
         self.stats.incr("sent")
         self.stats.incr(f"{host.name}.sent")
         if self._tracing():
@@ -621,4 +626,6 @@ def _packet_fields(pkt: Packet) -> dict[str, int | str | None]:
         "src": str(pkt.src) if udp else str(pkt.src.ip),
         "dst": str(pkt.dst) if udp else str(pkt.dst.ip),
     }
+    if pkt.ecn:
+        pkt.fields["ecn"] = pkt.ecn  # (only when set: traces of Not-ECT traffic are unchanged)
     return pkt.fields

@@ -403,22 +403,26 @@ class Node(NodeDataPath):
         if wg is not None:
             ps = conn.peer_socket
             if ps is not None:
+                # The datagram carries the inner packet's ECN bits, as snownet's (an ECN-capable flow
+                # stays ECN-capable on the underlay, where a router may mark it CE for the peer to merge);
+                # inline wire.rewrite.ecn_of (per packet). Only IP packets get here (versions 4 and 6).
+                ecn = 0 if len(packet) < 2 else packet[1] & 3 if packet[0] < 0x60 else (packet[1] >> 4) & 3
                 if ps.kind in _DIRECT:  # the hot path: no relay framing
-                    return transmit(ps.source, ps.dest, wg)
-                t = self._frame(conn, wg, now)
+                    return transmit(ps.source, ps.dest, wg, ecn)
+                t = self._frame(conn, wg, now, ecn)
                 if t is not None:
                     return t
         self.handle_timeout(now)
         return None
 
-    def _frame(self, conn: Connection, payload: bytes, now: Instant) -> Transmit | None:
+    def _frame(self, conn: Connection, payload: bytes, now: Instant, ecn: int = 0) -> Transmit | None:
         ps = conn.peer_socket
         if ps is None:
             return None
         if not ps.via_relay:
-            return Transmit(ps.source, ps.dest, payload)
+            return Transmit(ps.source, ps.dest, payload, ecn)
         alloc = self.allocations.get(conn.relay or "")
-        return None if alloc is None else alloc.encapsulate(ps.dest, payload, now)
+        return None if alloc is None else alloc.encapsulate(ps.dest, payload, now, ecn)
 
     def _send(self, conn: Connection, payload: bytes, now: Instant) -> None:
         t = self._frame(conn, payload, now)

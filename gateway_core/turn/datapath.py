@@ -65,8 +65,9 @@ class DataPath:
         ours = self.relayed_address(peer.ip.version)
         return None if ours is None else (peer, data, ours)
 
-    def encapsulate(self, peer: SocketAddr, payload: bytes, now: Instant) -> Transmit | None:
-        """ChannelData to ``peer`` via the relay; without a channel, start binding one and drop."""
+    def encapsulate(self, peer: SocketAddr, payload: bytes, now: Instant, ecn: int = 0) -> Transmit | None:
+        """ChannelData to ``peer`` via the relay (with the ECN bits ``ecn``); without a channel, start
+        binding one and drop."""
         self._now = advance(self._now, now)
         if self._active is None:
             return None
@@ -76,7 +77,7 @@ class DataPath:
         if number is None:
             self.bind_channel(peer, now)
             return None
-        return Transmit(None, self._active, tw.encode_channel_data(number, payload))
+        return Transmit(None, self._active, tw.encode_channel_data(number, payload), ecn)
 
     def send_indication(self, peer: SocketAddr, payload: bytes) -> Transmit | None:
         """A Send indication (standard servers; needs a permission for ``peer``'s IP)."""

@@ -209,6 +209,15 @@ def recompute_checksums(buf: bytearray) -> None:
         _U16.pack_into(buf, 10, internet_checksum(bytes(buf[:hl])))
 
 
+def ecn_of(packet: bytes) -> int:
+    """The ECN bits of an IP packet (IPv4: the low two bits of the TOS byte; IPv6: bits 4-5 of byte 1,
+    the low two of the traffic class); 0 for anything too short to tell. Snownet gives an encapsulated
+    packet's datagram these bits (``rust/connlib/snownet/src/node.rs``)."""
+    if len(packet) < 2:
+        return 0
+    return packet[1] & 3 if packet[0] < 0x60 else (packet[1] >> 4) & 3
+
+
 def merge_ecn(buf: bytearray, outer_ecn: int) -> None:
     """If the outer datagram is CE and the inner packet ECT(0)/ECT(1), mark the inner packet CE.
 

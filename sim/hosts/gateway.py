@@ -272,7 +272,7 @@ class GatewayHost(PortalClientHost):
     def _to_gateway(self, now: Instant, packet: bytes) -> None:
         """A packet the kernel writes into the TUN device: to the gateway, whose answer goes out."""
         for t in self.gateway.handle_tun_packets(now, [packet]):
-            self.world.send_udp(self, t.src, t.dst, t.payload)
+            self.world.send_udp(self, t.src, t.dst, t.payload, t.ecn)
 
     def _local(self, now: Instant, packet: bytes, is_udp: bool) -> None:
         """What Linux does with a packet for one of its own addresses and no socket behind it: an ICMP echo

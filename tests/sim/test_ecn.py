@@ -63,3 +63,24 @@ def test_non_ect_inner_packets_and_non_ce_outer_marks_change_nothing() -> None:
     gw.world.mark_ecn(client, gw.gateway_host.name, None)
     _send(gw, CE)  # an inner CE is never cleared
     assert _marks_at_web(gw) == {NOT_ECT: 1, ECT0: 1, CE: 1}
+
+
+@pytest.mark.parametrize("relayed", [False, True])
+def test_the_datagram_carries_the_inner_packets_ecn_bits(relayed: bool) -> None:
+    """The other half (snownet's ``Transmit::ecn``): an encapsulated packet's datagram carries the inner
+    packet's ECN bits, on a direct path and to the relay; control traffic stays Not-ECT."""
+    gw = _ready(4, relay_only=relayed)
+    client = gw.client_hosts[0].name
+    seen: list[dict[str, object]] = []
+    gw.world.trace.listeners.append(lambda r: seen.append(r) if r.get("ev") == "deliver" else None)
+    _send(gw, ECT1, 2)
+    _send(gw, NOT_ECT)
+    _send(gw, ECT0)
+    def wg_data(hex_payload: str) -> bool:
+        """A WireGuard data message that is no keepalive, bare or behind a ChannelData header."""
+        skip = 8 if 0x40 <= int(hex_payload[:2], 16) <= 0x7F else 0
+        return hex_payload[skip : skip + 8] == "04000000" and len(hex_payload) - skip > 64
+
+    data = [r for r in seen if r["from"] == client and wg_data(str(r["payload"]))]
+    assert [r.get("ecn", 0) for r in data] == [ECT1, ECT1, NOT_ECT, ECT0]
+    assert all((r["to"] in gw.relay_names) is relayed for r in data)

@@ -1,5 +1,6 @@
 """On real kernels (the :mod:`e2e.topology` namespaces, the real daemon): ``--validate-checksums`` drops
-corrupted packets in both directions, and an outer ECN CE mark reaches the resource inside the packet.
+corrupted packets in both directions, an outer ECN CE mark reaches the resource inside the packet, and the
+datagrams on the underlay carry the ECN bits of the packets inside, both ways.
 
 The gateway runs with ``FIREZONE_VALIDATE_CHECKSUMS=true``; only ``client`` (direct path) is connected.
 Packets are made by hand (:mod:`tests.system.raw_inject`, a raw socket) so that a checksum can be wrong
@@ -151,3 +152,53 @@ def test_an_outer_ce_mark_reaches_the_resource_in_an_ect_packet(topo: Topology) 
     assert seen[41012] == 0x03  # ECT(1) inside: CE
     assert seen[41013] == 0xB8 | 0x03  # the DSCP is kept
     assert seen[41014] == 0x02  # no CE on the outer datagram: unchanged
+
+
+_TOS = re.compile(r"\(tos (0x[0-9a-f]+),")
+
+
+def _outer_tos(cap: Capture) -> list[int]:
+    return [int(t, 16) for t in _TOS.findall(cap.out.read_text())]
+
+
+def test_the_datagram_carries_the_ecn_bits_of_the_packet_inside(topo: Topology) -> None:
+    """Both directions on the underlay, captured in the router: the client's datagrams to the gateway and
+    the gateway's to the client carry the ECN bits (not the DSCP) of the packet they carry, as Firezone's
+    (``ecn: packet.ecn()`` in ``rust/connlib/snownet/src/node.rs``); everything else leaves Not-ECT."""
+    router, client, gw = topo.ns["inet"], topo.ip("client"), topo.ip("gw")
+    # Nothing listens on the UDP ports at either end: their ICMP errors (whose TOS Linux derives from the
+    # packet's) would be more ECN-marked datagrams; the resource and the client keep them.
+    quiet = "table ip fz_quiet {\n  chain out {\n    type filter hook output priority 0; policy accept;\n"
+    quiet += "    icmp type destination-unreachable drop\n  }\n}\n"
+    ends = (topo.ns["web"], topo.client_ns(0))
+    for ns in ends:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=quiet, text=True, check=True)
+    up = Capture(topo, router, "r-client", f"udp and src host {client} and dst host {gw}")
+    down = Capture(topo, router, "r-gw", f"udp and src host {gw} and dst host {client}")
+    at_web = Capture(topo, topo.ns["web"], "eth0", f"udp and dst port {UDP_PORT}")
+    at_client = Capture(topo, topo.client_ns(0), "tun-fzclient", f"udp and src port {UDP_PORT}")
+    try:
+        sent = ((41020, 0x01), (41021, 0xB8 | 0x02), (41022, 0x01), (41023, 0x03))
+        for sport, tos in sent:
+            _inject(topo.client_ns(0), CLIENT_V4, WEB_V4, sport, UDP_PORT, tos=tos)
+            # From the gateway host with the resource's address: routed into its TUN like a reply (to a
+            # port of its own: a flow the client opened is masqueraded by the gateway host's conntrack).
+            _inject(topo.ns["gw"], WEB_V4, CLIENT_V4, UDP_PORT, sport + 100, tos=tos)
+        ports = {p for p, _ in sent}
+        wait_for("the packets at the resource", lambda: ports <= set(at_web.seen()), timeout=10)
+        wait_for(
+            "the packets at the client",
+            lambda: all(f".{p + 100}:" in at_client.out.read_text() for p, _ in sent),
+            timeout=10,
+        )
+        wait_for("the captures in the router", lambda: 0x03 in _outer_tos(up) and 0x03 in _outer_tos(down))
+        ups, downs = _outer_tos(up), _outer_tos(down)
+    finally:
+        for c in (up, down, at_web, at_client):
+            c.stop()
+        for ns in ends:
+            sh("nft", "delete", "table", "ip", "fz_quiet", ns=ns, check=False)
+    for outer in (ups, downs):
+        marked = [t for t in outer if t]
+        assert sorted(marked) == [0x01, 0x01, 0x02, 0x03], outer  # ECN bits only, one datagram each
+        assert all(t <= 3 for t in outer)  # the DSCP stays inside; the rest (checks, keepalives) Not-ECT
