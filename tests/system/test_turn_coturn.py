@@ -194,6 +194,15 @@ def test_one_allocate_over_ipv4_gives_relays_of_both_families(coturn: Coturn, dr
     driver.send(a, t)
     driver.run(lambda: any(p == b"echo:v4-client-v6-relay" for _, _, p, _ in driver.received), 5)
     assert [(x[1], x[3]) for x in driver.received if x[2] == b"echo:v4-client-v6-relay"] == [(peer6, r6)]
+    # A REFRESH (no family attribute) keeps both relays: after one, the IPv6 relay still carries data.
+    first_expiry = a.expires_at()
+    assert first_expiry is not None
+    driver.run(lambda: (a.expires_at() or 0) > first_expiry, 12)
+    t = a.encapsulate(peer6, b"after-refresh", driver.now())
+    assert t is not None
+    driver.send(a, t)
+    driver.run(lambda: any(p == b"echo:after-refresh" for _, _, p, _ in driver.received), 5)
+    assert a.relayed_address(6) == r6
 
 
 def test_a_dual_allocation_refused_for_external_ip_falls_back_to_ipv4(
