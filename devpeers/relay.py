@@ -18,7 +18,11 @@ ADDITIONAL-ADDRESS-FAMILY; no Send indications. coturn flavour: TURN REST passwo
 without NONCE gets an unsigned 400, challenges are unsigned, CreatePermission and Send/Data indications
 work; an ALLOCATE on a 5-tuple that has an allocation gets an unsigned 437 before any authentication, a
 request from another username than the allocation's gets an unsigned 441, and a deleted allocation keeps
-its 5-tuple for another second (coturn 4.6.1, measured: decision 0020, "Rotated credentials").
+its 5-tuple for another second (coturn 4.6.1, measured: decision 0020, "Rotated credentials"). Dual
+allocations as coturn 4.6.1 grants them (decision 0171): ADDITIONAL-ADDRESS-FAMILY is read at the draft
+codepoint 0x8032 only (RFC 8656's 0x8000 is ignored, so such a request gets the default IPv4); a family it
+has no relay address for is answered as ``0.0.0.0:0`` / ``[::]:0``; with ``dual=False`` (coturn with
+``external-ip``) a dual request gets 440.
 Firezone's own relay is ``rust/relay/server/src/server.rs``. Pure: time comes in as ``now``, ports and
 nonces from an injected ``Entropy``.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import KeysView
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant, secs
@@ -79,6 +84,7 @@ class DevRelay:
         flavour: str = "firezone",
         realm: str = "firezone",
         wall_clock_secs: int = 1_700_000_000,
+        dual: bool = True,
     ) -> None:
         self.listen = listen
         self.relay_ips = relay_ips
@@ -86,6 +92,8 @@ class DevRelay:
         self.flavour = flavour
         self.realm = realm
         self.wall_clock_secs = wall_clock_secs
+        self.dual = dual
+        """coturn flavour: whether it grants dual allocations (coturn refuses them with ``external-ip``)."""
         self._entropy = entropy
         self._nonces: dict[str, int] = {}
         self.allocations: dict[SocketAddr, RelayAllocation] = {}
@@ -234,8 +242,9 @@ class DevRelay:
         if msg.get(Attr.REQUESTED_TRANSPORT) != tw.encode_requested_transport():
             return self._error(msg, 400, key, local, remote)
         want = {4}
+        coturn = self.flavour == "coturn"
         req = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        add = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        add = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT if coturn else Attr.ADDITIONAL_ADDRESS_FAMILY)
         if req is not None and add is not None:
             return self._error(msg, 400, key, local, remote)
         if req is not None:
@@ -243,11 +252,14 @@ class DevRelay:
         if add is not None:
             if add[0] != stun.FAMILY_IPV6:
                 return self._error(msg, 400, key, local, remote)
+            if coturn and not self.dual:
+                return self._error(msg, 440, key, local, remote)
             want.add(6)
         port = 49152 + self._entropy.randbelow(16384)
         relayed = [SocketAddr(a.ip, port) for a in self.relay_ips if a.ip.version in want]
         if not relayed:
             return self._error(msg, 440, key, local, remote)
+        missing = want - {a.ip.version for a in relayed} if coturn else set()
         life = msg.u32(Attr.LIFETIME)
         life = DEFAULT_LIFETIME if life is None else min(life, MAX_LIFETIME)
         alloc = RelayAllocation(remote, relayed, now + secs(life), username)
@@ -257,6 +269,10 @@ class DevRelay:
         r = StunMessage(Method.ALLOCATE, Class.SUCCESS, msg.transaction_id)
         for a in sorted(relayed, key=lambda a: a.ip.version):
             r.add_xor_address(Attr.XOR_RELAYED_ADDRESS, a)
+        for v in sorted(missing):  # coturn's placeholder for a family it could not allocate
+            r.add_xor_address(
+                Attr.XOR_RELAYED_ADDRESS, SocketAddr(ip_address("::" if v == 6 else "0.0.0.0"), 0)
+            )
         r.add_xor_address(Attr.XOR_MAPPED_ADDRESS, remote)
         r.add_u32(Attr.LIFETIME, life)
         return self._reply(local, remote, r, key)

@@ -97,13 +97,16 @@ def path(topo: Topology, client: int, relayed: bool) -> Check:
 
 
 def underlay(topo: Topology, client: int) -> Check:
-    """The families of the client's own ICE candidates (its underlay) and those of the gateway's it got."""
+    """The families of the client's own ICE candidates (its underlay) and those of the gateway's it got; an
+    IPv6-only client must hold an IPv6 relayed candidate."""
     paths = list(topo.client_status(client).get("paths", {}).values())
     local = sorted({c.split()[0] + ("6" if "[" in c else "4") for p in paths for c in p.get("local", [])})
     remote = sorted({c.split()[0] + ("6" if "[" in c else "4") for p in paths for c in p.get("remote", [])})
     family = {"client3": "6"}.get("client" if client == 0 else f"client{client + 1}", "4")
     ok = bool(local) and all(c.endswith(family) for c in local if c.startswith("host"))
     ok = ok and {"host6", "srflx6"} <= set(remote) and any(c.startswith("relay") for c in remote)
+    if family == "6":  # its relays (coturn included) grant it an IPv6 relayed address (decision 0171)
+        ok = ok and "relay6" in local
     return Check(f"underlay IPv{family} only", ok, f"ours {' '.join(local)}; gateway's {' '.join(remote)}")
 
 

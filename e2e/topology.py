@@ -24,7 +24,8 @@ Hosts (underlay ``10.201.<i>.0/24``, host ``.2``, router ``.1``; IPv4)::
 
 The underlay is dual-stack beside that: every host but ``client`` and ``client2`` (IPv4 only) also has
 ``fd01:201:<i>::2/64`` (router ``::1``), ``client3`` has nothing but that; the portal listens on both
-families, the relays (ours and coturn) on both addresses and the portal hands out both.
+families, the relays (ours and coturn) on both addresses and the portal hands out both. Every allocation
+gets an IPv4 and an IPv6 relayed address from either relay in one ALLOCATE (coturn too: decision 0171).
 
     behind the gateway (its eth1/eth2, so the ``-o e+`` masquerade rules apply):
     web     172.20.1.10 / fd20:1::10   HTTP :80 and :8080 (python -m http.server), iperf3 :5201

@@ -9,7 +9,7 @@ frames, only its effects, reusing :class:`devportal.DevPortal`'s logic for every
   its ``authorize_flow`` over its real simulated WebSocket) and hands the client, after
   :data:`SIGNAL_DELAY`, exactly what the portal derives for the pair with devportal's own functions:
   the gateway's public key, :func:`~devportal.portal.preshared_key`, both
-  :func:`~devportal.portal.ice_credentials`, relays with :func:`~devportal.portal.turn_credentials` for
+  :func:`~devportal.portal.ice_credentials`, relays with :func:`~devportal.portal.relay_credentials` for
   the *client's* key, the gateway's tunnel addresses, and the resource.
 - Candidates: a client's :class:`~devpeers.client_types.SignalIce` command goes to the portal after the
   delay and becomes ``DevPortal.ice_candidates`` (pushed to the gateway as ``ice_candidates`` /
@@ -41,7 +41,7 @@ from devportal.portal import (
     GatewayRecord,
     ice_credentials,
     preshared_key,
-    turn_credentials,
+    relay_credentials,
 )
 from gateway_core.clock import Duration, Instant, millis
 from gateway_core.commands import Command
@@ -223,7 +223,7 @@ class ClientSignalling:
         for r in online:
             creds = self._relay_creds.get((client_key, str(r.id), r.secret))
             if creds is None:
-                creds = turn_credentials(r.secret, client_key, expires)
+                creds = relay_credentials(r, client_key, expires)  # coturn relays: TURN REST
                 self._relay_creds[(client_key, str(r.id), r.secret)] = creds
             user, pwd = creds
             v4 = next((a for a in r.addrs if a.ip.version == 4), None)

@@ -193,7 +193,11 @@ class GatewayWorld:
 
 
 def _config_text(
-    clients: list[tuple[uuid.UUID, bytes, int]], expires_in: int | None, relays: int, relay_v6: bool = False
+    clients: list[tuple[uuid.UUID, bytes, int]],
+    expires_in: int | None,
+    relays: int,
+    relay_v6: bool = False,
+    relay_kind: str = "firezone",
 ) -> str:
     import base64
 
@@ -242,6 +246,7 @@ def _config_text(
             f'addrs = ["{RELAY_V4_BASE + i}:{TURN_PORT}"'
             + (f', "[{RELAY_V6_BASE + i}]:{TURN_PORT}"]' if relay_v6 else "]"),
             f'secret = "{RELAY_SECRET}"',
+            *([f'kind = "{relay_kind}"'] if relay_kind != "firezone" else []),
             "",
         ]
     return "\n".join(lines)
@@ -261,6 +266,7 @@ def build_gateway_world(
     relay_v6: bool = False,
     extended: bool = False,
     nat: str = "none",
+    relay_kind: str = "firezone",
 ) -> GatewayWorld:
     """Build the world (see the module docstring); ``expires_in`` (seconds) limits every policy.
 
@@ -269,8 +275,9 @@ def build_gateway_world(
     ``relay_v6`` gives the relays IPv6 addresses too (needed by IPv6-only clients); ``extended`` adds
     an IPv6 address to ``web`` and the DNS server ``webdns`` inside the CIDR resource (the stateful
     test's world); ``nat`` (``cone`` or ``symmetric``, :mod:`sim.nat`) puts every client with IPv4 behind
-    a NAT of its own (private address ``10.0.<i>.2``, public ``NAT_PUBLIC_BASE + i``). The defaults keep
-    the world of the scenarios."""
+    a NAT of its own (private address ``10.0.<i>.2``, public ``NAT_PUBLIC_BASE + i``); ``relay_kind``
+    ``coturn`` makes the relays the dev relay's coturn flavour (the portal hands out TURN REST
+    credentials for them). The defaults keep the world of the scenarios."""
     w = world if world is not None else World(seed)
     keys = w.entropy.fork("gateway-world-keys")
     client_keys = []
@@ -278,7 +285,8 @@ def build_gateway_world(
         cid = uuid.UUID(bytes=keys.random_bytes(16), version=4)
         client_keys.append((cid, keys.random_bytes(32), i))
     gw_priv = keys.random_bytes(32)
-    text = _config_text([(c, public_key(k), i) for c, k, i in client_keys], expires_in, relays, relay_v6)
+    keyed = [(c, public_key(k), i) for c, k, i in client_keys]
+    text = _config_text(keyed, expires_in, relays, relay_v6, relay_kind)
     epoch = w.clock.unix_ns() // 1_000_000_000
     stub = StubPortal(DevPortal(load_config(text)), epoch_unix=epoch - w.now // 1_000_000_000)
     portal_host = StubPortalHost("portal", stub, ipv4=PORTAL_V4, link=link)
@@ -287,7 +295,7 @@ def build_gateway_world(
     relay_names = []
     for i in range(relays):
         name = f"relay-{i}"
-        w.add_host(relay_host(w, name, i, RELAY_SECRET, epoch, link, relay_v6))
+        w.add_host(relay_host(w, name, i, RELAY_SECRET, epoch, link, relay_v6, relay_kind))
         relay_names.append(name)
 
     zone = DnsZone(ZONE_EXTENDED if extended else ZONE)
@@ -387,12 +395,22 @@ def build_gateway_world(
 
 
 def relay_host(
-    world: World, name: str, n: int, secret: str, epoch: int, link: LinkProfile, v6: bool
+    world: World,
+    name: str,
+    n: int,
+    secret: str,
+    epoch: int,
+    link: LinkProfile,
+    v6: bool,
+    flavour: str = "firezone",
 ) -> RelayHost:
-    """The ``n``-th relay (addresses ``RELAY_V4_BASE + n`` and, with ``v6``, ``RELAY_V6_BASE + n``)."""
+    """The ``n``-th relay (addresses ``RELAY_V4_BASE + n`` and, with ``v6``, ``RELAY_V6_BASE + n``), a
+    :class:`DevRelay` of ``flavour``."""
     ip = RELAY_V4_BASE + n
     ip6 = RELAY_V6_BASE + n if v6 else None
     listen = [SocketAddr(ip, TURN_PORT)] + ([SocketAddr(ip6, TURN_PORT)] if ip6 is not None else [])
     relayed = [SocketAddr(ip, 0)] + ([SocketAddr(ip6, 0)] if ip6 is not None else [])
-    server = DevRelay(listen, relayed, secret, world.entropy_for(name), wall_clock_secs=epoch)
+    server = DevRelay(
+        listen, relayed, secret, world.entropy_for(name), wall_clock_secs=epoch, flavour=flavour
+    )
     return RelayHost(name, RelayComponent(server), ipv4=ip, ipv6=ip6, udp_ports=(TURN_PORT,), link=link)

@@ -8,7 +8,9 @@ credentials. It first sends one BINDING request per relay address; the first ans
 *active socket*, and every answer yields a host candidate (the local address it arrived on) and a
 server-reflexive candidate (XOR-MAPPED-ADDRESS). On the first answer it sends ALLOCATE (REQUESTED-TRANSPORT
 UDP, ADDITIONAL-ADDRESS-FAMILY IPv6). The success gives up to two relayed candidates and a lifetime;
-the allocation is refreshed at half its lifetime and kept alive by a BINDING every 25 s.
+the allocation is refreshed at half its lifetime and kept alive by a BINDING every 25 s. Standard servers
+also get ADDITIONAL-ADDRESS-FAMILY at coturn's pre-4.8 codepoint, and a 440 to the dual ALLOCATE (coturn
+with ``external-ip``) is answered by an ALLOCATE for one family (decision 0171).
 
 Authentication, long-term with realm ``firezone``, for the Firezone relay and for standard RFC 8656
 servers such as coturn (decision 0020), is :attr:`Allocation.auth`, a
@@ -48,6 +50,7 @@ from gateway_core.turn.auth import LongTermAuth
 from gateway_core.turn.channels import CHANNEL_REFRESH_AFTER, Channels
 from gateway_core.turn.datapath import DataPath
 from gateway_core.turn.permissions import Permissions
+from gateway_core.turn.requests import Requests
 from gateway_core.turn.types import (
     TRANSITIONS,
     CandidateEvent,
@@ -57,7 +60,6 @@ from gateway_core.turn.types import (
     StaleCredentials,
 )
 from gateway_core.turn.types import PendingRequest as _Pending
-from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
 from gateway_core.wire.stun import Attr, Class, Method, StunMessage
 
@@ -85,8 +87,9 @@ TRANSITIONS_KEPT = 32
 """Phase changes an allocation remembers: a ring, as an allocation may cycle through failures forever."""
 
 
-class Allocation(DataPath):
-    """One TURN allocation; see the module docstring (the data path is in :mod:`.datapath`)."""
+class Allocation(DataPath, Requests):
+    """One TURN allocation; see the module docstring (the data path is in :mod:`.datapath`, the request
+    layouts in :mod:`.requests`)."""
 
     def __init__(
         self,
@@ -111,6 +114,8 @@ class Allocation(DataPath):
         self.stats = stats if stats is not None else Stats()
         self._entropy = entropy
         self._mismatch_budget = MAX_MISMATCH_RECOVERIES
+        self._single_family = False
+        """The server refused a dual allocation (440): ask for its default family only (decision 0171)."""
         self._deleted_at: Instant | None = None
         self._active: SocketAddr | None = None
         self._next_binding: Instant | None = None
@@ -245,31 +250,13 @@ class Allocation(DataPath):
         self._queue(self._active, template, now, p)
 
     def _allocate(self, now: Instant, *, defer: bool = False) -> None:
-        fam = self.requested_family
-        m = tw.allocate(
-            self._tid(),
-            software=self.software,
-            requested_family=fam,
-            additional_family=stun.FAMILY_IPV6 if fam is None else None,
-        )
+        m = self._allocate_request()
         if defer and self._active is not None:
             # First sent by handle_timeout in 1 s (the key is only a slot: every send gets a fresh tid).
             at = Instant(now + RETRY_INITIAL)
             self._pending[self._tid()] = _Pending(self._active, m, now, at, RETRY_INITIAL, RETRY_MAX_ELAPSED)
             return
         self._authenticated(m, now)
-
-    def _refresh_request(self, lifetime: int | None = None) -> StunMessage:
-        m = StunMessage(Method.REFRESH, Class.REQUEST, self._tid())
-        if not self.auth.standard_server:  # RFC 8656 servers refuse these in a REFRESH (420)
-            m.add(Attr.REQUESTED_TRANSPORT, tw.encode_requested_transport())
-            if self.requested_family is None:
-                m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, stun.encode_family(stun.FAMILY_IPV6))
-        if self.software is not None:
-            m.add_text(Attr.SOFTWARE, self.software)
-        if lifetime is not None:
-            m.add_u32(Attr.LIFETIME, lifetime)
-        return m
 
     # --- inputs -----------------------------------------------------------------------------------------
 
@@ -320,9 +307,16 @@ class Allocation(DataPath):
         if code == 400 and not p.sent_nonce and not p.plain and method == Method.ALLOCATE and self._active:
             # A standard server (coturn) refuses a signed request without NONCE: ask for a challenge.
             self.auth.standard_server = True
-            q = _Pending(self._active, p.template, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
+            m = self._allocate_request()  # now with coturn's codepoint of ADDITIONAL-ADDRESS-FAMILY
+            q = _Pending(self._active, m, now, now + RETRY_INITIAL, RETRY_INITIAL, RETRY_MAX_ELAPSED)
             q.plain = True
-            self._queue(self._active, p.template, now, q)
+            self._queue(self._active, m, now, q)
+            return
+        if code == 440 and method == Method.ALLOCATE and self._dual():
+            # The server cannot give two families (coturn with external-ip): its default family, once.
+            log.info("TURN %s: dual allocation refused (440), asking for one family", self.server)
+            self._single_family = True
+            self._allocate(now)
             return
         if code == 437:
             self._invalidate()
@@ -394,9 +388,7 @@ class Allocation(DataPath):
             lifetime = msg.u32(Attr.LIFETIME)
             if lifetime is None:
                 return
-            relayed = msg.addresses(Attr.XOR_RELAYED_ADDRESS)
-            v4 = next((a for a in relayed if a.ip.version == 4), None)
-            v6 = next((a for a in relayed if a.ip.version == 6), None)
+            v4, v6 = tw.relayed_addresses(msg)
             if v4 is None and v6 is None:
                 return
             self._lifetime = (now, secs(lifetime))

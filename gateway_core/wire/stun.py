@@ -105,6 +105,9 @@ class Attr(IntEnum):
     FINGERPRINT = 0x8028
     ICE_CONTROLLED = 0x8029
     ICE_CONTROLLING = 0x802A
+    ADDITIONAL_ADDRESS_FAMILY_DRAFT = 0x8032
+    """ADDITIONAL-ADDRESS-FAMILY at the codepoint of the TURN-bis drafts, which coturn before 4.8.0 (e.g.
+    Debian's 4.6.1) reads instead of RFC 8656's 0x8000 (coturn's ``ns_turn_msg_defs_experimental.h``)."""
 
 
 FAMILY_IPV4 = 0x01
@@ -124,10 +127,14 @@ _FIXED_LEN: dict[int, int] = {
     Attr.PRIORITY: 4,
     Attr.USE_CANDIDATE: 0,
     Attr.ADDITIONAL_ADDRESS_FAMILY: 4,
+    Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT: 4,
     Attr.FINGERPRINT: 4,
     Attr.ICE_CONTROLLED: 8,
     Attr.ICE_CONTROLLING: 8,
 }
+_FAMILY_ATTRS = frozenset(
+    {Attr.REQUESTED_ADDRESS_FAMILY, Attr.ADDITIONAL_ADDRESS_FAMILY, Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT}
+)
 _ADDRESS_ATTRS = frozenset(
     {Attr.MAPPED_ADDRESS, Attr.XOR_PEER_ADDRESS, Attr.XOR_RELAYED_ADDRESS, Attr.XOR_MAPPED_ADDRESS}
 )
@@ -234,7 +241,7 @@ def _check_value(attr: int, value: bytes) -> None:
     if want is not None:
         if n != want:
             raise DecodeError(f"attribute 0x{attr:04x} has length {n}, want {want}")
-        if attr in (Attr.REQUESTED_ADDRESS_FAMILY, Attr.ADDITIONAL_ADDRESS_FAMILY) and value[0] not in (
+        if attr in _FAMILY_ATTRS and value[0] not in (
             FAMILY_IPV4,
             FAMILY_IPV6,
         ):

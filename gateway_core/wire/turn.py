@@ -128,19 +128,33 @@ def allocate(
     requested_family: int | None = None,
     additional_family: int | None = None,
     lifetime: int | None = None,
+    draft_codepoint: bool = False,
 ) -> StunMessage:
-    """An unauthenticated ALLOCATE request for a UDP relay (RFC 8656 §7.1)."""
+    """An unauthenticated ALLOCATE request for a UDP relay (RFC 8656 §7.1). ``draft_codepoint``: carry
+    ``additional_family`` at the TURN-bis draft codepoint too (coturn before 4.8.0 reads only that one; each
+    server ignores the codepoint it does not know, as both are comprehension-optional)."""
     m = StunMessage(Method.ALLOCATE, Class.REQUEST, tid)
     m.add(Attr.REQUESTED_TRANSPORT, encode_requested_transport())
     if requested_family is not None:
         m.add(Attr.REQUESTED_ADDRESS_FAMILY, encode_family(requested_family))
     if additional_family is not None:
         m.add(Attr.ADDITIONAL_ADDRESS_FAMILY, encode_family(additional_family))
+        if draft_codepoint:
+            m.add(Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT, encode_family(additional_family))
     if lifetime is not None:
         m.add_u32(Attr.LIFETIME, lifetime)
     if software is not None:
         m.add_text(Attr.SOFTWARE, software)
     return m
+
+
+def relayed_addresses(msg: StunMessage) -> tuple[SocketAddr | None, SocketAddr | None]:
+    """The IPv4 and IPv6 XOR-RELAYED-ADDRESS of an ALLOCATE success (the first of each family). coturn
+    reports a family it could not allocate as ``0.0.0.0:0`` / ``[::]:0`` (with ADDRESS-ERROR-CODE): no
+    address."""
+    got = [a for a in msg.addresses(Attr.XOR_RELAYED_ADDRESS) if a.port and not a.ip.is_unspecified]
+    v4 = next((a for a in got if a.ip.version == 4), None)
+    return v4, next((a for a in got if a.ip.version == 6), None)
 
 
 def refresh(tid: bytes, *, software: str | None = None, lifetime: int | None = None) -> StunMessage:

@@ -6,6 +6,7 @@ short allocation and nonce lifetimes so that refreshes and 438 challenges happen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -43,13 +44,14 @@ class Coturn:
         self.v6 = SocketAddr(ip_address("::1"), port)
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+@contextlib.contextmanager
+def running_coturn(d: Path, extra: tuple[str, ...] = ()) -> Iterator[Coturn]:
+    """coturn with this module's configuration (plus ``extra`` lines) in directory ``d``, until the block
+    ends (stopped by its PID)."""
     exe = shutil.which("turnserver")
     assert exe is not None, "coturn is missing: scripts/debian-packages.txt lists it (make deps)"
-    d: Path = tmp_path_factory.mktemp("coturn")
     port = _free_udp_port("127.0.0.1")
-    lo = 20000 + (os.getpid() % 400) * 100
+    lo = 20000 + (os.getpid() % 400) * 100 + (50 if extra else 0)
     conf = d / "turnserver.conf"
     conf.write_text(
         "\n".join(
@@ -60,7 +62,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
                 "relay-ip=127.0.0.1",
                 "relay-ip=::1",
                 f"min-port={lo}",
-                f"max-port={lo + 99}",
+                f"max-port={lo + 49}",
                 "realm=firezone",
                 "use-auth-secret",
                 f"static-auth-secret={SECRET}",
@@ -78,6 +80,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
                 f"log-file={d / 'turnserver.log'}",
                 "verbose",
                 "simple-log",
+                *extra,
                 "",
             ]
         )
@@ -106,6 +109,19 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    with running_coturn(tmp_path_factory.mktemp("coturn")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def coturn_external_ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    """coturn with ``external-ip`` (a server behind NAT): it refuses dual allocations with 440."""
+    with running_coturn(tmp_path_factory.mktemp("coturn-x"), ("external-ip=127.0.0.1",)) as server:
+        yield server
 
 
 def rest_credentials(name: str) -> tuple[str, str]:

@@ -212,7 +212,9 @@ async def _relayed(monkeypatch: pytest.MonkeyPatch, server: Coturn) -> None:
                 break
             await asyncio.sleep(0.01)
         assert ours.alloc.phase is Phase.ALLOCATED
-        (relayed,) = ours.alloc.relay_candidates()
+        relays = ours.alloc.relay_candidates()
+        assert [c.addr.ip.version for c in relays] == [4, 6]  # both from one ALLOCATE (decision 0171)
+        relayed = relays[0]  # aioice's allocation is IPv4
         local = agent.add_local_candidate(relayed)
         assert local is not None and local.priority == 37748479
         remote = cand.parse("candidate:" + peer_relay.to_sdp())

@@ -22,9 +22,9 @@ from gateway_core.entropy import SeededEntropy
 from gateway_core.turn.allocation import Allocation, Phase, RelaySocket
 from gateway_core.wire import stun
 from gateway_core.wire import turn as tw
-from tests.system.coturn_harness import LIFETIME, Coturn, coturn, rest_credentials
+from tests.system.coturn_harness import LIFETIME, Coturn, coturn, coturn_external_ip, rest_credentials
 
-__all__ = ["coturn"]  # the fixture, imported for pytest
+__all__ = ["coturn", "coturn_external_ip"]  # the fixtures, imported for pytest
 
 pytestmark = pytest.mark.system
 
@@ -175,6 +175,45 @@ def test_allocate_ipv6(coturn: Coturn, driver: Driver) -> None:
     assert t is not None
     driver.send(a, t)
     driver.run(lambda: any(p == b"echo:six" for _, _, p, _ in driver.received), 5)
+
+
+def test_one_allocate_over_ipv4_gives_relays_of_both_families(coturn: Coturn, driver: Driver) -> None:
+    """Decision 0171: coturn 4.6 reads ADDITIONAL-ADDRESS-FAMILY at the draft codepoint only; the allocation
+    (snownet's layout, asked over IPv4) gets coturn's IPv6 relay as well, and it carries data."""
+    a = driver.add(coturn.v4)
+    driver.run(lambda: a.phase is Phase.ALLOCATED, 5)
+    assert a.active_socket == coturn.v4
+    r4, r6 = a.relayed_address(4), a.relayed_address(6)
+    assert r4 is not None and str(r4.ip) == "127.0.0.1" and r6 is not None and str(r6.ip) == "::1"
+    assert sorted(c.addr.ip.version for c in a.relay_candidates()) == [4, 6]
+    peer6 = driver.echo_peer("::1")
+    a.bind_channel(peer6, driver.now())
+    driver.run(lambda: a.channels.connected(peer6, driver.now()) is not None, 5)
+    t = a.encapsulate(peer6, b"v4-client-v6-relay", driver.now())
+    assert t is not None and t.dst == coturn.v4  # to coturn over IPv4, relayed from its IPv6 address
+    driver.send(a, t)
+    driver.run(lambda: any(p == b"echo:v4-client-v6-relay" for _, _, p, _ in driver.received), 5)
+    assert [(x[1], x[3]) for x in driver.received if x[2] == b"echo:v4-client-v6-relay"] == [(peer6, r6)]
+    # A REFRESH (no family attribute) keeps both relays: after one, the IPv6 relay still carries data.
+    first_expiry = a.expires_at()
+    assert first_expiry is not None
+    driver.run(lambda: (a.expires_at() or 0) > first_expiry, 12)
+    t = a.encapsulate(peer6, b"after-refresh", driver.now())
+    assert t is not None
+    driver.send(a, t)
+    driver.run(lambda: any(p == b"echo:after-refresh" for _, _, p, _ in driver.received), 5)
+    assert a.relayed_address(6) == r6
+
+
+def test_a_dual_allocation_refused_for_external_ip_falls_back_to_ipv4(
+    coturn_external_ip: Coturn, driver: Driver
+) -> None:
+    """coturn with ``external-ip`` answers a dual ALLOCATE with 440 ("Dual allocation cannot be supported
+    in the current server configuration"): the allocation asks again for one family and gets IPv4."""
+    a = driver.add(coturn_external_ip.v4)
+    driver.run(lambda: a.phase is Phase.ALLOCATED, 5)
+    assert a.stats.counters["turn.error_440"] == 1
+    assert a.relayed_address(4) is not None and a.relayed_address(6) is None
 
 
 def test_data_between_two_allocations_and_refresh(coturn: Coturn, driver: Driver) -> None:
