@@ -59,6 +59,10 @@ COTURN_RELEASE_DELAY = secs(1)
 CHANNEL_LIFETIME = secs(600)
 PERMISSION_LIFETIME = secs(300)
 """RFC 8656 permission lifetime (coturn flavour)."""
+PORT_MIN = 49152
+PORT_COUNT = 16384
+"""Relayed ports are drawn from 49152-65535, the IANA dynamic range and Firezone's relay default
+(``--lowest-port``/``--highest-port``); at most that many allocations can hold a port at once."""
 
 
 @dataclass(slots=True)
@@ -255,7 +259,9 @@ class DevRelay:
             if coturn and not self.dual:
                 return self._error(msg, 440, key, local, remote)
             want.add(6)
-        port = 49152 + self._entropy.randbelow(16384)
+        port = self._free_port()
+        if port is None:
+            return self._error(msg, 508, key, local, remote)  # RFC 8656 Insufficient Capacity
         relayed = [SocketAddr(a.ip, port) for a in self.relay_ips if a.ip.version in want]
         if not relayed:
             return self._error(msg, 440, key, local, remote)
@@ -276,6 +282,21 @@ class DevRelay:
         r.add_xor_address(Attr.XOR_MAPPED_ADDRESS, remote)
         r.add_u32(Attr.LIFETIME, life)
         return self._reply(local, remote, r, key)
+
+    def _free_port(self) -> int | None:
+        """A random relayed port no allocation holds (on any address), or ``None`` when all are held.
+
+        Drawn again until free, as Firezone's relay does (``create_new_allocation`` in
+        ``rust/relay/server/src/server.rs``): a port drawn once and used twice would route the first
+        allocation's peer traffic to the second (the stateful test's nightly run found it). A free first
+        draw costs one draw as before, so runs without a collision keep their entropy stream."""
+        held = {a.port for a in self._by_relayed}
+        if len(held) >= PORT_COUNT:
+            return None
+        while True:
+            port = PORT_MIN + self._entropy.randbelow(PORT_COUNT)
+            if port not in held:
+                return port
 
     def _taken(self, now: Instant, remote: SocketAddr) -> bool:
         alloc = self.allocations.get(remote)

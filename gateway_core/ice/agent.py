@@ -9,7 +9,8 @@ Every (local, remote) couple of the same IP family forms a :class:`~gateway_core
 two pairs with the same local base and remote address only the higher-priority one is kept, at most 100.
 
 Checks run forever on every pair on the schedule of :mod:`gateway_core.ice.pair` (they double as consent
-and keepalive); a pair whose last ``max_retransmits`` checks all went unanswered is removed. Requests from
+and keepalive); a pair whose last ``max_retransmits`` checks all went unanswered is removed (after a
+timing change not before one last-resend window of the new timing: decision 0169). Requests from
 the peer are answered (XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY with our password, FINGERPRINT); a request
 from an unknown address creates a remote peer-reflexive candidate, a request on an unknown couple creates
 a pair (a triggered check, since a new pair is checked at once). USE-CANDIDATE from the controlling peer
@@ -36,7 +37,7 @@ from gateway_core.contract import Deadline, advance
 from gateway_core.entropy import Entropy
 from gateway_core.errors import UsageError
 from gateway_core.ice import candidate as cand
-from gateway_core.ice.pair import DEFAULT_TIMING, MAX_PAIRS, Pair, StunTiming, pair_priority
+from gateway_core.ice.pair import DEFAULT_TIMING, MAX_PAIRS, Pair, StunTiming, pair_priority, resend_delay
 from gateway_core.stats import Stats
 from gateway_core.wire.stun import Attr, Class, Method, StunMessage
 
@@ -341,9 +342,23 @@ class IceAgent:
     # --- time -------------------------------------------------------------------------------------------
 
     def set_timing(self, timing: StunTiming, now: Instant) -> None:
+        """Switch the check schedule (snownet: idle <-> default timings). str0m applies the new timing's
+        failure rule to the attempts made under the old one, so a connection that went idle during an
+        outage (a full tail of unanswered checks, kept alive by the idle timing's 25 s) lost its pair the
+        moment traffic came back, before a single check could show that the path had healed. Here a pair
+        still possible under the old timing keeps one last-resend window of the new one (decision 0169);
+        its overdue check leaves at once, so a healed path answers in time and a dead one fails 1.5 s
+        later than in str0m."""
+        now = max(now, self._now)
+        old = self.timing
         self.timing = timing
+        grace = Instant(now + resend_delay(timing, timing.max_retransmits))
         for p in self.pairs:
-            p.recompute(max(now, self._now), timing)
+            before = p.fail_at(old)
+            p.recompute(now, timing)
+            after = p.fail_at(timing)
+            if after is not None and after < grace and (before is None or before > now):
+                p.fail_floor = grace
 
     def handle_timeout(self, now: Instant) -> None:
         self._now = advance(self._now, now)

@@ -12,7 +12,9 @@ is computed when an attempt is sent, a response arrives or the timing changes, a
 
 Checks never stop (they are the consent/keepalive mechanism). A pair fails when all ``max_retransmits``
 recorded attempts are unanswered and ``now >= last_sent + resend_delay(max_retransmits)``: with the default
-timing (250 ms, 1.5 s, 12) a never-answered pair is checked 12 times and removed at 15.25 s.
+timing (250 ms, 1.5 s, 12) a never-answered pair is checked 12 times and removed at 15.25 s. One deviation
+from str0m (decision 0169): a timing change never fails a pair retroactively; the agent gives a pair that
+was still possible a ``fail_floor`` of one last-resend window of the new timing from the change.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class Pair:
     fail_memo: tuple[StunTiming, Instant | None] | None = field(default=None, repr=False)
     """``fail_at``'s last answer and the timing it was for; cleared whenever ``attempts`` change (only
     :meth:`record_attempt` and :meth:`record_answer` change them)."""
+    fail_floor: Instant = Instant(0)
+    """The earliest time this pair may fail, set by :meth:`IceAgent.set_timing` (decision 0169): a pair
+    that was still possible when the timing changed keeps one last-resend window of the new timing."""
 
     def record_attempt(self, tid: bytes, now: Instant, timing: StunTiming) -> None:
         if self.nominated:
@@ -130,9 +135,12 @@ class Pair:
         newest first without copying the deque (an answered attempt is usually the newest)."""
         memo = self.fail_memo
         if memo is not None and memo[0] == timing:
-            return memo[1]
-        at = self._fail_at(timing)
-        self.fail_memo = (timing, at)
+            at = memo[1]
+        else:
+            at = self._fail_at(timing)
+            self.fail_memo = (timing, at)
+        if at is not None and at < self.fail_floor:
+            return self.fail_floor
         return at
 
     def _fail_at(self, timing: StunTiming) -> Instant | None:
