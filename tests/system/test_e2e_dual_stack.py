@@ -58,13 +58,17 @@ def topo() -> Iterator[Topology]:
         relay6 = f"relay [{t.ip6('relay2')}]:"
         try:
             # "connected" may show before ICE gathered: wait for the IPv6-only client's own candidates.
-            wait_for(
-                "client3's host and IPv6 relayed candidates",
-                lambda: (
-                    any(c.startswith("host") for c in _local(t))
-                    and any(c.startswith(relay6) for c in _local(t))
-                ),
-            )
+            try:
+                wait_for(
+                    "client3's host and IPv6 relayed candidates",
+                    lambda: (
+                        any(c.startswith("host") for c in _local(t))
+                        and any(c.startswith(relay6) for c in _local(t))
+                    ),
+                )
+            except AssertionError as e:
+                paths = t.client_status(V6_CLIENT).get("paths")
+                raise AssertionError(f"{e}; client3's paths: {paths}") from e
             yield t
         finally:
             for name in ("gateway", "client", "client3", "relay2"):
