@@ -35,7 +35,8 @@ def _worlds(shard: int, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int,
     if shard:
         machine = seed(shard)(type(f"Shard{shard}", (machine,), {}))
     ci = settings(settings.get_profile("stateful-ci"), max_examples=8)
-    run_state_machine_as_test(machine, settings=ci)
+    with machine_module.same_examples_everywhere():
+        run_state_machine_as_test(machine, settings=ci)
     return list(_Recorder.worlds)
 
 
@@ -66,7 +67,8 @@ def test_the_ci_shards_together_draw_each_kind_in_its_share(monkeypatch: pytest.
         machine: type[machine_module.GatewayMachine] = machine_module.GatewayMachine
         if shard:
             machine = seed(shard)(type(f"MixShard{shard}", (machine,), {}))
-        run_state_machine_as_test(machine, settings=settings.get_profile("stateful-ci"))
+        with machine_module.same_examples_everywhere():
+            run_state_machine_as_test(machine, settings=settings.get_profile("stateful-ci"))
         drawn = Counter(machine_module.DRAWN)
         examples += machine_module.EXAMPLES[0]
         assert all(drawn[k] >= machine_module.MIN_PER_KIND for k in machine_module.KINDS), (shard, drawn)
