@@ -58,6 +58,10 @@ def topo() -> Iterator[Topology]:
         relay6 = f"relay [{t.ip6('relay2')}]:"
         try:
             # "connected" may show before ICE gathered: wait for the IPv6-only client's own candidates.
+            # The client samples the connection's relay from all its allocations, as snownet does; when it
+            # samples relay1, which it cannot reach, its relayed candidates come only once that allocation
+            # is given up (8 s) and the connection re-homed, possibly more than once when a new grant
+            # brings relay1 back: the bound allows for several such rounds on a loaded machine.
             try:
                 wait_for(
                     "client3's host and IPv6 relayed candidates",
@@ -65,6 +69,7 @@ def topo() -> Iterator[Topology]:
                         any(c.startswith("host") for c in _local(t))
                         and any(c.startswith(relay6) for c in _local(t))
                     ),
+                    timeout=90,
                 )
             except AssertionError as e:
                 paths = t.client_status(V6_CLIENT).get("paths")
