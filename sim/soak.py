@@ -25,8 +25,8 @@ reached its bound) a sample is taken every cycle, counting the bytes still held 
 by everything. Two parts of the gateway fill up slowly by design and set the warm-up: the TURN channel
 bindings of its allocations (a roamed client's new address takes a new channel, which lives
 ``CHANNEL_LIFETIME`` = 10 min and is then quarantined ``CHANNEL_REBIND_QUARANTINE`` = 5 min,
-``gateway_core/turn/channels.py``; its record is not pruned after that but kept until the number comes
-round again, so the table keeps growing slowly towards 4,096 records per allocation), and the portal
+``gateway_core/turn/channels.py``; an idle record is forgotten at the next bind after that, so the
+table holds the last 15 minutes' binds and the channels in use), and the portal
 channel's pushes still awaiting a reply (at most ``max_in_flight`` = 256 are remembered,
 ``gateway_core/portal/outbox.py``).
 :class:`SoakResult` keeps the samples; a flat run is one whose

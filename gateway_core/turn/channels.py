@@ -9,6 +9,14 @@ reused for a new bind to the same peer). A number is reused for another peer onl
 any data received since it was bound (RFC 8656's 5 min quarantine). Channels with data received since
 their last bind are refreshed at 5 min. Iteration is in channel-number order (deterministic traces).
 
+A record that can be reused (no data since its bind, 15 min old) behaves exactly as a missing one, so it
+is forgotten: every bind and confirmation queues ``(bound_at + 15 min, number, bound_at)`` in time order,
+and :meth:`Channels.new_channel` and :meth:`Channels.set_confirmed` first forget the queued records that
+have come due and are still idle and unchanged. snownet keeps them until the number comes round again
+(up to 4,096 per allocation); here an allocation holds only the records of the last 15 minutes' binds and
+of channels in use, and the queue holds at most 15 minutes of binds (no timer: it is drained on the
+next bind, which is the only thing that needs the room).
+
 The refresh deadlines are kept in a :class:`~gateway_core.contract.TimerHeap` (decision 0140): a channel
 enters it when it first receives data after a bind (one check per received datagram, no rescheduling)
 and leaves it when it is bound again or forgotten, so the allocation's ``poll_timeout`` does not walk its
@@ -17,6 +25,7 @@ and leaves it when it is bound again or forgotten, so the allocation's ``poll_ti
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,7 +59,7 @@ class _Channel:
 class Channels:
     """Channel numbers of one allocation; see the module docstring."""
 
-    __slots__ = ("_by_number", "_by_peer", "_due", "_full_until", "_next")
+    __slots__ = ("_by_number", "_by_peer", "_due", "_full_until", "_next", "_reusable")
 
     def __init__(self) -> None:
         self._by_number: dict[int, _Channel] = {}
@@ -59,6 +68,8 @@ class Channels:
         self._next = CHANNEL_MIN
         self._due: TimerHeap[int] = TimerHeap()
         self._full_until = Instant(0)
+        self._reusable: deque[tuple[int, int, int]] = deque()
+        """``(reusable at, number, bound_at)`` per bind and confirmation, in time order (module docstring)."""
 
     def __len__(self) -> int:
         return len(self._by_number)
@@ -91,8 +102,19 @@ class Channels:
         c = self._by_number.get(number)
         return c.peer if c else None
 
+    def _forget_reusable(self, now: Instant) -> None:
+        """Forget the records that have become reusable (idle since a bind 15 min ago): they behave as
+        missing ones everywhere (:meth:`new_channel` takes either; the lookups skip records that old)."""
+        queue = self._reusable
+        while queue and queue[0][0] <= now:
+            _, n, bound_at = queue.popleft()
+            c = self._by_number.get(n)
+            if c is not None and c.bound_at == bound_at and c.no_activity():
+                self.forget(n)
+
     def new_channel(self, peer: SocketAddr, now: Instant) -> int | None:
         """A number for a new CHANNEL-BIND to ``peer``, or ``None`` when all 4096 are taken."""
+        self._forget_reusable(now)
         existing = self.bound_to(peer, now)
         if existing is not None:
             return existing
@@ -109,6 +131,7 @@ class Channels:
                 self._by_number[n] = _Channel(peer, False, now, now)
                 self._by_peer.setdefault(peer, set()).add(n)
                 self._due.discard(n)
+                self._reusable.append((now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE, n, now))
                 return n
             if c.no_activity():
                 at = c.bound_at + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
@@ -120,6 +143,7 @@ class Channels:
         return None
 
     def set_confirmed(self, number: int, now: Instant) -> bool:
+        self._forget_reusable(now)
         c = self._by_number.get(number)
         if c is None:
             return False
@@ -127,6 +151,7 @@ class Channels:
         c.bound_at = now
         c.last_received = now
         self._due.discard(number)  # no data since this bind: nothing to refresh until some arrives
+        self._reusable.append((now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE, number, now))
         return True
 
     def forget(self, number: int) -> None:
@@ -138,6 +163,7 @@ class Channels:
         self._by_number.clear()
         self._by_peer.clear()
         self._due = TimerHeap()
+        self._reusable.clear()
 
     def receive(self, number: int, now: Instant) -> SocketAddr | None:
         """ChannelData arrived on ``number``: its peer if the channel is bound (records the receipt)."""
