@@ -29,6 +29,7 @@ nonces from an injected ``Entropy``.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import KeysView
 from dataclasses import dataclass, field
@@ -104,6 +105,10 @@ class DevRelay:
         self._by_relayed: dict[SocketAddr, RelayAllocation] = {}
         self._releasing: dict[SocketAddr, int] = {}
         """coturn flavour: 5-tuples of deleted allocations and when they become free."""
+        self._expiries: list[tuple[int, int, SocketAddr]] = []
+        """``(expires_at, seq, client)`` per allocation and refresh (a heap; stale entries are skipped):
+        Firezone's relay frees expired allocations on its timer, this one at the next datagram after."""
+        self._seq = 0
         self.drop_all = False
         self.log: deque[tuple[str, str]] = deque(maxlen=LOG_KEPT)
         """The latest requests (method, source), for reading a run by hand; a ring, so a relay that runs
@@ -135,9 +140,24 @@ class DevRelay:
 
     # -- entry point --
 
+    def _expire(self, now: Instant) -> None:
+        """Free the allocations whose lifetime has run out (a client that roamed away never refreshes or
+        deletes its old one)."""
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            _, _, client = heapq.heappop(heap)
+            alloc = self.allocations.get(client)
+            if alloc is not None and now >= alloc.expires_at:
+                self._free(alloc)
+
+    def _expires(self, alloc: RelayAllocation) -> None:
+        self._seq += 1
+        heapq.heappush(self._expiries, (alloc.expires_at, self._seq, alloc.client))
+
     def handle(self, now: Instant, local: SocketAddr, remote: SocketAddr, data: bytes) -> list[Transmit]:
         if self.drop_all:
             return []
+        self._expire(now)
         if local in self._by_relayed:
             return self._from_peer(now, self._by_relayed[local], local, remote, data)
         if local not in self.listen:
@@ -214,6 +234,7 @@ class DevRelay:
                     self._releasing[remote] = now + COTURN_RELEASE_DELAY
             else:
                 alloc.expires_at = now + secs(life)
+                self._expires(alloc)
             r.add_u32(Attr.LIFETIME, life)
         elif msg.method == Method.CHANNEL_BIND:
             peer, number = msg.address(Attr.XOR_PEER_ADDRESS), msg.channel_number()
@@ -270,6 +291,7 @@ class DevRelay:
         life = DEFAULT_LIFETIME if life is None else min(life, MAX_LIFETIME)
         alloc = RelayAllocation(remote, relayed, now + secs(life), username)
         self.allocations[remote] = alloc
+        self._expires(alloc)
         for a in relayed:
             self._by_relayed[a] = alloc
         r = StunMessage(Method.ALLOCATE, Class.SUCCESS, msg.transaction_id)

@@ -212,6 +212,13 @@ class ClientSignalling:
 
         self._later(f"init {host.name}", deliver)
 
+    def _forget_old_keys(self) -> None:
+        """Drop the credentials of keys no client has any more (a roamed client's old key): new credentials
+        come once per join or roam, so the table stays as large as the clients' current keys need."""
+        current = {encode_key(cfg.public_key) for cfg in self.portal.config.clients}
+        for k in [k for k in self._relay_creds if k[0] not in current]:
+            del self._relay_creds[k]
+
     def client_relays(self, client_key: str) -> tuple[RelayConfig, ...]:
         """The online relays with TURN credentials for the client's key (as the client channel's init)."""
         expires = self.portal.unix_now + RELAY_CREDENTIAL_LIFETIME
@@ -223,6 +230,7 @@ class ClientSignalling:
         for r in online:
             creds = self._relay_creds.get((client_key, str(r.id), r.secret))
             if creds is None:
+                self._forget_old_keys()
                 creds = relay_credentials(r, client_key, expires)  # coturn relays: TURN REST
                 self._relay_creds[(client_key, str(r.id), r.secret)] = creds
             user, pwd = creds

@@ -85,3 +85,37 @@ def test_every_port_held_is_insufficient_capacity(monkeypatch: pytest.MonkeyPatc
     third = _allocate(server, _client(2), 5)
     assert third.relayed_address(4) is None
     assert len(server.allocations) == 2
+
+
+def test_an_allocation_nobody_refreshes_is_freed_once_its_lifetime_is_over() -> None:
+    """A client that roamed away never refreshes nor deletes its old allocation: as Firezone's relay frees
+    it on its timer, the dev relay frees it at the first datagram after its lifetime (600 s)."""
+    server = DevRelay([RELAY4], RELAY_IPS, SECRET, SeededEntropy(3, b"srv"))
+    gone = _allocate(server, _client(0), 1).relayed_address(4)
+    assert gone is not None and _client(0) in server.allocations
+    binding = stun.StunMessage(stun.Method.BINDING, stun.Class.REQUEST, bytes(12)).encode()
+    life = relay_mod.secs(relay_mod.DEFAULT_LIFETIME)
+    server.handle(Instant(life - 1), RELAY4, _client(1), binding)
+    assert _client(0) in server.allocations and gone in server.relayed_addresses()
+    server.handle(Instant(life), RELAY4, _client(1), binding)
+    assert _client(0) not in server.allocations and gone not in server.relayed_addresses()
+
+
+def test_a_refreshed_allocation_lives_on() -> None:
+    server = DevRelay([RELAY4], RELAY_IPS, SECRET, SeededEntropy(3, b"srv"))
+    alloc = _allocate(server, _client(0), 1)
+    life = relay_mod.secs(relay_mod.DEFAULT_LIFETIME)
+    refreshes = 0
+    while refreshes == 0:  # run the allocation's timers (keepalives, then its REFRESH) against the server
+        deadline = alloc.poll_timeout()
+        assert deadline is not None and deadline.at < life  # it refreshes before the lifetime ends
+        now = deadline.at
+        alloc.handle_timeout(now)
+        while (t := alloc.poll_transmit()) is not None:
+            refreshes += stun.decode(t.payload).method == stun.Method.REFRESH
+            for r in server.handle(now, t.dst, _client(0), t.payload):
+                assert r.src is not None
+                alloc.handle_input(r.src, r.dst, stun.decode(r.payload), now)
+    binding = stun.StunMessage(stun.Method.BINDING, stun.Class.REQUEST, bytes(12)).encode()
+    server.handle(Instant(life + 1), RELAY4, _client(1), binding)
+    assert _client(0) in server.allocations and alloc.relayed_address(4) in server.relayed_addresses()
