@@ -76,6 +76,14 @@ class RelayAllocation:
     permissions: dict[str, int] = field(default_factory=dict)
 
 
+def _forget_expired(alloc: RelayAllocation, now: Instant) -> None:
+    """Drop the channels past their lifetime and quarantine and the expired permissions: every lookup
+    ignores them already, and an allocation that lives for hours while its peers roam would keep them all."""
+    quarantine = secs(300)
+    alloc.channels = {n: (p, exp) for n, (p, exp) in alloc.channels.items() if now < exp + quarantine}
+    alloc.permissions = {ip: exp for ip, exp in alloc.permissions.items() if now < exp}
+
+
 class DevRelay:
     """See the module docstring."""
 
@@ -240,12 +248,14 @@ class DevRelay:
             peer, number = msg.address(Attr.XOR_PEER_ADDRESS), msg.channel_number()
             if peer is None or number is None or not tw.CHANNEL_MIN <= number <= tw.CHANNEL_MAX:
                 return self._error(msg, 400, key, local, remote)
+            _forget_expired(alloc, now)
             for n, (p, exp) in alloc.channels.items():
                 if now < exp + secs(300) and ((n == number) != (p == peer)):
                     return self._error(msg, 400, key, local, remote)
             alloc.channels[number] = (peer, now + CHANNEL_LIFETIME)
             alloc.permissions[str(peer.ip)] = now + PERMISSION_LIFETIME
         elif msg.method == Method.CREATE_PERMISSION:
+            _forget_expired(alloc, now)
             for peer in msg.addresses(Attr.XOR_PEER_ADDRESS):
                 alloc.permissions[str(peer.ip)] = now + PERMISSION_LIFETIME
         else:

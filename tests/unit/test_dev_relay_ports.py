@@ -119,3 +119,36 @@ def test_a_refreshed_allocation_lives_on() -> None:
     binding = stun.StunMessage(stun.Method.BINDING, stun.Class.REQUEST, bytes(12)).encode()
     server.handle(Instant(life + 1), RELAY4, _client(1), binding)
     assert _client(0) in server.allocations and alloc.relayed_address(4) in server.relayed_addresses()
+
+
+def _pump(server: DevRelay, alloc: Allocation, client: SocketAddr, now: Instant) -> None:
+    while (t := alloc.poll_transmit()) is not None:
+        for r in server.handle(now, t.dst, client, t.payload):
+            assert r.src is not None
+            alloc.handle_input(r.src, r.dst, stun.decode(r.payload), now)
+
+
+def test_a_long_lived_allocation_forgets_channels_past_their_quarantine() -> None:
+    """Peers come and go on an allocation that lives for hours (the gateway's): a channel past its 10 min
+    lifetime and 5 min quarantine, and an expired permission, are dropped at the next bind."""
+    server = DevRelay([RELAY4], RELAY_IPS, SECRET, SeededEntropy(3, b"srv"))
+    alloc = _allocate(server, _client(0), 1)
+    gone, fresh = SocketAddr(IPv4Address("198.51.100.1"), 4000), SocketAddr(IPv4Address("198.51.100.2"), 4000)
+    alloc.bind_channel(gone, Instant(0))
+    _pump(server, alloc, _client(0), Instant(0))
+    held = server.allocations[_client(0)]
+    assert [p for p, _ in held.channels.values()] == [gone] and str(gone.ip) in held.permissions
+    later = Instant(relay_mod.CHANNEL_LIFETIME + relay_mod.secs(300))
+    now = Instant(0)
+    while now < later:  # the allocation's own timers (keepalives, REFRESH) keep it alive meanwhile
+        deadline = alloc.poll_timeout()
+        assert deadline is not None
+        now = Instant(min(deadline.at, later))
+        alloc.handle_timeout(now)
+        _pump(server, alloc, _client(0), now)
+    assert server.allocations[_client(0)] is held  # the same allocation, refreshed
+    alloc.bind_channel(fresh, later)
+    _pump(server, alloc, _client(0), later)
+    held = server.allocations[_client(0)]
+    assert [p for p, _ in held.channels.values()] == [fresh]
+    assert set(held.permissions) == {str(fresh.ip)}
