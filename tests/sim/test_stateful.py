@@ -35,6 +35,7 @@ from sim.stateful import (
     KINDS,
     WEIGHTS,
     Harness,
+    InvariantError,
     Program,
     Step,
     StepKind,
@@ -130,6 +131,10 @@ def same_examples_everywhere() -> Iterator[None]:
 
 
 REGRESSIONS = json.loads((Path(__file__).parent / "stateful_regressions.json").read_text(encoding="ascii"))
+OPEN = json.loads((Path(__file__).parent / "stateful_open.json").read_text(encoding="ascii"))
+"""Failures the nightly profile found that are not fixed yet (``docs/testing.md``), each with the failure
+it gives: kept so that they stay visible and a fix shows (the test below then fails: move the program to
+the regressions)."""
 EDGE_PROGRAMS = edge_programs()
 """Programs that walk every edge case of the step kinds that have a fixed table of them (see
 :func:`sim.stateful.edges.edge_programs`)."""
@@ -301,6 +306,14 @@ def test_gateway_world_against_the_reference_model(shard: int | str) -> None:
 
 
 # --- regressions found by the stateful test (kept as explicit programs) --------------------------------
+
+
+@pytest.mark.parametrize("case", OPEN, ids=[r["name"] for r in OPEN])
+def test_open_nightly_finding_still_fails_as_written_down(case: dict[str, object]) -> None:
+    program = Program.loads(json.dumps(case["program"]))
+    with pytest.raises(InvariantError) as failed:
+        run_program(program)
+    assert str(case["failure"]) in str(failed.value)
 
 
 @pytest.mark.parametrize("case", REGRESSIONS, ids=[r["name"] for r in REGRESSIONS])
