@@ -108,3 +108,31 @@ def test_without_verify_a_segment_is_trusted_as_it_is() -> None:
     batch = [segs[0], bytes(bad), segs[2]]
     assert len(coalesce(batch, verify=False)) == 1
     assert len(coalesce(batch, verify=True)) == 3
+
+
+def _one_flow(kind: str, version: int, src: str, sport: int) -> list[bytes]:
+    dst = ADDRS[version][1]
+    ip = IP(src=src, dst=dst, id=1, flags="DF") if version == 4 else IPv6(src=src, dst=dst)
+    if kind == "tcp":
+        return split_tcp(
+            bytes(ip / TCP(sport=sport, dport=5201, seq=7, ack=7, flags="A") / (b"t" * 4000)), 1000
+        )
+    return split_udp(bytes(ip / UDP(sport=sport, dport=5201) / (b"u" * 4000)), 1000)
+
+
+def test_flows_one_byte_apart_stay_apart_and_each_is_merged_whole() -> None:
+    """Two flows whose 5-tuples differ in one byte only (the first of the source address, or the last of
+    the source port), their segments interleaved: each flow becomes exactly one super-packet of its own."""
+    for version, (src_a, src_b) in ((4, ("10.0.0.1", "11.0.0.1")), (6, ("fd00::1", "fe00::1"))):
+        for kind in ("tcp", "udp"):
+            for (a_src, a_port), (b_src, b_port) in (
+                ((src_a, 40000), (src_b, 40000)),
+                ((src_a, 40000), (src_a, 40001)),
+            ):
+                a = _one_flow(kind, version, a_src, a_port)
+                b = _one_flow(kind, version, b_src, b_port)
+                batch = [p for pair in zip(a, b, strict=True) for p in pair]
+                frames = coalesce(batch, udp=True)
+                assert len(frames) == 2, (version, kind, a_src, b_src, a_port, b_port)
+                got = [segment(VnetHdr.unpack(f), f[VNET_HDR_LEN:]) for f in frames]
+                assert got == [a, b]
