@@ -60,6 +60,8 @@ COTURN_RELEASE_DELAY = secs(1)
 CHANNEL_LIFETIME = secs(600)
 PERMISSION_LIFETIME = secs(300)
 """RFC 8656 permission lifetime (coturn flavour)."""
+CHANNEL_QUARANTINE = secs(300)
+"""RFC 8656 §12: a channel's number and peer stay tied 5 min past its lifetime."""
 PORT_MIN = 49152
 PORT_COUNT = 16384
 """Relayed ports are drawn from 49152-65535, the IANA dynamic range and Firezone's relay default
@@ -79,8 +81,7 @@ class RelayAllocation:
 def _forget_expired(alloc: RelayAllocation, now: Instant) -> None:
     """Drop the channels past their lifetime and quarantine and the expired permissions: every lookup
     ignores them already, and an allocation that lives for hours while its peers roam would keep them all."""
-    quarantine = secs(300)
-    alloc.channels = {n: (p, exp) for n, (p, exp) in alloc.channels.items() if now < exp + quarantine}
+    alloc.channels = {n: (p, exp) for n, (p, exp) in alloc.channels.items() if now < exp + CHANNEL_QUARANTINE}
     alloc.permissions = {ip: exp for ip, exp in alloc.permissions.items() if now < exp}
 
 
@@ -250,7 +251,7 @@ class DevRelay:
                 return self._error(msg, 400, key, local, remote)
             _forget_expired(alloc, now)
             for n, (p, exp) in alloc.channels.items():
-                if now < exp + secs(300) and ((n == number) != (p == peer)):
+                if now < exp + CHANNEL_QUARANTINE and ((n == number) != (p == peer)):
                     return self._error(msg, 400, key, local, remote)
             alloc.channels[number] = (peer, now + CHANNEL_LIFETIME)
             alloc.permissions[str(peer.ip)] = now + PERMISSION_LIFETIME

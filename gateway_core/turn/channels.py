@@ -40,6 +40,8 @@ CHANNEL_REBIND_QUARANTINE = secs(300)
 """RFC 8656 §12: 5 more minutes before a number or peer may be rebound to something else."""
 CHANNEL_REFRESH_AFTER = secs(300)
 """snownet refreshes channels that received data once they are 5 min old (half the lifetime)."""
+_REUSABLE_AFTER = CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+"""A number is free for another peer, and an idle record forgettable, this long after its bind."""
 
 
 @dataclass(slots=True)
@@ -96,7 +98,7 @@ class Channels:
         return self._find(peer, now, CHANNEL_LIFETIME, False)
 
     def bound_to(self, peer: SocketAddr, now: Instant) -> int | None:
-        return self._find(peer, now, CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE, True)
+        return self._find(peer, now, _REUSABLE_AFTER, True)
 
     def peer_of(self, number: int) -> SocketAddr | None:
         c = self._by_number.get(number)
@@ -125,20 +127,20 @@ class Channels:
         for i in range(span):
             n = CHANNEL_MIN + (self._next - CHANNEL_MIN + i) % span
             c = self._by_number.get(n)
-            if c is None or (c.no_activity() and c.age(now) >= CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE):
+            if c is None or (c.no_activity() and c.age(now) >= _REUSABLE_AFTER):
                 self._next = CHANNEL_MIN if n == CHANNEL_MAX else n + 1
                 self._unindex(n)
                 self._by_number[n] = _Channel(peer, False, now, now)
                 self._by_peer.setdefault(peer, set()).add(n)
                 self._due.discard(n)
-                self._reusable.append((now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE, n, now))
+                self._reusable.append((now + _REUSABLE_AFTER, n, now))
                 return n
             if c.no_activity():
-                at = c.bound_at + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+                at = c.bound_at + _REUSABLE_AFTER
                 reusable_at = at if reusable_at is None or at < reusable_at else reusable_at
         # No number is reusable before this: an idle record at its age, a busy one re-bound from now on
         # 15 min after that; a forgotten number shrinks the table, which ends the shortcut.
-        soonest = now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE
+        soonest = now + _REUSABLE_AFTER
         self._full_until = Instant(soonest if reusable_at is None else min(reusable_at, soonest))
         return None
 
@@ -151,7 +153,7 @@ class Channels:
         c.bound_at = now
         c.last_received = now
         self._due.discard(number)  # no data since this bind: nothing to refresh until some arrives
-        self._reusable.append((now + CHANNEL_LIFETIME + CHANNEL_REBIND_QUARANTINE, number, now))
+        self._reusable.append((now + _REUSABLE_AFTER, number, now))
         return True
 
     def forget(self, number: int) -> None:

@@ -266,12 +266,11 @@ class Edges:
             s.model.nat_settle(c, name, now)
         # In lossy worlds a warm-up probe's packet or answer may come late, in this window (its client held
         # it while a lost handshake was retried): it is not part of the collision.
-        late, flushed = self.traffic.prober.late_record, self.traffic.prober.late_flush
-        got = [[r for r in rs if not late(i, r)] for i, rs in enumerate(self.inv.since(mark))]
+        prober = self.traffic.prober
+        got = prober.without_late_records(self.inv.since(mark))
         self.inv.nothing_for_others(c, got)
         mine = [r for r in got[c] if not isinstance(r, DnsAnswer | DomainStatusReceived | GoodbyeReceived)]
-        since = self.inv.arrivals_since(mark)
-        arrivals = {h: [a for a in new if not flushed(h, a)] for h, new in since.items()}
+        arrivals = prober.without_late_arrivals(self.inv.arrivals_since(mark))
         at_app = arrivals.get("app", [])
         for host, new in arrivals.items():
             if host != "app" and new:

@@ -186,6 +186,14 @@ class Prober:
         """Lossy worlds: client ``c`` received ``r``, the late answer of one of its earlier probes."""
         return self.s.model.lossy and any(p.c == c and p.owns(r) for p in self.earlier)
 
+    def without_late_records(self, got: list[list[Received]]) -> list[list[Received]]:
+        """Each client's records (``Invariants.since``) without the late answers of its earlier probes."""
+        return [[r for r in rs if not self.late_record(c, r)] for c, rs in enumerate(got)]
+
+    def without_late_arrivals(self, arrivals: dict[str, list[Arrival]]) -> dict[str, list[Arrival]]:
+        """Each host's arrivals (``Invariants.arrivals_since``) without late packets of earlier probes."""
+        return {h: [a for a in new if not self.late_flush(h, a)] for h, new in arrivals.items()}
+
     def check(self, p: Probe) -> None:
         """``p``'s records and arrivals match one of its alternatives (raises otherwise)."""
         n = len(p.arrivals)

@@ -371,7 +371,7 @@ class Traffic:
                 s.model.nat_query(c, name)  # the client asks its NAT request again
                 s.model.nat_settle(c, name, now)
         s.world.run_for(DNS_SETTLE if not s.model.upstream_ok else PROBE_SETTLE)
-        got = self.inv.since(mark)
+        got = self.prober.without_late_records(self.inv.since(mark))  # (a late record is never a DNS answer)
         answers = [r for r in got[c] if isinstance(r, DnsAnswer)]
         for name, rtype, pred_dns in direct:
             expect_dns(
@@ -383,17 +383,12 @@ class Traffic:
                 [r for r in answers if (r.name, r.rtype) == (name, rtype)],
                 lossy=s.model.lossy,
             )
-        others = [
-            r
-            for r in got[c]
-            if not isinstance(r, DnsAnswer | DomainStatusReceived | GoodbyeReceived)
-            and not self.prober.late_record(c, r)
-        ]
+        others = [r for r in got[c] if not isinstance(r, DnsAnswer | DomainStatusReceived | GoodbyeReceived)]
         new = self.inv.arrivals_since(mark)
+        fresh = self.prober.without_late_arrivals(new)
         for host in ("web", "app", "inet"):
-            stray = [a for a in new.get(host, []) if not self.prober.late_flush(host, a)]
-            if stray:
-                raise InvariantError(f"{host} received packets during a DNS query: {stray}")
+            if fresh.get(host):
+                raise InvariantError(f"{host} received packets during a DNS query: {fresh[host]}")
         arrived = len(new.get("webdns", []))
         if tunnel is None:
             if others or arrived:
@@ -402,8 +397,7 @@ class Traffic:
             name, rtype, answer, pred = tunnel
             asked = [r for r in answers if (r.name, r.rtype) == (name, rtype)]
             self._check_tunnel_query(c, name, rtype, answer, pred, asked, others, arrived)
-        late = self.prober.late_record
-        self.inv.nothing_for_others(c, [[r for r in rs if not late(i, r)] for i, rs in enumerate(got)])
+        self.inv.nothing_for_others(c, got)
         self.inv.upstream(mark, upstream)
         if not s.model.has_peer(c, s.world.now):
             s.client(c).discard_pending()

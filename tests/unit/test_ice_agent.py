@@ -81,6 +81,16 @@ class Link:
         return [(at, m) for at, n, m in self.log if n == who and m.cls == Class.REQUEST]
 
 
+def host_to_host() -> tuple[IceAgent, IceAgent, Link]:
+    """The two agents with one host candidate each, known to the other, on a :class:`Link`."""
+    gw, cl = agents()
+    gw.add_local_candidate(c.host(GW))
+    cl.add_local_candidate(c.host(CL))
+    gw.add_remote_candidate(c.host(CL))
+    cl.add_remote_candidate(c.host(GW))
+    return gw, cl, Link(gw, cl)
+
+
 def test_host_pair_connects_and_nominates() -> None:
     gw, cl = agents()
     local = gw.add_local_candidate(c.host(GW))
@@ -117,12 +127,7 @@ def test_host_pair_connects_and_nominates() -> None:
 
 
 def test_answered_pair_check_schedule() -> None:
-    gw, cl = agents()
-    gw.add_local_candidate(c.host(GW))
-    cl.add_local_candidate(c.host(CL))
-    gw.add_remote_candidate(c.host(CL))
-    cl.add_remote_candidate(c.host(GW))
-    link = Link(gw, cl)
+    _, _, link = host_to_host()
     link.run_until(secs(8))
     times = [t for t, _ in link.checks("gw")]
     # 0, then at once the nomination check triggered by the client's USE-CANDIDATE (attempt 2), then
@@ -177,12 +182,7 @@ def test_peer_reflexive_remote_and_local() -> None:
 
 
 def test_local_prflx_from_mapped_address() -> None:
-    gw, cl = agents()
-    gw.add_local_candidate(c.host(GW))
-    cl.add_local_candidate(c.host(CL))
-    gw.add_remote_candidate(c.host(CL))
-    cl.add_remote_candidate(c.host(GW))
-    link = Link(gw, cl)
+    gw, _, link = host_to_host()
     link.run_until(millis(10))
     # Answer one of the gateway's checks with an unexpected mapped address (gateway behind NAT).
     gw_nat = SocketAddr(IPv4Address("203.0.113.5"), 1234)

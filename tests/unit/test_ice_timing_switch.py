@@ -11,10 +11,9 @@ or removes it one last-resend window (1.5 s) later when the path is still dead.
 from __future__ import annotations
 
 from gateway_core.clock import Instant, millis, secs
-from gateway_core.ice import candidate as c
 from gateway_core.ice.agent import IceAgent, IceState
 from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING, Pair
-from tests.unit.test_ice_agent import CL, GW, Link, agents
+from tests.unit.test_ice_agent import Link, host_to_host
 
 CUT_AT = secs(5)
 RESUME_AT = secs(40)
@@ -23,12 +22,7 @@ unanswered one, about 20 s in)."""
 
 
 def _connected() -> tuple[IceAgent, IceAgent, Link]:
-    gw, cl = agents()
-    gw.add_local_candidate(c.host(GW))
-    cl.add_local_candidate(c.host(CL))
-    gw.add_remote_candidate(c.host(CL))
-    cl.add_remote_candidate(c.host(GW))
-    link = Link(gw, cl)
+    gw, cl, link = host_to_host()
     link.run_until(CUT_AT)
     assert gw.state is IceState.COMPLETED and cl.state is IceState.COMPLETED
     return gw, cl, link
