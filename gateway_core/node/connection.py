@@ -32,6 +32,7 @@ from gateway_core.addr import IPAddress, SocketAddr
 from gateway_core.clock import Instant, secs
 from gateway_core.contract import Deadline, TimerHeap, earliest
 from gateway_core.ice.agent import IceAgent, IceState, IceStateChanged, NominatedSend
+from gateway_core.ice.candidate import Candidate
 from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING
 from gateway_core.stats import Stats
 from gateway_core.wireguard.noise import Initiator
@@ -160,6 +161,7 @@ class Connection:
         "next_wg_tick",
         "peer_socket",
         "relay",
+        "srflx_signalled",
         "state",
         "timers",
         "tunnel",
@@ -194,6 +196,9 @@ class Connection:
         """Created on the first datagram buffered (most connections never buffer one)."""
         self.next_wg_tick = now
         self.established_signalled = False
+        self.srflx_signalled: tuple[Candidate, ...] = ()
+        """The server-reflexive candidates signalled for this connection (the agent does not hold them; a
+        tuple, as most connections have one or two and the empty one costs nothing)."""
         self.last_proactive_handshake: Instant | None = None
         """When the controlling side last started a WireGuard handshake of its own (nomination, reuse)."""
         self.unexpected_transitions = 0

@@ -242,6 +242,7 @@ class Node(NodeDataPath):
                 return idx
 
     def _seed(self, conn: Connection) -> None:
+        conn.srflx_signalled = ()  # a (re)seed signals every server-reflexive candidate again, as snownet's
         seen: list[cand.Candidate] = []
         for rid in sorted(self.allocations):
             for c in self.allocations[rid].host_and_srflx_candidates():
@@ -256,7 +257,9 @@ class Node(NodeDataPath):
     def _add_local(self, conn: Connection, c: cand.Candidate) -> None:
         self._touched.add(conn.cid)
         if c.kind is cand.Kind.SRFLX:
-            self._events.append(NewIceCandidate(conn.cid, c.to_sdp()))
+            if c not in conn.srflx_signalled:
+                conn.srflx_signalled += (c,)
+                self._events.append(NewIceCandidate(conn.cid, c.to_sdp()))
             return
         adopted = conn.agent.add_local_candidate(c)
         if adopted is not None:
@@ -267,6 +270,8 @@ class Node(NodeDataPath):
         if conn is None:
             return
         self._touched.add(cid)
+        if c.kind is cand.Kind.SRFLX:
+            conn.srflx_signalled = tuple(s for s in conn.srflx_signalled if s != c)
         if c.kind is cand.Kind.SRFLX or conn.agent.invalidate_candidate(c):
             self._events.append(InvalidateIceCandidate(cid, c.to_sdp()))
 
@@ -443,7 +448,7 @@ class Node(NodeDataPath):
             while (ev := alloc.poll_event()) is not None:
                 for cid in sorted(self.connections):
                     conn = self.connections[cid]
-                    if ev.new and conn.relay == rid:
+                    if ev.new and (conn.relay == rid or ev.candidate.kind is not cand.Kind.RELAY):
                         self._add_local(conn, ev.candidate)
                     elif not ev.new:
                         self._remove_local(cid, ev.candidate)

@@ -61,7 +61,9 @@ def topo() -> Iterator[Topology]:
             # The client samples the connection's relay from all its allocations, as snownet does; when it
             # samples relay1, which it cannot reach, its relayed candidates come only once that allocation
             # is given up (8 s) and the connection re-homed, possibly more than once when a new grant
-            # brings relay1 back: the bound allows for several such rounds on a loaded machine.
+            # brings relay1 back: the bound allows for several such rounds on a loaded machine. Its host
+            # candidate comes with relay2's first answer whichever relay the connection is homed on (it
+            # once came only with a new connection, and this wait timed out with relayed candidates only).
             try:
                 wait_for(
                     "client3's host and IPv6 relayed candidates",

@@ -71,7 +71,13 @@ def _relay_ips(listen: SocketAddr) -> list[SocketAddr]:
 
 
 class World:
-    def __init__(self, relays: tuple[SocketAddr, ...] = (RELAY,), *, v6: bool = False) -> None:
+    def __init__(
+        self,
+        relays: tuple[SocketAddr, ...] = (RELAY,),
+        *,
+        v6: bool = False,
+        unreachable: tuple[SocketAddr, ...] = (),
+    ) -> None:
         if v6:
             relays = (RELAY6,)
         self.gw_addr, self.cl_addr = (GW6, CL6) if v6 else (GW, CL)
@@ -83,6 +89,8 @@ class World:
             r: DevRelay([r], _relay_ips(r), SECRET, SeededEntropy(10 + i)) for i, r in enumerate(relays)
         }
         self.block_direct = False
+        self.unreachable = set(unreachable)
+        """Relays whose datagrams are dropped both ways (a relay the node cannot reach, for now)."""
         self.delivered: list[tuple[str, bytes]] = []
         self.gw_events: list[object] = []
         self.cl_events: list[object] = []
@@ -105,6 +113,8 @@ class World:
 
     def deliver(self, src: SocketAddr, t: Transmit) -> None:
         srv = self.server_for(t.dst)
+        if t.dst in self.unreachable or src in self.unreachable:
+            return
         if srv is not None:
             for out in srv.handle(self.now, t.dst, src, t.payload):
                 assert out.src is not None
@@ -263,6 +273,35 @@ def test_relay_removed_invalidates_relayed_candidates() -> None:
     w.pump()
     assert any(isinstance(e, InvalidateIceCandidate) and " typ relay " in e.candidate for e in w.gw_events)
     assert conn.relay is not None and conn.relay != old  # re-homed on the remaining relay
+
+
+def test_shared_candidates_of_another_relay_reach_every_connection() -> None:
+    """A host or server-reflexive candidate is the node's own, whichever relay discovered it: seeding gives
+    a new connection those of every allocation, and one discovered later must reach every connection too,
+    not only those homed on the relay that found it. Otherwise a connection homed on a relay it cannot
+    reach (an IPv6-only client sampling an IPv4 relay) never offers its host candidate, also after it is
+    re-homed on the relay that works, which adds only that relay's relayed candidates."""
+    w = World(relays=(RELAY, RELAY2), unreachable=(RELAY, RELAY2))
+    w.connect()
+    conn = w.cl.connections["gw"]
+    assert conn.relay is not None
+    assert not conn.agent.local_candidates()  # no allocation has answered: nothing to seed
+    dead, alive = ("relay0", RELAY2) if conn.relay == "relay0" else ("relay1", RELAY)
+    w.unreachable.discard(alive)
+    w.run_until(secs(2))  # the live relay's retransmitted binding is answered
+    kinds = {c.kind for c in conn.agent.local_candidates()}
+    assert cand.Kind.HOST in kinds  # from the relay this connection is not homed on
+    assert cand.Kind.RELAY not in kinds  # relayed candidates stay the home relay's
+    w.unreachable.clear()  # the home relay answers too, and finds the same host and srflx candidates
+    w.run_until(secs(4))
+    srflx = [e for e in w.cl_events if isinstance(e, NewIceCandidate) and " typ srflx " in e.candidate]
+    assert len(srflx) == 1  # signalled once, though both relays discovered it
+    w.cl.update_relays([dead], [], w.now)  # re-homed on the other relay
+    w.pump()
+    assert conn.relay != dead
+    w.run_until(secs(6))
+    assert conn.state is ConnState.CONNECTED
+    assert conn.peer_socket is not None and conn.peer_socket.kind is PathKind.PEER_TO_PEER
 
 
 @pytest.mark.parametrize(
