@@ -53,10 +53,13 @@ after ``E``, so it lets packets pass up to ``E`` for sure and never from ``E + S
 pass the gateway within known delays of when it was sent, so :meth:`ReferenceModel.predict_packet` gives
 the exact outcome when every pass lies on one side of every change, and otherwise the *alternatives*
 (each an outcome with its arrival count): before the change, after it, or the request before and the
-reply after. The security check (:meth:`ReferenceModel.may_reach`) accepts an arrival at a resource only
-if, at some moment the packet can have passed the gateway (its arrival minus the gateway-resource delay
-bounds), an authorisation covering it was in force at the gateway with filters that allow it, with
-exactly these bounds and no other slack.
+reply after. A change that leaves a client without authorisations also sends it a goodbye, on which the
+client forgets the connection: an answer that passed the gateway before the change but reaches the client
+after the goodbye is lost there, so the answer's arrival at the client is one more moment to place
+(:meth:`ReferenceModel.predict_across`). The security check (:meth:`ReferenceModel.may_reach`) accepts an
+arrival at a resource only if, at some moment the packet can have passed the gateway (its arrival minus
+the gateway-resource delay bounds), an authorisation covering it was in force at the gateway with filters
+that allow it, with exactly these bounds and no other slack.
 """
 
 from __future__ import annotations
@@ -351,15 +354,28 @@ class ReferenceModel:
         return pred.lossy() if self.lossy else pred
 
     def predict_across(
-        self, sent: int, before: Prediction, after: Prediction, change_lo: int, change_hi: int
+        self,
+        sent: int,
+        before: Prediction,
+        after: Prediction,
+        change_lo: int,
+        change_hi: int,
+        goodbye: bool = False,
     ) -> Prediction:
         """A probe sent at ``sent`` while the gateway changes its mind somewhere in ``[change_lo,
         change_hi)`` (a revocation or new filters reaching it, an expiry swept): ``before`` if the request
         and the answer pass the gateway before ``change_lo``, ``after`` if the request passes from
-        ``change_hi`` on, else either of them or the request passing and the answer refused. ``before``
-        and ``after`` are exact predictions (without loss) for the state before and after the change."""
+        ``change_hi`` on, else either of them or the request passing and the answer lost. ``before``
+        and ``after`` are exact predictions (without loss) for the state before and after the change.
+
+        ``goodbye``: the change leaves the client without authorisations, so the gateway closes its
+        connection with a goodbye when it makes the change, and the client forgets the connection when
+        the goodbye arrives; an answer still on its way to the client then finds no connection there.
+        The goodbye may overtake an answer sent before it (jitter), so ``before`` also needs the answer to
+        reach the client before the goodbye can (its latest arrival before ``change_lo + cg_min``)."""
         b = self.bounds
-        if sent + b.cg_max + 2 * b.gr_max < change_lo:
+        answered = sent + b.cg_max + 2 * b.gr_max  # the answer has passed the gateway by then
+        if answered < change_lo and (not goodbye or answered + b.cg_max < change_lo + b.cg_min):
             pred = before
         elif sent + b.cg_min >= change_hi:
             pred = after

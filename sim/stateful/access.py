@@ -199,6 +199,7 @@ class Access:
         before = {p: s.model._predict(c, dst, proto, p, s.world.now) for p in ports}
         s.model.revoke(at, c, resource, False)
         after = {p: s.model._predict(c, dst, proto, p, at) for p in ports}
+        bye = not s.model.has_peer(c, at)  # the last one: the gateway says goodbye as it learns of it
 
         def act() -> None:
             s.gw.signalling.revoke(s.gw.client_ids[c], RESOURCES[resource], forget=False)
@@ -211,7 +212,7 @@ class Access:
             proto,
             ports,
             end,
-            lambda sent, p: s.model.predict_across(sent, before[p], after[p], lo, hi),
+            lambda sent, p: s.model.predict_across(sent, before[p], after[p], lo, hi, bye),
         )
         s.coverage["event:revoke_in_flight"] += 1
         s.world.run_for(CONTROL_SETTLE)
@@ -244,6 +245,7 @@ class Access:
         s.gw.signalling.update_expiry(s.gw.client_ids[c], RESOURCES[resource], at)
         before = {p: s.model._predict(c, dst, proto, p, e_world - 1) for p in ports}
         after = {p: s.model._predict(c, dst, proto, p, e_world + SWEEP) for p in ports}
+        bye = not s.model.has_peer(c, e_world + SWEEP)  # the last one: the sweep says goodbye
         lo, hi = e_world, e_world + SWEEP
         t.train(
             c,
@@ -251,7 +253,7 @@ class Access:
             proto,
             ports,
             end,
-            lambda sent, p: s.model.predict_across(sent, before[p], after[p], lo, hi),
+            lambda sent, p: s.model.predict_across(sent, before[p], after[p], lo, hi, bye),
             start=Instant(s.world.now + b.pg_max + millis(50)),
         )
         s.coverage["event:expiry_in_flight"] += 1
