@@ -6,8 +6,9 @@ Inputs: :meth:`Node.update_relays` (portal relays), :meth:`Node.upsert_connectio
 :meth:`Node.add_remote_candidate` / :meth:`Node.remove_remote_candidate` (trickled candidates),
 :meth:`Node.handle_datagram` (every UDP datagram; returns ``(client id, IP packet)`` or ``None``),
 :meth:`Node.encapsulate` (an IP packet for a client; returns the ``Transmit`` or ``None``),
-:meth:`Node.close_connection`, :meth:`Node.handle_timeout`. Outputs: :meth:`Node.poll_command` (TURN
-control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`
+:meth:`Node.close_connection` (``closing.py``: a goodbye waiting for a WireGuard session keeps its
+connection as closing, decision 0172), :meth:`Node.handle_timeout`. Outputs: :meth:`Node.poll_command`
+(TURN control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`
 (:attr:`Node.queued_events` tells, without a call, whether there is one).
 
 A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`, in ``datapath.py``): from
