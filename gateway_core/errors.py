@@ -69,6 +69,9 @@ class DropReason(StrEnum):
     UNKNOWN_CLIENT = "unknown_client"
     NAT_TABLE_FULL = "nat_table_full"
     NO_CONNECTION = "no_connection"
+    CONNECTION_CLOSING = "connection_closing"
+    """A packet of a connection being closed: decrypted from it, or waiting in its tunnel when it closed
+    (decision 0172: a closing connection delivers nothing)."""
     NAT_SESSION_EXPIRED = "nat_session_expired"
     NAT_UNSUPPORTED_PROTOCOL = "nat_unsupported_protocol"
     P2P_CONTROL_MALFORMED = "p2p_control_malformed"

@@ -452,10 +452,7 @@ class Gateway:
     def stats(self) -> dict[str, int]:
         """Every part's counters (prefixed with the part's name) and all drops by reason, merged."""
         node = self._node
-        tunnels = Stats()
-        tunnels.merge(node.retired_tunnels)
-        for cid in sorted(node.connections):
-            tunnels.merge(node.connections[cid].tunnel.stats)
+        tunnels = node.tunnel_stats()
         binds = Stats()
         binds.incr("bind_failures", self._bind_retry.failures)
         total = Stats()

@@ -64,6 +64,8 @@ class Tunnel(Protocol):
     """Drops counted here tell the node whether a handshake message was accepted."""
     queued: Sized
     """Truthy when :meth:`poll_transmit` has a datagram (the node peeks after every packet)."""
+    waiting: Sized
+    """Truthy while an IP packet waits for a session that may carry it (a handshake is under way)."""
 
     def encapsulate(self, now: Instant, packet: bytes) -> bytes | None: ...
 
@@ -73,6 +75,9 @@ class Tunnel(Protocol):
         """A handshake initiation or response the node already checked (mac1, load, mac2)."""
 
     def poll_transmit(self) -> bytes | None: ...
+
+    def drop_waiting(self) -> int:
+        """Forget the IP packets waiting for a session; how many there were."""
 
     def handle_timeout(self, now: Instant) -> None: ...
 
@@ -151,6 +156,7 @@ class Connection:
     __slots__ = (
         "agent",
         "cid",
+        "closed_at",
         "created_at",
         "disconnected_at",
         "established_signalled",
@@ -192,6 +198,8 @@ class Connection:
         self.last_activity = now
         self.created_at = now
         self.disconnected_at: Instant | None = None
+        self.closed_at: Instant | None = None
+        """When the node closed it while its goodbye waited for a session (``gateway_core.node.closing``)."""
         self.wg_buffer: deque[bytes] | None = None
         """Created on the first datagram buffered (most connections never buffer one)."""
         self.next_wg_tick = now

@@ -74,6 +74,9 @@ class NodeDataPath:
     _now: Instant
     _touched: set[str]
     _by_ufrag: dict[str, set[str]]
+    _closing_index: dict[int, Connection]
+    _closing_input: Callable[[Instant, Connection, bytes, SocketAddr], None]
+    """``NodeClosing._closing_input``: a message for a closing connection (decision 0172)."""
 
     def handle_timeout(self, now: Instant) -> None:
         raise NotImplementedError
@@ -231,6 +234,11 @@ class NodeDataPath:
             cid = self._by_index.get(_U32LE.unpack_from(data, 4)[0] >> 8)
         conn = self.connections.get(cid) if cid is not None else None
         if conn is None or conn.state is ConnState.FAILED:
+            if mtype != 1 and self._closing_index:  # by receiver index: a closing connection's?
+                closing = self._closing_index.get(_U32LE.unpack_from(data, 8 if mtype == 2 else 4)[0] >> 8)
+                if closing is not None:
+                    self._closing_input(now, closing, data, from_)
+                    return None
             self.stats.drop(DropReason.WG_UNKNOWN_INDEX)
             return _DROPPED
         tunnel = conn.tunnel

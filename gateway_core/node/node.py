@@ -6,8 +6,9 @@ Inputs: :meth:`Node.update_relays` (portal relays), :meth:`Node.upsert_connectio
 :meth:`Node.add_remote_candidate` / :meth:`Node.remove_remote_candidate` (trickled candidates),
 :meth:`Node.handle_datagram` (every UDP datagram; returns ``(client id, IP packet)`` or ``None``),
 :meth:`Node.encapsulate` (an IP packet for a client; returns the ``Transmit`` or ``None``),
-:meth:`Node.close_connection`, :meth:`Node.handle_timeout`. Outputs: :meth:`Node.poll_command` (TURN
-control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`
+:meth:`Node.close_connection` (``closing.py``: a goodbye waiting for a WireGuard session keeps its
+connection as closing, decision 0172), :meth:`Node.handle_timeout`. Outputs: :meth:`Node.poll_command`
+(TURN control messages of every allocation first, then the node's own queue) and :meth:`Node.poll_event`
 (:attr:`Node.queued_events` tells, without a call, whether there is one).
 
 A datagram is classified by snownet's byte rules (:meth:`Node.handle_datagram`, in ``datapath.py``): from
@@ -40,10 +41,10 @@ from gateway_core.entropy import Entropy
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.ice import candidate as cand
 from gateway_core.ice.agent import IceAgent, NominatedSend
+from gateway_core.node.closing import NodeClosing
 from gateway_core.node.connection import Connection, ConnState, ConnTimers, PathKind, PeerSocket, Tunnel
 from gateway_core.node.datapath import HandshakeLimiter, InitiatorLookup, NodeDataPath
 from gateway_core.node.events import (
-    ConnectionClosed,
     ConnectionFailed,
     InvalidateIceCandidate,
     NewIceCandidate,
@@ -82,7 +83,7 @@ class RelayConfig:
     realm: str = "firezone"
 
 
-class Node(NodeDataPath):
+class Node(NodeClosing, NodeDataPath):
     """See the module docstring."""
 
     def __init__(
@@ -126,6 +127,7 @@ class Node(NodeDataPath):
         self._by_ufrag: dict[str, set[str]] = {}
         """Local ICE username fragment -> connections: a binding request names its agent by it."""
         self._rehome_due = False
+        self._init_closing()
 
     # --- relays -----------------------------------------------------------------------------------------
 
@@ -188,6 +190,7 @@ class Node(NodeDataPath):
     ) -> bool:
         """Create or reuse the connection; ``False`` when there is no relay at all (snownet NoTurnServers)."""
         self._now = advance(self._now, now)
+        self._drop_closing(cid)
         cur = self.connections.get(cid)
         if cur is not None:
             a = cur.agent
@@ -238,7 +241,7 @@ class Node(NodeDataPath):
     def _new_index(self) -> int:
         while True:
             idx = self._entropy.randbelow(1 << 24)
-            if idx not in self._by_index:
+            if idx not in self._by_index and idx not in self._closing_index:
                 return idx
 
     def _seed(self, conn: Connection) -> None:
@@ -329,22 +332,6 @@ class Node(NodeDataPath):
         self._touched.add(cid)
         self.handle_timeout(now)
 
-    def close_connection(self, cid: str, goodbye: bytes, now: Instant) -> None:
-        conn = self.connections.get(cid)
-        if conn is None:
-            return
-        if conn.state in (ConnState.CONNECTED, ConnState.IDLE):
-            self._events.append(ConnectionClosed(cid))
-            wg = conn.tunnel.encapsulate(now, goodbye)
-            if wg is not None:
-                self._send(conn, wg, now)
-        self._forget(cid)
-
-    def close_all(self, goodbye: bytes, now: Instant) -> None:
-        """Shutdown: close every connection with a goodbye (snownet ``close_all``)."""
-        for cid in sorted(self.connections):
-            self.close_connection(cid, goodbye, now)
-
     def accept_connection(
         self, cid: str, remote_public: bytes, psk: bytes | None, remote_creds: tuple[str, str], now: Instant
     ) -> tuple[str, str] | None:
@@ -358,12 +345,15 @@ class Node(NodeDataPath):
 
     def remove_connection(self, cid: str) -> None:
         self._forget(cid)
+        self._drop_closing(cid)
 
-    def _forget(self, cid: str) -> None:
+    def _forget(self, cid: str, *, retire: bool = True) -> Connection | None:
+        """Unlink the connection (``retire``: its tunnel's counters go to :attr:`retired_tunnels`)."""
         conn = self.connections.pop(cid, None)
         if conn is None:
-            return
-        self.retired_tunnels.merge(conn.tunnel.stats)
+            return None
+        if retire:
+            self.retired_tunnels.merge(conn.tunnel.stats)
         self._by_index.pop(conn.index, None)
         for k in [k for k, v in self._by_key.items() if v == cid]:
             del self._by_key[k]
@@ -378,6 +368,7 @@ class Node(NodeDataPath):
         if conn.state is not ConnState.IDLE:
             self._timers.nonidle -= 1
         conn.timers = None
+        return conn
 
     # --- data plane -------------------------------------------------------------------------------------
 
@@ -472,6 +463,8 @@ class Node(NodeDataPath):
         if self._rehome_due:
             self._rehome_due = False
             self._rehome(now)
+        if self.closing:
+            self._tick_closing(now)
         work |= self._touched  # (none in practice: only allocation events and re-homing touch, above)
         self._touched = set()
         for cid in sorted(work):
@@ -551,7 +544,7 @@ class Node(NodeDataPath):
         (:meth:`TimerHeap.earliest_exact`: O(1) for an idle connection, whatever the number)."""
         conns = self.connections
         kept = self._timers.heap.earliest_exact(lambda cid: conns[cid].poll_timeout())
-        return self._finish(earliest(self._own_deadlines(), kept))
+        return self._finish(earliest(self._own_deadlines(), kept, self._closing_timeout()))
 
     def stale_kept_deadlines(self) -> list[str]:
         """Connections whose kept deadline is not a lower bound of their real one (O(n), for the contract
@@ -569,7 +562,11 @@ class Node(NodeDataPath):
         """:meth:`poll_timeout` the slow way, asking every connection (O(n)): the contract checker compares
         the two, so a kept deadline that went stale is a contract violation (R4/R5), not a slow drift."""
         return self._finish(
-            earliest(self._own_deadlines(), *(c.poll_timeout() for c in self.connections.values()))
+            earliest(
+                self._own_deadlines(),
+                self._closing_timeout(recomputed=True),
+                *(c.poll_timeout() for c in self.connections.values()),
+            )
         )
 
     def poll_command(self) -> Transmit | None:

@@ -113,6 +113,7 @@ class WireGuardPeer:
         "t_handshake_started",
         "t_persistent_keepalive",
         "t_session_established",
+        "waiting",
         "want_handshake_at",
         "want_passive_keepalive_at",
     )
@@ -153,6 +154,8 @@ class WireGuardPeer:
         # Lists, not deques: they hold a handful of items for a moment, and an empty deque costs 760 bytes
         # (a 64-slot block) against 56 for a list: three per tunnel were a third of an idle client's memory.
         self._queue: list[bytes] = []
+        self.waiting: Sized = self._queue
+        """The IP packets held until a session may carry them, read-only: truthy while one waits."""
         self._transmits: list[bytes] = []
         self.queued: Sized = self._transmits
         """The datagrams :meth:`poll_transmit` will give, read-only: truthy when there is one (the node
@@ -195,6 +198,12 @@ class WireGuardPeer:
 
     def poll_event(self) -> WgEvent | None:
         return self._events.pop(0) if self._events else None
+
+    def drop_waiting(self) -> int:
+        """Forget the IP packets held until a session may carry them; how many there were."""
+        n = len(self._queue)
+        self._queue.clear()
+        return n
 
     # --- data plane ----------------------------------------------------------------------------------
 
