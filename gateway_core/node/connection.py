@@ -342,9 +342,9 @@ class Connection:
         left = self.nudge_keepalives
         if left is None:
             at = self.nominated_at
-            init = getattr(self.tunnel, "initiate", None)
             if self.established_signalled or at is None or now < at + HANDSHAKE_NUDGE_AFTER:
-                return
+                return  # (every tick of every connection that handshook: two attribute reads)
+            init = getattr(self.tunnel, "initiate", None)
             if not callable(init):
                 return
             init(now)
