@@ -347,9 +347,11 @@ class Connection:
             init = getattr(self.tunnel, "initiate", None)
             if not callable(init):
                 return
+            before = self.tunnel.stats.snapshot().get("initiations_sent", 0)
             init(now)
             self.nudge_keepalives = NUDGE_KEEPALIVES - 1
-            self.tunnel.stats.incr("handshake_nudges")
+            if self.tunnel.stats.snapshot().get("initiations_sent", 0) != before:  # (else one was running)
+                self.tunnel.stats.incr("handshake_nudges")
         elif left > 0 and self.established_signalled:
             keepalive = getattr(self.tunnel, "keepalive", None)
             if callable(keepalive):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import millis, secs
 from gateway_core.commands import Transmit
+from gateway_core.entropy import SeededEntropy
 from gateway_core.node.connection import HANDSHAKE_NUDGE_AFTER, NUDGE_KEEPALIVES, ConnState
 from gateway_core.wireguard import WireGuardPeer, crypto
 from tests.unit.test_node import CL, GW, World, ip_packet
@@ -154,3 +155,26 @@ def test_a_client_whose_initiations_are_all_lost() -> None:
 
 def _is_initiation(payload: bytes) -> bool:
     return len(payload) == 148 and payload[:4] == b"\x01\0\0\0"
+
+
+def test_tunnel_keepalive_needs_a_current_session() -> None:
+    """``WireGuardPeer.keepalive`` queues nothing and starts no handshake without a current session."""
+    w = Lossy()
+    w.connect()
+    w.run_until(secs(3))
+    g, _ = _tunnels(w)
+    assert g.current_session is not None
+    g.keepalive(w.now)
+    out = g.poll_transmit()
+    assert out is not None and len(out) == 32 and out[0] == 4
+    fresh = WireGuardPeer(
+        static_private=w.gw_priv,
+        peer_public=crypto.public_key(w.cl_priv),
+        psk=None,
+        global_index=7,
+        entropy=SeededEntropy(3),
+        now=w.now,
+        wall_unix_ns=1_700_000_000 * 10**9,
+    )
+    fresh.keepalive(w.now)
+    assert fresh.poll_transmit() is None and not fresh.handshake.in_progress
