@@ -13,6 +13,11 @@ STUN timings; its WireGuard timers are ticked only when one is due, on the same 
 - IDLE -> CONNECTED on a stimulus (upsert, non-host remote candidate, packet in or out);
 - any -> FAILED: no remote candidate 10 s after creation, ICE ``disconnected`` for 2 s, or an expired tunnel.
 
+The controlled side (the gateway) also starts a WireGuard handshake itself when none was accepted
+:data:`HANDSHAKE_NUDGE_AFTER` after its first nomination (the peer holds a session we forgot, or lost both
+its initiations) and sends :data:`NUDGE_KEEPALIVES` keepalives on the new session, one per WireGuard tick
+(decision 0173; snownet has no such rule).
+
 The tunnel is anything with the :class:`Tunnel` shape (the project's ``WireGuardPeer`` fits); the node
 joins them. Timers run inside :meth:`Connection.tick`; the WireGuard timers are ticked once a second while
 a path exists and the connection is in use (snownet's fixed cadence), and while it is idle only at the
@@ -36,6 +41,7 @@ from gateway_core.ice.candidate import Candidate
 from gateway_core.ice.pair import DEFAULT_TIMING, IDLE_TIMING
 from gateway_core.stats import Stats
 from gateway_core.wireguard.noise import Initiator
+from gateway_core.wireguard.timers import REKEY_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,19 @@ PROACTIVE_HANDSHAKE_GAP = secs(20)
 is 15 s, so after 20 s a handshake in progress has given up or succeeded)."""
 WG_BUFFER = 128
 """snownet ``wg_buffer``: WireGuard datagrams kept while no path exists (oldest overwritten)."""
+HANDSHAKE_NUDGE_AFTER = REKEY_TIMEOUT + secs(1)
+"""The controlled side (the gateway) starts a WireGuard handshake of its own when none was accepted this long
+after its path was nominated (decision 0173; snownet has no such rule). The controlling side sends its
+initiation when it nominates, about when we learn of it, and the retransmission of a lost one 5 s later
+(REKEY_TIMEOUT, plus at most 333 ms of jitter); one more second covers that and the path, so a nudge means
+the peer sends none: it holds a session we no longer have (our goodbye was lost and it reused its
+connection within snownet's 20 s) or both its initiations were lost. Less than ``IDLE_AFTER``: the
+connection is still on the one-second WireGuard tick that checks it."""
+NUDGE_KEEPALIVES = 3
+"""Keepalives on the session a nudge made (the tunnel's own, then one per WireGuard tick): the peer answered
+as responder and switches to the new session only when a packet arrives on it, and a keepalive is never
+answered, so one lost keepalive would leave an idle peer sending on the forgotten session until it has
+data and 15 s pass (WireGuard's no-reply rekey). Three make that 1e-6 at 1 % loss instead of 1e-2."""
 HISTORY_LEN = 32
 """State changes a connection remembers: a connection can flap between states for as long as it lives, so
 the record is a ring, never a list that grows with uptime (a handful covers any test or diagnosis)."""
@@ -165,6 +184,8 @@ class Connection:
         "last_activity",
         "last_proactive_handshake",
         "next_wg_tick",
+        "nominated_at",
+        "nudge_keepalives",
         "peer_socket",
         "relay",
         "srflx_signalled",
@@ -209,6 +230,10 @@ class Connection:
         tuple, as most connections have one or two and the empty one costs nothing)."""
         self.last_proactive_handshake: Instant | None = None
         """When the controlling side last started a WireGuard handshake of its own (nomination, reuse)."""
+        self.nominated_at: Instant | None = None
+        """When the first path was nominated (the controlled side's handshake nudge counts from it)."""
+        self.nudge_keepalives: int | None = None
+        """``None`` until the controlled side nudged (:meth:`_nudge`); then the keepalives still to send."""
         self.unexpected_transitions = 0
         self.history: list[tuple[Instant, ConnState, ConnState]] = []
         """The last :data:`HISTORY_LEN` state changes ``(at, old, new)``, for diagnostics and tests (a list
@@ -275,6 +300,8 @@ class Connection:
         if self.state is ConnState.FAILED:
             return []
         self.peer_socket = socket
+        if self.nominated_at is None:
+            self.nominated_at = now
         if self.state is ConnState.CONNECTING:
             self.transition(ConnState.CONNECTED, now)
             self.last_activity = now
@@ -308,6 +335,8 @@ class Connection:
             if self.tunnel.is_expired:
                 self.transition(ConnState.FAILED, now)
                 return []
+            if not self.agent.controlling:
+                self._nudge(now)
         nominations: list[NominatedSend] = []
         while (e := self.agent.poll_event()) is not None:
             if isinstance(e, IceStateChanged):
@@ -318,6 +347,29 @@ class Connection:
             else:
                 nominations.append(e)
         return nominations
+
+    def _nudge(self, now: Instant) -> None:
+        """Controlled side, on a WireGuard tick: no handshake accepted :data:`HANDSHAKE_NUDGE_AFTER` after
+        the nomination -> start one ourselves (once); once a handshake is accepted, a keepalive per tick
+        until :data:`NUDGE_KEEPALIVES` went out (the tunnel sent the first with its response)."""
+        left = self.nudge_keepalives
+        if left is None:
+            at = self.nominated_at
+            if self.established_signalled or at is None or now < at + HANDSHAKE_NUDGE_AFTER:
+                return  # (every tick of every connection that handshook: two attribute reads)
+            init = getattr(self.tunnel, "initiate", None)
+            if not callable(init):
+                return
+            before = self.tunnel.stats.snapshot().get("initiations_sent", 0)
+            init(now)
+            self.nudge_keepalives = NUDGE_KEEPALIVES - 1
+            if self.tunnel.stats.snapshot().get("initiations_sent", 0) != before:  # (else one was running)
+                self.tunnel.stats.incr("handshake_nudges")
+        elif left > 0 and self.established_signalled:
+            keepalive = getattr(self.tunnel, "keepalive", None)
+            if callable(keepalive):
+                keepalive(now)
+            self.nudge_keepalives = left - 1
 
     def _grid_after(self, now: Instant) -> Instant:
         """The first tick of the WireGuard grid (``next_wg_tick`` + k s) strictly after ``now``."""

@@ -22,7 +22,10 @@ A 437 to ALLOCATE means our 5-tuple already holds an allocation (RFC 8656 §7.2)
 LIFETIME 0), signed with the :class:`StaleCredentials` the node handed over when the relay's credentials
 rotated (coturn lets only the allocation's own username delete it, and answers 437 unsigned), else with
 ours, then ALLOCATE is sent again; a 437 soon after our own delete only defers the ALLOCATE by 1 s (coturn
-frees the 5-tuple on a later tick). At most two deletes per successful ALLOCATE.
+frees the 5-tuple on a later tick). At most two deletes per successful ALLOCATE. A 437 to a *retransmitted*
+ALLOCATE once no stale credentials are left is our own allocation whose success was lost (every send has a
+fresh transaction id, so the server cannot tell): it is deleted with our credentials and allocated again at
+once, outside that budget and that deferral (snownet's reaction to any 437 to ALLOCATE).
 
 Requests are retransmitted at 0, 1, 2.5, 4.75 s (1 s x 1.5) and abandoned at 8 s; an abandoned request
 to the active socket's family invalidates the allocation. Channels (0x4000-0x4FFF) are bound per peer,
@@ -237,6 +240,7 @@ class Allocation(DataPath, Requests):
                 return False
             tid, payload = signed
         self._pending[tid] = p
+        p.sends += 1
         self._transmits.append(Transmit(None, dst, payload))
         self.stats.incr("turn.requests_sent")
         return True
@@ -321,7 +325,13 @@ class Allocation(DataPath, Requests):
         if code == 437:
             self._invalidate()
             deleting = self._deleted_at is not None and now < self._deleted_at + DELETE_GRACE
-            if method == Method.ALLOCATE and deleting:
+            if method == Method.ALLOCATE and p.sends > 1 and self.auth.stale is None:
+                # A retransmitted ALLOCATE: an earlier send may have made the allocation on the server and
+                # its success was lost. Then it is ours, neither coturn still tearing our delete down nor
+                # a mismatch to recover from (the budget): delete it with our credentials, allocate again
+                # (snownet's reaction to every 437 to ALLOCATE).
+                self._delete_existing(now)
+            elif method == Method.ALLOCATE and deleting:
                 self._allocate(now, defer=True)  # our delete is still being carried out (coturn)
             elif method == Method.ALLOCATE and self._mismatch_budget > 0:
                 # Our 5-tuple already has an allocation (RFC 8656 §7.2): delete it, then allocate.

@@ -96,6 +96,9 @@ class PendingRequest:
     plain: bool = False
     stale: bool = False
     """Signed with the :class:`StaleCredentials` (the delete of an allocation made with them)."""
+    sends: int = 0
+    """How many times this request went out: an answer to a retransmission may answer an earlier send's
+    effect (an ALLOCATE that succeeded on the server while its response was lost)."""
 
 
 @dataclass(slots=True)

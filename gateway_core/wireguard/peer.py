@@ -573,6 +573,21 @@ class WireGuardPeer:
             return None
         return Deadline(Instant(max(d[0], self._last_now)), d[1])
 
+    def keepalive(self, now: Instant) -> None:
+        """Queue a keepalive on the current session if it may still carry one (nothing is queued and no
+        handshake started otherwise): a responder switches to a new session on the first packet it gets
+        on it (the node's handshake nudge, decision 0173)."""
+        self._advance(now)
+        s = self.sessions[self._current]
+        if s is None or s.send_counter >= self._reject_msgs:
+            return
+        if self.is_initiator and now > s.established_at + self._should_not_use:
+            return
+        out = self.encapsulate(now, b"")
+        if out is not None:
+            self._transmits.append(out)
+            self.stats.incr("keepalives_sent")
+
     def initiate(self, now: Instant) -> None:
         """Start a handshake now unless one is in progress (the Client's proactive initiation,
         snownet's ``initiate_wg_session`` in ``rust/connlib/snownet/src/node.rs``)."""
