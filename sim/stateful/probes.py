@@ -8,9 +8,19 @@ and after the world ran checks them: every record the client got must belong to 
 each probe's records and arrivals must match one of its alternatives (:mod:`sim.stateful.expect`);
 other clients get nothing; no other host behind the gateway gets anything.
 
-Arrivals are attributed to a probe by their ports (UDP/TCP source port; for ICMP echo the sequence
-number), except through the DNS-resource NAT (which may rewrite ports), where a single probe owns every
-arrival at the DNS resource's host.
+An arrival is a probe's only when it is that probe's packet (:meth:`Probe.owns_arrival`): from the
+probing client's tunnel address (the spoofed source of a spoofed probe), with the probe's protocol,
+destination, ports (ICMP echo: identifier and sequence number). Through the DNS-resource NAT the
+destination is the resolved address (the step checks which) and the NAT may rewrite the source port or
+echo identifier of a flow whose value is taken, so there the rest must match and a rewritten arrival goes
+to the client's one probe to the DNS resource's host. Every client numbers its probes on its own, so two
+clients' probes can carry the same sequence number or port: the source address tells them apart.
+
+In lossy worlds an arrival no probe of the step owns is a packet of an earlier probe (of any client)
+that its client held while a lost WireGuard handshake or NAT set-up was retried and sent when it got
+through: it counts for no probe of this step, and the security check after the step
+(:meth:`~sim.stateful.invariants.Invariants.security`) judges it like every arrival, by its own source
+and the time it arrived.
 """
 
 from __future__ import annotations
@@ -30,7 +40,14 @@ from devpeers.client_types import (
 )
 from gateway_core.addr import IPAddress
 from gateway_core.clock import Duration, Instant, millis
-from gateway_core.wire.ip import PROTO_ICMP, PROTO_ICMPV6, build_icmp_echo, build_udp_packet
+from gateway_core.wire.ip import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    build_icmp_echo,
+    build_udp_packet,
+)
 from sim.hosts.resources import Arrival
 from sim.reference import Prediction
 from sim.stateful.expect import describe, matches
@@ -58,6 +75,11 @@ class Probe:
     """For a raw probe: the source address (a spoofed one), default the client's tunnel address."""
     seq: int = 0
     sport: int = 0
+    sources: tuple[IPAddress, ...] = ()
+    """The source addresses its packet can have (:meth:`Prober.prepare`): the client's tunnel addresses,
+    or the spoofed one."""
+    ident: int = 0
+    """For ICMP: the client's echo identifier."""
     payload: bytes = b""
     what: str = ""
     sent_at: int = -1
@@ -76,12 +98,21 @@ class Probe:
             return self.proto in ("udp", "tcp") and r.dport == self.sport
         return False
 
-    def owns_arrival(self, a: Arrival, tunnel: set[IPAddress]) -> bool:
-        if a.src not in tunnel:
+    def owns_arrival(self, a: Arrival) -> bool:
+        """Whether ``a`` is this probe's packet (see the module docstring): its source, protocol,
+        destination, ports or echo identifier and sequence number; through the DNS-resource NAT (host
+        ``app``) the destination is the resolved address and the source port or identifier may be
+        rewritten."""
+        if a.src not in self.sources:
+            return False
+        nat = self.host == "app"
+        if not nat and a.dst != self.dst:
             return False
         if a.proto in (PROTO_ICMP, PROTO_ICMPV6):
-            return self.proto == "icmp" and a.dport == self.seq
-        return self.proto in ("udp", "tcp") and a.sport == self.sport
+            return self.proto == "icmp" and a.dport == self.seq and (nat or a.sport == self.ident)
+        if a.proto != (PROTO_UDP if self.proto == "udp" else PROTO_TCP if self.proto == "tcp" else None):
+            return False
+        return a.sport == self.sport and a.dport == self.port
 
 
 class Prober:
@@ -109,6 +140,9 @@ class Prober:
             p.seq = self.next_seq(p.c)
         else:
             p.sport = self.next_sport(p.c)
+        cl = self.s.client(p.c)
+        p.sources = (p.src,) if p.src is not None else (cl.tunnel_v4, cl.tunnel_v6)
+        p.ident = cl.echo_ident
         p.what = f"client-{p.c} {'raw ' if p.raw else ''}{p.proto} to {p.dst}:{p.port}"
         if p.src is not None:
             p.what += f" from {p.src}"
@@ -142,7 +176,6 @@ class Prober:
     ) -> None:
         """Attribute what the clients received and what reached the hosts to ``probes`` (raises on
         anything nobody asked for)."""
-        tunnel = {ip for cl in self.s.gw.clients for ip in (cl.tunnel_v4, cl.tunnel_v6)}
         by_client: dict[int, list[Probe]] = {}
         for p in probes:
             by_client.setdefault(p.c, []).append(p)
@@ -159,11 +192,12 @@ class Prober:
                 owner.records.append(r)
         for host in HOSTS:
             for a in new.get(host, []):
-                owner = next((p for p in probes if p.host == host and p.owns_arrival(a, tunnel)), None)
+                owner = next((p for p in probes if p.host == host and p.owns_arrival(a)), None)
                 if owner is None and host == "app" and not self.s.model.lossy:
-                    owner = next((p for p in probes if p.host == "app"), None)
+                    # The NAT rewrote the flow's port (its value was taken): the client's one probe there.
+                    owner = next((p for p in probes if p.host == "app" and a.src in p.sources), None)
                 if owner is None and self.s.model.lossy:
-                    continue  # a late flush of an earlier probe (the security check judges every arrival)
+                    continue  # a late packet of an earlier probe of any client (module docstring)
                 if owner is None:
                     raise InvariantError(f"{host} received a packet no probe explains: {a}")
                 owner.arrivals.append(a)
@@ -176,11 +210,7 @@ class Prober:
         it like every arrival)."""
         if not self.s.model.lossy:
             return False
-        clients = self.s.gw.clients
-        return any(
-            p.host == host and p.owns_arrival(a, {clients[p.c].tunnel_v4, clients[p.c].tunnel_v6})
-            for p in self.earlier
-        )
+        return any(p.host == host and p.owns_arrival(a) for p in self.earlier)
 
     def late_record(self, c: int, r: Received) -> bool:
         """Lossy worlds: client ``c`` received ``r``, the late answer of one of its earlier probes."""
