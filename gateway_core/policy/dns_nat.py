@@ -5,14 +5,14 @@
 
 Theory of operation. The client invents *proxy IPs* for a DNS-resource domain and tells the gateway
 (``assigned_ips``). After resolving the domain, :meth:`DnsResourceNat.setup_nat` validates the request
-(decision 0045), drops proxy IPs outside the proxy ranges (decision 0047), resets all of the client's
-translations and sessions if it re-numbered, and pairs each proxy IP with a real IP of its family
-(:func:`pair_proxy_ips`, decision 0044). A proxy IP with open sessions keeps its old real IP (as in the
-reference). Packets then go through the client's :class:`~gateway_core.policy.nat.NatTable`:
-:meth:`DnsResourceNat.translate_outbound_packet` rewrites destination and source port (or echo id) in
-place, :meth:`DnsResourceNat.translate_inbound_packet` the reverse, and re-addresses ICMP errors quoting a
-session's packet. Header rewriting uses :mod:`gateway_core.wire.rewrite` and
-:mod:`gateway_core.wire.icmp`.
+(decision 0045), drops proxy IPs outside the proxy ranges (decision 0047), forgets the translation and
+sessions of each proxy IP the client re-numbered to another name (decision 0178), and pairs each proxy IP
+with a real IP of its family (:func:`pair_proxy_ips`, decision 0044). A proxy IP with open sessions keeps
+its old real IP (as in the reference). Packets then go through the client's
+:class:`~gateway_core.policy.nat.NatTable`: :meth:`DnsResourceNat.translate_outbound_packet` rewrites
+destination and source port (or echo id) in place, :meth:`DnsResourceNat.translate_inbound_packet` the
+reverse, and re-addresses ICMP errors quoting a session's packet. Header rewriting uses
+:mod:`gateway_core.wire.rewrite` and :mod:`gateway_core.wire.icmp`.
 """
 
 from __future__ import annotations
@@ -159,13 +159,13 @@ class DnsResourceNat:
                 log.warning("assigned_ips for %s: ignoring %s outside the proxy ranges", domain, ip)
         resolved = frozenset(resolved_ips)
         rid = resource.id
-        if any(
-            (st := self.translations.get(p)) is not None
-            and (st.resource_id != rid or _key(st.domain) != _key(domain))
-            for p in proxies
-        ):
-            log.info("client re-assigned proxy IPs (%s); resetting its DNS resource NAT", domain)
-            self.clear()
+        for p in proxies:
+            st = self.translations.get(p)
+            if st is not None and (st.resource_id != rid or _key(st.domain) != _key(domain)):
+                # Re-numbered (a client restart): this proxy IP's old translation and sessions go, the
+                # rest stays (decision 0178; the reference resets the client's whole NAT here).
+                log.info("client re-assigned proxy IP %s from %s to %s", p, st.domain, domain)
+                self._forget(p)
         if not resolved:
             log.debug("no A / AAAA records for %s", domain)
         for proxy, real in pair_proxy_ips(proxies, resolved):
@@ -193,6 +193,12 @@ class DnsResourceNat:
             log.debug("setup_nat for %s failed: %s", domain, err.value)
             return NatStatus.INACTIVE
         return NatStatus.ACTIVE
+
+    def _forget(self, proxy: IPAddress) -> None:
+        del self.translations[proxy]
+        del self._by_key[addr_key(proxy)]
+        self.table.forget_inside_ip(proxy)
+        self.table.changed()
 
     def proxy_translations(self) -> list[tuple[IPAddress, uuid.UUID]]:
         """``(proxy IP, resource)`` pairs for :func:`gateway_core.policy.filters.build_filter_table`."""

@@ -297,8 +297,19 @@ class NatTable:
         """Every session, by inside key (for tests and diagnostics)."""
         return sorted(self._by_inside.values(), key=lambda s: s.inside_key)
 
+    def forget_inside_ip(self, proxy_ip: IPAddress) -> int:
+        """Forget the sessions to ``proxy_ip`` without tombstones (the client gave it to another name,
+        decision 0178); returns how many there were."""
+        key = addr_key(proxy_ip)
+        if key not in self._inside_ips:
+            return 0
+        gone = [s for s in self._by_inside.values() if s.proxy_key == key]
+        for s in gone:
+            self._unlink(s, self._now, tombstone=False)
+        return len(gone)
+
     def clear(self) -> None:
-        """Forget every session and tombstone (proxy-IP re-assignment, peer removal)."""
+        """Forget every session and tombstone (peer removal)."""
         self.changed()
         self._by_inside.clear()
         self._by_outside.clear()

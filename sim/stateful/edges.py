@@ -20,13 +20,12 @@ without running the gateway's code:
   gateway's NAT must give the second another port. Each probe is checked against the model as any probe
   (the answer comes from the proxy IP it was sent to, with its own payload) and, when both reach the
   host, they arrive from two different source ports, one of them the client's. Each name's NAT is first
-  set up by a probe of its own: without that, right after a client restart, the two names'
-  ``assigned_ips`` race. The gateway
-  resolves both at once and, when the first answer reuses a proxy IP the client's previous incarnation
-  gave the other name, its re-assignment detection clears the client's whole NAT, including the
-  translation just confirmed for the other name (as Firezone's ``setup_nat`` does,
-  ``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``), and the packet held for it meets ICMP
-  prohibited. Found by this step; the model does not predict it (not fixed: the reference behaves so).
+  set up by a probe of its own, so the pair tests the NAT table, not two set-ups with held packets. Found
+  by this step (nightly at ``83a86eb``): after a client restart the new client gives the second name proxy
+  IPs its previous incarnation gave another name, and the reference's ``setup_nat``
+  (``rust/connlib/tunnel/src/gateway/client_on_gateway.rs``) then resets the client's whole NAT, including
+  the first name's translation just confirmed; the gateway forgets only the re-numbered proxy IPs
+  (decision 0178), so both names stay set up as the model says.
 
 Besides the steps, :class:`DropReasonCheck` checks the counter a refused probe to the CIDR resource's
 network goes to (see there).

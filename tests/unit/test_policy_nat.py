@@ -244,15 +244,55 @@ def test_setup_nat_validates_before_touching_state() -> None:
     assert nat.translations == before
 
 
-def test_reassignment_wipes_all_translations_and_sessions() -> None:
+def test_reassignment_forgets_only_the_reassigned_proxy_ips() -> None:
     nat = DnsResourceNat()
     auth = dns_auth()
     nat.setup_nat("a.example.com", auth, [REAL], V4P)
     nat.setup_nat("c.example.com", auth, [ip("10.0.0.3")], V6P)
-    nat.table.translate_outgoing(L4_UDP, 5, V4P[1], REAL, T(0))
-    nat.setup_nat("b.example.com", auth, [ip("10.0.0.2")], V4P[:1])  # re-numbered
-    assert list(nat.translations) == [V4P[0]] and len(nat.table) == 0
-    assert nat.translations[V4P[0]].domain == "b.example.com"
+    nat.table.translate_outgoing(L4_UDP, 5, V4P[1], REAL, T(0))  # to 100.96.0.1, re-assigned below
+    nat.table.translate_outgoing(L4_UDP, 6, V4P[0], REAL, T(0))  # to 100.96.0.4, not re-assigned
+    nat.setup_nat("b.example.com", auth, [ip("10.0.0.2")], V4P[1:2])  # re-numbered: 100.96.0.1 only
+    assert nat.translations[V4P[1]].domain == "b.example.com"
+    assert nat.translations[V4P[1]].resolved_ip == ip("10.0.0.2")  # its open session did not keep it
+    assert {p for p, st in nat.translations.items() if st.domain == "a.example.com"} == set(V4P) - {V4P[1]}
+    assert {p for p, st in nat.translations.items() if st.domain == "c.example.com"} == set(V6P)
+    assert [(s.inside_value, s.proxy_ip) for s in nat.table.sessions()] == [(6, V4P[0])]
+    # The forgotten session leaves no tombstone: its outside port is free for the new translation.
+    assert not nat.table.is_expired(L4_UDP, 5, REAL)
+
+
+def test_restart_renumbering_keeps_what_the_new_incarnation_set_up() -> None:
+    """A client restarts and numbers its names anew: ``app`` gets its old proxy IPs back, ``v4only`` those
+    the old incarnation gave ``v6only``. Setting up ``v4only`` must not undo ``app``'s set-up (the
+    reference resets the whole NAT here; nightly finding ``restart_renumbering_wiped_a_confirmed_nat``)."""
+    nat = DnsResourceNat()
+    auth = dns_auth()
+    first, second = [ip(f"100.96.0.{i}") for i in (1, 2, 3, 4)], [ip(f"100.96.0.{i}") for i in (5, 6, 7, 8)]
+    nat.setup_nat("app.example.com", auth, [REAL], first)
+    nat.setup_nat("v6only.example.com", auth, [], second)
+    # The new incarnation: app first (the same proxy IPs), a session through it, then v4only.
+    nat.setup_nat("app.example.com", auth, [REAL], first)
+    nat.table.translate_outgoing(L4_UDP, 20004, first[0], REAL, T(1))
+    nat.setup_nat("v4only.example.com", auth, [REAL], second)
+    assert {p: st.domain for p, st in nat.translations.items()} == {
+        **dict.fromkeys(first, "app.example.com"),
+        **dict.fromkeys(second, "v4only.example.com"),
+    }
+    assert all(st.resolved_ip == REAL for st in nat.translations.values())
+    assert [s.proxy_ip for s in nat.table.sessions()] == [first[0]]
+
+
+def test_forget_inside_ip_unlinks_its_sessions_only() -> None:
+    t = NatTable()
+    t.translate_outgoing(L4_UDP, 5, P1, REAL, T(0))
+    t.translate_outgoing(L4_TCP, 5, P1, REAL, T(0))
+    t.translate_outgoing(L4_UDP, 5, P5, REAL, T(0))  # collides: takes outside port 6
+    assert t.forget_inside_ip(ip("100.96.0.9")) == 0
+    assert t.forget_inside_ip(P1) == 2
+    assert not t.has_inside_ip(P1) and t.has_inside_ip(P5) and len(t) == 1
+    assert t.translate_incoming(L4_UDP, 5, REAL, T(1)) is None and not t.is_expired(L4_UDP, 5, REAL)
+    s = t.translate_incoming(L4_UDP, 6, REAL, T(1))
+    assert s is not None and s.proxy_ip == P5
 
 
 def test_open_sessions_keep_their_translation() -> None:
