@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from devpeers.client import DevClient
 from devpeers.client_types import ClientResource
 from gateway_core.clock import Instant, millis
+from gateway_core.ice.agent import IceAgent
+from gateway_core.node.connection import PeerSocket
 from gateway_core.portal.model import CidrResource, Filter, FilterProtocol
 from sim.client_portal import SIGNAL_DELAY
 from sim.gateway_world import CIDR_FILTERS, CIDR_RESOURCE, DNS_RESOURCE, INTERNET_RESOURCE
@@ -148,11 +150,25 @@ class Access:
         gateway no longer has, until its handshake in progress is retransmitted (up to 5 s later), as
         Firezone's client would (``upsert_connection`` in ``rust/connlib/snownet/src/node.rs`` does not
         start a handshake while one is in progress). Data flows only once each side knows the session
-        the other sends on."""
+        the other sends on.
+
+        Each side must also still send on a pair its ICE agent holds nominated
+        (:func:`on_nominated_pair`): a connection keeps its last path after the agent dropped that pair
+        (the relay allocation under it was freed, or the peer invalidated the candidate), as snownet's
+        does (``ConnectionState`` in ``rust/connlib/snownet/src/node.rs`` changes its ``peer_socket``
+        only on a nomination); until the controlling client nominates again, what either side sends
+        there is lost. The harness then asks again as for a failed connection; Firezone's client, whose
+        connection has not failed, would recover only at its agent's next check (idle timings: 25 s
+        apart) or when traffic wakes the connection, losing what was sent meanwhile."""
         gw_conn = self.s.gw.gateway.node.connections.get(str(self.s.gw.client_ids[c]))
         cl = self.s.client(c)
         cl_conn = cl.node.connections.get(gid)
-        if not cl.is_connected(gid) or gw_conn is None or gw_conn.peer_socket is None or cl_conn is None:
+        if not cl.is_connected(gid) or gw_conn is None or cl_conn is None:
+            return False
+        if not (
+            on_nominated_pair(cl_conn.peer_socket, cl_conn.agent)
+            and on_nominated_pair(gw_conn.peer_socket, gw_conn.agent)
+        ):
             return False
         return sessions_agree(cl_conn.tunnel, gw_conn.tunnel)
 
@@ -368,6 +384,16 @@ def _remove_route(client: DevClient, rid: uuid.UUID) -> Callable[[Instant], None
         client.remove_resource(rid)
 
     return remove
+
+
+def on_nominated_pair(ps: PeerSocket | None, agent: IceAgent) -> bool:
+    """A connection's path (``ps``, its ``peer_socket``) is a pair its ICE agent holds nominated now."""
+    if ps is None:
+        return False
+    return any(
+        p.nominated and (agent.local[p.local].c.base, agent.remote[p.remote].c.addr) == (ps.source, ps.dest)
+        for p in agent.pairs
+    )
 
 
 def sessions_agree(client_tunnel: object, gateway_tunnel: object) -> bool:
