@@ -282,18 +282,26 @@ class Connection:
         a new WireGuard session, unless one started in the last :data:`PROACTIVE_HANDSHAKE_GAP` or is in
         progress (snownet's ``upsert_connection`` -> ``initiate_wg_session``), so a peer that lost its side
         of the connection and made a fresh one gets working keys again. True if a handshake was queued."""
-        init = getattr(self.tunnel, "initiate", None)
         last = self.last_proactive_handshake
-        if self.peer_socket is None or not callable(init):
+        if self.peer_socket is None:
             return False
         if last is not None and now - last < PROACTIVE_HANDSHAKE_GAP:
             return False
-        before = self.tunnel.stats.snapshot().get("initiations_sent", 0)
-        init(now)
-        if self.tunnel.stats.snapshot().get("initiations_sent", 0) == before:
-            return False  # one is in progress
+        if not self._initiate(now):
+            return False  # one is in progress (or the tunnel cannot initiate)
         self.last_proactive_handshake = now
         return True
+
+    def _initiate(self, now: Instant) -> bool | None:
+        """Ask the tunnel for a handshake: whether an initiation went out (``False``: one was in
+        progress), ``None`` for a tunnel that cannot initiate."""
+        init = getattr(self.tunnel, "initiate", None)
+        if not callable(init):
+            return None
+        sent = self.tunnel.stats.counters
+        before = sent["initiations_sent"]
+        init(now)
+        return sent["initiations_sent"] != before
 
     def on_nominated(self, ev: NominatedSend, socket: PeerSocket, now: Instant) -> list[bytes]:
         """Apply a nomination; returns buffered WireGuard datagrams to flush on the new path."""
@@ -357,13 +365,11 @@ class Connection:
             at = self.nominated_at
             if self.established_signalled or at is None or now < at + HANDSHAKE_NUDGE_AFTER:
                 return  # (every tick of every connection that handshook: two attribute reads)
-            init = getattr(self.tunnel, "initiate", None)
-            if not callable(init):
+            started = self._initiate(now)
+            if started is None:
                 return
-            before = self.tunnel.stats.snapshot().get("initiations_sent", 0)
-            init(now)
             self.nudge_keepalives = NUDGE_KEEPALIVES - 1
-            if self.tunnel.stats.snapshot().get("initiations_sent", 0) != before:  # (else one was running)
+            if started:  # (else one was running)
                 self.tunnel.stats.incr("handshake_nudges")
         elif left > 0 and self.established_signalled:
             keepalive = getattr(self.tunnel, "keepalive", None)

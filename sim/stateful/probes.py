@@ -58,6 +58,8 @@ PROBE_SETTLE: Duration = millis(1500)
 a DNS-resource probe adds the NAT set-up's round trip)."""
 HOSTS = ("web", "webdns", "app", "inet")
 """The hosts behind the gateway whose arrivals are checked."""
+_L4 = {"udp": PROTO_UDP, "tcp": PROTO_TCP}
+"""A UDP or TCP probe's IP protocol number."""
 
 
 @dataclass(slots=True)
@@ -110,9 +112,7 @@ class Probe:
             return False
         if a.proto in (PROTO_ICMP, PROTO_ICMPV6):
             return self.proto == "icmp" and a.dport == self.seq and (nat or a.sport == self.ident)
-        if a.proto != (PROTO_UDP if self.proto == "udp" else PROTO_TCP if self.proto == "tcp" else None):
-            return False
-        return a.sport == self.sport and a.dport == self.port
+        return a.proto == _L4.get(self.proto) and a.sport == self.sport and a.dport == self.port
 
 
 class Prober:
