@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ mutate_only_covered_lines = true
 do_not_mutate_patterns =
     ^\s*log\.(debug|info|warning|error|exception)\(
     ^\s*logger\.(debug|info|warning|error|exception)\(
+    ^\s*raise (DecodeError|UnsupportedIcmpError|PatternError|UsageError|ValueError)\(
 """
 GROUPS: dict[str, str] = {
     "wire-dns": COMMON
@@ -92,61 +94,38 @@ pytest_add_cli_args_test_selection =
 }
 
 
-CONFTEST = '''"""Written by scripts/mutation.py into a copy of the tree: fast tests first."""
+CONFTEST = '''"""Written by scripts/mutation.py into a copy of the tree."""
 
-import json
-import os
-import sys
-
-from hypothesis import settings
-
-ORDER = ("tests/unit/", "tests/contract/", "tests/io/", "tests/sim/")
+from hypothesis import Phase, settings
 
 # Under a mutant every test runs through mutmut's trampolines on a loaded machine: no deadline (a slow
 # example is no failure), the same examples every run (a mutant's verdict must not depend on luck), no
-# example database (the copies are thrown away).
-settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
+# example database (the copies are thrown away), no shrinking (a killed mutant needs no minimal example:
+# shrinking took seconds per killed mutant).
+settings.register_profile(
+    "mutation", deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate]
+)
 settings.load_profile("mutation")
-
-
-def _durations():
-    for path in ("mutmut-stats.json", "mutants/mutmut-stats.json"):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)["duration_by_test"]
-        except (OSError, ValueError, KeyError):
-            continue
-    return {}
-
-
-def pytest_sessionstart(session):
-    # mutmut forks each mutant's run from a process that ran the clean tests: a result cached there
-    # (``functools.lru_cache``: the compiled DNS patterns) would hide the mutant, so caches start empty.
-    if os.environ.get("MUTANT_UNDER_TEST"):
-        for name, module in list(sys.modules.items()):
-            if name.startswith("gateway_core") and module is not None:
-                for value in list(vars(module).values()):
-                    if callable(getattr(value, "cache_clear", None)):
-                        value.cache_clear()
-
-
-def pytest_collection_modifyitems(items):
-    if os.environ.get("MUTANT_UNDER_TEST"):
-        took = _durations()
-
-        def rank(item):
-            tier = next((i for i, p in enumerate(ORDER) if item.nodeid.startswith(p)), len(ORDER))
-            return tier, took.get(item.nodeid, 0.0)
-
-        items.sort(key=rank)
 '''
-"""A mutant dies at its first failing test (``-x``), so the tests a mutant runs go cheapest first: the unit
-tests (which kill most in milliseconds), then the contract, IO and simulator tests, each tier by the time
-mutmut measured for it in its clean run (the stateful programs of the ``policy`` group: the short regression
-and edge programs before the seeded ones)."""
+"""The copy's root ``conftest.py``: Hypothesis' settings for the mutation check."""
+
+
+def step(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run one step of a group; stopped from outside (SIGTERM, Ctrl-C), it is asked to stop too."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
 
 
 def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
+    """One group: copy the tree, prepare (coverage, mutants, selection), judge, write the results."""
     work = ROOT / "build" / "mutation" / group
     if work.exists():
         shutil.rmtree(work)
@@ -161,13 +140,17 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
     (work / "conftest.py").write_text(CONFTEST, encoding="utf-8")
     env = dict(os.environ, FZ_STATEFUL_PROFILE="mutation", PYTHONPATH=str(work))
     started = time.monotonic()
-    print(f"mutation group {group}: mutmut run --max-children {children} (budget {budget} s)", flush=True)
-    try:
-        subprocess.run(
-            [mutmut, "run", "--max-children", str(children)], cwd=work, env=env, timeout=budget, check=False
-        )
-    except subprocess.TimeoutExpired:
-        print(f"mutation group {group}: stopped after the {budget} s budget", flush=True)
+    python = sys.executable
+    print(f"mutation group {group}: prepare", flush=True)
+    prep = step([python, "scripts/mutation_prepare.py", "--children", str(children)], work, env)
+    if prep != 0:
+        print(f"mutation group {group}: prepare failed ({prep})", flush=True)
+        return prep
+    left = max(1, int(budget - (time.monotonic() - started)))
+    print(f"mutation group {group}: judging on {children} children ({left} s of budget left)", flush=True)
+    run = step(
+        [python, "scripts/mutation_runner.py", "--children", str(children), "--budget", str(left)], work, env
+    )
     results = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
     )
@@ -175,7 +158,7 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
     out.write_text(results.stdout, encoding="utf-8")
     print(f"mutation group {group}: {time.monotonic() - started:.0f} s, results in {out.name}", flush=True)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "mutation_score.py"), str(out)], check=False)
-    return 0
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,13 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--budget", type=int, default=1500, help="seconds per group before it is stopped")
     args = ap.parse_args(argv)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:
         ap.error(f"unknown group(s) {unknown}: choose from {list(GROUPS)}")
+    failed = 0
     for group in args.groups or list(GROUPS):
-        run_group(group, args.children, args.budget, mutmut)
-    return 0
+        failed |= run_group(group, args.children, args.budget, mutmut) != 0
+    return int(failed)
 
 
 if __name__ == "__main__":
