@@ -15,7 +15,7 @@ function and runs only those for each mutant, on ``--max-children`` workers; onl
 mutated (``mutate_only_covered_lines``), and logging calls are not (their text is no behaviour). Each group
 writes ``build/mutation/<group>.txt`` (``mutmut results --all true``) and :mod:`scripts.mutation_score`
 prints its counts. Usage: ``python scripts/mutation.py [GROUP ...]
-[--children N] [--budget SECONDS]`` (every group by default).
+[--children N] [--budget SECONDS] [--only PATTERN ...]`` (every group by default).
 """
 
 from __future__ import annotations
@@ -124,9 +124,11 @@ def step(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
         raise
 
 
-def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
-    """One group: copy the tree, prepare (coverage, mutants, selection), judge, write the results."""
-    work = ROOT / "build" / "mutation" / group
+def run_group(group: str, children: int, budget: int, mutmut: str, only: list[str]) -> int:
+    """One group: copy the tree, prepare (coverage, mutants, selection), judge, write the results. With
+    ``only`` (mutant name patterns): judge those in ``build/mutation/<group>-only`` and print the verdicts
+    (the group's results stay as they are)."""
+    work = ROOT / "build" / "mutation" / (f"{group}-only" if only else group)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -138,7 +140,7 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
             shutil.copy2(src, work / name)
     (work / "setup.cfg").write_text(GROUPS[group], encoding="utf-8")
     (work / "conftest.py").write_text(CONFTEST, encoding="utf-8")
-    env = dict(os.environ, FZ_STATEFUL_PROFILE="mutation", PYTHONPATH=str(work))
+    env = dict(os.environ, FZ_STATEFUL_PROFILE="mutation", FZ_MUTATION_GROUP=group, PYTHONPATH=str(work))
     started = time.monotonic()
     python = sys.executable
     print(f"mutation group {group}: prepare", flush=True)
@@ -149,8 +151,12 @@ def run_group(group: str, children: int, budget: int, mutmut: str) -> int:
     left = max(1, int(budget - (time.monotonic() - started)))
     print(f"mutation group {group}: judging on {children} children ({left} s of budget left)", flush=True)
     run = step(
-        [python, "scripts/mutation_runner.py", "--children", str(children), "--budget", str(left)], work, env
+        [python, "scripts/mutation_runner.py", "--children", str(children), "--budget", str(left), *only],
+        work,
+        env,
     )
+    if only:
+        return run
     results = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=False
     )
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("groups", nargs="*", help=f"of {', '.join(GROUPS)} (default: every group)")
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--budget", type=int, default=1500, help="seconds per group before it is stopped")
+    ap.add_argument("--only", action="append", default=[], help="judge only mutants matching (repeatable)")
     args = ap.parse_args(argv)
 
     def stop(signum: int, frame: object) -> None:
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown group(s) {unknown}: choose from {list(GROUPS)}")
     failed = 0
     for group in args.groups or list(GROUPS):
-        failed |= run_group(group, args.children, args.budget, mutmut) != 0
+        failed |= run_group(group, args.children, args.budget, mutmut, args.only) != 0
     return int(failed)
 
 

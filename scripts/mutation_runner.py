@@ -296,9 +296,11 @@ class Judge:
             m.load()
             meta[f] = m
         mutants = self.selection["mutants"]
-        todo = sorted(
-            n for n in mutants if not self.only or any(fnmatch.fnmatchcase(n, p) for p in self.only)
-        )
+        if self.only:
+            todo = sorted(n for n in mutants if any(fnmatch.fnmatchcase(n, p) for p in self.only))
+        else:  # the mutants without a verdict (all of them after a prepare; the rest of a stopped run)
+            verdicts = {n: c for m in meta.values() for n, c in m.exit_code_by_key.items()}
+            todo = sorted(n for n in mutants if verdicts.get(n) is None)
         random.Random(0).shuffle(todo)
         todo.reverse()  # popped from the end
         tally = Tally(len(todo))
@@ -363,6 +365,9 @@ class Judge:
                 os.kill(job.pid, signal.SIGKILL)
                 os.waitpid(job.pid, 0)
                 os.close(job.pipe)
+            if not self.only:
+                for m in meta.values():
+                    m.save()
         if self.only:  # a look at a few mutants: printed, the group's results left as they are
             from mutmut.stats import status_by_exit_code
 
@@ -370,8 +375,6 @@ class Judge:
                 status = status_by_exit_code[r["status"]]
                 print(f"mutation run: {name}: {status} ({r['seconds']} s) {r['killer'] or ''}", flush=True)
             return
-        for m in meta.values():
-            m.save()
         (self.root / RESULTS).write_text(json.dumps(self.results, indent=1, sort_keys=True), encoding="utf-8")
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         print(f"mutation run: {tally.line(time.monotonic() - started)}", flush=True)
