@@ -71,10 +71,10 @@ demo: venv deps
 bench: venv deps
 	$(BIN)/python -m bench
 
-# Mutation check of the policy's filters and NAT against the stateful test (setup.cfg [mutmut]); not part
-# of `make test`. Bounded: 20 derandomized examples per mutant, 2 workers, 60 minutes at most (~30 min).
+# Mutation check (scripts/mutation.py, docs/testing.md "Mutation check", decision 0124): gateway_core/policy
+# against the stateful test alone, gateway_core/wire and gateway_core/dns against the unit and contract
+# tests; both cores; not part of `make test`. Each group stops starting mutants after 1500 s (budget).
 mutation: venv deps
-	$(BIN)/python -m pip install -q 'mutmut>=3.8'
 	$(BIN)/python scripts/mutation.py --children 2 --budget 1500
 
 # Coverage-guided fuzzing (fuzz/, atheris): every target for FUZZ_SECONDS each, FUZZ_JOBS at a time (nice'd),

@@ -39,6 +39,79 @@ PYTEST_ARGS = ("--rootdir=.", "-p", "no:cacheprovider", "-p", "no:randomly", "-q
 """Every pytest session of the mutation check: no cache, no random order, stop at the first failure."""
 
 
+LABEL_ARGUMENT = {"_object": 1, "_get": 2, "decode_domain_name": 1, "_ip": 1, "decode_uuid": 1, "string": 1}
+"""Functions whose argument at this position (always the parameter ``what``) only names the field in the
+text of the ``DecodeError`` they raise (``tests/unit/test_mutation_config.py`` checks the source of each):
+a mutant that changes only that argument (or the parameter's default) changes only a message."""
+
+
+def equivalent_by_construction(original: Any, mutated: Any, parents: Any) -> str | None:
+    """Why a mutation (libcst nodes before and after, and the parent of each original node) cannot change
+    behaviour, or ``None``. The rules, each checked by ``tests/unit/test_mutation_config.py``:
+
+    - ``message label``: it changes, replaces with ``None`` or removes the ``what`` argument of a
+      :data:`LABEL_ARGUMENT` function, or changes the default of a parameter ``what``;
+    - ``deadline reason``: it changes the text of the reason of a ``Deadline(at, reason)``, a label for
+      traces (a tie between two deadlines at the same instant goes to the smaller reason, and every
+      component serves all that is due whichever reason won). Not ``None``: that would raise in a tie.
+
+    (Exception messages themselves are left out by ``do_not_mutate_patterns``, logging calls likewise.)
+    """
+    import libcst as cst
+
+    if isinstance(original, cst.BaseString):
+        parent = parents.get(original)
+        if isinstance(parent, cst.Param) and parent.name.value == "what":
+            return "message label"
+        if isinstance(parent, cst.Arg):
+            call = parents.get(parent)
+            if isinstance(call, cst.Call) and isinstance(call.func, cst.Name):
+                index = list(call.args).index(parent)
+                if _is_label(call, index):
+                    return "message label"
+                if (
+                    call.func.value == "Deadline"
+                    and isinstance(mutated, cst.BaseString)
+                    and _is_reason(call, index)
+                ):
+                    return "deadline reason"
+        return None
+    if (
+        isinstance(original, cst.Call)
+        and isinstance(mutated, cst.Call)
+        and isinstance(original.func, cst.Name)
+    ):
+        changed = _changed_argument(list(original.args), list(mutated.args))
+        if changed is not None and _is_label(original, changed):
+            return "message label"
+    return None
+
+
+def _is_label(call: Any, index: int) -> bool:
+    position = LABEL_ARGUMENT.get(call.func.value)
+    if position is None:
+        return False
+    arg = call.args[index]
+    return arg.keyword.value == "what" if arg.keyword is not None else index == position
+
+
+def _is_reason(call: Any, index: int) -> bool:
+    arg = call.args[index]
+    return arg.keyword.value == "reason" if arg.keyword is not None else index == 1
+
+
+def _changed_argument(before: list[Any], after: list[Any]) -> int | None:
+    """The one argument an ``operator_arg_removal`` mutant replaced with ``None`` or removed (the other
+    arguments are the same objects), or ``None`` if it is not such a mutant."""
+    if len(before) == len(after):
+        diff = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a is not b]
+        return diff[0] if len(diff) == 1 else None
+    if len(before) == len(after) + 1:
+        i = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a is not b), len(after))
+        return i if all(a is b for a, b in zip(before[i + 1 :], after[i:], strict=True)) else None
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class MutantSite:
     """Where a mutant sits in the original source: ``lines`` (its node's and its statement's first line), or
@@ -171,9 +244,12 @@ def in_parallel(parts: int, run: Callable[[int], Coverage]) -> Coverage:
 # --- the mutants, with their sites ----------------------------------------------------------------------
 
 
-def mutate_file(path: Path, covered: set[int], excluded: set[int]) -> dict[str, MutantSite]:
+def mutate_file(
+    path: Path, covered: set[int], excluded: set[int]
+) -> tuple[dict[str, MutantSite], dict[str, int]]:
     """Write ``mutants/<path>`` with every mutant of ``path`` (mutmut's code: the same mutants, trampolines,
-    meta and span files as ``mutmut run``) and return each mutant's site, by mutant name."""
+    meta and span files as ``mutmut run``) but those :func:`equivalent_by_construction`; return each
+    mutant's site by mutant name, and how many were left out by each rule."""
     import libcst as cst
     from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
     from mutmut.mutation.data import MutantLineSpans, SourceFileMutationData
@@ -193,12 +269,21 @@ def mutate_file(path: Path, covered: set[int], excluded: set[int]) -> dict[str, 
     ignored = get_ignored_lines(str(path), source, wrapper, excluded)
     visitor = MutationVisitor(mutation_operators, ignored, covered)
     module = wrapper.visit(visitor)
+    parents = wrapper.resolve(ParentNodeProvider)
+    left_out: dict[str, int] = defaultdict(int)
+    kept = []
+    for m in visitor.mutations:
+        why = equivalent_by_construction(m.original_node, m.mutated_node, parents)
+        if why is None:
+            kept.append(m)
+        else:
+            left_out[why] += 1
+    visitor.mutations = kept
     mutated = combine_mutations_to_source(
         module, visitor.mutations, visitor.ignored_classes, visitor.ignored_functions
     )
     hashes = _compute_mutated_function_hashes(source, module, visitor.mutations)
     positions = wrapper.resolve(PositionProvider)
-    parents = wrapper.resolve(ParentNodeProvider)
 
     class_of: dict[cst.CSTNode, str | None] = {}
     for stmt in module.body:
@@ -244,7 +329,7 @@ def mutate_file(path: Path, covered: set[int], excluded: set[int]) -> dict[str, 
     data.hash_by_function_name = dict(hashes)
     data.save()
     MutantLineSpans(path=path, span_by_function_name=mutated.line_span_by_function_name).save()
-    return sites
+    return sites, dict(left_out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,13 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     with multiprocessing.get_context("fork").Pool(children) as pool:
         all_sites = pool.starmap(mutate_file, jobs, chunksize=1)
     mutants: dict[str, dict[str, Any]] = {}
-    for n, (path, sites) in enumerate(zip(to_mutate, all_sites, strict=True)):
+    left_out: dict[str, int] = defaultdict(int)
+    for n, (path, (sites, out)) in enumerate(zip(to_mutate, all_sites, strict=True)):
         by_line = cov.lines.get(absolute[path], {})
         for name, site in sites.items():
             mutants[name] = {"file": n, "items": items_for(site, by_line)}
+        for why, count in out.items():
+            left_out[why] += count
     SELECTION.write_text(
         json.dumps(
             {
+                "left_out": left_out,
                 "items": cov.items,
                 "seconds": [cov.seconds[i] for i in range(len(cov.items))],
                 "files": [str(p) for p in to_mutate],
@@ -300,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     reached = sum(1 for v in mutants.values() if v["items"])
     print(
         f"mutation prepare: {len(mutants)} mutants in {len(to_mutate)} files ({reached} reached by a test "
-        f"item), {time.monotonic() - started:.0f} s",
+        f"item), {time.monotonic() - started:.0f} s; left out as equivalent by construction: "
+        f"{dict(left_out) or 'none'}",
         flush=True,
     )
     return 0

@@ -30,7 +30,7 @@ plus :data:`CPU_CONSTANT`: a mutant that spins (a loop that no longer ends) dies
 children into timeouts; a wall-clock bound (:data:`WALL_FACTOR`) only catches a child that blocks.
 Mutants run in a fixed pseudo-random order, so a run stopped by ``--budget`` has checked an unbiased
 sample. Results go into mutmut's meta files (``mutmut results`` / ``mutmut show`` read them) and
-``mutants/fz-results.json`` (verdict, killing item and seconds per mutant).
+``mutants/fz-results.json`` (verdict, killing item, wall and CPU seconds per mutant).
 """
 
 from __future__ import annotations
@@ -307,12 +307,13 @@ class Judge:
         running: dict[int, Running] = {}
         started = time.monotonic()
 
-        def record(name: str, code: int, seconds: float, estimate: float, killer: str | None) -> None:
+        def record(name: str, code: int, wall: float, cpu: float, est: float, killer: str | None) -> None:
             m = meta[files[mutants[name]["file"]]]
             m.exit_code_by_key[name] = code
-            m.durations_by_key[name] = round(seconds, 3)
-            m.estimated_time_of_tests_by_mutant[name] = round(estimate, 3)
-            self.results[name] = {"status": code, "seconds": round(seconds, 3), "killer": killer}
+            m.durations_by_key[name] = round(wall, 3)
+            m.estimated_time_of_tests_by_mutant[name] = round(est, 3)
+            r = {"status": code, "wall": round(wall, 3), "cpu": round(cpu, 3), "killer": killer}
+            self.results[name] = r
             tally.add(code)
 
         last_save = last_print = started
@@ -323,7 +324,7 @@ class Judge:
                     name = todo.pop()
                     items = mutants[name]["items"]
                     if not items:
-                        record(name, 33, 0.0, 0.0, None)
+                        record(name, 33, 0.0, 0.0, 0.0, None)
                         continue
                     indices = order_items(items, self.killers.get(function_of(name), []), self.seconds)
                     estimate = sum(self.seconds[i] for i in indices)
@@ -342,11 +343,13 @@ class Judge:
                     data = b""
                     while chunk := os.read(job.pipe, 65536):
                         data += chunk
-                    code = status_of(os.waitpid(job.pid, 0)[1])
+                    _, st, usage = os.wait4(job.pid, 0)
+                    code = status_of(st)
                     os.close(job.pipe)
                     del running[job.pid]
                     killer = json.loads(data).get("killer") if data else None
-                    record(job.name, code, time.monotonic() - job.started, job.estimate, killer)
+                    cpu = usage.ru_utime + usage.ru_stime
+                    record(job.name, code, time.monotonic() - job.started, cpu, job.estimate, killer)
                     if code == 1 and killer in self.index:
                         self._remember(job.name, self.index[killer])
                 now = time.monotonic()
@@ -373,7 +376,8 @@ class Judge:
 
             for name, r in sorted(self.results.items()):
                 status = status_by_exit_code[r["status"]]
-                print(f"mutation run: {name}: {status} ({r['seconds']} s) {r['killer'] or ''}", flush=True)
+                line = f"{name}: {status} ({r['wall']} s, {r['cpu']} s of CPU) {r['killer'] or ''}"
+                print(f"mutation run: {line}", flush=True)
             return
         (self.root / RESULTS).write_text(json.dumps(self.results, indent=1, sort_keys=True), encoding="utf-8")
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)

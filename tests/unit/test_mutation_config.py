@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from scripts.mutation import GROUPS
-from scripts.mutation_prepare import MutantSite, items_for
+from scripts.mutation_prepare import LABEL_ARGUMENT, MutantSite, equivalent_by_construction, items_for
 from scripts.mutation_runner import CPU_CONSTANT, CPU_FACTOR, Tally, cpu_bound, order_items, status_of
 from scripts.mutation_score import counts
 
@@ -142,3 +142,114 @@ def test_each_group_mutates_only_its_packages(group: str) -> None:
     cfg = _config(group)["mutmut"]
     assert cfg["source_paths"] == "gateway_core"
     assert cfg.getboolean("mutate_only_covered_lines")
+
+
+# --- mutants left out as equivalent by construction (scripts/mutation_prepare.py) -------------------------
+
+LABEL_SOURCES = {
+    "_object": "gateway_core/policy/p2p_control.py",
+    "_get": "gateway_core/policy/p2p_control.py",
+    "decode_domain_name": "gateway_core/policy/p2p_control.py",
+    "_ip": "gateway_core/policy/p2p_control.py",
+    "decode_uuid": "gateway_core/portal/model.py",  # gateway_core.policy.resources: decode_uuid = parse_uuid
+    "string": "gateway_core/portal/model.py",
+}
+DEFINED_AS = {"decode_uuid": "parse_uuid"}
+
+
+def _function(path: str, name: str) -> ast.FunctionDef:
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    return next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _label_uses_are_messages(fn: ast.FunctionDef) -> list[str]:
+    """Uses of ``what`` in ``fn`` other than inside an f-string of a ``raise`` or as the label argument of
+    another label function (with or without more text around it, in an f-string)."""
+    allowed: set[int] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Raise):
+            allowed |= {id(n) for n in ast.walk(node)}
+        elif (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in LABEL_ARGUMENT
+        ):
+            position = LABEL_ARGUMENT[node.func.id]
+            if len(node.args) > position:
+                allowed |= {id(n) for n in ast.walk(node.args[position])}
+    return [
+        f"{fn.name}:{n.lineno}"
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Name) and n.id == "what" and isinstance(n.ctx, ast.Load) and id(n) not in allowed
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_ARGUMENT))
+def test_label_arguments_only_name_a_field_in_a_message(name: str) -> None:
+    """The ``message label`` rule: the argument at that position is the parameter ``what``, and ``what``
+    is only read in an exception's message or passed on as the label of another such function."""
+    fn = _function(LABEL_SOURCES[name], DEFINED_AS.get(name, name))
+    assert fn.args.args[LABEL_ARGUMENT[name]].arg == "what"
+    assert _label_uses_are_messages(fn) == []
+
+
+DEADLINE_REASON_READERS = {
+    ("gateway_core/contract.py", "earliest"),  # a tie at the same instant goes to the smaller reason
+    ("gateway_core/contract.py", "earliest_exact"),  # likewise
+    ("gateway_core/gateway.py", "_at_least_now"),  # passed on into a Deadline
+    ("gateway_core/node/node.py", "_finish"),  # passed on
+    ("gateway_core/node/node.py", "stale_kept_deadlines"),  # a message for the contract checker
+    ("gateway_core/policy/peers.py", "poll_timeout"),  # passed on
+    ("gateway_core/policy/peers.py", "_want_utc"),  # passed on
+    ("gateway_core/portal/channel.py", "poll_timeout"),  # passed on
+    ("gateway_core/turn/allocation.py", "poll_timeout"),  # a (time, reason) candidate: the earliest wins
+    # Not a Deadline's: the DropReason of HandshakeRejected (the WireGuard code is not mutated).
+    ("gateway_core/wireguard/noise.py", "consume_cookie_reply"),
+    ("gateway_core/wireguard/peer.py", "_handle_control"),
+    ("gateway_core/wireguard/peer.py", "handle_handshake"),
+}
+
+
+def test_a_deadline_reason_is_read_only_to_break_ties_and_to_be_passed_on() -> None:
+    """The ``deadline reason`` rule: nothing in the core branches on a reason's text (a new reader of
+    ``.reason`` must be looked at, and the rule kept or dropped)."""
+    readers = set()
+    for path in sorted((ROOT / "gateway_core").rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                for n in ast.walk(fn):
+                    if isinstance(n, ast.Attribute) and n.attr == "reason" and isinstance(n.ctx, ast.Load):
+                        readers.add((str(path.relative_to(ROOT)), fn.name))
+    assert readers <= DEADLINE_REASON_READERS, readers - DEADLINE_REASON_READERS
+
+
+def _mutations(source: str) -> list[tuple[str, str | None]]:
+    """Every mutmut mutation of the one-statement function ``source``, as (mutated code, rule or None)."""
+    import libcst as cst
+    from libcst.metadata import MetadataWrapper, ParentNodeProvider
+    from mutmut.mutation import mutators
+
+    wrapper = MetadataWrapper(cst.parse_module(source))
+    parents = wrapper.resolve(ParentNodeProvider)
+    out = []
+    for node in parents:
+        for kind, operator in mutators.mutation_operators:
+            if isinstance(node, kind):
+                for mutated in operator(node):
+                    code = cst.Module([]).code_for_node(mutated)
+                    out.append((code, equivalent_by_construction(node, mutated, parents)))
+    return out
+
+
+def test_the_rules_on_each_kind_of_mutant() -> None:
+    rules = dict(_mutations('def f(o):\n    return _get(o, "status", "domain_status")\n'))
+    assert rules['"XXdomain_statusXX"'] == rules['"DOMAIN_STATUS"'] == "message label"
+    assert rules['_get(o, "status", None)'] == "message label"
+    assert rules['_get(o, "status", )'] == "message label"
+    assert rules['"XXstatusXX"'] is None  # the key is behaviour
+    assert rules['_get(o, None, "domain_status")'] is None
+    assert rules['_get(o, "domain_status")'] is None
+    rules = dict(_mutations('def f(v, what="domain"):\n    return g(v, "x")\n'))
+    assert rules['"XXdomainXX"'] == "message label" and rules['"XXxXX"'] is None
+    rules = dict(_mutations('def f(t):\n    return Deadline(max(t, 1), "nat expiry")\n'))
+    assert rules['"NAT EXPIRY"'] == "deadline reason"
+    assert rules["Deadline(max(t, 1), None)"] is None  # None against a str in a tie raises
+    assert rules["2"] is None  # the number in max(t, 1)
