@@ -331,7 +331,12 @@ def test_edge_program(name: str) -> None:
     h = run_program(program)
     assert h.steps_done == len(program.steps) and h.checks == len(program.steps)
     assert not any(k.endswith("_skipped") for k in h.coverage), h.coverage
-    event = {"control_edge": "control_edge", "filter_edges": "filtered_counted"}.get(name, name)
+    event = {
+        "control_edge": "control_edge",
+        "filter_edges": "filtered_counted",
+        "flow_edges": "flow_edge",
+        "client_to_client": "foreign_destination",
+    }.get(name, name)
     assert h.coverage[f"event:{event}"] >= (len(CONTROL_CASES) if name == "control_edge" else 4)
 
 
