@@ -2,11 +2,13 @@
 
 Run by :mod:`scripts.mutation` in a group's copy of the tree (``build/mutation/<group>``, whose ``setup.cfg``
 holds the group's mutmut configuration), as ``python scripts/mutation_prepare.py``. It does what ``mutmut
-run`` does before it tests a mutant, with two differences that make every mutant cheaper to judge:
+run`` does before it tests a mutant, with three differences:
 
 1. **Coverage per test item.** The selected tests run once under coverage.py (only the files to mutate are
-   traced), with a coverage context per test item; this gives both the lines to mutate (mutmut's
-   ``mutate_only_covered_lines``) and, for every line, the items that executed it.
+   traced), with a coverage context per test item, in ``--children`` parts side by side (every part collects
+   all items and runs every n-th); this gives both the lines to mutate (mutmut's
+   ``mutate_only_covered_lines``) and, for every line, the items that executed it. No statistics run and no
+   clean run: the runner's clean pass is the one run of the tests with the trampolines in place.
 2. **A mutant needs only the items that execute it.** The mutants are generated with mutmut's own code
    (operators, trampolines, ``do_not_mutate_patterns``, meta files), and each is mapped to the source lines
    of its mutated node and of the statement holding it: an item that executes none of these lines runs the
@@ -14,8 +16,12 @@ run`` does before it tests a mutant, with two differences that make every mutant
    item that calls the function). A mutant in a function's signature (a default value) is used wherever the
    function is called without that argument, so it gets every item that runs the function's body.
 
-Writes ``mutants/fz-selection.json``: the items in collection order, their CPU seconds under coverage, and
-for each mutant the indices of its items. :mod:`scripts.mutation_runner` runs them.
+3. **Equivalent by construction, left out** (:func:`equivalent_by_construction`): mutations that can only
+   change a message label or a deadline's reason text are dropped before mutmut writes the mutated file.
+
+Writes ``mutants/fz-selection.json``: the items in collection order, their CPU seconds under coverage, for
+each mutant the indices of its items, and how many mutants each rule left out. :mod:`scripts.mutation_runner`
+judges them.
 """
 
 from __future__ import annotations
