@@ -95,6 +95,7 @@ from gateway_core.wire.ip import (
     UdpHeader,
     build_icmp_echo,
     build_udp_packet,
+    l4_checksum_ok,
     parse_ip,
     parse_tcp,
     parse_udp,
@@ -518,6 +519,9 @@ class DevClient:
             return
         if ip.dst not in (self.tunnel_v4, self.tunnel_v6):
             self.stats.incr("dropped.not_for_me")
+            return
+        if ip.fragment or not l4_checksum_ok(packet):  # as a host's stack: a bad checksum is dropped
+            self.stats.incr("dropped.bad_checksum")
             return
         try:
             if ip.proto in (PROTO_ICMP, PROTO_ICMPV6):

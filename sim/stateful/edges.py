@@ -422,7 +422,9 @@ the shapes a filter table gets wrong: each is followed by probes at its edges.""
 
 def edge_programs() -> dict[str, Program]:
     """One program per edge kind that walks its whole table: one client holding the CIDR resource (so it
-    has a connection), then the kind's steps."""
+    has a connection), then the kind's steps (``flow_edges``: see :mod:`sim.stateful.flow_edges`)."""
+    from sim.stateful.flow_edges import flow_program
+
     grant = [Step(StepKind.GRANT, 0, 0)]
     n = -(-len(CONTROL_CASES) // CASES_PER_STEP)
     return {
@@ -443,5 +445,14 @@ def edge_programs() -> dict[str, Program]:
         "nat_collision": Program(
             WorldSpec(6, 1, 1),
             grant + [Step(StepKind.GRANT, 0, 1)] + [Step(StepKind.NAT_COLLISION, 0, i, i) for i in range(4)],
+        ),
+        "flow_edges": flow_program(),
+        # Packets to the other client's tunnel address (each family), from a client holding the Internet
+        # resource (whose filters would let them through: only the gateway's client-to-client rule refuses
+        # them, decision 0054) and from one holding the CIDR resource.
+        "client_to_client": Program(
+            WorldSpec(11, 2, 1),
+            [Step(StepKind.GRANT, 0, 0), Step(StepKind.GRANT, 0, 2), Step(StepKind.GRANT, 1, 0)]
+            + [Step(StepKind.PROBE_FOREIGN, c, 2, v6) for c in (0, 1) for v6 in (0, 1)],
         ),
     }

@@ -55,6 +55,7 @@ from sim.pcap import PcapWriter
 from sim.reference import SWEEP, Bounds, HostSpec, ReferenceModel, ResourceSpec
 from sim.stateful.access import Access
 from sim.stateful.edges import Edges
+from sim.stateful.flow_edges import FlowEdges
 from sim.stateful.invariants import ErrorLog, Invariants
 from sim.stateful.probes import PROBE_SETTLE
 from sim.stateful.program import WEIGHTS, Step, StepKind, WorldSpec
@@ -148,12 +149,14 @@ class Harness:
         self.access.traffic = self.traffic
         self.topology = Topology(self.scene, self.access, self.invariants.restarted)
         self.edges = Edges(self.scene, self.invariants, self.traffic)
+        self.flow_edges = FlowEdges(self.scene, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
             self.access.handlers(),
             self.topology.handlers(),
             self.edges.handlers(),
+            self.flow_edges.handlers(),
         ):
             for kind, handler in part.items():
                 if kind in self.handlers:

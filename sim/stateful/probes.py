@@ -25,7 +25,7 @@ and the time it arrived.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from devpeers.client_types import (
@@ -45,7 +45,9 @@ from gateway_core.wire.ip import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    TCP_ACK,
     build_icmp_echo,
+    build_tcp_packet,
     build_udp_packet,
 )
 from sim.hosts.resources import Arrival
@@ -77,11 +79,15 @@ class Probe:
     """For a raw probe: the source address (a spoofed one), default the client's tunnel address."""
     seq: int = 0
     sport: int = 0
+    """The source port (UDP/TCP); left 0, :meth:`Prober.prepare` draws the next one, else it is kept (a
+    packet of the same flow as an earlier probe)."""
     sources: tuple[IPAddress, ...] = ()
     """The source addresses its packet can have (:meth:`Prober.prepare`): the client's tunnel addresses,
     or the spoofed one."""
     ident: int = 0
     """For ICMP: the client's echo identifier."""
+    mangle: Callable[[bytes], bytes] | None = None
+    """For a raw probe: what to do to the packet's bytes before sending (a malformed variant)."""
     payload: bytes = b""
     what: str = ""
     sent_at: int = -1
@@ -138,7 +144,7 @@ class Prober:
         p.payload = f"p{p.c}-{self.s.steps_done}-{self._seq[p.c]}-{self._sport[p.c]}".encode()
         if p.proto == "icmp":
             p.seq = self.next_seq(p.c)
-        else:
+        elif not p.sport:
             p.sport = self.next_sport(p.c)
         cl = self.s.client(p.c)
         p.sources = (p.src,) if p.src is not None else (cl.tunnel_v4, cl.tunnel_v6)
@@ -158,8 +164,12 @@ class Prober:
             src = p.src if p.src is not None else (cl.tunnel_v4 if p.dst.version == 4 else cl.tunnel_v6)
             if p.proto == "icmp":
                 packet = build_icmp_echo(src, p.dst, cl.echo_ident, p.seq, p.payload)
+            elif p.proto == "tcp":
+                packet = build_tcp_packet(src, p.dst, p.sport, p.port, p.payload, flags=TCP_ACK)
             else:
                 packet = build_udp_packet(src, p.dst, p.sport, p.port, p.payload)
+            if p.mangle is not None:
+                packet = p.mangle(packet)
             s.gw.drive(p.c, lambda cc, t: cc.send_raw(t, gid, packet))
         elif p.proto == "icmp":
             s.gw.drive(p.c, lambda cc, t: cc.send_icmp(t, p.dst, p.seq, p.payload))

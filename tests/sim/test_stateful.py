@@ -234,9 +234,16 @@ def mix_problems(drawn: Counter[str]) -> list[str]:
     return out
 
 
-MUTATION_SEEDS = tuple(range(int(os.environ.get("FZ_STATEFUL_EXAMPLES", "12"))))
+MUTATION_SEEDS = (
+    tuple(range(int(os.environ["FZ_STATEFUL_EXAMPLES"])))
+    if "FZ_STATEFUL_EXAMPLES" in os.environ
+    else (0, 3, 6, 9)
+)
 """The ``mutation`` profile's seeded programs (after the regressions and the edge programs): fixed, so a
-mutant is judged by the same programs every time."""
+mutant is judged by the same programs every time. Of seeds 0-11, these four killed mutants in a full run of
+the policy group (the others killed none, so without them every verdict of that run stands, and each
+surviving mutant runs ~1.6 s of programs less); 48 more seeds killed 2 of 37 sampled survivors
+(``docs/testing.md``, "Mutation check"). ``FZ_STATEFUL_EXAMPLES=N``: seeds 0 to N - 1 instead."""
 
 
 def mutation_programs() -> list[str]:
@@ -321,7 +328,12 @@ def test_edge_program(name: str) -> None:
     h = run_program(program)
     assert h.steps_done == len(program.steps) and h.checks == len(program.steps)
     assert not any(k.endswith("_skipped") for k in h.coverage), h.coverage
-    event = {"control_edge": "control_edge", "filter_edges": "filtered_counted"}.get(name, name)
+    event = {
+        "control_edge": "control_edge",
+        "filter_edges": "filtered_counted",
+        "flow_edges": "flow_edge",
+        "client_to_client": "foreign_destination",
+    }.get(name, name)
     assert h.coverage[f"event:{event}"] >= (len(CONTROL_CASES) if name == "control_edge" else 4)
 
 
