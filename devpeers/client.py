@@ -19,7 +19,7 @@ of Firezone's client that matter to a gateway:
   ``ConnectionEstablished``.
 - **DNS resources**: an A/AAAA query for a name matching a DNS resource is answered locally with proxy
   IPs the client invents (:mod:`devpeers.client_resources`). The first packet to a proxy IP starts a
-  :class:`~gateway_core.policy.p2p_control.DomainNatRequest` for (gateway, domain): ``assigned_ips`` is
+  :class:`~devpeers.client_nat.DomainNatRequest` for (gateway, domain): ``assigned_ips`` is
   sent in-band, packets are buffered until ``domain_status`` says Active, then flushed; a repeated query
   re-sends ``assigned_ips`` (as Firezone's client does when an application resolves the name again).
 - **SRV/TXT** queries for names matching a DNS resource are sent through the tunnel to the gateway's
@@ -48,6 +48,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import dns.message
 
+from devpeers.client_nat import DomainNatRequest, firezone_control, firezone_domain_status
 from devpeers.client_resources import ResourceTable
 from devpeers.client_tcp import TcpProbes
 from devpeers.client_types import (
@@ -80,7 +81,6 @@ from gateway_core.node.node import Node, RelayConfig
 from gateway_core.policy.p2p_control import (
     EVENT_DOMAIN_STATUS,
     EVENT_GOODBYE,
-    DomainNatRequest,
     build_assigned_ips,
     decode_domain_status,
     is_control_packet,
@@ -539,6 +539,8 @@ class DevClient:
         try:
             cp = parse_control_packet(packet)
             if cp.event == EVENT_GOODBYE:
+                if packet != firezone_control(EVENT_GOODBYE, b""):
+                    self.stats.incr("control.not_canonical")
                 self._record(GoodbyeReceived(now, gateway))
                 self._connected.discard(gateway)
                 self.node.remove_connection(gateway)
@@ -550,6 +552,8 @@ class DevClient:
         except DecodeError:
             self.stats.incr("control.malformed")
             return
+        if packet != firezone_domain_status(st):  # for the tests only (Firezone's client does not check)
+            self.stats.incr("control.not_canonical")
         self._record(DomainStatusReceived(now, gateway, st.resource, st.domain, st.status.value))
         req = self._nat.get((gateway, st.domain))
         if req is None:

@@ -13,11 +13,9 @@ event payload, compact UTF-8 JSON:
 - event 2 ``goodbye`` (both ways): no payload.
 
 The protocol has no request ids and no delivery guarantee; it is idempotent and the *client* repeats
-``assigned_ips``: :class:`DomainNatRequest` is that small pure machine (per gateway and domain), used by
-the simulated client. It re-sends only when it has traffic (or a new DNS answer) for the domain and at
-least :data:`ASSIGNED_IPS_RETRY_INTERVAL` passed since the last send; there is no timer. The gateway
-never retries: it answers each ``assigned_ips`` once (after resolving), see
-:mod:`gateway_core.policy.nat`.
+``assigned_ips`` (the dev client's machine for that is :mod:`devpeers.client_nat`: the gateway never runs
+it). The gateway never retries: it answers each ``assigned_ips`` once (after resolving), see
+:mod:`gateway_core.policy.dns_nat`.
 
 Codecs raise :class:`DecodeError` only. JSON decoding follows serde's rules as far as they matter:
 fields in any order, unknown fields ignored, duplicate fields and trailing garbage rejected.
@@ -28,18 +26,15 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from ipaddress import ip_address
 from typing import Any
 
 from gateway_core.addr import IPAddress
-from gateway_core.clock import Instant, secs
 from gateway_core.errors import DecodeError, UsageError
 from gateway_core.policy.resources import decode_uuid
-from gateway_core.wire.ip import PROTO_TCP, TCP_ACK, TCP_SYN, l4_info
 
 EVENT_ASSIGNED_IPS = 0
 EVENT_DOMAIN_STATUS = 1
@@ -55,10 +50,6 @@ MAX_PACKET = 1280
 """Every packet, control ones included, fits the 1280-byte limit (``MAX_IP_SIZE``)."""
 MAX_PAYLOAD = MAX_PACKET - IPV6_HEADER_LEN - CONTROL_HEADER_LEN
 """1232 bytes of JSON at most."""
-ASSIGNED_IPS_RETRY_INTERVAL = secs(2)
-"""The client re-sends a pending ``assigned_ips`` at most every 2 s (``dns_resource_nat.rs:234-236``)."""
-PENDING_BUFFER_PACKETS = 32
-"""Packets the client buffers per pending domain (``dns_resource_nat.rs``: capacity 2^5)."""
 JSON_MAX_DEPTH = 128
 """serde_json's recursion limit: deeper payloads are a decode error there too."""
 
@@ -169,7 +160,7 @@ def _depth_ok(value: Any) -> bool:
 
 def _object(payload: bytes, what: str) -> dict[str, Any]:
     try:
-        text = payload.decode("utf-8")
+        text = payload.decode()
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except DecodeError:
         raise
@@ -207,7 +198,9 @@ def decode_domain_name(value: Any, what: str = "domain") -> str:
 
 
 def _ip(value: Any, what: str) -> IPAddress:
-    if not isinstance(value, str) or "%" in value or not value.isascii() or value != value.strip():
+    # ``ip_address`` itself refuses surrounding whitespace, but accepts a scope (``%eth0``) and any
+    # Unicode digit: the reference's parser takes neither.
+    if not isinstance(value, str) or "%" in value or not value.isascii():
         raise DecodeError(f"{what}: not an IP address: {value!r}")
     try:
         return ip_address(value)
@@ -240,7 +233,9 @@ def decode_domain_status(payload: bytes) -> DomainStatus:
 
 
 def _compact(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """serde_json's compact form. Every string in these payloads is ASCII (names are checked as ASCII on
+    decode, addresses and ids are ASCII), so JSON's ASCII escaping never applies."""
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def encode_assigned_ips(msg: AssignedIps) -> bytes:
@@ -298,111 +293,3 @@ def gateway_read_control(packet: bytes | bytearray | memoryview) -> GatewayContr
     if cp.event == EVENT_GOODBYE:
         return Goodbye()
     return IgnoredEvent(cp.event)
-
-
-# --------------------------------------------------------------------------------------------------
-# The client's per-(gateway, domain) request machine (``rust/connlib/tunnel/src/client/dns_resource_nat.rs``).
-
-
-class RequestState(Enum):
-    PENDING = "pending"
-    RECREATING = "recreating"
-    CONFIRMED = "confirmed"
-    FAILED = "failed"
-
-
-class DomainNatRequest:
-    """One (gateway, domain) of a client: when to (re)send ``assigned_ips`` and what to buffer meanwhile.
-
-    Transitions: created ``PENDING`` (send now, buffer); ``Active`` -> ``CONFIRMED`` (flush the buffer);
-    anything else -> ``FAILED``; a fresh DNS answer for the domain moves ``CONFIRMED``/``FAILED`` to
-    ``RECREATING``, and the next update sends again (``PENDING``), buffering only if it had failed.
-    """
-
-    __slots__ = ("_buffer", "packet", "sent_at", "should_buffer", "state")
-
-    def __init__(self, packet: bytes, now: Instant) -> None:
-        self.packet = packet
-        """The ``assigned_ips`` packet to (re)send."""
-        self.state = RequestState.PENDING
-        self.sent_at = now
-        self.should_buffer = True
-        self._buffer: deque[bytes] = deque(maxlen=PENDING_BUFFER_PACKETS)
-
-    def _due(self, now: Instant) -> bool:
-        if now - self.sent_at >= ASSIGNED_IPS_RETRY_INTERVAL:
-            self.sent_at = now
-            return True
-        return False
-
-    def _keep(self, packet: bytes) -> None:
-        """Buffer a packet as Firezone's ``UniquePacketBuffer::push`` does: byte-identical duplicates are
-        skipped, a retransmitted TCP SYN replaces the earlier one, the oldest falls out when full."""
-        if packet in self._buffer:
-            return
-        for i, old in enumerate(self._buffer):
-            if _is_syn_retransmit(old, packet):
-                self._buffer[i] = packet
-                return
-        self._buffer.append(packet)
-
-    def update(self, now: Instant, packets: Sequence[bytes] = ()) -> bool:
-        """A new DNS answer for the domain; True if ``assigned_ips`` must be sent now."""
-        if self.state is RequestState.PENDING:
-            self._buffer.extend(packets)  # as the reference's ``extend``: no de-duplication here
-            return self._due(now)
-        if self.state is RequestState.RECREATING:
-            self.state = RequestState.PENDING
-            self.sent_at = now
-            self._buffer.clear()
-            self._buffer.extend(packets)
-            return True
-        return False
-
-    def recreate(self) -> None:
-        """The client resolved the domain again: ask the gateway to resolve it again too."""
-        if self.state is RequestState.CONFIRMED:
-            self.state, self.should_buffer = RequestState.RECREATING, False
-        elif self.state is RequestState.FAILED:
-            self.state, self.should_buffer = RequestState.RECREATING, True
-
-    def outgoing(self, now: Instant, packet: bytes) -> tuple[bytes | None, bool]:
-        """A packet for the domain: ``(packet to send now or None if buffered, send assigned_ips?)``."""
-        if self.state is not RequestState.PENDING:
-            return packet, False
-        resend = self._due(now)
-        if self.should_buffer:
-            self._keep(packet)
-            return None, resend
-        return packet, resend
-
-    def on_status(self, status: NatStatus) -> list[bytes]:
-        """A ``domain_status`` arrived; the buffered packets to send now (only when it is Active)."""
-        if status is not NatStatus.ACTIVE:
-            self.state = RequestState.FAILED
-            self._buffer.clear()
-            return []
-        flushed = list(self._buffer) if self.state is RequestState.PENDING else []
-        self.state = RequestState.CONFIRMED
-        self._buffer.clear()
-        return flushed
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-
-def _is_syn_retransmit(old: bytes, new: bytes) -> bool:
-    """Same addresses, both TCP SYN without ACK, same ports and sequence number."""
-    try:
-        p1, o1, e1 = l4_info(old)
-        p2, o2, e2 = l4_info(new)
-    except DecodeError:
-        return False
-    if p1 != PROTO_TCP or p2 != PROTO_TCP or e1 - o1 < 20 or e2 - o2 < 20 or old[0] >> 4 != new[0] >> 4:
-        return False
-    addrs = slice(12, 20) if old[0] >> 4 == 4 else slice(8, 40)
-    syn_only = (old[o1 + 13] & (TCP_SYN | TCP_ACK)) == TCP_SYN and (
-        new[o2 + 13] & (TCP_SYN | TCP_ACK)
-    ) == TCP_SYN
-    return syn_only and old[addrs] == new[addrs] and old[o1 : o1 + 8] == new[o2 : o2 + 8]

@@ -202,6 +202,61 @@ accepted as serde_json accepts them; the reference's decoder (``rust/connlib/tun
 rejects the others."""
 
 
+def _padded(domain: str, plen: int) -> bytes:
+    """A well-formed ``assigned_ips`` for ``domain`` padded (an unknown field) to an IPv6 payload length of
+    exactly ``plen`` bytes (8 of them the control header)."""
+    bare = _assigned(f'"{domain}"', extra=',"pad":""')
+    return _assigned(f'"{domain}"', extra=',"pad":"' + "p" * (plen - 8 - len(bare)) + '"')
+
+
+def _reshaped(packet: bytes, at: int, value: int) -> bytes:
+    return packet[:at] + bytes((value,)) + packet[at + 1 :]
+
+
+CONTROL_CASES_EDGE_ONLY: tuple[ControlCase, ...] = (
+    # The payload length's high byte counts: at 256-263 its low byte alone is below the header's 8.
+    ControlCase(
+        "a payload length of 258",
+        control_packet(0, _padded("p258.corp.test", 258)),
+        "reply",
+        "p258.corp.test",
+    ),
+    # Bytes beyond a payload length over 255 are ignored too (WireGuard's decapsulation already cuts a
+    # packet at its IP length, so the gateway's parser never sees them: the reply is what counts).
+    ControlCase(
+        "a payload length of 300 and bytes beyond it",
+        control_packet(0, _padded("p300.corp.test", 300), trailer=b"}garbage"),
+        "reply",
+        "p300.corp.test",
+    ),
+    ControlCase(
+        "a payload length of 513 and bytes beyond it",
+        control_packet(0, _padded("p513.corp.test", 513), trailer=b"\xff" * 9),
+        "reply",
+        "p513.corp.test",
+    ),
+    # A payload length one byte beyond the packet: not a control packet (a truncated one).
+    ControlCase(
+        "a payload length one beyond the packet",
+        control_packet(0, _assigned(), plen=len(_assigned()) + 9),
+        "silent",
+    ),
+    # Only IPv6 with next header 0xFF is a control packet, whatever else the bytes look like.
+    ControlCase(
+        "IPv4 shaped like a control packet", _reshaped(control_packet(0, _assigned()), 0, 0x45), "silent"
+    ),
+    ControlCase("IPv6 with next header 17", _reshaped(control_packet(0, _assigned()), 6, 17), "silent"),
+    ControlCase("IPv6 with next header 0xFE", _reshaped(control_packet(0, _assigned()), 6, 0xFE), "silent"),
+)
+"""Cases only :func:`edge_programs`' ``control_edge`` program sends (a step with ``b`` =
+:data:`WHOLE_TABLE`): appended after the drawn table, so that drawn programs send what they always sent.
+The gateway must answer the first three (the payload length read from both bytes; bytes beyond it ignored)
+and take the rest for no control packet (not consumed: its spoofed source ``::`` drops it)."""
+WHOLE_TABLE = 64
+"""``b`` of a ``control_edge`` step that walks :data:`CONTROL_CASES` + :data:`CONTROL_CASES_EDGE_ONLY`; the
+drawn ``b`` stays below it (0-63)."""
+
+
 class Edges:
     """The edge-case steps (see the module docstring)."""
 
@@ -318,9 +373,8 @@ class Edges:
         if not (cl.is_connected(gid) and s.model.has_peer(c, s.world.now)):
             s.coverage["control_edge_skipped"] += 1  # nothing would reach the gateway
             return
-        cases = [
-            CONTROL_CASES[(step.a * CASES_PER_STEP + i) % len(CONTROL_CASES)] for i in range(CASES_PER_STEP)
-        ]
+        table = CONTROL_CASES + CONTROL_CASES_EDGE_ONLY if step.b == WHOLE_TABLE else CONTROL_CASES
+        cases = [table[(step.a * CASES_PER_STEP + i) % len(table)] for i in range(CASES_PER_STEP)]
         key = "drop.p2p_control_malformed"
         before = s.gw.gateway.stats().get(key, 0)
         start = len(cl.received)
@@ -350,6 +404,10 @@ class Edges:
             raise InvariantError(
                 f"client-{c} control packets {[x.what for x in cases]}: expected Inactive for {dict(want)} "
                 f"and {malformed} counted malformed, got {dict(got)} {bad} and {counted}"
+            )
+        if s.gw.client_ids[c] not in s.gw.gateway.peers.clients:  # no case is a goodbye
+            raise InvariantError(
+                f"client-{c} control packets {[x.what for x in cases]}: the gateway forgot it"
             )
 
 
@@ -426,10 +484,10 @@ def edge_programs() -> dict[str, Program]:
     from sim.stateful.flow_edges import flow_program
 
     grant = [Step(StepKind.GRANT, 0, 0)]
-    n = -(-len(CONTROL_CASES) // CASES_PER_STEP)
+    n = -(-(len(CONTROL_CASES) + len(CONTROL_CASES_EDGE_ONLY)) // CASES_PER_STEP)
     return {
         "control_edge": Program(
-            WorldSpec(5, 1, 1), grant + [Step(StepKind.CONTROL_EDGE, 0, i) for i in range(n)]
+            WorldSpec(5, 1, 1), grant + [Step(StepKind.CONTROL_EDGE, 0, i, WHOLE_TABLE) for i in range(n)]
         ),
         "filter_edges": Program(
             WorldSpec(7, 1, 1),

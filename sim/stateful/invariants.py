@@ -200,6 +200,8 @@ class Invariants:
                         self.access.reconnect_all(only=c)
                 if not self.access.connected(c, gid):
                     raise InvariantError(f"client-{c} not connected {bound // 10**9} s after {step}")
+            if s.client(c).stats.snapshot().get("control.not_canonical"):
+                raise InvariantError(f"client-{c} got a control packet Firezone's gateway would not write")
             bye = sum(isinstance(r, GoodbyeReceived) for r in s.client(c).received)
             low = self._goodbyes_expected[c]
             high = low + self._goodbyes_optional[c]

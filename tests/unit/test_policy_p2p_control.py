@@ -1,5 +1,6 @@
 """The p2p control protocol (Firezone's ``rust/connlib/tunnel/src/p2p_control.rs``): vectors, parsers
-whole / truncated / with trailing bytes, round-trips, and the client's request machine."""
+whole / truncated / with trailing bytes, round-trips, and the dev client's request machine
+(``devpeers/client_nat.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devpeers.client_nat import DomainNatRequest, RequestState
 from gateway_core.clock import Instant
 from gateway_core.errors import DecodeError, UsageError
 from gateway_core.policy.p2p_control import (
@@ -17,12 +19,10 @@ from gateway_core.policy.p2p_control import (
     EVENT_DOMAIN_STATUS,
     GOODBYE_PACKET,
     AssignedIps,
-    DomainNatRequest,
     DomainStatus,
     Goodbye,
     IgnoredEvent,
     NatStatus,
-    RequestState,
     build_assigned_ips,
     build_control_packet,
     build_domain_status,
