@@ -60,6 +60,12 @@ _V4_UDP_HEAD = struct.Struct("!10sH12sHH")  # bytes 0-9, header checksum, key, U
 _V4_TCP_HEAD = struct.Struct("!10sH12s12sH")  # ..., key, sequence to urgent flags/window, TCP checksum
 _V6_UDP_HEAD = struct.Struct("!8s36sHH")  # bytes 0-7, key, UDP length, UDP checksum
 _V6_TCP_HEAD = struct.Struct("!8s36s12sH")
+# The slices that fill the heads' byte fields, as constants: a literal slice one byte longer than its ``Ns``
+# field would pack the same bytes (``struct`` cuts an ``s`` field to its length).
+_V4_PRE = slice(0, 10)  # version to TTL and protocol
+_V6_PRE = slice(0, 8)  # version to hop limit
+_V4_TCP_MID = slice(24, 36)  # sequence number to window
+_V6_TCP_MID = slice(44, 56)
 
 FlowEntry = tuple[int, int, bytes, int, int, NatSession | None, NatTable | None]
 """``(rewrite kind, protocol, replacement key bytes, IPv4 header checksum constant, transport checksum
@@ -104,15 +110,17 @@ def fast_key(packet: bytes | bytearray) -> bytes | None:
 
 
 def _adjust_constant(old: int, new: int) -> int:
-    """The checksum constant of a change of the field sum ``old`` to ``new`` (see :data:`FlowEntry`)."""
-    return (_M - old % _M) + new % _M - 1 + _M
+    """The checksum constant of a change of the field sum ``old`` to ``new`` (see :data:`FlowEntry`): only
+    its value modulo ``0xFFFF`` counts (:func:`forward` takes ``(k - c) % 0xFFFF``, never negative in
+    Python), so RFC 1624's ``~m + m'`` with the ``- 1`` of ``0xFFFE - ...`` folded in is ``new - old - 1``."""
+    return new - old - 1
 
 
 def _field_sums(block: bytes, v6: bool) -> tuple[int, int]:
     """``(address sum, address and port sum)`` of a key's fields, as ``nat_rewrite`` adds them up."""
     n = 16 if v6 else 4
-    a = int.from_bytes(block[:n], "big") + int.from_bytes(block[n : 2 * n], "big")
-    ports = int.from_bytes(block[2 * n : 2 * n + 2], "big") + int.from_bytes(block[2 * n + 2 :], "big")
+    a = int.from_bytes(block[:n]) + int.from_bytes(block[n : 2 * n])  # (big-endian: the default since 3.11)
+    ports = int.from_bytes(block[2 * n : 2 * n + 2]) + int.from_bytes(block[2 * n + 2 :])
     return a, a + ports
 
 
@@ -184,7 +192,7 @@ def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes
     if kind == V4_UDP:
         return (
             _V4_UDP_HEAD.pack(
-                packet[:10], 0xFFFE - (e[3] - hc) % _M, e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)
+                packet[_V4_PRE], 0xFFFE - (e[3] - hc) % _M, e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)
             )
             + packet[28:]
         )
@@ -192,11 +200,20 @@ def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes
         c = _U16.unpack_from(packet, 36)[0]
         return (
             _V4_TCP_HEAD.pack(
-                packet[:10], 0xFFFE - (e[3] - hc) % _M, e[2], packet[24:36], 0xFFFE - (e[4] - c) % _M
+                packet[_V4_PRE],
+                0xFFFE - (e[3] - hc) % _M,
+                e[2],
+                packet[_V4_TCP_MID],
+                0xFFFE - (e[4] - c) % _M,
             )
             + packet[38:]
         )
     if kind == V6_UDP:
-        return _V6_UDP_HEAD.pack(packet[:8], e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)) + packet[48:]
+        return (
+            _V6_UDP_HEAD.pack(packet[_V6_PRE], e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M))
+            + packet[48:]
+        )
     c = _U16.unpack_from(packet, 56)[0]
-    return _V6_TCP_HEAD.pack(packet[:8], e[2], packet[44:56], 0xFFFE - (e[4] - c) % _M) + packet[58:]
+    return (
+        _V6_TCP_HEAD.pack(packet[_V6_PRE], e[2], packet[_V6_TCP_MID], 0xFFFE - (e[4] - c) % _M) + packet[58:]
+    )
