@@ -26,13 +26,17 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from devpeers.client_types import DnsAnswer
 from gateway_core.addr import IPAddress
 from gateway_core.wire.ip import MAX_IP_SIZE
+from gateway_core.wire.ipbuild import build_ip, build_tcp_packet, build_udp_packet
+from gateway_core.wire.ipconst import TCP_ACK, TCP_RST
+from sim.hosts.resources import Arrival
 from sim.reference import Outcome, Prediction
-from sim.stateful.probes import Probe
+from sim.stateful.probes import PROBE_SETTLE, Probe
 from sim.stateful.program import Program, Step, StepKind, WorldSpec
 from sim.stateful.scene import Handler, InvariantError, Scene
 
@@ -42,7 +46,11 @@ if TYPE_CHECKING:
 NAME = "app.corp.test"
 """The DNS-resource name the NAT flows go to (addresses of both families)."""
 ECHO, WEB = 7, 80
-"""The hosts' UDP echo port and open TCP port."""
+"""The hosts' UDP echo port and open TCP port (TCP to the echo port is answered with a RST)."""
+HITS = ("gateway.flow_cache_hits.outbound", "gateway.flow_cache_hits.inbound")
+"""The gateway's counters of packets forwarded by the flow cache, from the client and to it."""
+UNASSIGNED_V4 = IPv4Address("100.64.3.211")
+"""A tunnel address no client of the program has: a TUN packet to it has no client."""
 
 
 def _v4(packet: bytes) -> bool:
@@ -114,6 +122,16 @@ def _data_offset(words: int) -> Callable[[bytes], bytes]:
     return mangle
 
 
+def _truncated_tcp(p: bytes) -> bytes:
+    """The segment cut to 12 bytes of TCP header (the IP length says so: only the TCP header is short)."""
+    b = bytearray(p[: _l4(p) + 12])
+    if _v4(p):
+        b[2:4] = struct.pack("!H", len(b))
+    else:
+        b[4:6] = struct.pack("!H", len(b) - 40)
+    return bytes(b)
+
+
 @dataclass(frozen=True, slots=True)
 class FlowCase:
     """A malformed packet of a cached flow and the drop reason its validation gives."""
@@ -136,6 +154,13 @@ TCP_CASES = (
     FlowCase("TCP data offset of 4 words", _data_offset(4), "malformed_l4"),
     FlowCase("TCP data offset beyond the segment", _data_offset(15), "malformed_l4"),
 )
+TUN_UDP_CASES = (
+    *UDP_CASES,
+    FlowCase("IP length short of the packet (the UDP length then beyond it)", _ip_length(-4), "malformed_l4"),
+)
+"""Malformed answers of a cached flow from the resource's host, through the TUN: the WireGuard layer does
+not stand before them as it does before the client's (it drops a packet shorter than its IP length)."""
+TUN_TCP_CASES = (*TCP_CASES, FlowCase("TCP header cut to 12 bytes", _truncated_tcp, "malformed_l4"))
 
 
 class FlowEdges:
@@ -144,13 +169,27 @@ class FlowEdges:
     def __init__(self, scene: Scene, traffic: Traffic) -> None:
         self.s = scene
         self.traffic = traffic
+        self.out: set[tuple[str, int, IPAddress, int]] = set()
+        """Flows ``(proto, sport, destination, port)`` whose client packets the gateway has cached (the
+        model: decision 0155), and (:attr:`inb`) those whose answers it has cached."""
+        self.inb: set[tuple[str, int, IPAddress, int]] = set()
+        self.sessions: set[tuple[str, int, IPAddress]] = set()
+        """The NAT sessions ``(proto, sport, proxy IP)`` of the step's flows."""
 
     def handlers(self) -> dict[StepKind, Handler]:
         return {StepKind.FLOW_EDGE: self._do_flow_edge}
 
+    def _forget(self) -> None:
+        """An event that clears the client's whole cache (a NAT session started or ended, the filters or a
+        translation changed)."""
+        self.out.clear()
+        self.inb.clear()
+
     def _do_flow_edge(self, step: Step, c: int) -> None:
         s = self.s
         nat = bool(step.a % 2)
+        self._forget()  # a DNS query below may set up the NAT; the step's flows are new ones anyway
+        self.sessions.clear()
         if nat:
             if (c, "app") not in s.model.routes:
                 s.coverage["flow_edge_skipped"] += 1
@@ -161,16 +200,66 @@ class FlowEdges:
         if not s.model.has_peer(c, s.world.now):
             s.coverage["flow_edge_skipped"] += 1
             return
+        if (
+            nat
+        ):  # the name's NAT set-up (a filter rebuild) may land during the first packet: a flow of its own
+            self._probe(c, "udp", dst, ECHO, nat, check=False)
+            self._forget()
         first = self._probe(c, "udp", dst, ECHO, nat)
-        self._probe(c, "udp", dst, ECHO, nat, first.sport)
+        second = self._probe(c, "udp", dst, ECHO, nat, first.sport)
         for case in UDP_CASES:
             if not (case.v4_only and dst.version == 6):
                 self._malformed(c, "udp", dst, ECHO, first.sport, case)
+        answer = self._answer(second, first.sport)
+        for case in TUN_UDP_CASES:
+            if not (case.v4_only and dst.version == 6):
+                self._inject(c, case.mangle(answer(b"late")), case.what, case.reason)
+        self._inject(c, answer(b""), "an empty answer", None, hit=True)
+        self._inject(c, _too_large(answer(b"")), "a 1281-byte answer", "ip_too_large")
+        full = bytes(MAX_IP_SIZE - (28 if dst.version == 4 else 48))
+        self._inject(c, answer(full), "a 1280-byte answer", None, hit=True)
         self._probe(c, "udp", dst, ECHO, nat, first.sport)
-        self._probe(c, "tcp", dst, ECHO, nat, first.sport)
+        self._probe(c, "tcp", dst, ECHO, nat, first.sport)  # a new NAT session, ended by the RST answer
+        self._probe(c, "udp", dst, ECHO, nat, first.sport)
         web = self._probe(c, "tcp", dst, WEB, nat)
         for case in TCP_CASES:
             self._malformed(c, "tcp", dst, WEB, web.sport, case)
+        segment = self._answer(web, web.sport, tcp=True)
+        for case in TUN_TCP_CASES:
+            self._inject(c, case.mangle(segment(b"late", TCP_ACK)), case.what, case.reason)
+        self._inject(c, segment(b"", TCP_ACK), "a bare ACK", None, hit=True)
+        self._probe(c, "tcp", dst, WEB, nat, web.sport)
+        self._inject(
+            c, segment(b"", TCP_RST | TCP_ACK), "a RST", None, hit=False, ends=("tcp", web.sport, dst)
+        )
+        self._probe(c, "udp", dst, ECHO, nat, first.sport)
+        self._route_edges(c, web, nat)
+
+    def _answer(self, p: Probe, sport: int, tcp: bool = False) -> Callable[..., bytes]:
+        """A builder of more answers of the flow of ``p`` from its host (as the host sent its answer)."""
+        if not p.arrivals:
+            raise InvariantError(f"{p.what}: nothing arrived")
+        a: Arrival = p.arrivals[-1]
+
+        def udp(payload: bytes) -> bytes:
+            return build_udp_packet(a.dst, a.src, a.dport, a.sport, payload)
+
+        def segment(payload: bytes, flags: int) -> bytes:
+            return build_tcp_packet(a.dst, a.src, a.dport, a.sport, payload, flags=flags)
+
+        return segment if tcp else udp
+
+    def _hits(self) -> tuple[int, int]:
+        st = self.s.gw.gateway.stats()
+        return st.get(HITS[0], 0), st.get(HITS[1], 0)
+
+    def _check_hits(self, what: str, before: tuple[int, int], want: tuple[int, int]) -> None:
+        """The packets the flow cache forwarded (from the client, to it) are exactly the predicted ones."""
+        got = self._hits()
+        delta = (got[0] - before[0], got[1] - before[1])
+        if not self.s.model.lossy and delta != want:
+            raise InvariantError(f"{what}: flow cache hits (outbound, inbound) {delta}, expected {want}")
+        self.s.coverage["event:flow_cache_checked"] += 1
 
     def _proxy_ip(self, c: int, v6: bool) -> IPAddress:
         s = self.s
@@ -185,10 +274,17 @@ class FlowEdges:
         proxies = client.proxy_ips(NAME)
         return proxies[4] if v6 else proxies[0]
 
-    def _probe(self, c: int, proto: str, dst: IPAddress, port: int, nat: bool, sport: int = 0) -> Probe:
-        """One packet of the flow (``sport``: the flow's source port; 0 for a new flow), checked."""
+    def _probe(
+        self, c: int, proto: str, dst: IPAddress, port: int, nat: bool, sport: int = 0, check: bool = True
+    ) -> Probe:
+        """One packet of the flow (``sport``: the flow's source port; 0 for a new flow), checked, with the
+        cache's part: a packet of a flow the cache holds is forwarded by it, any other goes the full way
+        and (forwarded) is cached; a new NAT session clears the cache before, a RST answer (TCP to the echo
+        port) is never cached and ends its NAT session, which clears the cache."""
         s = self.s
         now = s.world.now
+        out_hit = sport != 0 and (proto, sport, dst, port) in self.out
+        hits = self._hits()
         if nat:
             pred = s.model.predict_packet(c, dst, proto, port, now, NAME)
             s.model.nat_probe(c, NAME)
@@ -197,6 +293,26 @@ class FlowEdges:
         else:
             pred = s.model.predict_packet(c, dst, proto, port, now)
             p = self.traffic.run(Probe(c, proto, dst, port, pred, self.traffic.host_for(dst), sport=sport))
+        # A TCP request is a SYN and the request (to the echo port: only the SYN, answered by a RST), the
+        # answer a SYN/ACK and the response: the first packet of each direction may miss, the second hits.
+        n = 2 if proto == "tcp" else 1
+        flow = (proto, p.sport, dst, port)
+        if nat and (proto, p.sport, dst) not in self.sessions:
+            self.sessions.add((proto, p.sport, dst))
+            self._forget()
+        want_out = n - (not out_hit)
+        self.out.add(flow)
+        want_in = 0
+        if proto == "tcp" and port != WEB:
+            want_out = 0 if not out_hit else 1
+            if nat:
+                self.sessions.discard((proto, p.sport, dst))
+                self._forget()
+        else:
+            want_in = n - (flow not in self.inb)
+            self.inb.add(flow)
+        if check:
+            self._check_hits(p.what, hits, (want_out, want_in))
         s.coverage["event:flow_packet"] += 1
         return p
 
@@ -205,6 +321,7 @@ class FlowEdges:
         s = self.s
         key = f"drop.{case.reason}"
         before = s.gw.gateway.stats().get(key, 0)
+        hits = self._hits()
         host = "app" if s.model.client_route(c, dst) == "app" else self.traffic.host_for(dst)
         pred = Prediction.exact(Outcome.NOTHING, 0)
         p = Probe(c, proto, dst, port, pred.lossy() if s.model.lossy else pred, host, raw=True, sport=sport)
@@ -213,7 +330,68 @@ class FlowEdges:
         after = s.gw.gateway.stats().get(key, 0)
         if not s.model.lossy and after != before + 1:
             raise InvariantError(f"{p.what} ({case.what}): {key} {before} -> {after}, expected one more")
+        self._check_hits(f"{p.what} ({case.what})", hits, (0, 0))
         s.coverage["event:flow_edge"] += 1
+
+    def _inject(
+        self,
+        c: int,
+        packet: bytes,
+        what: str,
+        reason: str | None,
+        hit: bool = False,
+        ends: tuple[str, int, IPAddress] | None = None,
+    ) -> None:
+        """A packet from the TUN for client ``c``: dropped and counted under ``drop.<reason>``, or (``reason``
+        None) delivered to the client, by the cache (``hit``) or the full way; ``ends``: the NAT session the
+        packet (a RST) ends."""
+        s = self.s
+        client = s.client(c)
+        key = f"drop.{reason}"
+        before = s.gw.gateway.stats().get(key, 0)
+        hits = self._hits()
+        got = len(client.received)
+        s.world.send_ip(s.world.hosts[self._sender(packet)], packet)
+        s.world.run_for(PROBE_SETTLE)
+        what = f"to client-{c} from the TUN: {what} ({len(packet)} bytes)"
+        if not s.model.lossy:
+            after = s.gw.gateway.stats().get(key, 0)
+            delivered = len(client.received) - got
+            if reason is not None and (after != before + 1 or delivered):
+                raise InvariantError(
+                    f"{what}: {key} {before} -> {after}, {delivered} delivered; expected a drop"
+                )
+            if reason is None and delivered != 1:
+                raise InvariantError(f"{what}: {delivered} records at the client, expected one")
+        self._check_hits(what, hits, (0, int(hit)))
+        if ends is not None and ends in self.sessions:
+            self.sessions.discard(ends)
+            self._forget()
+        s.coverage["event:flow_edge"] += 1
+
+    def _sender(self, packet: bytes) -> str:
+        """The host whose address is the packet's source."""
+        src = packet[12:16] if _v4(packet) else packet[8:24]
+        for name, host in self.s.world.hosts.items():
+            if any(a is not None and a.packed == src for a in (host.ipv4, host.ipv6)):
+                return name
+        raise InvariantError(f"no host owns the source of {packet[:40].hex()}")
+
+    def _route_edges(self, c: int, web: Probe, nat: bool) -> None:
+        """The shortest packets the TUN routes to a client (a bare IPv4 or IPv6 header, of a protocol
+        without header of its own), refused by the client's policy as any packet of that protocol from the
+        host (the CIDR resource's filters; the DNS resource's real address, not through the NAT, is no
+        resource's), not as malformed; and one to a tunnel address nobody has."""
+        refused = "not_authorized" if nat else "filtered"
+        a = web.arrivals[0]
+        client = self.s.client(c)
+        src = a.dst
+        v4 = build_ip(src, client.tunnel_v4, 253, b"") if src.version == 4 else None
+        if v4 is not None:
+            self._inject(c, v4, "a bare IPv4 header", refused)
+            self._inject(c, build_ip(src, UNASSIGNED_V4, 253, b""), "to nobody's address", "unknown_client")
+        else:
+            self._inject(c, build_ip(src, client.tunnel_v6, 59, b""), "a bare IPv6 header", refused)
 
 
 def flow_program() -> Program:
