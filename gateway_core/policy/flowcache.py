@@ -74,6 +74,10 @@ constant, NAT session or None, its table)``. A checksum constant ``k`` gives the
 (``checksum_adjust_int``) with the flow's fixed part folded into ``k``."""
 
 
+_KEEP_REST: tuple[bytes, int, int, None, None] = (b"", 0, 0, None, None)
+"""The rest of an entry of a flow forwarded unchanged (:data:`KEEP`): :func:`forward` reads nothing of it."""
+
+
 class FlowCache:
     """One client's cached decisions: ``outbound`` (from the client) and ``inbound`` (to it)."""
 
@@ -116,9 +120,10 @@ def _adjust_constant(old: int, new: int) -> int:
     return new - old - 1
 
 
-def _field_sums(block: bytes, v6: bool) -> tuple[int, int]:
-    """``(address sum, address and port sum)`` of a key's fields, as ``nat_rewrite`` adds them up."""
-    n = 16 if v6 else 4
+def _field_sums(block: bytes) -> tuple[int, int]:
+    """``(address sum, address and port sum)`` of a key's fields (12 or 36 bytes: two addresses of 4 or 16
+    bytes, two ports), as ``nat_rewrite`` adds them up."""
+    n = len(block) // 2 - 2
     a = int.from_bytes(block[:n]) + int.from_bytes(block[n : 2 * n])  # (big-endian: the default since 3.11)
     ports = int.from_bytes(block[2 * n : 2 * n + 2]) + int.from_bytes(block[2 * n + 2 :])
     return a, a + ports
@@ -139,15 +144,23 @@ def remember(
     if len(table) >= MAX_FLOWS:
         table.clear()
     if new == key:
-        table[key] = (KEEP, proto, new, 0, 0, None, None)
+        table[key] = (KEEP, proto, *_KEEP_REST)
         return
-    old_a, old_all = _field_sums(key, v6)
-    new_a, new_all = _field_sums(new, v6)
+    old_a, old_all = _field_sums(key)
+    new_a, new_all = _field_sums(new)
     if old_all == new_all or (not v6 and old_a == new_a):
         return  # a rewrite that leaves a checksum as it is (never seen in practice): always the full path
     kind = (V6_UDP if proto == PROTO_UDP else V6_TCP) if v6 else (V4_UDP if proto == PROTO_UDP else V4_TCP)
-    hdr = 0 if v6 else _adjust_constant(old_a, new_a)
-    table[key] = (kind, proto, new, hdr, _adjust_constant(old_all, new_all), session, nat)
+    # (the header constant of an IPv6 flow is never read: IPv6 has no header checksum)
+    table[key] = (
+        kind,
+        proto,
+        new,
+        _adjust_constant(old_a, new_a),
+        _adjust_constant(old_all, new_all),
+        session,
+        nat,
+    )
 
 
 def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes | None:
