@@ -5,15 +5,30 @@ kept (``gateway_core/policy/flowcache.py``) and the flow's next packets are forw
 both directions, *before* the validation of the full way: the cache must refuse every packet the full way
 would treat otherwise. A ``flow_edge`` step makes one client send, to the CIDR resource's web host or
 through the DNS-resource NAT to a proxy IP of ``app.corp.test`` (``a``; the family of the proxy IP from
-``b``), and checks each packet against the model like any probe:
+``b``), and checks each packet against the model like any probe. Besides what arrives and what is dropped, the
+step predicts exactly which packets the cache forwards, in each direction (the gateway's counters
+``gateway.flow_cache_hits.outbound``/``.inbound``, :data:`HITS`), from decision 0155: the first packet of
+a flow in each direction goes the full way and is cached, the following ones are the cache's; a NAT
+session that starts or ends (a new flow through the NAT, a RST, 120 s idle) clears the client's cache, as
+do filter and translation changes (a DNS query's NAT set-up: the step starts new flows after one); a
+malformed packet, a RST and anything not TCP or UDP are never the cache's; the cache of a direction is
+cleared when it holds :data:`~gateway_core.policy.flowcache.MAX_FLOWS` and a new flow comes. In order:
 
 1. two datagrams of one UDP flow to the echo port (the second one and its answer go through the cache);
 2. the :data:`UDP_CASES`, malformed packets of that flow sent raw into the tunnel: each must be dropped,
    nothing forwarded or answered, and counted under the reason the full way's validation gives
-   (``drop.<reason>`` goes up by one);
-3. a third datagram of the flow (still answered), then a TCP request from the same source port to the same
-   address and port: the same addresses and ports as the cached flow, another protocol;
-4. a TCP request to the open web port, then the :data:`TCP_CASES`, malformed segments of that flow.
+   (``drop.<reason>`` goes up by one); then the :data:`TUN_UDP_CASES`, malformed answers of the flow
+   from the resource's host through the TUN (refused alike), an empty answer and one of exactly 1280
+   bytes (the cache's, delivered) and one of 1281 (dropped);
+3. a third datagram of the flow, then a TCP request from the same source port to the echo port (a new NAT
+   session, answered by a RST that ends it) and a fourth datagram (the full way again, through the NAT);
+4. a TCP request to the open web port, the :data:`TCP_CASES` from the client, the :data:`TUN_TCP_CASES`
+   from the host, a bare ACK from the host (the cache's), the request again, a RST from the host;
+5. the shortest packets the TUN routes to a client (a bare IPv4 or IPv6 header) and one to a tunnel
+   address nobody has; a UDP flow to the gateway's own tunnel address and one from it;
+6. through the NAT only: a flow whose NAT port is taken (its port rewritten both ways, the high byte
+   too), a flow kept alive over 140 s by the cache's packets alone, and (IPv4) the cache filled to its
+   bound.
 
 Predictions come from the model (:meth:`ReferenceModel.predict_packet`), the drops from the validation
 rules (``gateway_core.wire.ip.validate``, as Firezone's ``IpPacket::new``), not from the cache's code. The
@@ -31,6 +46,8 @@ from typing import TYPE_CHECKING
 
 from devpeers.client_types import DnsAnswer
 from gateway_core.addr import IPAddress
+from gateway_core.clock import secs
+from gateway_core.policy.flowcache import MAX_FLOWS
 from gateway_core.wire.ip import MAX_IP_SIZE
 from gateway_core.wire.ipbuild import build_ip, build_tcp_packet, build_udp_packet
 from gateway_core.wire.ipconst import TCP_ACK, TCP_RST
@@ -39,6 +56,7 @@ from sim.reference import Outcome, Prediction
 from sim.stateful.probes import PROBE_SETTLE, Probe
 from sim.stateful.program import Program, Step, StepKind, WorldSpec
 from sim.stateful.scene import Handler, InvariantError, Scene
+from sim.stateful.traffic import NO_HOST_V4
 
 if TYPE_CHECKING:
     from sim.stateful.traffic import Traffic
@@ -49,6 +67,17 @@ ECHO, WEB = 7, 80
 """The hosts' UDP echo port and open TCP port (TCP to the echo port is answered with a RST)."""
 HITS = ("gateway.flow_cache_hits.outbound", "gateway.flow_cache_hits.inbound")
 """The gateway's counters of packets forwarded by the flow cache, from the client and to it."""
+GATEWAY_PORT = 5353
+"""A UDP port of the gateway's own tunnel address (its host answers port unreachable)."""
+UDP_IDLE_END = secs(125)
+"""Longer than a UDP NAT session's idle lifetime (120 s, ``gateway_core.policy.nat.UDP_TTL``)."""
+REFRESH_GAP = secs(70)
+"""Between two packets of the refreshed flow: two gaps exceed the idle lifetime, one does not."""
+COLLIDING_PORT = {4: 0x50FF, 6: 0x51FF}
+"""Source ports of the flows whose NAT port is taken: the next free one differs in its high byte as well
+(a cached checksum constant must count the whole port)."""
+FILL_PORT = 40000
+"""The first source port of the flows that fill the cache (beyond the probes' 20000-38999)."""
 UNASSIGNED_V4 = IPv4Address("100.64.3.211")
 """A tunnel address no client of the program has: a TUN packet to it has no client."""
 
@@ -234,6 +263,12 @@ class FlowEdges:
         )
         self._probe(c, "udp", dst, ECHO, nat, first.sport)
         self._route_edges(c, web, nat)
+        self._gateway_flows(c, dst.version == 6)
+        if nat:
+            self._colliding_flow(c, dst, COLLIDING_PORT[dst.version])
+            refreshed = self._refreshed_flow(c, dst)
+            if dst.version == 4:
+                self._full_cache(c, dst, refreshed)
 
     def _answer(self, p: Probe, sport: int, tcp: bool = False) -> Callable[..., bytes]:
         """A builder of more answers of the flow of ``p`` from its host (as the host sent its answer)."""
@@ -261,21 +296,29 @@ class FlowEdges:
             raise InvariantError(f"{what}: flow cache hits (outbound, inbound) {delta}, expected {want}")
         self.s.coverage["event:flow_cache_checked"] += 1
 
-    def _proxy_ip(self, c: int, v6: bool) -> IPAddress:
+    def _proxy_ip(self, c: int, v6: bool, name: str = NAME) -> IPAddress:
         s = self.s
         client = s.client(c)
         before = len(client.received)
         rtype = "AAAA" if v6 else "A"
-        s.gw.drive(c, lambda cc, t: cc.query_dns(t, NAME, rtype))
+        s.gw.drive(c, lambda cc, t: cc.query_dns(t, name, rtype))
         answers = [r for r in client.received[before:] if isinstance(r, DnsAnswer)]
         if len(answers) != 1 or answers[0].rcode != "NOERROR":
-            raise InvariantError(f"local {rtype} answer for {NAME}: {answers}")
-        s.model.nat_query(c, NAME)
-        proxies = client.proxy_ips(NAME)
+            raise InvariantError(f"local {rtype} answer for {name}: {answers}")
+        s.model.nat_query(c, name)
+        proxies = client.proxy_ips(name)
         return proxies[4] if v6 else proxies[0]
 
     def _probe(
-        self, c: int, proto: str, dst: IPAddress, port: int, nat: bool, sport: int = 0, check: bool = True
+        self,
+        c: int,
+        proto: str,
+        dst: IPAddress,
+        port: int,
+        nat: bool,
+        sport: int = 0,
+        check: bool = True,
+        name: str = NAME,
     ) -> Probe:
         """One packet of the flow (``sport``: the flow's source port; 0 for a new flow), checked, with the
         cache's part: a packet of a flow the cache holds is forwarded by it, any other goes the full way
@@ -286,10 +329,10 @@ class FlowEdges:
         out_hit = sport != 0 and (proto, sport, dst, port) in self.out
         hits = self._hits()
         if nat:
-            pred = s.model.predict_packet(c, dst, proto, port, now, NAME)
-            s.model.nat_probe(c, NAME)
+            pred = s.model.predict_packet(c, dst, proto, port, now, name)
+            s.model.nat_probe(c, name)
             p = self.traffic.run(Probe(c, proto, dst, port, pred, "app", sport=sport))
-            s.model.nat_settle(c, NAME, now)
+            s.model.nat_settle(c, name, now)
         else:
             pred = s.model.predict_packet(c, dst, proto, port, now)
             p = self.traffic.run(Probe(c, proto, dst, port, pred, self.traffic.host_for(dst), sport=sport))
@@ -341,6 +384,7 @@ class FlowEdges:
         reason: str | None,
         hit: bool = False,
         ends: tuple[str, int, IPAddress] | None = None,
+        sender: str | None = None,
     ) -> None:
         """A packet from the TUN for client ``c``: dropped and counted under ``drop.<reason>``, or (``reason``
         None) delivered to the client, by the cache (``hit``) or the full way; ``ends``: the NAT session the
@@ -351,7 +395,7 @@ class FlowEdges:
         before = s.gw.gateway.stats().get(key, 0)
         hits = self._hits()
         got = len(client.received)
-        s.world.send_ip(s.world.hosts[self._sender(packet)], packet)
+        s.world.send_ip(s.world.hosts[sender or self._sender(packet)], packet)
         s.world.run_for(PROBE_SETTLE)
         what = f"to client-{c} from the TUN: {what} ({len(packet)} bytes)"
         if not s.model.lossy:
@@ -376,6 +420,75 @@ class FlowEdges:
             if any(a is not None and a.packed == src for a in (host.ipv4, host.ipv6)):
                 return name
         raise InvariantError(f"no host owns the source of {packet[:40].hex()}")
+
+    def _gateway_flows(self, c: int, v6: bool) -> None:
+        """A UDP flow to the gateway's own tunnel address (its host answers with an ICMP error, never cached)
+        and one from it, each of two packets: the first goes the full way, the second the cache's."""
+        s = self.s
+        peers = s.gw.gateway.peers
+        gw = peers.gateway_v6 if v6 else peers.gateway_v4
+        assert gw is not None
+        sport = 0
+        for want in ((0, 0), (1, 0)):
+            hits = self._hits()
+            pred = s.model.predict_gateway_address(c, "udp", GATEWAY_PORT, s.world.now)
+            p = self.traffic.run(Probe(c, "udp", gw, GATEWAY_PORT, pred, None, raw=True, sport=sport))
+            sport = p.sport
+            self._check_hits(f"{p.what} (from port {sport})", hits, want)
+        client = s.client(c)
+        mine = client.tunnel_v6 if v6 else client.tunnel_v4
+        for hit in (False, True):
+            packet = build_udp_packet(gw, mine, GATEWAY_PORT, sport, b"from the gateway")
+            self._inject(c, packet, "from the gateway's tunnel address", None, hit=hit, sender="web")
+
+    def _colliding_flow(self, c: int, app: IPAddress, sport: int) -> None:
+        """A UDP flow to a proxy IP of another name of the same address, from the source port of a flow to
+        ``app.corp.test`` still in the NAT: the NAT gives it the next port (the port's high byte changes
+        too), rewritten both ways, and the cache rewrites (and checksums) its packets as the full way did."""
+        v6 = app.version == 6
+        self._probe(c, "udp", app, ECHO, True, sport)
+        other = "v6only.corp.test" if v6 else "v4only.corp.test"
+        dst = self._proxy_ip(c, v6, other)
+        self._probe(c, "udp", dst, ECHO, True, check=False, name=other)  # (the name's set-up: see above)
+        self._forget()
+        p = self._probe(c, "udp", dst, ECHO, True, sport, name=other)
+        if not self.s.model.lossy and p.arrivals and p.arrivals[-1].sport == sport:
+            raise InvariantError(f"{p.what}: the NAT kept port {sport}, which another session holds")
+        self._probe(c, "udp", dst, ECHO, True, sport, name=other)
+        self.s.coverage["event:flow_cache_port_changed"] += 1
+
+    def _refreshed_flow(self, c: int, dst: IPAddress) -> Probe:
+        """A UDP flow through the NAT whose packets come every 70 s, after every other UDP session has
+        ended (each end clears the cache): the cache's packets keep its session alive (120 s idle), so the
+        third packet, 140 s after the first, is still the cache's."""
+        s = self.s
+        s.world.run_for(UDP_IDLE_END)
+        self.sessions = {x for x in self.sessions if x[0] != "udp"}
+        self._forget()
+        p = self._probe(c, "udp", dst, ECHO, True)
+        for _ in range(2):
+            s.world.run_for(REFRESH_GAP)
+            self._probe(c, "udp", dst, ECHO, True, p.sport)
+        s.coverage["event:flow_cache_refreshed"] += 1
+        return p
+
+    def _full_cache(self, c: int, dst: IPAddress, flow: Probe) -> None:
+        """New flows from the client (to an address of the CIDR resource where no host answers) until its
+        cache of outbound decisions holds :data:`MAX_FLOWS`; one more clears it (the bound), so the next
+        packet of ``flow`` goes the full way out, while its answer is still the cache's."""
+        s = self.s
+        src = s.client(c).tunnel_v4
+        gid = s.gw.gateway_id()
+        held = len(self.out)
+        for i in range(MAX_FLOWS - held + 1):
+            packet = build_udp_packet(src, NO_HOST_V4, FILL_PORT + i, ECHO, b"fill")
+            hits = self._hits()
+            s.gw.drive(c, lambda cc, t, pk=packet: cc.send_raw(t, gid, pk))
+            self._check_hits(f"a new flow to {NO_HOST_V4} from port {FILL_PORT + i}", hits, (0, 0))
+        s.world.run_for(PROBE_SETTLE)
+        self.out.clear()
+        self._probe(c, "udp", dst, ECHO, True, flow.sport)
+        s.coverage["event:flow_cache_full"] += 1
 
     def _route_edges(self, c: int, web: Probe, nat: bool) -> None:
         """The shortest packets the TUN routes to a client (a bare IPv4 or IPv6 header, of a protocol
