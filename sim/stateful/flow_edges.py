@@ -269,6 +269,8 @@ class FlowEdges:
             refreshed = self._refreshed_flow(c, dst)
             if dst.version == 4:
                 self._full_cache(c, dst, refreshed)
+            else:
+                self._unreachable(c)
 
     def _answer(self, p: Probe, sport: int, tcp: bool = False) -> Callable[..., bytes]:
         """A builder of more answers of the flow of ``p`` from its host (as the host sent its answer)."""
@@ -489,6 +491,21 @@ class FlowEdges:
         self.out.clear()
         self._probe(c, "udp", dst, ECHO, True, flow.sport)
         s.coverage["event:flow_cache_full"] += 1
+
+    def _unreachable(self, c: int) -> None:
+        """A datagram to an IPv6 proxy IP of a name with IPv4 addresses only: answered "unreachable" (no
+        NAT64), never cached, and counted (``policy.icmp_unreachable``)."""
+        s = self.s
+        name = "v4only.corp.test"
+        dst = self._proxy_ip(c, True, name)
+        key = "policy.icmp_unreachable"
+        for _ in range(2):
+            before = s.gw.gateway.stats().get(key, 0)
+            p = self._probe(c, "udp", dst, ECHO, True, check=False, name=name)
+            after = s.gw.gateway.stats().get(key, 0)
+            if not s.model.lossy and after != before + 1:
+                raise InvariantError(f"{p.what}: {key} {before} -> {after}, expected one more")
+        s.coverage["event:flow_unreachable_counted"] += 1
 
     def _route_edges(self, c: int, web: Probe, nat: bool) -> None:
         """The shortest packets the TUN routes to a client (a bare IPv4 or IPv6 header, of a protocol
