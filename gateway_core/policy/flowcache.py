@@ -20,8 +20,10 @@ would refuse) always take the full path, as do all packets while flow logs are o
 
 The rewrite is exactly the full path's: :func:`gateway_core.wire.rewrite.nat_rewrite` adjusts each
 checksum with ``checksum_adjust_int(c, old, new)``, whose result depends only on ``~c + (M - old % M) +
-new % M`` (``M = 0xFFFF``); the constant here is that sum's fixed part for the flow (``0``: no adjustment,
-as when the old and new field sums are equal). A test compares both paths byte for byte.
+new % M`` (``M = 0xFFFF``); the constant here is that sum's fixed part for the flow, ``new - old - 1``
+modulo ``M`` (a flow whose old and new field sums are equal, which ``nat_rewrite`` leaves unadjusted, is not
+cached). A test compares both paths byte for byte; the gateway counts the packets the cache forwarded
+(``gateway.flow_cache_hits.*``, decision 0177) and the stateful test predicts them.
 """
 
 from __future__ import annotations
