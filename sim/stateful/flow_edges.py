@@ -71,6 +71,8 @@ GATEWAY_PORT = 5353
 """A UDP port of the gateway's own tunnel address (its host answers port unreachable)."""
 UDP_IDLE_END = secs(125)
 """Longer than a UDP NAT session's idle lifetime (120 s, ``gateway_core.policy.nat.UDP_TTL``)."""
+CLOSED_UDP = 9
+"""A UDP port the hosts do not answer on (they send ICMP port unreachable)."""
 REFRESH_GAP = secs(70)
 """Between two packets of the refreshed flow: two gaps exceed the idle lifetime, one does not."""
 COLLIDING_PORT = {4: 0x50FF, 6: 0x51FF}
@@ -248,7 +250,8 @@ class FlowEdges:
         full = bytes(MAX_IP_SIZE - (28 if dst.version == 4 else 48))
         self._inject(c, answer(full), "a 1280-byte answer", None, hit=True)
         self._probe(c, "udp", dst, ECHO, nat, first.sport)
-        self._probe(c, "tcp", dst, ECHO, nat, first.sport)  # a new NAT session, ended by the RST answer
+        reset = self._probe(c, "tcp", dst, ECHO, nat, first.sport)  # a new NAT session, ended by the RST
+        self._after_reset(c, reset, second, nat)
         self._probe(c, "udp", dst, ECHO, nat, first.sport)
         web = self._probe(c, "tcp", dst, WEB, nat)
         for case in TCP_CASES:
@@ -321,11 +324,13 @@ class FlowEdges:
         sport: int = 0,
         check: bool = True,
         name: str = NAME,
+        answered: bool = True,
     ) -> Probe:
         """One packet of the flow (``sport``: the flow's source port; 0 for a new flow), checked, with the
         cache's part: a packet of a flow the cache holds is forwarded by it, any other goes the full way
         and (forwarded) is cached; a new NAT session clears the cache before, a RST answer (TCP to the echo
-        port) is never cached and ends its NAT session, which clears the cache."""
+        port) is never cached and ends its NAT session, which clears the cache; ``answered`` False: the
+        answer is an ICMP error (a closed UDP port), never cached either."""
         s = self.s
         now = s.world.now
         out_hit = sport != 0 and (proto, sport, dst, port) in self.out
@@ -346,16 +351,20 @@ class FlowEdges:
             self.sessions.add((proto, p.sport, dst))
             self._forget()
         want_out = n - (not out_hit)
-        self.out.add(flow)
         want_in = 0
-        if proto == "tcp" and port != WEB:
+        if s.model.gateway_allows(c, dst, proto, port, now) is None:  # refused (ICMP prohibited): not cached
+            want_out = 0
+        elif proto == "tcp" and port != WEB:
+            self.out.add(flow)
             want_out = 0 if not out_hit else 1
             if nat:
                 self.sessions.discard((proto, p.sport, dst))
                 self._forget()
         else:
-            want_in = n - (flow not in self.inb)
-            self.inb.add(flow)
+            self.out.add(flow)
+            if answered:
+                want_in = n - (flow not in self.inb)
+                self.inb.add(flow)
         if check:
             self._check_hits(p.what, hits, (want_out, want_in))
         s.coverage["event:flow_packet"] += 1
@@ -460,19 +469,43 @@ class FlowEdges:
         self.s.coverage["event:flow_cache_port_changed"] += 1
 
     def _refreshed_flow(self, c: int, dst: IPAddress) -> Probe:
-        """A UDP flow through the NAT whose packets come every 70 s, after every other UDP session has
-        ended (each end clears the cache): the cache's packets keep its session alive (120 s idle), so the
-        third packet, 140 s after the first, is still the cache's."""
+        """Three UDP flows through the NAT, after every other UDP session has ended (each end clears the
+        cache), whose packets come every 70 s: one both ways, one from the client only (to a closed port:
+        its answers are ICMP errors, which refresh nothing), one from the host only (answers injected, the
+        client silent). The cache's packets of either direction keep a session alive (120 s idle, decision
+        0042), so every packet 70 and 140 s after the first is still the cache's."""
         s = self.s
         s.world.run_for(UDP_IDLE_END)
         self.sessions = {x for x in self.sessions if x[0] != "udp"}
         self._forget()
-        p = self._probe(c, "udp", dst, ECHO, True)
+        both = self._probe(c, "udp", dst, ECHO, True)
+        out_only = self._probe(c, "udp", dst, CLOSED_UDP, True, answered=False)
+        in_only = self._probe(c, "udp", dst, ECHO, True)
+        answer = self._answer(in_only, in_only.sport)
+        self._probe(c, "udp", dst, ECHO, True, both.sport)  # (cached again: the later sessions cleared it)
+        self._probe(c, "udp", dst, CLOSED_UDP, True, out_only.sport, answered=False)
         for _ in range(2):
             s.world.run_for(REFRESH_GAP)
-            self._probe(c, "udp", dst, ECHO, True, p.sport)
+            self._probe(c, "udp", dst, ECHO, True, both.sport)
+            self._probe(c, "udp", dst, CLOSED_UDP, True, out_only.sport, answered=False)
+            self._inject(c, answer(b"unasked"), "an answer on a flow the client is silent on", None, hit=True)
         s.coverage["event:flow_cache_refreshed"] += 1
-        return p
+        return both
+
+    def _after_reset(self, c: int, reset: Probe, udp: Probe, nat: bool) -> None:
+        """After the answer to a SYN to the echo port (a RST through the NAT, never cached; the CIDR
+        resource's filters may refuse it instead), a bare ACK from the host on the same ports goes the full
+        way: through the NAT dropped as a packet of the session the RST ended (its outside port is the
+        client's: no other TCP session holds it), else delivered or refused by the filters as the model
+        says. The host's address is where the flow's UDP datagrams arrived."""
+        a: Arrival = udp.arrivals[-1]
+        ack = build_tcp_packet(a.dst, a.src, ECHO, reset.sport, b"", flags=TCP_ACK)
+        if nat:
+            reason: str | None = "nat_session_expired"
+        else:
+            allowed = self.s.model.gateway_allows(c, reset.dst, "tcp", ECHO, self.s.world.now)
+            reason = None if allowed else "filtered"
+        self._inject(c, ack, "an ACK after the SYN to the echo port", reason, hit=False)
 
     def _full_cache(self, c: int, dst: IPAddress, flow: Probe) -> None:
         """New flows from the client (to an address of the CIDR resource where no host answers) until its
