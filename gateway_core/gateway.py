@@ -115,6 +115,10 @@ class Gateway:
         self._fast = not config.flow_logs and not config.validate_checksums
         """Whether the data path may take the flow cache (flow logs must see every packet, and checksum
         validation checks every packet on the full path)."""
+        self._cache_hits_out = 0
+        self._cache_hits_in = 0
+        """Packets the flow cache forwarded, from clients and to them (``gateway.flow_cache_hits.*`` in
+        :meth:`stats`): one integer increment per cached packet, read only by a stats snapshot."""
         url = login_url(config.api_url, config.token, config.firezone_id, config.name, self._public_key)
         ua = config.user_agent or user_agent("Linux", "unknown", None, None, config.version)
         self._channel = PortalChannel(url, ua, ent.fork("portal"), config.channel)
@@ -190,6 +194,7 @@ class Gateway:
         if policy is not None and self._fast:
             fast = forward(policy.flow_cache.outbound, packet, now)
             if fast is not None:
+                self._cache_hits_out += 1
                 if ecn == ECN_CE:  # (rare: a congested path; the cached rewrite keeps the inner bits)
                     marked = bytearray(fast)
                     merge_ecn(marked, ECN_CE)
@@ -256,6 +261,7 @@ class Gateway:
             if fast_policy is not None:
                 fast = forward(fast_policy.flow_cache.inbound, packet, now)
                 if fast is not None:
+                    self._cache_hits_in += 1
                     node = self._node
                     t = node.encapsulate(fast_policy.cid, fast, now)
                     if node.queued_events:
@@ -469,6 +475,8 @@ class Gateway:
         out["gateway.clients"] = len(self._peers)
         out["gateway.connections"] = len(node.connections)
         out["gateway.flows_active"] = len(self._flows.tcp) + len(self._flows.udp)
+        out["gateway.flow_cache_hits.outbound"] = self._cache_hits_out
+        out["gateway.flow_cache_hits.inbound"] = self._cache_hits_in
         clients = self._peers.clients.values()
         out["gateway.authorizations"] = sum(len(p.authorizations) for p in clients)
         out["gateway.nat_sessions"] = sum(len(p.nat.table) for p in clients)

@@ -283,6 +283,14 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         _one("gateway.flows_active"),
     ),
     Instrument(
+        "firezone.gateway.flow_cache.hits",
+        "counter",
+        "{packet}",
+        "Packets forwarded by the per-flow decision cache (decision 0155), by direction "
+        "(firezone.flow.direction: outbound from clients, inbound to them).",
+        _prefixed("gateway.flow_cache_hits.", "firezone.flow.direction"),
+    ),
+    Instrument(
         "firezone.gateway.flows.logged",
         "counter",
         "{flow}",

@@ -92,12 +92,17 @@ _V4_TUN_SHIFT = 32 - IPV4_TUNNEL.prefixlen
 _V4_TUN_KEY = int(IPV4_TUNNEL.network_address) >> _V4_TUN_SHIFT
 _V6_TUN_SHIFT = 128 - IPV6_TUNNEL.prefixlen
 _V6_TUN_KEY = int(IPV6_TUNNEL.network_address) >> _V6_TUN_SHIFT
+_NO_PORT = 0
+"""The ports of a packet of a protocol without ports (ICMP, others)."""
 
 
 def _fields(buf: bytearray) -> tuple[bool, int, int, int, int, int, int, int, int]:
     """``(v6, src, dst, kind, sport, dport, proto, l4_offset, end)`` with addresses as integers.
 
-    DecodeError if malformed. ``kind`` is the filter's protocol descriptor, ``proto`` the IP protocol.
+    DecodeError if malformed. ``kind`` is the filter's protocol descriptor, ``proto`` the IP protocol. The
+    packet is a validated one (``wire.ip.validate``, before either data-path method): a TCP or UDP header
+    is whole. Other protocols have no ports (:data:`_NO_PORT`: the filters ignore the port of ICMP and
+    of other protocols).
     """
     proto, off, end = l4_info(buf)
     v6 = buf[0] >> 4 == 6
@@ -107,13 +112,10 @@ def _fields(buf: bytearray) -> tuple[bool, int, int, int, int, int, int, int, in
     else:
         src, dst = _V4_ADDRS.unpack_from(buf, 12)
     if proto in (PROTO_TCP, PROTO_UDP):
-        if end - off < 4:
-            raise DecodeError("transport header truncated")
         sport, dport = _PORTS.unpack_from(buf, off)
         return v6, src, dst, proto, sport, dport, proto, off, end
-    if proto == (PROTO_ICMPV6 if v6 else PROTO_ICMP):
-        return v6, src, dst, L4_ICMP, 0, 0, proto, off, end
-    return v6, src, dst, L4_OTHER, 0, 0, proto, off, end
+    kind = L4_ICMP if proto == (PROTO_ICMPV6 if v6 else PROTO_ICMP) else L4_OTHER
+    return v6, src, dst, kind, _NO_PORT, _NO_PORT, proto, off, end
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,5 +358,5 @@ class ClientPolicy:
             self.stats.drop(reason)
             return DROPS[reason]
         if key is not None:
-            remember(self.flow_cache.inbound, key, buf, s, None if s is None else self.nat.table)
+            remember(self.flow_cache.inbound, key, buf, s, self.nat.table)
         return FORWARD, buf, rid, None

@@ -20,8 +20,10 @@ would refuse) always take the full path, as do all packets while flow logs are o
 
 The rewrite is exactly the full path's: :func:`gateway_core.wire.rewrite.nat_rewrite` adjusts each
 checksum with ``checksum_adjust_int(c, old, new)``, whose result depends only on ``~c + (M - old % M) +
-new % M`` (``M = 0xFFFF``); the constant here is that sum's fixed part for the flow (``0``: no adjustment,
-as when the old and new field sums are equal). A test compares both paths byte for byte.
+new % M`` (``M = 0xFFFF``); the constant here is that sum's fixed part for the flow, ``new - old - 1``
+modulo ``M`` (a flow whose old and new field sums are equal, which ``nat_rewrite`` leaves unadjusted, is not
+cached). A test compares both paths byte for byte; the gateway counts the packets the cache forwarded
+(``gateway.flow_cache_hits.*``, decision 0177) and the stateful test predicts them.
 """
 
 from __future__ import annotations
@@ -60,12 +62,22 @@ _V4_UDP_HEAD = struct.Struct("!10sH12sHH")  # bytes 0-9, header checksum, key, U
 _V4_TCP_HEAD = struct.Struct("!10sH12s12sH")  # ..., key, sequence to urgent flags/window, TCP checksum
 _V6_UDP_HEAD = struct.Struct("!8s36sHH")  # bytes 0-7, key, UDP length, UDP checksum
 _V6_TCP_HEAD = struct.Struct("!8s36s12sH")
+# The slices that fill the heads' byte fields, as constants: a literal slice one byte longer than its ``Ns``
+# field would pack the same bytes (``struct`` cuts an ``s`` field to its length).
+_V4_PRE = slice(0, 10)  # version to TTL and protocol
+_V6_PRE = slice(0, 8)  # version to hop limit
+_V4_TCP_MID = slice(24, 36)  # sequence number to window
+_V6_TCP_MID = slice(44, 56)
 
 FlowEntry = tuple[int, int, bytes, int, int, NatSession | None, NatTable | None]
 """``(rewrite kind, protocol, replacement key bytes, IPv4 header checksum constant, transport checksum
 constant, NAT session or None, its table)``. A checksum constant ``k`` gives the adjusted checksum of
 ``c`` as ``0xFFFE - (k - c) % 0xFFFF``, which is RFC 1624's ``~(~c + ~m + m')`` with end-around carry
 (``checksum_adjust_int``) with the flow's fixed part folded into ``k``."""
+
+
+_KEEP_REST: tuple[bytes, int, int, None, None] = (b"", 0, 0, None, None)
+"""The rest of an entry of a flow forwarded unchanged (:data:`KEEP`): :func:`forward` reads nothing of it."""
 
 
 class FlowCache:
@@ -104,15 +116,18 @@ def fast_key(packet: bytes | bytearray) -> bytes | None:
 
 
 def _adjust_constant(old: int, new: int) -> int:
-    """The checksum constant of a change of the field sum ``old`` to ``new`` (see :data:`FlowEntry`)."""
-    return (_M - old % _M) + new % _M - 1 + _M
+    """The checksum constant of a change of the field sum ``old`` to ``new`` (see :data:`FlowEntry`): only
+    its value modulo ``0xFFFF`` counts (:func:`forward` takes ``(k - c) % 0xFFFF``, never negative in
+    Python), so RFC 1624's ``~m + m'`` with the ``- 1`` of ``0xFFFE - ...`` folded in is ``new - old - 1``."""
+    return new - old - 1
 
 
-def _field_sums(block: bytes, v6: bool) -> tuple[int, int]:
-    """``(address sum, address and port sum)`` of a key's fields, as ``nat_rewrite`` adds them up."""
-    n = 16 if v6 else 4
-    a = int.from_bytes(block[:n], "big") + int.from_bytes(block[n : 2 * n], "big")
-    ports = int.from_bytes(block[2 * n : 2 * n + 2], "big") + int.from_bytes(block[2 * n + 2 :], "big")
+def _field_sums(block: bytes) -> tuple[int, int]:
+    """``(address sum, address and port sum)`` of a key's fields (12 or 36 bytes: two addresses of 4 or 16
+    bytes, two ports), as ``nat_rewrite`` adds them up."""
+    n = len(block) // 2 - 2
+    a = int.from_bytes(block[:n]) + int.from_bytes(block[n : 2 * n])  # (big-endian: the default since 3.11)
+    ports = int.from_bytes(block[2 * n : 2 * n + 2]) + int.from_bytes(block[2 * n + 2 :])
     return a, a + ports
 
 
@@ -131,15 +146,23 @@ def remember(
     if len(table) >= MAX_FLOWS:
         table.clear()
     if new == key:
-        table[key] = (KEEP, proto, new, 0, 0, None, None)
+        table[key] = (KEEP, proto, *_KEEP_REST)
         return
-    old_a, old_all = _field_sums(key, v6)
-    new_a, new_all = _field_sums(new, v6)
+    old_a, old_all = _field_sums(key)
+    new_a, new_all = _field_sums(new)
     if old_all == new_all or (not v6 and old_a == new_a):
         return  # a rewrite that leaves a checksum as it is (never seen in practice): always the full path
     kind = (V6_UDP if proto == PROTO_UDP else V6_TCP) if v6 else (V4_UDP if proto == PROTO_UDP else V4_TCP)
-    hdr = 0 if v6 else _adjust_constant(old_a, new_a)
-    table[key] = (kind, proto, new, hdr, _adjust_constant(old_all, new_all), session, nat)
+    # (the header constant of an IPv6 flow is never read: IPv6 has no header checksum)
+    table[key] = (
+        kind,
+        proto,
+        new,
+        _adjust_constant(old_a, new_a),
+        _adjust_constant(old_all, new_all),
+        session,
+        nat,
+    )
 
 
 def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes | None:
@@ -184,7 +207,7 @@ def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes
     if kind == V4_UDP:
         return (
             _V4_UDP_HEAD.pack(
-                packet[:10], 0xFFFE - (e[3] - hc) % _M, e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)
+                packet[_V4_PRE], 0xFFFE - (e[3] - hc) % _M, e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)
             )
             + packet[28:]
         )
@@ -192,11 +215,20 @@ def forward(table: dict[bytes, FlowEntry], packet: bytes, now: Instant) -> bytes
         c = _U16.unpack_from(packet, 36)[0]
         return (
             _V4_TCP_HEAD.pack(
-                packet[:10], 0xFFFE - (e[3] - hc) % _M, e[2], packet[24:36], 0xFFFE - (e[4] - c) % _M
+                packet[_V4_PRE],
+                0xFFFE - (e[3] - hc) % _M,
+                e[2],
+                packet[_V4_TCP_MID],
+                0xFFFE - (e[4] - c) % _M,
             )
             + packet[38:]
         )
     if kind == V6_UDP:
-        return _V6_UDP_HEAD.pack(packet[:8], e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M)) + packet[48:]
+        return (
+            _V6_UDP_HEAD.pack(packet[_V6_PRE], e[2], ulen, c and (0xFFFE - (e[4] - c) % _M or _M))
+            + packet[48:]
+        )
     c = _U16.unpack_from(packet, 56)[0]
-    return _V6_TCP_HEAD.pack(packet[:8], e[2], packet[44:56], 0xFFFE - (e[4] - c) % _M) + packet[58:]
+    return (
+        _V6_TCP_HEAD.pack(packet[_V6_PRE], e[2], packet[_V6_TCP_MID], 0xFFFE - (e[4] - c) % _M) + packet[58:]
+    )

@@ -106,6 +106,8 @@ def test_render_reads_only_the_last_snapshot_and_every_instrument_has_a_family()
         "gateway.relay_allocations.allocated": 2,
         "portal.connect_attempts": 3,
         "wireguard.handshakes_as_responder": 7,
+        "gateway.flow_cache_hits.outbound": 6,
+        "gateway.flow_cache_hits.inbound": 8,
     }
     current = {"snap": snapshot_of([stats, {"drop.filtered": 1}], counters, {"flowlog.records": 9})}
     m = Metrics(lambda: current["snap"], firezone_id="gw-1", version="0.1.0")
@@ -126,6 +128,7 @@ def test_render_reads_only_the_last_snapshot_and_every_instrument_has_a_family()
     assert value("network_packet_dropped", error_type="filtered") == 3  # merged from both parts
     assert value("network_packet_dropped", error_type="udp_oversized") == 1
     assert value("firezone_gateway_clients") == 3
+    assert value("firezone_gateway_flow_cache_hits", firezone_flow_direction="inbound") == 8
     assert value("firezone_gateway_dns_queries", dns_response_code="NXDOMAIN") == 4
     assert value("firezone_gateway_portal_messages", firezone_portal_message="AuthorizeFlow") == 5
     assert value("firezone_gateway_portal_reconnects") == 2
