@@ -49,14 +49,18 @@ Two minutes covers retransmissions and stragglers of any protocol."""
 MAX_NAT_SESSIONS = 8192
 """Sessions per client (Firezone: unbounded). Far above what one client's DNS-resource traffic needs,
 and 8192 sessions cost about 2 MiB, so 10,000 busy clients stay within reach of a small VM."""
+OUTSIDE_VALUES = 65535
+"""Outside values a new session can take towards one real IP (``value`` up to 65535, then 1 up to
+``value - 1``; 0 only as the client's own). A table bound below it always leaves one free, so the search
+for a free value never fails (Firezone's "Exhausted NAT" error cannot happen)."""
 
 _TTL = {L4_TCP: TCP_TTL, L4_UDP: UDP_TTL, L4_ICMP: ICMP_TTL}
 
 V6_FLAG = 1 << 128
 
 
-def _nothing() -> None:
-    pass
+def no_change() -> None:
+    """The default ``changed`` callback of a table: nothing to tell."""
 
 
 def addr_key(ip: IPAddress) -> int:
@@ -138,13 +142,12 @@ class NatTable:
         "_tombstones",
         "_watch",
         "changed",
-        "ended",
         "max_sessions",
     )
 
-    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] = _nothing) -> None:
-        if max_sessions <= 0:
-            raise UsageError("max_sessions must be positive")
+    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] = no_change) -> None:
+        if not 0 < max_sessions < OUTSIDE_VALUES:
+            raise UsageError("max_sessions must be 1 to 65534")
         self.max_sessions = max_sessions
         self.changed = changed
         """Called whenever a session is created or ends, or the table is cleared (the owner's flow cache
@@ -157,8 +160,6 @@ class NatTable:
         self._now = Instant(0)
         self._watch: TimerHeap[Any] | None = None
         self._owner: object = None
-        self.ended = 0
-        """Sessions ended by timeouts so far (``handle_timeout`` returns nothing: the count is here)."""
 
     def watch(self, heap: TimerHeap[Any], owner: object) -> None:
         """Schedule ``owner`` in ``heap`` whenever this table's next deadline moves earlier (a new session
@@ -240,13 +241,12 @@ class NatTable:
             self._sweep(now)
             if len(self._by_inside) >= self.max_sessions:
                 return DropReason.NAT_TABLE_FULL
-        outside_value = -1
-        for v in chain(range(value, 65536), range(1, value)):
-            if (proto, v, real_key) not in self._by_outside:
-                outside_value = v
-                break
-        if outside_value < 0:
-            return DropReason.NAT_TABLE_FULL  # every value towards this real IP is in use
+        # At most max_sessions (< OUTSIDE_VALUES) values are taken towards real_key: one is free.
+        outside_value = next(
+            v
+            for v in chain(range(value, 65536), range(1, value))
+            if (proto, v, real_key) not in self._by_outside
+        )
         if s is not None:
             self._unlink(s, now, tombstone=False)  # the translation changed: replaced silently
         new = NatSession(proto, value, proxy_ip, outside_value, real_ip, now)
@@ -319,7 +319,7 @@ class NatTable:
 
     # --- time ---
 
-    def _sweep(self, now: Instant) -> int:
+    def _sweep(self, now: Instant) -> None:
         expired = [s for s in self._by_inside.values() if now - s.last_seen >= s.ttl]
         for s in expired:
             log.debug("NAT session expired: %r", s)
@@ -333,14 +333,13 @@ class NatTable:
         if self._tombstones:
             nxt.append(Instant(next(iter(self._tombstones.values())) + TOMBSTONE_TTL))
         self._next_due = min(nxt) if nxt else None
-        return len(expired)
 
     def handle_timeout(self, now: Instant) -> None:
-        """End the sessions idle for their TTL and forget old tombstones (counted in :attr:`ended`)."""
+        """End the sessions idle for their TTL and forget old tombstones."""
         self._tick(now)
         if self._next_due is None or now < self._next_due:
             return
-        self.ended += self._sweep(now)
+        self._sweep(now)
 
     def poll_timeout(self) -> Deadline | None:
         """When something may next expire (a lower bound, never before the last ``now``); ``None`` when

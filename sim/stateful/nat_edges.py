@@ -233,8 +233,8 @@ class NatEdges:
 
     # --- packets ---------------------------------------------------------------------------------------
 
-    def echo(self, c: int, dst: IPAddress, ident: int, seq: int) -> bytes:
-        return build_icmp_echo(self.tun(c, dst.version), dst, ident, seq, b"nat-edge")
+    def echo(self, c: int, dst: IPAddress, ident: int, seq: int, payload: bytes = b"nat-edge") -> bytes:
+        return build_icmp_echo(self.tun(c, dst.version), dst, ident, seq, payload)
 
     def echo_reply(self, c: int, real: IPAddress, ident: int, seq: int) -> bytes:
         return build_icmp_echo(real, self.tun(c, real.version), ident, seq, b"nat-edge", reply=True)
@@ -283,7 +283,8 @@ ACK_DATA = TCP_ACK | TCP_PSH
 
 def case_echo_identifiers(e: NatEdges, c: int, v: int) -> None:
     """Echo identifiers kept through the NAT (bytes of the identifier, the value 0); two requests of one
-    session in flight at once; a duplicate reply; an ICMP error quoting a live echo session."""
+    session in flight at once; a duplicate reply; an echo and a UDP datagram without payload; an ICMP
+    error quoting a live echo session (re-addressed to the client, from the proxy IP)."""
     p = e.proxies(c, APP, v)[0]
     real, tun, icmp = _real(v), e.tun(c, v), _icmp(v)
     for ident, seq in ((0x1234, 0x5601), (0, 0x5602)):
@@ -304,6 +305,14 @@ def case_echo_identifiers(e: NatEdges, c: int, v: int) -> None:
         "a duplicate echo reply",
         Expect([], {c: [("echo", p, 0x1234, 0x5604)]}),
         app=[e.echo_reply(c, real, 0x1234, 0x5604)],
+    )
+    e.exchange(
+        "an echo request and a UDP datagram without payload (8-byte headers)",
+        Expect(
+            [(icmp, tun, real, 0x1234, 0x5606), (PROTO_UDP, tun, real, 30000, ECHO)],
+            {c: [("echo", p, 0x1234, 0x5606), ("udp", p, ECHO, 30000, b"")]},
+        ),
+        {c: [e.echo(c, p, 0x1234, 0x5606, b""), e.udp(c, p, 30000, b"")]},
     )
     quoted = build_icmp_echo(tun, real, 0x1234, 0x5605, b"nat-edge")
     e.exchange(
