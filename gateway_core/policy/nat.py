@@ -190,8 +190,9 @@ class NatTable:
         else:
             del self._inside_ips[s.proxy_key]
         if tombstone:
+            # (No tombstone of this key exists: creating the session removed it. Appended, the
+            # tombstones stay in time order.)
             key = s.outside_key
-            self._tombstones.pop(key, None)
             self._tombstones[key] = now
             if len(self._tombstones) > self.max_sessions:
                 del self._tombstones[next(iter(self._tombstones))]
@@ -226,7 +227,7 @@ class NatTable:
         real_ip: IPAddress,
         real_key: int,
         now: Instant,
-        rst: bool = False,
+        rst: bool,
     ) -> NatSession | DropReason:
         """:meth:`translate_outgoing` with the addresses' keys already computed."""
         self._tick(now)
@@ -266,7 +267,7 @@ class NatTable:
         return self.translate_incoming_key(proto, value, addr_key(src_ip), now, rst)
 
     def translate_incoming_key(
-        self, proto: int, value: int, src_key: int, now: Instant, rst: bool = False
+        self, proto: int, value: int, src_key: int, now: Instant, rst: bool
     ) -> NatSession | None:
         """:meth:`translate_incoming` with the source address as :func:`addr_key`."""
         self._tick(now)

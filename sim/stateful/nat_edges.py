@@ -24,6 +24,9 @@ decisions, written down case by case, not read from the gateway's code:
 - a proxy IP the restarted client gives to another name forgets its translation and its sessions without
   tombstones (decision 0178): a late packet of such a session is refused by the filters, not as expired;
   a repeated set-up of the same name keeps the sessions;
+- a name whose address changes (the gateway's resolver answers the ``web`` host's address) moves its
+  proxy IPs on the client's next set-up, except one with open sessions, which keeps its real address
+  until its sessions are gone (``setup_nat`` in ``client_on_gateway.rs``);
 - the table holds at most 8,192 sessions per client (decision 0043): the next new session is dropped as
   ``nat_table_full`` (nothing reaches the host, nothing comes back) while existing ones keep working; when
   they have timed out the new session fits, and all 8,192 ended sessions leave tombstones, the oldest
@@ -69,7 +72,7 @@ from gateway_core.wire.ip import (
     build_tcp_packet,
     build_udp_packet,
 )
-from sim.gateway_world import APP_V4, APP_V6
+from sim.gateway_world import APP_V4, APP_V6, WEB_V4
 from sim.stateful.probes import PROBE_SETTLE, Probe
 from sim.stateful.program import Program, Step, StepKind, WorldSpec
 from sim.stateful.scene import Handler, InvariantError, Scene
@@ -118,6 +121,8 @@ class Expect:
     arrivals: list[Arr] = field(default_factory=list)
     records: dict[int, list[Rec]] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
+    web: list[Arr] = field(default_factory=list)
+    """Arrivals at the ``web`` host (a name re-resolved to its address)."""
 
 
 class NatEdges:
@@ -206,10 +211,12 @@ class NatEdges:
             for k in set(after) | set(before)
             if k.startswith("drop.") and after.get(k, 0) != before.get(k, 0)
         }
-        got_arr = Counter(
-            (a.proto, a.src, a.dst, a.sport, a.dport) for a in self.inv.arrivals_since(mark).get("app", [])
-        )
-        others = {h: a for h, a in self.inv.arrivals_since(mark).items() if h != "app" and a}
+        new = self.inv.arrivals_since(mark)
+        got_arr = Counter((a.proto, a.src, a.dst, a.sport, a.dport) for a in new.get("app", []))
+        got_web = Counter((a.proto, a.src, a.dst, a.sport, a.dport) for a in new.get("web", []))
+        others = {h: a for h, a in new.items() if h not in ("app", "web") and a}
+        if got_web != Counter(expect.web):
+            others["web"] = new["web"]
         got_rec: dict[int, Counter[Rec]] = {}
         for i, recs in enumerate(self.inv.since(mark)):
             mine = [
@@ -230,6 +237,15 @@ class NatEdges:
 
     def run(self, d: Duration) -> None:
         self.s.world.run_for(d)
+
+    def setup_again(self, c: int, name: str) -> None:
+        """The client resolves ``name`` again (its A answer re-sends ``assigned_ips``); settled."""
+        s = self.s
+        now = s.world.now
+        s.gw.drive(c, lambda cc, t: cc.query_dns(t, name, "A"))
+        s.model.nat_query(c, name)
+        self.run(PROBE_SETTLE)
+        s.model.nat_settle(c, name, now)
 
     # --- packets ---------------------------------------------------------------------------------------
 
@@ -535,12 +551,7 @@ def case_renumber_before(e: NatEdges, c: int, v: int) -> None:
         Expect([(PROTO_TCP, tun, APP_V4, tcp, WEB)], {c: [("tcp", pa[1], WEB, tcp, TCP_ACK, b"re:reopen")]}),
         {c: [e.tcp(c, pa[1], tcp, ACK_DATA, b"reopen")]},
     )
-    s = e.s
-    now = s.world.now
-    s.gw.drive(c, lambda cc, t: cc.query_dns(t, APP, "A"))  # the client sets the same name up again
-    s.model.nat_query(c, APP)
-    e.run(PROBE_SETTLE)
-    s.model.nat_settle(c, APP, now)
+    e.setup_again(c, APP)  # the client sets the same name up again
     e.exchange(
         "the resource answers after the same name's set-up again",
         Expect([], {c: [("udp", pa[0], ECHO, udp, b"still")]}),
@@ -552,8 +563,11 @@ def case_renumber_before(e: NatEdges, c: int, v: int) -> None:
 def case_renumber_after(e: NatEdges, c: int, v: int) -> None:
     """After the client restarted: it resolves ``v4only.corp.test`` first, which now gets the proxy IPs
     ``app.corp.test`` had; the gateway forgets their translations and sessions, without tombstones
-    (decision 0178): the resource's late packets of the old flows are refused by the filters, and the
-    same ports to the re-numbered proxy IPs open new sessions (outside ports kept)."""
+    (decision 0178): the resource's late packets of the old flows are refused by the filters (the TCP
+    flow's tombstone of its earlier reset went when it was opened again), and the same ports to the
+    re-numbered proxy IPs open new sessions (outside ports kept). ``app.corp.test`` then takes the proxy
+    IPs ``v4only.corp.test`` had: its UDP flow from the same port collides with the one just opened and
+    goes out from the next port."""
     if not e._kept:
         e.s.coverage["nat_edge_skipped"] += 1
         return
@@ -581,6 +595,49 @@ def case_renumber_after(e: NatEdges, c: int, v: int) -> None:
         {c: [e.udp(c, pa[0], udp, b"app")]},
     )
     e._kept = {}
+
+
+def case_reresolved(e: NatEdges, c: int, v: int) -> None:
+    """A name whose address changes (the gateway's resolver now answers the ``web`` host's address): on
+    the client's next set-up, the proxy IP with open sessions keeps its real address for new flows too,
+    the others take the new one (``setup_nat`` in Firezone's ``client_on_gateway.rs``); once that proxy
+    IP's sessions have timed out, the next set-up moves it as well."""
+    s = e.s
+    pa = e.proxies(c, APP, 4)
+    tun = e.tun(c, 4)
+    resolver = s.gw.gateway_host.resolver
+    if resolver is None or not s.model.live(c, "web", s.world.now):
+        s.coverage["nat_edge_skipped"] += 1  # the web host may only be reached holding its resource
+        return
+    old = resolver.table[APP]
+    resolver.table[APP] = (WEB_V4, APP_V6)
+    try:
+        e.exchange(
+            "a flow on the first proxy IP, which keeps it open",
+            Expect([(PROTO_UDP, tun, APP_V4, 34000, ECHO)], {c: [("udp", pa[0], ECHO, 34000, b"open")]}),
+            {c: [e.udp(c, pa[0], 34000, b"open")]},
+        )
+        e.setup_again(c, APP)
+        e.exchange(
+            "after the set-up with the new address",
+            Expect(
+                [(PROTO_UDP, tun, APP_V4, 34001, ECHO)],
+                {c: [("udp", pa[0], ECHO, 34001, b"kept"), ("udp", pa[1], ECHO, 34002, b"moved")]},
+                web=[(PROTO_UDP, tun, WEB_V4, 34002, ECHO)],
+            ),
+            {c: [e.udp(c, pa[0], 34001, b"kept"), e.udp(c, pa[1], 34002, b"moved")]},
+        )
+        e.run(UDP_TTL + MARGIN)
+        e.setup_again(c, APP)
+        e.exchange(
+            "after the first proxy IP's sessions timed out and another set-up",
+            Expect(
+                [], {c: [("udp", pa[0], ECHO, 34003, b"now")]}, web=[(PROTO_UDP, tun, WEB_V4, 34003, ECHO)]
+            ),
+            {c: [e.udp(c, pa[0], 34003, b"now")]},
+        )
+    finally:
+        resolver.table[APP] = old
 
 
 def case_bound(e: NatEdges, c: int, v: int) -> None:
@@ -643,6 +700,7 @@ CASES: tuple[tuple[str, Callable[[NatEdges, int, int], None]], ...] = (
     ("expiry", case_expiry),
     ("renumber_before", case_renumber_before),
     ("renumber_after", case_renumber_after),
+    ("reresolved", case_reresolved),
     ("bound", case_bound),
 )
 """The ``nat_edge`` cases (``step.a`` picks one), each a function of the step's part, the client and the
@@ -650,10 +708,11 @@ IP family."""
 
 
 def nat_program() -> Program:
-    """Two clients holding the DNS resource; every case (IPv4 and IPv6 where the case has both), the
-    client restart between the two halves of the re-numbering, the bound last."""
+    """Two clients holding the DNS resource (the first also the CIDR resource, for the re-resolved name);
+    every case (IPv4 and IPv6 where the case has both), the client restart between the two halves of the
+    re-numbering, the bound last."""
     idx = {name: i for i, (name, _) in enumerate(CASES)}
-    grants = [Step(StepKind.GRANT, 0, 1), Step(StepKind.GRANT, 1, 1)]
+    grants = [Step(StepKind.GRANT, 0, 1), Step(StepKind.GRANT, 1, 1), Step(StepKind.GRANT, 0, 0)]
     steps = [Step(StepKind.NAT_EDGE, 0, idx["echo_identifiers"], b) for b in (0, 1)]
     steps += [Step(StepKind.NAT_EDGE, 0, idx["echo_collisions"]), Step(StepKind.NAT_EDGE, 0, idx["wrap"])]
     for name in ("rst_from_client", "rst_from_resource", "expiry"):
@@ -662,6 +721,7 @@ def nat_program() -> Program:
         Step(StepKind.NAT_EDGE, 0, idx["renumber_before"]),
         Step(StepKind.RESTART_CLIENT, 0),
         Step(StepKind.NAT_EDGE, 0, idx["renumber_after"]),
+        Step(StepKind.NAT_EDGE, 0, idx["reresolved"]),
         Step(StepKind.NAT_EDGE, 1, idx["bound"]),
     ]
     return Program(WorldSpec(13, 2, 1), grants + steps)
