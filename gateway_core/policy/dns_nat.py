@@ -107,7 +107,8 @@ class NatVerdict(StrEnum):
 
 
 def _key(domain: str) -> str:
-    return domain.lower()
+    """A name for caseless comparison (names are ASCII: the decoder refuses anything else)."""
+    return domain.casefold()
 
 
 class DnsResourceNat:
@@ -165,8 +166,7 @@ class DnsResourceNat:
                 # rest stays (decision 0178; the reference resets the client's whole NAT here).
                 log.info("client re-assigned proxy IP %s from %s to %s", p, st.domain, domain)
                 self._forget(p)
-        if not resolved:
-            log.debug("no A / AAAA records for %s", domain)
+        log.debug("%s resolved to %s", domain, sorted(resolved, key=_ip_order) or "no A / AAAA records")
         for proxy, real in pair_proxy_ips(proxies, resolved):
             current = self.translations.get(proxy)
             if current is not None and current.resolved_ip != real and self.table.has_inside_ip(proxy):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from itertools import chain
+from itertools import chain, takewhile
 from typing import Any
 
 from gateway_core.addr import IPAddress
@@ -180,7 +180,8 @@ class NatTable:
             if self._watch is not None:
                 self._watch.schedule(self._owner, t)
 
-    def _unlink(self, s: NatSession, now: Instant, tombstone: bool) -> None:
+    def _unlink(self, s: NatSession) -> None:
+        """Remove ``s`` (no tombstone: a replaced or forgotten translation)."""
         self.changed()
         del self._by_inside[s.inside_key]
         del self._by_outside[s.outside_key]
@@ -189,14 +190,16 @@ class NatTable:
             self._inside_ips[s.proxy_key] = n
         else:
             del self._inside_ips[s.proxy_key]
-        if tombstone:
-            # (No tombstone of this key exists: creating the session removed it. Appended, the
-            # tombstones stay in time order.)
-            key = s.outside_key
-            self._tombstones[key] = now
-            if len(self._tombstones) > self.max_sessions:
-                del self._tombstones[next(iter(self._tombstones))]
-            self._due_at(Instant(now + TOMBSTONE_TTL))
+
+    def _end(self, s: NatSession, now: Instant) -> None:
+        """End ``s`` (a reset, a timeout): removed, its outside key tombstoned."""
+        self._unlink(s)
+        # No tombstone of this key exists (creating the session removed it): appended, the tombstones
+        # stay in time order.
+        self._tombstones[s.outside_key] = now
+        if len(self._tombstones) > self.max_sessions:
+            del self._tombstones[next(iter(self._tombstones))]
+        self._due_at(Instant(now + TOMBSTONE_TTL))
 
     # --- the data path ---
 
@@ -236,7 +239,7 @@ class NatTable:
         if s is not None and s.real_key == real_key:
             s.last_seen = now
             if rst:
-                self._unlink(s, now, tombstone=True)
+                self._end(s, now)
             return s
         if s is None and len(self._by_inside) >= self.max_sessions:
             self._sweep(now)
@@ -249,7 +252,7 @@ class NatTable:
             if (proto, v, real_key) not in self._by_outside
         )
         if s is not None:
-            self._unlink(s, now, tombstone=False)  # the translation changed: replaced silently
+            self._unlink(s)  # the translation changed: replaced silently
         new = NatSession(proto, value, proxy_ip, outside_value, real_ip, now)
         self.changed()
         self._by_inside[inside] = new
@@ -276,7 +279,7 @@ class NatTable:
             return None
         s.last_seen = now
         if rst:
-            self._unlink(s, now, tombstone=True)
+            self._end(s, now)
         return s
 
     def is_expired(self, proto: int, value: int, ip: IPAddress) -> bool:
@@ -298,16 +301,13 @@ class NatTable:
         """Every session, by inside key (for tests and diagnostics)."""
         return sorted(self._by_inside.values(), key=lambda s: s.inside_key)
 
-    def forget_inside_ip(self, proxy_ip: IPAddress) -> int:
+    def forget_inside_ip(self, proxy_ip: IPAddress) -> None:
         """Forget the sessions to ``proxy_ip`` without tombstones (the client gave it to another name,
-        decision 0178); returns how many there were."""
+        decision 0178)."""
         key = addr_key(proxy_ip)
-        if key not in self._inside_ips:
-            return 0
-        gone = [s for s in self._by_inside.values() if s.proxy_key == key]
-        for s in gone:
-            self._unlink(s, self._now, tombstone=False)
-        return len(gone)
+        if key in self._inside_ips:
+            for s in [s for s in self._by_inside.values() if s.proxy_key == key]:
+                self._unlink(s)
 
     def clear(self) -> None:
         """Forget every session and tombstone (peer removal)."""
@@ -324,12 +324,10 @@ class NatTable:
         expired = [s for s in self._by_inside.values() if now - s.last_seen >= s.ttl]
         for s in expired:
             log.debug("NAT session expired: %r", s)
-            self._unlink(s, now, tombstone=True)
-        while self._tombstones:
-            key, ended = next(iter(self._tombstones.items()))
-            if now - ended < TOMBSTONE_TTL:
-                break
-            del self._tombstones[key]
+            self._end(s, now)
+        tombs = self._tombstones  # in time order: the old ones lead
+        for key in list(takewhile(lambda k: now - tombs[k] >= TOMBSTONE_TTL, tombs)):
+            del tombs[key]
         nxt = [Instant(s.last_seen + s.ttl) for s in self._by_inside.values()]
         if self._tombstones:
             nxt.append(Instant(next(iter(self._tombstones.values())) + TOMBSTONE_TTL))

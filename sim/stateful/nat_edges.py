@@ -459,7 +459,8 @@ def case_rst_from_resource(e: NatEdges, c: int, v: int) -> None:
 
 
 def case_expiry(e: NatEdges, c: int, v: int) -> None:
-    """Sessions that time out: a UDP session refreshed by the resource's packets alone (decision 0042),
+    """Sessions that time out: a UDP session refreshed by a packet of the client (answered by an ICMP
+    error, which refreshes nothing) and then by the resource's packets alone (decision 0042),
     then idle past 120 s (expired: the resource's packet and an ICMP error quoting the session's echo
     twin are dropped as expired), then past the tombstone's 120 s (refused by the filters); the client's
     next datagram opens it again. A TCP session lives 2 h: alive at 130 s, expired after 2 h idle, while
@@ -473,12 +474,22 @@ def case_expiry(e: NatEdges, c: int, v: int) -> None:
         {c: [e.udp(c, p, sport, b"go")]},
     )
     e.run(UDP_TTL // 2)
+    closed = build_udp_packet(tun, p, sport, 9, b"closed")
+    e.exchange(
+        "the client's datagram to a closed port of the session (an ICMP error answers)",
+        Expect(
+            [(PROTO_UDP, tun, real, sport, 9)],
+            {c: [("icmp", p, 3 if v == 4 else 1, 3 if v == 4 else 4, p, sport)]},
+        ),
+        {c: [closed]},
+    )
+    e.run(UDP_TTL // 2 + MARGIN)  # past 120 s after the resource's echo, 2 s after the client's packet
     e.exchange(
         "the resource pushes",
         Expect([], {c: [("udp", p, ECHO, sport, b"push1")]}),
         app=[e.udp_from_app(c, real, sport, b"push1")],
     )
-    e.run(UDP_TTL - UDP_TTL // 2 + MARGIN)  # past 120 s after the client's last packet
+    e.run(UDP_TTL - UDP_TTL // 2)  # past 120 s after the client's last packet
     e.exchange(
         "the resource pushes again; an echo session starts",
         Expect(
@@ -679,10 +690,12 @@ def case_bound(e: NatEdges, c: int, v: int) -> None:
         {c: [e.udp(c, p, first, b"old")]},
     )
     e.run(UDP_TTL + MARGIN)
+    # The sessions end in the order they began, but the first one's packet above kept it 3 s longer:
+    # the oldest tombstone is the second one's.
     e.exchange(
         "the resource's packet of the oldest ended session",
         Expect(drops={"nat_session_expired": 1}),
-        app=[e.udp_from_app(c, APP_V4, first, b"late")],
+        app=[e.udp_from_app(c, APP_V4, first + 1, b"late")],
     )
     e.exchange(
         "a new session after the timeout",
