@@ -425,7 +425,7 @@ def edge_programs() -> dict[str, Program]:
     has a connection), then the kind's steps (``flow_edges``: see :mod:`sim.stateful.flow_edges`;
     ``nat_edges``: :mod:`sim.stateful.nat_edges`)."""
     from sim.stateful.flow_edges import flow_program
-    from sim.stateful.nat_edges import nat_program
+    from sim.stateful.nat_edge_cases import nat_program
 
     grant = [Step(StepKind.GRANT, 0, 0)]
     n = -(-len(CONTROL_CASES) // CASES_PER_STEP)

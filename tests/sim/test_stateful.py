@@ -44,7 +44,7 @@ from sim.stateful import (
     run_seeded,
 )
 from sim.stateful.edges import CONTROL_CASES, edge_programs
-from sim.stateful.nat_edges import CASES as NAT_CASES
+from sim.stateful.nat_edge_cases import CASES as NAT_CASES
 from sim.stateful.program import TOTAL_WEIGHT, draw_kind
 from sim.stateful.run import world_flavour
 from sim.trace import Trace
