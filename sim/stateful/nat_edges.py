@@ -1,14 +1,14 @@
 """The ``nat_edge`` step of the stateful harness: the DNS-resource NAT's sessions at their edges.
 
-Theory of operation. A ``nat_edge`` step runs one case of :data:`CASES` (``step.a``; ``step.b`` picks the IP
-family where a case has both): packets a client puts straight into its tunnel (``send_raw``: any flag, any
-echo identifier) to the proxy IPs of ``app.corp.test`` and ``v4only.corp.test`` (both resolve to the ``app``
-host's IPv4 address), and packets the ``app`` host sends on its own (a late segment, a reset, a pushed
-datagram, an ICMP error), each exchange checked exactly: which packets reach the host (protocol, source,
-destination, ports or echo identifier and sequence), what each client receives, and by how much every
-``drop.*`` counter of the gateway goes up. The predictions are Firezone's NAT
-(``rust/connlib/tunnel/src/gateway/nat_table.rs`` and ``client_on_gateway.rs`` at 352a83bbb0) and our
-decisions, written down case by case, not read from the gateway's code:
+Theory of operation. A ``nat_edge`` step runs one case of :data:`sim.stateful.nat_edge_cases.CASES`
+(``step.a``; ``step.b`` picks the IP family where a case has both): packets a client puts straight into its
+tunnel (``send_raw``: any flag, any echo identifier) to the proxy IPs of ``app.corp.test`` and
+``v4only.corp.test`` (both resolve to the ``app`` host's IPv4 address), and packets the ``app`` host sends on
+its own (a late segment, a reset, a pushed datagram, an ICMP error), each exchange checked exactly: which
+packets reach the host (protocol, source, destination, ports or echo identifier and sequence), what each
+client receives, and by how much every ``drop.*`` counter of the gateway goes up. The predictions are
+Firezone's NAT (``rust/connlib/tunnel/src/gateway/nat_table.rs`` and ``client_on_gateway.rs`` at 352a83bbb0)
+and our decisions, written down case by case, not read from the gateway's code:
 
 - the outside value of a new session is the client's port or echo identifier if no session towards that
   real IP uses it, else the next free one upwards, wrapping from 65535 to 1 (``nat_table.rs``: "the first
