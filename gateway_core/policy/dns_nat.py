@@ -29,8 +29,8 @@ from gateway_core.contract import Deadline
 from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.policy.authorizations import Authorization
-from gateway_core.policy.filters import L4_ICMP, is_proxy_ip
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, NatSession, NatTable, addr_key
+from gateway_core.policy.filters import L4_ICMP, L4_OTHER, is_proxy_ip
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, NatSession, NatTable, addr_key, no_change
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource
 from gateway_core.wire.icmp import UnsupportedIcmpError, parse_icmp_error, translate_icmp_error
@@ -66,7 +66,7 @@ class TranslationState:
     proxy_ip: IPAddress | None = None
     """The proxy IP itself (set by :class:`DnsResourceNat`)."""
     real_key: int = -1
-    """:func:`addr_key` of ``resolved_ip`` (set by :class:`DnsResourceNat`)."""
+    """:func:`addr_key` of ``resolved_ip`` (set by :class:`DnsResourceNat`; -1 without one)."""
 
 
 def _ip_order(ip: IPAddress) -> tuple[int, IPAddress]:
@@ -107,7 +107,8 @@ class NatVerdict(StrEnum):
 
 
 def _key(domain: str) -> str:
-    return domain.lower()
+    """A name for caseless comparison (names are ASCII: the decoder refuses anything else)."""
+    return domain.casefold()
 
 
 class DnsResourceNat:
@@ -115,18 +116,17 @@ class DnsResourceNat:
 
     __slots__ = ("_by_key", "table", "translations")
 
-    def __init__(
-        self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] = no_change) -> None:
         self.translations: dict[IPAddress, TranslationState] = {}
         self._by_key: dict[int, TranslationState] = {}  # the same, by addr_key(proxy IP)
-        self.table = NatTable(max_sessions) if changed is None else NatTable(max_sessions, changed)
+        self.table = NatTable(max_sessions, changed)
         """``changed`` is called whenever a translation or a session changes (the flow cache's clear)."""
 
     def _set(self, proxy: IPAddress, state: TranslationState) -> None:
         self.table.changed()
         state.proxy_ip = proxy
-        state.real_key = -1 if state.resolved_ip is None else addr_key(state.resolved_ip)
+        if state.resolved_ip is not None:
+            state.real_key = addr_key(state.resolved_ip)
         self.translations[proxy] = state
         self._by_key[addr_key(proxy)] = state
 
@@ -166,8 +166,7 @@ class DnsResourceNat:
                 # rest stays (decision 0178; the reference resets the client's whole NAT here).
                 log.info("client re-assigned proxy IP %s from %s to %s", p, st.domain, domain)
                 self._forget(p)
-        if not resolved:
-            log.debug("no A / AAAA records for %s", domain)
+        log.debug("%s resolved to %s", domain, sorted(resolved, key=_ip_order) or "no A / AAAA records")
         for proxy, real in pair_proxy_ips(proxies, resolved):
             current = self.translations.get(proxy)
             if current is not None and current.resolved_ip != real and self.table.has_inside_ip(proxy):
@@ -229,12 +228,12 @@ class DnsResourceNat:
         ``addr_key(destination)``, ``proto``/``off``/``end`` as :func:`gateway_core.wire.ip.l4_info`.
         Translated and sent: the session it went through."""
         st = self._by_key.get(dst_key)
-        if st is None or st.resolved_ip is None or (st.real_key >= V6_FLAG) != (dst_key >= V6_FLAG):
-            return NatVerdict.UNREACHABLE
+        if st is None or st.resolved_ip is None or (st.real_key ^ dst_key) & V6_FLAG:
+            return NatVerdict.UNREACHABLE  # (no real IP, or one of the other family: bit 128 differs)
         assert st.proxy_ip is not None
         try:
             kind, value, _, rst = _nat_fields(buf, buf[0] >> 4, proto, off, end)
-            if kind < 0:
+            if kind == L4_OTHER:
                 return DropReason.NAT_UNSUPPORTED_PROTOCOL
             s = self.table.translate_outgoing_key(
                 kind, value, st.proxy_ip, dst_key, st.resolved_ip, st.real_key, now, rst
@@ -276,7 +275,7 @@ class DnsResourceNat:
         applies (untouched), or a drop reason."""
         try:
             kind, _, value, rst = _nat_fields(buf, buf[0] >> 4, proto, off, end)
-            if kind < 0:
+            if kind == L4_OTHER:
                 return None
             s = self.table.translate_incoming_key(kind, value, src_key, now, rst)
             if s is None:
@@ -337,7 +336,8 @@ def is_icmp_error(buf: bytes | bytearray, version: int, proto: int, off: int, en
 
 
 def _nat_fields(buf: bytearray, version: int, proto: int, off: int, end: int) -> tuple[int, int, int, bool]:
-    """``(kind, source value, destination value, rst)``; kind -1 when the NAT cannot handle the packet."""
+    """``(kind, source value, destination value, rst)``; kind ``L4_OTHER`` when the NAT cannot handle the
+    packet."""
     if proto in (PROTO_TCP, PROTO_UDP):
         if end - off < (20 if proto == PROTO_TCP else 8):
             raise DecodeError("transport header truncated")
@@ -352,4 +352,4 @@ def _nat_fields(buf: bytearray, version: int, proto: int, off: int, end: int) ->
         if buf[off] in echo:
             ident = (buf[off + 4] << 8) | buf[off + 5]
             return L4_ICMP, ident, ident, False
-    return -1, 0, 0, False
+    return L4_OTHER, 0, 0, False

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from itertools import chain
+from itertools import chain, takewhile
 from typing import Any
 
 from gateway_core.addr import IPAddress
@@ -49,14 +49,18 @@ Two minutes covers retransmissions and stragglers of any protocol."""
 MAX_NAT_SESSIONS = 8192
 """Sessions per client (Firezone: unbounded). Far above what one client's DNS-resource traffic needs,
 and 8192 sessions cost about 2 MiB, so 10,000 busy clients stay within reach of a small VM."""
+OUTSIDE_VALUES = 65535
+"""Outside values a new session can take towards one real IP (``value`` up to 65535, then 1 up to
+``value - 1``; 0 only as the client's own). A table bound below it always leaves one free, so the search
+for a free value never fails (Firezone's "Exhausted NAT" error cannot happen)."""
 
 _TTL = {L4_TCP: TCP_TTL, L4_UDP: UDP_TTL, L4_ICMP: ICMP_TTL}
 
 V6_FLAG = 1 << 128
 
 
-def _nothing() -> None:
-    pass
+def no_change() -> None:
+    """The default ``changed`` callback of a table: nothing to tell."""
 
 
 def addr_key(ip: IPAddress) -> int:
@@ -138,13 +142,12 @@ class NatTable:
         "_tombstones",
         "_watch",
         "changed",
-        "ended",
         "max_sessions",
     )
 
-    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] = _nothing) -> None:
-        if max_sessions <= 0:
-            raise UsageError("max_sessions must be positive")
+    def __init__(self, max_sessions: int = MAX_NAT_SESSIONS, changed: Callable[[], None] = no_change) -> None:
+        if not 0 < max_sessions < OUTSIDE_VALUES:
+            raise UsageError("max_sessions must be 1 to 65534")
         self.max_sessions = max_sessions
         self.changed = changed
         """Called whenever a session is created or ends, or the table is cleared (the owner's flow cache
@@ -157,8 +160,6 @@ class NatTable:
         self._now = Instant(0)
         self._watch: TimerHeap[Any] | None = None
         self._owner: object = None
-        self.ended = 0
-        """Sessions ended by timeouts so far (``handle_timeout`` returns nothing: the count is here)."""
 
     def watch(self, heap: TimerHeap[Any], owner: object) -> None:
         """Schedule ``owner`` in ``heap`` whenever this table's next deadline moves earlier (a new session
@@ -179,7 +180,8 @@ class NatTable:
             if self._watch is not None:
                 self._watch.schedule(self._owner, t)
 
-    def _unlink(self, s: NatSession, now: Instant, tombstone: bool) -> None:
+    def _unlink(self, s: NatSession) -> None:
+        """Remove ``s`` (no tombstone: a replaced or forgotten translation)."""
         self.changed()
         del self._by_inside[s.inside_key]
         del self._by_outside[s.outside_key]
@@ -188,13 +190,16 @@ class NatTable:
             self._inside_ips[s.proxy_key] = n
         else:
             del self._inside_ips[s.proxy_key]
-        if tombstone:
-            key = s.outside_key
-            self._tombstones.pop(key, None)
-            self._tombstones[key] = now
-            if len(self._tombstones) > self.max_sessions:
-                del self._tombstones[next(iter(self._tombstones))]
-            self._due_at(Instant(now + TOMBSTONE_TTL))
+
+    def _end(self, s: NatSession, now: Instant) -> None:
+        """End ``s`` (a reset, a timeout): removed, its outside key tombstoned."""
+        self._unlink(s)
+        # No tombstone of this key exists (creating the session removed it): appended, the tombstones
+        # stay in time order.
+        self._tombstones[s.outside_key] = now
+        if len(self._tombstones) > self.max_sessions:
+            del self._tombstones[next(iter(self._tombstones))]
+        self._due_at(Instant(now + TOMBSTONE_TTL))
 
     # --- the data path ---
 
@@ -225,7 +230,7 @@ class NatTable:
         real_ip: IPAddress,
         real_key: int,
         now: Instant,
-        rst: bool = False,
+        rst: bool,
     ) -> NatSession | DropReason:
         """:meth:`translate_outgoing` with the addresses' keys already computed."""
         self._tick(now)
@@ -234,21 +239,20 @@ class NatTable:
         if s is not None and s.real_key == real_key:
             s.last_seen = now
             if rst:
-                self._unlink(s, now, tombstone=True)
+                self._end(s, now)
             return s
         if s is None and len(self._by_inside) >= self.max_sessions:
             self._sweep(now)
             if len(self._by_inside) >= self.max_sessions:
                 return DropReason.NAT_TABLE_FULL
-        outside_value = -1
-        for v in chain(range(value, 65536), range(1, value)):
-            if (proto, v, real_key) not in self._by_outside:
-                outside_value = v
-                break
-        if outside_value < 0:
-            return DropReason.NAT_TABLE_FULL  # every value towards this real IP is in use
+        # At most max_sessions (< OUTSIDE_VALUES) values are taken towards real_key: one is free.
+        outside_value = next(
+            v
+            for v in chain(range(value, 65536), range(1, value))
+            if (proto, v, real_key) not in self._by_outside
+        )
         if s is not None:
-            self._unlink(s, now, tombstone=False)  # the translation changed: replaced silently
+            self._unlink(s)  # the translation changed: replaced silently
         new = NatSession(proto, value, proxy_ip, outside_value, real_ip, now)
         self.changed()
         self._by_inside[inside] = new
@@ -266,7 +270,7 @@ class NatTable:
         return self.translate_incoming_key(proto, value, addr_key(src_ip), now, rst)
 
     def translate_incoming_key(
-        self, proto: int, value: int, src_key: int, now: Instant, rst: bool = False
+        self, proto: int, value: int, src_key: int, now: Instant, rst: bool
     ) -> NatSession | None:
         """:meth:`translate_incoming` with the source address as :func:`addr_key`."""
         self._tick(now)
@@ -275,7 +279,7 @@ class NatTable:
             return None
         s.last_seen = now
         if rst:
-            self._unlink(s, now, tombstone=True)
+            self._end(s, now)
         return s
 
     def is_expired(self, proto: int, value: int, ip: IPAddress) -> bool:
@@ -297,16 +301,13 @@ class NatTable:
         """Every session, by inside key (for tests and diagnostics)."""
         return sorted(self._by_inside.values(), key=lambda s: s.inside_key)
 
-    def forget_inside_ip(self, proxy_ip: IPAddress) -> int:
+    def forget_inside_ip(self, proxy_ip: IPAddress) -> None:
         """Forget the sessions to ``proxy_ip`` without tombstones (the client gave it to another name,
-        decision 0178); returns how many there were."""
+        decision 0178)."""
         key = addr_key(proxy_ip)
-        if key not in self._inside_ips:
-            return 0
-        gone = [s for s in self._by_inside.values() if s.proxy_key == key]
-        for s in gone:
-            self._unlink(s, self._now, tombstone=False)
-        return len(gone)
+        if key in self._inside_ips:
+            for s in [s for s in self._by_inside.values() if s.proxy_key == key]:
+                self._unlink(s)
 
     def clear(self) -> None:
         """Forget every session and tombstone (peer removal)."""
@@ -319,28 +320,25 @@ class NatTable:
 
     # --- time ---
 
-    def _sweep(self, now: Instant) -> int:
+    def _sweep(self, now: Instant) -> None:
         expired = [s for s in self._by_inside.values() if now - s.last_seen >= s.ttl]
         for s in expired:
             log.debug("NAT session expired: %r", s)
-            self._unlink(s, now, tombstone=True)
-        while self._tombstones:
-            key, ended = next(iter(self._tombstones.items()))
-            if now - ended < TOMBSTONE_TTL:
-                break
-            del self._tombstones[key]
+            self._end(s, now)
+        tombs = self._tombstones  # in time order: the old ones lead
+        for key in list(takewhile(lambda k: now - tombs[k] >= TOMBSTONE_TTL, tombs)):
+            del tombs[key]
         nxt = [Instant(s.last_seen + s.ttl) for s in self._by_inside.values()]
         if self._tombstones:
             nxt.append(Instant(next(iter(self._tombstones.values())) + TOMBSTONE_TTL))
         self._next_due = min(nxt) if nxt else None
-        return len(expired)
 
     def handle_timeout(self, now: Instant) -> None:
-        """End the sessions idle for their TTL and forget old tombstones (counted in :attr:`ended`)."""
+        """End the sessions idle for their TTL and forget old tombstones."""
         self._tick(now)
         if self._next_due is None or now < self._next_due:
             return
-        self.ended += self._sweep(now)
+        self._sweep(now)
 
     def poll_timeout(self) -> Deadline | None:
         """When something may next expire (a lower bound, never before the last ``now``); ``None`` when

@@ -57,6 +57,7 @@ from sim.stateful.access import Access
 from sim.stateful.edges import Edges
 from sim.stateful.flow_edges import FlowEdges
 from sim.stateful.invariants import ErrorLog, Invariants
+from sim.stateful.nat_edges import NatEdges
 from sim.stateful.probes import PROBE_SETTLE
 from sim.stateful.program import WEIGHTS, Step, StepKind, WorldSpec
 from sim.stateful.scene import Handler, InvariantError, Scene
@@ -150,6 +151,7 @@ class Harness:
         self.topology = Topology(self.scene, self.access, self.invariants.restarted)
         self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.flow_edges = FlowEdges(self.scene, self.traffic)
+        self.nat_edges = NatEdges(self.scene, self.invariants, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
@@ -157,6 +159,7 @@ class Harness:
             self.topology.handlers(),
             self.edges.handlers(),
             self.flow_edges.handlers(),
+            self.nat_edges.handlers(),
         ):
             for kind, handler in part.items():
                 if kind in self.handlers:

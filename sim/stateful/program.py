@@ -53,6 +53,7 @@ class StepKind(StrEnum):
     UPSTREAM_DOWN = "upstream_down"
     UPSTREAM_UP = "upstream_up"
     FLOW_EDGE = "flow_edge"
+    NAT_EDGE = "nat_edge"
 
 
 WEIGHTS: dict[StepKind, int] = {
@@ -89,6 +90,7 @@ WEIGHTS: dict[StepKind, int] = {
     StepKind.UPSTREAM_DOWN: 0,
     StepKind.UPSTREAM_UP: 0,
     StepKind.FLOW_EDGE: 0,  # only in its edge program (sim/stateful/flow_edges.py)
+    StepKind.NAT_EDGE: 0,  # only in its edge program (sim/stateful/nat_edges.py)
 }
 """Weight of each kind when steps are drawn: traffic dominates, as in Firezone's ``tunnel_test`` (10 per
 packet kind, 1 for most others). Every kind with a weight can run in any state (no guard), so the mix of a

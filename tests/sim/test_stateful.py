@@ -44,6 +44,7 @@ from sim.stateful import (
     run_seeded,
 )
 from sim.stateful.edges import CONTROL_CASES, edge_programs
+from sim.stateful.nat_edge_cases import CASES as NAT_CASES
 from sim.stateful.program import TOTAL_WEIGHT, draw_kind
 from sim.stateful.run import world_flavour
 from sim.trace import Trace
@@ -333,8 +334,11 @@ def test_edge_program(name: str) -> None:
         "filter_edges": "filtered_counted",
         "flow_edges": "flow_edge",
         "client_to_client": "foreign_destination",
+        "nat_edges": "nat_edge_exchange",
     }.get(name, name)
     assert h.coverage[f"event:{event}"] >= (len(CONTROL_CASES) if name == "control_edge" else 4)
+    if name == "nat_edges":
+        assert all(h.coverage[f"event:nat_edge_{case}"] for case, _ in NAT_CASES), h.coverage
 
 
 @pytest.mark.parametrize("seed", [3, 44])

@@ -17,7 +17,15 @@ from gateway_core.errors import DropReason, UsageError
 from gateway_core.policy.authorizations import Authorization
 from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError, pair_proxy_ips
 from gateway_core.policy.filters import L4_ICMP, L4_TCP, L4_UDP
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, TCP_TTL, TOMBSTONE_TTL, UDP_TTL, NatSession, NatTable
+from gateway_core.policy.nat import (
+    MAX_NAT_SESSIONS,
+    OUTSIDE_VALUES,
+    TCP_TTL,
+    TOMBSTONE_TTL,
+    UDP_TTL,
+    NatSession,
+    NatTable,
+)
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import CidrResource, DnsResource
 from gateway_core.wire.icmp import build_icmp_error, parse_icmp_error
@@ -26,11 +34,11 @@ from gateway_core.wire.ipbuild import build_icmp_echo, build_ip, build_tcp_packe
 
 
 def _ended(t: NatTable | DnsResourceNat, now: Instant) -> int:
-    """``handle_timeout(now)``; the number of sessions it ended (counted in the table)."""
+    """``handle_timeout(now)``; the number of sessions it ended (it only ends sessions)."""
     table = t if isinstance(t, NatTable) else t.table
-    before = table.ended
+    before = len(table)
     t.handle_timeout(now)
-    return table.ended - before
+    return before - len(table)
 
 
 def _at(d: Deadline | None) -> int | None:
@@ -137,6 +145,25 @@ def test_bounded_table_refuses_new_sessions_when_full() -> None:
     assert MAX_NAT_SESSIONS >= 1024
     with pytest.raises(UsageError):
         NatTable(0)
+    # A bound below the 65,535 outside values towards one address always leaves one free.
+    assert MAX_NAT_SESSIONS < OUTSIDE_VALUES
+    NatTable(OUTSIDE_VALUES - 1)
+    with pytest.raises(UsageError):
+        NatTable(OUTSIDE_VALUES)
+
+
+def test_outside_values_never_run_out_below_the_bound() -> None:
+    # A table at its largest bound (65,534): ports 2-65533 each keep their value, two more flows from port
+    # 2 take 65534 and 65535; the table is full (the bound refuses the next one) with value 1 still free.
+    t = NatTable(max_sessions=OUTSIDE_VALUES - 1)
+    for port in range(2, 65534):
+        s = t.translate_outgoing(L4_UDP, port, P1, REAL, T(0))
+        assert isinstance(s, NatSession) and s.outside_value == port
+    for p, out in ((P5, 65534), (ip("100.96.0.6"), 65535)):
+        s = t.translate_outgoing(L4_UDP, 2, p, REAL, T(0))
+        assert isinstance(s, NatSession) and s.outside_value == out
+    assert len(t) == OUTSIDE_VALUES - 1
+    assert t.translate_outgoing(L4_UDP, 2, ip("100.96.0.7"), REAL, T(1)) is DropReason.NAT_TABLE_FULL
 
 
 def test_tombstones_are_bounded() -> None:
@@ -287,8 +314,9 @@ def test_forget_inside_ip_unlinks_its_sessions_only() -> None:
     t.translate_outgoing(L4_UDP, 5, P1, REAL, T(0))
     t.translate_outgoing(L4_TCP, 5, P1, REAL, T(0))
     t.translate_outgoing(L4_UDP, 5, P5, REAL, T(0))  # collides: takes outside port 6
-    assert t.forget_inside_ip(ip("100.96.0.9")) == 0
-    assert t.forget_inside_ip(P1) == 2
+    t.forget_inside_ip(ip("100.96.0.9"))
+    assert len(t) == 3
+    t.forget_inside_ip(P1)
     assert not t.has_inside_ip(P1) and t.has_inside_ip(P5) and len(t) == 1
     assert t.translate_incoming(L4_UDP, 5, REAL, T(1)) is None and not t.is_expired(L4_UDP, 5, REAL)
     s = t.translate_incoming(L4_UDP, 6, REAL, T(1))
