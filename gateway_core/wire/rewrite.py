@@ -152,7 +152,13 @@ def nat_rewrite(
     if proto == PROTO_UDP and cur == 0:
         return  # no checksum (IPv4); an invalid zero in IPv6 stays invalid
     fixed = checksum_adjust_int(cur, old, new)
-    if proto == PROTO_UDP and fixed == 0:
+    if fixed == 0 and (
+        proto == PROTO_UDP
+        or (proto == PROTO_ICMP and not any(buf[off : off + 2]) and not any(buf[off + 4 : end]))
+    ):
+        # UDP sends a computed 0 as 0xFFFF. An ICMPv4 message of zeros but its checksum (an echo reply with
+        # identifier, sequence number and payload 0; no pseudo-header makes the sum non-zero) sums to +0,
+        # whose checksum is 0xFFFF, which RFC 1624's equation never yields.
         fixed = 0xFFFF
     _U16.pack_into(buf, c_at, fixed)
 

@@ -231,3 +231,16 @@ def test_corrupted_packets_rewrite_or_decode_error_and_stay_unchanged(
         assert bytes(buf) == before
     else:
         assert parse_ip(buf).dst == new_dst
+
+
+def test_an_all_zero_icmp_echo_reply_gets_checksum_ffff() -> None:
+    # Identifier 1 -> 0, sequence 0, no payload: the ICMPv4 message is all zeros but its checksum, which
+    # must then be 0xFFFF (a sum of +0), not the 0 that RFC 1624's update yields on its own.
+    for ident in (1, 0x100, 0xFFFF):
+        pkt = bytearray(build_icmp_echo(REAL, CLIENT, ident, 0, b"", reply=True))
+        nat_rewrite(pkt, dport=0)
+        assert pkt[20:24] == b"\0\0\xff\xff" and l4_checksum_ok(pkt)
+    # A message whose data sums to -0 keeps the checksum 0.
+    pkt = bytearray(build_icmp_echo(REAL, CLIENT, 1, 0xFFFF, b"", reply=True))
+    nat_rewrite(pkt, dport=0)
+    assert pkt[22:24] == b"\0\0" and l4_checksum_ok(pkt)
