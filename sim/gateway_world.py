@@ -141,7 +141,7 @@ class GatewayWorld:
         """Run until the gateway has joined the portal and received ``init`` (False if not in ``budget``)."""
         end = Instant(self.world.now + budget)
         while self.world.now < end:
-            if self.portal.joined_sockets() and self.gateway.peers.gateway_v4 is not None:
+            if self.portal.joined_sockets() and self.gateway.peers.gateway_ips is not None:
                 return True
             self.world.run_for(millis(10))
         return bool(self.portal.joined_sockets())

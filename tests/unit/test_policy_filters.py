@@ -276,7 +276,7 @@ def test_entries_are_sorted_and_repr_is_informative() -> None:
     assert [str(e.network) for e in t.entries()] == ["10.0.0.0/8", "2001:db8::/32"]
     assert "udp=[(1, 2)]" in repr(t.entries()[0].engine)
     assert repr(PERMIT_ALL) == "FilterEngine(permit_all)"
-    assert FilterEngine(tcp=[(1, 2)]) == FilterEngine(tcp=[(1, 1), (2, 2)])
+    assert FilterEngine(tcp=[(1, 2)], icmp=False) == FilterEngine(tcp=[(1, 1), (2, 2)], icmp=False)
 
 
 small_filters = st.lists(
