@@ -132,6 +132,9 @@ class GatewayWorld:
     """The DNS server inside the CIDR resource (``extended`` worlds only)."""
     restarts: int = 0
     """How many times :meth:`restart_gateway` ran."""
+    gateway_created: Instant = Instant(0)
+    """When the current gateway was created: its constructor's first timeout starts its 1 s expiry sweep
+    grid there (``docs/design/policy.md``), which the stateful test's ``expiry_edge`` step predicts."""
 
     @property
     def portal(self) -> DevPortal:
@@ -162,6 +165,7 @@ class GatewayWorld:
         )
         world.replace_component(self.gateway_host, new)
         self.gateway = new
+        self.gateway_created = world.now
         return new
 
     def grant(self, client: int, resource: uuid.UUID) -> dict[str, object]:
@@ -317,6 +321,7 @@ def build_gateway_world(
         found = zone.resolve(name)
         if found:
             table[name] = found
+    gateway_created = w.now
     gateway = Gateway(
         config=GatewayConfig(
             api_url="wss://portal.sim", token=PORTAL_TOKEN, firezone_id="gw-sim-1", name="gateway"
@@ -391,6 +396,7 @@ def build_gateway_world(
         relay_names,
         zone,
         webdns,
+        gateway_created=gateway_created,
     )
 
 

@@ -236,7 +236,8 @@ class ExpiryTimer:
     The reference sweeps at every tick; here a tick at which nothing is due is skipped (its sweep would
     change nothing), so the owner asks for :meth:`tick_at_or_after` the earliest time something is due and
     sleeps until then: the same ticks do the same work, and an idle gateway does not wake every second.
-    :meth:`handle_timeout` moves the grid past ``now`` and says whether a tick was reached (sweep)."""
+    :meth:`handle_timeout` moves the grid past ``now`` and says which tick was reached last (sweep what was
+    due at it)."""
 
     __slots__ = ("next_check",)
 
@@ -252,18 +253,20 @@ class ExpiryTimer:
             return nxt
         return Instant(nxt + -((nxt - t) // EXPIRE_RESOURCES_INTERVAL) * EXPIRE_RESOURCES_INTERVAL)
 
-    def handle_timeout(self, now: Instant) -> bool:
+    def handle_timeout(self, now: Instant) -> Instant | None:
         """Reach ``now``: the first call only starts the grid; a call at or after a tick moves the grid to
-        its first tick after ``now`` and returns True (the owner sweeps what is due)."""
+        its first tick after ``now`` and returns the last tick at or before ``now``: the owner sweeps what
+        was due *at that tick*, as the reference's sweep there would have (a tick skipped because nothing
+        was due at it is passed at the next call, which can come between ticks)."""
         nxt = self.next_check
         if nxt is None:
             self.next_check = Instant(now + EXPIRE_RESOURCES_INTERVAL)
-            return False
+            return None
         if now < nxt:
-            return False
-        ticks = (now - nxt) // EXPIRE_RESOURCES_INTERVAL + 1
-        self.next_check = Instant(nxt + ticks * EXPIRE_RESOURCES_INTERVAL)
-        return True
+            return None
+        last = nxt + (now - nxt) // EXPIRE_RESOURCES_INTERVAL * EXPIRE_RESOURCES_INTERVAL
+        self.next_check = Instant(last + EXPIRE_RESOURCES_INTERVAL)
+        return Instant(last)
 
 
 @dataclass(frozen=True, slots=True)

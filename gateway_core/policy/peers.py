@@ -328,10 +328,14 @@ class Peers:
         """At a tick of the expiry grid, sweep the clients with something due: expired authorisations go,
         NAT sessions age, and clients left without resources are removed (drain :meth:`poll_removed`)."""
         self._now = advance(self._now, now)
-        if not self.expiry.handle_timeout(now):
+        tick = self.expiry.handle_timeout(now)
+        if tick is None:
             return
-        utc_ns = self._wall(now)
-        due = set(self._mono.pop_due(now))
+        # The sweep of the last tick reached: what became due after it waits for the next tick, as in the
+        # reference, which sweeps at every tick (a call between ticks follows a tick skipped for having
+        # nothing due; sweeping "now" would remove an authorisation expiring since that tick too early).
+        utc_ns = self._wall(now) - (now - tick)
+        due = set(self._mono.pop_due(tick))
         due.update(self._utc.pop_due(utc_ns))
         for cid in sorted(due):
             client = self.clients.get(cid)

@@ -423,6 +423,7 @@ the shapes a filter table gets wrong: each is followed by probes at its edges.""
 def edge_programs() -> dict[str, Program]:
     """One program per edge kind that walks its whole table: one client holding the CIDR resource (so it
     has a connection), then the kind's steps (``flow_edges``: see :mod:`sim.stateful.flow_edges`)."""
+    from sim.stateful.expiry_edges import expiry_program
     from sim.stateful.flow_edges import flow_program
 
     grant = [Step(StepKind.GRANT, 0, 0)]
@@ -447,6 +448,7 @@ def edge_programs() -> dict[str, Program]:
             grant + [Step(StepKind.GRANT, 0, 1)] + [Step(StepKind.NAT_COLLISION, 0, i, i) for i in range(4)],
         ),
         "flow_edges": flow_program(),
+        "expiry_edges": expiry_program(),
         # Packets to the other client's tunnel address (each family), from a client holding the Internet
         # resource (whose filters would let them through: only the gateway's client-to-client rule refuses
         # them, decision 0054) and from one holding the CIDR resource.

@@ -55,6 +55,7 @@ from sim.pcap import PcapWriter
 from sim.reference import SWEEP, Bounds, HostSpec, ReferenceModel, ResourceSpec
 from sim.stateful.access import Access
 from sim.stateful.edges import Edges
+from sim.stateful.expiry_edges import ExpiryEdges
 from sim.stateful.flow_edges import FlowEdges
 from sim.stateful.invariants import ErrorLog, Invariants
 from sim.stateful.probes import PROBE_SETTLE
@@ -150,6 +151,7 @@ class Harness:
         self.topology = Topology(self.scene, self.access, self.invariants.restarted)
         self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.flow_edges = FlowEdges(self.scene, self.traffic)
+        self.expiry_edges = ExpiryEdges(self.scene, self.access, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
@@ -157,6 +159,7 @@ class Harness:
             self.topology.handlers(),
             self.edges.handlers(),
             self.flow_edges.handlers(),
+            self.expiry_edges.handlers(),
         ):
             for kind, handler in part.items():
                 if kind in self.handlers:

@@ -119,6 +119,29 @@ def test_sweep_expires_and_removes_empty_clients() -> None:
     assert p.poll_timeout() is None  # client 2 never expires: the sweep has nothing to wake for
 
 
+def test_expiry_is_swept_at_the_first_tick_at_or_after_it_not_between_ticks() -> None:
+    """Found by the stateful ``expiry_edge`` step: the sweep skips the ticks at which nothing is due
+    (decision 0140), and a call between ticks (for another timer of the gateway) used to sweep at once, with
+    the wall clock of that call: an authorisation that expired since the last tick went up to 1 s before the
+    tick at which the reference removes it (it sweeps at every tick, ``GatewayState::handle_timeout``)."""
+    p = peers(utc_at_zero=200 * NS)
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, 203)  # expires 3 s after the start
+    p.allow_access(cid(1), v4(1), v6(1), DNS, 205)  # and 5 s after it
+    half = secs(1) // 2
+    p.handle_timeout(Instant(half))  # the grid: ticks at 1.5 s, 2.5 s, 3.5 s, ...
+    d = p.poll_timeout()
+    assert d is not None and d.at == secs(3) + half  # the first tick at or after the expiry
+    p.handle_timeout(Instant(secs(3) + half // 2))  # another timer at 3.25 s: the tick of 2.5 s passed
+    assert p.clients[cid(1)].authorizations.ids() == sorted([CIDR.id, DNS.id])  # its sweep: nothing due
+    p.handle_timeout(Instant(secs(3) + half))  # the tick the gateway asked for
+    assert p.clients[cid(1)].authorizations.ids() == [DNS.id]
+    p.handle_timeout(Instant(secs(5) + half // 2))  # 5.25 s: the tick of 4.5 s, skipped, is reached late
+    assert p.clients[cid(1)].authorizations.ids() == [DNS.id]
+    assert p.poll_removed() is None
+    p.handle_timeout(Instant(secs(5) + half))
+    assert p.poll_removed() == cid(1) and cid(1) not in p.clients
+
+
 def test_resource_updated_and_expiry_updates() -> None:
     p = peers()
     p.allow_access(cid(1), v4(1), v6(1), CIDR, None)

@@ -270,19 +270,21 @@ def test_networks_and_internet() -> None:
 def test_expiry_timer() -> None:
     t = ExpiryTimer()
     assert t.tick_at_or_after(0) is None
-    assert not t.handle_timeout(Instant(5))  # starts the grid: ticks at 5 + k s
+    assert t.handle_timeout(Instant(5)) is None  # starts the grid: ticks at 5 + k s
     assert t.next_check == 5 + secs(1) and t.tick_at_or_after(0) == 5 + secs(1)
-    assert not t.handle_timeout(Instant(secs(1)))
-    assert t.handle_timeout(Instant(5 + secs(1)))
-    assert not t.handle_timeout(Instant(5 + secs(1)))  # true once per tick
+    assert t.handle_timeout(Instant(secs(1))) is None
+    assert t.handle_timeout(Instant(5 + secs(1))) == 5 + secs(1)
+    assert t.handle_timeout(Instant(5 + secs(1))) is None  # once per tick
     assert t.next_check == 5 + secs(2)
     # the first tick at or after a time; skipped ticks keep the grid
     assert t.tick_at_or_after(0) == 5 + secs(2)
     assert t.tick_at_or_after(5 + secs(2)) == 5 + secs(2)
     assert t.tick_at_or_after(6 + secs(2)) == 5 + secs(3)
     assert t.tick_at_or_after(5 + secs(3)) == 5 + secs(3)
-    assert t.handle_timeout(Instant(7 + secs(9))) and t.next_check == 5 + secs(10)
-    assert t.handle_timeout(Instant(5 + secs(10))) and t.next_check == 5 + secs(11)
+    # a call between ticks reached the last tick before it (the sweep is that tick's)
+    assert t.handle_timeout(Instant(7 + secs(9))) == 5 + secs(9) and t.next_check == 5 + secs(10)
+    assert t.handle_timeout(Instant(5 + secs(10))) == 5 + secs(10) and t.next_check == 5 + secs(11)
+    assert t.handle_timeout(Instant(4 + secs(12))) == 5 + secs(11) and t.next_check == 5 + secs(12)
 
 
 def test_portal_typed_resources_map_onto_policy_resources() -> None:
