@@ -58,6 +58,7 @@ from sim.stateful.edges import Edges
 from sim.stateful.expiry_edges import ExpiryEdges
 from sim.stateful.flow_edges import FlowEdges
 from sim.stateful.invariants import ErrorLog, Invariants
+from sim.stateful.nested_edges import NestedEdges
 from sim.stateful.probes import PROBE_SETTLE
 from sim.stateful.program import WEIGHTS, Step, StepKind, WorldSpec
 from sim.stateful.scene import Handler, InvariantError, Scene
@@ -152,6 +153,7 @@ class Harness:
         self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.flow_edges = FlowEdges(self.scene, self.traffic)
         self.expiry_edges = ExpiryEdges(self.scene, self.access, self.traffic)
+        self.nested_edges = NestedEdges(self.scene, self.invariants, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
@@ -160,6 +162,7 @@ class Harness:
             self.edges.handlers(),
             self.flow_edges.handlers(),
             self.expiry_edges.handlers(),
+            self.nested_edges.handlers(),
         ):
             for kind, handler in part.items():
                 if kind in self.handlers:

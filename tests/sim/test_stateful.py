@@ -333,6 +333,7 @@ def test_edge_program(name: str) -> None:
         "filter_edges": "filtered_counted",
         "flow_edges": "flow_edge",
         "client_to_client": "foreign_destination",
+        "nested_cidr": "nested_probe",
     }.get(name, name)
     if name == "expiry_edges":  # two expiries on each grid, then one client removed at its tick
         assert (h.coverage["event:expiry_edge"], h.coverage["event:expiry_edge_removal"]) == (2, 1)
