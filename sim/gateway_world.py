@@ -149,15 +149,16 @@ class GatewayWorld:
             self.world.run_for(millis(10))
         return bool(self.portal.joined_sockets())
 
-    def restart_gateway(self) -> Gateway:
-        """The gateway crashes and starts again on its host: same configuration, a new private key (drawn
-        from the world's seed, one per restart), empty state. The new gateway (also :attr:`gateway` from
-        now on) connects to the portal at once; :meth:`start` runs until it has joined."""
+    def restart_gateway(self, config: GatewayConfig | None = None) -> Gateway:
+        """The gateway crashes and starts again on its host: same configuration (or ``config``), a new
+        private key (drawn from the world's seed, one per restart), empty state. The new gateway (also
+        :attr:`gateway` from now on) connects to the portal at once; :meth:`start` runs until it has
+        joined."""
         self.restarts += 1
         world = self.world
         key = world.entropy.fork(f"restart-key-{self.restarts}").random_bytes(32)
         new = Gateway(
-            config=self.gateway.config,
+            config=self.gateway.config if config is None else config,
             private_key=key,
             entropy=world.entropy_for(f"gateway-{self.restarts}"),
             now=world.now,

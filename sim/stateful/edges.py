@@ -425,6 +425,7 @@ def edge_programs() -> dict[str, Program]:
     has a connection), then the kind's steps (``flow_edges``: see :mod:`sim.stateful.flow_edges`)."""
     from sim.stateful.expiry_edges import expiry_program
     from sim.stateful.flow_edges import flow_program
+    from sim.stateful.flowlog_edges import flowlog_program
     from sim.stateful.nested_edges import nested_program
 
     grant = [Step(StepKind.GRANT, 0, 0)]
@@ -451,6 +452,7 @@ def edge_programs() -> dict[str, Program]:
         "flow_edges": flow_program(),
         "expiry_edges": expiry_program(),
         "nested_cidr": nested_program(),
+        "flow_logs": flowlog_program(),
         # Packets to the other client's tunnel address (each family), from a client holding the Internet
         # resource (whose filters would let them through: only the gateway's client-to-client rule refuses
         # them, decision 0054) and from one holding the CIDR resource.

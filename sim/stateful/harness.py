@@ -57,6 +57,7 @@ from sim.stateful.access import Access
 from sim.stateful.edges import Edges
 from sim.stateful.expiry_edges import ExpiryEdges
 from sim.stateful.flow_edges import FlowEdges
+from sim.stateful.flowlog_edges import FlowLogEdges
 from sim.stateful.invariants import ErrorLog, Invariants
 from sim.stateful.nested_edges import NestedEdges
 from sim.stateful.probes import PROBE_SETTLE
@@ -154,6 +155,7 @@ class Harness:
         self.flow_edges = FlowEdges(self.scene, self.traffic)
         self.expiry_edges = ExpiryEdges(self.scene, self.access, self.traffic)
         self.nested_edges = NestedEdges(self.scene, self.invariants, self.traffic)
+        self.flowlog_edges = FlowLogEdges(self.scene, self.access, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
@@ -163,6 +165,7 @@ class Harness:
             self.flow_edges.handlers(),
             self.expiry_edges.handlers(),
             self.nested_edges.handlers(),
+            self.flowlog_edges.handlers(),
         ):
             for kind, handler in part.items():
                 if kind in self.handlers:

@@ -334,6 +334,7 @@ def test_edge_program(name: str) -> None:
         "flow_edges": "flow_edge",
         "client_to_client": "foreign_destination",
         "nested_cidr": "nested_probe",
+        "flow_logs": "flow_log_record",
     }.get(name, name)
     if name == "expiry_edges":  # two expiries on each grid, then one client removed at its tick
         assert (h.coverage["event:expiry_edge"], h.coverage["event:expiry_edge_removal"]) == (2, 1)
