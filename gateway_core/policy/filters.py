@@ -224,9 +224,9 @@ imported."""
 
 @dataclass(frozen=True, slots=True)
 class FilterEntry:
-    """What the table holds per network: the engine and the resource it is attributed to."""
+    """What the table holds per network (the key it is filed under): the engine and the resource it is
+    attributed to."""
 
-    network: IPNetwork
     engine: FilterEngine
     resource_id: uuid.UUID
 
@@ -247,7 +247,7 @@ class FilterTable:
 
     def insert(self, network: IPNetwork, engine: FilterEngine, resource_id: uuid.UUID) -> None:
         """Add or replace the entry of exactly ``network``."""
-        entry = FilterEntry(network, engine, resource_id)
+        entry = FilterEntry(engine, resource_id)
         bits = network.max_prefixlen
         key = int(network.network_address) >> (bits - network.prefixlen)
         if bits == 32:
@@ -297,11 +297,14 @@ class FilterTable:
         """:meth:`deny_reason` for an address given as an integer."""
         return DropReason.NOT_AUTHORIZED if self.longest_match_int(v6, ip) is None else DropReason.FILTERED
 
-    def entries(self) -> list[FilterEntry]:
-        """Every entry, IPv4 before IPv6, by network (for tests and diagnostics)."""
-        out = [e for level in self._v4.values() for e in level.values()]
-        out += [e for level in self._v6.values() for e in level.values()]
-        return sorted(out, key=lambda e: (e.network.version, e.network))
+    def entries(self) -> list[tuple[IPNetwork, FilterEntry]]:
+        """Every network with its entry, IPv4 before IPv6, by network (for tests and diagnostics)."""
+        out: list[tuple[IPNetwork, FilterEntry]] = []
+        for p, level in self._v4.items():
+            out += [(IPv4Network((k << (32 - p), p)), e) for k, e in level.items()]
+        for p, level in self._v6.items():
+            out += [(IPv6Network((k << (128 - p), p)), e) for k, e in level.items()]
+        return sorted(out, key=lambda ne: (ne[0].version, ne[0]))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._v4.values()) + sum(len(v) for v in self._v6.values())
