@@ -5,9 +5,9 @@ Theory of operation. With flow logs on (Firezone: ``RUST_LOG`` with ``flow_logs=
 resource and, once a flow is complete, emits one record with the fields of Firezone's ``flow_logs::tcp`` /
 ``flow_logs::udp`` events (``rust/connlib/tunnel/src/gateway.rs``, ``gateway/flow_tracker.rs``): the
 client and its properties from ``authorize_flow``, the resource's id, name and address, the inner
-addresses and ports, the domain (DNS resources only), the packet and byte counts each way and the
-wall-clock times of its first and last packets and of its end. A flow is complete when idle for two
-minutes, after FIN both ways or an RST, or when its client is removed.
+addresses and ports, the domain (DNS resources only), the WireGuard datagrams' addresses, the packet and
+byte counts each way and the wall-clock times of its first and last packets and of its end. A flow is
+complete when idle for two minutes, after FIN both ways or an RST, or when its client is removed.
 
 A step on client ``c`` (holding the CIDR resource ``web`` only): the gateway restarts with flow logs on
 (the clients connect again), the portal renames the resource and ``c`` is authorised again (the gateway
@@ -28,7 +28,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from devportal.portal import DevPortal
-from gateway_core.policy.flows import CompletedFlow
+from gateway_core.node.connection import PathKind
+from gateway_core.policy.flows import CompletedFlow, OuterContext
 from gateway_core.portal.model import CidrResource
 from gateway_core.wire.ip import PROTO_TCP, PROTO_UDP
 from sim.gateway_world import CIDR_RESOURCE, WEB_V4
@@ -84,6 +85,12 @@ class FlowLogEdges:
         self._rename(portal.name)
         m = s.model
         dst = WEB_V4
+        conn = s.gw.gateway.node.connections.get(str(s.gw.client_ids[c]))
+        ps = None if conn is None else conn.peer_socket
+        if ps is None or ps.kind is not PathKind.PEER_TO_PEER:
+            raise InvariantError(f"flow log: client-{c} has no direct path to the gateway: {ps}")
+        # The WireGuard datagrams' addresses: the client's (remote) and the gateway's (local).
+        outer = OuterContext(ps.dest.ip, ps.source.ip, ps.dest.port, ps.source.port)
         probes = []
         for proto, port in (("udp", 7), ("tcp", 80)):
             pred = m.predict_packet(c, dst, proto, port, s.world.now)
@@ -102,7 +109,7 @@ class FlowLogEdges:
             raise InvariantError(f"flow log: expected one UDP and one TCP record, got {records}")
         for p in probes:
             rec = next(r for r in records if r.protocol == p.proto)
-            self._check(c, p, rec, portal.name, revoked)
+            self._check(c, p, rec, portal.name, revoked, outer)
         stats = s.gw.gateway.stats()
         if stats.get("gateway.flows_active", 0) != 0:
             raise InvariantError(f"flow log: flows still active after the client went: {stats}")
@@ -110,7 +117,9 @@ class FlowLogEdges:
         # Back to the world's configuration (the client holds nothing now: nothing to reconnect).
         self._restart(False)
 
-    def _check(self, c: int, p: Probe, r: CompletedFlow, name: str, revoked: int) -> None:
+    def _check(
+        self, c: int, p: Probe, r: CompletedFlow, name: str, revoked: int, outer: OuterContext
+    ) -> None:
         s = self.s
         m = s.model
         b = m.bounds
@@ -135,6 +144,7 @@ class FlowLogEdges:
             "inner_dst_port": p.port,
             "inner_domain": None,
             "tx_packets": len(at_host),
+            "outer": outer,
         }
         got = {
             "client_id": r.client_id,
@@ -148,18 +158,21 @@ class FlowLogEdges:
             "inner_dst_port": r.inner_dst_port,
             "inner_domain": r.inner_domain,
             "tx_packets": r.tx_packets,
+            "outer": r.outer,
         }
-        if p.proto == "udp":  # one datagram and its echo
+        last_ok = True
+        if p.proto == "udp":  # one datagram and its echo (the last packet, passing the gateway back)
             n = len(p.payload)
             want |= {"rx_packets": 1, "tx_bytes": n, "rx_bytes": n}
             got |= {"rx_packets": r.rx_packets, "tx_bytes": r.tx_bytes, "rx_bytes": r.rx_bytes}
+            last_ok = unix(first + b.gr_min) <= r.last_packet <= unix(first + b.gr_max)
         # The first packet passed the gateway one gateway-to-resource delay before it reached the host;
         # the flow ended when the revocation reached the gateway.
         start_ok = unix(first - b.gr_max) <= r.start <= unix(first - b.gr_min)
         times_ok = r.start <= r.last_packet <= r.end and unix(revoked + b.pg_min) <= r.end <= unix(
             revoked + b.pg_max
         )
-        if got != want or not start_ok or not times_ok or r.rx_packets < 1:
+        if got != want or not start_ok or not times_ok or not last_ok or r.rx_packets < 1:
             raise InvariantError(
                 f"flow log of {p.what}: expected {want}, start within the link delay of {first} and an end "
                 f"when the revocation at {revoked} arrived; got {r}"
