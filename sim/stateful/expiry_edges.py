@@ -25,9 +25,11 @@ the DNS resource ``app``, which never expires, so its connection stays):
    one-nanosecond window: uncertain only when a probe's packets may pass the gateway within a link delay of
    the tick).
 
-With ``a`` odd, ``c``'s only resource (``web``) expires instead, and the gateway removes ``c`` at the tick
-(and says goodbye), while the other client's train to the web host crosses that tick: every probe of it is
-answered (removing one client leaves the other's addresses routed).
+With ``a`` odd, ``c`` first sends a packet the filters refuse (counted by its policy), then its only
+resource (``web``) expires, and the gateway removes ``c`` at the tick (and says goodbye), while the other
+client's train to the web host crosses that tick: every probe of it is answered (removing one client leaves
+the other's addresses routed). ``c`` is then authorised again at once (a new policy for the same client:
+the policy's counters, which never go down, keep the removed one's).
 
 The policy's ``expires_in`` is restored afterwards (later grants never expire, as the model assumes). The
 step has weight 0 (never drawn); :func:`expiry_program` walks it (``make test``, ``make mutation``).
@@ -43,6 +45,8 @@ from gateway_core.addr import IPAddress
 from sim.gateway_world import INET_V4
 from sim.reference import NS, SWEEP
 from sim.stateful.access import RESOURCES, Access
+from sim.stateful.invariants import Invariants
+from sim.stateful.probes import Probe
 from sim.stateful.program import Program, Step, StepKind, WorldSpec
 from sim.stateful.scene import CONTROL_SETTLE, Handler, Scene
 
@@ -59,6 +63,8 @@ BEFORE = 1_200_000_000
 AFTER = 1_300_000_000
 """...and ends this long after it: a sweep one interval late would still let the last probes through."""
 ECHO = 7
+REFUSED = 9
+"""A UDP port the CIDR resource's filters refuse (the gateway answers ICMP prohibited and counts it)."""
 
 
 def sweep_tick(created: int, expires_at: int, epoch_unix_ns: int) -> int:
@@ -72,9 +78,10 @@ def sweep_tick(created: int, expires_at: int, epoch_unix_ns: int) -> int:
 class ExpiryEdges:
     """See the module docstring."""
 
-    def __init__(self, scene: Scene, access: Access, traffic: Traffic) -> None:
+    def __init__(self, scene: Scene, access: Access, invariants: Invariants, traffic: Traffic) -> None:
         self.s = scene
         self.access = access
+        self.inv = invariants
         self.traffic = traffic
 
     def handlers(self) -> dict[StepKind, Handler]:
@@ -119,10 +126,18 @@ class ExpiryEdges:
         if o == c or not only_web or not m.live(o, "web", now) or not self.access.connected(o, gid):
             s.coverage["expiry_edge_skipped"] += 1
             return
+        # A refused packet counted by c's policy first: its counters must outlive it (the gateway's
+        # statistics add up those of removed clients, checked after every step).
+        web = self.traffic.web_target(0)
+        self.traffic.run(Probe(c, "udp", web, REFUSED, m.predict_packet(c, web, "udp", REFUSED, now), "web"))
+        self.inv.counters_never_go_down()  # read with the refusal counted
         at = self.access.unix_secs() + LEAD_S
-        m.update_expiry(now, c, "web", at)
+        m.update_expiry(s.world.now, c, "web", at)
         s.gw.signalling.update_expiry(s.gw.client_ids[c], RESOURCES["web"], at)
-        self._across(o, self.traffic.web_target(0), at)
+        self._across(o, web, at)
+        # c asks again at once: a new policy for the same client (the removed one's counters stay counted).
+        self.access.grant(c, "web")
+        s.lost_peer.append(c)  # the goodbye of the removal came before the new grant
         s.coverage["event:expiry_edge_removal"] += 1
         s.world.run_for(CONTROL_SETTLE)
 

@@ -153,7 +153,7 @@ class Harness:
         self.topology = Topology(self.scene, self.access, self.invariants.restarted)
         self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.flow_edges = FlowEdges(self.scene, self.traffic)
-        self.expiry_edges = ExpiryEdges(self.scene, self.access, self.traffic)
+        self.expiry_edges = ExpiryEdges(self.scene, self.access, self.invariants, self.traffic)
         self.nested_edges = NestedEdges(self.scene, self.invariants, self.traffic)
         self.flowlog_edges = FlowLogEdges(self.scene, self.access, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
