@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from gateway_core.clock import Instant
 from gateway_core.policy.client import FORWARD, ClientPolicy
 from gateway_core.policy.filters import L4_UDP, Filter, FilterProtocol, FilterTable, build_filter_table
+from gateway_core.policy.nat import MAX_NAT_SESSIONS
 from gateway_core.policy.resources import CidrResource, DnsResource
 from gateway_core.wire.ipbuild import build_udp_packet
 
@@ -57,7 +58,7 @@ def main() -> None:
     nonce = bytes(12)
     packet = build_udp_packet(CV4, IPv4Address("10.0.0.5"), 5000, 53, PAYLOAD)
 
-    p = ClientPolicy(uuid.UUID(int=1), CV4, CV6, GV4, GV6)
+    p = ClientPolicy(uuid.UUID(int=1), CV4, CV6, GV4, GV6, None, MAX_NAT_SESSIONS)
     udp53 = (Filter(FilterProtocol.UDP, 53, 53),)
     p.allow(CidrResource(uuid.UUID(int=2), "net", IPv4Network("10.0.0.0/24"), udp53), None)
     p.allow(DnsResource(uuid.UUID(int=3), "dns", "*.example.com", udp53), None)
@@ -106,7 +107,15 @@ def main() -> None:
     before = tracemalloc.get_traced_memory()[0]
     clients = []
     for i in range(1000):
-        c = ClientPolicy(uuid.UUID(int=i), IPv4Address(0x64400000 + i), IPv6Address(int(CV6) + i), GV4, GV6)
+        c = ClientPolicy(
+            uuid.UUID(int=i),
+            IPv4Address(0x64400000 + i),
+            IPv6Address(int(CV6) + i),
+            GV4,
+            GV6,
+            None,
+            MAX_NAT_SESSIONS,
+        )
         c.allow(CidrResource(uuid.UUID(int=2), "net", IPv4Network("10.0.0.0/24"), udp53), None)
         clients.append(c)
     per_client = (tracemalloc.get_traced_memory()[0] - before) / len(clients)

@@ -262,8 +262,7 @@ class ControlPlane:
             case m.ResourceUpdated():
                 peers.update_resource(from_portal(msg.resource))
             case m.AccessAuthorizationExpiryUpdated():
-                if not peers.update_expiry(msg.client_id, msg.resource_id, msg.expires_at):
-                    log.debug("expiry update for unknown authorisation %s/%s", msg.client_id, msg.resource_id)
+                peers.update_expiry(msg.client_id, msg.resource_id, msg.expires_at)
             case m.RelaysPresence():
                 gone = [str(i) for i in msg.disconnected_ids]
                 node.update_relays(gone, relay_configs(msg.connected), now)
@@ -337,9 +336,8 @@ class ControlPlane:
             return
         resource = from_portal(msg.resource)
         peers = self._peers
-        if (
-            peers.allow_access(c.id, c.peer.ipv4, c.peer.ipv6, resource, msg.expires_at, ClientProperties())
-            is None
+        if not peers.allow_access(
+            c.id, c.peer.ipv4, c.peer.ipv6, resource, msg.expires_at, ClientProperties()
         ):
             return  # before init: not recorded (logged by the policy), no reply
         if c.domain is not None:
@@ -361,10 +359,7 @@ class ControlPlane:
     def _allow_access(self, msg: m.AllowAccess, resolved: tuple[IPAddress, ...]) -> None:
         resource = from_portal(msg.resource)
         peers = self._peers
-        if (
-            peers.allow_access(msg.client_id, msg.client_ipv4, msg.client_ipv6, resource, msg.expires_at)
-            is None
-        ):
+        if not peers.allow_access(msg.client_id, msg.client_ipv4, msg.client_ipv6, resource, msg.expires_at):
             return
         if msg.payload is not None:
             policy = peers.clients.get(msg.client_id)
@@ -498,7 +493,7 @@ class ControlPlane:
         for w in inp.warnings:
             log.warning("interface: %s", w)
         cfg, port = inp.config, self._config.dns_port
-        if (cfg.ipv4, cfg.ipv6) != (self._peers.gateway_v4, self._peers.gateway_v6):
+        if (cfg.ipv4, cfg.ipv6) != self._peers.gateway_ips:
             return  # a result for an older configuration
         want = []
         if inp.ipv4 and cfg.ipv4 is not None:

@@ -132,6 +132,9 @@ class GatewayWorld:
     """The DNS server inside the CIDR resource (``extended`` worlds only)."""
     restarts: int = 0
     """How many times :meth:`restart_gateway` ran."""
+    gateway_created: Instant = Instant(0)
+    """When the current gateway was created: its constructor's first timeout starts its 1 s expiry sweep
+    grid there (``docs/design/policy.md``), which the stateful test's ``expiry_edge`` step predicts."""
 
     @property
     def portal(self) -> DevPortal:
@@ -141,20 +144,21 @@ class GatewayWorld:
         """Run until the gateway has joined the portal and received ``init`` (False if not in ``budget``)."""
         end = Instant(self.world.now + budget)
         while self.world.now < end:
-            if self.portal.joined_sockets() and self.gateway.peers.gateway_v4 is not None:
+            if self.portal.joined_sockets() and self.gateway.peers.gateway_ips is not None:
                 return True
             self.world.run_for(millis(10))
         return bool(self.portal.joined_sockets())
 
-    def restart_gateway(self) -> Gateway:
-        """The gateway crashes and starts again on its host: same configuration, a new private key (drawn
-        from the world's seed, one per restart), empty state. The new gateway (also :attr:`gateway` from
-        now on) connects to the portal at once; :meth:`start` runs until it has joined."""
+    def restart_gateway(self, config: GatewayConfig | None = None) -> Gateway:
+        """The gateway crashes and starts again on its host: same configuration (or ``config``), a new
+        private key (drawn from the world's seed, one per restart), empty state. The new gateway (also
+        :attr:`gateway` from now on) connects to the portal at once; :meth:`start` runs until it has
+        joined."""
         self.restarts += 1
         world = self.world
         key = world.entropy.fork(f"restart-key-{self.restarts}").random_bytes(32)
         new = Gateway(
-            config=self.gateway.config,
+            config=self.gateway.config if config is None else config,
             private_key=key,
             entropy=world.entropy_for(f"gateway-{self.restarts}"),
             now=world.now,
@@ -162,6 +166,7 @@ class GatewayWorld:
         )
         world.replace_component(self.gateway_host, new)
         self.gateway = new
+        self.gateway_created = world.now
         return new
 
     def grant(self, client: int, resource: uuid.UUID) -> dict[str, object]:
@@ -317,6 +322,7 @@ def build_gateway_world(
         found = zone.resolve(name)
         if found:
             table[name] = found
+    gateway_created = w.now
     gateway = Gateway(
         config=GatewayConfig(
             api_url="wss://portal.sim", token=PORTAL_TOKEN, firezone_id="gw-sim-1", name="gateway"
@@ -391,6 +397,7 @@ def build_gateway_world(
         relay_names,
         zone,
         webdns,
+        gateway_created=gateway_created,
     )
 
 

@@ -13,34 +13,34 @@ Theory of operation (Firezone: ``ClientOnGateway`` and ``ResourceOnGateway`` in
   reference) **and its expiry** (a deliberate fix: the reference keeps the old expiry;
   docs/decisions/0041-policy-reauthorisation-updates-expiry.md). A change of resource type is logged
   and ignored.
-- The gateway sweeps every :data:`EXPIRE_RESOURCES_INTERVAL` (:class:`ExpiryTimer`): expired
-  authorisations are removed from every client (:func:`sweep_expired`), then every client left without
-  resources is removed and its connection closed with a goodbye (:func:`empty_clients`). The same
-  "no resources left" rule decides after a ``reject_access`` (:meth:`ClientAuthorizations.is_empty`).
+- The gateway sweeps on a grid of :data:`EXPIRE_RESOURCES_INTERVAL` (:class:`ExpiryTimer`): expired
+  authorisations are removed (:meth:`ClientAuthorizations.expire`), then every client left without
+  resources is removed and its connection closed with a goodbye (``Peers.handle_timeout`` in
+  :mod:`gateway_core.policy.peers`). The same "no resources left" rule decides after a ``reject_access``
+  (:meth:`ClientAuthorizations.is_empty`).
 - ``init`` carries the full list of authorisations: for every client, resources not listed are revoked,
-  then each listed expiry is applied (:func:`apply_init_authorizations`). A client the list does not name
+  then each listed expiry is applied (``Peers.apply_init``). A client the list does not name
   at all loses every authorisation and goes at the next sweep: a deliberate fix, the reference's
   ``retain_authorizations`` (``rust/connlib/tunnel/src/gateway.rs``) leaves such a client untouched, so a
   client whose last resource was revoked while the gateway was away from the portal kept its access
   (docs/decisions/0123-policy-init-revokes-unlisted-clients.md).
 
-Every method returns what changed so the owner knows when to rebuild the client's filter table.
-Iteration is always in resource-id (UUID byte) order, so results are deterministic.
+The owner (:class:`~gateway_core.policy.client.ClientPolicy`) asks before a change whether it applies
+(``rid in authorizations``) and rebuilds the client's filter table after it; the changes themselves
+return nothing but the ids they removed. Iteration is always in resource-id (UUID byte) order, so
+results are deterministic.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 
 from gateway_core.addr import IPAddress, IPNetwork
 from gateway_core.clock import NANOS_PER_SEC, Instant, secs
-from gateway_core.contract import Deadline
-from gateway_core.errors import UsageError
 from gateway_core.policy.filters import Filters
 from gateway_core.policy.resources import (
     CidrResource,
@@ -108,14 +108,6 @@ class Authorization:
         return self.expires_at is None or self.expires_at * NANOS_PER_SEC > utc_ns
 
 
-class AddOutcome(StrEnum):
-    ADDED = "added"
-    UPDATED = "updated"
-    """Already authorised: filters and expiry replaced."""
-    TYPE_MISMATCH = "type_mismatch"
-    """Already authorised with another resource type: ignored (logged)."""
-
-
 class ClientAuthorizations:
     """The resources one client may reach through this gateway."""
 
@@ -158,34 +150,32 @@ class ClientAuthorizations:
 
     # --- changes ---
 
-    def add(self, resource: ResourceDescription, expires_at: int | None) -> AddOutcome:
-        """Authorise ``resource`` until ``expires_at`` (``authorize_flow``, ``allow_access``)."""
+    def add(self, resource: ResourceDescription, expires_at: int | None) -> None:
+        """Authorise ``resource`` until ``expires_at`` (``authorize_flow``, ``allow_access``). Already
+        authorised: its filters and expiry are replaced (decision 0041); with another resource type: ignored
+        (logged)."""
         current = self._by_id.get(resource.id)
         if current is None:
             self._by_id[resource.id] = Authorization(resource, expires_at)
             log.info("client %s: allowing resource %s until %s", self.client_id, resource.id, expires_at)
-            return AddOutcome.ADDED
+            return
         if not self._replace_filters(current, resource):
-            return AddOutcome.TYPE_MISMATCH
-        if current.expires_at != expires_at:
-            log.info(
-                "client %s: resource %s re-authorised, expiry %s -> %s",
-                self.client_id,
-                resource.id,
-                current.expires_at,
-                expires_at,
-            )
+            return
+        log.info(
+            "client %s: resource %s re-authorised, expiry %s -> %s",
+            self.client_id,
+            resource.id,
+            current.expires_at,
+            expires_at,
+        )
         current.expires_at = expires_at  # the fix of decision 0041
-        return AddOutcome.UPDATED
 
-    def update_resource(self, resource: ResourceDescription) -> bool:
-        """``resource_updated``: replace the filters if this client has the resource; True if it has."""
-        current = self._by_id.get(resource.id)
-        if current is None:
-            return False
-        return self._replace_filters(current, resource)
+    def update_resource(self, resource: ResourceDescription) -> None:
+        """``resource_updated`` for a resource this client has (the owner checks): replace its filters."""
+        self._replace_filters(self._by_id[resource.id], resource)
 
     def _replace_filters(self, current: Authorization, new: ResourceDescription) -> bool:
+        """Replace ``current``'s filters by ``new``'s (name and address stay); False if the type differs."""
         old = current.resource
         if isinstance(old, CidrResource) and isinstance(new, CidrResource):
             current.resource = CidrResource(old.id, old.name, old.network, new.filters)
@@ -202,21 +192,20 @@ class ClientAuthorizations:
             return False
         return True
 
-    def update_expiry(self, rid: uuid.UUID, expires_at: int | None) -> bool:
-        """``access_authorization_expiry_updated`` / ``init``: overwrite the expiry; False if unknown."""
+    def update_expiry(self, rid: uuid.UUID, expires_at: int | None) -> None:
+        """``access_authorization_expiry_updated`` / ``init``: overwrite the expiry (unknown: logged)."""
         current = self._by_id.get(rid)
         if current is None:
             log.debug("client %s: expiry update for unknown resource %s", self.client_id, rid)
-            return False
+            return
         log.info(
             "client %s: resource %s expiry %s -> %s", self.client_id, rid, current.expires_at, expires_at
         )
         current.expires_at = expires_at
-        return True
 
-    def remove(self, rid: uuid.UUID) -> bool:
-        """``reject_access``: revoke one resource; False if it was not authorised."""
-        return self._by_id.pop(rid, None) is not None
+    def remove(self, rid: uuid.UUID) -> None:
+        """``reject_access``: revoke one resource this client has (the owner checks)."""
+        del self._by_id[rid]
 
     def retain(self, keep: Collection[uuid.UUID]) -> list[uuid.UUID]:
         """Revoke every resource not in ``keep``; the revoked ids in order."""
@@ -240,28 +229,20 @@ class ClientAuthorizations:
 
 
 class ExpiryTimer:
-    """The grid of the periodic expiry check: ticks one interval apart, the first one interval after the
-    first timeout (``GatewayState::handle_timeout`` in ``rust/connlib/tunnel/src/gateway.rs``).
+    """The grid of the periodic expiry check: ticks :data:`EXPIRE_RESOURCES_INTERVAL` apart, the first one
+    interval after the first timeout (``GatewayState::handle_timeout`` in
+    ``rust/connlib/tunnel/src/gateway.rs``).
 
     The reference sweeps at every tick; here a tick at which nothing is due is skipped (its sweep would
     change nothing), so the owner asks for :meth:`tick_at_or_after` the earliest time something is due and
     sleeps until then: the same ticks do the same work, and an idle gateway does not wake every second.
-    :meth:`handle_timeout` moves the grid past ``now``; :meth:`poll_sweep` says (once) whether a tick was
-    reached."""
+    :meth:`handle_timeout` moves the grid past ``now`` and says which tick was reached last (sweep what was
+    due at it)."""
 
-    __slots__ = ("_swept", "interval", "next_check")
+    __slots__ = ("next_check",)
 
-    def __init__(self, interval: int = EXPIRE_RESOURCES_INTERVAL) -> None:
-        if interval <= 0:
-            raise UsageError("expiry interval must be positive")
-        self.interval = interval
+    def __init__(self) -> None:
         self.next_check: Instant | None = None
-        self._swept = False
-
-    def poll_timeout(self) -> Deadline | None:
-        """The next tick (``None`` until the first :meth:`handle_timeout`); the owner asks
-        :meth:`tick_at_or_after` instead, to skip ticks with nothing due."""
-        return None if self.next_check is None else Deadline(self.next_check, "resource expiry")
 
     def tick_at_or_after(self, t: int) -> Instant | None:
         """The first tick at or after ``t`` (``None`` before the first :meth:`handle_timeout`)."""
@@ -270,41 +251,22 @@ class ExpiryTimer:
             return None
         if t <= nxt:
             return nxt
-        return Instant(nxt + -((nxt - t) // self.interval) * self.interval)
+        return Instant(nxt + -((nxt - t) // EXPIRE_RESOURCES_INTERVAL) * EXPIRE_RESOURCES_INTERVAL)
 
-    def handle_timeout(self, now: Instant) -> None:
-        """Reach ``now``: the first call only starts the grid; a call at or after a tick makes
-        :meth:`poll_sweep` true once and moves the grid to its first tick after ``now``."""
+    def handle_timeout(self, now: Instant) -> Instant | None:
+        """Reach ``now``: the first call only starts the grid; a call at or after a tick moves the grid to
+        its first tick after ``now`` and returns the last tick at or before ``now``: the owner sweeps what
+        was due *at that tick*, as the reference's sweep there would have (a tick skipped because nothing
+        was due at it is passed at the next call, which can come between ticks)."""
         nxt = self.next_check
         if nxt is None:
-            self.next_check = Instant(now + self.interval)
-            return
+            self.next_check = Instant(now + EXPIRE_RESOURCES_INTERVAL)
+            return None
         if now < nxt:
-            return
-        self._swept = True
-        self.next_check = Instant(nxt + ((now - nxt) // self.interval + 1) * self.interval)
-
-    def poll_sweep(self) -> bool:
-        """True once after :meth:`handle_timeout` reached a tick: the owner sweeps what is due."""
-        swept, self._swept = self._swept, False
-        return swept
-
-
-def sweep_expired(
-    clients: Mapping[uuid.UUID, ClientAuthorizations], utc_ns: int
-) -> dict[uuid.UUID, list[uuid.UUID]]:
-    """Expire authorisations of every client; ``{client: [expired resources]}`` for those that lost any."""
-    out: dict[uuid.UUID, list[uuid.UUID]] = {}
-    for cid in sorted(clients):
-        gone = clients[cid].expire(utc_ns)
-        if gone:
-            out[cid] = gone
-    return out
-
-
-def empty_clients(clients: Mapping[uuid.UUID, ClientAuthorizations]) -> list[uuid.UUID]:
-    """The clients without any resource left, in id order: remove them and say goodbye."""
-    return [cid for cid in sorted(clients) if clients[cid].is_empty()]
+            return None
+        last = nxt + (now - nxt) // EXPIRE_RESOURCES_INTERVAL * EXPIRE_RESOURCES_INTERVAL
+        self.next_check = Instant(last + EXPIRE_RESOURCES_INTERVAL)
+        return Instant(last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,30 +276,3 @@ class InitAuthorization:
     client_id: uuid.UUID
     resource_id: uuid.UUID
     expires_at: int
-
-
-def apply_init_authorizations(
-    clients: Mapping[uuid.UUID, ClientAuthorizations], entries: Iterable[InitAuthorization]
-) -> dict[uuid.UUID, list[uuid.UUID]]:
-    """``init``: every client retains only its listed resources (none when it is not listed), then the
-    listed expiries apply.
-
-    Returns ``{client: [revoked resources]}`` for the clients that lost any. Entries naming unknown
-    clients or resources are no-ops (logged at debug), as in the reference.
-    """
-    listed: dict[uuid.UUID, set[uuid.UUID]] = {}
-    entries = list(entries)
-    for e in entries:
-        listed.setdefault(e.client_id, set()).add(e.resource_id)
-    revoked: dict[uuid.UUID, list[uuid.UUID]] = {}
-    for cid in sorted(clients):
-        gone = clients[cid].retain(listed.get(cid, set()))
-        if gone:
-            revoked[cid] = gone
-    for e in entries:
-        auths = clients.get(e.client_id)
-        if auths is None:
-            log.debug("init: authorisation for unknown client %s", e.client_id)
-            continue
-        auths.update_expiry(e.resource_id, e.expires_at)
-    return revoked

@@ -40,7 +40,7 @@ from gateway_core.contract import Deadline
 from gateway_core.dns.patterns import is_subdomain
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.interface import IPV4_TUNNEL, IPV6_TUNNEL
-from gateway_core.policy.authorizations import AddOutcome, ClientAuthorizations
+from gateway_core.policy.authorizations import ClientAuthorizations
 from gateway_core.policy.dns_nat import DnsResourceNat, NatVerdict, SetupNatError, is_icmp_error
 from gateway_core.policy.filters import (
     L4_ICMP,
@@ -50,7 +50,7 @@ from gateway_core.policy.filters import (
     is_proxy_int,
 )
 from gateway_core.policy.flowcache import FlowCache, fast_key, remember
-from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, NatSession
+from gateway_core.policy.nat import V6_FLAG, NatSession
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import DnsResource, ResourceDescription
 from gateway_core.stats import Stats
@@ -164,8 +164,8 @@ class ClientPolicy:
         client_v6: IPv6Address,
         gateway_v4: IPv4Address,
         gateway_v6: IPv6Address,
-        properties: ClientProperties | None = None,
-        max_nat_sessions: int = MAX_NAT_SESSIONS,
+        properties: ClientProperties | None,
+        max_nat_sessions: int,
     ) -> None:
         self.client_id = client_id
         self.cid = str(client_id)
@@ -191,26 +191,24 @@ class ClientPolicy:
         self.flow_cache.clear()
         self.filters = build_filter_table(self.authorizations.values(), self.nat.proxy_translations())
 
-    def allow(self, resource: ResourceDescription, expires_at: int | None) -> AddOutcome:
-        out = self.authorizations.add(resource, expires_at)
+    def allow(self, resource: ResourceDescription, expires_at: int | None) -> None:
+        self.authorizations.add(resource, expires_at)
         self.rebuild_filters()
-        return out
 
-    def update_resource(self, resource: ResourceDescription) -> bool:
-        changed = self.authorizations.update_resource(resource)
-        if changed:
+    def update_resource(self, resource: ResourceDescription) -> None:
+        """``resource_updated``: if this client has the resource, its filters are replaced."""
+        if resource.id in self.authorizations:
+            self.authorizations.update_resource(resource)
             self.rebuild_filters()
-        return changed
 
-    def update_expiry(self, rid: uuid.UUID, expires_at: int | None) -> bool:
-        return self.authorizations.update_expiry(rid, expires_at)
+    def update_expiry(self, rid: uuid.UUID, expires_at: int | None) -> None:
+        self.authorizations.update_expiry(rid, expires_at)
 
-    def remove(self, rid: uuid.UUID) -> bool:
+    def remove(self, rid: uuid.UUID) -> None:
         """``reject_access``; afterwards :meth:`is_empty` tells whether to remove the client."""
-        gone = self.authorizations.remove(rid)
-        if gone:
+        if rid in self.authorizations:
+            self.authorizations.remove(rid)
             self.rebuild_filters()
-        return gone
 
     def retain(self, keep: Collection[uuid.UUID]) -> list[uuid.UUID]:
         gone = self.authorizations.retain(keep)

@@ -75,8 +75,8 @@ _V6_PROXY_KEY = int(IPV6_PROXY_RANGE.network_address) >> _V6_PROXY_SHIFT
 def is_proxy_addr(addr: bytes) -> bool:
     """Whether the packed address (4 or 16 bytes) lies in a DNS-resource proxy range."""
     if len(addr) == 4:
-        return int.from_bytes(addr, "big") >> _V4_PROXY_SHIFT == _V4_PROXY_KEY
-    return int.from_bytes(addr, "big") >> _V6_PROXY_SHIFT == _V6_PROXY_KEY
+        return int.from_bytes(addr) >> _V4_PROXY_SHIFT == _V4_PROXY_KEY
+    return int.from_bytes(addr) >> _V6_PROXY_SHIFT == _V6_PROXY_KEY
 
 
 def is_proxy_int(v6: bool, ip: int) -> bool:
@@ -134,19 +134,17 @@ def _merge(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, ...], tuple[in
 
 
 class FilterEngine:
-    """Permit-all, or the union of some TCP/UDP port ranges and possibly ICMP."""
+    """The union of some TCP/UDP port ranges and possibly ICMP (permit-all: :data:`PERMIT_ALL`)."""
 
-    __slots__ = ("icmp", "permit_all", "tcp_ends", "tcp_starts", "udp_ends", "udp_starts")
+    __slots__ = ("icmp", "tcp_ends", "tcp_starts", "udp_ends", "udp_starts")
 
     def __init__(
         self,
         *,
-        permit_all: bool = False,
         tcp: Iterable[tuple[int, int]] = (),
         udp: Iterable[tuple[int, int]] = (),
-        icmp: bool = False,
+        icmp: bool,
     ) -> None:
-        self.permit_all = permit_all
         self.tcp_starts, self.tcp_ends = _merge(tcp)
         self.udp_starts, self.udp_ends = _merge(udp)
         self.icmp = icmp
@@ -159,23 +157,21 @@ class FilterEngine:
             return PERMIT_ALL
         tcp: list[tuple[int, int]] = []
         udp: list[tuple[int, int]] = []
-        icmp = False
         for filters in lists:
             for f in filters:
                 if f.protocol is FilterProtocol.ICMP:
-                    icmp = True
+                    continue  # below
                 elif not f.is_valid:
                     continue  # rejected range: contributes nothing (decision 0040)
                 elif f.protocol is FilterProtocol.TCP:
                     tcp.append((f.port_range_start, f.port_range_end))
                 else:
                     udp.append((f.port_range_start, f.port_range_end))
+        icmp = any(f.protocol is FilterProtocol.ICMP for filters in lists for f in filters)
         return cls(tcp=tcp, udp=udp, icmp=icmp)
 
     def allows(self, kind: int, port: int) -> bool:
         """Whether a packet with this protocol descriptor passes."""
-        if self.permit_all:
-            return True
         if kind == L4_TCP:
             i = bisect_right(self.tcp_starts, port) - 1
             return i >= 0 and port <= self.tcp_ends[i]
@@ -190,7 +186,7 @@ class FilterEngine:
         if not isinstance(other, FilterEngine):
             return NotImplemented
         return (
-            self.permit_all == other.permit_all
+            type(self) is type(other)
             and self.icmp == other.icmp
             and self.tcp_starts == other.tcp_starts
             and self.tcp_ends == other.tcp_ends
@@ -199,15 +195,27 @@ class FilterEngine:
         )
 
     def __repr__(self) -> str:
-        if self.permit_all:
-            return "FilterEngine(permit_all)"
         tcp = list(zip(self.tcp_starts, self.tcp_ends, strict=True))
         udp = list(zip(self.udp_starts, self.udp_ends, strict=True))
         return f"FilterEngine(tcp={tcp}, udp={udp}, icmp={self.icmp})"
 
 
-PERMIT_ALL = FilterEngine(permit_all=True)
-"""The shared permit-all engine (engines are never mutated after construction)."""
+class _PermitAll(FilterEngine):
+    """Every packet passes (a resource without filters covers the address)."""
+
+    __slots__ = ()
+
+    def allows(self, kind: int, port: int) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "FilterEngine(permit_all)"
+
+
+PERMIT_ALL: FilterEngine = _PermitAll(icmp=True)
+"""The shared permit-all engine (engines are never mutated after construction). Its own class rather than
+a flag: what it allows is decided in a method, at the call, never by a value fixed when the module was
+imported."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,9 +224,9 @@ PERMIT_ALL = FilterEngine(permit_all=True)
 
 @dataclass(frozen=True, slots=True)
 class FilterEntry:
-    """What the table holds per network: the engine and the resource it is attributed to."""
+    """What the table holds per network (the key it is filed under): the engine and the resource it is
+    attributed to."""
 
-    network: IPNetwork
     engine: FilterEngine
     resource_id: uuid.UUID
 
@@ -239,7 +247,7 @@ class FilterTable:
 
     def insert(self, network: IPNetwork, engine: FilterEngine, resource_id: uuid.UUID) -> None:
         """Add or replace the entry of exactly ``network``."""
-        entry = FilterEntry(network, engine, resource_id)
+        entry = FilterEntry(engine, resource_id)
         bits = network.max_prefixlen
         key = int(network.network_address) >> (bits - network.prefixlen)
         if bits == 32:
@@ -251,7 +259,7 @@ class FilterTable:
 
     def longest_match(self, addr: bytes) -> FilterEntry | None:
         """The entry of the longest prefix containing the packed address (4 or 16 bytes)."""
-        return self.longest_match_int(len(addr) == 16, int.from_bytes(addr, "big"))
+        return self.longest_match_int(len(addr) == 16, int.from_bytes(addr))
 
     def longest_match_int(self, v6: bool, ip: int) -> FilterEntry | None:
         """:meth:`longest_match` for an address given as an integer."""
@@ -267,7 +275,7 @@ class FilterTable:
         For client -> resource packets ``addr`` is the destination and ``port`` the destination port;
         for resource -> client packets the source and the source port.
         """
-        return self.classify_int(len(addr) == 16, int.from_bytes(addr, "big"), kind, port)
+        return self.classify_int(len(addr) == 16, int.from_bytes(addr), kind, port)
 
     def classify_int(self, v6: bool, ip: int, kind: int, port: int) -> uuid.UUID | None:
         """:meth:`classify` for an address given as an integer (the per-packet entry point)."""
@@ -289,11 +297,14 @@ class FilterTable:
         """:meth:`deny_reason` for an address given as an integer."""
         return DropReason.NOT_AUTHORIZED if self.longest_match_int(v6, ip) is None else DropReason.FILTERED
 
-    def entries(self) -> list[FilterEntry]:
-        """Every entry, IPv4 before IPv6, by network (for tests and diagnostics)."""
-        out = [e for level in self._v4.values() for e in level.values()]
-        out += [e for level in self._v6.values() for e in level.values()]
-        return sorted(out, key=lambda e: (e.network.version, e.network))
+    def entries(self) -> list[tuple[IPNetwork, FilterEntry]]:
+        """Every network with its entry, IPv4 before IPv6, by network (for tests and diagnostics)."""
+        out: list[tuple[IPNetwork, FilterEntry]] = []
+        for p, level in self._v4.items():
+            out += [(IPv4Network((k << (32 - p), p)), e) for k, e in level.items()]
+        for p, level in self._v6.items():
+            out += [(IPv6Network((k << (128 - p), p)), e) for k, e in level.items()]
+        return sorted(out, key=lambda ne: (ne[0].version, ne[0]))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._v4.values()) + sum(len(v) for v in self._v6.values())

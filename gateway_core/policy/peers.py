@@ -45,7 +45,7 @@ from gateway_core.addr import IPAddress
 from gateway_core.clock import Instant
 from gateway_core.contract import Deadline, TimerHeap, advance, earliest
 from gateway_core.errors import DecodeError, DropReason, UsageError
-from gateway_core.policy.authorizations import AddOutcome, ExpiryTimer, InitAuthorization
+from gateway_core.policy.authorizations import ExpiryTimer, InitAuthorization
 from gateway_core.policy.client import ClientPolicy, ClientProperties
 from gateway_core.policy.nat import MAX_NAT_SESSIONS, V6_FLAG, addr_key
 from gateway_core.policy.p2p_control import (
@@ -117,8 +117,7 @@ class Peers:
         "by_tunnel_address",
         "clients",
         "expiry",
-        "gateway_v4",
-        "gateway_v6",
+        "gateway_ips",
         "max_nat_sessions",
     )
 
@@ -135,8 +134,8 @@ class Peers:
         self.by_tunnel_address: dict[bytes, ClientPolicy] = {}
         """The same for the addresses inside the tunnel ranges, keyed by the packed address: the data path
         looks a TUN packet's destination up with one slice (what :meth:`route_tun` finds for it)."""
-        self.gateway_v4: IPv4Address | None = None
-        self.gateway_v6: IPv6Address | None = None
+        self.gateway_ips: tuple[IPv4Address, IPv6Address] | None = None
+        """The gateway's tunnel addresses (``init``); ``None`` before."""
         self.expiry = ExpiryTimer()
         self.max_nat_sessions = max_nat_sessions
         self._stats_of: dict[uuid.UUID, Stats] = {}  # the counters of each client's latest policy
@@ -175,14 +174,12 @@ class Peers:
 
     # --- addresses ------------------------------------------------------------------------------
 
-    def set_tunnel_ips(self, v4: IPv4Address, v6: IPv6Address) -> bool:
-        """``init``: the gateway's tunnel addresses; True if they changed (rebind the DNS servers).
+    def set_tunnel_ips(self, v4: IPv4Address, v6: IPv6Address) -> None:
+        """``init``: the gateway's tunnel addresses.
 
         Existing clients keep the gateway addresses they were created with (as in the reference).
         """
-        changed = (v4, v6) != (self.gateway_v4, self.gateway_v6)
-        self.gateway_v4, self.gateway_v6 = v4, v6
-        return changed
+        self.gateway_ips = (v4, v6)
 
     def _index(self, client: ClientPolicy, ip: IPAddress) -> None:
         key = addr_key(ip)
@@ -235,26 +232,22 @@ class Peers:
         resource: ResourceDescription,
         expires_at: int | None,
         properties: ClientProperties | None = None,
-    ) -> AddOutcome | None:
-        """Authorise ``resource`` for the client, creating its policy if needed; ``None`` before ``init``."""
-        if self.gateway_v4 is None or self.gateway_v6 is None:
+    ) -> bool:
+        """Authorise ``resource`` for the client, creating its policy if needed; False before ``init`` (not
+        recorded)."""
+        if self.gateway_ips is None:
             log.warning("authorisation of %s for %s before init: not recorded", resource.id, client_id)
-            return None
+            return False
         client = self.clients.get(client_id)
         if client is None:
+            gv4, gv6 = self.gateway_ips
             client = ClientPolicy(
-                client_id,
-                client_v4,
-                client_v6,
-                self.gateway_v4,
-                self.gateway_v6,
-                properties,
-                self.max_nat_sessions,
+                client_id, client_v4, client_v6, gv4, gv6, properties, self.max_nat_sessions
             )
             self.clients[client_id] = client
             self.by_cid[client.cid] = client
             client.nat.table.watch(self._mono, client_id)
-        outcome = client.allow(resource, expires_at)
+        client.allow(resource, expires_at)
         self._schedule(client_id)
         self._index(client, client_v4)
         self._index(client, client_v6)
@@ -262,7 +255,7 @@ class Peers:
         if old is not None and old is not client.stats:
             self._retired.merge(old)
         self._stats_of[client_id] = client.stats
-        return outcome
+        return True
 
     def remove_access(self, client_id: uuid.UUID, rid: uuid.UUID) -> bool:
         """``reject_access``; True if the client has nothing left and was removed (say goodbye)."""
@@ -277,42 +270,39 @@ class Peers:
         self._schedule(client_id)
         return False
 
-    def update_resource(self, resource: ResourceDescription) -> list[uuid.UUID]:
-        """``resource_updated``: the clients that have the resource (their filters are replaced)."""
-        return [cid for cid in sorted(self.clients) if self.clients[cid].update_resource(resource)]
+    def update_resource(self, resource: ResourceDescription) -> None:
+        """``resource_updated``: the filters of every client that has the resource are replaced."""
+        for cid in sorted(self.clients):
+            self.clients[cid].update_resource(resource)
 
-    def update_expiry(self, client_id: uuid.UUID, rid: uuid.UUID, expires_at: int | None) -> bool:
-        """``access_authorization_expiry_updated``; False for an unknown client or resource."""
+    def update_expiry(self, client_id: uuid.UUID, rid: uuid.UUID, expires_at: int | None) -> None:
+        """``access_authorization_expiry_updated`` (an unknown client or resource: logged, nothing else)."""
         client = self.clients.get(client_id)
-        if client is None or not client.update_expiry(rid, expires_at):
-            return False
+        if client is None:
+            log.debug("expiry update for unknown client %s", client_id)
+            return
+        client.update_expiry(rid, expires_at)
         self._schedule(client_id)
-        return True
 
-    def apply_init(self, entries: Iterable[InitAuthorization]) -> dict[uuid.UUID, list[uuid.UUID]]:
+    def apply_init(self, entries: Iterable[InitAuthorization]) -> None:
         """``init.authorizations``: every client keeps only its listed resources (a client the list does
-        not name keeps none: decision 0123), then the expiries apply; ``{client: [revoked]}``. Clients
-        left empty go at the next sweep."""
+        not name keeps none: decision 0123), then the expiries apply. Clients left empty go at the next
+        sweep."""
         entries = list(entries)
         listed: dict[uuid.UUID, set[uuid.UUID]] = {}
         for e in entries:
             listed.setdefault(e.client_id, set()).add(e.resource_id)
-        revoked: dict[uuid.UUID, list[uuid.UUID]] = {}
         for cid in sorted(self.clients):
-            if gone := self.clients[cid].retain(listed.get(cid, set())):
-                revoked[cid] = gone
-        for e in entries:
-            if not self.update_expiry(e.client_id, e.resource_id, e.expires_at):
-                log.debug("init: no authorisation %s for client %s", e.resource_id, e.client_id)
-        for cid in revoked:
+            self.clients[cid].retain(listed.get(cid, set()))
             self._schedule(cid)
-        return revoked
+        for e in entries:
+            self.update_expiry(e.client_id, e.resource_id, e.expires_at)
 
-    def remove_client(self, client_id: uuid.UUID) -> bool:
+    def remove_client(self, client_id: uuid.UUID) -> None:
         """Forget the client and its addresses (goodbye received, or no resources left)."""
         client = self.clients.pop(client_id, None)
         if client is None:
-            return False
+            return
         self._mono.discard(client_id)
         self._utc.discard(client_id)
         del self.by_cid[client.cid]
@@ -320,7 +310,6 @@ class Peers:
             del self._by_ip[key]
         for packed in [k for k, c in self.by_tunnel_address.items() if c is client]:
             del self.by_tunnel_address[packed]
-        return True
 
     def shutdown(self) -> list[uuid.UUID]:
         """Every client, in id order, each to be sent a goodbye; all state is cleared."""
@@ -339,11 +328,14 @@ class Peers:
         """At a tick of the expiry grid, sweep the clients with something due: expired authorisations go,
         NAT sessions age, and clients left without resources are removed (drain :meth:`poll_removed`)."""
         self._now = advance(self._now, now)
-        self.expiry.handle_timeout(now)
-        if not self.expiry.poll_sweep():
+        tick = self.expiry.handle_timeout(now)
+        if tick is None:
             return
-        utc_ns = self._wall(now)
-        due = set(self._mono.pop_due(now))
+        # The sweep of the last tick reached: what became due after it waits for the next tick, as in the
+        # reference, which sweeps at every tick (a call between ticks follows a tick skipped for having
+        # nothing due; sweeping "now" would remove an authorisation expiring since that tick too early).
+        utc_ns = self._wall(now) - (now - tick)
+        due = set(self._mono.pop_due(tick))
         due.update(self._utc.pop_due(utc_ns))
         for cid in sorted(due):
             client = self.clients.get(cid)

@@ -44,7 +44,7 @@ class CidrResource:
     id: uuid.UUID
     name: str
     network: IPNetwork
-    filters: Filters = ()
+    filters: Filters
 
     kind = ResourceKind.CIDR
 
@@ -60,7 +60,7 @@ class DnsResource:
     id: uuid.UUID
     name: str
     address: str
-    filters: Filters = ()
+    filters: Filters
 
     kind = ResourceKind.DNS
 
@@ -103,25 +103,21 @@ def _filter_from_portal(f: portal_model.Filter) -> Filter:
     return Filter(FilterProtocol(f.protocol.value), f.port_range_start, f.port_range_end)
 
 
-def _warn_invalid_ranges(rid: uuid.UUID, filters: Filters) -> None:
-    for f in filters:
-        if not f.is_valid:
-            log.warning(
-                "resource %s: rejecting %s filter with port_range_start %d > port_range_end %d; "
-                "it allows no port (decision 0040)",
-                rid,
-                f.protocol.value,
-                f.port_range_start,
-                f.port_range_end,
-            )
-
-
 def from_portal(resource: portal_model.Resource) -> ResourceDescription:
     """The policy's view of a resource the portal described (``authorize_flow``, ``resource_updated``...)."""
     if isinstance(resource, portal_model.InternetResource):
         return InternetResource(resource.id)
     filters = tuple(_filter_from_portal(f) for f in resource.filters)
-    _warn_invalid_ranges(resource.id, filters)
+    for f in filters:
+        if not f.is_valid:
+            log.warning(
+                "resource %s: rejecting %s filter with port_range_start %d > port_range_end %d; "
+                "it allows no port (decision 0040)",
+                resource.id,
+                f.protocol.value,
+                f.port_range_start,
+                f.port_range_end,
+            )
     if isinstance(resource, portal_model.CidrResource):
         return CidrResource(resource.id, resource.name, resource.address, filters)
     return DnsResource(resource.id, resource.name, resource.address, filters)

@@ -482,8 +482,11 @@ def edge_programs() -> dict[str, Program]:
     """One program per edge kind that walks its whole table: one client holding the CIDR resource (so it
     has a connection), then the kind's steps (``flow_edges``: see :mod:`sim.stateful.flow_edges`;
     ``nat_edges``: :mod:`sim.stateful.nat_edges`)."""
+    from sim.stateful.expiry_edges import expiry_program
     from sim.stateful.flow_edges import flow_program
+    from sim.stateful.flowlog_edges import flowlog_program
     from sim.stateful.nat_edge_cases import nat_program
+    from sim.stateful.nested_edges import nested_program
 
     grant = [Step(StepKind.GRANT, 0, 0)]
     n = -(-(len(CONTROL_CASES) + len(CONTROL_CASES_EDGE_ONLY)) // CASES_PER_STEP)
@@ -508,6 +511,9 @@ def edge_programs() -> dict[str, Program]:
         ),
         "flow_edges": flow_program(),
         "nat_edges": nat_program(),
+        "expiry_edges": expiry_program(),
+        "nested_cidr": nested_program(),
+        "flow_logs": flowlog_program(),
         # Packets to the other client's tunnel address (each family), from a client holding the Internet
         # resource (whose filters would let them through: only the gateway's client-to-client rule refuses
         # them, decision 0054) and from one holding the CIDR resource.

@@ -437,8 +437,8 @@ class FlowEdges:
         and one from it, each of two packets: the first goes the full way, the second the cache's."""
         s = self.s
         peers = s.gw.gateway.peers
-        gw = peers.gateway_v6 if v6 else peers.gateway_v4
-        assert gw is not None
+        assert peers.gateway_ips is not None
+        gw = peers.gateway_ips[1] if v6 else peers.gateway_ips[0]
         sport = 0
         for want in ((0, 0), (1, 0)):
             hits = self._hits()

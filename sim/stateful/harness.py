@@ -55,9 +55,12 @@ from sim.pcap import PcapWriter
 from sim.reference import SWEEP, Bounds, HostSpec, ReferenceModel, ResourceSpec
 from sim.stateful.access import Access
 from sim.stateful.edges import Edges
+from sim.stateful.expiry_edges import ExpiryEdges
 from sim.stateful.flow_edges import FlowEdges
+from sim.stateful.flowlog_edges import FlowLogEdges
 from sim.stateful.invariants import ErrorLog, Invariants
 from sim.stateful.nat_edges import NatEdges
+from sim.stateful.nested_edges import NestedEdges
 from sim.stateful.probes import PROBE_SETTLE
 from sim.stateful.program import WEIGHTS, Step, StepKind, WorldSpec
 from sim.stateful.scene import Handler, InvariantError, Scene
@@ -152,6 +155,9 @@ class Harness:
         self.edges = Edges(self.scene, self.invariants, self.traffic)
         self.flow_edges = FlowEdges(self.scene, self.traffic)
         self.nat_edges = NatEdges(self.scene, self.invariants, self.traffic)
+        self.expiry_edges = ExpiryEdges(self.scene, self.access, self.invariants, self.traffic)
+        self.nested_edges = NestedEdges(self.scene, self.invariants, self.traffic)
+        self.flowlog_edges = FlowLogEdges(self.scene, self.access, self.traffic)
         self.handlers: dict[StepKind, Handler] = {}
         for part in (
             self.traffic.handlers(),
@@ -160,6 +166,9 @@ class Harness:
             self.edges.handlers(),
             self.flow_edges.handlers(),
             self.nat_edges.handlers(),
+            self.expiry_edges.handlers(),
+            self.nested_edges.handlers(),
+            self.flowlog_edges.handlers(),
         ):
             for kind, handler in part.items():
                 if kind in self.handlers:

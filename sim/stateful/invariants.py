@@ -13,6 +13,7 @@ client must have received, and fails on any ERROR log record (:class:`ErrorLog`)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 from devpeers.client_types import DomainStatusReceived, GoodbyeReceived, Received
@@ -100,6 +101,8 @@ class Invariants:
         self._goodbyes_optional = [0] * scene.spec.clients
         self._peer = [False] * scene.spec.clients
         self._checked: dict[str, int] = {}
+        self._policy_counts: tuple[object, dict[str, int]] | None = None
+        """The gateway the policy's counters were last read from, and what they were."""
         """How many arrivals of each host the security check has judged already."""
 
     def restarted(self, c: int) -> None:
@@ -208,14 +211,30 @@ class Invariants:
             if not low <= bye <= high:
                 want = f"{low}" if low == high else f"{low} to {high}"
                 raise InvariantError(f"client-{c} received {bye} goodbyes, the model expects {want}")
+        self.counters_never_go_down()
         if self.log.errors:
             raise InvariantError(f"ERROR logged: {self.log.errors}")
         self._key_events()
 
-    def security(self) -> None:
+    def counters_never_go_down(self) -> None:
+        """The policy's counters (drops and NAT events of every client, those of clients since removed or
+        replaced included) never go down while the gateway runs (a restart starts them at zero). Checked
+        after every step, and by a step that reads them in between."""
+        gw = self.s.gw.gateway
+        now = gw.peers.policy_stats().snapshot()
+        if self._policy_counts is not None and self._policy_counts[0] is gw:
+            before = self._policy_counts[1]
+            down = {k: (v, now.get(k, 0)) for k, v in before.items() if now.get(k, 0) < v}
+            if down:
+                raise InvariantError(f"policy counters went down (before, after): {down}")
+        self._policy_counts = (gw, now)
+
+    def security(self, may_reach: Callable[[int, IPAddress, str, int, int], bool] | None = None) -> None:
         """Every packet that reached a host behind the gateway came from a client holding, when it passed
-        the gateway, an authorisation in force that covered it (:meth:`ReferenceModel.may_reach`)."""
+        the gateway, an authorisation in force that covered it (:meth:`ReferenceModel.may_reach`, or
+        ``may_reach`` for a step that grants what the model does not know of, judging the arrivals so far)."""
         s = self.s
+        judge = s.model.may_reach if may_reach is None else may_reach
         tunnel: dict[IPAddress, int] = {}
         for i, cl in enumerate(s.gw.clients):
             tunnel[cl.tunnel_v4] = i
@@ -226,7 +245,7 @@ class Invariants:
                 who = tunnel.get(a.src)
                 proto = _PROTO_NAMES.get(a.proto, "other")
                 port = a.dport if proto in ("udp", "tcp") else 0
-                if who is None or not s.model.may_reach(who, a.dst, proto, port, a.at):
+                if who is None or not judge(who, a.dst, proto, port, a.at):
                     raise InvariantError(f"SECURITY: {a} reached {name} outside a live authorisation/filter")
             self._checked[name] = len(server.received)
 

@@ -54,6 +54,9 @@ class StepKind(StrEnum):
     UPSTREAM_UP = "upstream_up"
     FLOW_EDGE = "flow_edge"
     NAT_EDGE = "nat_edge"
+    EXPIRY_EDGE = "expiry_edge"
+    NESTED_EDGE = "nested_edge"
+    FLOW_LOG_EDGE = "flow_log_edge"
 
 
 WEIGHTS: dict[StepKind, int] = {
@@ -91,13 +94,16 @@ WEIGHTS: dict[StepKind, int] = {
     StepKind.UPSTREAM_UP: 0,
     StepKind.FLOW_EDGE: 0,  # only in its edge program (sim/stateful/flow_edges.py)
     StepKind.NAT_EDGE: 0,  # only in its edge program (sim/stateful/nat_edges.py)
+    StepKind.EXPIRY_EDGE: 0,  # only in its edge program (sim/stateful/expiry_edges.py)
+    StepKind.NESTED_EDGE: 0,  # only in its edge program (sim/stateful/nested_edges.py)
+    StepKind.FLOW_LOG_EDGE: 0,  # only in its edge program (sim/stateful/flowlog_edges.py)
 }
 """Weight of each kind when steps are drawn: traffic dominates, as in Firezone's ``tunnel_test`` (10 per
 packet kind, 1 for most others). Every kind with a weight can run in any state (no guard), so the mix of a
 run follows these weights: each kind's share of the drawn steps is its weight over the total
 (``tests/sim/test_stateful.py`` checks it within a factor of two). A weight of 0 keeps a kind replayable
 from program files (the two upstream kinds, replaced by ``upstream_toggle``) but never drawn, or only in an
-edge program (``flow_edge``). The order is
+edge program (``flow_edge``, ``expiry_edge``, ``nested_edge``, ``flow_log_edge``). The order is
 the order of the weighted index: changing it changes every drawn program."""
 EDGE_KINDS = (StepKind.CONTROL_EDGE, StepKind.NAT_COLLISION)
 """The edge-case kinds (``sim/stateful/edges.py``): drawn like every other kind (weights 2 and 1), and

@@ -272,7 +272,8 @@ class Traffic:
         now = s.world.now
         v6 = bool(step.b % 2)
         choice = step.a % 5
-        gw_tunnel = s.gw.gateway.peers.gateway_v6 if v6 else s.gw.gateway.peers.gateway_v4
+        ips = s.gw.gateway.peers.gateway_ips
+        gw_tunnel = None if ips is None else ips[1] if v6 else ips[0]
         if choice in (0, 1) and gw_tunnel is not None:
             proto = "icmp" if choice == 0 else "udp"
             port = 0 if proto == "icmp" else 1 + mix64(step.b) % 53000

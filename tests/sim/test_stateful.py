@@ -335,7 +335,12 @@ def test_edge_program(name: str) -> None:
         "flow_edges": "flow_edge",
         "client_to_client": "foreign_destination",
         "nat_edges": "nat_edge_exchange",
+        "nested_cidr": "nested_probe",
+        "flow_logs": "flow_log_record",
     }.get(name, name)
+    if name == "expiry_edges":  # two expiries on each grid, then one client removed at its tick
+        assert (h.coverage["event:expiry_edge"], h.coverage["event:expiry_edge_removal"]) == (2, 1)
+        return
     assert h.coverage[f"event:{event}"] >= (len(CONTROL_CASES) if name == "control_edge" else 4)
     if name == "nat_edges":
         assert all(h.coverage[f"event:nat_edge_{case}"] for case, _ in NAT_CASES), h.coverage

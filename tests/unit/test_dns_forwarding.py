@@ -41,6 +41,7 @@ from gateway_core.dns.servers import DnsTransport
 from gateway_core.errors import DecodeError, DropReason, UsageError
 from gateway_core.inputs import Input
 from gateway_core.policy.client import ClientPolicy
+from gateway_core.policy.nat import MAX_NAT_SESSIONS
 from gateway_core.policy.resources import CidrResource, DnsResource
 
 CLIENT = IPv4Address("100.64.0.1")
@@ -60,7 +61,13 @@ def query(name: str = "_sip._tcp.app.example.com", rdtype: str = "SRV", qid: int
 
 def policy() -> ClientPolicy:
     p = ClientPolicy(
-        uuid.UUID(int=1), CLIENT, IPv6Address("fd00:2021:1111::1"), LOCAL.ip, IPv6Address("fd00:2021:1111::9")
+        uuid.UUID(int=1),
+        CLIENT,
+        IPv6Address("fd00:2021:1111::1"),
+        LOCAL.ip,
+        IPv6Address("fd00:2021:1111::9"),
+        None,
+        MAX_NAT_SESSIONS,
     )  # type: ignore[arg-type]
     p.allow(DnsResource(uuid.UUID(int=2), "app", "**.app.example.com", ()), None)
     p.allow(CidrResource(uuid.UUID(int=3), "net", ip_network("10.0.0.0/8"), ()), None)

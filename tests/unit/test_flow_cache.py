@@ -15,7 +15,7 @@ from gateway_core.clock import NANOS_PER_SEC, Instant, secs
 from gateway_core.gateway_types import DomainResolved, ResolveDomain
 from gateway_core.policy.client import FORWARD, ClientPolicy
 from gateway_core.policy.flowcache import MAX_FLOWS, forward
-from gateway_core.policy.nat import UDP_TTL
+from gateway_core.policy.nat import MAX_NAT_SESSIONS, UDP_TTL
 from gateway_core.policy.p2p_control import build_assigned_ips
 from gateway_core.policy.resources import CidrResource, DnsResource
 from gateway_core.wire.ip import l4_checksum_ok
@@ -56,7 +56,7 @@ def cache_of(h: Harness) -> tuple[int, int]:
 
 
 def _policy() -> ClientPolicy:
-    p = ClientPolicy(uuid.UUID(int=77), CV4, CV6, GV4, GV6)
+    p = ClientPolicy(uuid.UUID(int=77), CV4, CV6, GV4, GV6, None, MAX_NAT_SESSIONS)
     p.allow(CidrResource(uuid.UUID(int=1), "net", ip_network("10.9.0.0/16"), ()), None)
     p.allow(CidrResource(uuid.UUID(int=3), "net6", ip_network("2001:db8:9::/48"), ()), None)
     p.allow(DnsResource(uuid.UUID(int=2), "app", "*.example.com", ()), None)

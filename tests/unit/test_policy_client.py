@@ -13,6 +13,7 @@ from gateway_core.clock import Instant
 from gateway_core.errors import DropReason
 from gateway_core.policy.client import DROP, FORWARD, REPLY, ClientPolicy
 from gateway_core.policy.filters import Filter, FilterProtocol
+from gateway_core.policy.nat import MAX_NAT_SESSIONS
 from gateway_core.policy.p2p_control import NatStatus
 from gateway_core.policy.resources import CidrResource, DnsResource, InternetResource
 from gateway_core.wire.icmp import build_icmp_error, parse_icmp_error
@@ -27,7 +28,7 @@ NOW = Instant(0)
 
 
 def policy() -> ClientPolicy:
-    return ClientPolicy(uuid.UUID(int=77), CV4, CV6, GV4, GV6)
+    return ClientPolicy(uuid.UUID(int=77), CV4, CV6, GV4, GV6, None, MAX_NAT_SESSIONS)
 
 
 def ip(s: str) -> IPv4Address | IPv6Address:
@@ -138,10 +139,15 @@ def test_revocation_and_expiry_rebuild_the_filters() -> None:
     assert p.expire(99 * 10**9) == [] and p.outbound(bytearray(pkt), NOW)[0] == FORWARD
     assert p.expire(100 * 10**9) == [R_CIDR]
     assert p.outbound(bytearray(pkt), NOW)[0] == REPLY
-    assert p.update_resource(CidrResource(R_DNS, "other", ip_network("10.9.0.0/24"), (Filter(UDP, 9, 9),)))
+    p.update_resource(CidrResource(R_DNS, "other", ip_network("10.9.0.0/24"), (Filter(UDP, 9, 9),)))
     assert p.outbound(bytearray(build_udp_packet(CV4, ip("10.9.0.1"), 1, 2, b"")), NOW)[0] == REPLY
     assert p.retain({R_DNS}) == [] and not p.is_empty()
-    assert p.update_expiry(R_DNS, 5) and p.remove(R_DNS) and p.is_empty()
+    p.update_expiry(R_DNS, 5)
+    a = p.authorizations.get(R_DNS)
+    assert a is not None and a.expires_at == 5
+    p.remove(R_CIDR)  # not held (expired): nothing happens
+    p.remove(R_DNS)
+    assert p.is_empty()
     assert p.poll_timeout() is None
     p.handle_timeout(NOW)
 

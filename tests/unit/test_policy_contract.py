@@ -133,7 +133,7 @@ def test_peers_sweep_deadline_and_time_going_backwards() -> None:
         uuid.UUID(int=1),
         IPv4Address("100.64.0.1"),
         IPv6Address("fd00:2021:1111::1"),
-        CidrResource(uuid.UUID(int=2), "n", ip_network("10.0.0.0/8")),
+        CidrResource(uuid.UUID(int=2), "n", ip_network("10.0.0.0/8"), ()),
         4,  # expires at 4 s on the wall clock (here the same as ``now``)
     )
     p.handle_timeout(Instant(0))  # starts the grid: ticks at 1 s, 2 s, ...

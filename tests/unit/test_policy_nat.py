@@ -266,7 +266,7 @@ def test_setup_nat_validates_before_touching_state() -> None:
     # A request that re-uses the proxy IPs for another domain but fails validation changes nothing.
     assert nat.setup_nat("b.other.com", auth, [REAL], V4P) is SetupNatError.DOMAIN_MISMATCH
     assert nat.setup_nat("b.example.com", None, [REAL], V4P) is SetupNatError.UNKNOWN_RESOURCE
-    cidr = Authorization(CidrResource(RID, "c", ip_network("10.0.0.0/8")))
+    cidr = Authorization(CidrResource(RID, "c", ip_network("10.0.0.0/8"), ()))
     assert nat.setup_nat("b.example.com", cidr, [REAL], V4P) is SetupNatError.NOT_DNS_RESOURCE
     assert nat.translations == before
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway_core.clock import Instant, secs
 from gateway_core.errors import DropReason
-from gateway_core.policy.authorizations import AddOutcome, InitAuthorization
+from gateway_core.policy.authorizations import InitAuthorization
 from gateway_core.policy.client import FORWARD, REPLY
 from gateway_core.policy.filters import Filter, FilterProtocol
 from gateway_core.policy.p2p_control import (
@@ -50,21 +50,22 @@ PROXIES = [ip_address(f"100.96.0.{i}") for i in range(1, 5)]
 
 def peers(utc_at_zero: int = 0) -> Peers:
     p = Peers(wall_clock=lambda now: utc_at_zero + now)
-    assert p.set_tunnel_ips(GV4, GV6) and not p.set_tunnel_ips(GV4, GV6)
+    p.set_tunnel_ips(GV4, GV6)
+    assert p.gateway_ips == (GV4, GV6)
     return p
 
 
 def test_no_authorisation_before_init() -> None:
     p = Peers()
-    assert p.allow_access(cid(1), v4(1), v6(1), CIDR, None) is None
+    assert not p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
     assert len(p) == 0
 
 
 def test_allow_route_and_reject() -> None:
     p = peers()
-    assert p.allow_access(cid(1), v4(1), v6(1), CIDR, None) is AddOutcome.ADDED
-    assert p.allow_access(cid(1), v4(1), v6(1), DNS, None) is AddOutcome.ADDED
-    assert p.allow_access(cid(2), v4(2), v6(2), CIDR, 50) is AddOutcome.ADDED
+    assert p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
+    assert p.allow_access(cid(1), v4(1), v6(1), DNS, None)
+    assert p.allow_access(cid(2), v4(2), v6(2), CIDR, 50)
     c1 = p.route_tun(build_udp_packet(ip_address("10.0.0.1"), v4(1), 1, 2, b""))
     assert c1 is p.clients[cid(1)]
     assert p.route_tun(build_udp_packet(ip_address("2001:db8::1"), v6(2), 1, 2, b"")) is p.clients[cid(2)]
@@ -98,7 +99,7 @@ def test_address_takeover_and_stale_index() -> None:
     assert p.client_by_ip(v6(1)) is p.clients[cid(1)]
     p.remove_client(cid(1))
     assert p.client_by_ip(v6(1)) is None and p.client_by_ip(v4(1)) is p.clients[cid(2)]
-    assert not p.remove_client(cid(1))
+    p.remove_client(cid(1))  # unknown now: nothing happens
     p.check()
 
 
@@ -118,16 +119,44 @@ def test_sweep_expires_and_removes_empty_clients() -> None:
     assert p.poll_timeout() is None  # client 2 never expires: the sweep has nothing to wake for
 
 
+def test_expiry_is_swept_at_the_first_tick_at_or_after_it_not_between_ticks() -> None:
+    """Found by the stateful ``expiry_edge`` step: the sweep skips the ticks at which nothing is due
+    (decision 0140), and a call between ticks (for another timer of the gateway) used to sweep at once, with
+    the wall clock of that call: an authorisation that expired since the last tick went up to 1 s before the
+    tick at which the reference removes it (it sweeps at every tick, ``GatewayState::handle_timeout``)."""
+    p = peers(utc_at_zero=200 * NS)
+    p.allow_access(cid(1), v4(1), v6(1), CIDR, 203)  # expires 3 s after the start
+    p.allow_access(cid(1), v4(1), v6(1), DNS, 205)  # and 5 s after it
+    half = secs(1) // 2
+    p.handle_timeout(Instant(half))  # the grid: ticks at 1.5 s, 2.5 s, 3.5 s, ...
+    d = p.poll_timeout()
+    assert d is not None and d.at == secs(3) + half  # the first tick at or after the expiry
+    p.handle_timeout(Instant(secs(3) + half // 2))  # another timer at 3.25 s: the tick of 2.5 s passed
+    assert p.clients[cid(1)].authorizations.ids() == sorted([CIDR.id, DNS.id])  # its sweep: nothing due
+    p.handle_timeout(Instant(secs(3) + half))  # the tick the gateway asked for
+    assert p.clients[cid(1)].authorizations.ids() == [DNS.id]
+    p.handle_timeout(Instant(secs(5) + half // 2))  # 5.25 s: the tick of 4.5 s, skipped, is reached late
+    assert p.clients[cid(1)].authorizations.ids() == [DNS.id]
+    assert p.poll_removed() is None
+    p.handle_timeout(Instant(secs(5) + half))
+    assert p.poll_removed() == cid(1) and cid(1) not in p.clients
+
+
 def test_resource_updated_and_expiry_updates() -> None:
     p = peers()
     p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
     p.allow_access(cid(2), v4(2), v6(2), InternetResource(cid(7)), None)
     narrowed = CidrResource(CIDR.id, "net", ip_network("10.0.0.0/8"), (Filter(FilterProtocol.UDP, 53, 53),))
-    assert p.update_resource(narrowed) == [cid(1)]
+    p.update_resource(narrowed)
+    assert p.clients[cid(2)].authorizations.get(CIDR.id) is None
     pkt = bytearray(build_udp_packet(v4(1), ip_address("10.1.1.1"), 1, 80, b""))
     assert p.clients[cid(1)].outbound(pkt, Instant(0))[0] == REPLY
-    assert p.update_expiry(cid(1), CIDR.id, 5) and not p.update_expiry(cid(3), CIDR.id, 5)
-    assert not p.update_expiry(cid(1), cid(55), 5)
+    p.update_expiry(cid(1), CIDR.id, 5)
+    p.update_expiry(cid(3), CIDR.id, 6)  # unknown client: nothing happens
+    p.update_expiry(cid(1), cid(55), 7)  # unknown resource: nothing happens
+    a = p.clients[cid(1)].authorizations.get(CIDR.id)
+    assert a is not None and a.expires_at == 5 and cid(3) not in p.clients
+    assert p.clients[cid(1)].authorizations.ids() == [CIDR.id]
 
 
 def test_init_retention_and_expiry() -> None:
@@ -135,10 +164,10 @@ def test_init_retention_and_expiry() -> None:
     p.allow_access(cid(1), v4(1), v6(1), CIDR, None)
     p.allow_access(cid(1), v4(1), v6(1), DNS, None)
     p.allow_access(cid(2), v4(2), v6(2), CIDR, None)
-    revoked = p.apply_init([InitAuthorization(cid(1), DNS.id, 500), InitAuthorization(cid(4), CIDR.id, 1)])
+    p.apply_init([InitAuthorization(cid(1), DNS.id, 500), InitAuthorization(cid(4), CIDR.id, 1)])
     # Client 2 is not listed: the portal no longer authorises anything of it (decision 0123; the
     # reference leaves it untouched, keeping the access of a client revoked while the gateway was away).
-    assert revoked == {cid(1): [CIDR.id], cid(2): [CIDR.id]}
+    assert p.clients[cid(1)].authorizations.ids() == [DNS.id] and cid(4) not in p.clients
     a = p.clients[cid(1)].authorizations.get(DNS.id)
     assert a is not None and a.expires_at == 500
     assert p.clients[cid(2)].authorizations.ids() == []

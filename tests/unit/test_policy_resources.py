@@ -12,16 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway_core.clock import Instant, secs
-from gateway_core.errors import DecodeError, UsageError
+from gateway_core.errors import DecodeError
 from gateway_core.policy.authorizations import (
-    AddOutcome,
     Authorization,
     ClientAuthorizations,
     ExpiryTimer,
-    InitAuthorization,
-    apply_init_authorizations,
-    empty_clients,
-    sweep_expired,
 )
 from gateway_core.policy.filters import L4_TCP, L4_UDP, Filter, FilterProtocol, build_filter_table
 from gateway_core.policy.resources import (
@@ -62,7 +57,7 @@ def test_decodes_the_reference_fixture() -> None:
     c, d, i = (decode_resource(o) for o in FIXTURE)
     assert c == CidrResource(uuid.UUID(RID), "172.172.0.0/16", ip_network("172.172.0.0/16"), ())
     assert d == DnsResource(
-        uuid.UUID("03000143-e25e-45c7-aafb-144990e57dcd"), "gitlab.mycorp.com", "gitlab.mycorp.com"
+        uuid.UUID("03000143-e25e-45c7-aafb-144990e57dcd"), "gitlab.mycorp.com", "gitlab.mycorp.com", ()
     )
     assert i == InternetResource(uuid.UUID("1106047c-cd5d-4151-b679-96b93da7383b"))
     assert i.name == "Internet" and i.filters == ()
@@ -200,19 +195,20 @@ def test_allowed_strictly_before_expiry() -> None:
 
 def test_reauthorisation_replaces_filters_and_expiry_but_not_address() -> None:
     auths = ClientAuthorizations(u(1))
-    assert auths.add(cidr(5, "10.0.0.0/8", Filter(FilterProtocol.TCP, 1, 1)), 100) is AddOutcome.ADDED
-    assert auths.add(cidr(5, "192.168.0.0/16", Filter(FilterProtocol.UDP, 2, 2)), 500) is AddOutcome.UPDATED
+    auths.add(cidr(5, "10.0.0.0/8", Filter(FilterProtocol.TCP, 1, 1)), 100)
+    auths.add(cidr(5, "192.168.0.0/16", Filter(FilterProtocol.UDP, 2, 2)), 500)
     a = auths.get(u(5))
     assert a is not None and a.expires_at == 500
     assert a.resource == cidr(5, "10.0.0.0/8", Filter(FilterProtocol.UDP, 2, 2))
-    assert auths.add(cidr(5), None) is AddOutcome.UPDATED and a.expires_at is None
+    auths.add(cidr(5), None)
+    assert a.expires_at is None and auths.get(u(5)) is a
 
 
 def test_type_change_is_ignored() -> None:
     auths = ClientAuthorizations(u(1))
     auths.add(cidr(5), 100)
-    assert auths.add(InternetResource(u(5)), 900) is AddOutcome.TYPE_MISMATCH
-    assert auths.update_resource(DnsResource(u(5), "n", "*.x", ())) is False
+    auths.add(InternetResource(u(5)), 900)
+    auths.update_resource(DnsResource(u(5), "n", "*.x", ()))
     a = auths.get(u(5))
     assert a is not None and a.is_cidr and a.expires_at == 100
 
@@ -221,9 +217,10 @@ def test_update_resource_changes_filters_only_for_holders() -> None:
     auths = ClientAuthorizations(u(1))
     auths.add(DnsResource(u(2), "n", "*.example.com", ()), None)
     auths.add(InternetResource(u(3)), None)
-    assert auths.update_resource(DnsResource(u(2), "other", "*.other.com", (Filter(FilterProtocol.ICMP),)))
-    assert auths.update_resource(InternetResource(u(3)))
-    assert not auths.update_resource(cidr(9))
+    auths.update_resource(DnsResource(u(2), "other", "*.other.com", (Filter(FilterProtocol.ICMP),)))
+    auths.update_resource(InternetResource(u(3)))
+    with pytest.raises(KeyError):  # the owner asks first (ClientPolicy.update_resource)
+        auths.update_resource(cidr(9))
     a = auths.get(u(2))
     assert a is not None and a.resource == DnsResource(
         u(2), "n", "*.example.com", (Filter(FilterProtocol.ICMP),)
@@ -235,22 +232,24 @@ def test_update_expiry_remove_retain_and_empty() -> None:
     for n in (3, 1, 2):
         auths.add(cidr(n), None)
     assert auths.ids() == [u(1), u(2), u(3)] and len(auths) == 3 and u(2) in auths
-    assert auths.update_expiry(u(2), 50) and not auths.update_expiry(u(9), 50)
+    auths.update_expiry(u(2), 50)
+    auths.update_expiry(u(9), 60)  # unknown: nothing happens
+    assert [a.expires_at for a in auths.values()] == [None, 50, None] and u(9) not in auths
     assert auths.retain({u(2), u(9)}) == [u(1), u(3)]
-    assert not auths.remove(u(1)) and not auths.is_empty()
-    assert auths.remove(u(2)) and auths.is_empty()
+    with pytest.raises(KeyError):  # the owner asks first (ClientPolicy.remove)
+        auths.remove(u(1))
+    assert not auths.is_empty()
+    auths.remove(u(2))
+    assert auths.is_empty()
 
 
-def test_expiry_and_empty_client_sweep() -> None:
-    a, b = ClientAuthorizations(u(1)), ClientAuthorizations(u(2))
+def test_expiry_removes_what_is_no_longer_allowed() -> None:
+    a = ClientAuthorizations(u(1))
     a.add(cidr(10), 100)
     a.add(cidr(11), None)
-    b.add(cidr(10), 100)
-    c = ClientAuthorizations(u(3))
-    clients = {u(2): b, u(1): a, u(3): c}
-    assert sweep_expired(clients, 99 * NS) == {}
-    assert sweep_expired(clients, 100 * NS) == {u(1): [u(10)], u(2): [u(10)]}
-    assert empty_clients(clients) == [u(2), u(3)]
+    a.add(cidr(12), 101)
+    assert a.expire(99 * NS) == [] and a.earliest_expiry() == 100 * NS
+    assert a.expire(100 * NS) == [u(10)] and a.ids() == [u(11), u(12)] and a.earliest_expiry() == 101 * NS
 
 
 def test_networks_and_internet() -> None:
@@ -268,48 +267,24 @@ def test_networks_and_internet() -> None:
     assert i is not None and [str(n) for n in i.networks()] == ["0.0.0.0/0", "::/0"]
 
 
-def test_init_retains_the_listed_resources_and_applies_expiries() -> None:
-    a, b = ClientAuthorizations(u(1)), ClientAuthorizations(u(2))
-    for n in (10, 11, 12):
-        a.add(cidr(n), None)
-    b.add(cidr(10), None)
-    clients = {u(1): a, u(2): b}
-    revoked = apply_init_authorizations(
-        clients,
-        [
-            InitAuthorization(u(1), u(11), 1000),
-            InitAuthorization(u(1), u(12), 2000),
-            InitAuthorization(u(1), u(99), 5),
-            InitAuthorization(u(8), u(10), 5),
-        ],
-    )
-    assert revoked == {u(1): [u(10)], u(2): [u(10)]}
-    assert [x.expires_at for x in a.values()] == [1000, 2000]
-    # Not listed at all: every authorisation goes (decision 0123; the reference leaves it untouched, so a
-    # revocation of a client's last resource while the gateway was away from the portal was lost).
-    assert b.ids() == [] and b.is_empty()
-
-
 def test_expiry_timer() -> None:
     t = ExpiryTimer()
-    assert t.poll_timeout() is None and t.tick_at_or_after(0) is None
-
-    def sweeps(now: int) -> bool:
-        t.handle_timeout(Instant(now))
-        return t.poll_sweep()
-
-    assert not sweeps(5)  # starts the grid: ticks at 5 + k s
-    assert t.poll_timeout() is not None and t.poll_timeout().at == 5 + secs(1)  # type: ignore[union-attr]
-    assert not sweeps(secs(1))
-    assert sweeps(5 + secs(1)) and not t.poll_sweep()  # true once
+    assert t.tick_at_or_after(0) is None
+    assert t.handle_timeout(Instant(5)) is None  # starts the grid: ticks at 5 + k s
+    assert t.next_check == 5 + secs(1) and t.tick_at_or_after(0) == 5 + secs(1)
+    assert t.handle_timeout(Instant(secs(1))) is None
+    assert t.handle_timeout(Instant(5 + secs(1))) == 5 + secs(1)
+    assert t.handle_timeout(Instant(5 + secs(1))) is None  # once per tick
     assert t.next_check == 5 + secs(2)
     # the first tick at or after a time; skipped ticks keep the grid
     assert t.tick_at_or_after(0) == 5 + secs(2)
     assert t.tick_at_or_after(5 + secs(2)) == 5 + secs(2)
     assert t.tick_at_or_after(6 + secs(2)) == 5 + secs(3)
-    assert sweeps(7 + secs(9)) and t.next_check == 5 + secs(10)
-    with pytest.raises(UsageError):
-        ExpiryTimer(0)
+    assert t.tick_at_or_after(5 + secs(3)) == 5 + secs(3)
+    # a call between ticks reached the last tick before it (the sweep is that tick's)
+    assert t.handle_timeout(Instant(7 + secs(9))) == 5 + secs(9) and t.next_check == 5 + secs(10)
+    assert t.handle_timeout(Instant(5 + secs(10))) == 5 + secs(10) and t.next_check == 5 + secs(11)
+    assert t.handle_timeout(Instant(4 + secs(12))) == 5 + secs(11) and t.next_check == 5 + secs(12)
 
 
 def test_portal_typed_resources_map_onto_policy_resources() -> None:
