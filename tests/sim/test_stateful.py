@@ -131,9 +131,8 @@ def same_examples_everywhere() -> Iterator[None]:
 
 
 REGRESSIONS = json.loads((Path(__file__).parent / "stateful_regressions.json").read_text(encoding="ascii"))
-"""Failures the nightly profile found that are not fixed yet (``docs/testing.md``), each with the failure
-it gives: kept so that they stay visible and a fix shows (the test below then fails: move the program to
-the regressions)."""
+"""Programs of failures found earlier (the nightly profile's and others, ``docs/testing.md``), each fixed at
+its root: every one must pass."""
 EDGE_PROGRAMS = edge_programs()
 """Programs that walk every edge case of the step kinds that have a fixed table of them (see
 :func:`sim.stateful.edges.edge_programs`)."""
