@@ -331,18 +331,29 @@ class TunDevice:
     async def read_batch(self, max_packets: int = MAX_BATCH) -> list[bytes]:
         """At least one packet, waiting for the first; then what is queued until ``max_packets`` are in
         (a super-packet is never cut: a batch may exceed the bound by its segments)."""
+        while True:
+            batch = self.read_nowait(max_packets)
+            if batch:
+                return batch
+            await self._wait()
+
+    def read_nowait(self, max_packets: int = MAX_BATCH) -> list[bytes]:
+        """What is queued now, up to ``max_packets`` (as :meth:`read_batch`), without waiting: ``[]`` when
+        nothing is. The driver reads this way while the device has packets (no task hand-over per batch)
+        and waits with :meth:`wait_readable` once it is empty. Raises :class:`TunClosed`."""
         if self._closed:
             raise TunClosed(self.name)
         batch = self._pending
         self._pending = []
-        while True:
-            while len(batch) < max_packets and self._read_into(batch):
-                pass
-            if batch:
-                return batch
-            await self._wait()
-            if self._closed:
-                raise TunClosed(self.name)
+        while len(batch) < max_packets and self._read_into(batch):
+            pass
+        return batch
+
+    async def wait_readable(self) -> None:
+        """Return once a read may find a packet. Raises :class:`TunClosed`."""
+        if self._pending:
+            return
+        await self._wait()
 
     def _write_loop(self) -> None:
         """The writer thread: writes queued frames in order; ``os.write`` releases the GIL, so the kernel's

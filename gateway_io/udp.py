@@ -355,19 +355,34 @@ class UdpSocket:
     async def receive_batch(self, max_datagrams: int = MAX_BATCH) -> list[Datagram]:
         """At least 1 datagram ``(local, remote, payload, ecn)``, waiting for the first; then what is queued,
         until ``max_datagrams`` are in (a ``UDP_GRO`` run is never cut: a batch may exceed it by one run)."""
+        while True:
+            batch = self.receive_nowait(max_datagrams)
+            if batch:
+                return batch
+            await anyio.wait_readable(self.sock)
+
+    def receive_nowait(self, max_datagrams: int = MAX_BATCH) -> list[Datagram]:
+        """What is queued now, up to ``max_datagrams`` (as :meth:`receive_batch`), without waiting: ``[]``
+        when nothing is. The driver receives this way while the socket has datagrams and waits with
+        :meth:`wait_readable` once it is empty. Raises ``anyio.ClosedResourceError`` once closed."""
         batch: list[Datagram] = []
         if self._pending_at < len(self._pending):
             batch.extend(self._pending[self._pending_at :])
             self._pending.clear()
             self._pending_at = 0
-        while True:
-            while len(batch) < max_datagrams and self._receive_into(batch):
-                pass
-            if batch:
-                return batch
-            if self._closed:
-                raise anyio.ClosedResourceError
-            await anyio.wait_readable(self.sock)
+        while len(batch) < max_datagrams and self._receive_into(batch):
+            pass
+        if not batch and self._closed:
+            raise anyio.ClosedResourceError
+        return batch
+
+    async def wait_readable(self) -> None:
+        """Return once a receive may find a datagram. Raises ``anyio.ClosedResourceError`` once closed."""
+        if self._pending_at < len(self._pending):
+            return
+        if self._closed:
+            raise anyio.ClosedResourceError
+        await anyio.wait_readable(self.sock)
 
     def _dst(self, dst: SocketAddr) -> tuple[str, int]:
         addr = self._dsts.get(dst)

@@ -101,20 +101,35 @@ class Log:
 
 
 class FakeTun:
+    """A TUN device with the real one's reading interface: ``read_batch``, and ``read_nowait`` with
+    ``wait_readable``, which the driver uses when a device has them (see :class:`BatchOnly`)."""
+
     def __init__(self, log: Log, batch: int = 100) -> None:
         self.log = log
         self.batch = batch
         self.inject, self._recv = anyio.create_memory_object_stream[bytes](math.inf)
+        self._held: list[bytes] = []
         self.fail_writes = False
+        self.reads = 0
+        """Calls of :meth:`read_nowait` (how often the loop looked)."""
 
     async def read_batch(self) -> list[bytes]:
-        out = [await self._recv.receive()]
+        await self.wait_readable()
+        return self.read_nowait()
+
+    def read_nowait(self) -> list[bytes]:
+        self.reads += 1
+        out, self._held = self._held, []
         while len(out) < self.batch:
             try:
                 out.append(self._recv.receive_nowait())
             except anyio.WouldBlock:
                 break
         return out
+
+    async def wait_readable(self) -> None:
+        if not self._held:
+            self._held.append(await self._recv.receive())
 
     def write(self, packet: bytes) -> OSError | None:
         if self.fail_writes:
@@ -131,6 +146,7 @@ class FakeUdp:
         self.inject, self._recv = anyio.create_memory_object_stream[
             tuple[SocketAddr, SocketAddr, bytes, int]
         ](math.inf)
+        self._held: list[tuple[SocketAddr, SocketAddr, bytes, int]] = []
         self.fail_sends = False
 
     @property
@@ -138,7 +154,11 @@ class FakeUdp:
         return self._local
 
     async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes, int]]:
-        out = [await self._recv.receive()]
+        await self.wait_readable()
+        return self.receive_nowait()
+
+    def receive_nowait(self) -> list[tuple[SocketAddr, SocketAddr, bytes, int]]:
+        out, self._held = self._held, []
         while len(out) < self.batch:
             try:
                 out.append(self._recv.receive_nowait())
@@ -146,11 +166,45 @@ class FakeUdp:
                 break
         return out
 
+    async def wait_readable(self) -> None:
+        if not self._held:
+            self._held.append(await self._recv.receive())
+
     def send(self, transmit: Transmit) -> SendFailed | None:
         if self.fail_sends:
             return SendFailed(transmit.dst, "EHOSTUNREACH")
         self.log.add("udp", transmit)
         return None
+
+
+class BatchOnlyTun:
+    """A TUN device with ``read_batch`` only (no ``read_nowait``): the driver reads it through a task."""
+
+    def __init__(self, tun: FakeTun) -> None:
+        self.tun = tun
+
+    async def read_batch(self) -> list[bytes]:
+        return await self.tun.read_batch()
+
+    def write(self, packet: bytes) -> OSError | None:
+        return self.tun.write(packet)
+
+
+class BatchOnlyUdp:
+    """A UDP socket with ``receive_batch`` only: the driver reads it through a task."""
+
+    def __init__(self, udp: FakeUdp) -> None:
+        self.udp = udp
+
+    @property
+    def local(self) -> SocketAddr:
+        return self.udp.local
+
+    async def receive_batch(self) -> list[tuple[SocketAddr, SocketAddr, bytes, int]]:
+        return await self.udp.receive_batch()
+
+    def send(self, transmit: Transmit) -> SendFailed | None:
+        return self.udp.send(transmit)
 
 
 class FakePortal:

@@ -42,6 +42,8 @@ from tests.io.driver_fakes import (
     CLIENT,
     LOCAL4,
     LOCAL6,
+    BatchOnlyTun,
+    BatchOnlyUdp,
     FakeBatchDns,
     FakeCore,
     FakeDns,
@@ -90,6 +92,7 @@ class Rig:
         self.core = core
         self.log = Log()
         self.tun = FakeTun(self.log)
+        self.tun_transport: Any = self.tun
         self.udp4 = FakeUdp(self.log, LOCAL4)
         self.udp6 = FakeUdp(self.log, LOCAL6)
         self.dns = FakeDns(self.log)
@@ -107,7 +110,7 @@ class Rig:
 
     def transports(self) -> Transports:
         return Transports(
-            tun=self.tun,
+            tun=self.tun_transport,
             udp=self.udp,
             portal=self._portal,
             dns=self.dns,
@@ -122,11 +125,17 @@ class Rig:
         return [k for k, _ in self.log.entries]
 
 
-async def test_datagram_to_tun_and_tun_to_udp_in_order() -> None:
+@pytest.mark.parametrize("shape", ["polled", "batch_only"])
+async def test_datagram_to_tun_and_tun_to_udp_in_order(shape: str) -> None:
+    """Both ways a device can be read: the loop reading it (``read_nowait`` while it has data, a watcher
+    task once it is empty: the real devices) and a task per device (``read_batch`` only)."""
     core = FakeCore()
     core.on_datagram = lambda p: b"ip:" + p
     core.on_tun = lambda p: Transmit(None, CLIENT, b"wg:" + p)
     rig = Rig(core)
+    if shape == "batch_only":
+        rig.tun_transport = BatchOnlyTun(rig.tun)
+        rig.udp = [BatchOnlyUdp(rig.udp4), BatchOnlyUdp(rig.udp6)]
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
         for i in range(3):
@@ -485,16 +494,35 @@ async def test_a_tun_write_failure_is_counted_not_raised() -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_a_failing_device_is_fatal_goodbyes_are_still_sent_and_the_code_is_1() -> None:
+@pytest.mark.parametrize("where", ["wait_readable", "read_nowait", "read_batch"])
+async def test_a_failing_device_is_fatal_goodbyes_are_still_sent_and_the_code_is_1(where: str) -> None:
+    """The device fails while the watcher waits for it, when the loop reads it, or (a device with
+    ``read_batch`` only) in its reader task: the same shutdown each time, and the device is not read
+    again."""
     core = FakeCore()
     core.on_input = goodbye_script
     rig = Rig(core)
 
-    async def broken() -> list[bytes]:
+    async def broken_wait() -> None:
         await anyio.lowlevel.checkpoint()
         raise OSError("EBADFD: TUN device gone")
 
-    rig.tun.read_batch = broken  # type: ignore[method-assign]
+    def broken_read() -> list[bytes]:
+        raise OSError("EBADFD: TUN device gone")
+
+    async def broken_batch() -> list[bytes]:
+        await broken_wait()
+        return []
+
+    if where == "wait_readable":
+        rig.tun.wait_readable = broken_wait  # type: ignore[method-assign]
+    elif where == "read_nowait":
+        rig.tun.read_nowait = broken_read  # type: ignore[method-assign]
+        rig.tun.inject.send_nowait(b"p0")  # the watcher sees data; the loop's read fails
+    else:
+        tun = BatchOnlyTun(rig.tun)
+        tun.read_batch = broken_batch  # type: ignore[method-assign]
+        rig.tun_transport = tun
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.run)
         await until(lambda: rig.code is not None)
@@ -502,6 +530,34 @@ async def test_a_failing_device_is_fatal_goodbyes_are_still_sent_and_the_code_is
     assert core.inputs(ShutdownRequested) == [ShutdownRequested()]
     assert ("udp", Transmit(None, CLIENT, b"goodbye")) in rig.log.entries
     assert rig.driver.stats.counters.counters["driver.read_failed"] == 1
+
+
+async def test_an_empty_device_is_watched_not_read_in_a_loop() -> None:
+    """Once a read finds the device empty the loop stops reading it (the watcher waits for data) and
+    sleeps; new data wakes it, and a burst larger than a batch is read one batch a turn."""
+    core = FakeCore()
+    core.on_tun = lambda p: Transmit(None, CLIENT, p)
+    rig = Rig(core)
+    rig.tun.batch = 4
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.run)
+        rig.tun.inject.send_nowait(b"a")
+        await until(lambda: len(rig.log.entries) == 1)
+        await until(lambda: rig.tun.reads == 2)  # the packet, then the read that found nothing
+        turns = rig.driver.stats.turns
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert rig.tun.reads == 2  # idle: nobody reads the empty device
+        assert rig.driver.stats.turns == turns  # and the loop sleeps
+        for i in range(10):
+            rig.tun.inject.send_nowait(b"b%d" % i)
+        await until(lambda: len(rig.log.entries) == 11)
+        await until(lambda: rig.tun.reads == 2 + 4)  # 4 + 4 + 2, then the read that found nothing
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    assert [t.payload for _, t in rig.log.entries] == [b"a"] + [b"b%d" % i for i in range(10)]
+    assert rig.tun.reads == 2 + 4
 
 
 async def test_batched_dns_queries_answers_at_once_and_submitted_forwards() -> None:
