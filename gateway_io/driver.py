@@ -10,14 +10,18 @@ the core is a *source* with a small queue; the loop takes turns:
    servers' queries (one server's batch), then the portal's reports, the DNS servers' bind outcomes, the
    resolver's results, and the control inputs (interface results, send failures, shutdown requests). A
    source offers at most one batch per turn, so a flood from one source (a busy TUN) cannot starve another
-   or the timer. Reader tasks fill the TUN and UDP queues one batch at a time (queue capacity 1): a source
-   the loop has not served yet waits, and the kernel buffers the rest.
+   or the timer. A device that can be read without waiting (``read_nowait``/``receive_nowait`` and
+   ``wait_readable``: the real TUN device and UDP sockets) is read by the loop itself, one batch a turn,
+   while it has data; once a read finds it empty, a watcher task waits until it is readable and wakes the
+   loop (no task hand-over per batch). Other devices have reader tasks that fill a queue of capacity 1.
+   Either way what the loop has not taken yet stays in the kernel's buffers.
 2. **Drain after every input (R3).** After each ``handle_*`` call the loop calls ``poll_command()`` until it
    returns ``None``, executing each command at once and in order. The data plane's direct results (an IP
    packet for the TUN, a ``Transmit``) are executed before the drain, as the core produced them first.
 3. **One timer (R4/R5).** After the sources, the loop reads the clock; if ``poll_timeout()`` is due it
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
-   a source wakes it (one ``anyio.Event``, renewed before every scan so no wake-up is lost).
+   a source wakes it (an event made when it goes to sleep; anything handed in during the turn is seen by
+   a flag, so no wake-up is lost).
 4. **Batches through the core (decision 0150).** A TUN batch goes to the core's ``handle_tun_packets``, a
    UDP batch to ``handle_datagrams`` (a core without them gets packet by packet); the datagrams and TUN
    packets a batch produced are written together at its end (:mod:`gateway_io.batch_out`).
