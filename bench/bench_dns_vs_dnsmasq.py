@@ -33,6 +33,7 @@ import anyio
 import dns.message
 import dns.rrset
 
+from bench import machine
 from gateway_io.dns_server import UdpDnsServer
 
 SECONDS = int(os.environ.get("SECONDS_PER_RUN", os.environ.get("SECONDS", "3")))
@@ -164,6 +165,7 @@ def main() -> None:
     if missing:
         print(f"  {' and '.join(missing)} not installed (Debian packages dnsperf, dnsmasq-base; `make deps`)")
         return
+    print(f"  {machine.line()}")
     print(f"  dnsperf -l {SECONDS} -c 2 -q 100, UDP on 127.0.0.1, {NAME} A, {ROUNDS} alternating rounds")
     best = anyio.run(_main)
     ratio = best["UdpDnsServer"][0] / best["dnsmasq"][0]

@@ -22,6 +22,7 @@ from ipaddress import ip_address
 
 import anyio
 
+from bench import machine
 from gateway_core.addr import SocketAddr
 from gateway_core.clock import Instant
 from gateway_core.commands import Command, Transmit
@@ -167,6 +168,7 @@ def _plain(packets: list[bytes]) -> float:
 
 
 def main() -> None:
+    print(machine.line())
     packets = [bytes(1280)] * PACKETS
     for name, batched, plain in (("per item", False, _plain), ("batched", True, _plain_batched)):
         t_driver = t_plain = math.inf

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import machine
+
 SECONDS = 10
 """iperf3 duration per run (the issue's 10 s)."""
 UDP_RATE = "300M"
@@ -256,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if os.geteuid() != 0:
         print("bench_e2e_iperf: needs root (network namespaces); not run")
         return
+    print(machine.line())
     from e2e.demo import connect
     from e2e.topology import Topology, run
 
