@@ -15,8 +15,12 @@ UDP header plus the payload. A datagram is kept when its payload is at most :dat
   larger than the rest.
 
 A socket with ``UDP_GRO`` gets :data:`PROGRAM_GRO`: the kernel runs the filter once on a coalesced run of
-datagrams, so WireGuard data (type 4) is kept up to 64 KiB and the daemon checks each datagram's length
-after splitting the run (decision 0150); the other shapes keep the bound.
+datagrams and shows it the first datagram's header with the whole run's length, so a run is kept up to
+64 KiB whatever shape leads it (WireGuard data, a handshake message followed by smaller datagrams of the
+same sender's ``UDP_SEGMENT`` send, STUN, ChannelData) and the daemon checks each datagram after
+splitting the run (decision 0150). A client that sends its handshake initiation and a STUN message to
+the gateway in one segmented send (ours does, and any sender using GSO may) would otherwise lose both:
+the first handshake was lost that way and the connection waited for the retransmission, 5 s later.
 
 These are the node's own classification rules (``gateway_core.node.node.Node._route``) or looser, never
 stricter: whatever the node could use still reaches it (``tests/unit/test_socket_filter.py`` checks this
@@ -67,10 +71,14 @@ class Insn:
 
 def _program(gro: bool = False) -> list[Insn]:
     """The filter; with ``gro`` (the socket has ``UDP_GRO`` on) the kernel runs it once on a coalesced
-    run of WireGuard data datagrams, so type 4 may be up to 64 KiB long (userspace splits the run and
-    checks every datagram's size); the other shapes keep the :data:`MAX_PAYLOAD` bound."""
+    run of datagrams (one sender's ``UDP_SEGMENT`` run, or equal-sized datagrams the kernel merged), of
+    which it sees the first datagram's header and the run's length: the run may be up to 64 KiB long,
+    a handshake message or a STUN message may be followed by the run's other datagrams (at least its
+    exact length; a STUN length field no larger than the rest), and userspace splits the run and checks
+    every datagram (decision 0150)."""
     p = UDP_HEADER  # payload offset
-    limit = [Insn(TXA), Insn(JGT_K, p + MAX_PAYLOAD, "drop", None)] if gro else []
+    exact = JGE_K if gro else JEQ_K  # a handshake message: its length, or the first of a run
+    stun_end = Insn(JGT_X, 0, "drop", "keep") if gro else Insn(JEQ_X, 0, "keep", "drop")
     return [
         Insn(LD_W_LEN),  # A = 8 + payload length
         Insn(JGT_K, p + (MAX_GRO_PAYLOAD if gro else MAX_PAYLOAD), "drop", None),
@@ -92,26 +100,25 @@ def _program(gro: bool = False) -> list[Insn]:
         Insn(TXA),  # type 4: data, at least 32 bytes
         Insn(JGE_K, p + 32, "keep", "stun"),
         Insn(TXA, label="len148"),
-        Insn(JEQ_K, p + 148, "keep", "stun"),
+        Insn(exact, p + 148, "keep", "stun"),
         Insn(TXA, label="len92"),
-        Insn(JEQ_K, p + 92, "keep", "stun"),
+        Insn(exact, p + 92, "keep", "stun"),
         Insn(TXA, label="len64"),
-        Insn(JEQ_K, p + 64, "keep", "stun"),
-        # STUN: 20-byte header, magic cookie, length field = the rest, a multiple of 4
+        Insn(exact, p + 64, "keep", "stun"),
+        # STUN: 20-byte header, magic cookie, length field = the rest (with gro: not beyond it), a multiple
+        # of 4
         Insn(TXA, label="stun"),
-        *limit,
         Insn(JGE_K, p + 20, None, "drop"),
         Insn(LD_W_ABS, p + 4),
         Insn(JEQ_K, STUN_MAGIC, None, "drop"),
         Insn(LD_H_ABS, p + 2),
         Insn(JSET_K, 3, "drop", None),
         Insn(ADD_K, p + 20),
-        Insn(JEQ_X, 0, "keep", "drop"),
+        stun_end,
         # ChannelData: 0x40-0x4F from port 3478, length field not beyond the datagram
         Insn(JGT_K, 0x4F, "drop", None, label="channel"),
         Insn(LD_H_ABS, 0),  # UDP source port
         Insn(JEQ_K, TURN_PORT, None, "drop"),
-        *limit,
         Insn(LD_H_ABS, p + 2),
         Insn(ADD_K, p + 4),
         Insn(JGT_X, 0, "drop", "keep"),

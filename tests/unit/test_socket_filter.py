@@ -159,12 +159,52 @@ def test_the_gro_program_keeps_coalesced_wireguard_data_and_bounds_the_rest() ->
     run = b"\x04\0\0\0" + bytes(1308) + b"\x04\0\0\0" + bytes(1308) * 3
     assert sf.run(sf.PROGRAM_GRO, udp(5000, run)) != 0
     assert sf.run(sf.PROGRAM, udp(5000, run)) == 0
-    stun = bytes([0, 1]) + (1400).to_bytes(2, "big") + (0x2112A442).to_bytes(4, "big") + bytes(12 + 1400)
-    assert sf.run(sf.PROGRAM_GRO, udp(5000, stun)) == 0  # longer than MAX_PAYLOAD: still dropped
-    channel = bytes([0x40, 0, 0x05, 0x78]) + bytes(1400)
-    assert sf.run(sf.PROGRAM_GRO, udp(3478, channel)) == 0
-    assert sf.run(sf.PROGRAM_GRO, udp(3478, bytes([0x40, 0, 0x03, 0xE4]) + bytes(996))) != 0
-    for payload in (b"\x04\0\0\0" + bytes(40), stun[:20] + bytes(0)):
+    assert sf.run(sf.PROGRAM_GRO, udp(5000, run + bytes(65507 - len(run) + 1))) == 0  # beyond 64 KiB
+    for payload in (b"\x04\0\0\0" + bytes(40), STUN_MSG, attack.junk(), b"\x04\0\0\0" + bytes(27)):
         assert (sf.run(sf.PROGRAM_GRO, udp(5000, payload)) != 0) == (
             sf.run(sf.PROGRAM, udp(5000, payload)) != 0
         )
+
+
+STUN_MSG = bytes([0, 1, 0, 4]) + sf.STUN_MAGIC.to_bytes(4, "big") + bytes(12) + b"attr"
+"""A 28-byte STUN message (a binding request with one 4-byte attribute)."""
+
+
+def _segmented(*datagrams: bytes) -> bytes:
+    """What a socket with ``UDP_GRO`` gets for one ``UDP_SEGMENT`` send of ``datagrams`` (the segment size
+    is the first's; the others are no longer, as the kernel requires)."""
+    assert all(len(d) <= len(datagrams[0]) for d in datagrams)
+    return b"".join(datagrams)
+
+
+def test_the_gro_program_keeps_a_run_led_by_any_shape_the_node_uses() -> None:
+    """A sender's segmented send may put a handshake message or a STUN message first and smaller datagrams
+    after it (the dev client sent its initiation and a 92-byte STUN message in one send): the kernel shows
+    the filter the first header and the run's length, and the run must pass whole, as the node uses every
+    datagram of it once the daemon has split it. The plain program keeps its exact lengths."""
+    initiation = attack.initiation(bytes(range(32)))
+    response = struct.pack("<I", 2) + bytes(88)
+    cookie = struct.pack("<I", 3) + bytes(60)
+    stun92 = bytes([1, 1, 0, 72]) + sf.STUN_MAGIC.to_bytes(4, "big") + bytes(12 + 72)
+    channel = bytes([0x40, 0, 0x05, 0x10]) + bytes(0x510)
+    runs = [
+        (5000, _segmented(initiation, stun92)),
+        (5000, _segmented(initiation, initiation, STUN_MSG)),
+        (5000, _segmented(response, response)),
+        (5000, _segmented(cookie, STUN_MSG)),
+        (5000, _segmented(stun92, stun92, STUN_MSG)),
+        (3478, _segmented(channel, channel, channel)),
+        (3478, _segmented(channel, STUN_MSG)),
+    ]
+    for sport, run in runs:
+        assert sf.run(sf.PROGRAM_GRO, udp(sport, run)) != 0, run[:8].hex()
+        assert sf.run(sf.PROGRAM, udp(sport, run)) == 0  # a plain socket never sees a run
+    # Still dropped with UDP_GRO: a STUN length field beyond the datagram, no magic cookie, a handshake
+    # message shorter than its length, ChannelData from another port than 3478.
+    for sport, bad in [
+        (5000, bytes([0, 1, 0, 8]) + sf.STUN_MAGIC.to_bytes(4, "big") + bytes(12)),
+        (5000, bytes([0, 1, 0, 0]) + bytes(16)),
+        (5000, initiation[:147]),
+        (5000, _segmented(channel, channel)),
+    ]:
+        assert sf.run(sf.PROGRAM_GRO, udp(sport, bad)) == 0, bad[:8].hex()
