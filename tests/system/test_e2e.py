@@ -33,6 +33,7 @@ from e2e.topology import (
     run,
     wait_for,
 )
+from gateway_io.udp import DEFAULT_PORT
 
 pytestmark = pytest.mark.system
 
@@ -77,6 +78,26 @@ def test_direct_client_reaches_cidr_and_dns_resources_and_is_blocked_outside_the
     topo: Topology,
 ) -> None:
     _assert_all(checks.all_checks(topo, 0))
+
+
+def _kernel_drops(topo: Topology, port: int) -> int:
+    """Datagrams the kernel dropped at the gateway's UDP sockets on ``port`` (both families): its socket
+    filter's drops and a full receive queue's (``/proc/net/udp``, ``/proc/net/udp6``: the last column)."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in run("cat", table, ns=topo.ns["gw"]).stdout.splitlines()[1:]:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                total += int(cols[-1])
+    return total
+
+
+def test_the_gateways_kernel_dropped_nothing_the_clients_and_relays_sent(topo: Topology) -> None:
+    """Both clients connected (one directly, one over a relay) and the checks ran: no datagram of theirs
+    or of the relays was dropped before the daemon read it. A sender's segmented send puts a handshake
+    message and a smaller STUN message in one run; the socket filter once dropped such runs (decision
+    0182), and every connection's first handshake with them."""
+    assert _kernel_drops(topo, DEFAULT_PORT) == 0
 
 
 def test_dns_resource_names_resolve_like_the_system_with_a_30s_cache(topo: Topology) -> None:
