@@ -132,16 +132,14 @@ class _Source(Generic[T]):
     sources (``capacity``) make :meth:`put` wait until :meth:`take` made room: the back-pressure that
     leaves what the loop has not taken in the kernel's buffers."""
 
-    __slots__ = ("_items", "_space", "batch", "capacity", "name", "new_event")
+    __slots__ = ("_items", "_space", "batch", "capacity", "name")
 
     def __init__(self, name: str, capacity: float, batch: int) -> None:
         self.name = name
         self.capacity = capacity
         self.batch = batch
         self._items: deque[T] = deque()
-        self._space: _Event | None = None
-        self.new_event: Callable[[], _Event] = anyio.Event
-        """What :meth:`put` waits on (the loop's own kind, :func:`_primitives`)."""
+        self._space: anyio.Event | None = None
 
     def put_nowait(self, item: T) -> None:
         """Append ``item``; a full bounded source raises ``anyio.WouldBlock`` (the unbounded never do)."""
@@ -153,7 +151,7 @@ class _Source(Generic[T]):
         """Append ``item``, first waiting while the source is full."""
         while len(self._items) >= self.capacity:
             if self._space is None:
-                self._space = self.new_event()
+                self._space = anyio.Event()  # (only a full bounded source waits: not per batch)
             await self._space.wait()
         self._items.append(item)
 
@@ -172,9 +170,6 @@ class _Source(Generic[T]):
             self._space.set()
             self._space = None
         return out
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _source(name: str, capacity: float, batch: int) -> _Source[Any]:
@@ -305,6 +300,8 @@ class Driver:
         """The event the loop sleeps on, made only when it goes to sleep (making one costs microseconds)."""
         self._poked = False
         """Something was handed to the loop since its turn began: it takes another turn before sleeping."""
+        self._new_event: Callable[[], _Event] = anyio.Event
+        """The loop's kind of event (:func:`_primitives`, set when :meth:`run` starts)."""
         self._tun_src: _Source[list[bytes]] | _Polled[bytes] = _source("tun", 1, 1)
         self._batching = False
         """Inside a data-plane batch: datagrams and TUN packets are collected, then written together."""
@@ -445,8 +442,7 @@ class Driver:
         if self.utc_clock is not None:
             self._anchor_mono, self._anchor_utc = now, self.utc_clock()
         checkpoint, new_event = _primitives()
-        for src in self._sources():
-            src.new_event = new_event
+        self._new_event = new_event
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._start_tasks(tg)
@@ -473,43 +469,17 @@ class Driver:
         self.exit_code = self._final_code()
         return self.exit_code
 
-    def _sources(self) -> list[_Source[Any]]:
-        return [
-            self.portal_src,
-            self.dns_src,
-            self._dns_q,
-            self.resolver_src,
-            self.control_src,
-        ]
-
     def _start_tasks(self, tg: anyio.abc.TaskGroup) -> None:
         t = self._t
-        new_event = self.portal_src.new_event
         if t.tun is not None:
-            if hasattr(t.tun, "read_nowait") and hasattr(t.tun, "wait_readable"):
-                polled: _Polled[Any] = _Polled(
-                    "tun", t.tun.read_nowait, t.tun.wait_readable, self._failed, new_event
-                )
-                self._tun_src = polled
-                tg.start_soon(polled.watch, self._poke)
-            else:
-                self._tun_src = _source("tun", 1, 1)
-                self._tun_src.new_event = new_event
-                tg.start_soon(self._read_source, t.tun.read_batch, self._tun_src, "tun")
+            self._tun_src = self._reader(tg, "tun", t.tun, "read_nowait", "read_batch")
         self._udp_srcs.clear()
         self._udp_fams.clear()
         for sock in t.udp:
-            name = f"udp {sock.local}"
             self._udp_fams.append(V6 if sock.local.ip.version == 6 else V4)
-            if hasattr(sock, "receive_nowait") and hasattr(sock, "wait_readable"):
-                polled = _Polled(name, sock.receive_nowait, sock.wait_readable, self._failed, new_event)
-                self._udp_srcs.append(polled)
-                tg.start_soon(polled.watch, self._poke)
-            else:
-                src: _Source[Any] = _source(name, 1, 1)
-                src.new_event = new_event
-                self._udp_srcs.append(src)
-                tg.start_soon(self._read_source, sock.receive_batch, src, name)
+            self._udp_srcs.append(
+                self._reader(tg, f"udp {sock.local}", sock, "receive_nowait", "receive_batch")
+            )
         if t.portal is not None:
             self._portal = t.portal(tg, self.reporter(self.portal_src))
         if t.dns is not None:
@@ -752,6 +722,22 @@ class Driver:
         self._tg.start_soon(fn, cmd)
 
     # --- tasks ---------------------------------------------------------------------------------------
+
+    def _reader(
+        self, tg: anyio.abc.TaskGroup, name: str, device: Any, nowait: str, batch: str
+    ) -> _Source[Any] | _Polled[Any]:
+        """How the loop reads ``device``: itself while it has data (it has ``nowait`` and
+        ``wait_readable``: a watcher task waits once it is empty), or through a reader task that calls its
+        ``batch`` method and fills a source of capacity 1."""
+        read_now = getattr(device, nowait, None)
+        wait = getattr(device, "wait_readable", None)
+        if read_now is not None and wait is not None:
+            polled: _Polled[Any] = _Polled(name, read_now, wait, self._failed, self._new_event)
+            tg.start_soon(polled.watch, self._poke)
+            return polled
+        src = _source(name, 1, 1)
+        tg.start_soon(self._read_source, getattr(device, batch), src, name)
+        return src
 
     async def _read_source(self, read: Callable[[], Any], src: _Source[Any], name: str) -> None:
         """Move batches from a transport to its source, one at a time (capacity 1: back-pressure).
