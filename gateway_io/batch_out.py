@@ -1,14 +1,15 @@
 """Writing one data-plane batch's results (decision 0150): the datagrams with each socket's
 ``send_batch`` (one ``sendmsg`` with ``UDP_SEGMENT`` per run to one peer), the TUN packets with
 ``write_batch`` (consecutive segments of one flow coalesced). Transports without the batch methods (test
-fakes) get one call per item through the driver's own ``transmit`` and ``write_tun``."""
+fakes) get one call per item through the driver's own ``transmit`` and ``write_tun``.
+
+What each device can do is looked up once, when the driver starts (:class:`BatchOut`), not per batch."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address
-from operator import attrgetter
+from typing import Any
 
 from gateway_core.commands import Transmit
 from gateway_core.inputs import Input
@@ -19,71 +20,81 @@ from gateway_io.transports import Transports
 log = logging.getLogger(__name__)
 
 
-def flush(
-    t: Transports,
-    tx: list[Transmit],
-    tun_out: list[bytes],
-    counters: Stats,
-    io: IoCounters,
-    report: Callable[[Input], None],
-    transmit: Callable[[Transmit], None],
-    write_tun: Callable[[bytes], None],
-) -> None:
-    """Send ``tx`` (datagrams first), then write ``tun_out``; failures are counted and reported (R7),
-    what was written is counted in ``io`` (the per-item fallbacks count their own)."""
-    if tx:
-        send_batch(t, tx, counters, io, report, transmit)
-    if not tun_out:
-        return
-    write_batch = getattr(t.tun, "write_batch", None)
-    if write_batch is None:
-        for packet in tun_out:
-            write_tun(packet)
-        return
-    errors = write_batch(tun_out)
-    for packet in tun_out[: len(tun_out) - len(errors)]:  # (which failed is not known: a close count)
-        io.tun_written(packet)
-    if errors:
-        counters.incr("driver.tun_write_failed", len(errors))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("TUN write failed: %s", errors[0])
+class BatchOut:
+    """The batch writer of one run of the driver over ``t``.
 
+    Datagrams: the sockets send the batch in turn, order kept per socket: each sends its family's datagrams
+    and hands the rest to the next (it looks at the family once per run to one destination, so the usual
+    batch of one family costs no pass of its own here); what no socket took goes through ``transmit``, which
+    reports "no IPv6 socket". Only sockets that can do this (:class:`gateway_io.transports.BatchUdpSocket`)
+    are handed batches, in the order of ``t.udp`` up to the first that cannot; they count their own traffic.
 
-_DST_IP = attrgetter("dst.ip")
-_PAYLOAD = attrgetter("payload")
+    TUN packets: ``write_batch`` when the device has it (counted here unless the device counts its own
+    traffic, ``count_into``), else ``write_tun`` per packet."""
 
+    __slots__ = (
+        "_counters",
+        "_io",
+        "_report",
+        "_senders",
+        "_transmit",
+        "_tun_counts",
+        "_write_batch",
+        "_write_tun",
+    )
 
-def send_batch(
-    t: Transports,
-    tx: list[Transmit],
-    counters: Stats,
-    io: IoCounters,
-    report: Callable[[Input], None],
-    transmit: Callable[[Transmit], None],
-) -> None:
-    """Each socket sends its family's datagrams in one batch (order kept per socket).
+    def __init__(
+        self,
+        t: Transports,
+        counters: Stats,
+        io: IoCounters,
+        report: Callable[[Input], None],
+        transmit: Callable[[Transmit], None],
+        write_tun: Callable[[bytes], None],
+    ) -> None:
+        self._counters = counters
+        self._io = io
+        self._report = report
+        self._transmit = transmit
+        self._write_tun = write_tun
+        self._senders: list[Callable[[list[Transmit], list[Transmit]], list[Any]]] = []
+        for sock in t.udp:
+            send = getattr(sock, "send_batch", None)
+            if send is None or not hasattr(sock, "count_into"):
+                break
+            self._senders.append(send)
+        self._write_batch: Callable[[list[bytes]], list[OSError]] | None = getattr(t.tun, "write_batch", None)
+        self._tun_counts = hasattr(t.tun, "count_into")
 
-    The families are told apart once per batch (the set of address types, in C); a batch of one family,
-    the usual case, goes to its socket whole, with no per-packet filtering, and is counted in one update."""
-    families = set(map(type, map(_DST_IP, tx)))
-    for sock in t.udp:
-        send = getattr(sock, "send_batch", None)
-        if send is None:
-            break
-        v6 = sock.local.ip.version == 6
-        want = IPv6Address if v6 else IPv4Address
-        if want not in families:
-            continue
-        mine = tx if len(families) == 1 else [x for x in tx if type(x.dst.ip) is want]
-        failures = send(mine)
-        for failed in failures:
-            counters.incr("driver.send_failed")
-            report(failed)
-        ok = mine[: len(mine) - len(failures)] if failures else mine  # (a close count when some failed)
-        io.udp_sent_batch(v6, len(ok), sum(map(len, map(_PAYLOAD, ok))))
-        families.discard(want)
-        if not families:
+    def flush(self, tx: list[Transmit], tun_out: list[bytes]) -> None:
+        """Send ``tx`` (datagrams first), then write ``tun_out``; failures are counted and reported (R7)."""
+        if tx:
+            self.send(tx)
+        if not tun_out:
             return
-        tx = [x for x in tx if type(x.dst.ip) is not want]
-    for x in tx:
-        transmit(x)
+        write_batch = self._write_batch
+        if write_batch is None:
+            for packet in tun_out:
+                self._write_tun(packet)
+            return
+        errors = write_batch(tun_out)
+        if not self._tun_counts:  # (which failed is not known: a close count)
+            self._io.tun_written_batch(tun_out[: len(tun_out) - len(errors)])
+        if errors:
+            self._counters.incr("driver.tun_write_failed", len(errors))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("TUN write failed: %s", errors[0])
+
+    def send(self, tx: list[Transmit]) -> None:
+        """Send the datagrams ``tx`` (see the class)."""
+        rest = tx
+        for send in self._senders:
+            others: list[Transmit] = []
+            for failed in send(rest, others):
+                self._counters.incr("driver.send_failed")
+                self._report(failed)
+            rest = others
+            if not rest:
+                return
+        for x in rest:
+            self._transmit(x)

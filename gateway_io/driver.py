@@ -24,7 +24,7 @@ the core is a *source* with a small queue; the loop takes turns:
    a flag, so no wake-up is lost).
 4. **Batches through the core (decision 0150).** A TUN batch goes to the core's ``handle_tun_packets``, a
    UDP batch to ``handle_datagrams`` (a core without them gets packet by packet); the datagrams and TUN
-   packets a batch produced are written together at its end (:mod:`gateway_io.batch_out`).
+   packets a batch produced are written together at its end (:class:`gateway_io.batch_out.BatchOut`).
 5. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
    commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
    server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
@@ -83,7 +83,7 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_core.stats import Stats
-from gateway_io import batch_out
+from gateway_io.batch_out import BatchOut
 from gateway_io.dns_path import DnsPath
 from gateway_io.io_counters import V4, V6, IoCounters
 from gateway_io.transports import Core, CoreCommand, DnsServers, Interface, Portal, Report, Transports
@@ -107,6 +107,13 @@ checks with second resolution."""
 
 ANCHOR_TOLERANCE = 500_000_000
 """A wall-clock step above this (ns) re-anchors the core's UTC (NTP slews far less; a step is a jump)."""
+
+YIELD_AFTER = 500_000
+"""While busy, the loop lets the event loop run (its other tasks: the portal, DNS, watchers, resolutions)
+after at most this many nanoseconds of turns (decision 0183); the devices it reads itself need no pass."""
+
+YIELD_TURNS = 16
+"""... and after at most this many busy turns (a bound that holds with a clock that does not move)."""
 
 Observer = Callable[[Instant], None]
 """Called from the loop (R1) at most once per its interval: reads the core (statistics, completed flows)."""
@@ -132,32 +139,33 @@ class _Source(Generic[T]):
     sources (``capacity``) make :meth:`put` wait until :meth:`take` made room: the back-pressure that
     leaves what the loop has not taken in the kernel's buffers."""
 
-    __slots__ = ("_items", "_space", "batch", "capacity", "name")
+    __slots__ = ("_space", "batch", "capacity", "items", "name")
 
     def __init__(self, name: str, capacity: float, batch: int) -> None:
         self.name = name
         self.capacity = capacity
         self.batch = batch
-        self._items: deque[T] = deque()
+        self.items: deque[T] = deque()
+        """What waits for the loop (the loop looks whether it is empty before it calls :meth:`take`)."""
         self._space: anyio.Event | None = None
 
     def put_nowait(self, item: T) -> None:
         """Append ``item``; a full bounded source raises ``anyio.WouldBlock`` (the unbounded never do)."""
-        if len(self._items) >= self.capacity:
+        if len(self.items) >= self.capacity:
             raise anyio.WouldBlock
-        self._items.append(item)
+        self.items.append(item)
 
     async def put(self, item: T) -> None:
         """Append ``item``, first waiting while the source is full."""
-        while len(self._items) >= self.capacity:
+        while len(self.items) >= self.capacity:
             if self._space is None:
                 self._space = anyio.Event()  # (only a full bounded source waits: not per batch)
             await self._space.wait()
-        self._items.append(item)
+        self.items.append(item)
 
     def take(self) -> list[T]:
         """Up to :attr:`batch` items, oldest first; a waiting :meth:`put` is let go."""
-        items = self._items
+        items = self.items
         if not items:
             return []
         if len(items) <= self.batch:
@@ -309,9 +317,14 @@ class Driver:
         self._tun_out: list[bytes] = []
         self._tun_batch = getattr(core, "handle_tun_packets", None)
         self._udp_batch = getattr(core, "handle_datagrams", None)
-        self._udp_srcs: list[_Source[list[Datagram]] | _Polled[Datagram]] = []
-        self._udp_for: dict[type, Any] = {}
-        """The UDP socket for each address type (``IPv4Address``, ``IPv6Address``), found on first use."""
+        self._udp_reads: list[tuple[_Source[list[Datagram]] | _Polled[Datagram], int | None]] = []
+        """Each UDP socket's source and family index for the counters (``None``: the socket counts its own
+        traffic)."""
+        self._udp_for: dict[type, tuple[Any, bool]] = {}
+        """The UDP socket for each address type (``IPv4Address``, ``IPv6Address``), found on first use, and
+        whether it counts its own traffic."""
+        self._tun_counts = False
+        """The TUN device counts what it reads and writes (``count_into``): the driver does not."""
         self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
         self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
         self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
@@ -319,7 +332,12 @@ class Driver:
         """Whether :attr:`_deadline` is still the core's (no call into the core since the turn read it)."""
         self.resolver_src: _Source[Input] = _source("resolver", math.inf, REPORT_BATCH)
         self.control_src: _Source[Input] = _source("control", math.inf, REPORT_BATCH)
+        self._input_srcs = (self.portal_src, self.dns_src, self.resolver_src, self.control_src)
         self._t = Transports()
+        self._out = BatchOut(
+            self._t, self.stats.counters, self.stats.io, self.report, self._transmit, self._write_tun
+        )
+        """Writes each data-plane batch's results (made again for the transports when :meth:`run` starts)."""
         self._portal: Portal | None = None
         self._portal_connected: set[int] = set()
         self._portal_closing: set[int] = set()
@@ -337,7 +355,6 @@ class Driver:
         self._observers: list[tuple[int, Observer]] = []
         self._observe_at: int | None = None
         self._soon: list[Observer] = []
-        self._udp_fams: list[int] = []
 
     def add_observer(self, interval: int, observe: Observer) -> None:
         """Call ``observe(now)`` from the loop every ``interval`` ns (first: one interval after start)."""
@@ -419,6 +436,7 @@ class Driver:
         return Instant(self._last)
 
     def _check_wall_clock(self, now: Instant) -> None:
+        """At most once per :data:`ANCHOR_CHECK_INTERVAL` (the turn looks at the interval first)."""
         if self.utc_clock is None or now - self._anchor_checked < ANCHOR_CHECK_INTERVAL:
             return
         self._anchor_checked = now
@@ -448,14 +466,23 @@ class Driver:
             self._start_tasks(tg)
             task_status.started()
             self._drain()  # whatever the core queued at construction (ConnectPortal)
+            unyielded = 0
+            yielded_at = self._last
             while not self._stop:
                 self._poked = False
                 busy = self._turn()
                 if self._stop:
                     break
-                wait = self._wait_ns()
+                wait = None if busy or self._poked else self._wait_ns()  # (busy: no clock read, no sleep)
                 if busy or self._poked or (wait is not None and wait <= 0):
-                    await checkpoint()  # let the readers refill; then the next turn
+                    # Another turn at once; every YIELD_AFTER ns or YIELD_TURNS turns (the clock as the
+                    # turn last read it) the event loop runs first, so that its tasks refill their sources.
+                    unyielded += 1
+                    if unyielded < YIELD_TURNS and self._last - yielded_at < YIELD_AFTER:
+                        continue
+                    await checkpoint()
+                    unyielded = 0
+                    yielded_at = self._last
                     continue
                 # Nothing ran since the turn (no await): whatever is handed in from here on pokes this event.
                 wake = self._wake = new_event()
@@ -465,20 +492,25 @@ class Driver:
                     with anyio.move_on_after(wait / 1e9):
                         await wake.wait()
                 self._wake = None
+                unyielded = 0
+                yielded_at = self._last
             tg.cancel_scope.cancel()
         self.exit_code = self._final_code()
         return self.exit_code
 
     def _start_tasks(self, tg: anyio.abc.TaskGroup) -> None:
         t = self._t
+        self._out = BatchOut(
+            t, self.stats.counters, self.stats.io, self.report, self._transmit, self._write_tun
+        )
         if t.tun is not None:
             self._tun_src = self._reader(tg, "tun", t.tun, "read_nowait", "read_batch")
-        self._udp_srcs.clear()
-        self._udp_fams.clear()
+            self._tun_counts = self._count_into(t.tun)
+        self._udp_reads.clear()
         for sock in t.udp:
-            self._udp_fams.append(V6 if sock.local.ip.version == 6 else V4)
-            self._udp_srcs.append(
-                self._reader(tg, f"udp {sock.local}", sock, "receive_nowait", "receive_batch")
+            fam = None if self._count_into(sock) else V6 if sock.local.ip.version == 6 else V4
+            self._udp_reads.append(
+                (self._reader(tg, f"udp {sock.local}", sock, "receive_nowait", "receive_batch"), fam)
             )
         if t.portal is not None:
             self._portal = t.portal(tg, self.reporter(self.portal_src))
@@ -495,6 +527,15 @@ class Driver:
             self._if_work = isend
             tg.start_soon(self._interface_worker, t.interface, irecv)
 
+    def _count_into(self, device: Any) -> bool:
+        """Hand ``device`` the driver's IO counters if it counts its own traffic (then the driver does not,
+        :mod:`gateway_io.io_counters`); whether it does."""
+        count_into = getattr(device, "count_into", None)
+        if count_into is None:
+            return False
+        count_into(self.stats.io)
+        return True
+
     def _turn(self) -> bool:
         """One pass over every source (one batch each), then the timer; whether any source had work."""
         self.stats.turns += 1
@@ -503,7 +544,8 @@ class Driver:
         io = self.stats.io
         for packets in self._tun_src.take():
             busy = True
-            io.tun_read(packets)
+            if not self._tun_counts:
+                io.tun_read(packets)
             now = self.now()
             self._batching = True
             if self._tun_batch is not None:
@@ -516,10 +558,11 @@ class Driver:
                         self._tx.append(transmit)
                     self._drain()
             self._flush()
-        for src, fam in zip(self._udp_srcs, self._udp_fams, strict=True):
+        for src, fam in self._udp_reads:
             for datagrams in src.take():
                 busy = True
-                io.udp_received(fam, datagrams)
+                if fam is not None:
+                    io.udp_received(fam, datagrams)
                 now = self.now()
                 self._batching = True
                 if self._udp_batch is not None:
@@ -532,24 +575,27 @@ class Driver:
                             self._tun_out.append(ip)
                         self._drain()
                 self._flush()
-        for queries in self._dns.take() + self._dns_q.take():
+        dns_batches = self._dns.take()
+        if self._dns_q.items:
+            dns_batches += self._dns_q.take()
+        for queries in dns_batches:
             busy = True
             now = self.now()
             for inp in queries:
                 self._input(now, inp)
                 if self._stop:
                     return busy
-        for isrc in (self.portal_src, self.dns_src, self.resolver_src, self.control_src):
-            items = isrc.take()
-            if items:
+        for isrc in self._input_srcs:
+            if isrc.items:  # (most turns: all four empty, looked at without a call)
                 busy = True
                 now = self.now()
-                for inp in items:
+                for inp in isrc.take():
                     self._input(now, inp)
                     if self._stop:
                         return busy
         now = self.now()
-        self._check_wall_clock(now)
+        if now - self._anchor_checked >= ANCHOR_CHECK_INTERVAL:
+            self._check_wall_clock(now)
         if self._t.guard is not None:
             self._t.guard.tick(now)  # at most once a second it asks the core for the relays
         deadline = core.poll_timeout()
@@ -562,7 +608,8 @@ class Driver:
             deadline = core.poll_timeout()
         # Nothing touches the core between here and _wait_ns: it reuses this deadline (R4: pure).
         self._deadline, self._deadline_valid = deadline, True
-        self._check_done(now)
+        if self._grace_at is not None or self.exit is not None:
+            self._check_done(now)
         return busy
 
     def _wait_ns(self) -> int | None:
@@ -600,6 +647,8 @@ class Driver:
         self._drain()
 
     def _check_done(self, now: Instant) -> None:
+        """Stop once the grace period is over, or after ``Exit`` once the portal closed (the turn calls this
+        only when either is set)."""
         if self._grace_at is not None and now >= self._grace_at:
             if not self._stop:
                 log.warning("shutdown grace period over; stopping")
@@ -659,29 +708,31 @@ class Driver:
                 assert_never(cmd)
 
     def _flush(self) -> None:
-        """End of a data-plane batch: write what it produced (:mod:`gateway_io.batch_out`)."""
+        """End of a data-plane batch: write what it produced (:class:`gateway_io.batch_out.BatchOut`)."""
         self._batching = False
-        tx, self._tx = self._tx, []
-        out, self._tun_out = self._tun_out, []
-        batch_out.flush(
-            self._t, tx, out, self.stats.counters, self.stats.io, self.report, self._transmit, self._write_tun
-        )
+        tx, out = self._tx, self._tun_out
+        if tx:
+            self._tx = []
+        if out:
+            self._tun_out = []
+        self._out.flush(tx, out)
 
     def _transmit(self, t: Transmit) -> None:
         if self._batching:
             self._tx.append(t)
             return
-        sock = self._udp_for.get(type(t.dst.ip))
-        if sock is None:
+        found = self._udp_for.get(type(t.dst.ip))
+        if found is None:
             sock = next((u for u in self._t.udp if u.local.ip.version == t.dst.ip.version), None)
             if sock is None:
                 self.report(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket"))
                 return
-            self._udp_for[type(t.dst.ip)] = sock
+            found = self._udp_for[type(t.dst.ip)] = (sock, hasattr(sock, "count_into"))
+        sock, counts = found
         failed = sock.send(t)
         if failed is not None:
             self._send_failed(failed)
-        else:
+        elif not counts:
             self._udp_sent(t.dst.ip.version == 6, t.payload)  # (a bool indexes as 0/1: V4/V6)
 
     def _send_failed(self, failed: SendFailed) -> None:
@@ -694,7 +745,7 @@ class Driver:
             return
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
-        if err is None:
+        if err is None and not self._tun_counts:
             self._tun_written(packet)
         else:
             self.stats.counters.incr("driver.tun_write_failed")

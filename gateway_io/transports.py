@@ -55,6 +55,20 @@ class UdpSocket(Protocol):
     def send(self, transmit: Transmit) -> SendFailed | None: ...
 
 
+class BatchUdpSocket(UdpSocket, Protocol):
+    """What a UDP socket may offer besides :class:`UdpSocket` (``gateway_io.udp.UdpSocket`` does): the driver
+    hands it whole batches and counts nothing of its traffic itself."""
+
+    def count_into(self, io: Any) -> None:
+        """Add what is received and sent to ``io`` (a ``gateway_io.io_counters.IoCounters``) from now on."""
+        ...
+
+    def send_batch(self, transmits: list[Transmit], others: list[Transmit]) -> list[SendFailed]:
+        """Send this socket's family's ``transmits`` in order, append the other family's to ``others`` in
+        order; the failures."""
+        ...
+
+
 class Portal(Protocol):
     def execute(self, cmd: Command) -> bool: ...
 

@@ -39,6 +39,7 @@ import anyio
 from gateway_core.errors import DecodeError, DropReason
 from gateway_core.stats import Stats
 from gateway_core.wire.offload import VNET_HDR_LEN, ZERO_HDR, VnetHdr, coalesce, segment
+from gateway_io.io_counters import IoCounters
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class TunDevice:
         "_pending",
         "_wq",
         "_writer",
+        "io",
         "name",
         "offloads",
         "stats",
@@ -202,6 +204,8 @@ class TunDevice:
         """Segments of a super-packet not handed out yet (:meth:`try_read` returns one at a time)."""
         self.write_errors = 0
         """Frames the writer thread could not write (the kernel refused them) or dropped (queue full)."""
+        self.io = IoCounters()
+        """Where the packets read and written are counted (:meth:`count_into`)."""
         self._wq: queue.SimpleQueue[list[bytes] | None] | None = None
         self._writer: threading.Thread | None = None
         if writer_thread:
@@ -296,21 +300,36 @@ class TunDevice:
             frame = self._read_frame()
             if frame is None:
                 return False
+            io = self.io
             if not self.vnet:
                 out.append(frame)
+                v6 = frame[:1] >= b"\x60"  # (the version nibble 6, or not IP: as IoCounters.tun_read)
+                io.tun_rx_packets[v6] += 1
+                io.tun_rx_bytes[v6] += len(frame)
                 return True
+            v6 = frame[VNET_HDR_LEN : VNET_HDR_LEN + 1] >= b"\x60"
             if frame[1] == 0 and frame[0] == 0:  # no GSO, complete checksum: the common small packet
                 out.append(frame[VNET_HDR_LEN:])
+                io.tun_rx_packets[v6] += 1
+                io.tun_rx_bytes[v6] += len(frame) - VNET_HDR_LEN
                 return True
             try:
-                out.extend(segment(VnetHdr.unpack(frame), frame[VNET_HDR_LEN:]))
+                segments = segment(VnetHdr.unpack(frame), frame[VNET_HDR_LEN:])
             except DecodeError as e:
                 self.stats.drop(DropReason.TUN_OFFLOAD_MALFORMED)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("TUN %s: cannot split a frame: %s", self.name, e)
                 continue
+            out.extend(segments)
+            io.tun_rx_packets[v6] += len(segments)
+            io.tun_rx_bytes[v6] += sum(map(len, segments))
             self.stats.incr("tun.super_packets")
             return True
+
+    def count_into(self, io: IoCounters) -> None:
+        """Count the packets read and written in ``io`` from now on (the driver's, for the metrics): per
+        frame read (a super-packet's segments at once) and per packet or batch written."""
+        self.io = io
 
     def try_read(self) -> bytes | None:
         """One queued packet, or ``None`` when none is queued now. Raises :class:`TunClosed`."""
@@ -383,7 +402,10 @@ class TunDevice:
         if self._closed:
             return OSError(errno.EBADF, "TUN device closed")
         if self._wq is not None:
-            return self._enqueue([ZERO_HDR + packet if self.vnet else packet])
+            err = self._enqueue([ZERO_HDR + packet if self.vnet else packet])
+            if err is None:
+                self.io.tun_written(packet)
+            return err
         try:
             if self.vnet:
                 os.writev(self._fd, (ZERO_HDR, packet))
@@ -391,6 +413,7 @@ class TunDevice:
                 os.write(self._fd, packet)
         except OSError as e:
             return e
+        self.io.tun_written(packet)
         return None
 
     def write_batch(self, packets: list[bytes]) -> list[OSError]:
@@ -406,7 +429,10 @@ class TunDevice:
                 if self.vnet
                 else list(packets)
             )
-            return [] if err is None else [err]
+            if err is not None:
+                return [err]
+            self.io.tun_written_batch(packets)
+            return []
         if not self.vnet or len(packets) == 1:
             for p in packets:
                 err = self.write(p)
@@ -418,6 +444,7 @@ class TunDevice:
                 os.write(fd, frame)
             except OSError as e:
                 errors.append(e)
+        self.io.tun_written_batch(packets[: len(packets) - len(errors)])  # (a close count: errors are frames)
         return errors
 
     async def _wait(self) -> None:

@@ -52,6 +52,7 @@ from gateway_core.inputs import SendFailed
 from gateway_core.interface import FIREZONE_MARK
 from gateway_core.stats import Stats
 from gateway_io import socket_filter
+from gateway_io.io_counters import IoCounters
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,13 @@ class UdpSocket:
         "_pending",
         "_pending_at",
         "_remotes",
+        "_v6",
         "_view",
         "family",
         "filtered",
         "gro",
         "gso",
+        "io",
         "local",
         "sock",
         "stats",
@@ -206,6 +209,15 @@ class UdpSocket:
         """Destination tuples for ``sendto``, built once per peer (cleared at :data:`_ADDR_CACHE_LIMIT`)."""
         self._no_gso: set[SocketAddr] = set()
         """Destinations where the kernel refused ``UDP_SEGMENT``: sent one by one from then on."""
+        self._v6 = self.local.ip.version == 6
+        """The family's index in :class:`IoCounters` (a bool indexes as 0/1: ``V4``/``V6``)."""
+        self.io = IoCounters()
+        """Where the datagrams this socket received and sent are counted (:meth:`count_into`)."""
+
+    def count_into(self, io: IoCounters) -> None:
+        """Count received and sent datagrams in ``io`` from now on (the driver's, for the metrics): per
+        receive and per sent run, where the sizes are at hand anyway."""
+        self.io = io
 
     @classmethod
     def bind(
@@ -345,11 +357,15 @@ class UdpSocket:
                 continue
             remote = self._remotes.get(addr) or self._remote_of(addr)
             view = self._view[:n]
+            io, v6 = self.io, self._v6
+            io.udp_rx_bytes[v6] += n
             if size >= n:
                 out.append((local, remote, view[:n].tobytes(), ecn))
+                io.udp_rx_packets[v6] += 1
             else:
                 for at in range(0, n, size):
                     out.append((local, remote, view[at : at + size].tobytes(), ecn))
+                io.udp_rx_packets[v6] += -(-n // size)
             return True
 
     async def receive_batch(self, max_datagrams: int = MAX_BATCH) -> list[Datagram]:
@@ -423,25 +439,40 @@ class UdpSocket:
                 self.sock.sendmsg([transmit.payload], self._pktinfo(src, dst), 0, self._dst(dst))
         except OSError as e:
             return SendFailed(dst, f"{type(e).__name__}: {e.strerror or e}")
+        io, v6 = self.io, self._v6
+        io.udp_tx_packets[v6] += 1
+        io.udp_tx_bytes[v6] += len(transmit.payload)
         return None
 
-    def send_batch(self, transmits: list[Transmit]) -> list[SendFailed]:
+    def send_batch(self, transmits: list[Transmit], others: list[Transmit] | None = None) -> list[SendFailed]:
         """Send ``transmits`` in order; each run to one destination (same source, same ECN bits, same size
-        but a shorter last) goes out with one ``sendmsg`` and ``UDP_SEGMENT``. The failures, as values."""
+        but a shorter last) goes out with one ``sendmsg`` and ``UDP_SEGMENT``. The failures, as values.
+
+        With ``others``, the datagrams to the other IP family are appended to it in order instead (the
+        family is looked at once per run): the driver hands one batch to its sockets in turn, with no pass
+        of its own to split it."""
         failed: list[SendFailed] = []
+        v6 = self._v6
         if not self.gso:
             for t in transmits:
+                if others is not None and (t.dst.ip.version == 6) is not v6:
+                    others.append(t)
+                    continue
                 f = self.send(t)
                 if f is not None:
                     failed.append(f)
             return failed
+        io = self.io
         i, n = 0, len(transmits)
         while i < n:
             first = transmits[i]
-            size = len(first.payload)
+            if others is not None and (first.dst.ip.version == 6) is not v6:
+                others.append(first)
+                i += 1
+                continue
+            total = size = len(first.payload)
             j = i + 1
             if first.dst not in self._no_gso:
-                total = size
                 while (
                     j < n
                     and j - i < GSO_MAX_SEGMENTS
@@ -459,12 +490,15 @@ class UdpSocket:
                 f = self.send(first)
                 if f is not None:
                     failed.append(f)
-            else:
-                failed.extend(self._send_run(transmits[i:j], size))
+            elif self._send_run(transmits[i:j], size, failed):
+                io.udp_tx_packets[v6] += j - i
+                io.udp_tx_bytes[v6] += total
             i = j
         return failed
 
-    def _send_run(self, run: list[Transmit], size: int) -> list[SendFailed]:
+    def _send_run(self, run: list[Transmit], size: int, failed: list[SendFailed]) -> bool:
+        """Send ``run`` with one ``sendmsg``: True when that went out (the caller counts it); a refusal
+        of GSO sends it one by one (each counted by :meth:`send`), other failures go to ``failed``."""
         first = run[0]
         anc = self._pktinfo(first.src, first.dst)
         anc.append((SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder)))
@@ -479,10 +513,12 @@ class UdpSocket:
                     log.info("UDP GSO refused towards %s (%s): sending datagrams one by one", first.dst, e)
                 self._no_gso.add(first.dst)
                 self.stats.incr("udp.gso_refused")
-                return [f for t in run if (f := self.send(t)) is not None]
-            return [SendFailed(first.dst, f"{type(e).__name__}: {e.strerror or e}")]
+                failed.extend(f for t in run if (f := self.send(t)) is not None)
+                return False
+            failed.append(SendFailed(first.dst, f"{type(e).__name__}: {e.strerror or e}"))
+            return False
         self.stats.incr("udp.gso_sends")
-        return []
+        return True
 
     def close(self) -> None:
         if self._closed:
@@ -546,17 +582,15 @@ class UdpSockets:
         return sock.send(transmit)
 
     def send_batch(self, transmits: list[Transmit]) -> list[SendFailed]:
-        """:meth:`UdpSocket.send_batch` per family (order kept within each); a missing family's datagrams
-        come back as failures."""
+        """:meth:`UdpSocket.send_batch` per family (order kept within each): each socket sends its family's
+        and hands the rest on; a missing family's datagrams come back as failures."""
         failed: list[SendFailed] = []
-        for version, sock in ((4, self.v4), (6, self.v6)):
-            mine = [t for t in transmits if t.dst.ip.version == version]
-            if not mine:
-                continue
-            if sock is None:
-                failed.extend(SendFailed(t.dst, f"no IPv{version} socket") for t in mine)
-            else:
-                failed.extend(sock.send_batch(mine))
+        rest = transmits
+        for sock in self.sockets:
+            others: list[Transmit] = []
+            failed.extend(sock.send_batch(rest, others))
+            rest = others
+        failed.extend(SendFailed(t.dst, f"no IPv{t.dst.ip.version} socket") for t in rest)
         return failed
 
     @property

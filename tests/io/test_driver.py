@@ -37,7 +37,8 @@ from gateway_core.portal.channel import (
     SendPortalFrame,
 )
 from gateway_io.dns_server import DnsQuery
-from gateway_io.driver import SHUTDOWN_GRACE, Driver, Transports
+from gateway_io.driver import SHUTDOWN_GRACE, YIELD_AFTER, YIELD_TURNS, Driver, Transports
+from gateway_io.io_counters import V4, IoCounters
 from tests.io.driver_fakes import (
     CLIENT,
     LOCAL4,
@@ -612,3 +613,110 @@ async def test_batched_dns_queries_answers_at_once_and_submitted_forwards() -> N
     assert "dns-response" not in rig.kinds()  # nothing went through the worker
     assert rig.driver.stats.counters.counters["driver.dns_response_failed"] == 1  # the kernel refused one
     assert [c.query_id for c in resolver.submitted] == [7]
+
+
+class EndlessTun:
+    """A TUN device that never runs dry: one packet on every read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read_nowait(self) -> list[bytes]:
+        self.reads += 1
+        return [b"\x45" + bytes(19)]
+
+    async def wait_readable(self) -> None:
+        return
+
+    async def read_batch(self) -> list[bytes]:
+        return self.read_nowait()
+
+    def write(self, packet: bytes) -> OSError | None:
+        return None
+
+
+class SteppingClock:
+    """A clock that moves ``step`` ns each time it is read."""
+
+    def __init__(self, step: int) -> None:
+        self.t = SEC
+        self.step = step
+
+    def __call__(self) -> int:
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize("moving", [False, True])
+async def test_a_device_that_never_runs_dry_lets_the_event_loop_run_every_few_turns(moving: bool) -> None:
+    """The loop reads such a device turn after turn and lets the event loop run (the other tasks: portal,
+    DNS, watchers) only every ``YIELD_TURNS`` busy turns with a clock that does not move, or once
+    ``YIELD_AFTER`` ns have passed: often enough that every other task still runs, seldom enough that a
+    saturated data path does not pay an event-loop pass per batch."""
+    clock: Callable[[], int] = SteppingClock(YIELD_AFTER // 4) if moving else FakeClock()
+    rig = Rig(FakeCore(), clock=clock, utc_clock=None)
+    tun = rig.tun_transport = EndlessTun()
+    ticks = 0
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.run)
+        await until(lambda: tun.reads > 0)
+        tg.start_soon(other_task)
+        with anyio.fail_after(LIMIT):
+            while tun.reads < 40 * YIELD_TURNS:
+                await anyio.lowlevel.checkpoint()
+        reads, seen = tun.reads, ticks
+        tg.cancel_scope.cancel()
+    # Each time the loop lets the event loop run, this task (which never waits) runs once.
+    if moving:  # the clock is read a few times a turn: YIELD_AFTER passes every one or two turns
+        assert reads // 2 - 2 <= seen <= reads + 2
+    else:
+        assert reads // YIELD_TURNS - 2 <= seen <= reads // YIELD_TURNS + 2
+
+
+class CountingTun(FakeTun):
+    """``FakeTun`` that counts its own traffic, as the real device does once handed counters."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(log)
+        self.io: IoCounters | None = None
+
+    def count_into(self, io: IoCounters) -> None:
+        self.io = io
+
+    def read_nowait(self) -> list[bytes]:
+        out = super().read_nowait()
+        assert self.io is not None
+        self.io.tun_rx_packets[V4] += len(out)
+        return out
+
+    def write(self, packet: bytes) -> OSError | None:
+        assert self.io is not None
+        self.io.tun_tx_packets[V4] += 1
+        return super().write(packet)
+
+
+async def test_a_device_that_counts_its_own_traffic_is_not_counted_again() -> None:
+    core = FakeCore()
+    core.on_tun = lambda p: Transmit(None, CLIENT, p)
+    core.on_datagram = lambda p: b"\x45" + p
+    rig = Rig(core)
+    tun = rig.tun_transport = CountingTun(rig.log)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.run)
+        for i in range(3):
+            tun.inject.send_nowait(b"\x45" + bytes(i))
+        rig.udp4.inject.send_nowait((LOCAL4, CLIENT, bytes(10), 0))
+        await until(lambda: len(rig.log.entries) == 4)
+        tg.cancel_scope.cancel()
+    io = rig.driver.stats.io
+    assert tun.io is io  # the driver's own counters
+    assert (io.tun_rx_packets, io.tun_tx_packets) == ([3, 0], [1, 0])  # once, by the device
+    assert io.tun_rx_bytes == io.tun_tx_bytes == [0, 0]  # (this fake counts packets only)
+    assert (io.udp_rx_packets[V4], io.udp_tx_packets[V4]) == (1, 3)  # the fake socket: by the driver

@@ -6,13 +6,15 @@ for coalesced runs. Without offloads the same batch goes one by one."""
 from __future__ import annotations
 
 import socket
+from ipaddress import ip_address
 
 import anyio
 import pytest
 
 from gateway_core.addr import SocketAddr
 from gateway_core.commands import Transmit
-from gateway_io.udp import UdpSocket
+from gateway_io.io_counters import IoCounters
+from gateway_io.udp import UdpSocket, UdpSockets
 
 pytestmark = pytest.mark.anyio
 LIMIT = 10
@@ -72,3 +74,48 @@ async def test_each_datagram_leaves_with_its_ecn_bits(family: socket.AddressFami
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("offload", [True, False])
+async def test_the_sockets_sort_a_mixed_batch_by_family_and_count_what_they_moved(offload: bool) -> None:
+    """A batch of both families handed to the IPv4 socket with ``others`` leaves its IPv6 datagrams there,
+    in order, for the IPv6 socket (``UdpSockets.send_batch`` does so); each socket counts what it sent and
+    received (a GRO run as its datagrams) in the counters it was given, a failed send not at all."""
+    kw = {"mark": None, "send_buffer": None, "recv_buffer": None, "offload": offload}
+    a4, a6 = (UdpSocket.bind(f, 0, **kw) for f in (socket.AF_INET, socket.AF_INET6))  # type: ignore[arg-type]
+    b4, b6 = (UdpSocket.bind(f, 0, **kw) for f in (socket.AF_INET, socket.AF_INET6))  # type: ignore[arg-type]
+    sent, received = IoCounters(), IoCounters()
+    for s in (a4, a6):
+        s.count_into(sent)
+    for s in (b4, b6):
+        s.count_into(received)
+    try:
+        d4 = SocketAddr(ip_address("127.0.0.1"), b4.local.port)
+        d6 = SocketAddr(ip_address("::1"), b6.local.port)
+        batch = [Transmit(None, d4, _wg(i, 300)) for i in range(5)]
+        batch += [
+            Transmit(None, d6, _wg(10, 100)),
+            Transmit(None, d6, _wg(11, 100)),
+            Transmit(None, d4, _wg(5, 50)),
+        ]
+        others: list[Transmit] = []
+        assert a4.send_batch(batch, others) == []
+        assert others == batch[5:7]
+        assert UdpSockets(v4=None, v6=a6).send_batch(others) == []
+        failed = a4.send_batch([Transmit(None, d6, _wg(12, 100))])  # no ``others``: the IPv4 socket tries
+        assert len(failed) == 1 and failed[0].dst == d6
+        assert (sent.udp_tx_packets, sent.udp_tx_bytes) == ([6, 2], [5 * 300 + 50, 200])
+        got4: list[bytes] = []
+        got6: list[bytes] = []
+        with anyio.fail_after(LIMIT):
+            while len(got4) < 6:
+                got4 += [p for _, _, p, _ in await b4.receive_batch()]
+            while len(got6) < 2:
+                got6 += [p for _, _, p, _ in await b6.receive_batch()]
+        assert got4 == [t.payload for t in batch if t.dst == d4]
+        assert got6 == [t.payload for t in batch if t.dst == d6]
+        assert (received.udp_rx_packets, received.udp_rx_bytes) == ([6, 2], [5 * 300 + 50, 200])
+        assert received.udp_tx_packets == sent.udp_rx_packets == [0, 0]
+    finally:
+        for s in (a4, a6, b4, b6):
+            s.close()
