@@ -21,10 +21,14 @@ the core is a *source* with a small queue; the loop takes turns:
 3. **One timer (R4/R5).** After the sources, the loop reads the clock; if ``poll_timeout()`` is due it
    calls ``handle_timeout(now)`` and drains. With nothing to do the loop sleeps until the deadline or until
    a source wakes it (an event made when it goes to sleep; anything handed in during the turn is seen by
-   a flag, so no wake-up is lost).
+   a flag, so no wake-up is lost). With work it takes the next turn at once, and lets the event loop run
+   its other tasks (portal, DNS servers, watchers, resolutions) after at most :data:`YIELD_AFTER` ns or
+   :data:`YIELD_TURNS` turns (decision 0183).
 4. **Batches through the core (decision 0150).** A TUN batch goes to the core's ``handle_tun_packets``, a
    UDP batch to ``handle_datagrams`` (a core without them gets packet by packet); the datagrams and TUN
-   packets a batch produced are written together at its end (:class:`gateway_io.batch_out.BatchOut`).
+   packets a batch produced are written together at its end (:class:`gateway_io.batch_out.BatchOut`). The
+   devices that can count their own traffic for the metrics (``count_into``: :mod:`gateway_io.io_counters`);
+   the driver counts for the others.
 5. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
    commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
    server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
