@@ -27,8 +27,8 @@ the core is a *source* with a small queue; the loop takes turns:
 4. **Batches through the core (decision 0150).** A TUN batch goes to the core's ``handle_tun_packets``, a
    UDP batch to ``handle_datagrams`` (a core without them gets packet by packet); the datagrams and TUN
    packets a batch produced are written together at its end (:class:`gateway_io.batch_out.BatchOut`). The
-   devices that can count their own traffic for the metrics (``count_into``: :mod:`gateway_io.io_counters`);
-   the driver counts for the others.
+   devices that can count their own traffic for the metrics do so (``count_into``,
+   :mod:`gateway_io.io_counters`); the driver counts for the others.
 5. **Executing never awaits in the loop.** Sends on UDP and writes to the TUN never block; the portal's
    commands are handed to its transport (it has tasks of its own); DNS answers are sent at once when the
    server set can (``send_response_nowait``), forwarded queries are submitted to the resolver's shared
