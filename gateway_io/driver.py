@@ -184,10 +184,6 @@ class _Source(Generic[T]):
         return out
 
 
-def _source(name: str, capacity: float, batch: int) -> _Source[Any]:
-    return _Source(name, capacity, batch)
-
-
 class _Polled(Generic[T]):
     """A device the loop reads itself (one that has ``read_nowait`` and ``wait_readable``, as
     :class:`gateway_io.tun.TunDevice` and :class:`gateway_io.udp.UdpSocket`): while it has data, each turn
@@ -314,7 +310,7 @@ class Driver:
         """Something was handed to the loop since its turn began: it takes another turn before sleeping."""
         self._new_event: Callable[[], _Event] = anyio.Event
         """The loop's kind of event (:func:`_primitives`, set when :meth:`run` starts)."""
-        self._tun_src: _Source[list[bytes]] | _Polled[bytes] = _source("tun", 1, 1)
+        self._tun_src: _Source[list[bytes]] | _Polled[bytes] = _Source("tun", 1, 1)
         self._batching = False
         """Inside a data-plane batch: datagrams and TUN packets are collected, then written together."""
         self._tx: list[Transmit] = []
@@ -329,13 +325,13 @@ class Driver:
         whether it counts its own traffic."""
         self._tun_counts = False
         """The TUN device counts what it reads and writes (``count_into``): the driver does not."""
-        self.portal_src: _Source[Input] = _source("portal", math.inf, REPORT_BATCH)
-        self.dns_src: _Source[Input] = _source("dns", math.inf, REPORT_BATCH)
-        self._dns_q: _Source[list[Input]] = _source("dns-queries", DNS_QUERY_QUEUE, 1)
+        self.portal_src: _Source[Input] = _Source("portal", math.inf, REPORT_BATCH)
+        self.dns_src: _Source[Input] = _Source("dns", math.inf, REPORT_BATCH)
+        self._dns_q: _Source[list[Input]] = _Source("dns-queries", DNS_QUERY_QUEUE, 1)
         self._deadline_valid = False
         """Whether :attr:`_deadline` is still the core's (no call into the core since the turn read it)."""
-        self.resolver_src: _Source[Input] = _source("resolver", math.inf, REPORT_BATCH)
-        self.control_src: _Source[Input] = _source("control", math.inf, REPORT_BATCH)
+        self.resolver_src: _Source[Input] = _Source("resolver", math.inf, REPORT_BATCH)
+        self.control_src: _Source[Input] = _Source("control", math.inf, REPORT_BATCH)
         self._input_srcs = (self.portal_src, self.dns_src, self.resolver_src, self.control_src)
         self._t = Transports()
         self._out = BatchOut(
@@ -790,7 +786,7 @@ class Driver:
             polled: _Polled[Any] = _Polled(name, read_now, wait, self._failed, self._new_event)
             tg.start_soon(polled.watch, self._poke)
             return polled
-        src = _source(name, 1, 1)
+        src: _Source[Any] = _Source(name, 1, 1)
         tg.start_soon(self._read_source, getattr(device, batch), src, name)
         return src
 

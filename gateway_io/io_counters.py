@@ -48,12 +48,12 @@ class IoCounters:
         self.udp_tx_bytes = [0, 0]
 
     def tun_read(self, packets: Sequence[bytes]) -> None:
-        """A batch read from the TUN device (see :func:`_by_family`)."""
+        """A batch read from the TUN device (see :meth:`_add`)."""
         if packets:
             self._add(self.tun_rx_packets, self.tun_rx_bytes, packets)
 
     def tun_written_batch(self, packets: Sequence[bytes]) -> None:
-        """A batch written to the TUN device (see :func:`_by_family`)."""
+        """A batch written to the TUN device (see :meth:`_add`)."""
         if packets:
             self._add(self.tun_tx_packets, self.tun_tx_bytes, packets)
 
@@ -94,8 +94,3 @@ class IoCounters:
     def udp_sent(self, fam: int, payload: bytes) -> None:
         self.udp_tx_packets[fam] += 1
         self.udp_tx_bytes[fam] += len(payload)
-
-    def udp_sent_batch(self, fam: int, packets: int, nbytes: int) -> None:
-        """``packets`` datagrams of ``nbytes`` payload bytes in all, sent on a socket of family ``fam``."""
-        self.udp_tx_packets[fam] += packets
-        self.udp_tx_bytes[fam] += nbytes
