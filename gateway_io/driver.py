@@ -745,8 +745,9 @@ class Driver:
             return
         tun = self._t.tun
         err = tun.write(packet) if tun is not None else OSError("no TUN device")
-        if err is None and not self._tun_counts:
-            self._tun_written(packet)
+        if err is None:
+            if not self._tun_counts:
+                self._tun_written(packet)
         else:
             self.stats.counters.incr("driver.tun_write_failed")
             if log.isEnabledFor(logging.DEBUG):

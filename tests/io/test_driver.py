@@ -720,3 +720,4 @@ async def test_a_device_that_counts_its_own_traffic_is_not_counted_again() -> No
     assert (io.tun_rx_packets, io.tun_tx_packets) == ([3, 0], [1, 0])  # once, by the device
     assert io.tun_rx_bytes == io.tun_tx_bytes == [0, 0]  # (this fake counts packets only)
     assert (io.udp_rx_packets[V4], io.udp_tx_packets[V4]) == (1, 3)  # the fake socket: by the driver
+    assert "driver.tun_write_failed" not in rig.driver.stats.counters.counters  # a good write is no failure
