@@ -102,7 +102,7 @@ class Log:
 
 class FakeTun:
     """A TUN device with the real one's reading interface: ``read_batch``, and ``read_nowait`` with
-    ``wait_readable``, which the driver uses when a device has them (see :class:`BatchOnly`)."""
+    ``wait_readable``, which the driver uses when a device has them (see :class:`BatchOnlyTun`)."""
 
     def __init__(self, log: Log, batch: int = 100) -> None:
         self.log = log
